@@ -1,0 +1,24 @@
+# The two commands of the README.  Both install what they need first.
+.PHONY: demo test setup lint crds
+
+export HF_HUB_OFFLINE := 1
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+# One complete sleep cycle on this CPU: tiny model, no cluster.
+demo:
+	bash hack/setup.sh --minimal
+	.venv/bin/reverie sleep examples/quickstart
+
+# Every test: pure core, workloads on tiny models, the real API server, Helm, Prometheus.
+test:
+	bash hack/setup.sh
+	.venv/bin/ruff check operator tests
+	.venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check operator tests
+	.venv/bin/mypy
+
+crds:
+	.venv/bin/reverie crds --write crds/

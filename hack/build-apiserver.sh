@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Build the real Kubernetes control-plane binaries the tests run against
+# (kube-apiserver, and kube-controller-manager for owner-reference garbage
+# collection), from the published k8s.io/kubernetes Go module, the way
+# controller-runtime's envtest gets real binaries.  k8s.io/kubernetes cannot be
+# `go install`ed (its go.mod replaces the staging modules with local paths), so
+# we write a tiny go.mod that requires it and points every staging module at its
+# published v0.Y.Z twin.  Binaries are cached outside the checkout, keyed by
+# version; a second run is a no-op.
+set -euo pipefail
+
+K8S_VERSION="${REVERIE_K8S_VERSION:-v1.37.2}"
+STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+CACHE="${REVERIE_CACHE:-$HOME/.cache/reverie}"
+OUT="$CACHE/k8s-$K8S_VERSION/bin"
+BINARIES=(kube-apiserver kube-controller-manager)
+
+have_all=1
+for b in "${BINARIES[@]}"; do [[ -x "$OUT/$b" ]] || have_all=0; done
+if [[ $have_all == 1 ]]; then
+  echo "kubernetes $K8S_VERSION binaries already built in $OUT"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "error: Go is required to build kube-apiserver (https://go.dev/dl)" >&2; exit 1; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+k8s_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+{
+  echo "module reverie.dev/testcluster"
+  echo
+  grep -E '^go [0-9]' "$k8s_mod"
+  echo
+  echo "require k8s.io/kubernetes $K8S_VERSION"
+  echo
+  echo "replace ("
+  grep -E '=> \./staging/src/' "$k8s_mod" | awk -v v="$STAGING_VERSION" '{print "\t" $1 " => " $1 " " v}'
+  echo ")"
+} > go.mod
+cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+echo "resolving k8s.io/kubernetes $K8S_VERSION (staging modules at $STAGING_VERSION)"
+go mod tidy -e >/dev/null 2>&1 || true
+go get "k8s.io/kubernetes@$K8S_VERSION"
+mkdir -p "$OUT"
+for b in "${BINARIES[@]}"; do
+  echo "building $b"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+  mv "$OUT/$b.tmp" "$OUT/$b"
+done
+echo "built into $OUT"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything Reverie's demo and tests need, idempotently, on a fresh
+# Debian machine with Python 3.11+ and Go: a virtualenv in .venv with the
+# project and its pinned dependencies, then every hack/install-*.sh (system
+# packages and binaries the tests drive: kube-apiserver, helm, prometheus, ...).
+#   hack/setup.sh            # everything (tests)
+#   hack/setup.sh --minimal  # only the Python environment (demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+# Pinned torch first: an unpinned resolve drifts to a newer CUDA build.
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  .venv/bin/pip install --quiet 'torch==2.13.0'
+fi
+.venv/bin/pip install --quiet -e '.[operator,train,dev]'
+
+if [[ "${1:-}" == "--minimal" ]]; then
+  exit 0
+fi
+for script in hack/install-*.sh; do
+  [[ -e "$script" ]] || continue
+  echo "==> $script"
+  bash "$script"
+done

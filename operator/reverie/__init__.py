@@ -1,0 +1,12 @@
+"""Reverie: sleep cycles for large language models on Kubernetes.
+
+A deployed model periodically goes offline and learns: memory consolidation
+(Knowledge Seeding, distilling in-context knowledge into a new expert slot) and
+dreaming (a self-generated curriculum trained with RL), gated by evaluation
+before a new generation is promoted.  See ``ARCHITECTURE`` in the README.
+"""
+
+__version__ = "0.1.0"
+
+GROUP = "reverie.dev"
+VERSION = "v1alpha1"

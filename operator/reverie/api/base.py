@@ -1,0 +1,144 @@
+"""Shared building blocks of the API models: camelCase wire names, conditions,
+Kubernetes scheduling knobs and per-phase runtime settings.
+
+Every field carries a one-line description (it becomes the CRD's description,
+what ``kubectl explain`` shows), a safe default where one makes sense, and bounds.
+CEL rules that the API server enforces are attached with :func:`cel`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it is written to the API server (aliases, no unset Nones)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL validations for ``json_schema_extra``: pairs of (rule, message)."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition; conditions are the contract, phase is for humans."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Consolidated, GatePassed.", max_length=64)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase machine-readable reason.", max_length=128)
+    message: str = Field(default="", description="Human-readable explanation of the condition.", max_length=4096)
+    last_transition_time: datetime | None = Field(
+        default=None, description="When the condition last changed status."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation of the spec this condition was computed from."
+    )
+
+
+class Toleration(ApiModel):
+    """A pod toleration, copied verbatim onto the phase pods."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.", max_length=316)
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.", max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty tolerates all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="For NoExecute: seconds the pod stays bound after the taint appears."
+    )
+
+
+class Resources(ApiModel):
+    """Container resources (Kubernetes quantities, e.g. cpu: '4', memory: 16Gi, nvidia.com/gpu: '1')."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Minimum resources, as quantities.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Maximum resources, as quantities.")
+
+
+class Engine(StrEnum):
+    JOB = "Job"
+    TRAINJOB = "TrainJob"
+    JOBSET = "JobSet"
+
+
+class PhaseRuntime(ApiModel):
+    """Where and how one phase's workload runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.engine == 'Job' || self.numNodes >= 1", "runtime.engine: TrainJob/JobSet need numNodes >= 1"),
+        )
+    )
+
+    image: str | None = Field(
+        default=None, max_length=512, description="Container image; default: the cycle's images.trainer (images.dreamer for dreaming)."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Resources of each worker container.")
+    num_nodes: int = Field(default=1, ge=1, le=256, description="Worker pods; more than 1 runs an Indexed Job with torchrun rendezvous.")
+    procs_per_node: int = Field(default=1, ge=1, le=16, description="Processes (usually GPUs) per worker pod.")
+    engine: Engine = Field(
+        default=Engine.JOB,
+        description="Job (built in), or TrainJob (Kubeflow Trainer) / JobSet when those are installed.",
+    )
+    active_deadline_seconds: int = Field(
+        default=86400, ge=60, le=1209600, description="Wall-clock limit of one attempt, in seconds (default 1 day)."
+    )
+
+
+class Scheduling(ApiModel):
+    """Cluster scheduling knobs applied to every phase Job of a cycle."""
+
+    queue_name: str | None = Field(
+        default=None, max_length=63, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label."
+    )
+    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the phase pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the phase pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations of the phase pods.")
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="ServiceAccount of the phase pods (the API token is never mounted)."
+    )
+
+
+class Images(ApiModel):
+    """Default images of the phase workloads."""
+
+    trainer: str = Field(
+        default="ghcr.io/reverie-dev/reverie-trainer:0.1.0", max_length=512,
+        description="Image for consolidation and evaluation (torch, transformers, TRL, DeepSpeed).",
+    )
+    dreamer: str = Field(
+        default="ghcr.io/reverie-dev/reverie-dreamer:0.1.0", max_length=512,
+        description="Image for dreaming (vLLM + TRL).",
+    )
+
+
+class RetryPolicy(ApiModel):
+    """Per-phase retry budget, owned by the operator (phase Jobs use backoffLimit 0)."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per phase before the cycle fails.")
+    backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the second attempt, in seconds.")
+    backoff_multiplier: float = Field(default=2.0, ge=1.0, le=10.0, description="Factor applied to the wait after each failure.")
+    max_backoff_seconds: int = Field(default=1800, ge=0, le=604800, description="Upper bound on the wait between attempts.")

@@ -1,0 +1,170 @@
+"""The ModelLineage resource: a model's generations, its champion, and the
+schedule that starts new sleep cycles.
+
+A generation is an immutable artifact (a Hugging Face model folder in the store)
+with its parent, the cycle that produced it, its content hash and eval scores.
+Exactly one generation is the champion; serving follows the champion.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from reverie import GROUP, VERSION
+from reverie.api.base import ApiModel, Condition, cel
+from reverie.api.sleepcycle import DNS_LABEL, ObjectMeta, SleepCycleSpec
+
+
+class BaseModelSpec(ApiModel):
+    """The generation-0 model of the lineage."""
+
+    uri: str = Field(
+        min_length=1, max_length=2048,
+        description="Hugging Face model folder (safetensors + tokenizer): store path, file:// or s3://; 'builtin:tiny' builds a tiny demo model.",
+    )
+    format: Literal["hf"] = Field(default="hf", description="Artifact format; only hf (Hugging Face folder) today.")
+
+
+class StoreSpec(ApiModel):
+    """Where generations, checkpoints and results are written."""
+
+    uri: str = Field(
+        min_length=1, max_length=2048,
+        description="Root of the model store: a path on pvcName, file://, or s3:// (fsspec). Outputs go to <uri>/<lineage>/<cycle>/<step>/.",
+    )
+    pvc_name: str | None = Field(
+        default=None, max_length=253, description="PersistentVolumeClaim mounted at /store in every phase pod (uri is then a path under it).",
+    )
+    secret_name: str | None = Field(
+        default=None, max_length=253, description="Secret whose keys become env vars of phase pods (object-store credentials).",
+    )
+
+
+class ConcurrencyPolicy(StrEnum):
+    FORBID = "Forbid"
+    REPLACE = "Replace"
+
+
+class ScheduleSpec(ApiModel):
+    """CronJob-like creation of SleepCycles from a template."""
+
+    cron: str = Field(min_length=9, max_length=128, description="Cron expression (5 fields), e.g. '0 3 * * *'.")
+    time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone the cron expression is read in.")
+    template: SleepCycleSpec = Field(description="Spec of the SleepCycles created; lineageRef is forced to this lineage.")
+    concurrency_policy: ConcurrencyPolicy = Field(
+        default=ConcurrencyPolicy.FORBID, description="Forbid: skip a run while a cycle is active; Replace: delete the active cycle first.",
+    )
+    starting_deadline_seconds: int | None = Field(
+        default=None, ge=1, le=604800, description="A run missed by more than this is skipped (and reported as missed).",
+    )
+    successful_history_limit: int = Field(default=3, ge=0, le=100, description="Finished successful cycles kept.")
+    failed_history_limit: int = Field(default=1, ge=0, le=100, description="Failed or rejected cycles kept.")
+    suspend: bool = Field(default=False, description="Pause the schedule (running cycles are not affected).")
+
+
+class ServingKind(StrEnum):
+    INFERENCE_SERVICE = "InferenceService"
+    DEPLOYMENT = "Deployment"
+    CONFIG_MAP = "ConfigMap"
+
+
+class ServingTarget(ApiModel):
+    """What to patch when the champion changes."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.kind != 'Deployment' || (has(self.container) && has(self.env))",
+                "spec.servingTarget: kind Deployment needs container and env",
+            ),
+            ("self.kind != 'ConfigMap' || has(self.key)", "spec.servingTarget: kind ConfigMap needs key"),
+        )
+    )
+
+    kind: ServingKind = Field(description="InferenceService (KServe storageUri), Deployment (container env var) or ConfigMap (key).")
+    name: str = Field(min_length=1, max_length=253, description="Name of the object, in the lineage's namespace.")
+    container: str | None = Field(default=None, max_length=63, description="Deployment: container whose env var is set.")
+    env: str | None = Field(default=None, max_length=253, description="Deployment: env var that receives the champion URI.")
+    key: str | None = Field(default=None, max_length=253, description="ConfigMap: key that receives the champion URI.")
+
+
+class ModelLineageSpec(ApiModel):
+    """Desired state of a lineage."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.baseModel == oldSelf.baseModel", "spec.baseModel is immutable: generation 0 cannot change; create a new ModelLineage"),
+        )
+    )
+
+    base_model: BaseModelSpec = Field(description="The starting model (generation 0).")
+    store: StoreSpec = Field(description="Model store for generations and phase outputs.")
+    schedule: ScheduleSpec | None = Field(default=None, description="Start SleepCycles on a cron schedule.")
+    serving_target: ServingTarget | None = Field(default=None, description="Serving object that follows the champion.")
+    rollback_to: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=DNS_LABEL,
+        description="Make this earlier generation the champion again (pin); remove to resume normal promotion.",
+    )
+    history_limit: int = Field(default=20, ge=2, le=200, description="Generations kept in status; older ones are summarised.")
+
+
+class GenerationState(StrEnum):
+    CANDIDATE = "Candidate"
+    CHAMPION = "Champion"
+    RETIRED = "Retired"
+    REJECTED = "Rejected"
+
+
+class Generation(ApiModel):
+    """One model generation."""
+
+    name: str = Field(max_length=63, description="Generation name (gen-0, gen-1, ...).")
+    parent: str | None = Field(default=None, max_length=63, description="Generation it was trained from.")
+    cycle: str | None = Field(default=None, max_length=253, description="SleepCycle that produced it.")
+    uri: str = Field(max_length=2048, description="Artifact URI (Hugging Face model folder).")
+    content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the artifact.")
+    scores: dict[str, float] = Field(default_factory=dict, description="Eval scores at promotion time.")
+    state: GenerationState = Field(description="Candidate, Champion, Retired or Rejected.")
+    created_at: datetime | None = Field(default=None, description="When it was recorded.")
+    promoted_at: datetime | None = Field(default=None, description="When it last became champion.")
+    retired_at: datetime | None = Field(default=None, description="When it stopped being champion.")
+
+
+class DroppedSummary(ApiModel):
+    """What historyLimit dropped from status.generations."""
+
+    count: int = Field(default=0, ge=0, description="Generations dropped so far.")
+    oldest: str | None = Field(default=None, description="Oldest dropped generation.")
+    newest: str | None = Field(default=None, description="Newest dropped generation.")
+
+
+class ModelLineageStatus(ApiModel):
+    """Observed state of a lineage, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last reconciled.")
+    champion: str | None = Field(default=None, max_length=63, description="Current champion generation.")
+    champion_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the champion.")
+    generations: list[Generation] = Field(default_factory=list, max_length=256, description="Generations, oldest first (capped by historyLimit).")
+    dropped: DroppedSummary = Field(default_factory=DroppedSummary, description="Summary of generations dropped by historyLimit.")
+    next_generation: int = Field(default=1, ge=1, description="Number of the next generation name.")
+    active_cycle: str | None = Field(default=None, max_length=253, description="The one cycle allowed to run now.")
+    last_schedule_time: datetime | None = Field(default=None, description="Last time the schedule created a cycle.")
+    last_promotion_time: datetime | None = Field(default=None, description="Last champion change.")
+    serving_uri: str | None = Field(default=None, max_length=2048, description="URI last handed to the serving target.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).")
+
+
+class ModelLineage(ApiModel):
+    """A model's generations and champion (short name: mlin)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
+    kind: Literal["ModelLineage"] = Field(default="ModelLineage", description="ModelLineage")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: ModelLineageSpec = Field(description="Desired state.")
+    status: ModelLineageStatus = Field(default_factory=ModelLineageStatus, description="Observed state.")

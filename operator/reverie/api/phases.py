@@ -1,0 +1,162 @@
+"""Phase specs of a SleepCycle: memory, consolidation, dreaming, evaluation.
+
+These are also the phase configs a workload receives (rendered into the Job's
+ConfigMap), so the knobs keep the paper's names (α, β, λ, γ, z₀, m, k, b).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from reverie.api.base import ApiModel, PhaseRuntime, cel
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the cycle's namespace."""
+
+    name: str = Field(description="ConfigMap name.", min_length=1, max_length=253)
+    key: str = Field(default="memories.jsonl", description="Key holding JSONL memories.", min_length=1, max_length=253)
+
+
+class MemorySource(ApiModel):
+    """One source of in-context memories; exactly one of uri, configMap, inline."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
+                "memory.sources[]: set exactly one of uri, configMap or inline",
+            ),
+        )
+    )
+
+    uri: str | None = Field(
+        default=None, min_length=1, max_length=2048,
+        description="JSONL file or folder of JSONL files: a path in the store, file://, or s3:// (fsspec).",
+    )
+    config_map: ConfigMapKeyRef | None = Field(default=None, description="JSONL memories in a ConfigMap key.")
+    inline: list[str] | None = Field(
+        default=None, max_length=256, description="Memory documents written inline (demos and tests).",
+    )
+
+
+class MemorySpec(ApiModel):
+    """The knowledge the serving model only holds in context, to be consolidated."""
+
+    sources: list[MemorySource] = Field(min_length=1, max_length=64, description="Where the memories come from.")
+    chunk_documents: int = Field(
+        default=1, ge=1, le=64,
+        description="Documents the teacher sees in context at once (small chunks recall far better).",
+    )
+
+
+class ZeroStage(StrEnum):
+    NONE = "0"
+    TWO = "2"
+    THREE = "3"
+
+
+class ConsolidationSpec(ApiModel):
+    """Knowledge Seeding: expand with a new expert slot, then distil the in-context
+    teacher (the smaller self) into it with on-policy distillation + Learning-to-Imitate."""
+
+    expert_rank: int = Field(default=16, ge=1, le=1024, description="d_low, rank of the new low-rank expert slot.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], min_length=1, max_length=16,
+        description="Module names (MLP/attention projections) that receive the new slot.",
+    )
+    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="α: weight of on-policy distillation; 1 − α goes to Learning-to-Imitate.")
+    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="β of the generalized JSD (0 forward KL, 1 reverse KL).")
+    lam: float = Field(default=0.5, ge=0.0, le=1.0, alias="lambda", description="λ: share of on-policy (student-sampled) sequences.")
+    gamma: float = Field(default=0.5, ge=0.0, le=1.0, description="γ: weight of semantic equivalence in the imitation reward.")
+    z0: float = Field(default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0.")
+    replay_ratio: float = Field(default=0.5, ge=0.0, le=0.9, description="ρ: share of each batch that rehearses long-term knowledge.")
+    steps: int = Field(default=200, ge=1, le=1_000_000, description="Optimiser steps.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per step (per process).")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the new slot.")
+    max_new_tokens: int = Field(default=48, ge=1, le=8192, description="Tokens sampled per on-policy sequence or dream.")
+    temperature: float = Field(default=1.0, gt=0.0, le=2.0, description="Sampling temperature of on-policy sequences.")
+    imitation_group_size: int = Field(default=4, ge=2, le=64, description="G: student completions per dream prefix (group baseline).")
+    zero_stage: ZeroStage = Field(default=ZeroStage.NONE, description="DeepSpeed ZeRO stage: 0 (plain torch), 2 or 3.")
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="Training precision; bf16 on GPUs.")
+    checkpoint_every: int = Field(default=50, ge=1, le=1_000_000, description="Steps between checkpoints.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of data order and sampling.")
+    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the consolidation Job runs.")
+
+
+class GenerationBackend(StrEnum):
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class GrpoSpec(ApiModel):
+    """GRPO variant of dream training, for verifiable domains (TRL, vLLM on GPU)."""
+
+    enabled: bool = Field(default=False, description="Train the dream generator with GRPO instead of ReST-EM.")
+    num_generations: int = Field(default=8, ge=2, le=64, description="Completions per prompt.")
+    beta: float = Field(default=0.0, ge=0.0, le=1.0, description="KL penalty to the reference model.")
+
+
+class DreamingSpec(ApiModel):
+    """Dreaming: the model writes its own curriculum, keeps what helps, learns from it."""
+
+    enabled: bool = Field(default=True, description="Run the dreaming phase (false: go straight to evaluation).")
+    dreams_per_context: int = Field(default=4, ge=1, le=256, description="m: dreams generated per task context.")
+    top_k: int = Field(default=2, ge=0, le=256, description="k: dreams kept by gradient importance.")
+    random_extra: int = Field(default=1, ge=0, le=256, description="b: dreams kept at random for diversity.")
+    noise_expert_scale: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Scale of the random extra expert switched on while dreaming (0: off).",
+    )
+    lora_rank: int = Field(default=8, ge=1, le=256, description="Rank of the isolated LoRA update that tests one dream.")
+    inner_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of that isolated update.")
+    inner_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Learning rate of the isolated update.")
+    rest_em_iterations: int = Field(default=1, ge=0, le=20, description="ReST-EM rounds (E: sample and reward, M: SFT on rewarded dreams).")
+    backend: GenerationBackend = Field(default=GenerationBackend.HF, description="Generation backend: vllm (GPU image) or hf.")
+    temperature: float = Field(default=0.8, gt=0.0, le=2.0, description="Dream sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Dream nucleus sampling top-p.")
+    max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per dream.")
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec, description="GRPO settings for verifiable domains.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of sampling and selection.")
+    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the dreaming Job runs.")
+
+
+class Suite(StrEnum):
+    KNOWLEDGE_INCORPORATION = "knowledge_incorporation"
+    INCONTEXT_UPPER_BOUND = "incontext_upper_bound"
+    RETENTION = "retention"
+    FEWSHOT = "fewshot"
+    PERPLEXITY = "perplexity"
+
+
+GATE_RULE_PATTERN = (
+    r"^\s*[a-z_][a-z0-9_]*\s*(>=|<=|>|<)\s*"
+    r"(champion(\s*[+-]\s*[0-9]+(\.[0-9]+)?)?|-?[0-9]+(\.[0-9]+)?)\s*$"
+)
+
+
+GateRule = Annotated[str, StringConstraints(pattern=GATE_RULE_PATTERN, max_length=256)]
+
+
+class GateSpec(ApiModel):
+    """Promotion gate: every rule must hold; missing or NaN metrics never pass."""
+
+    rules: list[GateRule] = Field(
+        default_factory=lambda: ["knowledge_incorporation >= champion", "retention >= champion - 0.05"],
+        max_length=32,
+        description="Rules '<metric> <op> <number>' or '<metric> <op> champion [+|- <number>]', op one of >= > <= <.",
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """Evaluation suites whose metrics the gate reads."""
+
+    suites: list[Suite] = Field(
+        default_factory=lambda: list(Suite), min_length=1, max_length=5, description="Suites to run.",
+    )
+    questions_per_memory: int = Field(default=3, ge=1, le=64, description="Closed-book questions derived per memory document.")
+    max_new_tokens: int = Field(default=24, ge=1, le=1024, description="Tokens generated per answer.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Rules deciding promotion.")
+    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the evaluation Job runs.")

@@ -1,0 +1,187 @@
+"""The SleepCycle resource: one sleep of one model lineage.
+
+Consolidation Job → dreaming Job → evaluation Job → gate → promotion into the
+ModelLineage.  The status is written only by the operator (status subresource);
+conditions are the contract, ``phase`` is the human summary.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from reverie import GROUP, VERSION
+from reverie.api.base import ApiModel, Condition, Images, RetryPolicy, Scheduling, cel
+from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Phase(StrEnum):
+    """Derived, human-facing phase of a cycle."""
+
+    PENDING = "Pending"
+    CONSOLIDATING = "Consolidating"
+    DREAMING = "Dreaming"
+    EVALUATING = "Evaluating"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.REJECTED, Phase.FAILED})
+
+
+class Step(StrEnum):
+    """A workload step of the cycle: one Job per attempt of each."""
+
+    CONSOLIDATION = "consolidation"
+    DREAMING = "dreaming"
+    EVALUATION = "evaluation"
+
+
+class PromotionPolicy(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class PromotionSpec(ApiModel):
+    """What happens after the gate."""
+
+    policy: PromotionPolicy = Field(
+        default=PromotionPolicy.AUTO,
+        description="auto: promote when the gate passes; manual: wait for `reverie approve` (annotation).",
+    )
+    on_inconclusive: Literal["Reject", "AwaitApproval"] = Field(
+        default="Reject", description="What an Inconclusive gate does: reject the candidate, or ask a human.",
+    )
+
+
+class SleepCycleSpec(ApiModel):
+    """Desired state of one sleep cycle."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.lineageRef == oldSelf.lineageRef", "spec.lineageRef is immutable; create a new SleepCycle instead"),
+            (
+                "has(self.baseGeneration) == has(oldSelf.baseGeneration) && (!has(self.baseGeneration) || self.baseGeneration == oldSelf.baseGeneration)",
+                "spec.baseGeneration is immutable; create a new SleepCycle instead",
+            ),
+            ("self.memory == oldSelf.memory", "spec.memory is immutable once the cycle exists; create a new SleepCycle instead"),
+            (
+                "!self.dreaming.enabled || self.dreaming.topK + self.dreaming.randomExtra <= self.dreaming.dreamsPerContext",
+                "spec.dreaming: topK + randomExtra must not exceed dreamsPerContext",
+            ),
+        )
+    )
+
+    lineage_ref: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL,
+        description="Name of the ModelLineage (same namespace) this cycle trains and promotes into.",
+    )
+    base_generation: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=DNS_LABEL,
+        description="Generation to start from; default: the lineage's champion when the cycle starts.",
+    )
+    memory: MemorySpec = Field(description="The in-context memories to consolidate.")
+    consolidation: ConsolidationSpec = Field(default_factory=ConsolidationSpec, description="Knowledge Seeding settings.")
+    dreaming: DreamingSpec = Field(default_factory=DreamingSpec, description="Dreaming settings.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation suites and gate rules.")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy after the gate.")
+    retries: RetryPolicy = Field(default_factory=RetryPolicy, description="Per-phase retry budget and backoff.")
+    suspend: bool = Field(default=False, description="Stop creating Jobs; running Jobs are deleted and resume later from their checkpoint.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31_536_000,
+        description="Delete the finished cycle (not its artifacts or generation) this many seconds after it ends.",
+    )
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Kueue queue, priority, node placement of phase Jobs.")
+    images: Images = Field(default_factory=Images, description="Default images of the phase workloads.")
+
+
+class StepResult(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class PhaseRecord(ApiModel):
+    """One attempt of one step: what ran, when, and what it produced."""
+
+    step: Step = Field(description="consolidation, dreaming or evaluation.")
+    attempt: int = Field(ge=1, le=100, description="1-based attempt number.")
+    job_name: str = Field(max_length=253, description="Name of the Job (<cycle>-<step>-<attempt>).")
+    result: StepResult = Field(default=StepResult.PENDING, description="Pending, Running, Succeeded or Failed.")
+    reason: str = Field(default="", max_length=128, description="CamelCase reason of the result.")
+    message: str = Field(default="", max_length=4096, description="Human-readable detail (failure cause).")
+    start_time: datetime | None = Field(default=None, description="When the Job was created.")
+    completion_time: datetime | None = Field(default=None, description="When the attempt ended.")
+    output_uri: str | None = Field(default=None, max_length=2048, description="Where the step wrote its outputs.")
+    content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the produced artifact.")
+    checkpoint_uri: str | None = Field(default=None, max_length=2048, description="Last checkpoint, handed to the next attempt.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Scalar metrics the step reported.")
+
+
+class RuleVerdict(ApiModel):
+    """The gate's verdict on one rule."""
+
+    rule: str = Field(max_length=256, description="The rule as written in the spec.")
+    verdict: Literal["Passed", "Failed", "Inconclusive"] = Field(description="Passed, Failed or Inconclusive.")
+    reason: str = Field(default="", max_length=1024, description="Why, with the values compared.")
+
+
+class GateDecision(ApiModel):
+    """Outcome of the promotion gate."""
+
+    outcome: Literal["Passed", "Failed", "Inconclusive"] = Field(description="Passed only if every rule passed.")
+    rules: list[RuleVerdict] = Field(default_factory=list, max_length=32, description="One verdict per rule.")
+    decided_at: datetime | None = Field(default=None, description="When the gate decided.")
+
+
+class SleepCycleStatus(ApiModel):
+    """Observed state of a cycle, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last reconciled.")
+    phase: Phase = Field(default=Phase.PENDING, description="Human-facing summary; conditions are the contract.")
+    message: str = Field(default="", max_length=4096, description="What the cycle is doing or waiting for, and why.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions (Ready, Consolidated, Dreamed, Evaluated, GatePassed, Promoted, Suspended, Failed).")
+    base_generation: str | None = Field(default=None, max_length=63, description="Generation this cycle started from (resolved champion).")
+    base_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the base generation.")
+    records: list[PhaseRecord] = Field(default_factory=list, max_length=64, description="Every step attempt, oldest first.")
+    next_attempt_after: datetime | None = Field(default=None, description="Backoff: no new attempt is created before this time.")
+    evaluation: dict[str, float] = Field(default_factory=dict, description="Candidate eval metrics the gate read.")
+    champion_evaluation: dict[str, float] = Field(default_factory=dict, description="Champion metrics the gate compared against.")
+    gate: GateDecision | None = Field(default=None, description="Gate decision with a verdict per rule.")
+    generation: str | None = Field(default=None, max_length=63, description="The generation this cycle produced.")
+    start_time: datetime | None = Field(default=None, description="When the first Job was created.")
+    completion_time: datetime | None = Field(default=None, description="When the cycle reached a terminal phase.")
+
+
+class ObjectMeta(ApiModel):
+    """The parts of metadata the models read (everything else passes through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="", description="Object name.")
+    namespace: str = Field(default="default", description="Object namespace.")
+    generation: int | None = Field(default=None, description="Spec generation, set by the API server.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
+
+
+class SleepCycle(ApiModel):
+    """A sleep cycle of a model lineage (short name: sc)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
+    kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: SleepCycleSpec = Field(description="Desired state.")
+    status: SleepCycleStatus = Field(default_factory=SleepCycleStatus, description="Observed state.")

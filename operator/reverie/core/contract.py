@@ -1,0 +1,116 @@
+"""The Job contract between the operator (or the local runner) and a phase workload.
+
+A phase Job runs ``reverie run-phase <step> --config /etc/reverie/phase.json``.
+The config (a :class:`PhaseConfig`) is rendered from the SleepCycle by the
+operator into a ConfigMap.  The workload reads inputs from the store, writes its
+outputs under ``output_uri`` (``<store>/<lineage>/<cycle>/<step>/``), checkpoints
+under ``<output_uri>/checkpoints/``, and ends by writing a small JSON
+:class:`PhaseResult` to ``<output_uri>/result.json`` and to the termination-message
+path.  Phase Jobs need no Kubernetes API access.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from reverie.api.base import ApiModel
+from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
+from reverie.api.sleepcycle import Step
+
+CONFIG_MOUNT_PATH = "/etc/reverie/phase.json"
+TERMINATION_LOG = "/dev/termination-log"
+# Kubernetes truncates termination messages at 4096 bytes; results must fit.
+MAX_RESULT_BYTES = 4096
+
+
+def step_output_uri(store_uri: str, lineage: str, cycle: str, step: Step | str) -> str:
+    """Where a step writes: ``<store>/<lineage>/<cycle>/<step>`` (shared by all attempts)."""
+    return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{Step(step).value}"
+
+
+class PhaseConfig(ApiModel):
+    """Everything one phase attempt needs; the same for a Job and a local process."""
+
+    step: Step = Field(description="The step to run.")
+    cycle: str = Field(description="SleepCycle name.")
+    namespace: str = Field(default="default", description="SleepCycle namespace.")
+    lineage: str = Field(description="ModelLineage name.")
+    attempt: int = Field(default=1, ge=1, description="1-based attempt number.")
+    store_uri: str = Field(description="Root of the model store.")
+    output_uri: str = Field(description="Where this step writes (see step_output_uri).")
+    base_generation: str = Field(description="Generation the cycle started from.")
+    base_uri: str = Field(description="Model folder of the base generation.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Outputs of earlier steps by step name, e.g. {'consolidation': <model uri>}.",
+    )
+    resume_from: str | None = Field(default=None, description="Checkpoint of the previous failed attempt, to resume from.")
+    memory: MemorySpec = Field(description="This cycle's memories.")
+    prior_memory_uris: list[str] = Field(
+        default_factory=list, description="Memories consolidated by earlier generations (replay and retention).",
+    )
+    champion_generation: str | None = Field(default=None, description="Champion to compare against in evaluation.")
+    champion_uri: str | None = Field(default=None, description="Model folder of the champion.")
+    consolidation: ConsolidationSpec = Field(default_factory=ConsolidationSpec, description="Consolidation knobs.")
+    dreaming: DreamingSpec = Field(default_factory=DreamingSpec, description="Dreaming knobs.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation knobs.")
+
+
+class ResultError(ValueError):
+    """A phase result that cannot be trusted; the phase fails with this message."""
+
+
+class PhaseResult(ApiModel):
+    """The small JSON a phase ends with (termination message and result.json)."""
+
+    step: Step = Field(description="The step that produced it.")
+    status: Literal["Succeeded", "Failed"] = Field(description="Succeeded, or Failed with message.")
+    message: str = Field(default="", max_length=1024, description="Human-readable summary or failure cause.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Scalar metrics (for evaluation: the candidate's).")
+    baseline: dict[str, float] = Field(
+        default_factory=dict, description="Evaluation only: the champion's metrics on the same suites.",
+    )
+    output_uri: str | None = Field(default=None, description="Primary artifact (model folder or eval report).")
+    content_hash: str | None = Field(default=None, description="sha256 of the primary artifact.")
+    checkpoint_uri: str | None = Field(default=None, description="Last checkpoint written.")
+    slot: str | None = Field(default=None, description="Consolidation: the new expert slot's name.")
+
+    def to_json(self) -> str:
+        text = json.dumps(self.wire(), separators=(",", ":"), allow_nan=True)
+        if len(text.encode()) > MAX_RESULT_BYTES:
+            raise ResultError(f"phase result is {len(text.encode())} bytes; the limit is {MAX_RESULT_BYTES}")
+        return text
+
+
+def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
+    """Parse and check a termination message; raise :class:`ResultError` with the reason.
+
+    A missing, truncated or malformed result, one for another step, or a success
+    without an artifact never advances a cycle.
+    """
+    if text is None or not text.strip():
+        raise ResultError("the phase ended without a result (empty termination message)")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultError(f"the phase result is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if not isinstance(raw, dict):
+        raise ResultError("the phase result must be a JSON object")
+    try:
+        result = PhaseResult.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ResultError(f"the phase result is invalid at {where}: {first['msg']}") from exc
+    if result.step != Step(step):
+        raise ResultError(f"the phase result is for step {result.step!s}, expected {Step(step).value}")
+    if result.status == "Succeeded" and not result.output_uri:
+        raise ResultError("the phase reported success without an outputUri")
+    for name, value in result.metrics.items():
+        if not math.isfinite(value) and result.step != Step.EVALUATION:
+            raise ResultError(f"the phase result metric {name} is not finite ({value})")
+    return result
