@@ -10,3 +10,9 @@ __version__ = "0.1.0"
 
 GROUP = "reverie.dev"
 VERSION = "v1alpha1"
+
+# Annotations users (or `reverie approve|reject`) write on a SleepCycle waiting
+# in AwaitingApproval: value "approved" or "rejected".
+APPROVAL_ANNOTATION = f"{GROUP}/approval"
+# Prefix of Kopf's own bookkeeping annotations on our objects.
+KOPF_PREFIX = f"kopf.{GROUP}"

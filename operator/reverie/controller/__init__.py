@@ -1,0 +1,1 @@
+"""The Kubernetes edge: Kopf handlers, Job rendering, API access, metrics."""
