@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverie.api.base import ConditionStatus
 from reverie.api.lineage import BaseModelSpec, GenerationState, ModelLineageStatus
 from reverie.core import lineage as L
 
@@ -166,17 +165,6 @@ def test_two_hundred_promotions_keep_the_status_small() -> None:
     for i in range(1, 201):
         big = cycle_promoted(big, f"c{i:04d}", limit=200)
     assert len(json.dumps(big.wire())) < 150_000
-
-
-def test_set_condition_moves_transition_time_only_on_status_change() -> None:
-    later = T0 + timedelta(hours=1)
-    c = L.set_condition([], type="ServingSynced", status="True", reason="Patched", message="m", now=T0)
-    c = L.set_condition(c, type="ServingSynced", status="True", reason="Patched", message="m2", now=later)
-    got = L.get_condition(c, "ServingSynced")
-    assert got is not None and got.last_transition_time == T0 and got.message == "m2"
-    c = L.set_condition(c, type="ServingSynced", status=ConditionStatus.FALSE, reason="NotFound", message="x", now=later)
-    got = L.get_condition(c, "ServingSynced")
-    assert got is not None and got.last_transition_time == later and len(c) == 1
 
 
 _ops = st.lists(

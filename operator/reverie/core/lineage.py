@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from reverie.api.base import Condition, ConditionStatus
 from reverie.api.lineage import BaseModelSpec, Generation, GenerationState, ModelLineageStatus
 
 BASE_GENERATION = "gen-0"
@@ -274,48 +273,6 @@ def trim_history(status: ModelLineageStatus, *, history_limit: int, keep: Iterab
         kept.append(g)
     new.generations = kept
     return new
-
-
-def set_condition(
-    conditions: list[Condition],
-    *,
-    type: str,
-    status: ConditionStatus | str,
-    reason: str,
-    message: str,
-    now: datetime,
-    observed_generation: int | None = None,
-) -> list[Condition]:
-    """Upsert a condition; ``lastTransitionTime`` moves only when ``status`` changes."""
-    status = ConditionStatus(status)
-    out: list[Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != type:
-            out.append(c)
-            continue
-        found = True
-        changed = c.status != status
-        out.append(
-            Condition(
-                type=type, status=status, reason=reason, message=message[:4096],
-                last_transition_time=now if changed else (c.last_transition_time or now),
-                observed_generation=observed_generation if observed_generation is not None else c.observed_generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type, status=status, reason=reason, message=message[:4096], last_transition_time=now,
-                observed_generation=observed_generation,
-            )
-        )
-    return out
-
-
-def get_condition(conditions: Iterable[Condition], type: str) -> Condition | None:
-    """The condition of that type, or None."""
-    return next((c for c in conditions if c.type == type), None)
 
 
 def _set_state(status: ModelLineageStatus, name: str, state: GenerationState, *, now: datetime) -> ModelLineageStatus:
