@@ -1,0 +1,44 @@
+"""Phase workloads: consolidation (Knowledge Seeding), dreaming and evaluation.
+
+Each phase is one process: ``reverie run-phase <step> --config phase.json``
+(:func:`reverie.workloads.run_phase.run_phase`).  Modules import torch and
+transformers; the operator and the pure core never import this package.
+
+Shared building blocks (stable interfaces; other phases build on them):
+
+``tiny`` — no-download models and fictional facts for tests and demos.
+    ``make_world(n, seed=, attributes=("city","pet"), values_per_attribute=16) -> FactWorld``
+    (``.entities``, ``.facts: list[Fact]``, ``.facts_of(entities)``); ``Fact(entity, attribute, value)``
+    with ``.question``, ``.answer``, ``.sentence``; ``memory_records(facts) -> list[dict]`` (one
+    document per person, with ``qa``); ``write_memories_jsonl(path, records)``;
+    ``build_tokenizer(corpus) -> Qwen2Tokenizer`` (ChatML, pad ``<|pad|>``, eos ``<|im_end|>``, left
+    padding); ``build_tiny_model(tokenizer, seed=, hidden_size=64, ...)``;
+    ``pretrain(model, tokenizer, facts=, mention_entities=, steps=)``; ``sft_batch_loss(model,
+    tokenizer, [(prompt, completion)])``;
+    ``build_base_generation(folder, seed=0, n_old=16, n_new=(8, 8), attributes=("city",)) -> TinyBase``
+    (``.folder``, ``.world``, ``.old: list[Fact]`` known closed-book, ``.new: list[list[Fact]]``
+    unknown, one list per later wake session).
+
+``modelio`` — generations on disk (HF folder + ``slots.json`` + ``slots/<name>/`` PEFT adapters).
+    ``load_generation(uri, dtype=, trainable=False) -> Generation`` (``.model`` — a ``PeftModel``
+    when it has slots, all active and frozen —, ``.tokenizer``, ``.slots``, ``.folder``);
+    ``save_generation(model, tokenizer, uri, slots=None, ledger=None) -> Path`` (atomic);
+    ``content_hash(folder) -> "sha256:..."``; ``stage_in(uri) -> Path``; ``stage_out(folder, uri)``;
+    ``activate_slots(peft_model, names)``.
+
+``memory`` — memory sets (JSONL: ``{"id", "text", "qa": [{"q", "a"}], "kind"}``).
+    ``load_memories(MemorySpec | [MemorySource], store_uri=) -> list[Memory]``;
+    ``load_memory_uris(uris, store_uri=)``; ``read_memory_uri(uri)``; ``parse_jsonl(text, source=)``;
+    ``Memory(id, text, qa: tuple[QA(q, a)], kind)``; ``MemorySetError``;
+    ``question_prompt(tokenizer, question, context=None) -> str`` (chat template; memory first).
+
+``generation`` — one interface for HF ``generate`` (CPU) and vLLM (GPU).
+    ``GenerationBackend.generate(prompts, *, max_new_tokens, temperature (0 = greedy), top_p, stop,
+    seed, return_logprobs, adapters=None (keep) | [] (base only) | [slot names], noise_scale=0.0
+    (random extra expert)) -> Generated(texts, token_ids, logprobs)``;
+    ``make_backend("hf" | "vllm", model, tokenizer, folder=, slots=)``; ``HFBackend``; ``VLLMBackend``;
+    context managers ``active_adapters(model, names)`` and ``random_expert(model, scale=, seed=)``.
+
+Consolidation: ``expansion`` (a new LoRA expert slot per sleep), ``consolidate`` (the
+Knowledge Seeding loop and losses), ``deepspeed_config``, ``checkpoint``.
+"""
