@@ -1,0 +1,617 @@
+"""The cycle planner: observed state in, next status and actions out.  Pure.
+
+``plan(cycle, observed=..., lineage=..., now=...)`` reads the SleepCycle (spec,
+status, annotations), the child Jobs the controller observed and the
+ModelLineage, and returns the status the cycle should have and the actions that
+move the world towards it.  It never does I/O and never reads a clock, so every
+transition is a table-driven unit test, and it is level-based: everything it
+decides is derived from what exists, so an operator restarted at any point (or
+an action applied twice) converges on the same result.
+
+The three rules that make restarts safe:
+
+* Child names are deterministic (``<cycle>-<step>-<attempt>``): a repeated
+  create meets 409, never a second GPU Job.
+* Attempt numbers come from ``status.records`` *and* the observed Jobs, so a
+  lost status write or a deleted Job never resets the retry budget (the
+  Kubeflow Trainer bug #3779 that users hit).
+* The controller writes the planned status *before* it applies the actions,
+  so a crash between the two leaves an intent the next reconcile re-applies.
+
+Phase machine (conditions are the contract, ``phase`` the summary)::
+
+    Pending → Consolidating → Dreaming (unless disabled) → Evaluating
+            → [AwaitingApproval] → Promoting → Succeeded
+    any → Rejected (gate) | Failed (budget spent, permanent error) | Suspended
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from reverie import APPROVAL_ANNOTATION
+from reverie.api.base import ConditionStatus, PhaseRuntime
+from reverie.api.lineage import Generation, GenerationState, ModelLineage
+from reverie.api.sleepcycle import (
+    TERMINAL_PHASES,
+    GateDecision,
+    Phase,
+    PhaseRecord,
+    PromotionPolicy,
+    SleepCycle,
+    SleepCycleStatus,
+    Step,
+    StepResult,
+)
+from reverie.core.conditions import set_condition
+from reverie.core.contract import PhaseConfig, ResultError, parse_result, step_output_uri
+from reverie.core.gate import decide
+from reverie.core.observed import JobState, ObservedJob
+
+# Kubernetes caps names at 63; an Indexed Job's pods are named ``<job>-<index>-<rand>``
+# and their hostnames ``<job>-<index>``, so we leave room (CronJob uses 52 too).
+MAX_JOB_NAME = 52
+# Attempts that end for these reasons are not the workload's fault and do not
+# spend the retry budget (they still get a new attempt number).
+UNCOUNTED_REASONS = frozenset({"Suspended"})
+# Attempts that end for these reasons are not retried: retrying cannot help.
+PERMANENT_REASONS = frozenset({"EngineNotInstalled", "InvalidJobSpec"})
+# How often a waiting cycle (lineage busy or missing) looks again when no event wakes it.
+WAIT_REQUEUE_SECONDS = 30.0
+
+STEP_PHASE = {Step.CONSOLIDATION: Phase.CONSOLIDATING, Step.DREAMING: Phase.DREAMING, Step.EVALUATION: Phase.EVALUATING}
+STEP_CONDITION = {Step.CONSOLIDATION: "Consolidated", Step.DREAMING: "Dreamed", Step.EVALUATION: "Evaluated"}
+
+
+# --- actions -----------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateJob:
+    """Create the Job (and its ConfigMap, and Service when multi-node) of one attempt."""
+
+    step: Step
+    attempt: int
+    job_name: str
+    config: PhaseConfig
+    runtime: PhaseRuntime
+    image: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    job_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ClaimLineage:
+    """Become the lineage's one active cycle (status.activeCycle)."""
+
+    lineage: str
+
+
+@dataclass(frozen=True)
+class ReleaseLineage:
+    lineage: str
+
+
+@dataclass(frozen=True)
+class RecordCandidate:
+    """Add the candidate generation this cycle produced to the lineage."""
+
+    lineage: str
+    parent: str | None
+    uri: str
+    content_hash: str | None
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Promote:
+    lineage: str
+    generation: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Reject:
+    lineage: str
+    generation: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequeueAfter:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DeleteCycle:
+    """ttlSecondsAfterFinished has passed: delete the cycle (children go by owner references)."""
+
+    reason: str
+
+
+Action = (
+    CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
+    | RequeueAfter | DeleteCycle
+)
+# Actions that change the lineage: after applying them the controller re-plans at once.
+LINEAGE_ACTIONS = (ClaimLineage, RecordCandidate, Promote, Reject)
+
+
+@dataclass
+class Plan:
+    status: SleepCycleStatus
+    actions: list[Action] = field(default_factory=list)
+
+    def of(self, kind: type) -> list[Action]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+# --- small pure rules ------------------------------------------------------------
+def job_name(cycle: str, step: Step | str, attempt: int) -> str:
+    """``<cycle>-<step>-<attempt>``; long cycle names are cut and made unique by a hash."""
+    step = Step(step).value
+    name = f"{cycle}-{step}-{attempt}"
+    if len(name) <= MAX_JOB_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    suffix = f"-{digest}-{step}-{attempt}"
+    return cycle[: MAX_JOB_NAME - len(suffix)].rstrip("-") + suffix
+
+
+def backoff_seconds(failures: int, *, base: float, multiplier: float, cap: float) -> float:
+    """Wait before the attempt after ``failures`` counted failures (exponential, capped)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap, base * multiplier ** (failures - 1)))
+
+
+def may_claim(active_cycle: str | None, *, cycle: str, holder_finished: bool) -> bool:
+    """A cycle may take the lineage if it is free, already ours, or held by a finished/deleted cycle."""
+    return active_cycle is None or active_cycle == cycle or holder_finished
+
+
+def steps_of(cycle: SleepCycle) -> list[Step]:
+    steps = [Step.CONSOLIDATION]
+    if cycle.spec.dreaming.enabled:
+        steps.append(Step.DREAMING)
+    steps.append(Step.EVALUATION)
+    return steps
+
+
+def _runtime(cycle: SleepCycle, step: Step) -> PhaseRuntime:
+    spec = cycle.spec
+    return {
+        Step.CONSOLIDATION: spec.consolidation.runtime,
+        Step.DREAMING: spec.dreaming.runtime,
+        Step.EVALUATION: spec.evaluation.runtime,
+    }[step]
+
+
+def _image(cycle: SleepCycle, step: Step) -> str:
+    runtime = _runtime(cycle, step)
+    if runtime.image:
+        return runtime.image
+    return cycle.spec.images.dreamer if step == Step.DREAMING else cycle.spec.images.trainer
+
+
+def _counted_failures(records: list[PhaseRecord], step: Step) -> list[PhaseRecord]:
+    return [r for r in records if r.step == step and r.result == StepResult.FAILED and r.reason not in UNCOUNTED_REASONS]
+
+
+def _describe(rec: PhaseRecord) -> str:
+    return f"{rec.reason}: {rec.message}" if rec.message else rec.reason
+
+
+# --- the planner -------------------------------------------------------------------
+class _Planner:
+    """One planning pass; a class only to share the inputs between small steps."""
+
+    def __init__(self, cycle: SleepCycle, observed: list[ObservedJob], lineage: ModelLineage | None, now: datetime):
+        self.cycle = cycle
+        self.name = cycle.metadata.name
+        self.ns = cycle.metadata.namespace
+        self.gen = cycle.metadata.generation
+        self.lineage = lineage
+        self.now = now
+        self.observed = {(o.step, o.attempt): o for o in observed}
+        self.old = cycle.status
+        self.status = cycle.status.model_copy(deep=True)
+        self.status.observed_generation = self.gen
+        self.actions: list[Action] = []
+
+    # -- helpers
+    def cond(self, type_: str, status: ConditionStatus | bool, reason: str, message: str = "") -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason=reason, message=message, now=self.now,
+            observed_generation=self.gen,
+        )
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.actions.append(EmitEvent(type_, reason, message))
+
+    def set_phase(self, phase: Phase, message: str) -> None:
+        self.status.phase = phase
+        self.status.message = message[:4096]
+
+    def finish(self, phase: Phase, reason: str, message: str) -> None:
+        self.set_phase(phase, message)
+        self.status.completion_time = self.status.completion_time or self.now
+        self.status.next_attempt_after = None
+        self.cond("Ready", phase == Phase.SUCCEEDED, reason, message)
+        if phase == Phase.FAILED:
+            self.cond("Failed", True, reason, message)
+
+    # -- records from observation
+    def sync_records(self) -> None:
+        """Fold what the Jobs say into status.records; final records never change."""
+        records = self.status.records
+        known = {(r.step, r.attempt) for r in records}
+        for (step, attempt), seen in sorted(self.observed.items(), key=lambda kv: (kv[1].created or self.now, kv[0][1])):
+            if (step, attempt) not in known:
+                # A Job we created but whose record was lost (crash before the status write).
+                records.append(PhaseRecord(step=step, attempt=attempt, job_name=seen.name, start_time=seen.created))
+        for i, rec in enumerate(records):
+            if rec.result in (StepResult.SUCCEEDED, StepResult.FAILED):
+                continue
+            obs = self.observed.get((Step(rec.step), rec.attempt))
+            if obs is None:
+                if rec.result == StepResult.RUNNING:
+                    records[i] = self._fail(rec, "JobDeleted", f"Job {rec.job_name} disappeared before it finished")
+                continue  # Pending: the create is re-applied below
+            if obs.state == JobState.ACTIVE:
+                records[i] = rec.model_copy(update={"result": StepResult.RUNNING, "start_time": rec.start_time or obs.created})
+            elif obs.state == JobState.SUCCEEDED:
+                records[i] = self._from_result(rec, obs)
+            else:
+                records[i] = self._from_failure(rec, obs)
+
+    def _fail(self, rec: PhaseRecord, reason: str, message: str, **extra: object) -> PhaseRecord:
+        rec = rec.model_copy(update={
+            "result": StepResult.FAILED, "reason": reason, "message": message[:4096],
+            "completion_time": rec.completion_time or self.now, **extra,
+        })
+        self.event("Warning", "AttemptFailed", f"{rec.step} attempt {rec.attempt} ({rec.job_name}) failed: {_describe(rec)}")
+        return rec
+
+    def _from_result(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
+        step = Step(rec.step)
+        finished = {"completion_time": obs.finished or self.now}
+        try:
+            result = parse_result(obs.result_text, step=step)
+        except ResultError as exc:
+            reason = "MissingResult" if not (obs.result_text or "").strip() else "MalformedResult"
+            return self._fail(rec, reason, str(exc), **finished)
+        if result.status != "Succeeded":
+            # The workload says it failed although the pod exited 0: trust the result.
+            return self._fail(rec, "PhaseReportedFailure", result.message or "the phase reported failure",
+                              checkpoint_uri=result.checkpoint_uri, **finished)
+        if step == Step.EVALUATION:
+            self.status.evaluation = dict(result.metrics)
+            self.status.champion_evaluation = dict(result.baseline)
+        self.event("Normal", "AttemptSucceeded", f"{step} attempt {rec.attempt} ({rec.job_name}) succeeded")
+        return rec.model_copy(update={
+            "result": StepResult.SUCCEEDED, "reason": "Succeeded", "message": result.message[:4096],
+            "output_uri": result.output_uri, "content_hash": result.content_hash,
+            "checkpoint_uri": result.checkpoint_uri,
+            "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)}, **finished,
+        })
+
+    def _from_failure(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
+        checkpoint: str | None = None
+        message = obs.message or "the Job failed"
+        try:
+            result = parse_result(obs.result_text, step=Step(rec.step))
+            checkpoint = result.checkpoint_uri
+            if result.message:
+                message = f"{result.message} ({obs.message})" if obs.message else result.message
+        except ResultError:
+            pass  # a crashed pod writes no result; the Job's reason is all we have
+        return self._fail(rec, obs.reason or "JobFailed", message, checkpoint_uri=checkpoint,
+                          completion_time=obs.finished or self.now)
+
+    # -- phases
+    def run(self) -> Plan:
+        old_phase = Phase(self.old.phase)
+        if old_phase in TERMINAL_PHASES:
+            self.terminal()
+            return self.done(old_phase)
+        self.sync_records()
+        if self.lineage is None:
+            lineage = self.cycle.spec.lineage_ref
+            self.set_phase(Phase.PENDING, f"waiting for ModelLineage {lineage} to exist in namespace {self.ns}")
+            self.cond("Ready", False, "LineageNotFound", self.status.message)
+            self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
+            return self.done(old_phase)
+        if self.cycle.spec.suspend:
+            self.suspend()
+            return self.done(old_phase)
+        if any(c.type == "Suspended" and ConditionStatus(c.status) == ConditionStatus.TRUE for c in self.status.conditions):
+            self.cond("Suspended", False, "Resumed", "spec.suspend is false; the cycle continues where it stopped")
+        if self.lineage.status.active_cycle != self.name:
+            holder = self.lineage.status.active_cycle
+            why = (f"lineage {self.lineage.metadata.name} is busy with cycle {holder}; this cycle starts when it ends"
+                   if holder else f"claiming lineage {self.lineage.metadata.name}")
+            self.set_phase(Phase.PENDING, why)
+            self.cond("Ready", False, "WaitingForLineage" if holder else "ClaimingLineage", why)
+            self.actions.append(ClaimLineage(self.lineage.metadata.name))
+            self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
+            return self.done(old_phase)
+        if not self.resolve_base():
+            return self.done(old_phase)
+        for step in steps_of(self.cycle):
+            if any(r.step == step and r.result == StepResult.SUCCEEDED for r in self.status.records):
+                continue
+            self.run_step(step)
+            return self.done(old_phase)
+        if not self.cycle.spec.dreaming.enabled:
+            self.cond("Dreamed", True, "Skipped", "spec.dreaming.enabled is false")
+        self.after_evaluation()
+        return self.done(old_phase)
+
+    def resolve_base(self) -> bool:
+        """Pin the base generation once, when the cycle first owns the lineage."""
+        assert self.lineage is not None
+        if self.status.base_generation and self.status.base_uri:
+            return True
+        lin = self.lineage
+        wanted = self.cycle.spec.base_generation or lin.status.champion
+        uri: str | None = None
+        if wanted is None or wanted == "gen-0":
+            wanted, uri = "gen-0", lin.spec.base_model.uri
+        else:
+            gen = next((g for g in lin.status.generations if g.name == wanted), None)
+            uri = gen.uri if gen else (lin.status.champion_uri if wanted == lin.status.champion else None)
+        if uri is None:
+            msg = f"spec.baseGeneration {wanted} is not a generation of lineage {lin.metadata.name}"
+            self.finish(Phase.FAILED, "BaseGenerationNotFound", msg)
+            return False
+        self.status.base_generation, self.status.base_uri = wanted, uri
+        return True
+
+    def suspend(self) -> None:
+        for i, rec in enumerate(self.status.records):
+            if rec.result in (StepResult.SUCCEEDED, StepResult.FAILED):
+                continue
+            obs = self.observed.get((Step(rec.step), rec.attempt))
+            ckpt = rec.checkpoint_uri or self._default_checkpoint(Step(rec.step))
+            self.status.records[i] = rec.model_copy(update={
+                "result": StepResult.FAILED, "reason": "Suspended", "completion_time": self.now,
+                "message": "spec.suspend: the Job was deleted; the next attempt resumes from its checkpoint",
+                "checkpoint_uri": ckpt,
+            })
+            if obs is not None and not obs.deleting:
+                self.actions.append(DeleteJob(rec.job_name, "Suspended"))
+        for other in self.observed.values():
+            if other.state == JobState.ACTIVE and not other.deleting and not any(
+                isinstance(a, DeleteJob) and a.job_name == other.name for a in self.actions
+            ):
+                self.actions.append(DeleteJob(other.name, "Suspended"))
+        msg = "spec.suspend is true: no Jobs run; set it to false to resume where the cycle stopped"
+        self.set_phase(Phase.SUSPENDED, msg)
+        self.cond("Suspended", True, "SuspendedByUser", msg)
+        self.cond("Ready", False, "Suspended", msg)
+
+    def _default_checkpoint(self, step: Step) -> str | None:
+        if self.lineage is None:
+            return None
+        return step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step) + "/checkpoints"
+
+    def run_step(self, step: Step) -> None:
+        phase = STEP_PHASE[step]
+        records = [r for r in self.status.records if r.step == step]
+        policy = self.cycle.spec.retries
+        live = [r for r in records if r.result in (StepResult.PENDING, StepResult.RUNNING)]
+        # Any other live Job (an older attempt, another step) is an orphan of a crash: stop it.
+        for obs in self.observed.values():
+            if obs.state == JobState.ACTIVE and not obs.deleting and not any(
+                r.job_name == obs.name for r in live
+            ):
+                self.actions.append(DeleteJob(obs.name, "Superseded"))
+        if live:
+            rec = live[-1]
+            if rec.result == StepResult.PENDING and (step, rec.attempt) not in self.observed:
+                self.actions.append(self._create(step, rec.attempt))  # re-apply a create lost in a crash
+            msg = f"{step} attempt {rec.attempt} of {policy.max_attempts} is running in Job {rec.job_name}"
+            self.set_phase(phase, msg)
+            self.cond(STEP_CONDITION[step], False, "Running", msg)
+            self.cond("Ready", False, phase.value, msg)
+            return
+        failures = _counted_failures(self.status.records, step)
+        last = records[-1] if records else None
+        if last is not None and last.reason in PERMANENT_REASONS:
+            msg = f"{step} attempt {last.attempt} failed permanently: {_describe(last)}"
+            self.cond(STEP_CONDITION[step], False, last.reason, msg)
+            self.finish(Phase.FAILED, last.reason, msg)
+            return
+        if len(failures) >= policy.max_attempts:
+            msg = (f"{step} failed {len(failures)} of {policy.max_attempts} attempts; "
+                   f"last: {_describe(failures[-1])}")
+            self.cond(STEP_CONDITION[step], False, "RetryBudgetExhausted", msg)
+            self.finish(Phase.FAILED, "RetryBudgetExhausted", msg)
+            return
+        if failures:
+            delay = backoff_seconds(len(failures), base=policy.backoff_seconds,
+                                    multiplier=policy.backoff_multiplier, cap=policy.max_backoff_seconds)
+            not_before = (failures[-1].completion_time or self.now) + timedelta(seconds=delay)
+            if self.now < not_before:
+                self.status.next_attempt_after = not_before
+                msg = (f"{step} attempt {failures[-1].attempt} failed ({_describe(failures[-1])}); "
+                       f"attempt {len(failures) + 1} of {policy.max_attempts} starts after {not_before.isoformat()}")
+                self.set_phase(phase, msg)
+                self.cond(STEP_CONDITION[step], False, "BackoffWaiting", msg)
+                self.cond("Ready", False, "BackoffWaiting", msg)
+                self.actions.append(RequeueAfter((not_before - self.now).total_seconds()))
+                return
+        attempt = 1 + max([r.attempt for r in records] + [a for (s, a) in self.observed if s == step], default=0)
+        create = self._create(step, attempt)
+        self.status.records.append(PhaseRecord(
+            step=step, attempt=attempt, job_name=create.job_name, start_time=self.now,
+            output_uri=create.config.output_uri,
+        ))
+        self.status.next_attempt_after = None
+        self.status.start_time = self.status.start_time or self.now
+        self.actions.append(create)
+        resume = f", resuming from {create.config.resume_from}" if create.config.resume_from else ""
+        msg = f"{step} attempt {attempt} of {policy.max_attempts} started in Job {create.job_name}{resume}"
+        self.event("Normal", "JobCreated", msg)
+        self.set_phase(phase, msg)
+        self.cond(STEP_CONDITION[step], False, "Running", msg)
+        self.cond("Ready", False, phase.value, msg)
+
+    def _create(self, step: Step, attempt: int) -> CreateJob:
+        assert self.lineage is not None and self.status.base_generation and self.status.base_uri
+        lin = self.lineage
+        spec = self.cycle.spec
+        done = {Step(r.step): r for r in self.status.records if r.result == StepResult.SUCCEEDED}
+        inputs = {s.value: r.output_uri for s, r in done.items() if r.output_uri}
+        previous = [r for r in self.status.records if r.step == step and r.attempt < attempt and r.result == StepResult.FAILED]
+        resume_from = None
+        if previous:
+            resume_from = previous[-1].checkpoint_uri or self._default_checkpoint(step)
+        champion = lin.status.champion or "gen-0"
+        champion_uri = lin.status.champion_uri or (lin.spec.base_model.uri if champion == "gen-0" else None)
+        config = PhaseConfig(
+            step=step, cycle=self.name, namespace=self.ns, lineage=lin.metadata.name, attempt=attempt,
+            store_uri=lin.spec.store.uri,
+            output_uri=step_output_uri(lin.spec.store.uri, lin.metadata.name, self.name, step),
+            base_generation=self.status.base_generation, base_uri=self.status.base_uri,
+            inputs=inputs, resume_from=resume_from, memory=spec.memory,
+            champion_generation=champion, champion_uri=champion_uri,
+            consolidation=spec.consolidation, dreaming=spec.dreaming, evaluation=spec.evaluation,
+        )
+        return CreateJob(step=step, attempt=attempt, job_name=job_name(self.name, step, attempt), config=config,
+                         runtime=_runtime(self.cycle, step), image=_image(self.cycle, step))
+
+    def candidate(self) -> Generation | None:
+        assert self.lineage is not None
+        return next((g for g in reversed(self.lineage.status.generations) if g.cycle == self.name), None)
+
+    def after_evaluation(self) -> None:
+        assert self.lineage is not None
+        lin = self.lineage.metadata.name
+        self.cond("Evaluated", True, "Succeeded", "evaluation finished; the gate read its metrics")
+        if self.status.gate is None:
+            champion = self.status.champion_evaluation or self._champion_scores()
+            rules = [str(r) for r in self.cycle.spec.evaluation.gate.rules]
+            self.status.gate = decide(rules, self.status.evaluation, champion, now=self.now)
+            self.event("Normal" if self.status.gate.outcome == "Passed" else "Warning",
+                       f"Gate{self.status.gate.outcome}", _gate_summary(self.status.gate))
+        gate = self.status.gate
+        self.cond("GatePassed", {"Passed": True, "Failed": False}.get(gate.outcome, ConditionStatus.UNKNOWN),
+                  gate.outcome, _gate_summary(gate))
+        gen = self.candidate()
+        generation = gen.name if gen else None
+        self.status.generation = generation
+        if gen is None or generation is None:
+            model = self._candidate_record()
+            self.set_phase(Phase.EVALUATING, "recording the candidate generation in the lineage")
+            self.actions.append(RecordCandidate(
+                lineage=lin, parent=self.status.base_generation, uri=model.output_uri or "",
+                content_hash=model.content_hash, scores=dict(self.status.evaluation),
+            ))
+            return
+        state = GenerationState(gen.state)
+        if state == GenerationState.CHAMPION or (state == GenerationState.RETIRED and gen.promoted_at is not None):
+            msg = f"generation {generation} is the champion of lineage {lin}"
+            self.cond("Promoted", True, "Promoted", msg)
+            self.finish(Phase.SUCCEEDED, "Promoted", msg)
+            return
+        if state == GenerationState.REJECTED:
+            # Only a promotion refused by the lineage lands here (StaleParent, Pinned):
+            # gate and approver rejections finish the cycle in the branch below.
+            msg = (f"the lineage refused to promote {generation}: another cycle promoted first "
+                   "(stale parent) or spec.rollbackTo pins the champion")
+            self.cond("Promoted", False, "PromotionRefused", msg)
+            self.finish(Phase.REJECTED, "PromotionRefused", msg)
+            return
+        approval = self.cycle.metadata.annotations.get(APPROVAL_ANNOTATION, "")
+        manual = self.cycle.spec.promotion.policy == PromotionPolicy.MANUAL
+        ask_human = manual if gate.outcome == "Passed" else (
+            gate.outcome == "Inconclusive" and self.cycle.spec.promotion.on_inconclusive == "AwaitApproval"
+        )
+        if gate.outcome == "Failed" or (gate.outcome == "Inconclusive" and not ask_human) or (ask_human and approval == "rejected"):
+            reason = "RejectedByApprover" if ask_human and approval == "rejected" else f"Gate{gate.outcome}"
+            msg = f"candidate {generation} rejected: {_gate_summary(gate)}"
+            self.cond("Promoted", False, reason, msg)
+            self.finish(Phase.REJECTED, reason, msg)
+            self.actions.append(Reject(lineage=lin, generation=generation, reason=reason))
+            return
+        if ask_human and approval != "approved":
+            msg = (f"candidate {generation} waits for approval: annotate {APPROVAL_ANNOTATION}=approved "
+                   f"(or rejected); gate: {_gate_summary(gate)}")
+            self.set_phase(Phase.AWAITING_APPROVAL, msg)
+            self.cond("Promoted", False, "AwaitingApproval", msg)
+            self.cond("Ready", False, "AwaitingApproval", msg)
+            return
+        msg = f"promoting {generation} to champion of lineage {lin}"
+        self.set_phase(Phase.PROMOTING, msg)
+        self.cond("Promoted", False, "Promoting", msg)
+        self.cond("Ready", False, "Promoting", msg)
+        self.actions.append(Promote(lineage=lin, generation=generation, scores=dict(self.status.evaluation)))
+
+    def _candidate_record(self) -> PhaseRecord:
+        """The model the cycle produced: dreaming's output when it ran, else consolidation's."""
+        ok = [r for r in self.status.records if r.result == StepResult.SUCCEEDED]
+        for step in (Step.DREAMING, Step.CONSOLIDATION):
+            rec = next((r for r in ok if r.step == step), None)
+            if rec is not None:
+                return rec
+        raise AssertionError("evaluation succeeded without a model step")
+
+    def _champion_scores(self) -> dict[str, float]:
+        assert self.lineage is not None
+        champ = self.lineage.status.champion
+        gen = next((g for g in self.lineage.status.generations if g.name == champ), None)
+        return dict(gen.scores) if gen else {}
+
+    def terminal(self) -> None:
+        """Finished cycles: give the lineage back, retry a lost Reject, honour the TTL."""
+        lin = self.lineage
+        if lin is not None and lin.status.active_cycle == self.name:
+            self.actions.append(ReleaseLineage(lin.metadata.name))
+        if lin is not None and Phase(self.old.phase) == Phase.REJECTED and self.status.generation:
+            gen = next((g for g in lin.status.generations if g.name == self.status.generation), None)
+            if gen is not None and GenerationState(gen.state) == GenerationState.CANDIDATE:
+                self.actions.append(Reject(lineage=lin.metadata.name, generation=gen.name, reason="GateRejected"))
+        ttl = self.cycle.spec.ttl_seconds_after_finished
+        if ttl is not None:
+            end = self.status.completion_time or self.now
+            due = end + timedelta(seconds=ttl)
+            if self.now >= due:
+                self.actions.append(DeleteCycle(f"ttlSecondsAfterFinished ({ttl}s) passed"))
+            else:
+                self.actions.append(RequeueAfter((due - self.now).total_seconds()))
+
+    def done(self, old_phase: Phase) -> Plan:
+        new_phase = Phase(self.status.phase)
+        if new_phase != old_phase:
+            warn = new_phase in (Phase.FAILED, Phase.REJECTED)
+            self.event("Warning" if warn else "Normal", new_phase.value, self.status.message or new_phase.value)
+            if new_phase in TERMINAL_PHASES and self.lineage is not None and self.lineage.status.active_cycle == self.name:
+                self.actions.append(ReleaseLineage(self.lineage.metadata.name))
+            ttl = self.cycle.spec.ttl_seconds_after_finished
+            if new_phase in TERMINAL_PHASES and ttl is not None:
+                self.actions.append(RequeueAfter(float(ttl)))
+        return Plan(status=self.status, actions=self.actions)
+
+
+def _gate_summary(gate: GateDecision) -> str:
+    parts = [f"{v.rule}: {v.verdict}" + (f" ({v.reason})" if v.reason else "") for v in gate.rules]
+    return f"{gate.outcome}; " + "; ".join(parts) if parts else f"{gate.outcome} (no rules)"
+
+
+def plan(cycle: SleepCycle, *, observed: list[ObservedJob], lineage: ModelLineage | None, now: datetime) -> Plan:
+    """Decide the next status and actions of ``cycle`` from what was observed."""
+    return _Planner(cycle, observed, lineage, now).run()
