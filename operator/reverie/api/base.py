@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 
@@ -31,9 +31,26 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """CEL validations for ``json_schema_extra``: pairs of (rule, message)."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """CEL validations for ``json_schema_extra``: (rule, message[, fieldPath]).
+
+    ``fieldPath`` (e.g. ``".topK"``) makes the API server report the error at
+    that field instead of at the object the rule is attached to.  A rule that
+    mentions ``oldSelf`` is a transition rule: it runs on updates only.
+    """
+    validations: list[dict[str, str]] = []
+    for rule in rules:
+        validation = {"rule": rule[0], "message": rule[1]}
+        if len(rule) == 3:
+            validation["fieldPath"] = rule[2]
+        validations.append(validation)
+    return {"x-kubernetes-validations": validations}
+
+
+# A Kubernetes resource quantity ("4", "500m", "16Gi", "1e3"), the pattern the
+# API server's own CRD generators use for resource.Quantity.
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
 
 
 class ConditionStatus(StrEnum):
@@ -60,6 +77,16 @@ class Condition(ApiModel):
 class Toleration(ApiModel):
     """A pod toleration, copied verbatim onto the phase pods."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
+                "value must be empty when operator is Exists; remove value or use operator Equal",
+                ".value",
+            ),
+        )
+    )
+
     key: str | None = Field(default=None, description="Taint key the toleration applies to.", max_length=316)
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
     value: str | None = Field(default=None, description="Taint value for operator Equal.", max_length=63)
@@ -74,8 +101,24 @@ class Toleration(ApiModel):
 class Resources(ApiModel):
     """Container resources (Kubernetes quantities, e.g. cpu: '4', memory: 16Gi, nvidia.com/gpu: '1')."""
 
-    requests: dict[str, str] = Field(default_factory=dict, description="Minimum resources, as quantities.")
-    limits: dict[str, str] = Field(default_factory=dict, description="Maximum resources, as quantities.")
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+                " || !isQuantity(self.requests[k]) || !isQuantity(self.limits[k])"
+                " || quantity(self.limits[k]).compareTo(quantity(self.requests[k])) >= 0)",
+                "every limit must be >= its request; raise limits or lower requests",
+                ".limits",
+            ),
+        )
+    )
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Minimum resources, as quantities."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Maximum resources, as quantities."
+    )
 
 
 class Engine(StrEnum):
@@ -86,12 +129,6 @@ class Engine(StrEnum):
 
 class PhaseRuntime(ApiModel):
     """Where and how one phase's workload runs."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("self.engine == 'Job' || self.numNodes >= 1", "runtime.engine: TrainJob/JobSet need numNodes >= 1"),
-        )
-    )
 
     image: str | None = Field(
         default=None, max_length=512, description="Container image; default: the cycle's images.trainer (images.dreamer for dreaming)."
@@ -115,7 +152,9 @@ class Scheduling(ApiModel):
         default=None, max_length=63, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label."
     )
     priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the phase pods.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the phase pods must match.")
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels the phase pods must match."
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations of the phase pods.")
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of the phase pods (the API token is never mounted)."
@@ -137,6 +176,16 @@ class Images(ApiModel):
 
 class RetryPolicy(ApiModel):
     """Per-phase retry budget, owned by the operator (phase Jobs use backoffLimit 0)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.maxBackoffSeconds >= self.backoffSeconds",
+                "maxBackoffSeconds must be >= backoffSeconds; raise maxBackoffSeconds or lower backoffSeconds",
+                ".maxBackoffSeconds",
+            ),
+        )
+    )
 
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per phase before the cycle fails.")
     backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the second attempt, in seconds.")

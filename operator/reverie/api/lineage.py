@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 
 from reverie import GROUP, VERSION
 from reverie.api.base import ApiModel, Condition, cel
-from reverie.api.sleepcycle import DNS_LABEL, ObjectMeta, SleepCycleSpec
+from reverie.api.sleepcycle import CONDITIONS_LIST, DNS_LABEL, ObjectMeta, SleepCycleSpec
 
 
 class BaseModelSpec(ApiModel):
@@ -49,10 +49,16 @@ class ConcurrencyPolicy(StrEnum):
     REPLACE = "Replace"
 
 
+CRON_PATTERN = r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+(\s+\S+){4})\s*$"
+
+
 class ScheduleSpec(ApiModel):
     """CronJob-like creation of SleepCycles from a template."""
 
-    cron: str = Field(min_length=9, max_length=128, description="Cron expression (5 fields), e.g. '0 3 * * *'.")
+    cron: str = Field(
+        max_length=128, pattern=CRON_PATTERN,
+        description="Cron expression (5 fields, e.g. '0 3 * * *') or a macro such as @daily.",
+    )
     time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone the cron expression is read in.")
     template: SleepCycleSpec = Field(description="Spec of the SleepCycles created; lineageRef is forced to this lineage.")
     concurrency_policy: ConcurrencyPolicy = Field(
@@ -79,9 +85,12 @@ class ServingTarget(ApiModel):
         json_schema_extra=cel(
             (
                 "self.kind != 'Deployment' || (has(self.container) && has(self.env))",
-                "spec.servingTarget: kind Deployment needs container and env",
+                "kind Deployment needs container and env (the env var that receives the champion URI); set both",
             ),
-            ("self.kind != 'ConfigMap' || has(self.key)", "spec.servingTarget: kind ConfigMap needs key"),
+            (
+                "self.kind != 'ConfigMap' || has(self.key)",
+                "kind ConfigMap needs key (the key that receives the champion URI); set key",
+            ),
         )
     )
 
@@ -97,7 +106,16 @@ class ModelLineageSpec(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=cel(
-            ("self.baseModel == oldSelf.baseModel", "spec.baseModel is immutable: generation 0 cannot change; create a new ModelLineage"),
+            (
+                "self.baseModel == oldSelf.baseModel",
+                "baseModel is immutable (generation 0 cannot change); create a new ModelLineage instead",
+                ".baseModel",
+            ),
+            (
+                "self.store.uri == oldSelf.store.uri",
+                "store.uri is immutable (the generations live under it); create a new ModelLineage instead",
+                ".store.uri",
+            ),
         )
     )
 
@@ -127,7 +145,7 @@ class Generation(ApiModel):
     cycle: str | None = Field(default=None, max_length=253, description="SleepCycle that produced it.")
     uri: str = Field(max_length=2048, description="Artifact URI (Hugging Face model folder).")
     content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the artifact.")
-    scores: dict[str, float] = Field(default_factory=dict, description="Eval scores at promotion time.")
+    scores: dict[str, float] = Field(default_factory=dict, max_length=64, description="Eval scores at promotion time.")
     state: GenerationState = Field(description="Candidate, Champion, Retired or Rejected.")
     created_at: datetime | None = Field(default=None, description="When it was recorded.")
     promoted_at: datetime | None = Field(default=None, description="When it last became champion.")
@@ -138,8 +156,8 @@ class DroppedSummary(ApiModel):
     """What historyLimit dropped from status.generations."""
 
     count: int = Field(default=0, ge=0, description="Generations dropped so far.")
-    oldest: str | None = Field(default=None, description="Oldest dropped generation.")
-    newest: str | None = Field(default=None, description="Newest dropped generation.")
+    oldest: str | None = Field(default=None, max_length=63, description="Oldest dropped generation.")
+    newest: str | None = Field(default=None, max_length=63, description="Newest dropped generation.")
 
 
 class ModelLineageStatus(ApiModel):
@@ -155,13 +173,26 @@ class ModelLineageStatus(ApiModel):
     last_schedule_time: datetime | None = Field(default=None, description="Last time the schedule created a cycle.")
     last_promotion_time: datetime | None = Field(default=None, description="Last champion change.")
     serving_uri: str | None = Field(default=None, max_length=2048, description="URI last handed to the serving target.")
-    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).",
+        json_schema_extra=CONDITIONS_LIST,
+    )
 
 
 class ModelLineage(ApiModel):
     """A model's generations and champion (short name: mlin)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=cel(
+            (
+                "!has(self.spec.schedule) || self.spec.schedule.template.lineageRef == self.metadata.name",
+                "spec.schedule.template.lineageRef must name this ModelLineage (metadata.name); fix lineageRef",
+                ".spec.schedule.template.lineageRef",
+            ),
+        ),
+    )
 
     api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
     kind: Literal["ModelLineage"] = Field(default="ModelLineage", description="ModelLineage")

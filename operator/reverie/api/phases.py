@@ -28,7 +28,7 @@ class MemorySource(ApiModel):
         json_schema_extra=cel(
             (
                 "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
-                "memory.sources[]: set exactly one of uri, configMap or inline",
+                "set exactly one of uri, configMap or inline in each memory source",
             ),
         )
     )
@@ -38,8 +38,8 @@ class MemorySource(ApiModel):
         description="JSONL file or folder of JSONL files: a path in the store, file://, or s3:// (fsspec).",
     )
     config_map: ConfigMapKeyRef | None = Field(default=None, description="JSONL memories in a ConfigMap key.")
-    inline: list[str] | None = Field(
-        default=None, max_length=256, description="Memory documents written inline (demos and tests).",
+    inline: list[Annotated[str, StringConstraints(min_length=1, max_length=8192)]] | None = Field(
+        default=None, min_length=1, max_length=128, description="Memory documents written inline (demos and tests).",
     )
 
 
@@ -64,7 +64,7 @@ class ConsolidationSpec(ApiModel):
     teacher (the smaller self) into it with on-policy distillation + Learning-to-Imitate."""
 
     expert_rank: int = Field(default=16, ge=1, le=1024, description="d_low, rank of the new low-rank expert slot.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], min_length=1, max_length=16,
         description="Module names (MLP/attention projections) that receive the new slot.",
     )
@@ -102,6 +102,17 @@ class GrpoSpec(ApiModel):
 
 class DreamingSpec(ApiModel):
     """Dreaming: the model writes its own curriculum, keeps what helps, learns from it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!self.enabled || self.topK + self.randomExtra <= self.dreamsPerContext",
+                "topK + randomExtra must not exceed dreamsPerContext (dreams kept <= dreams generated); "
+                "lower topK/randomExtra or raise dreamsPerContext",
+                ".topK",
+            ),
+        )
+    )
 
     enabled: bool = Field(default=True, description="Run the dreaming phase (false: go straight to evaluation).")
     dreams_per_context: int = Field(default=4, ge=1, le=256, description="m: dreams generated per task context.")
@@ -155,6 +166,7 @@ class EvaluationSpec(ApiModel):
 
     suites: list[Suite] = Field(
         default_factory=lambda: list(Suite), min_length=1, max_length=5, description="Suites to run.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     questions_per_memory: int = Field(default=3, ge=1, le=64, description="Closed-book questions derived per memory document.")
     max_new_tokens: int = Field(default=24, ge=1, le=1024, description="Tokens generated per answer.")

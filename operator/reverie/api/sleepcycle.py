@@ -19,6 +19,9 @@ from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, 
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+# Conditions are a map keyed by type, so server-side apply merges them per type.
+CONDITIONS_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
 
 class Phase(StrEnum):
     """Derived, human-facing phase of a cycle."""
@@ -66,21 +69,6 @@ class PromotionSpec(ApiModel):
 class SleepCycleSpec(ApiModel):
     """Desired state of one sleep cycle."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("self.lineageRef == oldSelf.lineageRef", "spec.lineageRef is immutable; create a new SleepCycle instead"),
-            (
-                "has(self.baseGeneration) == has(oldSelf.baseGeneration) && (!has(self.baseGeneration) || self.baseGeneration == oldSelf.baseGeneration)",
-                "spec.baseGeneration is immutable; create a new SleepCycle instead",
-            ),
-            ("self.memory == oldSelf.memory", "spec.memory is immutable once the cycle exists; create a new SleepCycle instead"),
-            (
-                "!self.dreaming.enabled || self.dreaming.topK + self.dreaming.randomExtra <= self.dreaming.dreamsPerContext",
-                "spec.dreaming: topK + randomExtra must not exceed dreamsPerContext",
-            ),
-        )
-    )
-
     lineage_ref: str = Field(
         min_length=1, max_length=63, pattern=DNS_LABEL,
         description="Name of the ModelLineage (same namespace) this cycle trains and promotes into.",
@@ -125,7 +113,7 @@ class PhaseRecord(ApiModel):
     output_uri: str | None = Field(default=None, max_length=2048, description="Where the step wrote its outputs.")
     content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the produced artifact.")
     checkpoint_uri: str | None = Field(default=None, max_length=2048, description="Last checkpoint, handed to the next attempt.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Scalar metrics the step reported.")
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64, description="Scalar metrics the step reported.")
 
 
 class RuleVerdict(ApiModel):
@@ -150,13 +138,19 @@ class SleepCycleStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last reconciled.")
     phase: Phase = Field(default=Phase.PENDING, description="Human-facing summary; conditions are the contract.")
     message: str = Field(default="", max_length=4096, description="What the cycle is doing or waiting for, and why.")
-    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions (Ready, Consolidated, Dreamed, Evaluated, GatePassed, Promoted, Suspended, Failed).")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        description="Conditions (Ready, Consolidated, Dreamed, Evaluated, GatePassed, Promoted, Suspended, Failed).",
+        json_schema_extra=CONDITIONS_LIST,
+    )
     base_generation: str | None = Field(default=None, max_length=63, description="Generation this cycle started from (resolved champion).")
     base_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the base generation.")
     records: list[PhaseRecord] = Field(default_factory=list, max_length=64, description="Every step attempt, oldest first.")
     next_attempt_after: datetime | None = Field(default=None, description="Backoff: no new attempt is created before this time.")
-    evaluation: dict[str, float] = Field(default_factory=dict, description="Candidate eval metrics the gate read.")
-    champion_evaluation: dict[str, float] = Field(default_factory=dict, description="Champion metrics the gate compared against.")
+    evaluation: dict[str, float] = Field(default_factory=dict, max_length=64, description="Candidate eval metrics the gate read.")
+    champion_evaluation: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Champion metrics the gate compared against."
+    )
     gate: GateDecision | None = Field(default=None, description="Gate decision with a verdict per rule.")
     generation: str | None = Field(default=None, max_length=63, description="The generation this cycle produced.")
     start_time: datetime | None = Field(default=None, description="When the first Job was created.")
@@ -175,13 +169,49 @@ class ObjectMeta(ApiModel):
     labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
 
 
+# Phase Jobs are named <cycle>-<step>-<attempt> ("-consolidation-20" is 17
+# characters) and a Job's name becomes a pod label value (<= 63 characters).
+MAX_CYCLE_NAME = 46
+
+
 class SleepCycle(ApiModel):
     """A sleep cycle of a model lineage (short name: sc)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=cel(
+            (
+                f"size(self.metadata.name) <= {MAX_CYCLE_NAME}",
+                f"metadata.name must be at most {MAX_CYCLE_NAME} characters so that phase Job names "
+                "(<cycle>-<step>-<attempt>) stay valid; choose a shorter name",
+            ),
+        ),
+    )
 
     api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
     kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
-    spec: SleepCycleSpec = Field(description="Desired state.")
+    spec: SleepCycleSpec = Field(
+        description="Desired state.",
+        # Immutability lives here, not on SleepCycleSpec: a ModelLineage's
+        # schedule template is a SleepCycleSpec too, and that one may change.
+        json_schema_extra=cel(
+            (
+                "self.lineageRef == oldSelf.lineageRef",
+                "lineageRef is immutable; create a new SleepCycle instead",
+                ".lineageRef",
+            ),
+            (
+                "has(self.baseGeneration) == has(oldSelf.baseGeneration)"
+                " && (!has(self.baseGeneration) || self.baseGeneration == oldSelf.baseGeneration)",
+                "baseGeneration is immutable; create a new SleepCycle instead",
+                ".baseGeneration",
+            ),
+            (
+                "self.memory == oldSelf.memory",
+                "memory is immutable once the cycle exists; create a new SleepCycle instead",
+                ".memory",
+            ),
+        ),
+    )
     status: SleepCycleStatus = Field(default_factory=SleepCycleStatus, description="Observed state.")
