@@ -146,13 +146,19 @@ def flat_metrics(scores: Iterable[SuiteScore]) -> dict[str, float]:
     out: dict[str, float] = {}
     for score in scores:
         name = Suite(score.suite).value
-        out[name] = score.value
-        out[f"{name}_ci_low"] = score.interval.low
-        out[f"{name}_ci_high"] = score.interval.high
+        out[name] = _round(score.value)
+        out[f"{name}_ci_low"] = _round(score.interval.low)
+        out[f"{name}_ci_high"] = _round(score.interval.high)
         out[f"{name}_n"] = float(score.n)
         for part, sub in score.parts.items():
-            out[f"{name}_{part}"] = sub.value
+            out[f"{name}_{part}"] = _round(sub.value)
     return out
+
+
+def _round(value: float) -> float:
+    # Six significant digits keep candidate + champion inside the 4 KiB
+    # termination message; both sides are rounded alike, so comparisons hold.
+    return value if not math.isfinite(value) else float(f"{value:.6g}")
 
 
 # --------------------------------------------------------------------------- #

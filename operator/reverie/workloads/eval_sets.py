@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import random
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+import fsspec
 
 GENERAL_QA_FILE = "general_qa.jsonl"
 FEWSHOT_FILE = "fewshot.jsonl"
@@ -156,9 +158,11 @@ def fewshot_items(*, shots: int = 3, per_task: int = 8, seed: int = 1234) -> lis
     return items
 
 
-def _read_jsonl(path: Path) -> list[dict[str, object]]:
+def _read_jsonl(path: str) -> list[dict[str, object]]:
+    with fsspec.open(path, "r", encoding="utf-8") as fh:
+        text = fh.read()
     rows: list[dict[str, object]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -178,10 +182,11 @@ def _require(row: dict[str, object], key: str, where: str) -> str:
     return value
 
 
-def _override(store_dirs: list[Path], name: str) -> Path | None:
+def _override(store_dirs: Sequence[str], name: str) -> str | None:
     for folder in store_dirs:
-        candidate = folder / "eval" / name
-        if candidate.is_file():
+        candidate = f"{str(folder).rstrip('/')}/eval/{name}"
+        fs, path = fsspec.core.url_to_fs(candidate)
+        if fs.isfile(path):
             return candidate
     return None
 
@@ -196,7 +201,7 @@ class EvalSets:
     sources: dict[str, str]
 
 
-def load_eval_sets(store_dirs: list[Path]) -> EvalSets:
+def load_eval_sets(store_dirs: Sequence[str]) -> EvalSets:
     """The fixed sets: a user's JSONL under ``<dir>/eval/`` for the first dir that has one, else built-in."""
     sources: dict[str, str] = {}
     path = _override(store_dirs, GENERAL_QA_FILE)
@@ -204,7 +209,7 @@ def load_eval_sets(store_dirs: list[Path]) -> EvalSets:
         qa = [QAPair(id=str(row.get("id", f"general-{i}")), question=_require(row, "question", f"{path}:{i + 1}"),
                      answer=_require(row, "answer", f"{path}:{i + 1}"))
               for i, row in enumerate(_read_jsonl(path))]
-        sources["general_qa"] = str(path)
+        sources["general_qa"] = path
     else:
         qa, sources["general_qa"] = general_qa(), "builtin"
     path = _override(store_dirs, FEWSHOT_FILE)
@@ -213,13 +218,13 @@ def load_eval_sets(store_dirs: list[Path]) -> EvalSets:
                           prompt=_require(row, "prompt", f"{path}:{i + 1}"),
                           answer=_require(row, "answer", f"{path}:{i + 1}"))
               for i, row in enumerate(_read_jsonl(path))]
-        sources["fewshot"] = str(path)
+        sources["fewshot"] = path
     else:
         fs, sources["fewshot"] = fewshot_items(), "builtin"
     path = _override(store_dirs, GENERAL_TEXT_FILE)
     if path:
         text = [_require(row, "text", f"{path}:{i + 1}") for i, row in enumerate(_read_jsonl(path))]
-        sources["general_text"] = str(path)
+        sources["general_text"] = path
     else:
         text, sources["general_text"] = general_text(), "builtin"
     return EvalSets(general_qa=qa, fewshot=fs, general_text=text, sources=sources)

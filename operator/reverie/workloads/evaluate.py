@@ -1,0 +1,383 @@
+"""The evaluation phase: score the candidate (and the champion) on the gate's suites.
+
+``run(config)`` evaluates the cycle's candidate — the dreaming output, or the
+consolidation output when dreaming is disabled — and the champion the gate
+compares it with, on the same items:
+
+* ``knowledge_incorporation`` — closed-book questions about this cycle's memories;
+* ``incontext_upper_bound``  — the same questions with the memory document in the
+  prompt (what the serving model could do before the sleep: the ceiling);
+* ``retention``              — questions about memories of earlier generations
+  (``prior_memory_uris``) plus a fixed general set; parts ``memories`` and
+  ``general``;
+* ``fewshot``                — held-out few-shot tasks;
+* ``perplexity``             — held-out general text.
+
+Questions come from :mod:`reverie.workloads.questions`; the fixed sets from
+:mod:`reverie.workloads.eval_sets` (built in, or the user's JSONL in the store).
+Answers are greedy; an answer counts when its normalised reference appears in the
+output.  The report schema is :mod:`reverie.workloads.eval_schema`.
+
+Model scores are cached in the store under ``<store>/.eval-cache/<key>.json``,
+keyed by the model folder's content hash and the hash of every evaluated item
+and setting: the champion is scored once per question set, not once per cycle,
+and a preempted evaluation resumes without rescoring a model it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import fsspec
+
+from reverie.api.phases import Suite
+from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.workloads.eval_schema import (
+    SCHEMA_VERSION,
+    EvalReport,
+    EvalSettings,
+    ItemOutcome,
+    ModelEval,
+    SuiteScore,
+    accuracy_score,
+    perplexity_score,
+)
+from reverie.workloads.eval_sets import EvalSets, load_eval_sets
+from reverie.workloads.memory import Memory, load_memories, load_memory_uris
+from reverie.workloads.questions import Question, answer_matches, memory_questions, question_text
+
+EVAL_CACHE_DIR = ".eval-cache"
+EVAL_REPORT = "eval.json"
+# Caps keep an evaluation's cost bounded as the memory buffer and the lineage's
+# history grow; the subsample is seeded, so every model sees the same items.
+MAX_MEMORY_QUESTIONS = 600
+MAX_RETENTION_QUESTIONS = 400
+_TRUNC = 300
+
+
+@dataclass(frozen=True)
+class AskItem:
+    """One accuracy item: the user-turn text, optional context, the reference answer."""
+
+    id: str
+    text: str
+    answer: str
+    context: str | None = None
+
+
+@dataclass
+class EvalItems:
+    """Every item of every suite, fixed before any model is scored."""
+
+    suites: list[Suite]
+    knowledge: list[AskItem] = field(default_factory=list)
+    incontext: list[AskItem] = field(default_factory=list)
+    retention_memories: list[AskItem] = field(default_factory=list)
+    retention_general: list[AskItem] = field(default_factory=list)
+    fewshot: list[AskItem] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def digest(self, *, max_new_tokens: int) -> str:
+        """sha256 of the items and generation settings: equal digests mean comparable scores."""
+        payload = {
+            "schema": SCHEMA_VERSION, "suites": [Suite(s).value for s in self.suites],
+            "maxNewTokens": max_new_tokens,
+            "items": {name: [[i.id, i.text, i.answer, i.context or ""] for i in getattr(self, name)]
+                      for name in ("knowledge", "incontext", "retention_memories", "retention_general", "fewshot")},
+            "texts": self.texts,
+        }
+        return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class Scorer(Protocol):
+    """What evaluation needs from a model: greedy answers and text NLL."""
+
+    def answers(self, items: Sequence[AskItem], *, max_new_tokens: int) -> list[str]: ...
+
+    def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]: ...
+
+
+def _subsample(items: list[AskItem], cap: int, *, seed: int) -> list[AskItem]:
+    if len(items) <= cap:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), cap))
+    return [items[i] for i in keep]
+
+
+def _ask(q: Question, *, with_context: bool) -> AskItem:
+    return AskItem(id=q.id, text=question_text(q), answer=q.answer, context=q.context if with_context else None)
+
+
+def build_items(
+    *, suites: Sequence[Suite], memories: Sequence[Memory], prior: Sequence[Memory], sets: EvalSets,
+    questions_per_memory: int, seed: int = 0,
+) -> EvalItems:
+    """The items of the requested suites (deterministic for the same inputs)."""
+    wanted = [Suite(s) for s in suites]
+    items = EvalItems(suites=wanted)
+    questions = [q for m in memories for q in memory_questions(m, limit=questions_per_memory)]
+    if Suite.KNOWLEDGE_INCORPORATION in wanted or Suite.INCONTEXT_UPPER_BOUND in wanted:
+        closed = _subsample([_ask(q, with_context=False) for q in questions], MAX_MEMORY_QUESTIONS, seed=seed)
+        ids = {i.id for i in closed}
+        if Suite.KNOWLEDGE_INCORPORATION in wanted:
+            items.knowledge = closed
+        if Suite.INCONTEXT_UPPER_BOUND in wanted:
+            items.incontext = [_ask(q, with_context=True) for q in questions if q.id in ids]
+    if Suite.RETENTION in wanted:
+        old = [_ask(q, with_context=False) for m in prior for q in memory_questions(m, limit=questions_per_memory)]
+        # Memory ids repeat across generations' sets; the item id must stay unique.
+        old = [AskItem(id=f"prior-{n}/{i.id}", text=i.text, answer=i.answer) for n, i in enumerate(old)]
+        items.retention_memories = _subsample(old, MAX_RETENTION_QUESTIONS, seed=seed)
+        items.retention_general = [AskItem(id=g.id, text=g.question, answer=g.answer) for g in sets.general_qa]
+    if Suite.FEWSHOT in wanted:
+        items.fewshot = [AskItem(id=f.id, text=f.prompt, answer=f.answer) for f in sets.fewshot]
+    if Suite.PERPLEXITY in wanted:
+        items.texts = list(sets.general_text)
+    return items
+
+
+def _outcomes(items: Sequence[AskItem], outputs: Sequence[str]) -> list[ItemOutcome]:
+    return [
+        ItemOutcome(id=i.id, prompt=(f"{i.context}\n\n" if i.context else "")[:_TRUNC] + i.text[:_TRUNC],
+                    expected=i.answer, output=o[:_TRUNC], correct=answer_matches(o, i.answer))
+        for i, o in zip(items, outputs, strict=True)
+    ]
+
+
+def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: int = 0) -> dict[str, SuiteScore]:
+    """Every requested suite's score for one model."""
+    groups = [items.knowledge, items.incontext, items.retention_memories, items.retention_general, items.fewshot]
+    flat = [i for g in groups for i in g]
+    # One batched pass over every question: batching across suites is what keeps
+    # an evaluation cheap on CPU.
+    outputs = scorer.answers(flat, max_new_tokens=max_new_tokens) if flat else []
+    scored: list[list[ItemOutcome]] = []
+    start = 0
+    for g in groups:
+        scored.append(_outcomes(g, outputs[start:start + len(g)]))
+        start += len(g)
+    knowledge, incontext, ret_mem, ret_gen, fewshot = scored
+    out: dict[str, SuiteScore] = {}
+    for suite in items.suites:
+        if suite == Suite.KNOWLEDGE_INCORPORATION:
+            out[suite.value] = accuracy_score(suite, knowledge)
+        elif suite == Suite.INCONTEXT_UPPER_BOUND:
+            out[suite.value] = accuracy_score(suite, incontext)
+        elif suite == Suite.RETENTION:
+            out[suite.value] = accuracy_score(suite, ret_mem + ret_gen, parts={
+                "memories": accuracy_score(suite, ret_mem), "general": accuracy_score(suite, ret_gen),
+            })
+            # Parts carry only their counts; the items live once, in the parent.
+            for part in out[suite.value].parts.values():
+                part.items = []
+        elif suite == Suite.FEWSHOT:
+            out[suite.value] = accuracy_score(suite, fewshot)
+        elif suite == Suite.PERPLEXITY:
+            nll = scorer.text_nll(items.texts)
+            out[suite.value] = perplexity_score(
+                [ItemOutcome(id=f"text-{n}", prompt=t[:_TRUNC], nll=s, tokens=k)
+                 for n, (t, (s, k)) in enumerate(zip(items.texts, nll, strict=True))], seed=seed)
+    return out
+
+
+class ModelScorer:
+    """A :class:`Scorer` over a loaded generation: greedy answers through a generation backend."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16) -> None:
+        from reverie.workloads.generation import HFBackend
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.backend = backend or HFBackend(model, tokenizer, batch_size=batch_size)
+        self.batch_size = batch_size
+
+    def answers(self, items: Sequence[AskItem], *, max_new_tokens: int) -> list[str]:
+        from reverie.workloads.memory import question_prompt
+
+        prompts = [question_prompt(self.tokenizer, i.text, context=i.context) for i in items]
+        return list(self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0).texts)
+
+    def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
+
+
+def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[tuple[float, int]]:
+    """Summed next-token NLL (nats) and scored-token count of each text (its first token is context)."""
+    import torch
+
+    out: list[tuple[float, int]] = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
+            target = ids[:, 1:]
+            valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none",
+            ).view_as(target)
+            for row in range(ids.shape[0]):
+                out.append((float(nll[row][valid[row]].sum()), int(valid[row].sum())))
+    model.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Cache in the store
+# --------------------------------------------------------------------------- #
+
+def cache_key(model_hash: str, items_digest: str) -> str:
+    return hashlib.sha256(f"{model_hash}|{items_digest}".encode()).hexdigest()
+
+
+def _cache_uri(store_uri: str, key: str) -> str:
+    return f"{store_uri.rstrip('/')}/{EVAL_CACHE_DIR}/{key}.json"
+
+
+def read_cached(store_uri: str, key: str) -> dict[str, SuiteScore] | None:
+    """Scores cached under ``key``, or None (missing or unreadable: rescore)."""
+    uri = _cache_uri(store_uri, key)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(path, "r") as fh:
+            raw = json.load(fh)
+        return {k: SuiteScore.model_validate(v) for k, v in raw["scores"].items()}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cached(store_uri: str, key: str, scores: dict[str, SuiteScore]) -> None:
+    uri = _cache_uri(store_uri, key)
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w") as fh:
+        json.dump({"key": key, "scores": {k: v.wire() for k, v in scores.items()}}, fh, allow_nan=True)
+    fs.mv(tmp, path)
+
+
+def evaluate_model(
+    uri: str, *, role: str, generation: str | None, items: EvalItems, store_uri: str,
+    max_new_tokens: int, seed: int = 0, use_cache: bool = True,
+) -> ModelEval:
+    """Load one generation and score it, through the store's cache."""
+    from reverie.workloads.modelio import content_hash, load_generation, stage_in
+
+    folder = stage_in(uri)
+    model_hash = content_hash(folder)
+    key = cache_key(model_hash, items.digest(max_new_tokens=max_new_tokens))
+    cached = read_cached(store_uri, key) if use_cache else None
+    if cached is not None:
+        _log(f"evaluation: {role} {uri}: cached scores ({key[:12]})")
+        return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, cached=True,
+                         scores=cached)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    gen = load_generation(folder)
+    scores = score_model(ModelScorer(gen.model, gen.tokenizer), items, max_new_tokens=max_new_tokens, seed=seed)
+    _log(f"evaluation: {role} {uri}: scored in {time.monotonic() - t0:.1f}s")
+    if use_cache:
+        write_cached(store_uri, key, scores)
+    return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, scores=scores)  # type: ignore[arg-type]
+
+
+def candidate_uri(config: PhaseConfig) -> str:
+    """The model this cycle produced: dreaming's output, else consolidation's."""
+    if config.dreaming.enabled and config.inputs.get("dreaming"):
+        return config.inputs["dreaming"]
+    if config.inputs.get("consolidation"):
+        return config.inputs["consolidation"]
+    raise ValueError(
+        "evaluation needs inputs['dreaming'] (or inputs['consolidation'] when dreaming is disabled); "
+        f"got inputs {sorted(config.inputs)}",
+    )
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(step: int, total: int, **extra: Any) -> None:
+    print(json.dumps({"event": "progress", "phase": "evaluation", "step": step, "totalSteps": total, **extra}),
+          flush=True)
+
+
+def write_json(uri: str, payload: Any) -> None:
+    """Write JSON to a local path or fsspec URI (NaN allowed: missing suites are NaN)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "w") as fh:
+        json.dump(payload, fh, allow_nan=True, indent=2)
+
+
+def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
+    """Score candidate and champion; write ``eval.json``; return the report and its URI."""
+    store = config.store_uri
+    memories = load_memories(config.memory, store_uri=store)
+    prior = load_memory_uris(config.prior_memory_uris, store_uri=store)
+    sets = load_eval_sets([f"{store.rstrip('/')}/{config.lineage}", store])
+    spec = config.evaluation
+    items = build_items(suites=spec.suites, memories=memories, prior=prior, sets=sets,
+                        questions_per_memory=spec.questions_per_memory)
+    digest = items.digest(max_new_tokens=spec.max_new_tokens)
+    total = 2 if config.champion_uri else 1
+    _progress(0, total)
+    cand = evaluate_model(candidate_uri(config), role="candidate", generation=None, items=items, store_uri=store,
+                          max_new_tokens=spec.max_new_tokens)
+    _progress(1, total)
+    champ = None
+    if config.champion_uri:
+        champ = evaluate_model(config.champion_uri, role="champion", generation=config.champion_generation,
+                               items=items, store_uri=store, max_new_tokens=spec.max_new_tokens)
+        _progress(2, total)
+    report = EvalReport(
+        cycle=config.cycle, lineage=config.lineage, created_at=datetime.now(UTC),
+        settings=EvalSettings(suites=items.suites, questions_per_memory=spec.questions_per_memory,
+                              max_new_tokens=spec.max_new_tokens, question_set_hash=digest),
+        candidate=cand, champion=champ,
+    )
+    uri = f"{config.output_uri.rstrip('/')}/{EVAL_REPORT}"
+    write_json(uri, report.wire())
+    return report, uri
+
+
+def summary(report: EvalReport) -> str:
+    """One line for the result message: candidate (champion) per suite."""
+    base = report.baseline()
+    parts = []
+    for name, value in report.metrics().items():
+        if name.endswith(("_ci_low", "_ci_high", "_n")) or name.startswith("retention_"):
+            continue
+        champ = base.get(name)
+        parts.append(f"{name} {value:.3f}" + (f" (champion {champ:.3f})" if champ is not None
+                                                and not math.isnan(champ) else ""))
+    return "; ".join(parts)[:600]
+
+
+def run(config: PhaseConfig) -> PhaseResult:
+    """The evaluation phase: scores the candidate and champion, returns the gate's metrics."""
+    report, uri = evaluate(config)
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        digest = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+    return PhaseResult(
+        step="evaluation", status="Succeeded", message=summary(report), metrics=report.metrics(),
+        baseline=report.baseline(), output_uri=uri, content_hash=digest,
+    )
