@@ -1,0 +1,489 @@
+"""The ``reverie`` command (also the kubectl plugin ``kubectl-reverie``).
+
+Local mode, no cluster needed::
+
+    reverie sleep examples/quickstart      # one whole sleep cycle on this CPU (Ctrl-C, rerun: resumes)
+    reverie report examples/quickstart     # regenerate its report.html
+
+On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
+
+    reverie status [CYCLE] [-n NS]         # phase, step attempts, gate, generation
+    reverie approve|reject CYCLE           # answer a cycle waiting in AwaitingApproval
+    reverie rollback LINEAGE GENERATION    # pin an earlier champion (spec.rollbackTo)
+    reverie logs CYCLE [--phase STEP]      # logs of the phase Job's pods
+    reverie crds [--apply | --write DIR]   # print, apply or write the CRDs
+
+Inside images: ``reverie run-phase STEP --config FILE`` (the Job contract) and
+``reverie operator``.  The cluster verbs import the Kubernetes client lazily, so
+the local verbs work without the ``operator`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reverie import APPROVAL_ANNOTATION, GROUP, VERSION
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+app = typer.Typer(
+    name="reverie",
+    help="Sleep cycles for LLMs: run one locally (`reverie sleep`), or drive them on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- local mode
+@app.command()
+def sleep(
+    target: Annotated[Path, typer.Argument(help="A run directory holding a SleepCycle and its ModelLineage, or a sleepcycle.yaml.")],
+    again: Annotated[bool, typer.Option("--again", help="The cycle already finished: start the next sleep from the new champion.")] = False,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve a cycle waiting in AwaitingApproval, then continue.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject a cycle waiting in AwaitingApproval.")] = False,
+) -> None:
+    """Run one whole sleep cycle locally: consolidation, dreaming, evaluation, gate, promotion.
+
+    The same planner as the operator decides each step; phases run as local
+    processes. State lives in <dir>/.reverie/, so Ctrl-C and the same command
+    again resumes where it stopped. A lineage whose baseModel.uri is
+    builtin:tiny builds a tiny model and its memories on the first run.
+    """
+    from reverie.local.console import RichObserver, summary_table
+    from reverie.local.project import ProjectError, load_project
+    from reverie.local.runner import LocalRunError, report_path, run_cycle
+    from reverie.local.state import StateLocked
+
+    if approve and reject:
+        raise fail("--approve and --reject exclude each other")
+    try:
+        project = load_project(target)
+    except ProjectError as exc:
+        raise fail(str(exc)) from exc
+    console.print(
+        f"[bold]reverie[/bold] sleep cycle [cyan]{project.cycle.metadata.name}[/cyan] of lineage "
+        f"[cyan]{project.lineage.metadata.name}[/cyan] — state in {project.state_dir}"
+    )
+
+    def on_report(state: Any, cycle: str) -> Path | None:
+        from reverie.report import write_report
+
+        try:
+            return write_report(state, report_path(project.state_dir, cycle), cycle=cycle)
+        except Exception as exc:  # a report problem must not hide the cycle's outcome
+            err.print(f"[yellow]warning:[/yellow] the report could not be written: {exc}")
+            return None
+
+    try:
+        outcome = run_cycle(
+            project, observer=RichObserver(console), again=again,
+            approve="approved" if approve else "rejected" if reject else None, on_report=on_report,
+        )
+    except (LocalRunError, StateLocked) as exc:
+        raise fail(str(exc)) from exc
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    cycle = outcome.cycle
+    console.print(summary_table(outcome.state, cycle))
+    if outcome.report is not None:
+        console.print(f"report: [link=file://{outcome.report}]{outcome.report}[/link]")
+    phase = str(cycle.status.phase)
+    if phase == "AwaitingApproval":
+        console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
+    elif phase in ("Succeeded", "Rejected") and not again:
+        console.print(f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]")
+    if phase == "Failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="The run directory given to `reverie sleep` (or its .reverie folder).")],
+    cycle: Annotated[str | None, typer.Option("--cycle", help="Which cycle of the run (default: the latest).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: .reverie/runs/<cycle>/report.html).")] = None,
+) -> None:
+    """Regenerate the self-contained report.html of a local run."""
+    from reverie.local.project import STATE_DIR_NAME
+    from reverie.local.runner import report_path
+    from reverie.local.state import load_state
+    from reverie.report import write_report
+
+    run = run.resolve()
+    candidates = [run, run / STATE_DIR_NAME]
+    # Also accept .reverie/runs/<cycle>.
+    if run.parent.name == "runs":
+        candidates.append(run.parent.parent)
+        cycle = cycle or run.name
+    state_dir = next((c for c in candidates if (c / "state.json").is_file()), None)
+    if state_dir is None:
+        raise fail(f"{run}: no local run here (no .reverie/state.json); run `reverie sleep {run}` first")
+    state = load_state(state_dir)
+    assert state is not None
+    try:
+        name = state.cycle(cycle).metadata.name if cycle else (state.current.metadata.name if state.current else None)
+    except KeyError:
+        raise fail(f"no cycle {cycle!r} in {state_dir} (cycles: {', '.join(c.metadata.name for c in state.cycles)})") from None
+    if name is None:
+        raise fail(f"{state_dir}: the run has no cycle yet")
+    path = write_report(state, out or report_path(state_dir, name), cycle=name)
+    console.print(f"report: {path}")
+
+
+@app.command("run-phase")
+def run_phase(
+    step: Annotated[str, typer.Argument(help="consolidation, dreaming or evaluation.")],
+    config: Annotated[Path, typer.Option("--config", help="PhaseConfig JSON (in a Job: /etc/reverie/phase.json).")] = Path("/etc/reverie/phase.json"),
+) -> None:
+    """Run one phase of a cycle (the Job contract; what phase Jobs and local mode execute)."""
+    from reverie.workloads.run_phase import run_phase as run
+
+    raise typer.Exit(run(step, str(config)))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def operator(ctx: typer.Context) -> None:
+    """Run the Kopf operator (arguments are passed to it; see `reverie operator --help`)."""
+    from reverie.controller import main as controller_main
+
+    result = controller_main.run(list(ctx.args))
+    raise typer.Exit(int(result or 0))
+
+
+# --------------------------------------------------------------------------- cluster verbs
+class Kube:
+    """The few API calls the cluster verbs make (kubernetes client, loaded lazily)."""
+
+    def __init__(self, kubeconfig: Path | None, namespace: str | None) -> None:
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
+        try:
+            if kubeconfig is not None:
+                config.load_kube_config(config_file=str(kubeconfig))
+            else:
+                try:
+                    config.load_kube_config()
+                except (ConfigException, OSError):
+                    config.load_incluster_config()
+        except (ConfigException, OSError) as exc:
+            raise fail(f"cannot load a kubeconfig ({exc}); pass --kubeconfig or set KUBECONFIG") from exc
+        self.client = client
+        self.api: ApiClient = client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.namespace = namespace or self._context_namespace(kubeconfig)
+
+    @staticmethod
+    def _context_namespace(kubeconfig: Path | None) -> str:
+        from kubernetes import config
+
+        try:
+            _, active = config.list_kube_config_contexts(config_file=str(kubeconfig) if kubeconfig else None)
+            return str(active.get("context", {}).get("namespace") or "default")
+        except Exception:
+            return "default"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise fail(f"{what}: not found in namespace {self.namespace}") from exc
+            if exc.status == 403:
+                raise fail(f"{what}: forbidden ({_api_message(exc)}); ask for the reverie-edit/reverie-view role") from exc
+            raise fail(f"{what}: {exc.status} {_api_message(exc)}") from exc
+        except HTTPError as exc:
+            raise fail(f"{what}: cannot reach the API server ({exc})") from exc
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        kind = "SleepCycle" if plural == "sleepcycles" else "ModelLineage"
+        return self._call(f"{kind} {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name)  # type: ignore[no-any-return]
+
+    def list(self, plural: str, *, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        if all_namespaces:
+            out = self._call(plural, self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        else:
+            out = self._call(plural, self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, plural)
+        return list(out.get("items", []))
+
+    def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        kind = "SleepCycle" if plural == "sleepcycles" else "ModelLineage"
+        return self._call(  # type: ignore[no-any-return]
+            f"{kind} {name}", self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name, body,
+        )
+
+
+def _api_message(exc: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message", exc.reason))
+    except Exception:
+        return str(exc.reason)
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "–"
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "–"
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+_RESULT_MARK = {"Succeeded": "✓", "Failed": "✗", "Running": "▶", "Pending": "…"}
+
+
+def step_attempts(records: list[dict[str, Any]]) -> str:
+    """``consolidation ✓1  dreaming ✗1 ▶2`` — every attempt of every step, in order."""
+    parts: dict[str, list[str]] = {}
+    for rec in records:
+        parts.setdefault(rec.get("step", "?"), []).append(f"{_RESULT_MARK.get(rec.get('result', ''), '?')}{rec.get('attempt', '?')}")
+    return "  ".join(f"{step} {' '.join(marks)}" for step, marks in parts.items()) or "–"
+
+
+@app.command()
+def status(
+    cycle: Annotated[str | None, typer.Argument(help="A SleepCycle to show in detail (default: list them all).")] = None,
+    namespace: NamespaceOpt = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List cycles of every namespace.")] = False,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Sleep cycles on the cluster: phase, step attempts, gate, generation."""
+    kube = Kube(kubeconfig, namespace)
+    if cycle is None:
+        items = kube.list("sleepcycles", all_namespaces=all_namespaces)
+        if not items:
+            where = "any namespace" if all_namespaces else f"namespace {kube.namespace}"
+            console.print(f"No SleepCycles in {where}.")
+            return
+        table = Table(box=None, header_style="bold")
+        if all_namespaces:
+            table.add_column("NAMESPACE")
+        for column in ("NAME", "LINEAGE", "PHASE", "STEPS", "GATE", "GENERATION", "AGE"):
+            table.add_column(column)
+        for obj in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
+            st = obj.get("status") or {}
+            row = [
+                obj["metadata"]["name"], obj.get("spec", {}).get("lineageRef", "–"), st.get("phase", "Pending"),
+                step_attempts(st.get("records", [])), (st.get("gate") or {}).get("outcome", "–"),
+                st.get("generation") or "–", _age(obj["metadata"].get("creationTimestamp")),
+            ]
+            table.add_row(*([obj["metadata"].get("namespace", "")] if all_namespaces else []), *row)
+        console.print(table)
+        return
+    obj = kube.get("sleepcycles", cycle)
+    st = obj.get("status") or {}
+    console.print(f"[bold]{cycle}[/bold] (lineage {obj['spec'].get('lineageRef')}, namespace {kube.namespace})")
+    console.print(f"phase:      {st.get('phase', 'Pending')}")
+    console.print(f"message:    {st.get('message', '')}")
+    console.print(f"base:       {st.get('baseGeneration') or '–'}    generation: {st.get('generation') or '–'}")
+    approval = obj["metadata"].get("annotations", {}).get(APPROVAL_ANNOTATION)
+    if approval:
+        console.print(f"approval:   {approval}")
+    records = st.get("records", [])
+    if records:
+        table = Table(title="step attempts", box=None, header_style="bold", title_justify="left")
+        for column in ("STEP", "ATTEMPT", "JOB", "RESULT", "REASON", "MESSAGE"):
+            table.add_column(column)
+        for rec in records:
+            table.add_row(rec.get("step", ""), str(rec.get("attempt", "")), rec.get("jobName", ""), rec.get("result", ""),
+                          rec.get("reason", ""), (rec.get("message") or "")[:80])
+        console.print(table)
+    gate = st.get("gate")
+    if gate:
+        table = Table(title=f"gate: {gate.get('outcome')}", box=None, header_style="bold", title_justify="left")
+        for column in ("RULE", "VERDICT", "REASON"):
+            table.add_column(column)
+        for verdict in gate.get("rules", []):
+            table.add_row(verdict.get("rule", ""), verdict.get("verdict", ""), verdict.get("reason", ""))
+        console.print(table)
+    conditions = st.get("conditions", [])
+    if conditions:
+        table = Table(title="conditions", box=None, header_style="bold", title_justify="left")
+        for column in ("TYPE", "STATUS", "REASON", "MESSAGE"):
+            table.add_column(column)
+        for cond in conditions:
+            table.add_row(cond.get("type", ""), cond.get("status", ""), cond.get("reason", ""), (cond.get("message") or "")[:80])
+        console.print(table)
+
+
+def _annotate_approval(cycle: str, value: str, namespace: str | None, kubeconfig: Path | None) -> None:
+    kube = Kube(kubeconfig, namespace)
+    obj = kube.get("sleepcycles", cycle)
+    phase = (obj.get("status") or {}).get("phase", "Pending")
+    kube.patch("sleepcycles", cycle, {"metadata": {"annotations": {APPROVAL_ANNOTATION: value}}})
+    console.print(f"sleepcycle/{cycle} annotated {APPROVAL_ANNOTATION}={value}")
+    if phase != "AwaitingApproval":
+        err.print(f"[yellow]note:[/yellow] {cycle} is {phase}, not AwaitingApproval; the answer counts if the cycle asks for approval later")
+
+
+@app.command()
+def approve(
+    cycle: Annotated[str, typer.Argument(help="The SleepCycle waiting in AwaitingApproval.")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Approve promotion of a cycle's candidate (writes the approval annotation)."""
+    _annotate_approval(cycle, "approved", namespace, kubeconfig)
+
+
+@app.command()
+def reject(
+    cycle: Annotated[str, typer.Argument(help="The SleepCycle waiting in AwaitingApproval.")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Reject a cycle's candidate (writes the approval annotation)."""
+    _annotate_approval(cycle, "rejected", namespace, kubeconfig)
+
+
+@app.command()
+def rollback(
+    lineage: Annotated[str, typer.Argument(help="The ModelLineage.")],
+    generation: Annotated[str, typer.Argument(help="The generation to make champion again (e.g. gen-1); 'none' removes the pin.")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Pin an earlier generation as champion (patches spec.rollbackTo)."""
+    kube = Kube(kubeconfig, namespace)
+    obj = kube.get("modellineages", lineage)
+    if generation == "none":
+        kube.patch("modellineages", lineage, {"spec": {"rollbackTo": None}})
+        console.print(f"modellineage/{lineage}: spec.rollbackTo removed; promotion resumes")
+        return
+    gens = (obj.get("status") or {}).get("generations", [])
+    known = {g.get("name"): g.get("state") for g in gens}
+    if generation not in known:
+        names = ", ".join(f"{n} ({s})" for n, s in known.items()) or "none"
+        raise fail(f"lineage {lineage} has no generation {generation!r}; known: {names}")
+    if known[generation] not in ("Champion", "Retired"):
+        raise fail(f"{generation} is {known[generation]}: only a generation that was champion (Retired) can be restored")
+    kube.patch("modellineages", lineage, {"spec": {"rollbackTo": generation}})
+    console.print(f"modellineage/{lineage}: spec.rollbackTo={generation} (the operator makes it champion; "
+                  f"`reverie rollback {lineage} none` resumes normal promotion)")
+
+
+@app.command()
+def logs(
+    cycle: Annotated[str, typer.Argument(help="The SleepCycle.")],
+    phase: Annotated[str | None, typer.Option("--phase", help="consolidation, dreaming or evaluation (default: the latest attempt).")] = None,
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Attempt number (default: the latest of that step).")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each pod.")] = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Logs of the pods of a cycle's phase Job."""
+    kube = Kube(kubeconfig, namespace)
+    obj = kube.get("sleepcycles", cycle)
+    records = (obj.get("status") or {}).get("records", [])
+    if phase is not None:
+        if phase not in ("consolidation", "dreaming", "evaluation"):
+            raise fail(f"--phase must be consolidation, dreaming or evaluation, not {phase!r}")
+        records = [r for r in records if r.get("step") == phase]
+    if attempt is not None:
+        records = [r for r in records if r.get("attempt") == attempt]
+    if not records:
+        what = f"{phase} " if phase else ""
+        raise fail(f"{cycle} has no {what}attempt yet (phase {(obj.get('status') or {}).get('phase', 'Pending')})")
+    job = records[-1]["jobName"]
+    pods = kube._call(
+        f"pods of Job {job}", kube.core.list_namespaced_pod, kube.namespace, label_selector=f"job-name={job}",
+    ).items
+    if not pods:
+        raise fail(f"Job {job} has no pods in namespace {kube.namespace} (not scheduled yet, or already cleaned up)")
+    from kubernetes.client.exceptions import ApiException
+
+    shown = 0
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        name = pod.metadata.name
+        started = any(
+            (s.state and (s.state.running or s.state.terminated)) for s in (pod.status.container_statuses or [])
+        )
+        if not started:
+            err.print(f"pod {name} ({pod.status.phase or 'Pending'}): no container has started yet, so there are no logs")
+            continue
+        try:
+            text = kube.core.read_namespaced_pod_log(name, kube.namespace, tail_lines=tail)
+        except ApiException as exc:
+            err.print(f"pod {name}: logs unavailable ({exc.status} {_api_message(exc)})")
+            continue
+        console.rule(f"{name} ({job})")
+        console.print(text, end="", markup=False)
+        shown += 1
+    if shown == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def crds(
+    apply: Annotated[bool, typer.Option("--apply", help="Create or update the CRDs on the cluster.")] = False,
+    write: Annotated[Path | None, typer.Option("--write", help="Write the CRD files into this directory.")] = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Print the CRDs (default), write them to a directory, or apply them to the cluster."""
+    from reverie.api import crdgen
+
+    if write is not None:
+        for path in crdgen.write(write):
+            console.print(f"wrote {path}")
+        if not apply:
+            return
+    if not apply:
+        sys.stdout.write("---\n".join(crdgen.rendered_files().values()))
+        return
+    kube = Kube(kubeconfig, None)
+    ext = kube.client.ApiextensionsV1Api(kube.api)
+    from kubernetes.client.exceptions import ApiException
+
+    for crd in crdgen.render_crds():
+        name = crd["metadata"]["name"]
+        try:
+            existing = ext.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise fail(f"reading CRD {name}: {exc.status} {_api_message(exc)}") from exc
+            kube._call(f"CRD {name}", ext.create_custom_resource_definition, crd)
+            console.print(f"customresourcedefinition/{name} created")
+            continue
+        crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        kube._call(f"CRD {name}", ext.replace_custom_resource_definition, name, crd)
+        console.print(f"customresourcedefinition/{name} configured")
+
+
+def main() -> None:
+    """Console-script entry point (``reverie`` and ``kubectl-reverie``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The workloads' JSON-lines progress, read back for people.
+
+A phase process prints one JSON object per line among its ordinary log lines,
+e.g. ``{"event": "progress", "step": 40, "totalSteps": 120, "loss": 1.83}``.
+This module tolerates the small naming differences between phases (``total`` /
+``steps`` / ``totalSteps``; ``loss`` or any ``*_loss`` part) so that the live
+display (phase, step, loss, ETA) and the report's loss curves read every phase
+the same way.  Non-JSON lines are ordinary logs and are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_STEP_KEYS = ("step", "globalStep", "global_step", "iteration")
+_TOTAL_KEYS = ("totalSteps", "total_steps", "total", "steps", "maxSteps", "max_steps")
+_CHECKPOINT_KEYS = ("checkpoint", "checkpointUri", "checkpoint_uri")
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """The JSON object on a log line, or None for an ordinary line."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _number(obj: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def step_of(obj: dict[str, Any]) -> int | None:
+    value = _number(obj, _STEP_KEYS)
+    return int(value) if value is not None else None
+
+
+def total_of(obj: dict[str, Any]) -> int | None:
+    value = _number(obj, _TOTAL_KEYS)
+    return int(value) if value is not None else None
+
+
+def losses_of(obj: dict[str, Any]) -> dict[str, float]:
+    """``loss`` and every ``*_loss`` / ``*Loss`` scalar of a progress line (also nested under ``losses``)."""
+    out: dict[str, float] = {}
+    scope: dict[str, Any] = dict(obj)
+    nested = obj.get("losses")
+    if isinstance(nested, dict):
+        scope.update({f"{k}" if "loss" in k.lower() else f"{k}_loss": v for k, v in nested.items()})
+    for key, value in scope.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if (key == "loss" or key.lower().endswith("loss")) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def checkpoint_of(obj: dict[str, Any]) -> str | None:
+    for key in _CHECKPOINT_KEYS:
+        value = obj.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def read_events(log_path: Path) -> list[dict[str, Any]]:
+    """Every JSON object a phase printed, in order."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [obj for obj in (parse_line(line) for line in text.splitlines()) if obj is not None]
+
+
+def loss_series(log_path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Loss curves of one job: name -> [(step, value)], across relaunches (resumed steps overwrite)."""
+    series: dict[str, dict[int, float]] = {}
+    for obj in read_events(log_path):
+        step = step_of(obj)
+        if step is None:
+            continue
+        for name, value in losses_of(obj).items():
+            series.setdefault(name, {})[step] = value
+    return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def last_checkpoint_in_log(log_path: Path) -> str | None:
+    found: str | None = None
+    for obj in read_events(log_path):
+        found = checkpoint_of(obj) or found
+    return found
+
+
+def first_step_per_launch(log_path: Path) -> list[int | None]:
+    """The first progress step of each launch of a job (a resumed launch starts late)."""
+    firsts: list[int | None] = [None]
+    for obj in read_events(log_path):
+        if obj.get("event") == "resumed":
+            firsts.append(None)
+            continue
+        step = step_of(obj)
+        if step is not None and firsts[-1] is None:
+            firsts[-1] = step
+    return firsts
+
+
+@dataclass
+class JobProgress:
+    """Live progress of one job, fed with new log text as it arrives."""
+
+    log_path: Path
+    offset: int = 0
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    message: str = ""
+    _rate_anchor: tuple[float, int] | None = None
+    _rate: float | None = None
+    _partial: str = field(default="", repr=False)
+
+    def update(self) -> bool:
+        """Read what the job wrote since the last call; True when something new arrived."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        self.offset += len(chunk)
+        text = self._partial + chunk.decode(errors="replace")
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            obj = parse_line(line)
+            if obj is None:
+                if line.strip():
+                    self.message = line.strip()[:120]
+                continue
+            if obj.get("event") == "resumed":
+                self._rate_anchor = None
+                continue
+            self._take(obj)
+        return True
+
+    def _take(self, obj: dict[str, Any]) -> None:
+        total = total_of(obj)
+        if total:
+            self.total = total
+        losses = losses_of(obj)
+        if "loss" in losses:
+            self.loss = losses["loss"]
+        elif losses:
+            self.loss = next(iter(losses.values()))
+        if isinstance(obj.get("message"), str):
+            self.message = obj["message"][:120]
+        step = step_of(obj)
+        if step is None:
+            return
+        self.step = step
+        now = time.monotonic()
+        if self._rate_anchor is None:
+            self._rate_anchor = (now, step)
+        else:
+            t0, s0 = self._rate_anchor
+            if step > s0 and now > t0:
+                self._rate = (step - s0) / (now - t0)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self._rate is None or self.step is None or not self.total or self._rate <= 0:
+            return None
+        return max(0.0, (self.total - self.step) / self._rate)

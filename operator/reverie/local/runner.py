@@ -1,0 +1,289 @@
+"""The local control loop: observe the phase processes, ask the planner, act.
+
+This is the operator's reconcile loop with the Kubernetes API replaced by the
+state file and Jobs replaced by local processes.  The decisions come from the
+same pure :func:`reverie.core.planner.plan`; the lineage changes from the same
+pure rules in :mod:`reverie.core.lineage`; only the actions' *effects* are local:
+
+============================  ====================================================
+planner action                local effect
+============================  ====================================================
+CreateJob                     start ``reverie run-phase <step> --config <file>``
+DeleteJob                     kill that process, stop observing it
+Claim/ReleaseLineage          set/clear ``status.activeCycle`` of the local lineage
+RecordCandidate/Promote/      :func:`~reverie.core.lineage.record_candidate`,
+Reject                        :func:`~reverie.core.lineage.promote`, ``reject``
+EmitEvent                     a line on the console
+RequeueAfter                  sleep at most that long before planning again
+============================  ====================================================
+
+As the controller does, the planned status is saved *before* the actions are
+applied, so an interruption between the two is repaired by the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from reverie import APPROVAL_ANNOTATION
+from reverie.api.lineage import ModelLineage
+from reverie.api.phases import MemorySource
+from reverie.api.sleepcycle import TERMINAL_PHASES, Phase, SleepCycle, SleepCycleStatus
+from reverie.core import lineage as rules
+from reverie.core import planner
+from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
+from reverie.local.executor import LocalExecutor
+from reverie.local.project import Project
+from reverie.local.state import LocalState, load_state, save_state, state_lock
+
+RUNS_DIR = "runs"
+POLL_SECONDS = 0.25
+# Planning passes when nothing happens: cheap, and they catch backoff deadlines.
+IDLE_REPLAN_SECONDS = 2.0
+
+
+class LocalRunError(RuntimeError):
+    """A local run that cannot continue; the message says why and what to do."""
+
+
+@dataclass
+class RunOutcome:
+    """How ``reverie sleep`` ended."""
+
+    state: LocalState
+    cycle: SleepCycle
+    interrupted: bool
+    report: Path | None
+
+
+class Observer:
+    """What the runner tells the person watching (the CLI draws it with rich)."""
+
+    def note(self, message: str) -> None: ...
+    def event(self, kind: str, reason: str, message: str) -> None: ...
+    def tick(self, executor: LocalExecutor, cycle: SleepCycle) -> None: ...
+    def close(self) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def runs_dir(project: Project) -> Path:
+    return project.state_dir / RUNS_DIR
+
+
+def report_path(state_dir: Path, cycle: str) -> Path:
+    return state_dir / RUNS_DIR / cycle / "report.html"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a stopped runner also stops its phases cleanly."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    # A runner started in the background of a script inherits SIGINT ignored;
+    # Ctrl-C / kill -INT must still stop it cleanly.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+# --- preparing the state -------------------------------------------------------------
+def _resolve_lineage(project: Project, world: TinyWorld | None) -> ModelLineage:
+    lineage = project.lineage.model_copy(deep=True)
+    # The local "API server" holds absolute paths, so phase processes need no cwd.
+    lineage.spec.store.uri = project.store_uri
+    if world is not None:
+        lineage.spec.base_model.uri = world.base_uri
+    return lineage
+
+
+def _resolve_memory(cycle: SleepCycle, *, world: TinyWorld | None, session: int) -> SleepCycle:
+    sources = []
+    for source in cycle.spec.memory.sources:
+        if is_builtin_tiny(source.uri):
+            if world is None:
+                raise LocalRunError(
+                    "memory source 'builtin:tiny' needs the lineage's spec.baseModel.uri to be builtin:tiny too"
+                )
+            if session > len(world.sessions):
+                raise LocalRunError(
+                    f"the builtin tiny world has {len(world.sessions)} sessions of memories and this would be "
+                    f"sleep {session}; delete the run's .reverie folder to start over"
+                )
+            source = MemorySource(uri=world.sessions[session - 1])
+        sources.append(source)
+    out = cycle.model_copy(deep=True)
+    out.spec.memory = out.spec.memory.model_copy(update={"sources": sources})
+    return out
+
+
+def _next_cycle_name(state: LocalState, base: str) -> str:
+    names = {c.metadata.name for c in state.cycles}
+    n = 2
+    while f"{base}-{n}" in names:
+        n += 1
+    return f"{base}-{n}"
+
+
+def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
+    """Load or create the state, build ``builtin:tiny`` on a first run, and pick the cycle to run."""
+    state = load_state(project.state_dir)
+    world: TinyWorld | None = None
+    uses_tiny = is_builtin_tiny(project.lineage.spec.base_model.uri)
+    if uses_tiny:
+        store, name = Path(project.store_uri), project.lineage.metadata.name
+        fresh = not tiny_world_exists(store, name)
+        if fresh:
+            observer.note("first run: building the tiny base model and its memories (no downloads)…")
+        started = time.monotonic()
+        world = ensure_tiny_world(store, name)
+        if fresh:
+            observer.note(f"tiny base model ready in {time.monotonic() - started:.0f} s: {world.base_uri}")
+    if state is None:
+        lineage = _resolve_lineage(project, world)
+        lineage.metadata.namespace = project.cycle.metadata.namespace
+        lineage.status = rules.ensure_base(lineage.status, lineage.spec.base_model, now=_now())
+        state = LocalState(lineage=lineage)
+    current = state.current
+    name = project.cycle.metadata.name
+    if current is not None and Phase(current.status.phase) not in TERMINAL_PHASES:
+        if current.metadata.name != name:
+            observer.note(f"resuming unfinished cycle {current.metadata.name} (started earlier in this directory)")
+        return state
+    if current is not None and not again and any(c.metadata.name == name for c in state.cycles):
+        return state  # finished; the CLI shows the outcome and how to run another
+    if again or any(c.metadata.name == name for c in state.cycles):
+        name = _next_cycle_name(state, name)
+    cycle = project.cycle.model_copy(deep=True)
+    cycle.metadata.name = name
+    cycle.metadata.generation = 1
+    cycle.status = SleepCycleStatus()
+    state.cycles.append(_resolve_memory(cycle, world=world, session=len(state.cycles) + 1))
+    return state
+
+
+# --- applying the planner's actions ------------------------------------------------------
+def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, executor: LocalExecutor,
+           observer: Observer) -> float | None:
+    """Carry out one action locally; returns a requeue delay when the action asks for one."""
+    lin = state.lineage
+    now = _now()
+    name = cycle.metadata.name
+    if isinstance(action, planner.CreateJob):
+        executor.launch(action.job_name, action.config)
+    elif isinstance(action, planner.DeleteJob):
+        executor.delete(action.job_name)
+    elif isinstance(action, planner.EmitEvent):
+        observer.event(action.type, action.reason, action.message)
+    elif isinstance(action, planner.ClaimLineage):
+        holder = lin.status.active_cycle
+        finished = holder is None or any(
+            c.metadata.name == holder and Phase(c.status.phase) in TERMINAL_PHASES for c in state.cycles
+        ) or all(c.metadata.name != holder for c in state.cycles)
+        if planner.may_claim(holder, cycle=name, holder_finished=finished):
+            lin.status.active_cycle = name
+    elif isinstance(action, planner.ReleaseLineage):
+        if lin.status.active_cycle == name:
+            lin.status.active_cycle = None
+    elif isinstance(action, planner.RecordCandidate):
+        lin.status, _ = rules.record_candidate(
+            lin.status, cycle=name, uri=action.uri, content_hash=action.content_hash, parent=action.parent,
+            scores=action.scores, now=now, history_limit=lin.spec.history_limit,
+        )
+    elif isinstance(action, planner.Promote):
+        lin.status, promotion = rules.promote(lin.status, cycle=name, now=now, rollback_to=lin.spec.rollback_to)
+        observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
+        if promotion.changed:
+            lin.status.last_promotion_time = now
+    elif isinstance(action, planner.Reject):
+        lin.status = rules.reject(lin.status, cycle=name, now=now)
+    elif isinstance(action, planner.RequeueAfter):
+        return action.seconds
+    return None
+
+
+def run_cycle(project: Project, *, observer: Observer, again: bool = False, approve: str | None = None,
+              python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
+    """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
+    with state_lock(project.state_dir), sigterm_as_interrupt():
+        state = prepare(project, again=again, observer=observer)
+        cycle = state.current
+        assert cycle is not None
+        name = cycle.metadata.name
+        if approve is not None:
+            cycle.metadata.annotations[APPROVAL_ANNOTATION] = approve
+        save_state(project.state_dir, state)
+        kwargs = {"python": python} if python else {}
+        executor = LocalExecutor(state, runs_dir=runs_dir(project), **kwargs)  # type: ignore[arg-type]
+        interrupted = False
+        try:
+            for job in executor.recover():
+                where = job.resumed_from[-1] or "the start (no checkpoint was written yet)"
+                observer.note(f"resuming {job.name} from {where}")
+            if Phase(cycle.status.phase) in TERMINAL_PHASES:
+                pass
+            else:
+                cycle = _loop(project, state, executor, observer)
+        except KeyboardInterrupt:
+            interrupted = True
+            stopped = executor.interrupt()
+            cycle = state.cycle(name)
+            observer.note(
+                "interrupted"
+                + (f"; stopped {', '.join(j.name for j in stopped)}" if stopped else "")
+                + ". Run the same command again to resume."
+            )
+        finally:
+            save_state(project.state_dir, state)
+            observer.close()
+        report = on_report(state, name) if on_report is not None else None
+        return RunOutcome(state=state, cycle=state.cycle(name), interrupted=interrupted, report=report)
+
+
+def _loop(project: Project, state: LocalState, executor: LocalExecutor, observer: Observer) -> SleepCycle:
+    name = state.current.metadata.name  # type: ignore[union-attr]
+    next_plan = 0.0
+    while True:
+        cycle = state.cycle(name)
+        changed = executor.poll()
+        now_mono = time.monotonic()
+        if changed or now_mono >= next_plan:
+            observed = executor.observe(cycle=name)
+            result = planner.plan(cycle, observed=observed, lineage=state.lineage, now=_now())
+            cycle = cycle.model_copy(update={"status": result.status})
+            state.replace_cycle(cycle)
+            save_state(project.state_dir, state)  # intent first, then actions
+            delay: float | None = None
+            replan = False
+            for action in result.actions:
+                wait = _apply(action, state=state, cycle=cycle, executor=executor, observer=observer)
+                if wait is not None:
+                    delay = wait if delay is None else min(delay, wait)
+                replan = replan or isinstance(action, (*planner.LINEAGE_ACTIONS, planner.CreateJob))
+            save_state(project.state_dir, state)
+            phase = Phase(cycle.status.phase)
+            if phase in TERMINAL_PHASES and not replan:
+                return cycle
+            if phase == Phase.AWAITING_APPROVAL:
+                return cycle
+            if replan:
+                next_plan = now_mono
+                continue
+            next_plan = now_mono + min(IDLE_REPLAN_SECONDS, delay if delay is not None else IDLE_REPLAN_SECONDS)
+        observer.tick(executor, cycle)
+        time.sleep(POLL_SECONDS)
