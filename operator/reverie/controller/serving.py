@@ -157,6 +157,7 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
     try:
         patched = await patch_target(kube, namespace=namespace, target=target, uri=uri)
     except TargetError as err:
+        patched = False
         status, reason, message = ConditionStatus.FALSE, err.reason, err.message
         served: str | None = lin.status.serving_uri
     else:

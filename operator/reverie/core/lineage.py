@@ -43,7 +43,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from reverie.api.lineage import BaseModelSpec, Generation, GenerationState, ModelLineageStatus
+from reverie.api.lineage import (
+    BaseModelSpec,
+    Generation,
+    GenerationState,
+    ModelLineage,
+    ModelLineageStatus,
+)
+from reverie.core.conditions import get_condition, is_true, set_condition
 
 BASE_GENERATION = "gen-0"
 _GEN_RE = re.compile(r"^gen-(\d+)$")
@@ -299,3 +306,44 @@ def _make_champion(status: ModelLineageStatus, name: str, *, now: datetime) -> M
             g.retired_at = now
     new.last_promotion_time = now
     return new
+
+
+def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStatus, Rollback | None]:
+    """The level-based part of a lineage's own reconcile: generation 0, the rollback pin, conditions.
+
+    Returns the new status and what the rollback pin did (None without
+    ``spec.rollbackTo``).  Conditions: ``RolledBack`` (True while a pin holds,
+    False with ``UnknownGeneration``/``NotPromotable`` and a message saying
+    what to fix, False ``Unpinned`` once the pin is removed) and ``Ready``.
+    """
+    spec = lineage.spec
+    status = ensure_base(lineage.status, spec.base_model, now=now)
+    observed = lineage.metadata.generation
+    result: Rollback | None = None
+    conditions = status.conditions
+    if spec.rollback_to:
+        status, result = rollback(status, target=spec.rollback_to, now=now)
+        conditions = set_condition(
+            status.conditions, ROLLED_BACK, result.ok,
+            reason="RolledBack" if result.ok else result.kind,
+            message=(f"pinned to {spec.rollback_to} by spec.rollbackTo; promotion paused" if result.ok else result.message),
+            now=now, observed_generation=observed,
+        )
+    elif get_condition(conditions, ROLLED_BACK) is not None and is_true(conditions, ROLLED_BACK):
+        conditions = set_condition(
+            conditions, ROLLED_BACK, False, reason="Unpinned",
+            message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
+            now=now, observed_generation=observed,
+        )
+    ready = result is None or result.ok
+    conditions = set_condition(
+        conditions, READY, ready,
+        reason="ChampionServing" if ready else "RollbackFailed",
+        message=(f"champion {status.champion} ({status.champion_uri})" if ready else result.message if result else ""),
+        now=now, observed_generation=observed,
+    )
+    if conditions != status.conditions or status.observed_generation != observed:
+        status = status.model_copy(deep=True)
+        status.conditions = conditions
+        status.observed_generation = observed
+    return status, result
