@@ -19,6 +19,7 @@ import asyncio
 import copy
 import json
 import logging
+import os
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -103,7 +104,8 @@ def load_configuration(kubeconfig: str | None = None) -> Configuration:
     try:
         kube_config.load_incluster_config(client_configuration=cfg)
     except kube_config.ConfigException:
-        kube_config.load_kube_config(client_configuration=cfg)
+        # Read $KUBECONFIG now: the client library reads it once, at import time.
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
     return cfg
 
 

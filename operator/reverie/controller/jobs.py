@@ -1,0 +1,348 @@
+"""Phase workloads as Kubernetes objects, and what their status says back.
+
+:func:`render` turns the planner's :class:`CreateJob` into the objects of one
+attempt: a ConfigMap holding the rendered :class:`PhaseConfig` (mounted at
+``/etc/reverie/phase.json``), and either
+
+* a ``batch/v1`` Job (one pod; or, for ``numNodes > 1``, an Indexed Job with a
+  headless Service and the torchrun/DeepSpeed launcher environment, the way
+  Kubeflow Trainer's torch runtime wires ranks), or
+* a Kubeflow ``TrainJob`` / a ``JobSet`` when the spec asks for that engine.
+
+Every object is owned by the SleepCycle (controller owner reference), so
+deleting the cycle deletes them; model artifacts live in the store and are
+never touched.  The pods are hardened (non-root, read-only root filesystem,
+no privilege escalation, no capabilities, RuntimeDefault seccomp, no API
+token) and ``backoffLimit: 0``: retries belong to the operator, whose budget
+survives restarts.
+
+:func:`observe` reads Jobs (or TrainJobs/JobSets) and their pods back into
+:class:`ObservedJob` values.  The attempt's result is the termination message
+of the leader pod's ``phase`` container — what the kubelet copies from
+``/dev/termination-log`` (``terminationMessagePolicy: FallbackToLogsOnError``
+puts the log tail there if the workload crashed before writing it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reverie import GROUP, VERSION
+from reverie.api.base import Engine, Scheduling
+from reverie.api.lineage import ModelLineage
+from reverie.api.sleepcycle import Step
+from reverie.core.contract import CONFIG_MOUNT_PATH, TERMINATION_LOG
+from reverie.core.observed import JobState, ObservedJob
+from reverie.core.planner import CreateJob
+
+Obj = dict[str, Any]
+
+LABEL_CYCLE = f"{GROUP}/cycle"
+LABEL_LINEAGE = f"{GROUP}/lineage"
+LABEL_STEP = f"{GROUP}/step"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_JOB = f"{GROUP}/job"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+CONTAINER = "phase"
+STORE_MOUNT = "/store"
+MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The SleepCycle the objects belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> Obj:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SleepCycle", "name": self.name, "uid": self.uid,
+            "controller": True, "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class PhaseObjects:
+    """Everything one attempt needs, in creation order (the ConfigMap before its reader)."""
+
+    config_map: Obj
+    workload: Obj
+    service: Obj | None
+    engine: Engine
+
+    def all(self) -> list[Obj]:
+        return [o for o in (self.config_map, self.service, self.workload) if o is not None]
+
+
+def labels(create: CreateJob, *, owner: Owner) -> dict[str, str]:
+    return {
+        LABEL_CYCLE: owner.name,
+        LABEL_LINEAGE: create.config.lineage,
+        LABEL_STEP: create.step.value,
+        LABEL_ATTEMPT: str(create.attempt),
+        LABEL_JOB: create.job_name,
+        "app.kubernetes.io/name": "reverie-phase",
+        "app.kubernetes.io/managed-by": "reverie",
+    }
+
+
+def _meta(name: str, *, owner: Owner, labels: dict[str, str]) -> Obj:
+    return {"name": name, "namespace": owner.namespace, "labels": dict(labels), "ownerReferences": [owner.reference()]}
+
+
+def _launcher_env(create: CreateJob, *, master: str) -> list[Obj]:
+    """torchrun/DeepSpeed rendezvous, plus the PET_* names torchrun reads (as Kubeflow Trainer sets them)."""
+    nodes, procs = create.runtime.num_nodes, create.runtime.procs_per_node
+    rank = {"valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}
+    plain = {
+        "MASTER_ADDR": master, "MASTER_PORT": str(MASTER_PORT), "WORLD_SIZE": str(nodes * procs),
+        "NNODES": str(nodes), "NPROC_PER_NODE": str(procs),
+        "PET_MASTER_ADDR": master, "PET_MASTER_PORT": str(MASTER_PORT), "PET_NNODES": str(nodes),
+        "PET_NPROC_PER_NODE": str(procs),
+    }
+    env: list[Obj] = [{"name": k, "value": v} for k, v in plain.items()]
+    env += [{"name": "NODE_RANK", **rank}, {"name": "PET_NODE_RANK", **rank}]
+    return env
+
+
+def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
+    store = lineage.spec.store
+    env: list[Obj] = [
+        {"name": "REVERIE_STEP", "value": create.step.value},
+        {"name": "REVERIE_ATTEMPT", "value": str(create.attempt)},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Read-only root filesystem: every cache goes to the /tmp emptyDir.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+        *extra_env,
+    ]
+    mounts: list[Obj] = [
+        {"name": "phase-config", "mountPath": CONFIG_MOUNT_PATH.rsplit("/", 1)[0], "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[Obj] = [
+        {"name": "phase-config", "configMap": {"name": create.job_name}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if store.pvc_name:
+        mounts.append({"name": "store", "mountPath": STORE_MOUNT})
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_name}})
+    if any(k.get("nvidia.com/gpu") for k in (create.runtime.resources.limits, create.runtime.resources.requests)):
+        # NCCL needs more shared memory than the container runtime's 64Mi default.
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    container: Obj = {
+        "name": CONTAINER,
+        "image": create.image,
+        "command": ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH],
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = create.runtime.resources.wire()
+    if resources:
+        container["resources"] = resources
+    if store.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": store.secret_name}}]
+    if create.runtime.num_nodes > 1 or create.runtime.engine != Engine.JOB:
+        container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
+    spec: Obj = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if scheduling.service_account_name:
+        spec["serviceAccountName"] = scheduling.service_account_name
+    if scheduling.priority_class_name:
+        spec["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.node_selector:
+        spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        spec["tolerations"] = [t.wire() for t in scheduling.tolerations]
+    return spec
+
+
+def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling) -> PhaseObjects:
+    """The objects of one attempt (not yet created)."""
+    name = create.job_name
+    lbl = labels(create, owner=owner)
+    job_labels = dict(lbl)
+    if scheduling.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, owner=owner, labels=lbl),
+        "data": {CONFIG_MOUNT_PATH.rsplit("/", 1)[1]: json.dumps(create.config.wire(), indent=1, sort_keys=True)},
+    }
+    runtime = create.runtime
+    engine = Engine(runtime.engine)
+    if engine == Engine.TRAINJOB:
+        return PhaseObjects(config_map, _trainjob(create, owner=owner, lineage=lineage, scheduling=scheduling, labels=job_labels), None, engine)
+    multi = runtime.num_nodes > 1
+    service: Obj | None = None
+    extra_env: list[Obj] = []
+    if engine == Engine.JOBSET:
+        # JobSet pods are <jobset>-<replicatedJob>-<jobIndex>-<podIndex> in the subdomain <jobset>.
+        extra_env = _launcher_env(create, master=f"{name}-node-0-0.{name}")
+    elif multi:
+        extra_env = _launcher_env(create, master=f"{name}-0.{name}")
+        service = {
+            "apiVersion": "v1", "kind": "Service", "metadata": _meta(name, owner=owner, labels=lbl),
+            "spec": {
+                "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {LABEL_JOB: name},
+                "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+            },
+        }
+    pod_spec = _pod_spec(create, lineage=lineage, scheduling=scheduling, extra_env=extra_env)
+    job_spec: Obj = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": runtime.active_deadline_seconds,
+        "template": {"metadata": {"labels": dict(lbl)}, "spec": pod_spec},
+    }
+    if multi or engine == Engine.JOBSET:
+        job_spec.update({"completionMode": "Indexed", "completions": runtime.num_nodes, "parallelism": runtime.num_nodes})
+    if multi and engine == Engine.JOB:
+        pod_spec["subdomain"] = name
+    if engine == Engine.JOBSET:
+        jobset = {
+            "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "metadata": _meta(name, owner=owner, labels=job_labels),
+            "spec": {
+                "failurePolicy": {"maxRestarts": 0},
+                "network": {"enableDNSHostnames": True, "subdomain": name},
+                "replicatedJobs": [{"name": "node", "replicas": 1, "template": {"spec": job_spec}}],
+            },
+        }
+        return PhaseObjects(config_map, jobset, None, engine)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, owner=owner, labels=job_labels), "spec": job_spec}
+    return PhaseObjects(config_map, job, service, engine)
+
+
+def _trainjob(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling, labels: dict[str, str]) -> Obj:
+    """A Kubeflow Trainer v2 TrainJob on the DeepSpeed (ZeRO > 0) or torch runtime; Trainer injects the launcher env."""
+    pod = _pod_spec(create, lineage=lineage, scheduling=scheduling, extra_env=[])
+    container = pod["containers"][0]
+    zero = create.config.consolidation.zero_stage
+    runtime_name = "deepspeed-distributed" if str(zero) not in ("0", "ZeroStage.NONE") else "torch-distributed"
+    override_spec: Obj = {
+        "volumes": pod["volumes"],
+        "containers": [{"name": "node", "volumeMounts": container["volumeMounts"]}],
+    }
+    for key in ("serviceAccountName", "nodeSelector", "tolerations", "priorityClassName", "securityContext"):
+        if key in pod:
+            override_spec[key] = pod[key]
+    trainer: Obj = {
+        "image": create.image,
+        "command": container["command"],
+        "numNodes": create.runtime.num_nodes,
+        "numProcPerNode": create.runtime.procs_per_node,
+        "env": container["env"],
+    }
+    if "resources" in container:
+        trainer["resourcesPerNode"] = container["resources"]
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": _meta(create.job_name, owner=owner, labels=labels),
+        "spec": {
+            "runtimeRef": {"name": runtime_name},
+            "trainer": trainer,
+            "activeDeadlineSeconds": create.runtime.active_deadline_seconds,
+            "podTemplateOverrides": [{"targetJobs": [{"name": "node"}], "spec": override_spec}],
+        },
+    }
+
+
+# --- observation ---------------------------------------------------------------------------
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _condition(obj: Obj, *types: str) -> Obj | None:
+    for cond in obj.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") in types and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _terminated(pod: Obj) -> Obj | None:
+    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+        if cs.get("name") in (CONTAINER, "node"):
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if term:
+                return dict(term)
+    return None
+
+
+def _leader_first(pods: list[Obj]) -> list[Obj]:
+    """Rank 0 writes the result; order it first, then the rest by name."""
+    def key(pod: Obj) -> tuple[int, str]:
+        meta = pod.get("metadata", {})
+        index = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+        return (0 if index in (None, "0") else 1, meta.get("name", ""))
+    return sorted(pods, key=key)
+
+
+def observe(workloads: list[Obj], pods: list[Obj]) -> list[ObservedJob]:
+    """Jobs/TrainJobs/JobSets of one cycle (and their pods) as the planner sees them."""
+    by_job: dict[str, list[Obj]] = {}
+    for pod in pods:
+        lbl = pod.get("metadata", {}).get("labels") or {}
+        owner = lbl.get(LABEL_JOB) or lbl.get("jobset.sigs.k8s.io/jobset-name") or lbl.get("batch.kubernetes.io/job-name")
+        if owner:
+            by_job.setdefault(owner, []).append(pod)
+    out: list[ObservedJob] = []
+    for wl in workloads:
+        meta = wl.get("metadata", {})
+        lbl = meta.get("labels") or {}
+        try:
+            step, attempt = Step(lbl[LABEL_STEP]), int(lbl[LABEL_ATTEMPT])
+        except (KeyError, ValueError):
+            continue  # not ours (or edited by hand): the planner must not guess
+        name = meta["name"]
+        done = _condition(wl, "Complete", "Completed")
+        failed = _condition(wl, "Failed")
+        state = JobState.SUCCEEDED if done else JobState.FAILED if failed else JobState.ACTIVE
+        result_text: str | None = None
+        reason, message = "", ""
+        term_detail = ""
+        for pod in _leader_first(by_job.get(name, [])):
+            term = _terminated(pod)
+            if term is None:
+                continue
+            if result_text is None and term.get("message"):
+                result_text = term["message"]
+            if term.get("exitCode", 0) != 0 and not term_detail:
+                term_detail = f"container {CONTAINER} of pod {pod['metadata']['name']}: {term.get('reason', 'Error')} (exit code {term.get('exitCode')})"
+                reason = str(term.get("reason")) if term.get("reason") in ("OOMKilled", "Evicted", "DeadlineExceeded") else ""
+        if failed:
+            reason = reason or failed.get("reason") or "JobFailed"
+            message = "; ".join(x for x in (failed.get("message", ""), term_detail) if x)
+        status = wl.get("status", {})
+        finished = _ts(status.get("completionTime")) or _ts((done or failed or {}).get("lastTransitionTime"))
+        out.append(ObservedJob(
+            name=name, step=step, attempt=attempt, state=state,
+            created=_ts(meta.get("creationTimestamp")), started=_ts(status.get("startTime")), finished=finished,
+            reason=reason, message=message, result_text=result_text,
+            deleting=bool(meta.get("deletionTimestamp")),
+        ))
+    return out
