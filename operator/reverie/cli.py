@@ -49,6 +49,15 @@ KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", envvar="KUBE
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")]
 
 
+def show(table: Table) -> None:
+    """Print a table; in a pipe or log (no terminal) at its natural width, never wrapped."""
+    if sys.stdout.isatty():
+        console.print(table)
+    else:
+        # Console.print caps width at the console's own (80 in a pipe): use a wide one.
+        Console(highlight=False, width=400).print(table)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -104,7 +113,7 @@ def sleep(
     if outcome.interrupted:
         raise typer.Exit(130)
     cycle = outcome.cycle
-    console.print(summary_table(outcome.state, cycle))
+    show(summary_table(outcome.state, cycle))
     if outcome.report is not None:
         console.print(f"report: [link=file://{outcome.report}]{outcome.report}[/link]")
     phase = str(cycle.status.phase)
@@ -298,7 +307,7 @@ def status(
                 st.get("generation") or "–", _age(obj["metadata"].get("creationTimestamp")),
             ]
             table.add_row(*([obj["metadata"].get("namespace", "")] if all_namespaces else []), *row)
-        console.print(table)
+        show(table)
         return
     obj = kube.get("sleepcycles", cycle)
     st = obj.get("status") or {}
@@ -317,7 +326,7 @@ def status(
         for rec in records:
             table.add_row(rec.get("step", ""), str(rec.get("attempt", "")), rec.get("jobName", ""), rec.get("result", ""),
                           rec.get("reason", ""), (rec.get("message") or "")[:80])
-        console.print(table)
+        show(table)
     gate = st.get("gate")
     if gate:
         table = Table(title=f"gate: {gate.get('outcome')}", box=None, header_style="bold", title_justify="left")
@@ -325,7 +334,7 @@ def status(
             table.add_column(column)
         for verdict in gate.get("rules", []):
             table.add_row(verdict.get("rule", ""), verdict.get("verdict", ""), verdict.get("reason", ""))
-        console.print(table)
+        show(table)
     conditions = st.get("conditions", [])
     if conditions:
         table = Table(title="conditions", box=None, header_style="bold", title_justify="left")
@@ -333,7 +342,7 @@ def status(
             table.add_column(column)
         for cond in conditions:
             table.add_row(cond.get("type", ""), cond.get("status", ""), cond.get("reason", ""), (cond.get("message") or "")[:80])
-        console.print(table)
+        show(table)
 
 
 def _annotate_approval(cycle: str, value: str, namespace: str | None, kubeconfig: Path | None) -> None:
