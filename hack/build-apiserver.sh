@@ -15,8 +15,12 @@ CACHE="${REVERIE_CACHE:-$HOME/.cache/reverie}"
 OUT="$CACHE/k8s-$K8S_VERSION/bin"
 BINARIES=(kube-apiserver kube-controller-manager)
 
+# A binary counts as built only if it reports the wanted version (older builds
+# of this script left the placeholder v0.0.0-master, which kubectl and helm reject).
 have_all=1
-for b in "${BINARIES[@]}"; do [[ -x "$OUT/$b" ]] || have_all=0; done
+for b in "${BINARIES[@]}"; do
+  [[ -x "$OUT/$b" ]] && [[ "$("$OUT/$b" --version 2>/dev/null)" == "Kubernetes $K8S_VERSION" ]] || have_all=0
+done
 if [[ $have_all == 1 ]]; then
   echo "kubernetes $K8S_VERSION binaries already built in $OUT"
   exit 0
@@ -53,10 +57,19 @@ GO
 echo "resolving k8s.io/kubernetes $K8S_VERSION (staging modules at $STAGING_VERSION)"
 go mod tidy -e >/dev/null 2>&1 || true
 go get "k8s.io/kubernetes@$K8S_VERSION"
+# Stamp the version the way Kubernetes' hack/lib/version.sh does; without it
+# /version says v0.0.0-master+$Format:%H$ and clients that parse it fail.
+major="${K8S_VERSION#v}"; minor="${major#*.}"; major="${major%%.*}"; minor="${minor%%.*}"
+commit="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Origin", {}).get("Hash", ""))')"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+done
 mkdir -p "$OUT"
 for b in "${BINARIES[@]}"; do
   echo "building $b"
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
   mv "$OUT/$b.tmp" "$OUT/$b"
 done
 echo "built into $OUT"

@@ -318,6 +318,12 @@ class Cluster:
         self._admin_tls.load_cert_chain(str(admin_cert), str(admin_key))
         self._wait("kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz", self._admin_tls))
 
+        # CRDs before the controller manager: the garbage collector then watches
+        # our kinds from its first sync instead of after its 30 s rediscovery.
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+        crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRD_DIR.glob("*.yaml"))]
+        self.kubectl("wait", "--for", "condition=Established", "--timeout", "30s", *(f"crd/{n}" for n in crds))
+
         self._spawn("kube-controller-manager", [
             str(bins / "kube-controller-manager"),
             "--kubeconfig", str(cm_kubeconfig),
@@ -327,16 +333,12 @@ class Cluster:
             # Each controller runs as its own ServiceAccount with the bootstrap
             # RBAC roles, the way a real control plane does.
             "--use-service-account-credentials",
-            "--service-account-private-key-file", str(sa_key),
             "--root-ca-file", str(self.ca.cert),
             "--leader-elect=false",
             "--secure-port", "0",
             "--v", "1",
         ])
 
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-        crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRD_DIR.glob("*.yaml"))]
-        self.kubectl("wait", "--for", "condition=Established", "--timeout", "30s", *(f"crd/{n}" for n in crds))
         self.startup_seconds = time.monotonic() - began
 
     def wait_for_default_service_account(self, namespace: str, *, timeout: float = 30.0) -> None:
@@ -348,11 +350,17 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        """Stop every process (controller manager, API server, then etcd)."""
-        for _, process, _ in reversed(self._processes):
+        """Stop every process: controller manager, API server, then etcd.
+
+        The control plane is killed outright: its state is thrown away, and the
+        API server's graceful shutdown can wait ~10 s for in-flight watches.
+        """
+        for name, process, _ in reversed(self._processes):
             if process.poll() is None:
-                process.terminate()
-        for _, process, _ in reversed(self._processes):
+                if name == "etcd":
+                    process.terminate()
+                else:
+                    process.kill()
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
