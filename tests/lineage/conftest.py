@@ -97,6 +97,8 @@ def lineage_operator(cluster: Any, namespace: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     registry = kopf.OperatorRegistry()
     lineage_handlers.register(registry, interval=interval)
+    # A fresh registry has no login handler; authenticate from KUBECONFIG like the default one.
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
     settings = kopf.OperatorSettings()
     settings.posting.level = 40  # ERROR: keep Kopf's own per-handler Events out of the way
     settings.watching.server_timeout = 10

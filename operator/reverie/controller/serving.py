@@ -188,7 +188,8 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
         await emit_event(kube, obj, reason="ServingSynced", message=f"{message}")
     elif status == ConditionStatus.FALSE and (before is None or before.reason != reason):
         await emit_event(kube, obj, reason=reason, message=message, type="Warning")
-    log.info("serving of %s/%s (champion %s): %s %s", namespace, lineage, champion, reason, message)
+    quiet = not patched and before is not None and before.reason == reason
+    log.log(logging.DEBUG if quiet else logging.INFO, "serving of %s/%s (champion %s): %s %s", namespace, lineage, champion, reason, message)
     return reason
 
 

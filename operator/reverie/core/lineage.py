@@ -50,7 +50,7 @@ from reverie.api.lineage import (
     ModelLineage,
     ModelLineageStatus,
 )
-from reverie.core.conditions import get_condition, is_true, set_condition
+from reverie.core.conditions import get_condition, set_condition
 
 BASE_GENERATION = "gen-0"
 _GEN_RE = re.compile(r"^gen-(\d+)$")
@@ -329,7 +329,7 @@ def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStat
             message=(f"pinned to {spec.rollback_to} by spec.rollbackTo; promotion paused" if result.ok else result.message),
             now=now, observed_generation=observed,
         )
-    elif get_condition(conditions, ROLLED_BACK) is not None and is_true(conditions, ROLLED_BACK):
+    elif (pin := get_condition(conditions, ROLLED_BACK)) is not None and pin.reason != "Unpinned":
         conditions = set_condition(
             conditions, ROLLED_BACK, False, reason="Unpinned",
             message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
