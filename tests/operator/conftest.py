@@ -13,7 +13,7 @@ import pytest
 # Fast loops in tests: the resync backstop and the lineage timer (read at import).
 os.environ.setdefault("REVERIE_LINEAGE_INTERVAL_S", "2")
 
-from tests.operator.jobsim import JobSim  # noqa: E402
+from tests.operator.jobsim import JobSim
 
 RunOperator = Callable[[], contextlib.AbstractContextManager[Any]]
 

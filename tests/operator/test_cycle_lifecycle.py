@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from tests.operator.conftest import RunOperator, apply, cycle, lineage
 from tests.operator.jobsim import JobSim
 
@@ -25,3 +24,63 @@ def test_happy_path_promotes_a_new_generation(cluster: Any, namespace: str, sim:
     assert [r["jobName"] for r in status["records"]] == ["c1-consolidation-1", "c1-dreaming-1", "c1-evaluation-1"]
     assert status["gate"]["outcome"] == "Passed"
     assert sorted(sim.created()) == ["c1-consolidation-1", "c1-dreaming-1", "c1-evaluation-1"]
+
+
+def test_failed_attempt_is_retried_and_resumes_from_its_checkpoint(
+    cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator
+) -> None:
+    apply(cluster, namespace, lineage())
+    apply(cluster, namespace, cycle(dreaming={"enabled": False}))
+    with run_operator():
+        first = sim.wait_for_job("c1-consolidation-1")
+        assert sim.config_of(first).get("resumeFrom") is None
+        preempted = '{"step":"consolidation","status":"Failed","message":"preempted","checkpointUri":"file:///store/lin/c1/consolidation/checkpoints/step-40"}'
+        sim.fail(first, result=preempted, exit_code=137, container_reason="Error")
+        second = sim.wait_for_job("c1-consolidation-2")
+        assert sim.config_of(second)["resumeFrom"] == "file:///store/lin/c1/consolidation/checkpoints/step-40"
+        assert sim.config_of(second)["attempt"] == 2
+        sim.succeed(second, sim.result_for(second))
+        job = sim.wait_for_job("c1-evaluation-1")
+        sim.succeed(job, sim.result_for(job))
+        done = sim.wait_for_phase("c1", "Succeeded")
+    first_record = done["status"]["records"][0]
+    assert first_record["result"] == "Failed" and first_record["reason"] == "BackoffLimitExceeded"
+    assert "preempted" in first_record["message"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert {"AttemptFailed", "JobCreated", "Consolidating", "Evaluating", "Succeeded"} <= set(events)
+
+
+def test_spent_retry_budget_fails_the_cycle_with_the_reason(
+    cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator
+) -> None:
+    apply(cluster, namespace, lineage())
+    apply(cluster, namespace, cycle())
+    with run_operator():
+        for attempt in (1, 2):
+            job = sim.wait_for_job(f"c1-consolidation-{attempt}")
+            sim.fail(job, exit_code=137, container_reason="OOMKilled", reason="BackoffLimitExceeded")
+        failed = sim.wait_for_phase("c1", "Failed")
+        lin = cluster.kubectl("get", "modellineage", "lin", "-n", namespace, "-o", "jsonpath={.status.activeCycle}").stdout
+    ready = next(c for c in failed["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "RetryBudgetExhausted" and "2 of 2" in ready["message"] and "OOMKilled" in ready["message"]
+    assert ready["observedGeneration"] == failed["metadata"]["generation"]
+    assert lin == ""  # the lineage was released
+    assert sorted(sim.created()) == ["c1-consolidation-1", "c1-consolidation-2"]
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [(None, "MissingResult"), ("{truncated", "MalformedResult"), ('{"step":"dreaming","status":"Succeeded","outputUri":"x"}', "MalformedResult")],
+)
+def test_malformed_or_missing_results_fail_the_attempt_never_advance(
+    cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator, result: str | None, reason: str
+) -> None:
+    apply(cluster, namespace, lineage())
+    apply(cluster, namespace, cycle(retries={"maxAttempts": 1}))
+    with run_operator():
+        job = sim.wait_for_job("c1-consolidation-1")
+        sim.succeed(job, result)
+        failed = sim.wait_for_phase("c1", "Failed")
+    record = failed["status"]["records"][0]
+    assert record["result"] == "Failed" and record["reason"] == reason and record["message"]
+    assert sorted(sim.created()) == ["c1-consolidation-1"]  # never advanced to dreaming
