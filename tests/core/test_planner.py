@@ -451,3 +451,10 @@ def test_plan_is_deterministic() -> None:
     a = plan(cycle, observed=obs, lineage=make_lineage(), now=T0)
     b = plan(cycle, observed=obs, lineage=make_lineage(), now=T0)
     assert a.status == b.status and a.actions == b.actions
+
+
+def test_lineage_deleted_under_a_running_cycle_fails_it_and_stops_its_job() -> None:
+    cycle = started()
+    p = plan(cycle, observed=[job(Step.CONSOLIDATION)], lineage=None, now=T0)
+    assert p.status.phase == Phase.FAILED and one(p, DeleteJob).job_name == "c1-consolidation-1"
+    assert get_condition(p.status.conditions, "Ready").reason == "LineageNotFound"

@@ -24,6 +24,12 @@ def test_happy_path_promotes_a_new_generation(cluster: Any, namespace: str, sim:
     assert [r["jobName"] for r in status["records"]] == ["c1-consolidation-1", "c1-dreaming-1", "c1-evaluation-1"]
     assert status["gate"]["outcome"] == "Passed"
     assert sorted(sim.created()) == ["c1-consolidation-1", "c1-dreaming-1", "c1-evaluation-1"]
+    # Kopf's own bookkeeping stays under our prefix, never kopf.zalando.org
+    annotations = done["metadata"].get("annotations") or {}
+    assert any(k.startswith("kopf.reverie.dev/") for k in annotations), annotations
+    assert not any(k.startswith("kopf.zalando.org") for k in annotations)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == done["metadata"]["generation"]
 
 
 def test_failed_attempt_is_retried_and_resumes_from_its_checkpoint(

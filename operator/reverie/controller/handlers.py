@@ -245,6 +245,8 @@ class Reconciler:
         for action in result.actions:
             if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds, plan_=result):
                 lineage_changed = True
+        # Only now, with every action applied, is a finished cycle really done (lineage released).
+        seen.terminal = Phase(result.status.phase) in TERMINAL_PHASES
         return lineage_changed
 
     async def _observe(self, cycle: SleepCycle) -> tuple[list[ObservedJob], dict[str, Resource]]:
@@ -416,7 +418,6 @@ class Reconciler:
             else:
                 metrics.cycle_phase.labels(namespace=ns, lineage=lin, cycle=name, phase=phase.value).set(1)
             seen.phase = phase.value
-        seen.terminal = phase in TERMINAL_PHASES
         if phase in TERMINAL_PHASES and Phase(old.phase) not in TERMINAL_PHASES:
             metrics.cycles_total.labels(namespace=ns, lineage=lin, outcome=phase.value).inc()
             if new.start_time and new.completion_time:
@@ -533,6 +534,16 @@ async def _cycle_event(*, type: str, event: kopf.RawEvent, name: str, namespace:
         rec.seen[(namespace, name)] = _Seen(lineage=(body.get("spec") or {}).get("lineageRef", ""), phase=None,
                                             terminal=phase in {p.value for p in TERMINAL_PHASES})
     rec.trigger(namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "modellineages")
+async def _lineage_event(*, name: str, namespace: str | None, **_: Any) -> None:
+    """A lineage appeared or changed (e.g. released): wake the cycles waiting for it."""
+    assert namespace is not None
+    rec = reconciler()
+    for (ns, cycle_name), seen in list(rec.seen.items()):
+        if ns == namespace and seen.lineage == name and seen.phase in (None, Phase.PENDING.value):
+            rec.trigger(ns, cycle_name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_CYCLE: kopf.PRESENT})

@@ -330,6 +330,15 @@ class _Planner:
         self.sync_records()
         if self.lineage is None:
             lineage = self.cycle.spec.lineage_ref
+            if self.status.records:
+                # Deleted under a running cycle: nothing left to train from or promote into.
+                for rec in self.status.records:
+                    obs = self.observed.get((Step(rec.step), rec.attempt))
+                    if obs is not None and obs.state == JobState.ACTIVE and not obs.deleting:
+                        self.actions.append(DeleteJob(rec.job_name, "LineageDeleted"))
+                self.finish(Phase.FAILED, "LineageNotFound",
+                            f"ModelLineage {lineage} was deleted while the cycle ran; create a new cycle for a new lineage")
+                return self.done(old_phase)
             self.set_phase(Phase.PENDING, f"waiting for ModelLineage {lineage} to exist in namespace {self.ns}")
             self.cond("Ready", False, "LineageNotFound", self.status.message)
             self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
