@@ -94,6 +94,13 @@ def test_regression_beyond_tolerance_fails_and_says_by_how_much() -> None:
     assert d.rules[0].reason == "retention = 0.7 < champion 0.8 - 0.01 = 0.79"
 
 
+def test_relative_tolerance_reads_as_decimal_arithmetic() -> None:
+    # In floats 0.83 - 0.02 is 0.8099999999999999; the gate compares with 0.81 as written.
+    d = decide(["retention >= champion - 0.02"], {"retention": 0.81}, {"retention": 0.83}, now=NOW)
+    assert d.outcome == "Passed" and d.rules[0].reason.endswith("= 0.81")
+    assert decide(["retention > champion - 0.02"], {"retention": 0.81}, {"retention": 0.83}, now=NOW).outcome == "Failed"
+
+
 def test_lower_is_better_metric() -> None:
     ok = decide(["perplexity <= champion + 0.5"], {"perplexity": 10.4}, {"perplexity": 10.0}, now=NOW)
     bad = decide(["perplexity <= champion + 0.5"], {"perplexity": 10.6}, {"perplexity": 10.0}, now=NOW)

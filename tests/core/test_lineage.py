@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverie.api.lineage import BaseModelSpec, GenerationState, ModelLineageStatus
+from reverie.api.lineage import BaseModelSpec, GenerationState, ModelLineage, ModelLineageStatus
 from reverie.core import lineage as L
+from reverie.core.conditions import get_condition
 
 T0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 BASE = BaseModelSpec(uri="builtin:tiny")
@@ -197,3 +198,37 @@ def test_any_sequence_keeps_exactly_one_champion_and_never_loses_it(ops: list[tu
         if op == "promote":
             again, _ = L.promote(s, cycle=cycle, now=T0)
             assert again == s
+
+
+def lineage_with(status: ModelLineageStatus, **spec: object) -> ModelLineage:
+    return ModelLineage.model_validate({
+        "metadata": {"name": "demo", "generation": 3},
+        "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///s"}, **spec},
+        "status": status.wire(),
+    })
+
+
+def test_reconcile_records_generation_zero_and_ready() -> None:
+    s, result = L.reconcile(lineage_with(ModelLineageStatus()), now=T0)
+    assert result is None and s.champion == "gen-0" and s.observed_generation == 3
+    ready = get_condition(s.conditions, "Ready")
+    assert ready is not None and ready.status == "True"
+    again, _ = L.reconcile(lineage_with(s), now=T0 + timedelta(hours=1))
+    assert again == s
+
+
+def test_reconcile_enforces_the_rollback_pin_then_unpins() -> None:
+    s = cycle_promoted(cycle_promoted(fresh(), "c1"), "c2")
+    pinned, result = L.reconcile(lineage_with(s, rollbackTo="gen-1"), now=T0)
+    assert result is not None and result.kind == "RolledBack" and pinned.champion == "gen-1"
+    cond = get_condition(pinned.conditions, "RolledBack")
+    assert cond is not None and (cond.status, cond.reason) == ("True", "RolledBack")
+    unknown, result = L.reconcile(lineage_with(pinned, rollbackTo="gen-7"), now=T0)
+    assert result is not None and not result.ok and unknown.champion == "gen-1"
+    cond, ready = get_condition(unknown.conditions, "RolledBack"), get_condition(unknown.conditions, "Ready")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "UnknownGeneration")
+    assert ready is not None and ready.status == "False" and "gen-7" in ready.message
+    unpinned, _ = L.reconcile(lineage_with(unknown), now=T0)
+    cond = get_condition(unpinned.conditions, "RolledBack")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "Unpinned")
+    assert unpinned.champion == "gen-1"  # removing the pin does not undo the rollback

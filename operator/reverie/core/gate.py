@@ -42,8 +42,11 @@ regression dominates), else ``Inconclusive`` if any rule is inconclusive, else
 ``Passed``.  An empty rule list is ``Inconclusive``: no evidence, no automatic
 promotion.  Hence a missing, NaN or malformed metric can never pass.
 
-Comparisons are exact IEEE float comparisons of ``candidate`` against
-``threshold`` (``champion ± offset`` computed in float); no hidden tolerance.
+Comparisons are exact, in decimal arithmetic on the numbers as written (each
+float's shortest repr), so ``0.81 >= champion 0.83 - 0.02`` holds, as a person
+reading it expects, where float arithmetic would say 0.8099999999999999.
+There is no other tolerance: write it into the rule
+(``retention >= champion - 0.01``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal
 
 from reverie.api.sleepcycle import GateDecision, RuleVerdict
@@ -94,23 +98,28 @@ class Rule:
     threshold: float = 0.0
     offset: float = 0.0
 
-    def bound(self, champion_score: float | None) -> float | None:
-        """The number the candidate is compared with, or None when unknown."""
+    def bound(self, champion_score: float | None) -> Decimal | None:
+        """The number the candidate is compared with, or None when unknown.
+
+        Decimal arithmetic on the numbers as written (a float's shortest repr),
+        so ``0.83 - 0.02`` is exactly ``0.81``, not ``0.8099999999999999``.
+        """
         if not self.relative:
-            return self.threshold
+            return _dec(self.threshold)
         if champion_score is None:
             return None
-        return champion_score + self.offset
+        return _dec(champion_score) + _dec(self.offset)
 
-    def holds(self, value: float, bound: float) -> bool:
-        """Whether ``value op bound`` is true (both finite)."""
+    def holds(self, value: float, bound: Decimal) -> bool:
+        """Whether ``value op bound`` is true (value finite)."""
+        v = _dec(value)
         if self.op == ">=":
-            return value >= bound
+            return v >= bound
         if self.op == ">":
-            return value > bound
+            return v > bound
         if self.op == "<=":
-            return value <= bound
-        return value < bound
+            return v <= bound
+        return v < bound
 
     def describe_bound(self, champion_score: float | None) -> str:
         """The right-hand side as a human reads it, with the numbers filled in."""
@@ -122,7 +131,7 @@ class Rule:
         base = f"champion {_fmt(champion_score)}" if champion_score is not None else "champion"
         text = f"{base} {sign} {_fmt(abs(self.offset))}"
         if champion_score is not None:
-            text += f" = {_fmt(champion_score + self.offset)}"
+            text += f" = {_fmt(float(self.bound(champion_score) or 0))}"
         return text
 
 
@@ -158,6 +167,11 @@ def required_metrics(rules: Sequence[str]) -> list[str]:
         if name not in names:
             names.append(name)
     return names
+
+
+def _dec(x: float) -> Decimal:
+    # repr is the shortest string that round-trips: the number as a person wrote it.
+    return Decimal(repr(float(x)))
 
 
 def _fmt(x: float | None) -> str:
@@ -199,9 +213,6 @@ def judge(rule: Rule, candidate: Mapping[str, object], champion: Mapping[str, ob
             return RuleVerdict(rule=rule.text, verdict="Inconclusive", reason=_describe_bad(rule.metric, champion, "champion"))
     bound = rule.bound(champion_score)
     assert bound is not None  # relative rules returned above when the champion score is unknown
-    if not math.isfinite(bound):
-        # champion + offset can overflow to inf only for absurd scores; never compare with it.
-        return RuleVerdict(rule=rule.text, verdict="Inconclusive", reason=f"bound {bound!r} is not finite")
     ok = rule.holds(value, bound)
     symbol = _COMPARE[rule.op][0 if ok else 1]
     rhs = rule.describe_bound(champion_score)
