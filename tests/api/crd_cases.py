@@ -115,7 +115,7 @@ MALFORMED: list[Malformed] = [
     _sc("sc-precision-fp16", "spec.consolidation", {"precision": "fp16"}, "spec.consolidation.precision", 'supported values: "fp32", "bf16"'),
     _sc("sc-steps-string", "spec.consolidation", {"steps": "many"}, "spec.consolidation.steps", "must be of type integer"),
     _sc("sc-no-target-modules", "spec.consolidation", {"targetModules": []}, "spec.consolidation.targetModules", "at least 1 items"),
-    _sc("sc-unknown-field", "spec.consolidation", {"learning_rate": 0.1}, "spec.consolidation.learning_rate", "unknown field"),
+    _sc("sc-unknown-field", "spec.consolidation", {"learnRate": 0.1}, "spec.consolidation.learnRate", "unknown field"),
     # -- runtime and resources
     _sc("sc-runtime-zero-nodes", "spec.consolidation", {"runtime": {"numNodes": 0}}, "spec.consolidation.runtime.numNodes", "greater than or equal to 1"),
     _sc("sc-runtime-engine", "spec.consolidation", {"runtime": {"engine": "Pod"}}, "spec.consolidation.runtime.engine", 'supported values: "Job", "TrainJob", "JobSet"'),
@@ -150,7 +150,8 @@ MALFORMED: list[Malformed] = [
         "spec.retries.maxBackoffSeconds", "maxBackoffSeconds must be >= backoffSeconds",
     ),
     _sc("sc-ttl-negative", "spec.ttlSecondsAfterFinished", -1, "spec.ttlSecondsAfterFinished", "greater than or equal to 0"),
-    _sc("sc-suspend-string", "spec.suspend", "yes", "spec.suspend", "must be of type boolean"),
+    # pydantic reads "yes" as true; the API server insists on a boolean.
+    _sc("sc-suspend-string", "spec.suspend", "yes", "spec.suspend", "must be of type boolean", model_rejects=False),
     _sc(
         "sc-toleration-exists-with-value", "spec.scheduling",
         {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]},

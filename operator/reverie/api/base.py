@@ -8,11 +8,13 @@ CEL rules that the API server enforces are attached with :func:`cel`.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -52,6 +54,25 @@ def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
 QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
 
+_SUFFIXES: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity ("500m" → 0.5, "16Gi" → 17179869184)."""
+    match = re.fullmatch(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a quantity")
+    number, suffix = Decimal(match.group(1)), match.group(2)
+    if suffix in _SUFFIXES:
+        return number * Decimal(_SUFFIXES[suffix])
+    if suffix[:1] in ("e", "E"):
+        return number * Decimal(10) ** int(suffix[1:])
+    raise ValueError(f"{text!r} has an unknown suffix {suffix!r}")
+
 
 class ConditionStatus(StrEnum):
     TRUE = "True"
@@ -74,6 +95,9 @@ class Condition(ApiModel):
     )
 
 
+EXISTS_WITHOUT_VALUE = "value must be empty when operator is Exists; remove value or use operator Equal"
+
+
 class Toleration(ApiModel):
     """A pod toleration, copied verbatim onto the phase pods."""
 
@@ -81,7 +105,7 @@ class Toleration(ApiModel):
         json_schema_extra=cel(
             (
                 "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
-                "value must be empty when operator is Exists; remove value or use operator Equal",
+                EXISTS_WITHOUT_VALUE,
                 ".value",
             ),
         )
@@ -97,6 +121,15 @@ class Toleration(ApiModel):
         default=None, ge=0, description="For NoExecute: seconds the pod stays bound after the taint appears."
     )
 
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError(EXISTS_WITHOUT_VALUE)
+        return self
+
+
+LIMITS_BELOW_REQUESTS = "every limit must be >= its request; raise limits or lower requests"
+
 
 class Resources(ApiModel):
     """Container resources (Kubernetes quantities, e.g. cpu: '4', memory: 16Gi, nvidia.com/gpu: '1')."""
@@ -107,7 +140,7 @@ class Resources(ApiModel):
                 "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
                 " || !isQuantity(self.requests[k]) || !isQuantity(self.limits[k])"
                 " || quantity(self.limits[k]).compareTo(quantity(self.requests[k])) >= 0)",
-                "every limit must be >= its request; raise limits or lower requests",
+                LIMITS_BELOW_REQUESTS,
                 ".limits",
             ),
         )
@@ -119,6 +152,13 @@ class Resources(ApiModel):
     limits: dict[str, Quantity] = Field(
         default_factory=dict, max_length=16, description="Maximum resources, as quantities."
     )
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for name, request in self.requests.items():
+            if name in self.limits and parse_quantity(self.limits[name]) < parse_quantity(request):
+                raise ValueError(f"{LIMITS_BELOW_REQUESTS} ({name}: {self.limits[name]} < {request})")
+        return self
 
 
 class Engine(StrEnum):
@@ -174,6 +214,9 @@ class Images(ApiModel):
     )
 
 
+BACKOFF_CAP_BELOW_START = "maxBackoffSeconds must be >= backoffSeconds; raise maxBackoffSeconds or lower backoffSeconds"
+
+
 class RetryPolicy(ApiModel):
     """Per-phase retry budget, owned by the operator (phase Jobs use backoffLimit 0)."""
 
@@ -181,7 +224,7 @@ class RetryPolicy(ApiModel):
         json_schema_extra=cel(
             (
                 "self.maxBackoffSeconds >= self.backoffSeconds",
-                "maxBackoffSeconds must be >= backoffSeconds; raise maxBackoffSeconds or lower backoffSeconds",
+                BACKOFF_CAP_BELOW_START,
                 ".maxBackoffSeconds",
             ),
         )
@@ -191,3 +234,9 @@ class RetryPolicy(ApiModel):
     backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the second attempt, in seconds.")
     backoff_multiplier: float = Field(default=2.0, ge=1.0, le=10.0, description="Factor applied to the wait after each failure.")
     max_backoff_seconds: int = Field(default=1800, ge=0, le=604800, description="Upper bound on the wait between attempts.")
+
+    @model_validator(mode="after")
+    def _cap_covers_start(self) -> RetryPolicy:
+        if self.max_backoff_seconds < self.backoff_seconds:
+            raise ValueError(BACKOFF_CAP_BELOW_START)
+        return self

@@ -12,9 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
-from reverie import GROUP, VERSION
 from reverie.api.base import ApiModel, Condition, cel
 from reverie.api.sleepcycle import CONDITIONS_LIST, DNS_LABEL, ObjectMeta, SleepCycleSpec
 
@@ -78,6 +77,10 @@ class ServingKind(StrEnum):
     CONFIG_MAP = "ConfigMap"
 
 
+DEPLOYMENT_NEEDS_ENV = "kind Deployment needs container and env (the env var that receives the champion URI); set both"
+CONFIGMAP_NEEDS_KEY = "kind ConfigMap needs key (the key that receives the champion URI); set key"
+
+
 class ServingTarget(ApiModel):
     """What to patch when the champion changes."""
 
@@ -85,12 +88,9 @@ class ServingTarget(ApiModel):
         json_schema_extra=cel(
             (
                 "self.kind != 'Deployment' || (has(self.container) && has(self.env))",
-                "kind Deployment needs container and env (the env var that receives the champion URI); set both",
+                DEPLOYMENT_NEEDS_ENV,
             ),
-            (
-                "self.kind != 'ConfigMap' || has(self.key)",
-                "kind ConfigMap needs key (the key that receives the champion URI); set key",
-            ),
+            ("self.kind != 'ConfigMap' || has(self.key)", CONFIGMAP_NEEDS_KEY),
         )
     )
 
@@ -99,6 +99,14 @@ class ServingTarget(ApiModel):
     container: str | None = Field(default=None, max_length=63, description="Deployment: container whose env var is set.")
     env: str | None = Field(default=None, max_length=253, description="Deployment: env var that receives the champion URI.")
     key: str | None = Field(default=None, max_length=253, description="ConfigMap: key that receives the champion URI.")
+
+    @model_validator(mode="after")
+    def _kind_has_its_fields(self) -> ServingTarget:
+        if self.kind == ServingKind.DEPLOYMENT and (self.container is None or self.env is None):
+            raise ValueError(DEPLOYMENT_NEEDS_ENV)
+        if self.kind == ServingKind.CONFIG_MAP and self.key is None:
+            raise ValueError(CONFIGMAP_NEEDS_KEY)
+        return self
 
 
 class ModelLineageSpec(ApiModel):
@@ -194,7 +202,7 @@ class ModelLineage(ApiModel):
         ),
     )
 
-    api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
     kind: Literal["ModelLineage"] = Field(default="ModelLineage", description="ModelLineage")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: ModelLineageSpec = Field(description="Desired state.")

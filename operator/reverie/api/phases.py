@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from reverie.api.base import ApiModel, PhaseRuntime, cel
 
@@ -21,6 +21,9 @@ class ConfigMapKeyRef(ApiModel):
     key: str = Field(default="memories.jsonl", description="Key holding JSONL memories.", min_length=1, max_length=253)
 
 
+ONE_MEMORY_KIND = "uri, configMap and inline are alternatives; set exactly one of uri, configMap or inline in each memory source"
+
+
 class MemorySource(ApiModel):
     """One source of in-context memories; exactly one of uri, configMap, inline."""
 
@@ -28,7 +31,7 @@ class MemorySource(ApiModel):
         json_schema_extra=cel(
             (
                 "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
-                "set exactly one of uri, configMap or inline in each memory source",
+                ONE_MEMORY_KIND,
             ),
         )
     )
@@ -41,6 +44,12 @@ class MemorySource(ApiModel):
     inline: list[Annotated[str, StringConstraints(min_length=1, max_length=8192)]] | None = Field(
         default=None, min_length=1, max_length=128, description="Memory documents written inline (demos and tests).",
     )
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> MemorySource:
+        if [self.uri, self.config_map, self.inline].count(None) != 2:
+            raise ValueError(ONE_MEMORY_KIND)
+        return self
 
 
 class MemorySpec(ApiModel):
@@ -100,6 +109,12 @@ class GrpoSpec(ApiModel):
     beta: float = Field(default=0.0, ge=0.0, le=1.0, description="KL penalty to the reference model.")
 
 
+DREAMS_KEPT_EXCEED_GENERATED = (
+    "topK + randomExtra must not exceed dreamsPerContext (dreams kept <= dreams generated); "
+    "lower topK/randomExtra or raise dreamsPerContext"
+)
+
+
 class DreamingSpec(ApiModel):
     """Dreaming: the model writes its own curriculum, keeps what helps, learns from it."""
 
@@ -107,8 +122,7 @@ class DreamingSpec(ApiModel):
         json_schema_extra=cel(
             (
                 "!self.enabled || self.topK + self.randomExtra <= self.dreamsPerContext",
-                "topK + randomExtra must not exceed dreamsPerContext (dreams kept <= dreams generated); "
-                "lower topK/randomExtra or raise dreamsPerContext",
+                DREAMS_KEPT_EXCEED_GENERATED,
                 ".topK",
             ),
         )
@@ -132,6 +146,12 @@ class DreamingSpec(ApiModel):
     grpo: GrpoSpec = Field(default_factory=GrpoSpec, description="GRPO settings for verifiable domains.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of sampling and selection.")
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the dreaming Job runs.")
+
+    @model_validator(mode="after")
+    def _keep_at_most_what_was_dreamt(self) -> DreamingSpec:
+        if self.enabled and self.top_k + self.random_extra > self.dreams_per_context:
+            raise ValueError(DREAMS_KEPT_EXCEED_GENERATED)
+        return self
 
 
 class Suite(StrEnum):
@@ -172,3 +192,11 @@ class EvaluationSpec(ApiModel):
     max_new_tokens: int = Field(default=24, ge=1, le=1024, description="Tokens generated per answer.")
     gate: GateSpec = Field(default_factory=GateSpec, description="Rules deciding promotion.")
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the evaluation Job runs.")
+
+    @model_validator(mode="after")
+    def _suites_are_a_set(self) -> EvaluationSpec:
+        # The CRD lists suites as x-kubernetes-list-type: set; say the same here.
+        duplicates = sorted({s for s in self.suites if self.suites.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"suites lists {', '.join(map(str, duplicates))} more than once; list each suite once")
+        return self

@@ -12,15 +12,15 @@ from enum import StrEnum
 from typing import Literal
 
 from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
-from reverie import GROUP, VERSION
 from reverie.api.base import ApiModel, Condition, Images, RetryPolicy, Scheduling, cel
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 # Conditions are a map keyed by type, so server-side apply merges them per type.
-CONDITIONS_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+CONDITIONS_LIST: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
 class Phase(StrEnum):
@@ -188,7 +188,7 @@ class SleepCycle(ApiModel):
         ),
     )
 
-    api_version: Literal["reverie.dev/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="reverie.dev/v1alpha1")
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
     kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: SleepCycleSpec = Field(
