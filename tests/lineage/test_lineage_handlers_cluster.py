@@ -204,3 +204,42 @@ async def test_invalid_time_zone_is_reported(api: Kube, namespace: str) -> None:
     await lineage_handlers.run_schedule(api, namespace=namespace, name="demo", now=datetime.now(UTC))
     missed = condition(await lineage_status(api, namespace, "demo"), "MissedSchedule")
     assert missed and missed["reason"] == "InvalidSchedule" and "Mars/Olympus" in missed["message"]
+
+
+async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and_drift_is_undone(
+    cluster: Any, api: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch, inference_service_crd: str
+) -> None:
+    from reverie.controller import serving
+    from reverie.core import lineage as rules
+
+    await api.create(serving.INFERENCESERVICES, namespace, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "chat"},
+        "spec": {"predictor": {"model": {"storageUri": "builtin:tiny"}}},
+    })
+    await api.create(MODELLINEAGES, namespace, lineage_manifest(
+        "demo", namespace, servingTarget={"kind": "InferenceService", "name": "chat"},
+    ))
+    await promotion.record_candidate(
+        api, namespace=namespace, lineage="demo", cycle="c1", uri="file:///store/demo/c1",
+        content_hash=None, parent="gen-0", scores={},
+    )
+    # The promotion write lands, then the operator dies before the serving hand-off.
+    now = datetime.now(UTC).replace(microsecond=0)
+    await promotion.update_lineage(
+        api, namespace=namespace, lineage="demo", rule=lambda lin: rules.promote(lin.status, cycle="c1", now=now)[0],
+    )
+    isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "builtin:tiny"
+
+    async def storage_uri_is(uri: str) -> bool:
+        got = await api.get(serving.INFERENCESERVICES, namespace, "chat")
+        return got["spec"]["predictor"]["model"]["storageUri"] == uri
+
+    with lineage_operator(cluster, namespace, monkeypatch, interval=0.3):
+        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="serving healed after restart")
+        # Someone points the InferenceService elsewhere by hand: the timer puts the champion back.
+        await api.merge_patch(serving.INFERENCESERVICES, namespace, "chat", {"spec": {"predictor": {"model": {"storageUri": "s3://elsewhere"}}}})
+        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="drift undone")
+    status = await lineage_status(api, namespace, "demo")
+    synced = condition(status, "ServingSynced")
+    assert synced and synced["status"] == "True" and status["servingUri"] == "file:///store/demo/c1"

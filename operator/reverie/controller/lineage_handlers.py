@@ -210,10 +210,6 @@ async def _record_schedule(
 
 
 # --- Kopf wiring -----------------------------------------------------------------
-async def _on_startup(**_: Any) -> None:
-    kube()
-
-
 async def _on_cleanup(**_: Any) -> None:
     global _kube
     if _kube is not None:
@@ -242,7 +238,6 @@ async def _on_delete(*, name: str, namespace: str | None, **_: Any) -> None:
 def register(registry: kopf.OperatorRegistry, *, interval: float = DEFAULT_INTERVAL_S) -> None:
     """Put the ModelLineage handlers into ``registry``."""
     res = (GROUP, VERSION, PLURAL)
-    kopf.on.startup(registry=registry, id="lineage-client")(_on_startup)
     kopf.on.cleanup(registry=registry, id="lineage-client")(_on_cleanup)
     kopf.on.resume(*res, registry=registry, id="lineage-resume")(_on_change)
     kopf.on.create(*res, registry=registry, id="lineage-create")(_on_change)
