@@ -229,9 +229,10 @@ class Reconciler:
         old_phase = Phase(cycle.status.phase)
         if old_phase in TERMINAL_PHASES and seen.terminal and cycle.spec.ttl_seconds_after_finished is None:
             return False  # nothing left to do for this one
-        lineage_obj = await self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref)
+        lineage_obj, (observed, kinds) = await asyncio.gather(
+            self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref), self._observe(cycle),
+        )
         lineage = promotion.parse_lineage(lineage_obj) if lineage_obj is not None else None
-        observed, kinds = await self._observe(cycle)
         now = self.clock()
         result = plan(cycle, observed=observed, lineage=lineage, now=now)
         result = await self._check_engines(cycle, result, observed=observed, lineage=lineage, now=now)
@@ -242,9 +243,14 @@ class Reconciler:
             seen.written_rv = written["metadata"]["resourceVersion"]
         self._export(cycle, result.status, seen)
         lineage_changed = False
-        for action in result.actions:
+        # Jobs first (they are what the transition latency is made of), Events last and concurrently.
+        events = [a for a in result.actions if isinstance(a, EmitEvent)]
+        ordered = sorted((a for a in result.actions if not isinstance(a, EmitEvent)),
+                         key=lambda a: 0 if isinstance(a, CreateJob | DeleteJob) else 1)
+        for action in ordered:
             if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds, plan_=result):
                 lineage_changed = True
+        await asyncio.gather(*(self._event(obj, e) for e in events))
         # Only now, with every action applied, is a finished cycle really done (lineage released).
         seen.terminal = Phase(result.status.phase) in TERMINAL_PHASES
         return lineage_changed
@@ -473,6 +479,9 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own Events say what happened; Kopf's per-handler "Handler succeeded" posts are noise.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # Kopf waits this long for more events of one object before handling them; our
+    # reconciles coalesce on their own, so a short window only adds latency.
+    settings.batching.batch_window = 0.01
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
     _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")
