@@ -308,3 +308,27 @@ def build_base_generation(
     loss = pretrain(model, tokenizer, facts=old, mention_entities=world.entities, steps=steps, seed=seed)
     out = save_generation(model, tokenizer, folder)
     return TinyBase(folder=out, world=world, old=old, new=new_groups, final_loss=loss)
+
+
+def wake_fast_memory(
+    model: Any, tokenizer: Qwen2Tokenizer, facts: Sequence[Fact], *, name: str = "fast", rank: int = 8,
+    steps: int = 150, lr: float = 1e-2, seed: int = 0,
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+) -> Any:
+    """The fast-weight stand-in for in-context memory: a LoRA adapter ``name`` that learns ``facts`` by SFT.
+
+    A tiny CPU model cannot recall facts from its context, so "wake" writes them
+    into fast weights instead; the teacher uses this adapter, the student does not.
+    Earlier slots stay active (and frozen) underneath.  Returns the PEFT model.
+    """
+    from reverie.workloads.expansion import add_slot
+
+    torch.manual_seed(seed)
+    earlier = list(getattr(model, "peft_config", {}) or {})
+    model, _ = add_slot(model, rank=rank, target_modules=target_modules, name=name, keep_active=earlier)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    pretrain(model, tokenizer, facts=facts, mention_entities=[], steps=steps, lr=lr, seed=seed, params=params,
+             batch_size=16)
+    for p in params:
+        p.requires_grad_(False)
+    return model
