@@ -112,10 +112,10 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the kernel sends SIGTERM when pytest dies, even by SIGKILL,
+    # PR_SET_PDEATHSIG: the kernel kills the process when pytest dies, even by SIGKILL,
     # so a crashed test run never leaves an apiserver holding ports and memory.
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class CertificateAuthority:
