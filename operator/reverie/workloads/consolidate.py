@@ -48,9 +48,11 @@ import hashlib
 import math
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -338,6 +340,12 @@ class TorchTrainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
 
+    def state_dict(self) -> dict[str, Any] | None:
+        return dict(self.optimizer.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
 
 class KnowledgeSeeding:
     """One sleep's Knowledge Seeding over a shared model whose roles differ only by active slots."""
@@ -345,6 +353,7 @@ class KnowledgeSeeding:
     def __init__(
         self, model: Any, tokenizer: Any, backend: GenerationBackend, *, roles: Roles, settings: KSSettings,
         memory: Sequence[Cue], replay: Sequence[Cue], trainer: Trainer, judge: SemanticJudge = overlap_judge,
+        teacher_backend: GenerationBackend | None = None,
     ) -> None:
         if not memory:
             raise ValueError("Knowledge Seeding needs at least one memory cue")
@@ -352,6 +361,9 @@ class KnowledgeSeeding:
         self.roles, self.s = roles, settings
         self.memory, self.replay = list(memory), list(replay)
         self.trainer, self.judge = trainer, judge
+        # The teacher is frozen, so its dreams may come from a separate engine (vLLM on GPU);
+        # the student's samples must come from the training weights.
+        self.teacher_backend = teacher_backend or backend
         self._dream_cache: dict[Cue, list[int]] = {}
 
     # -- teacher dreams D_T (cached when greedy: the same cue always gives the same dream)
@@ -364,7 +376,7 @@ class KnowledgeSeeding:
             if not group:
                 continue
             adapters = self.roles.teacher if replay else self.roles.memory_teacher
-            out = self.backend.generate(
+            out = self.teacher_backend.generate(
                 [c.teacher_prompt for c in group], max_new_tokens=self.s.max_new_tokens,
                 temperature=self.s.teacher_temperature, seed=self.s.seed * 1_000_003 + step, adapters=adapters,
             )
@@ -373,6 +385,11 @@ class KnowledgeSeeding:
             self._dream_cache.update(fresh)
             return [self._dream_cache[c] for c in cues]
         return [fresh[c] for c in cues]
+
+    def prefetch_dreams(self) -> None:
+        """Greedy teacher: dream every cue once, in large batches, before training starts."""
+        if self.s.teacher_temperature <= 0:
+            self.dreams([*self.memory, *self.replay], step=0)
 
     def distill_term(self, cues: Sequence[Cue], dreams: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, int]:
         rng = step_rng(self.s.seed, step, "lambda")
@@ -494,3 +511,178 @@ def closed_book_recall(
     prompts = [question_prompt(tokenizer, q, context=c) for (q, _), c in zip(qa, ctx, strict=True)]
     out = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, adapters=adapters)
     return sum(answer_matches(o, a) for o, (_, a) in zip(out.texts, qa, strict=True)) / len(qa)
+
+
+# ----------------------------------------------------------------------------- the phase
+
+
+def _emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout (progress logs a log shipper can parse)."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def memory_qa(memories: Sequence[Memory], *, limit: int = 64) -> tuple[list[tuple[str, str]], list[str]]:
+    """Up to ``limit`` (question, answer) pairs of the memories, with each one's memory text."""
+    pairs, contexts = [], []
+    for m in memories:
+        for qa in m.qa:
+            pairs.append((qa.q, qa.a))
+            contexts.append(m.text)
+    return pairs[:limit], contexts[:limit]
+
+
+def run(config: Any) -> Any:
+    """The consolidation phase: expand, Knowledge-Seed, save the new generation; returns a ``PhaseResult``.
+
+    Reads ``config.base_uri`` (never writes there) and the memory set; writes the
+    new generation to ``<output_uri>/model`` and checkpoints to
+    ``<output_uri>/checkpoints``; resumes from ``config.resume_from`` when set.
+    Raises :class:`ConsolidationError` (bad inputs) with a message for the result.
+    """
+    import os
+
+    from reverie.core.contract import PhaseConfig, PhaseResult
+    from reverie.workloads import checkpoint as ckpt
+    from reverie.workloads.expansion import add_slot, slot_parameters
+    from reverie.workloads.generation import HFBackend, make_backend
+    from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
+    from reverie.workloads.modelio import (
+        GenerationError,
+        content_hash,
+        is_remote,
+        load_generation,
+        local_path,
+        save_generation,
+        stage_out,
+    )
+
+    cfg: PhaseConfig = config
+    spec = cfg.consolidation
+    settings = KSSettings.from_spec(spec)
+    torch.manual_seed(settings.seed)
+    try:
+        memories = load_memories(cfg.memory, store_uri=cfg.store_uri)
+        prior = load_memory_uris(cfg.prior_memory_uris, store_uri=cfg.store_uri)
+    except MemorySetError as exc:
+        raise ConsolidationError(f"memory: {exc}") from exc
+    try:
+        gen = load_generation(cfg.base_uri)
+    except GenerationError as exc:
+        raise ConsolidationError(f"base generation: {exc}") from exc
+    model, tok = gen.model, gen.tokenizer
+    earlier = list(gen.slots)
+    model, slot = add_slot(model, rank=spec.expert_rank, target_modules=spec.target_modules, keep_active=earlier)
+    params = slot_parameters(model, slot)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+
+    work = Path(tempfile.mkdtemp(prefix="reverie-consolidation-")) if is_remote(cfg.output_uri) else local_path(cfg.output_uri)
+    ckpt_root = work / "checkpoints"
+    trainer: Any
+    if spec.zero_stage.value != "0":
+        from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
+
+        trainer = DeepSpeedTrainer(model, list(params.values()), lr=settings.learning_rate, config=zero_config(spec))
+    else:
+        trainer = TorchTrainer(list(params.values()), lr=settings.learning_rate, max_grad_norm=settings.max_grad_norm)
+
+    state = KSState()
+    if cfg.resume_from:
+        try:
+            c = ckpt.load_checkpoint(cfg.resume_from)
+        except ckpt.CheckpointError as exc:
+            raise ConsolidationError(str(exc)) from exc
+        if c.slot != slot:
+            raise ConsolidationError(f"resume_from {cfg.resume_from}: checkpoint is for slot {c.slot}, this run adds {slot}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(c.slot_state[name].to(p))
+        if c.optimizer_state is not None and hasattr(trainer, "load_state_dict"):
+            trainer.load_state_dict(c.optimizer_state)
+        state = KSState(step=c.step, history=list(c.meta.get("history", [])))
+        _emit("resumed", step=c.step, checkpoint=str(c.folder))
+
+    backend = HFBackend(model, tok)
+    teacher_backend = None
+    if os.environ.get("REVERIE_TEACHER_BACKEND", "hf") == "vllm" and gen.folder is not None:
+        teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)
+    mem_cues = memory_cues(memories, tok, in_context=True)
+    ks = KnowledgeSeeding(
+        model, tok, backend, roles=Roles(student=[*earlier, slot], teacher=earlier, memory_teacher=earlier),
+        settings=settings, memory=mem_cues, replay=replay_cues(prior, tok), trainer=trainer,
+        teacher_backend=teacher_backend,
+    )
+    qa, contexts = memory_qa(memories)
+    before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
+    teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
+    _emit("start", slot=slot, memories=len(memories), cues=len(mem_cues), steps=settings.steps, resume_step=state.step)
+    ks.prefetch_dreams()
+    started = time.perf_counter()
+    window: list[StepStats] = []
+
+    def on_step(stats: StepStats, st: KSState) -> None:
+        window.append(stats)
+        if st.step % settings.log_every == 0 or st.step == settings.steps:
+            secs = sum(w.seconds for w in window)
+            _emit(
+                "progress", step=st.step, loss=round(stats.loss, 6), distill=round(stats.distill, 6),
+                imitation=round(stats.imitation, 6), reward=round(stats.reward, 4),
+                tokens_per_s=round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
+            )
+            window.clear()
+        if st.step % settings.checkpoint_every == 0 and st.step < settings.steps:
+            opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
+            folder = ckpt.save_checkpoint(
+                ckpt_root, step=st.step, slot=slot, slot_state={k: v.detach() for k, v in params.items()},
+                optimizer_state=opt, meta={"seed": settings.seed, "history": st.history},
+            )
+            if is_remote(cfg.output_uri):
+                stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
+            _emit("checkpoint", step=st.step, path=str(folder))
+
+    first_step = state.step
+    ks.run(state, on_step=on_step)
+    seconds = time.perf_counter() - started
+    model.eval()
+    after = closed_book_recall(backend, tok, qa, adapters=[*earlier, slot]) if qa else float("nan")
+
+    ledger = dict(gen.ledger)
+    ledger["slots"] = [*gen.ledger.get("slots", []), {
+        "name": slot, "cycle": cfg.cycle, "lineage": cfg.lineage, "parent": cfg.base_generation,
+        "memories": [m.id for m in memories][:256], "rank": spec.expert_rank,
+    }]
+    model_uri = cfg.output_uri.rstrip("/") + "/model"
+    folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
+    digest = content_hash(folder)
+    if is_remote(cfg.output_uri):
+        stage_out(folder, model_uri)
+    tail = state.history[-max(1, len(state.history) // 10):]
+    metrics = {
+        "consolidation_loss": sum(h["loss"] for h in tail) / len(tail) if tail else float("nan"),
+        "distill_loss": sum(h["distill"] for h in tail) / len(tail) if tail else float("nan"),
+        "imitation_loss": sum(h["imitation"] for h in tail) / len(tail) if tail else float("nan"),
+        "imitation_reward": sum(h["reward"] for h in tail) / len(tail) if tail else float("nan"),
+        "steps": float(state.step),
+        "steps_this_attempt": float(state.step - first_step),
+        "seconds": seconds,
+        "tokens_per_s": sum(h["tokens"] for h in state.history) / max(sum(h["seconds"] for h in state.history), 1e-9),
+        "memories": float(len(memories)),
+        "memory_recall_before": before,
+        "memory_recall_after": after,
+        "memory_recall_in_context": teacher_score,
+    }
+    # PhaseResult rejects non-finite metrics for this step: drop the ones that do not apply.
+    metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+    return PhaseResult(
+        step="consolidation", status="Succeeded", message=f"consolidated {len(memories)} memories into {slot}",
+        metrics=metrics, output_uri=model_uri, content_hash=digest, slot=slot,
+        checkpoint_uri=cfg.output_uri.rstrip("/") + "/checkpoints",
+    )
+
+
+class ConsolidationError(ValueError):
+    """Bad configuration or unreadable inputs: the phase fails without touching the base generation."""

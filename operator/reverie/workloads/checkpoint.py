@@ -1,0 +1,122 @@
+"""Checkpoints of a consolidation run: atomic, resumable, small (only the new slot trains).
+
+Layout under ``<output_uri>/checkpoints/``::
+
+    step-00000050/slot.safetensors    the new slot's weights
+    step-00000050/optimizer.pt        optimiser state (moments), when there is one
+    step-00000050/state.json          {"step", "slot", "seed", "history", ...}
+    latest                            name of the newest complete checkpoint
+
+Each checkpoint is written into a temporary sibling folder and renamed into
+place, then ``latest`` is replaced atomically; a crash mid-write leaves the
+previous checkpoint intact.  Data order depends only on (seed, step), so a
+restart that loads step N continues with exactly the batches a run without the
+crash would have used.  Remote output URIs are handled by staging: checkpoints
+are written locally and copied with :func:`reverie.workloads.modelio.stage_out`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+KEEP = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message says which and why."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    folder: Path
+    step: int
+    slot: str
+    slot_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    root: str | Path, *, step: int, slot: str, slot_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and point ``latest`` at it; keeps the newest two."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    save_file({k: v.detach().contiguous().cpu() for k, v in slot_state.items()}, str(tmp / "slot.safetensors"))
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    state = {"step": step, "slot": slot, **(meta or {})}
+    (tmp / "state.json").write_text(json.dumps(state, sort_keys=True))
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_atomic(root / LATEST, name.encode())
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        folder = root / pointer.read_text().strip()
+        if (folder / "state.json").is_file():
+            return folder
+    done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint folder, or the newest one under a checkpoints root."""
+    from reverie.workloads.modelio import stage_in
+
+    local = stage_in(str(path)) if "://" in str(path) else Path(path)
+    folder = local if (local / "state.json").is_file() else latest_checkpoint(local)
+    if folder is None:
+        raise CheckpointError(f"resume_from {path!s}: no complete checkpoint there (no state.json)")
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        slot_state = load_file(str(folder / "slot.safetensors"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"resume_from {folder}: unreadable checkpoint ({exc})") from exc
+    opt_path = folder / "optimizer.pt"
+    optimizer_state = torch.load(opt_path, weights_only=False) if opt_path.is_file() else None
+    return Checkpoint(
+        folder=folder, step=int(meta["step"]), slot=str(meta["slot"]), slot_state=slot_state,
+        optimizer_state=optimizer_state, meta=meta,
+    )

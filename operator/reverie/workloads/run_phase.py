@@ -1,0 +1,131 @@
+"""``reverie run-phase <step> --config phase.json``: run one phase and report its result.
+
+Each phase module exposes ``run(config: PhaseConfig) -> PhaseResult``:
+consolidation (:mod:`reverie.workloads.consolidate`), dreaming
+(``reverie.workloads.dream``) and evaluation (``reverie.workloads.evaluate``),
+imported lazily so one phase's dependencies never burden another.  This module
+owns the rest of the Job contract: it parses the config, runs the phase, and
+writes the :class:`~reverie.core.contract.PhaseResult` to
+``<output_uri>/result.json`` and to the termination-message path
+(``$REVERIE_TERMINATION_LOG``, default ``/dev/termination-log``; skipped when not
+writable, e.g. outside Kubernetes).
+
+Exit codes: 0 success; 1 the phase failed (the result says why); 2 the config
+is unreadable or invalid (nothing ran, nothing was written to the store).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from reverie.api.sleepcycle import Step
+from reverie.core.contract import TERMINATION_LOG, PhaseConfig, PhaseResult
+
+TERMINATION_LOG_ENV = "REVERIE_TERMINATION_LOG"
+PHASE_MODULES = {
+    Step.CONSOLIDATION: "reverie.workloads.consolidate",
+    Step.DREAMING: "reverie.workloads.dream",
+    Step.EVALUATION: "reverie.workloads.evaluate",
+}
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+class PhaseConfigError(ValueError):
+    """The phase config cannot be read or does not validate."""
+
+
+def read_config(path: str | os.PathLike[str]) -> PhaseConfig:
+    """Parse and validate the mounted phase config; errors name the field path."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise PhaseConfigError(f"cannot read phase config {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise PhaseConfigError(f"phase config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    try:
+        return PhaseConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise PhaseConfigError(f"phase config {path} is invalid at {where}: {first['msg']}") from exc
+
+
+def write_result(result: PhaseResult, *, output_uri: str | None) -> None:
+    """Write ``result.json`` under ``output_uri`` (local or fsspec) and the termination message."""
+    text = result.to_json()
+    if output_uri:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(output_uri)
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{root.rstrip('/')}/result.json", "w") as fh:
+            fh.write(text)
+    term = os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG)
+    try:
+        with open(term, "w") as fh:
+            fh.write(text)
+    except OSError:
+        pass  # not in a pod (or read-only): result.json in the store is the record
+
+
+def load_phase(step: Step) -> Any:
+    module = PHASE_MODULES[step]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise PhaseConfigError(f"step {step.value!r}: its workload module {module} is not installed in this image") from exc
+        raise
+
+
+def failure(step: Step, message: str) -> PhaseResult:
+    return PhaseResult(step=step, status="Failed", message=message[:1024])
+
+
+def run_phase(step: str, config_path: str) -> int:
+    """Run ``step`` with the config at ``config_path``; returns the process exit code."""
+    try:
+        wanted = Step(step)
+    except ValueError:
+        print(f"error: unknown step {step!r}; use one of {[s.value for s in Step]}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        config = read_config(config_path)
+        if config.step != wanted:
+            raise PhaseConfigError(f"phase config {config_path} is for step {config.step.value!r}, not {wanted.value!r}")
+        phase = load_phase(wanted)
+    except PhaseConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        write_result(failure(wanted, str(exc)), output_uri=None)
+        return EXIT_BAD_CONFIG
+    try:
+        result = phase.run(config)
+    except Exception as exc:  # the Job must end with a result, whatever went wrong
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}"
+        write_result(failure(wanted, message), output_uri=config.output_uri)
+        print(f"error: {wanted.value} failed: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    write_result(result, output_uri=config.output_uri)
+    return EXIT_OK if result.status == "Succeeded" else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reverie.workloads.run_phase <step> <config>`` (the CLI wires the same function)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m reverie.workloads.run_phase <step> <config.json>", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return run_phase(args[0], args[1])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
