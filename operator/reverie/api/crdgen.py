@@ -87,6 +87,7 @@ RESOURCES: tuple[Resource, ...] = (
         model=SleepCycle,
         kind="SleepCycle",
         plural="sleepcycles",
+        # Not "sc": StorageClass owns it, and built-in short names always win.
         short_names=("sleep",),
         columns=(
             PrinterColumn("Lineage", ".spec.lineageRef", description="ModelLineage this cycle trains."),
@@ -174,6 +175,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, path: str) -> dic
         target = copy.deepcopy(defs[ref.rsplit("/", 1)[-1]])
         field_rules = node.pop("x-kubernetes-validations", [])
         model_rules = target.pop("x-kubernetes-validations", [])
+        # `kubectl explain` shows one description: the field's one-liner, then
+        # what the object is (the model's docstring), when that adds something.
+        model_doc = _clean_description(target.get("description", ""))
+        field_doc = _clean_description(node.get("description", ""))
+        if model_doc and field_doc and model_doc not in field_doc and target.get("type") == "object":
+            prefix = field_doc.rstrip(".")
+            node["description"] = model_doc if model_doc.startswith(prefix) else f"{field_doc} {model_doc}"
         target.update(node)
         if model_rules or field_rules:
             target["x-kubernetes-validations"] = model_rules + field_rules
@@ -197,6 +205,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, path: str) -> dic
             out[key] = node[key]
     if "description" in out:
         out["description"] = _clean_description(out["description"])
+        # Scalar defaults go into the help text too: `kubectl explain` omits them.
+        default = out.get("default")
+        if isinstance(default, bool | int | float | str) and "default" not in out["description"].lower():
+            shown = str(default).lower() if isinstance(default, bool) else default
+            out["description"] += f" Default: {shown}."
     # JSON Schema 2020 writes exclusive bounds as numbers, OpenAPI v3.0 as flags.
     for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if isinstance(out.get(flag), int | float) and not isinstance(out.get(flag), bool):

@@ -175,7 +175,7 @@ MAX_CYCLE_NAME = 46
 
 
 class SleepCycle(ApiModel):
-    """A sleep cycle of a model lineage (short name: sleep; `sc` is taken by StorageClass)."""
+    """One sleep of a model lineage: consolidation, dreaming, evaluation, gate, promotion (short name: sleep)."""
 
     model_config = ConfigDict(
         extra="ignore",
