@@ -193,3 +193,16 @@ MALFORMED: list[Malformed] = [
         "spec.schedule.template.dreaming.topK", "must not exceed dreamsPerContext",
     ),
 ]
+
+
+# Updates that change an immutable field: (kind, path, new value, field named, message).
+IMMUTABLE = [
+    ("sleepcycle", "spec.lineageRef", "other", "spec.lineageRef", "lineageRef is immutable"),
+    ("sleepcycle", "spec.baseGeneration", "gen-3", "spec.baseGeneration", "baseGeneration is immutable"),
+    (
+        "sleepcycle", "spec.memory", {"sources": [{"uri": "other.jsonl"}]},
+        "spec.memory", "memory is immutable",
+    ),
+    ("modellineage", "spec.baseModel", {"uri": "s3://other/"}, "spec.baseModel", "baseModel is immutable"),
+    ("modellineage", "spec.store", {"uri": "s3://other-store/"}, "spec.store.uri", "store.uri is immutable"),
+]

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-from crd_cases import LINEAGE_NAME, MALFORMED, Malformed, modellineage, patched, sleepcycle
+from crd_cases import (
+    IMMUTABLE,
+    LINEAGE_NAME,
+    MALFORMED,
+    Malformed,
+    modellineage,
+    patched,
+    sleepcycle,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -87,16 +95,6 @@ def test_at_least_25_malformed_cases() -> None:
     assert len({case.id for case in MALFORMED}) == len(MALFORMED)
 
 
-IMMUTABLE = [
-    ("sleepcycle", "spec.lineageRef", "other", "spec.lineageRef", "lineageRef is immutable"),
-    ("sleepcycle", "spec.baseGeneration", "gen-3", "spec.baseGeneration", "baseGeneration is immutable"),
-    (
-        "sleepcycle", "spec.memory", {"sources": [{"uri": "other.jsonl"}]},
-        "spec.memory", "memory is immutable",
-    ),
-    ("modellineage", "spec.baseModel", {"uri": "s3://other/"}, "spec.baseModel", "baseModel is immutable"),
-    ("modellineage", "spec.store", {"uri": "s3://other-store/"}, "spec.store.uri", "store.uri is immutable"),
-]
 
 
 @pytest.mark.parametrize(("kind", "path", "value", "field", "message"), IMMUTABLE, ids=lambda v: v if isinstance(v, str) and v.startswith("spec.") else None)
