@@ -248,3 +248,14 @@ def test_owner_reference_garbage_collection_runs(cluster: Any, namespace: str) -
     apply(cluster, namespace, config_map)
     cluster.kubectl("delete", "-n", namespace, "sleep", "night", "--wait=true")
     cluster.kubectl("wait", "-n", namespace, "--for=delete", "configmap/night-phase", "--timeout=30s")
+
+
+def test_python_client_from_the_cluster_kubeconfig(cluster: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    with cluster.api_client() as api_client:
+        objects = client.CustomObjectsApi(api_client)
+        objects.create_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", modellineage())
+        stored = objects.get_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", LINEAGE_NAME)
+    assert stored["spec"]["historyLimit"] == 20
+    assert cluster.env()["KUBECONFIG"] == str(cluster.kubeconfig)
