@@ -169,13 +169,43 @@ def run_phase(
     raise typer.Exit(run(step, str(config)))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def operator(ctx: typer.Context) -> None:
-    """Run the Kopf operator (arguments are passed to it; see `reverie operator --help`)."""
+@app.command()
+def operator(
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Namespace to serve (repeatable); default: all.")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace (the default without --namespace).")] = False,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of /metrics and /healthz (0: off).")] = 8080,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    kubeconfig: KubeconfigOpt = None,
+    peering: Annotated[bool, typer.Option("--peering", help="Coordinate replicas through Kopf peering (default: standalone, one replica).")] = False,
+    priority: Annotated[int, typer.Option("--priority", help="Kopf peering priority of this replica.")] = 0,
+    webhook_port: Annotated[int | None, typer.Option("--webhook-port", help="Port of the admission webhook, when enabled.")] = None,
+    webhook_cert_dir: Annotated[Path | None, typer.Option("--webhook-cert-dir", help="Folder with the webhook's tls.crt and tls.key.")] = None,
+) -> None:
+    """Run the Kopf operator (the Helm chart's Deployment runs this)."""
+    import inspect
+
     from reverie.controller import main as controller_main
 
-    result = controller_main.run(list(ctx.args))
-    raise typer.Exit(int(result or 0))
+    namespaces = [] if all_namespaces else list(namespace or [])
+    offered: dict[str, Any] = {
+        "namespace": namespaces[0] if len(namespaces) == 1 else None,
+        "namespaces": namespaces,
+        "metrics_port": metrics_port or None,
+        "standalone": not peering,
+        "priority": priority,
+        "kubeconfig": str(kubeconfig) if kubeconfig else None,
+        "verbose": log_level.lower() == "debug",
+        "log_level": log_level,
+        "webhook_port": webhook_port,
+        "webhook_cert_dir": str(webhook_cert_dir) if webhook_cert_dir else None,
+    }
+    # Pass what this build of the controller accepts, and say what it ignores.
+    accepted = inspect.signature(controller_main.run).parameters
+    if len(namespaces) > 1 and "namespaces" not in accepted:
+        raise fail(f"this operator serves one namespace or all of them; got {', '.join(namespaces)}")
+    if webhook_port is not None and "webhook_port" not in accepted:
+        err.print("[yellow]note:[/yellow] this operator build has no admission webhook; --webhook-port is ignored")
+    controller_main.run(**{k: v for k, v in offered.items() if k in accepted})
 
 
 # --------------------------------------------------------------------------- cluster verbs

@@ -47,10 +47,15 @@ def is_builtin_tiny(uri: str | None) -> bool:
 
 
 def _read_manifest(path: Path) -> TinyWorld | None:
+    # Paths are stored relative to the lineage folder, so a store can be copied or moved.
+    root = path.parent
     try:
         raw = json.loads(path.read_text())
-        world = TinyWorld(**raw)
-    except (OSError, ValueError, TypeError):
+        world = TinyWorld(
+            base_uri=str(root / raw["base_uri"]), sessions=[str(root / s) for s in raw["sessions"]],
+            old_memories=str(root / raw["old_memories"]), people_per_session=int(raw["people_per_session"]),
+        )
+    except (OSError, ValueError, TypeError, KeyError):
         return None
     if not (Path(world.base_uri) / "config.json").exists():
         return None
@@ -90,8 +95,13 @@ def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_se
     write_atomic(evaluation / "general_text.jsonl", "".join(
         json.dumps({"text": f.sentence}) + "\n" for f in base.old
     ))
-    world = TinyWorld(
-        base_uri=str(base.folder), sessions=sessions, old_memories=str(old), people_per_session=people_per_session,
-    )
-    write_atomic(manifest, json.dumps(world.__dict__, indent=1) + "\n")
+    relative = {
+        "base_uri": str(Path(base.folder).resolve().relative_to(root.resolve())),
+        "sessions": [str(Path(s).resolve().relative_to(root.resolve())) for s in sessions],
+        "old_memories": str(Path(old).resolve().relative_to(root.resolve())),
+        "people_per_session": people_per_session,
+    }
+    write_atomic(manifest, json.dumps(relative, indent=1) + "\n")
+    world = _read_manifest(manifest)
+    assert world is not None
     return world

@@ -54,7 +54,7 @@ def _svg(fig, name: str, label: str) -> str:  # type: ignore[no-untyped-def]
 
 def loss_plot(job: str, series: dict[str, list[tuple[int, float]]]) -> str:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 2.4))
+    fig, ax = plt.subplots(figsize=(4.4, 2.4))
     for name, points in sorted(series.items(), key=lambda kv: (kv[0] != "loss", kv[0])):
         steps = [s for s, _ in points]
         values = [v for _, v in points]
@@ -83,7 +83,7 @@ def recall_plot(items: list[RecallItem]) -> str:
     ax.set_xticks(list(xs), names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("closed-book recall")
-    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2)
     ax.grid(axis="y", alpha=0.3)
     return _svg(fig, "recall", "closed-book recall of each new memory before and after the sleep")
 
@@ -126,7 +126,7 @@ def scores_plot(data: ReportData) -> str | None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("accuracy (95% interval)")
-    ax.legend(frameon=False, fontsize=7, loc="lower right")
+    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2)
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig, "scores", "evaluation scores of champion and candidate, retention included")
 

@@ -1,0 +1,50 @@
+"""Reading the phases' JSON-lines progress back: live display, loss curves, resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reverie.local.progress import JobProgress, first_step_per_launch, last_checkpoint_in_log, loss_series, parse_line
+
+
+def _write(path: Path, *objs: object) -> None:
+    with path.open("a") as handle:
+        for obj in objs:
+            handle.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
+
+
+def test_only_json_objects_are_progress() -> None:
+    assert parse_line('{"step": 1}') == {"step": 1}
+    assert parse_line("Loading weights {not json") is None
+    assert parse_line("[1, 2]") is None
+
+
+def test_loss_curves_keep_every_loss_part_and_a_resume_overwrites_repeated_steps(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    _write(log, {"event": "progress", "step": 1, "totalSteps": 4, "loss": 3.0, "distill_loss": 2.0},
+           "a warning line", {"event": "progress", "step": 2, "loss": 2.0},
+           {"event": "checkpoint", "step": 2, "checkpoint": "/s/ckpt-2"},
+           {"event": "resumed", "launch": 2, "resumeFrom": "/s/ckpt-2"},
+           {"event": "progress", "step": 2, "loss": 1.9}, {"event": "progress", "step": 3, "loss": 1.5})
+    series = loss_series(log)
+    assert series["loss"] == [(1, 3.0), (2, 1.9), (3, 1.5)]
+    assert series["distill_loss"] == [(1, 2.0)]
+    assert last_checkpoint_in_log(log) == "/s/ckpt-2"
+    assert first_step_per_launch(log) == [1, 2]
+
+
+def test_live_progress_reads_only_new_text_and_tolerates_a_torn_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    prog = JobProgress(log)
+    assert not prog.update()
+    _write(log, {"event": "progress", "step": 5, "totalSteps": 50, "loss": 1.25})
+    with log.open("a") as handle:
+        handle.write('{"event": "progress", "st')  # the process is mid-write
+    assert prog.update()
+    assert (prog.step, prog.total, prog.loss) == (5, 50, 1.25)
+    with log.open("a") as handle:
+        handle.write('ep": 10, "loss": 1.0}\n')
+    prog.update()
+    assert (prog.step, prog.loss) == (10, 1.0)
+    assert prog.eta_seconds is not None and prog.eta_seconds >= 0
