@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reverie.local.progress import JobProgress, first_step_per_launch, last_checkpoint_in_log, loss_series, parse_line
+from reverie.local.progress import (
+    JobProgress,
+    first_step_per_launch,
+    last_checkpoint_in_log,
+    loss_series,
+    parse_line,
+)
 
 
 def _write(path: Path, *objs: object) -> None:

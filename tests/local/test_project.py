@@ -54,7 +54,7 @@ def test_a_named_cycle_file_finds_its_lineage_next_to_it(tmp_path: Path) -> None
 
 def test_a_missing_lineage_names_the_reference_and_the_fix(tmp_path: Path) -> None:
     (tmp_path / "sleepcycle.yaml").write_text(CYCLE)
-    with pytest.raises(ProjectError, match="spec.lineageRef is 'lin' but no ModelLineage of that name"):
+    with pytest.raises(ProjectError, match=r"spec\.lineageRef is 'lin' but no ModelLineage of that name"):
         load_project(tmp_path)
 
 

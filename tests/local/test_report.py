@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.local.chromium import chromium, ink_fraction, load_page
 
 from reverie.local.state import LocalState, save_state
 from reverie.report import write_report
 from reverie.report.collect import collect, memory_of
-from tests.local.chromium import chromium, ink_fraction, load_page
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from reverie.api.lineage import ModelLineage
-from reverie.local.state import LocalState, StateLocked, load_state, save_state, state_lock, write_atomic
+from reverie.local.state import (
+    LocalState,
+    StateLocked,
+    load_state,
+    save_state,
+    state_lock,
+    write_atomic,
+)
 
 
 def _lineage() -> ModelLineage:
