@@ -377,10 +377,20 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
             pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
         pytest.skip(message)
-    workdir = Path(tempfile.mkdtemp(prefix="reverie-cluster-"))
-    running = Cluster(workdir)
+    for attempt in (1, 2):
+        workdir = Path(tempfile.mkdtemp(prefix="reverie-cluster-"))
+        running = Cluster(workdir)
+        try:
+            running.start()
+            break
+        except RuntimeError as error:
+            running.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+            # free_port() only finds a port that was free a moment ago; another
+            # test session on this machine may have taken it since.  Retry once.
+            if attempt == 2 or "address already in use" not in str(error):
+                raise
     try:
-        running.start()
         yield running
     finally:
         running.stop()
