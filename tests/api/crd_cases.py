@@ -93,7 +93,6 @@ MALFORMED: list[Malformed] = [
     _sc("sc-lineageRef-not-dns", "spec.lineageRef", "My_Lineage", "spec.lineageRef", "should match"),
     _sc("sc-lineageRef-too-long", "spec.lineageRef", "a" * 64, "spec.lineageRef", "Too long"),
     _sc("sc-no-memory", "spec.memory", _DELETE, "spec.memory", "Required value"),
-    _sc("sc-name-too-long", "metadata.name", "n" * 47, "metadata.name", "at most 46 characters", model_rejects=False),
     # -- memory
     _sc("sc-memory-no-sources", "spec.memory.sources", [], "spec.memory.sources", "at least 1 items"),
     _sc(

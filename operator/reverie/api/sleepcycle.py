@@ -169,24 +169,11 @@ class ObjectMeta(ApiModel):
     labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
 
 
-# Phase Jobs are named <cycle>-<step>-<attempt> ("-consolidation-20" is 17
-# characters) and a Job's name becomes a pod label value (<= 63 characters).
-MAX_CYCLE_NAME = 46
-
-
 class SleepCycle(ApiModel):
     """One sleep of a model lineage: consolidation, dreaming, evaluation, gate, promotion (short name: sleep)."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra=cel(
-            (
-                f"size(self.metadata.name) <= {MAX_CYCLE_NAME}",
-                f"metadata.name must be at most {MAX_CYCLE_NAME} characters so that phase Job names "
-                "(<cycle>-<step>-<attempt>) stay valid; choose a shorter name",
-            ),
-        ),
-    )
+    # Long names are fine: the planner shortens Job names (hash suffix) itself.
+    model_config = ConfigDict(extra="ignore")
 
     api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
     kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")
