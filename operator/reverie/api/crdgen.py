@@ -227,8 +227,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, path: str) -> dic
             }
         elif isinstance(extra, dict):
             out["additionalProperties"] = _structural(extra, defs, path=f"{path}[*]")
-        elif properties is None:
-            # A free-form object (metadata): keep its fields instead of pruning them.
+        else:
+            # A free-form object (dict[str, Any]): keep its fields instead of pruning them.
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
         out["items"] = _structural(node["items"], defs, path=f"{path}[*]")
