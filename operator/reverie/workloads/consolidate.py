@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.phases import ConsolidationSpec, ZeroStage
 from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.memory import Memory, question_prompt
 
@@ -583,7 +583,7 @@ def run(config: Any) -> Any:
     work = Path(tempfile.mkdtemp(prefix="reverie-consolidation-")) if is_remote(cfg.output_uri) else local_path(cfg.output_uri)
     ckpt_root = work / "checkpoints"
     trainer: Any
-    if spec.zero_stage.value != "0":
+    if ZeroStage(spec.zero_stage) != ZeroStage.NONE:
         from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
 
         trainer = DeepSpeedTrainer(model, list(params.values()), lr=settings.learning_rate, config=zero_config(spec))

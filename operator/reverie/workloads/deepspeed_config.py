@@ -30,10 +30,10 @@ def zero_config(
     max_grad_norm: float = 1.0,
 ) -> dict[str, Any]:
     """DeepSpeed config for ``spec.zero_stage`` (2 or 3); bf16 only on GPUs and when asked for."""
-    if spec.zero_stage == ZeroStage.NONE:
+    if ZeroStage(spec.zero_stage) == ZeroStage.NONE:
         raise ValueError("consolidation.zeroStage is 0: plain torch, no DeepSpeed config")
     gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
-    stage = int(spec.zero_stage.value)
+    stage = int(ZeroStage(spec.zero_stage).value)
     zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": gpu}
     if stage == 3:
         zero |= {
@@ -68,6 +68,12 @@ def init_distributed() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
+        # A world of one never all-reduces across processes; skip DeepSpeed's shared-memory
+        # comm op, whose JIT build costs minutes on a busy CPU.  (Documented: edits persist.)
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
