@@ -115,13 +115,13 @@ class PrometheusServer:
     """Debian's Prometheus on a free loopback port, scraping the given targets."""
 
     def __init__(self, workdir: Path, *, targets: list[str], scrape_interval: str = "1s",
-                 job: str = "reverie-metrics") -> None:
+                 job: str = "reverie-metrics", labels: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets, "labels": labels or {}}]}],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from delivery_engines import CHART, REPO, by_kind, lint, one, render, render_error
 
 ALL_ON: dict[str, Any] = {
@@ -44,15 +45,15 @@ def test_chart_lints_strictly(name: str) -> None:
     assert "[ERROR]" not in done.stdout and "[WARNING]" not in done.stdout, done.stdout
 
 
-def test_chart_crds_are_the_generated_crds() -> None:
-    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
-    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+def test_chart_ships_exactly_the_generated_crds() -> None:
+    # charts/reverie/crds links to crds/ (Helm follows the link when it loads or
+    # packages the chart), so the chart can never drift from the generator.
+    generated = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))]
     assert generated, "crds/ is empty: run `python -m reverie.api.crdgen --write crds/`"
-    assert shipped == generated, "charts/reverie/crds must mirror crds/ (cp crds/*.yaml charts/reverie/crds/)"
-    for name in generated:
-        assert (CHART / "crds" / name).read_text() == (REPO / "crds" / name).read_text(), (
-            f"charts/reverie/crds/{name} differs from crds/{name}: copy it again"
-        )
+    shipped = by_kind(render(), "CustomResourceDefinition")
+    by_name = {crd["metadata"]["name"]: crd for crd in shipped}
+    assert by_name == {crd["metadata"]["name"]: crd for crd in generated}
+    assert (CHART / "crds").resolve() == (REPO / "crds").resolve()
 
 
 def test_operator_pod_is_hardened() -> None:
@@ -125,12 +126,24 @@ def test_cluster_scope_binds_a_cluster_role_and_watches_all_namespaces() -> None
 def test_namespaces_scope_grants_roles_only_in_watched_namespaces() -> None:
     objects = render(VALUE_SETS["namespaces-scope"])
     operator_cluster_roles = [r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"] == "reverie-operator"]
-    assert not operator_cluster_roles and not by_kind(objects, "ClusterRoleBinding")
+    assert not operator_cluster_roles
+    # Cluster-wide, only Kopf's read-only discovery of namespaces and CRDs.
+    (binding,) = by_kind(objects, "ClusterRoleBinding")
+    discovery = one(objects, "ClusterRole", binding["roleRef"]["name"])
+    assert {(r["apiGroups"][0], r["resources"][0]) for r in discovery["rules"]} == {
+        ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+    assert all(r["verbs"] == ["list", "watch"] for r in discovery["rules"])
     assert sorted(r["metadata"]["namespace"] for r in by_kind(objects, "Role")) == ["team-a", "team-b"]
     for binding in by_kind(objects, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "reverie-system"
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def test_namespaces_scope_can_go_without_cluster_wide_discovery() -> None:
+    objects = render({"watch": {"scope": "namespaces"}, "rbac": {"discovery": False}})
+    assert not by_kind(objects, "ClusterRoleBinding")
+    assert {r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")} == {"reverie-edit", "reverie-view"}
 
 
 def test_namespaces_scope_defaults_to_the_release_namespace() -> None:

@@ -42,7 +42,7 @@ def installed(cluster: Any, foreign_kinds: None) -> Iterator[Any]:
         return objects
 
     yield install
-    # Namespaced objects go with the test namespace; reverie-edit/-view are shared by every release.
+    # Namespaced objects go with the test namespace; cluster-scoped ones carry the release label.
     for release in releases:
         for kind in ("ClusterRoleBinding", "ClusterRole", "ValidatingWebhookConfiguration"):
             cluster.kubectl("delete", kind, "-l", f"app.kubernetes.io/instance={release}", "--ignore-not-found",
@@ -120,7 +120,11 @@ def test_namespaces_scope_grants_the_operator_what_it_needs_and_no_more(cluster:
     # Nothing outside the watched namespace, nothing cluster-wide.
     assert not _can(cluster, me, "create", "jobs.batch", "default")
     assert not _can(cluster, me, "list", "sleepcycles.reverie.dev", "default")
-    assert not _can(cluster, me, "list", "namespaces", None)
+    assert not _can(cluster, me, "list", "configmaps", "default")
+    # Cluster-wide it may only follow namespaces and CRDs (Kopf's scanning).
+    assert _can(cluster, me, "watch", "namespaces", None)
+    assert not _can(cluster, me, "delete", "namespaces", None)
+    assert not _can(cluster, me, "create", "customresourcedefinitions.apiextensions.k8s.io", None)
 
 
 def test_cluster_scope_grants_the_operator_what_it_needs_everywhere_and_no_more(cluster: Any, namespace: str, installed: Any) -> None:

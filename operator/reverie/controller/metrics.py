@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from reverie import __version__
+from reverie.api.sleepcycle import TERMINAL_PHASES, Step, StepResult
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -92,3 +93,16 @@ reconcile_duration_seconds = Histogram(
     "reverie_reconcile_duration_seconds", "Time spent in one reconcile.", ["controller"],
     buckets=_RECONCILE_BUCKETS, registry=REGISTRY,
 )
+
+
+# --- series that exist from the start --------------------------------------
+# A labelled series appears when first used, already at 1, so rate() and
+# increase() never see its first event (and a histogram quantile stays NaN).
+# Label values from small fixed sets are created at zero up front instead.
+for _step in Step:
+    phase_attempts_total.labels(step=_step.value)
+    phase_queue_wait_seconds.labels(step=_step.value)
+    for _result in (StepResult.SUCCEEDED, StepResult.FAILED):
+        phase_duration_seconds.labels(step=_step.value, result=_result.value)
+for _outcome in TERMINAL_PHASES:
+    cycle_duration_seconds.labels(outcome=_outcome.value)
