@@ -368,6 +368,13 @@ class Cluster:
                 process.wait(timeout=5)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the cluster, so `-m "not cluster"` skips them all."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """A real kube-apiserver (+ etcd, GC and namespace controllers) with Reverie's CRDs."""
