@@ -167,9 +167,10 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
                     handle(ev)
                     if stop.is_set():
                         return
-            except Exception:
+            except Exception as exc:  # a loaded API server may answer 504 "too large resource version": watch again
                 if not stop.is_set():
-                    raise
+                    print(f"watch restarted after: {str(exc)[:120]}", file=sys.stderr)
+                    time.sleep(0.2)
 
     time.sleep(3)  # let the operator start its watches before the burst
     before = request_total(cluster)
@@ -241,6 +242,8 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         "finish_p50_s": round(pct(finishes, 0.5), 3), "finish_p99_s": round(pct(finishes, 0.99), 3),
         "operator_peak_rss_mib": round(rss, 1),
         "api_requests_per_cycle": round(operator_requests / n, 1),
+        # the machine is shared: the 1-minute load average says how much CPU the run really had
+        "loadavg_1m_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
     }
 
 

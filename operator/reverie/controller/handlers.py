@@ -70,7 +70,6 @@ from reverie.controller.kube import (
 )
 from reverie.core.observed import JobState, ObservedJob
 from reverie.core.planner import (
-    LINEAGE_ACTIONS,
     ClaimLineage,
     CreateJob,
     DeleteCycle,
@@ -241,7 +240,7 @@ class Reconciler:
                 SLEEPCYCLES, namespace, name, {"status": _status_patch(result.status)}, subresource="status",
             )
             seen.written_rv = written["metadata"]["resourceVersion"]
-        self._export(cycle, result.status, seen)
+        self._export(cycle, result.status, seen, observed=observed)
         lineage_changed = False
         # Jobs first (they are what the transition latency is made of), Events last and concurrently.
         events = [a for a in result.actions if isinstance(a, EmitEvent)]
@@ -337,7 +336,7 @@ class Reconciler:
             return True
         elif isinstance(action, Reject):
             await promotion.reject(self.kube, namespace=ns, lineage=action.lineage, cycle=name)
-            return isinstance(action, LINEAGE_ACTIONS) and Phase(plan_.status.phase) not in TERMINAL_PHASES
+            return False  # the cycle is already Rejected: nothing to plan against the new lineage
         return False
 
     async def _create(self, action: CreateJob, *, obj: Obj, cycle: SleepCycle, lineage: ModelLineage | None) -> None:
@@ -410,7 +409,7 @@ class Reconciler:
             log.warning("could not post event %s on %s: %s", action.reason, meta["name"], exc)
 
     # --- metrics --------------------------------------------------------------------------
-    def _export(self, cycle: SleepCycle, new: SleepCycleStatus, seen: _Seen) -> None:
+    def _export(self, cycle: SleepCycle, new: SleepCycleStatus, seen: _Seen, *, observed: list[ObservedJob]) -> None:
         ns, name, lin = cycle.metadata.namespace, cycle.metadata.name, cycle.spec.lineage_ref
         old = cycle.status
         phase = Phase(new.phase)
@@ -431,9 +430,17 @@ class Reconciler:
                     (new.completion_time - new.start_time).total_seconds())
         before = {(r.step, r.attempt): r for r in old.records}
         budget = cycle.spec.retries.max_attempts
+        jobs = {(o.step, o.attempt): o for o in observed}
         for rec in new.records:
             prev = before.get((rec.step, rec.attempt))
             _record_metrics(rec, prev, budget=budget, records=new.records)
+            obs = jobs.get((Step(rec.step), rec.attempt))
+            final = (StepResult.SUCCEEDED, StepResult.FAILED)
+            if (rec.result in final and (prev is None or prev.result not in final)
+                    and obs is not None and obs.created and obs.started):
+                # Job created → its pods started: Kueue admission plus scheduling.
+                metrics.phase_queue_wait_seconds.labels(step=Step(rec.step).value).observe(
+                    max(0.0, (obs.started - obs.created).total_seconds()))
         if new.gate is not None and old.gate is None:
             promotion.observe_gate(namespace=ns, lineage=lin, decision=new.gate, candidate=new.evaluation,
                                    champion=new.champion_evaluation or None)
@@ -496,7 +503,7 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
     """Kopf's credentials: the same kubeconfig / in-cluster identity as our own client."""
     cfg = load_configuration(OPTIONS.kubeconfig)
     token = cfg.get_api_key_with_prefix("authorization") or None
-    scheme, _, value = token.partition(" ") if token else (None, "", None)
+    scheme, _sep, value = token.partition(" ") if token else (None, "", None)
     return kopf.ConnectionInfo(
         server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
         certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
@@ -539,9 +546,9 @@ async def _cycle_event(*, type: str, event: kopf.RawEvent, name: str, namespace:
     if seen is not None and seen.written_rv == (body.get("metadata") or {}).get("resourceVersion"):
         return  # the echo of our own status write
     if seen is None:
-        phase = (body.get("status") or {}).get("phase")
-        rec.seen[(namespace, name)] = _Seen(lineage=(body.get("spec") or {}).get("lineageRef", ""), phase=None,
-                                            terminal=phase in {p.value for p in TERMINAL_PHASES})
+        # Unknown to this process (e.g. just restarted): one full pass, even for a finished
+        # cycle, so a lineage it still holds gets released.
+        rec.seen[(namespace, name)] = _Seen(lineage=(body.get("spec") or {}).get("lineageRef", ""))
     rec.trigger(namespace, name)
 
 
@@ -555,7 +562,20 @@ async def _lineage_event(*, name: str, namespace: str | None, **_: Any) -> None:
             rec.trigger(ns, cycle_name)
 
 
+def _job_matters(type_: str | None, body: kopf.Body) -> bool:
+    """Only a finished or vanished Job can change a plan; a Job we just created, or one whose
+    pods merely progress (the Job controller updates status several times per attempt), cannot."""
+    if type_ == "DELETED":
+        return True
+    if type_ is None or type_ == "ADDED":
+        # ADDED after a restart is covered by the cycles' resume; ADDED otherwise is our own create.
+        return False
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_CYCLE: kopf.PRESENT})
-async def _job_event(*, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+async def _job_event(*, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     assert namespace is not None
-    reconciler().trigger(namespace, labels[LABEL_CYCLE])
+    if _job_matters(type, body):
+        reconciler().trigger(namespace, labels[LABEL_CYCLE])

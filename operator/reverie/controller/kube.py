@@ -99,13 +99,13 @@ def load_configuration(kubeconfig: str | None = None) -> Configuration:
     """Credentials: an explicit kubeconfig, else in-cluster, else $KUBECONFIG / ~/.kube/config."""
     cfg = Configuration()
     if kubeconfig:
-        kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         return cfg
     try:
-        kube_config.load_incluster_config(client_configuration=cfg)
+        kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
         # Read $KUBECONFIG now: the client library reads it once, at import time.
-        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)  # type: ignore[no-untyped-call]
     return cfg
 
 
@@ -224,15 +224,18 @@ class Kube:
         return await self.request("PUT", res.path(namespace, obj["metadata"]["name"], "status"), body=obj)
 
     async def has_resource(self, res: Resource) -> bool:
-        """Whether a (custom) resource kind is served, e.g. TrainJob when Kubeflow Trainer is installed."""
+        """Whether a kind is served, e.g. TrainJob when Kubeflow Trainer is installed.
+
+        Asks API discovery (readable by every authenticated user), not the CRD
+        itself, so the operator needs no cluster-wide RBAC on CRDs.
+        """
         try:
-            await self.request("GET", f"/apis/{res.group}/{res.version}")
+            found = await self.request("GET", f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}")
         except ApiError as exc:
             if exc.not_found:
                 return False
             raise
-        crd = await self.get_or_none(CRDS, None, f"{res.plural}.{res.group}")
-        return crd is not None
+        return any(r.get("name") == res.plural for r in found.get("resources", []))
 
 
 async def mutate_status(
