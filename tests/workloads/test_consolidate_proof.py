@@ -1,0 +1,136 @@
+"""Proof that Knowledge Seeding consolidates memories (paper-notes §5.4), on a tiny CPU model.
+
+The memories live only in the teacher's fast memory: a tiny model cannot recall
+from its context, so "wake" writes each session's facts into a fast-weight
+adapter the teacher has and the student lacks (the stand-in the notes describe).
+Sleep = expansion (a new slot) + Knowledge Seeding with replay of long-term
+knowledge, through the same ``KnowledgeSeeding`` loop the phase runs.  Then the
+fast memory is dropped.  Thresholds hold for seeds 0, 1 and 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reverie.workloads.consolidate import (
+    KnowledgeSeeding,
+    KSSettings,
+    KSState,
+    Roles,
+    TorchTrainer,
+    closed_book_recall,
+    memory_cues,
+    replay_cues,
+)
+from reverie.workloads.expansion import add_slot, slot_parameters
+from reverie.workloads.generation import HFBackend
+from reverie.workloads.memory import Memory, parse_memory
+from reverie.workloads.modelio import activate_slots, load_generation
+from reverie.workloads.tiny import Fact, build_base_generation, memory_records, wake_fast_memory
+
+SEEDS = (0, 1, 2)
+KS_STEPS = 300
+
+
+def qa_of(facts: list[Fact]) -> list[tuple[str, str]]:
+    return [(f.question, f.answer) for f in facts]
+
+
+def as_memories(facts: list[Fact], prefix: str) -> list[Memory]:
+    return [parse_memory(r, where=prefix) for r in memory_records(facts, prefix=prefix)]
+
+
+class Cycles:
+    """Runs wake/sleep cycles for one seed and records closed-book recall at each point."""
+
+    def __init__(self, folder: Any, seed: int) -> None:
+        self.seed = seed
+        self.base = build_base_generation(folder, seed=seed, steps=300)
+        gen = load_generation(self.base.folder)
+        self.model, self.tok = gen.model, gen.tokenizer
+        self.backend = HFBackend(self.model, self.tok)
+        self.slots: list[str] = []
+        self.prior = as_memories(self.base.old, "old")
+        self.scores: dict[str, dict[str, float]] = {"day0": self.measure()}
+        self.cycles_done = 0
+
+    def recall(self, facts: list[Fact], adapters: list[str] | None = None) -> float:
+        return closed_book_recall(self.backend, self.tok, qa_of(facts), adapters=adapters, max_new_tokens=6)
+
+    def measure(self, adapters: list[str] | None = None) -> dict[str, float]:
+        new1, new2 = self.base.new
+        return {"old": self.recall(self.base.old, adapters), "new1": self.recall(new1, adapters),
+                "new2": self.recall(new2, adapters)}
+
+    def cycle(self) -> None:
+        k = self.cycles_done
+        new = self.base.new[k]
+        # Wake: the session's facts enter fast memory only.
+        self.model = wake_fast_memory(self.model, self.tok, new, steps=120, seed=self.seed + 10 * k)
+        self.backend.model = self.model
+        self.scores[f"wake{k + 1}"] = self.measure([*self.slots, "fast"])
+        # Sleep: expansion, then Knowledge Seeding from the teacher with fast memory.
+        self.model, slot = add_slot(self.model, rank=16, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                    keep_active=self.slots)
+        self.backend.model = self.model
+        self.scores[f"control{k + 1}"] = self.measure([*self.slots, slot])  # fast memory gone, no sleep yet
+        settings = KSSettings(alpha=1.0, beta=0.5, lam=0.5, replay_ratio=0.5, steps=KS_STEPS, batch_size=16,
+                              learning_rate=3e-3, max_new_tokens=6, seed=self.seed)
+        trainer = TorchTrainer(list(slot_parameters(self.model, slot).values()), lr=settings.learning_rate,
+                               max_grad_norm=1.0)
+        ks = KnowledgeSeeding(
+            self.model, self.tok, self.backend, settings=settings, trainer=trainer,
+            roles=Roles(student=[*self.slots, slot], teacher=self.slots, memory_teacher=[*self.slots, "fast"]),
+            memory=memory_cues(as_memories(new, f"new{k}"), self.tok, in_context=False),
+            replay=replay_cues(self.prior, self.tok),
+        )
+        ks.run(KSState())
+        self.model.delete_adapter("fast")
+        self.slots.append(slot)
+        activate_slots(self.model, self.slots)
+        self.scores[f"sleep{k + 1}"] = self.measure()
+        # What this sleep consolidated is long-term knowledge for the next one's replay.
+        self.prior = [*self.prior, *as_memories(new, f"prior{k}")]
+        self.cycles_done += 1
+
+
+@pytest.fixture(scope="module")
+def cycles(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Cycles]:
+    return {}
+
+
+def run_to(cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory, seed: int, n: int) -> Cycles:
+    if seed not in cycles:
+        cycles[seed] = Cycles(tmp_path_factory.mktemp(f"proof-{seed}") / "g0", seed)
+    c = cycles[seed]
+    while c.cycles_done < n:
+        c.cycle()
+    return c
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_sleep_moves_fast_memory_into_the_new_slot(
+    cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory, seed: int,
+) -> None:
+    c = run_to(cycles, tmp_path_factory, seed, 1)
+    s = c.scores
+    print(f"seed {seed}: {s}")
+    assert s["day0"]["old"] >= 0.9, "the base must know its old facts"
+    assert s["wake1"]["new1"] >= 0.8, "fast memory must hold the session's facts (teacher)"
+    assert s["control1"]["new1"] <= 0.25, "without sleep the facts are gone (near chance)"
+    assert s["sleep1"]["new1"] >= max(0.5, s["control1"]["new1"] + 0.35), "sleep consolidates the new facts"
+    assert s["sleep1"]["old"] >= 0.95 * s["day0"]["old"], "old knowledge is retained"
+
+
+def test_second_sleep_keeps_the_first_sleeps_facts(
+    cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    c = run_to(cycles, tmp_path_factory, 1, 2)
+    s = c.scores
+    print(f"two sleeps: {s}")
+    assert c.slots == ["slot-0", "slot-1"]
+    assert s["sleep2"]["new2"] >= max(0.5, s["control2"]["new2"] + 0.35)
+    assert s["sleep2"]["new1"] >= 0.8 * s["sleep1"]["new1"], "slot-0 is frozen: earlier memories survive"
+    assert s["sleep2"]["old"] >= 0.95 * s["day0"]["old"]
