@@ -201,7 +201,11 @@ class Cluster:
 
     def env(self, *, kubeconfig: Path | None = None) -> dict[str, str]:
         """Environment for a subprocess that should talk to this cluster (KUBECONFIG set)."""
-        return {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig or self.kubeconfig),
+            "KUBECACHEDIR": str(self.workdir / "kubectl-cache"),
+        }
 
     def api_client(self, *, kubeconfig: Path | None = None) -> ApiClient:
         """A python ``kubernetes`` ApiClient for the admin (or the given kubeconfig)."""
@@ -219,7 +223,11 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster; raises with its stderr when ``check``."""
         assert self.kubectl_path is not None
-        command = [str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
+        command = [
+            str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.kubeconfig),
+            # Discovery cache inside the throwaway folder, not ~/.kube/cache/<random port>.
+            "--cache-dir", str(self.workdir / "kubectl-cache"), *args,
+        ]
         done = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(
