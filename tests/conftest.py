@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -301,6 +302,8 @@ class Cluster:
             "--initial-cluster", f"reverie-test=http://127.0.0.1:{etcd_peer}",
             # A throwaway store: durability costs fsyncs on a shared 2-core box.
             "--unsafe-no-fsync", "--log-level", "warn",
+            # A single member elects itself after one election timeout (1 s by default).
+            "--heartbeat-interval", "10", "--election-timeout", "100",
         ])
         self._wait("etcd", lambda: self._get(f"http://127.0.0.1:{etcd_client}/health"))
 
@@ -329,8 +332,8 @@ class Cluster:
         # CRDs before the controller manager: the garbage collector then watches
         # our kinds from its first sync instead of after its 30 s rediscovery.
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-        crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRD_DIR.glob("*.yaml"))]
-        self.kubectl("wait", "--for", "condition=Established", "--timeout", "30s", *(f"crd/{n}" for n in crds))
+        crds = [yaml.safe_load(path.read_text()) for path in sorted(CRD_DIR.glob("*.yaml"))]
+        self._wait("CRDs established and discoverable", lambda: self._crds_served(crds))
 
         self._spawn("kube-controller-manager", [
             str(bins / "kube-controller-manager"),
@@ -348,6 +351,22 @@ class Cluster:
         ])
 
         self.startup_seconds = time.monotonic() - began
+
+    def _crds_served(self, crds: list[dict[str, Any]]) -> bool:
+        """Every CRD Established, and its kind listed in discovery (what kubectl resolves)."""
+        for crd in crds:
+            url = f"{self.server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+            with urllib.request.urlopen(url, timeout=2, context=self._admin_tls) as response:
+                conditions = json.load(response).get("status", {}).get("conditions", [])
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+            for version in crd["spec"]["versions"]:
+                url = f"{self.server}/apis/{crd['spec']['group']}/{version['name']}"
+                with urllib.request.urlopen(url, timeout=2, context=self._admin_tls) as response:
+                    served = {r["name"] for r in json.load(response)["resources"]}
+                if crd["spec"]["names"]["plural"] not in served:
+                    return False
+        return True
 
     def wait_for_default_service_account(self, namespace: str, *, timeout: float = 30.0) -> None:
         """Block until the controller manager made ``namespace``'s default ServiceAccount."""
