@@ -48,8 +48,8 @@ def test_wire_form_is_camel_case_and_keeps_the_paper_name_lambda() -> None:
 
 @pytest.mark.parametrize(
     ("path", "document"),
-    [(p, d) for p in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())],
-    ids=lambda v: v.name if isinstance(v, Path) else None,
+    [(p, d) for p in sorted(EXAMPLES.rglob("*.yaml")) for d in yaml.safe_load_all(p.read_text())],
+    ids=lambda v: str(v.relative_to(EXAMPLES)) if isinstance(v, Path) else None,
 )
 def test_example_round_trips_through_the_wire_form(path: Path, document: dict[str, Any]) -> None:
     model = KINDS[document["kind"]]
