@@ -262,3 +262,16 @@ def test_python_client_from_the_cluster_kubeconfig(cluster: Any, namespace: str)
         stored = objects.get_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", LINEAGE_NAME)
     assert stored["spec"]["historyLimit"] == 20
     assert cluster.env()["KUBECONFIG"] == str(cluster.kubeconfig)
+
+
+def test_conditions_merge_per_type_under_server_side_apply(cluster: Any, namespace: str) -> None:
+    apply(cluster, namespace, sleepcycle())
+    for manager, kind in (("operator", "Consolidated"), ("gate", "GatePassed")):
+        status = {"status": {"conditions": [{"type": kind, "status": "True", "reason": "Test"}]}}
+        body = {"apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "metadata": {"name": "night"}, **status}
+        cluster.kubectl(
+            "apply", "-n", namespace, "--server-side", "--subresource=status", f"--field-manager={manager}",
+            "-f", "-", input=json.dumps(body),
+        )
+    conditions = get(cluster, namespace, "sleepcycle", "night")["status"]["conditions"]
+    assert sorted(c["type"] for c in conditions) == ["Consolidated", "GatePassed"]
