@@ -1,0 +1,129 @@
+"""Knowledge Seeding's losses and data, checked against their definitions (paper §2.4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reverie.api.phases import ConsolidationSpec
+from reverie.workloads.consolidate import (
+    Cue,
+    KSSettings,
+    answer_matches,
+    generalized_jsd,
+    imitation_loss,
+    imitation_reward,
+    knowledge_seeding_loss,
+    memory_cues,
+    replay_cues,
+    step_batch,
+    token_f1,
+)
+from reverie.workloads.memory import QA, Memory
+from reverie.workloads.tiny import build_tokenizer
+
+
+def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+@pytest.fixture
+def logits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 11, generator=g), torch.randn(2, 3, 11, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    return s, t, mask
+
+
+def test_jsd_limits_are_forward_and_reverse_kl(logits) -> None:
+    s, t, mask = logits
+    ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    m = mask.float()
+    fwd = (kl(lt, ls) * m).sum() / m.sum()
+    rev = (kl(ls, lt) * m).sum() / m.sum()
+    assert generalized_jsd(s, t, mask, beta=0.0).item() == pytest.approx(fwd.item(), rel=1e-5)
+    assert generalized_jsd(s, t, mask, beta=1.0).item() == pytest.approx(rev.item(), rel=1e-5)
+
+
+def test_jsd_matches_its_mixture_definition_and_masks(logits) -> None:
+    s, t, mask = logits
+    beta = 0.3
+    ps, pt = F.softmax(s, -1), F.softmax(t, -1)
+    mix = (beta * pt + (1 - beta) * ps).log()
+    per = beta * kl(pt.log(), mix) + (1 - beta) * kl(ps.log(), mix)
+    expected = (per * mask).sum() / mask.sum()
+    assert generalized_jsd(s, t, mask, beta=beta).item() == pytest.approx(expected.item(), rel=1e-5)
+    s2 = s.clone()
+    s2[0, 2] += 100.0  # a masked position cannot matter
+    assert generalized_jsd(s2, t, mask, beta=beta).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert generalized_jsd(t, t, mask, beta=beta).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= generalized_jsd(s, t, mask, beta=0.5).item() <= math.log(2) + 1e-6
+
+
+def test_imitation_reward_mixes_semantics_and_edit_similarity() -> None:
+    assert imitation_reward("Vemora", "Vemora", gamma=0.5, z0=0.5) == pytest.approx(1.0)
+    # One edit in ten characters: r_abs = 0.9; the overlap judge sees different words.
+    assert imitation_reward("Vemora abc", "Vemora abd", gamma=0.0, z0=0.5) == pytest.approx(0.9)
+    assert imitation_reward("Vemora abc", "Vemora abd", gamma=1.0, z0=0.5) == pytest.approx(0.0)
+    # Beyond the threshold z0 the edit part is zero.
+    assert imitation_reward("xyz", "Vemora", gamma=0.0, z0=0.5) == 0.0
+    judge_yes = imitation_reward("q", "Vemora", gamma=0.5, z0=0.1, judge=lambda a, b: 1.0)
+    assert judge_yes == pytest.approx(0.5)
+    assert token_f1("lives in Vemora", "Vemora") == pytest.approx(0.5)
+
+
+def test_imitation_loss_uses_a_group_baseline() -> None:
+    logp = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])  # second group: equal rewards → no signal
+    loss = imitation_loss(logp, rewards, group_size=2)
+    loss.backward()
+    assert logp.grad is not None
+    assert logp.grad.tolist() == pytest.approx([-0.125, 0.125, 0.0, 0.0])
+
+
+def test_knowledge_seeding_loss_is_the_alpha_mix() -> None:
+    d, i = torch.tensor(2.0), torch.tensor(-1.0)
+    assert knowledge_seeding_loss(d, i, alpha=0.9).item() == pytest.approx(0.9 * 2.0 + 0.1 * -1.0)
+    assert knowledge_seeding_loss(d, i, alpha=1.0).item() == pytest.approx(2.0)
+
+
+def test_settings_take_the_paper_knobs_from_the_spec() -> None:
+    spec = ConsolidationSpec.model_validate({"alpha": 0.7, "beta": 1.0, "lambda": 0.25, "gamma": 0.2, "z0": 0.3,
+                                             "replayRatio": 0.4, "imitationGroupSize": 6})
+    s = KSSettings.from_spec(spec, teacher_temperature=0.5)
+    assert (s.alpha, s.beta, s.lam, s.gamma, s.z0, s.replay_ratio, s.group_size) == (0.7, 1.0, 0.25, 0.2, 0.3, 0.4, 6)
+    assert s.teacher_temperature == 0.5
+
+
+def test_cues_put_one_memory_in_the_teacher_prompt_only() -> None:
+    tok = build_tokenizer(["Zorblat lives in Vemora.", "Where does Zorblat live?"])
+    mems = [Memory("a", "Zorblat lives in Vemora.", (QA("Where does Zorblat live?", "Vemora"),)),
+            Memory("b", "one two three four five six seven eight nine ten eleven twelve thirteen")]
+    cues = memory_cues(mems, tok)
+    assert "Vemora" in cues[0].teacher_prompt and "Vemora" not in cues[0].student_prompt
+    assert "Where does Zorblat live?" in cues[0].student_prompt
+    assert all("Continue this note" in c.student_prompt for c in cues[1:]) and len(cues) >= 2
+    assert "Vemora" not in cues[1].teacher_prompt, "one memory per teacher prompt"
+    replay = replay_cues(mems, tok)
+    assert [c.replay for c in replay] == [True] and replay[0].teacher_prompt == replay[0].student_prompt
+    assert len(replay_cues([], tok)) >= 5, "generic probes when no earlier memories exist"
+
+
+def test_batches_depend_only_on_seed_and_step_and_honour_rho() -> None:
+    memory = [Cue(f"m{i}", f"m{i}") for i in range(10)]
+    replay = [Cue(f"r{i}", f"r{i}", replay=True) for i in range(10)]
+    s = KSSettings(batch_size=10, replay_ratio=0.3, seed=5)
+    a = step_batch(memory, replay, step=17, settings=s)
+    assert a == step_batch(memory, replay, step=17, settings=s)
+    assert a != step_batch(memory, replay, step=18, settings=s)
+    assert sum(c.replay for c in a) == 3
+    assert sum(c.replay for c in step_batch(memory, [], step=1, settings=s)) == 0
+
+
+def test_answers_match_by_normalized_containment() -> None:
+    assert answer_matches("He lives in Vemora.", "vemora")
+    assert not answer_matches("Vemo", "Vemora")
+    assert not answer_matches("anything", "")
