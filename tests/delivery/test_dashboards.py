@@ -1,19 +1,24 @@
 """The Grafana dashboards' structure, and their agreement with the metric catalogue.
 
-No Grafana server installs here, so the JSON model is checked for what Grafana
-needs to load it (unique stable uids, panel ids, a 24-column grid without
-overlaps, a Prometheus datasource variable, every used variable defined) and
-every query names only metrics the operator exports.  Whether each query
+No Grafana server installs here, so the JSON model is type-checked by the
+TypeScript compiler against Grafana's own schema types (npm @grafana/schema;
+unknown keys and wrong value types are errors), checked for what Grafana needs
+to load it (unique stable uids, panel ids, a 24-column grid without overlaps, a
+Prometheus datasource variable, every used variable defined), and every query
+names only metrics the operator exports.  Whether each query
 returns data is proven against a real Prometheus in test_operator_observed.py.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dashboard_queries import DASHBOARDS, load, metric_names, panels, targets
+from delivery_engines import CACHE, engine, run
 
 from reverie.controller import metrics
 
@@ -67,3 +72,23 @@ def test_dashboards_query_only_exported_metrics_and_cover_them_all() -> None:
         assert names <= exported, f"{uid} / {title}: unknown metrics {names - exported}"
         used |= names
     assert exported - used == set(), f"metrics no panel shows: {exported - used}"
+
+
+def test_dashboards_type_check_against_grafanas_schema(tmp_path: Path) -> None:
+    here = Path(__file__).resolve().parent / "grafana_schema"
+    modules = CACHE / "grafana-schema" / "node_modules"
+    if not (modules / ".bin" / "tsc").exists():
+        engine("grafana-schema-tsc", install="bash hack/install-hadolint.sh")  # skips, or fails in CI
+    node = engine("node", install="apt-get install nodejs")
+    for name in ("tsconfig.json", "wire.ts"):
+        shutil.copy(here / name, tmp_path)
+    (tmp_path / "node_modules").symlink_to(modules)
+    for path in DASHBOARDS:
+        # `satisfies` keeps the literal types and rejects keys the schema does not know.
+        (tmp_path / f"{path.stem}.ts").write_text(
+            'import type { Dashboard } from "@grafana/schema";\n'
+            'import type { Wire } from "./wire.js";\n'
+            f"export const dashboard = {path.read_text()} satisfies Wire<Dashboard>;\n"
+        )
+    done = run(node, modules / "typescript" / "bin" / "tsc", "-p", tmp_path, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
