@@ -10,6 +10,8 @@ through SubjectAccessReviews (what ``kubectl auth can-i --as ...`` asks).
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import foreign_crds
 import pytest
 from delivery_engines import render
+from tests.conftest import k8s_bin_dir
 
 pytestmark = pytest.mark.cluster
 
@@ -141,13 +144,46 @@ def test_cluster_scope_grants_the_operator_what_it_needs_everywhere_and_no_more(
     assert not _can(cluster, me, "create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None)
 
 
-def test_user_roles_let_editors_create_cycles_and_viewers_only_read(cluster: Any, namespace: str, installed: Any) -> None:
+@pytest.fixture(scope="module")
+def role_aggregation(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The control plane's ClusterRole aggregation controller (the test cluster runs without it)."""
+    log = tmp_path_factory.mktemp("aggregation") / "kube-controller-manager.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(k8s_bin_dir() / "kube-controller-manager"), "--kubeconfig", str(cluster.kubeconfig),
+             "--controllers", "clusterrole-aggregation-controller", "--leader-elect=false", "--secure-port", "0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _aggregated(cluster: Any, role: str, resource: str, *, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rules = json.loads(cluster.kubectl("get", "clusterrole", role, "-o", "json").stdout).get("rules") or []
+        if any(resource in rule.get("resources", []) for rule in rules):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"ClusterRole {role} never aggregated {resource}")
+
+
+def test_user_roles_let_editors_create_cycles_and_viewers_only_read(
+    cluster: Any, namespace: str, installed: Any, role_aggregation: None
+) -> None:
     installed({"rbac": {"create": False}, "dashboards": {"enabled": False}}, namespace=namespace, release=_release())
-    for role, user in (("reverie-edit", "alice"), ("reverie-view", "bob")):
+    # Through the built-in roles a namespace's users already hold, as aggregation intends.
+    for role, user in (("edit", "alice"), ("view", "bob"), ("admin", "carol")):
+        _aggregated(cluster, role, "sleepcycles")
         cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}", "-n", namespace)
     assert _can(cluster, "alice", "create", "sleepcycles.reverie.dev", namespace)
     assert _can(cluster, "alice", "delete", "modellineages.reverie.dev", namespace)
+    assert _can(cluster, "carol", "patch", "sleepcycles.reverie.dev", namespace)
     assert not _can(cluster, "alice", "patch", "sleepcycles.reverie.dev/status", namespace)
     assert _can(cluster, "bob", "list", "sleepcycles.reverie.dev", namespace)
+    assert _can(cluster, "bob", "get", "modellineages.reverie.dev/status", namespace)
     assert not _can(cluster, "bob", "create", "sleepcycles.reverie.dev", namespace)
-    assert not _can(cluster, "bob", "list", "secrets", namespace)
+    assert not _can(cluster, "alice", "list", "sleepcycles.reverie.dev", "default")
