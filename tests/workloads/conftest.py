@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +30,33 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBase:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     return build_base_generation(tmp_path_factory.mktemp("tiny-base") / "g0", seed=0, steps=300)
+
+
+@pytest.fixture
+def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Write a consolidation phase config over a store in tmp_path; returns its path.
+
+    Memories: the first NEW session (this cycle) and the OLD facts (prior, for replay).
+    The termination log goes to ``tmp_path/termination-log``.
+    """
+    from reverie.workloads.tiny import memory_records, write_memories_jsonl
+
+    store = tmp_path / "store"
+    write_memories_jsonl(store / "memories" / "session-1.jsonl", memory_records(tiny_base.new[0]))
+    write_memories_jsonl(store / "memories" / "old.jsonl", memory_records(tiny_base.old, prefix="old"))
+    monkeypatch.setenv("REVERIE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+
+    def write(name: str = "phase.json", *, output: str = "l/c1/consolidation", **consolidation: Any) -> Path:
+        cfg: dict[str, Any] = {
+            "step": "consolidation", "cycle": "c1", "lineage": "l", "storeUri": str(store),
+            "outputUri": str(store / output), "baseGeneration": "g0", "baseUri": str(tiny_base.folder),
+            "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]},
+            "priorMemoryUris": ["memories/old.jsonl"],
+            "consolidation": {"steps": 6, "batchSize": 4, "maxNewTokens": 4, "checkpointEvery": 3,
+                              "imitationGroupSize": 2, **consolidation},
+        }
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg))
+        return path
+
+    return write
