@@ -99,8 +99,8 @@ def run_phase(step: str, config_path: str) -> int:
         return EXIT_BAD_CONFIG
     try:
         config = read_config(config_path)
-        if config.step != wanted:
-            raise PhaseConfigError(f"phase config {config_path} is for step {config.step.value!r}, not {wanted.value!r}")
+        if Step(config.step) != wanted:
+            raise PhaseConfigError(f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}")
         phase = load_phase(wanted)
     except PhaseConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

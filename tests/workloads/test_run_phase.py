@@ -1,0 +1,110 @@
+"""``run_phase``: the Job contract of the consolidation phase (result, exit codes, clear failures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reverie.core.contract import parse_result
+from reverie.workloads import run_phase as rp
+from reverie.workloads.modelio import content_hash, load_generation
+from reverie.workloads.tiny import TinyBase
+
+
+def test_consolidation_writes_a_new_generation_and_its_result(
+    phase_config, tiny_base: TinyBase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base_hash = content_hash(tiny_base.folder)
+    assert rp.run_phase("consolidation", str(phase_config(alpha=0.9))) == 0
+    out = tmp_path / "store/l/c1/consolidation"
+    text = (out / "result.json").read_text()
+    assert (tmp_path / "termination-log").read_text() == text
+    result = parse_result(text, step="consolidation")
+    assert result.slot == "slot-0" and result.output_uri == str(out / "model")
+    assert result.content_hash == content_hash(out / "model")
+    assert {"consolidation_loss", "distill_loss", "imitation_loss", "tokens_per_s", "memory_recall_after"} <= set(
+        result.metrics)
+    gen = load_generation(out / "model")
+    assert gen.slots == ["slot-0"]
+    assert gen.ledger["slots"][0]["cycle"] == "c1" and gen.ledger["slots"][0]["parent"] == "g0"
+    assert content_hash(tiny_base.folder) == base_hash, "the base generation is never touched"
+    logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    progress = [x for x in logs if x["event"] == "progress"]
+    assert progress and {"step", "loss", "distill", "imitation", "tokens_per_s"} <= set(progress[-1])
+    assert progress[-1]["step"] == 6
+
+
+def test_a_second_sleep_adds_a_second_slot(phase_config, tmp_path: Path) -> None:
+    assert rp.run_phase("consolidation", str(phase_config())) == 0
+    second = json.loads(phase_config("second.json", output="l/c2/consolidation").read_text())
+    second["baseUri"] = str(tmp_path / "store/l/c1/consolidation/model")
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    assert rp.run_phase("consolidation", str(tmp_path / "second.json")) == 0
+    gen = load_generation(tmp_path / "store/l/c2/consolidation/model")
+    assert gen.slots == ["slot-0", "slot-1"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(consolidation={"alpha": 3}), "consolidation.alpha"),
+    (lambda c: c.pop("baseUri"), "baseUri"),
+    (lambda c: c.update(step="dreaming"), "is for step 'dreaming'"),
+])
+def test_bad_config_exits_2_with_the_field(phase_config, tmp_path: Path, capsys, edit, message) -> None:
+    path = phase_config()
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+    assert rp.run_phase("consolidation", str(path)) == rp.EXIT_BAD_CONFIG
+    assert message in capsys.readouterr().err
+    assert "Failed" in (tmp_path / "termination-log").read_text()
+    assert not (tmp_path / "store/l/c1/consolidation").exists(), "nothing is written to the store"
+
+
+def test_unreadable_config_and_unknown_step(tmp_path: Path, capsys) -> None:
+    assert rp.run_phase("consolidation", str(tmp_path / "missing.json")) == rp.EXIT_BAD_CONFIG
+    assert "cannot read phase config" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{")
+    assert rp.run_phase("consolidation", str(tmp_path / "bad.json")) == rp.EXIT_BAD_CONFIG
+    assert "not valid JSON" in capsys.readouterr().err
+    assert rp.run_phase("napping", str(tmp_path / "bad.json")) == rp.EXIT_BAD_CONFIG
+    assert "unknown step" in capsys.readouterr().err
+
+
+def test_unreadable_memories_fail_cleanly_without_touching_the_base(
+    phase_config, tiny_base: TinyBase, tmp_path: Path,
+) -> None:
+    base_hash = content_hash(tiny_base.folder)
+    path = phase_config()
+    raw = json.loads(path.read_text())
+    raw["memory"] = {"sources": [{"uri": "memories/nope.jsonl"}]}
+    path.write_text(json.dumps(raw))
+    assert rp.run_phase("consolidation", str(path)) == rp.EXIT_FAILED
+    result = parse_result((tmp_path / "termination-log").read_text(), step="consolidation")
+    assert result.status == "Failed" and "nope.jsonl" in result.message and "does not exist" in result.message
+    assert content_hash(tiny_base.folder) == base_hash
+
+
+def test_missing_base_generation_fails_cleanly(phase_config, tmp_path: Path) -> None:
+    path = phase_config()
+    raw = json.loads(path.read_text())
+    raw["baseUri"] = str(tmp_path / "no-such-generation")
+    path.write_text(json.dumps(raw))
+    assert rp.run_phase("consolidation", str(path)) == rp.EXIT_FAILED
+    result = parse_result((tmp_path / "termination-log").read_text(), step="consolidation")
+    assert "base generation" in result.message
+
+
+def test_a_missing_phase_module_is_named(phase_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from reverie.api.sleepcycle import Step
+
+    monkeypatch.setitem(rp.PHASE_MODULES, Step.CONSOLIDATION, "reverie.workloads.not_installed_here")
+    assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
+    assert "reverie.workloads.not_installed_here is not installed" in capsys.readouterr().err
+
+
+def test_termination_log_is_skipped_when_not_writable(phase_config, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("REVERIE_TERMINATION_LOG", str(tmp_path / "no-dir" / "log"))
+    assert rp.run_phase("consolidation", str(phase_config(steps=1))) == 0
+    assert (tmp_path / "store/l/c1/consolidation/result.json").is_file()
