@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -223,3 +224,9 @@ def test_grpo_variant_trains_the_generator_through_trl(store: Path, tiny_base: t
     result = dream.run(config)
     assert result.status == "Succeeded"
     assert load_generation(result.output_uri or "").slots[-1] == result.slot
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm installed: the GPU path runs for real")
+def test_vllm_backend_is_import_guarded_on_cpu(store: Path, tiny_base: tiny.TinyBase) -> None:
+    with pytest.raises(RuntimeError, match="GPU image"):
+        dream.run(_config(store, tiny_base.folder, "vllm", backend="vllm"))

@@ -386,14 +386,33 @@ class Dreamer:
     spec: DreamingSpec
     slot: str
     target_modules: Sequence[str]
+    backend_round: int = -1
 
     def slot_params(self) -> list[torch.nn.Parameter]:
         from reverie.workloads.expansion import slot_parameters
 
         return list(slot_parameters(self.model, self.slot).values())
 
+    def sync_backend(self, round_: int) -> None:
+        """vLLM serves folders, not in-memory weights: write the current generation once per round.
+
+        The dreaming slot changes only in M-steps, between rounds, so one engine
+        per round samples exactly the model the round's E-step rewards.
+        """
+        if self.spec.backend != "vllm" or self.backend_round == round_:
+            return
+        from reverie.workloads.generation import make_backend
+        from reverie.workloads.modelio import save_generation
+
+        slots = list(self.model.peft_config)
+        folder = save_generation(self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g",
+                                 slots=slots)
+        self.backend = make_backend("vllm", self.model, self.tokenizer, folder=folder, slots=slots)
+        self.backend_round = round_
+
     def sample(self, contexts: Sequence[TaskContext], *, round_: int, indices: Sequence[int]) -> list[Dream]:
         """m dreams per context, random extra expert on (one batched call per context, seeded per unit)."""
+        self.sync_backend(round_)
         out: list[Dream] = []
         for idx, ctx in zip(indices, contexts, strict=True):
             kinds = dream_kinds(self.spec.dreams_per_context, offset=idx)
@@ -494,9 +513,8 @@ def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence
     model, slot = add_slot(gen.model, rank=spec.lora_rank, target_modules=target_modules,
                            keep_active=list(gen.slots))
     model.eval()
-    # vLLM loads the folder itself and cannot see the in-memory slot being trained;
-    # the ReST-EM loop needs the current weights, so it samples with HF unless the
-    # GRPO variant (which syncs weights into vLLM through TRL) runs.
+    # With backend vllm the HF backend is replaced, round by round, by a vLLM
+    # engine on a snapshot of the current weights (Dreamer.sync_backend).
     backend = make_backend("hf", model, gen.tokenizer)
     return Dreamer(model=model, tokenizer=gen.tokenizer, backend=backend, spec=spec, slot=slot,
                    target_modules=target_modules), gen
