@@ -31,7 +31,7 @@ from pathlib import Path
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig
 from reverie.core.observed import JobState, ObservedJob
-from reverie.local.progress import last_checkpoint_in_log
+from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
 from reverie.local.state import LocalJob, LocalState, write_atomic
 
 # Environment every phase process gets unless the user set it: no network
@@ -262,7 +262,7 @@ class LocalExecutor:
             job.resumed_from.append("")
         write_atomic(Path(job.config_path), json.dumps(config.wire(), indent=1) + "\n")
         with open(job.log_path, "a") as log:
-            log.write(json.dumps({"event": "resumed", "launch": job.launches + 1, "resumeFrom": checkpoint}) + "\n")
+            log.write(json.dumps({"event": RELAUNCHED, "launch": job.launches + 1, "resumeFrom": checkpoint}) + "\n")
         job.launches += 1
         self._spawn(job)
 

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Written into a job's log by the executor when it starts the job again after an interruption.
+RELAUNCHED = "relaunched"
 _STEP_KEYS = ("step", "globalStep", "global_step", "iteration")
 _TOTAL_KEYS = ("totalSteps", "total_steps", "total", "steps", "maxSteps", "max_steps")
 _CHECKPOINT_KEYS = ("checkpoint", "checkpointUri", "checkpoint_uri")
+# Loss parts some phases log under their own names (consolidation: distill, imitation).
+_LOSS_PARTS = ("distill", "imitation")
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
@@ -64,13 +68,15 @@ def losses_of(obj: dict[str, Any]) -> dict[str, float]:
     for key, value in scope.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if (key == "loss" or key.lower().endswith("loss")) and math.isfinite(float(value)):
+        if (key == "loss" or key.lower().endswith("loss") or key in _LOSS_PARTS) and math.isfinite(float(value)):
             out[key] = float(value)
     return out
 
 
 def checkpoint_of(obj: dict[str, Any]) -> str | None:
-    for key in _CHECKPOINT_KEYS:
+    """The checkpoint a line announces (``{"event": "checkpoint", "path": ...}`` or a checkpoint key)."""
+    keys = (*_CHECKPOINT_KEYS, "path") if obj.get("event") == "checkpoint" else _CHECKPOINT_KEYS
+    for key in keys:
         value = obj.get(key)
         if isinstance(value, str) and value:
             return value
@@ -109,9 +115,11 @@ def first_step_per_launch(log_path: Path) -> list[int | None]:
     """The first progress step of each launch of a job (a resumed launch starts late)."""
     firsts: list[int | None] = [None]
     for obj in read_events(log_path):
-        if obj.get("event") == "resumed":
+        if obj.get("event") == RELAUNCHED:
             firsts.append(None)
             continue
+        if obj.get("event", "progress") != "progress":
+            continue  # "resumed"/"checkpoint" events name a step that was done before
         step = step_of(obj)
         if step is not None and firsts[-1] is None:
             firsts[-1] = step
@@ -152,7 +160,7 @@ class JobProgress:
                 if line.strip():
                     self.message = line.strip()[:120]
                 continue
-            if obj.get("event") == "resumed":
+            if obj.get("event") == RELAUNCHED:
                 self._rate_anchor = None
                 continue
             self._take(obj)

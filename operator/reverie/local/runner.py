@@ -158,7 +158,7 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
         lineage = _resolve_lineage(project, world)
         lineage.metadata.namespace = project.cycle.metadata.namespace
         lineage.status = rules.ensure_base(lineage.status, lineage.spec.base_model, now=_now())
-        state = LocalState(lineage=lineage)
+        state = LocalState(lineage=lineage, known_memory_uris=[world.old_memories] if world is not None else [])
     current = state.current
     name = project.cycle.metadata.name
     if current is not None and Phase(current.status.phase) not in TERMINAL_PHASES:
@@ -185,7 +185,12 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
     now = _now()
     name = cycle.metadata.name
     if isinstance(action, planner.CreateJob):
-        executor.launch(action.job_name, action.config)
+        config = action.config
+        if not config.prior_memory_uris and state.known_memory_uris:
+            # The planner leaves the replay set empty; local mode keeps a ledger of what
+            # the champion already knows (see LocalState.known_memory_uris).
+            config = config.model_copy(update={"prior_memory_uris": list(state.known_memory_uris)})
+        executor.launch(action.job_name, config)
     elif isinstance(action, planner.DeleteJob):
         executor.delete(action.job_name)
     elif isinstance(action, planner.EmitEvent):
@@ -210,6 +215,9 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
         observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
         if promotion.changed:
             lin.status.last_promotion_time = now
+            for source in cycle.spec.memory.sources:
+                if source.uri and source.uri not in state.known_memory_uris:
+                    state.known_memory_uris.append(source.uri)
     elif isinstance(action, planner.Reject):
         lin.status = rules.reject(lin.status, cycle=name, now=now)
     elif isinstance(action, planner.RequeueAfter):

@@ -59,6 +59,11 @@ class LocalState(ApiModel):
     lineage: ModelLineage = Field(description="The local lineage (same model as on a cluster).")
     cycles: list[SleepCycle] = Field(default_factory=list, description="Cycles run here, oldest first; the last is current.")
     jobs: dict[str, LocalJob] = Field(default_factory=dict, description="Phase processes by Job name.")
+    known_memory_uris: list[str] = Field(
+        default_factory=list,
+        description="Memories the champion already holds (the base's own, then each promoted cycle's): replayed by "
+        "consolidation and scored by retention, as prior_memory_uris.",
+    )
 
     @property
     def current(self) -> SleepCycle | None:

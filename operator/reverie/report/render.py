@@ -112,8 +112,11 @@ def scores_plot(data: ReportData) -> str | None:
     ys = list(range(len(rows)))
 
     def errors(values: list[float], cis: list[tuple[float, float] | None]) -> list[list[float]]:
-        lo = [v - c[0] if c and math.isfinite(c[0]) and math.isfinite(v) else 0.0 for v, c in zip(values, cis, strict=True)]
-        hi = [c[1] - v if c and math.isfinite(c[1]) and math.isfinite(v) else 0.0 for v, c in zip(values, cis, strict=True)]
+        # max(0, ·): float dust at the interval's ends must not make matplotlib refuse the bars.
+        lo = [max(0.0, v - c[0]) if c and math.isfinite(c[0]) and math.isfinite(v) else 0.0
+              for v, c in zip(values, cis, strict=True)]
+        hi = [max(0.0, c[1] - v) if c and math.isfinite(c[1]) and math.isfinite(v) else 0.0
+              for v, c in zip(values, cis, strict=True)]
         return [lo, hi]
 
     before = [r[1] for r in rows]
