@@ -11,10 +11,11 @@ demo:
 	.venv/bin/reverie sleep examples/quickstart
 
 # Every test: pure core, workloads on tiny models, the real API server, Helm, Prometheus.
+# REVERIE_REQUIRE_CLUSTER=1: a missing kube-apiserver fails the cluster tests instead of skipping them.
 test:
 	bash hack/setup.sh
 	.venv/bin/ruff check operator tests
-	.venv/bin/python -m pytest -q
+	REVERIE_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest -q
 
 lint:
 	.venv/bin/ruff check operator tests
