@@ -209,10 +209,13 @@ def scenario(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             server.start()
             server.wait_until(lambda: server.api("query", query="up")["result"], what="first scrape", timeout=30)
             started = time.time()
-            cycles, lineage = _drive(cluster, namespace)
-            server.wait_until(
-                lambda: server.api("query", query=f'reverie_rollbacks_total{{namespace="{namespace}"}}')["result"],
-                what="the rollback in Prometheus", timeout=30)
+            try:
+                cycles, lineage = _drive(cluster, namespace)
+                server.wait_until(
+                    lambda: server.api("query", query=f'reverie_rollbacks_total{{namespace="{namespace}"}}')["result"],
+                    what="the rollback in Prometheus", timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\noperator log (tail):\n{log.read_text(errors='replace')[-4000:]}") from None
             # A few more scrapes of the end state, for the rate windows.
             time.sleep(3)
             yield Scenario(namespace=namespace, started=started, ended=time.time(), operator_log=log,
