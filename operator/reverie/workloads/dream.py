@@ -63,6 +63,7 @@ from typing import Any
 import torch
 
 from reverie.api.phases import DreamingSpec
+from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult
 from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
 from reverie.workloads.questions import Question, cloze_questions, normalize_answer
@@ -322,7 +323,7 @@ def isolated_update_gain(
     for _ in range(spec.inner_steps):
         loss = sft_loss(model, tokenizer, [("", dream)])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     model.eval()
     gain = task_measure(model, tokenizer, ctx) - tau_before
@@ -365,7 +366,7 @@ def m_step(
         del order[:M_STEP_BATCH]
         loss = sft_loss(model, tokenizer, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     model.eval()
@@ -579,7 +580,7 @@ def _finite(x: float) -> float | None:
 def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int) -> float:
     """Train the generator with TRL GRPO on the binary dream reward (vLLM generation on GPU)."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
 
     spec, tok = dreamer.spec, dreamer.tokenizer
     by_id = {c.id: c for c in contexts}
@@ -590,11 +591,11 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
         ids.append(ctx.id)
     tau_before = {c.id: task_measure(dreamer.model, tok, c) for c in contexts}
 
-    def dream_reward(completions: list[str], context_id: list[str], **_: Any) -> list[float]:
+    def dream_reward(completions: list[str], context_id: list[str], **_: Any) -> list[float | None]:
         # Isolated inner updates run on the policy model itself with a probe
         # adapter, after TRL's generation and before its loss: the trained
         # slot's weights are the current policy's, which is what τ must see.
-        out = []
+        out: list[float | None] = []
         for j, (text, cid) in enumerate(zip(completions, context_id, strict=True)):
             if not text.strip():
                 out.append(0.0)
@@ -660,7 +661,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if state is None else None
     state = dream_rounds(dreamer, contexts, ckpt=ckpt, state=state, stop_after=stop_after)
     if state.round < max(1, spec.rest_em_iterations):
-        return PhaseResult(step="dreaming", status="Failed", message="stopped before the last round",
+        return PhaseResult(step=Step.DREAMING, status="Failed", message="stopped before the last round",
                            checkpoint_uri=str(ckpt))
     tau_after = sum(task_measure(dreamer.model, dreamer.tokenizer, c) for c in contexts) / len(contexts)
     ledger = dict(gen.ledger)
@@ -686,7 +687,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if math.isfinite(s["rewardedRate"]):
             metrics[f"rewarded_rate_round_{int(s['round'])}"] = s["rewardedRate"]
     return PhaseResult(
-        step="dreaming", status="Succeeded",
+        step=Step.DREAMING, status="Succeeded",
         message=f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
                 f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
         metrics=metrics, output_uri=str(folder), content_hash=content_hash(folder), slot=dreamer.slot,

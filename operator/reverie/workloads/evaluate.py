@@ -35,11 +35,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import fsspec
 
 from reverie.api.phases import Suite
+from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult
 from reverie.workloads.eval_schema import (
     SCHEMA_VERSION,
@@ -273,7 +274,7 @@ def write_cached(store_uri: str, key: str, scores: dict[str, SuiteScore]) -> Non
 
 
 def evaluate_model(
-    uri: str, *, role: str, generation: str | None, items: EvalItems, store_uri: str,
+    uri: str, *, role: Literal["candidate", "champion"], generation: str | None, items: EvalItems, store_uri: str,
     max_new_tokens: int, seed: int = 0, use_cache: bool = True,
 ) -> ModelEval:
     """Load one generation and score it, through the store's cache."""
@@ -286,14 +287,14 @@ def evaluate_model(
     if cached is not None:
         _log(f"evaluation: {role} {uri}: cached scores ({key[:12]})")
         return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, cached=True,
-                         scores=cached)  # type: ignore[arg-type]
+                         scores=cached)
     t0 = time.monotonic()
     gen = load_generation(folder)
     scores = score_model(ModelScorer(gen.model, gen.tokenizer), items, max_new_tokens=max_new_tokens, seed=seed)
     _log(f"evaluation: {role} {uri}: scored in {time.monotonic() - t0:.1f}s")
     if use_cache:
         write_cached(store_uri, key, scores)
-    return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, scores=scores)  # type: ignore[arg-type]
+    return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, scores=scores)
 
 
 def candidate_uri(config: PhaseConfig) -> str:
@@ -378,6 +379,6 @@ def run(config: PhaseConfig) -> PhaseResult:
     with fs.open(path, "rb") as fh:
         digest = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
     return PhaseResult(
-        step="evaluation", status="Succeeded", message=summary(report), metrics=report.metrics(),
+        step=Step.EVALUATION, status="Succeeded", message=summary(report), metrics=report.metrics(),
         baseline=report.baseline(), output_uri=uri, content_hash=digest,
     )
