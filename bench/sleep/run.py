@@ -215,17 +215,46 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
             vals = [r[key] for r in mine if r["cycle"] == c and key in r]
             return sum(vals) / len(vals) if vals else math.nan
 
-        axes[0].plot(cycles, [mean("new", c) for c in cycles], marker="o", label=arm)
+        color = f"C{arms.index(arm)}"
+        axes[0].plot(cycles, [mean("new", c) for c in cycles], marker="o", label=arm, color=color)
         if arm != "in_context":
             axes[1].plot(cycles, [mean("cycle1_facts", c) if c > 1 else mean("new", c) for c in cycles],
-                         marker="o", label=arm)
-            axes[2].plot(cycles, [mean("perplexity", c) for c in cycles], marker="o", label=arm)
+                         marker="o", label=arm, color=color)
+            axes[2].plot(cycles, [mean("perplexity", c) for c in cycles], marker="o", label=arm, color=color)
     axes[0].set(title="closed-book recall of this cycle's new facts", xlabel="cycle", ylim=(-0.02, 1.02))
     axes[1].set(title="recall of cycle-1 facts (retention)", xlabel="cycle", ylim=(-0.02, 1.02))
     axes[2].set(title="answer perplexity on the base's OLD facts", xlabel="cycle")
+    for ax in axes:
+        ax.set_xticks(sorted({r["cycle"] for r in rows}))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean (min–max over seeds) per arm and cycle."""
+    arms = ["in_context", "consolidation", "consolidation+dreaming", "naive_sft"]
+    cycles = sorted({r["cycle"] for r in rows})
+    keys = ["new", *[f"cycle{c}_facts" for c in cycles[:-1]], "old", "perplexity"]
+    head = ["arm", "cycle", "new facts", *[f"cycle-{c} facts" for c in cycles[:-1]], "OLD facts", "answer ppl",
+            "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        for c in cycles:
+            mine = [r for r in rows if r["arm"] == arm and r["cycle"] == c]
+            if not mine:
+                continue
+            cells = []
+            for key in keys:
+                vals = [r[key] for r in mine if key in r]
+                if not vals:
+                    cells.append("–")
+                elif len(vals) == 1:
+                    cells.append(f"{vals[0]:.2f}")
+                else:
+                    cells.append(f"{sum(vals) / len(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})")
+            lines.append(f"| {arm} | {c} | " + " | ".join(cells) + f" | {len(mine)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -234,7 +263,13 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--ks-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        rows = json.loads(args.out.read_text())
+        print(table(rows))
+        plot(rows, args.out.with_suffix(".png"))
+        return
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
