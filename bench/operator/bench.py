@@ -125,6 +125,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -141,8 +147,10 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
     run = Run(n)
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     log = open(cluster.workdir / f"operator-{n}.log", "wb")  # noqa: SIM115
+    profile = os.environ.get("REVERIE_BENCH_PROFILE")  # a path: run the operator under cProfile
+    wrap = ["-m", "cProfile", "-o", f"{profile}.{n}"] if profile else []
     operator = subprocess.Popen(
-        [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace, "-m", "reverie.controller.main"],
+        [sys.executable, *wrap, "-m", "kopf", "run", "--standalone", "--namespace", namespace, "-m", "reverie.controller.main"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     work: queue.Queue[Any] = queue.Queue()
@@ -157,6 +165,23 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
             if key not in run.seen:
                 run.seen[key] = time.monotonic()
                 work.put(ev["object"])
+
+    def cycle_watcher() -> None:
+        """Phases as they change (a watch, not a poll: polling N cycles would load the API server)."""
+        while not stop.is_set():
+            try:
+                for ev in watch.Watch().stream(custom.list_namespaced_custom_object, "reverie.dev", "v1alpha1",
+                                               namespace, "sleepcycles", timeout_seconds=5):
+                    obj = ev["object"]
+                    if (obj.get("status") or {}).get("phase") == "Succeeded":
+                        with run.lock:
+                            run.succeeded.setdefault(obj["metadata"]["name"], time.monotonic())
+                    if stop.is_set():
+                        return
+            except Exception as exc:
+                if not stop.is_set():
+                    print(f"watch restarted after: {str(exc)[:120]}", file=sys.stderr)
+                    time.sleep(0.2)
 
     def watcher() -> None:
         batch = client.BatchV1Api(api)
@@ -187,7 +212,9 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
             pool.submit(complete, api, run, namespace, job)
 
     threads.append(threading.Thread(target=feeder, daemon=True))
-    threads[1].start()
+    threads.append(threading.Thread(target=cycle_watcher, daemon=True))
+    for t in threads[1:]:
+        t.start()
     began = time.monotonic()
     for i in range(n):
         name = f"c{i:03d}"
@@ -201,34 +228,34 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         run.created_at[name] = time.monotonic()
         run.count(2)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(run.succeeded) < n:
+        time.sleep(0.2)
+    wall = time.monotonic() - began
+    if len(run.succeeded) < n:
         items = custom.list_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "sleepcycles")["items"]
         run.count(1)
-        t = time.monotonic()
         for item in items:
-            if (item.get("status") or {}).get("phase") == "Succeeded":
-                run.succeeded.setdefault(item["metadata"]["name"], t)
-        if len(run.succeeded) == n:
-            break
-        time.sleep(0.25)
-    wall = time.monotonic() - began
+            if item["metadata"]["name"] not in run.succeeded:
+                st = item.get("status") or {}
+                print(f"not Succeeded: {item['metadata']['name']}: {st.get('phase')}: {st.get('message')}", file=sys.stderr)
     stop.set()
     pool.shutdown(wait=True)
     after = request_total(cluster)
     rss = peak_rss_mib(operator.pid)
+    cpu = cpu_seconds(operator.pid)
     operator.send_signal(signal.SIGTERM)
     try:
         operator.wait(timeout=20)
     except subprocess.TimeoutExpired:
         operator.kill()
     log.close()
+    shutil.copy(cluster.workdir / f"operator-{n}.log", Path(tempfile.gettempdir()) / f"reverie-bench-operator-{n}.log")
     transitions = [
         run.seen[(c, nxt)] - run.finished[(c, prev)]
         for c in run.created_at for prev, nxt in itertools.pairwise(STEPS)
         if (c, prev) in run.finished and (c, nxt) in run.seen
     ]
     starts = [run.seen[(c, "consolidation")] - t for c, t in run.created_at.items() if (c, "consolidation") in run.seen]
-    # the 0.25 s status poll bounds the resolution of this one
     finishes = [run.succeeded[c] - run.finished[(c, "evaluation")] for c in run.succeeded if (c, "evaluation") in run.finished]
     # metrics scrapes and our own /metrics reads are requests too; subtract what we made
     operator_requests = after - before - run.requests - 1
@@ -241,6 +268,7 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         "start_p50_s": round(pct(starts, 0.5), 3), "start_p99_s": round(pct(starts, 0.99), 3),
         "finish_p50_s": round(pct(finishes, 0.5), 3), "finish_p99_s": round(pct(finishes, 0.99), 3),
         "operator_peak_rss_mib": round(rss, 1),
+        "operator_cpu_s_per_cycle": round(cpu / n, 3),
         "api_requests_per_cycle": round(operator_requests / n, 1),
         # the machine is shared: the 1-minute load average says how much CPU the run really had
         "loadavg_1m_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),

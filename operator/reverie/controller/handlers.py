@@ -107,7 +107,8 @@ class Options:
     """Operator knobs (``reverie operator`` flags; REVERIE_* env vars for ``kopf run``)."""
 
     resync_seconds: float = float(os.environ.get("REVERIE_RESYNC_SECONDS", "30"))
-    max_concurrent: int = int(os.environ.get("REVERIE_MAX_CONCURRENT_RECONCILES", "16"))
+    # Reconciles are I/O-bound (a handful of sequential API calls each): many may wait at once.
+    max_concurrent: int = int(os.environ.get("REVERIE_MAX_CONCURRENT_RECONCILES", "64"))
     kubeconfig: str | None = os.environ.get("REVERIE_KUBECONFIG") or os.environ.get("KUBECONFIG") or None
 
 

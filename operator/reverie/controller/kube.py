@@ -135,7 +135,7 @@ class Kube:
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=32)
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=100)
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
         return self._session
 

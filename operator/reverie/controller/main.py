@@ -22,6 +22,7 @@ with contextlib.suppress(ImportError):
 def run(
     namespace: str | None = None,
     *,
+    namespaces: list[str] | None = None,
     metrics_port: int | None = 8080,
     standalone: bool = True,
     priority: int = 0,
@@ -29,15 +30,17 @@ def run(
     resync_seconds: float | None = None,
     max_concurrent_reconciles: int | None = None,
     verbose: bool = False,
+    log_level: str | None = None,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM.
 
-    ``namespace``: serve one namespace (None: the whole cluster).  ``standalone``:
+    ``namespace``/``namespaces``: serve these namespaces (neither: the whole cluster).  ``standalone``:
     no Kopf peering (run one replica, Deployment strategy Recreate); with
     ``standalone=False`` replicas coordinate through Kopf peering by ``priority``.
     ``metrics_port``: port of /metrics and /healthz (None: off).
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper(), logging.INFO)
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     health.PORT = metrics_port
     if kubeconfig:
@@ -46,9 +49,5 @@ def run(
         handlers.OPTIONS.resync_seconds = resync_seconds
     if max_concurrent_reconciles is not None:
         handlers.OPTIONS.max_concurrent = max_concurrent_reconciles
-    kopf.run(
-        standalone=standalone,
-        priority=priority,
-        clusterwide=namespace is None,
-        namespaces=[namespace] if namespace else (),
-    )
+    served = sorted({*(namespaces or ()), *([namespace] if namespace else [])})
+    kopf.run(standalone=standalone, priority=priority, clusterwide=not served, namespaces=served)
