@@ -11,8 +11,8 @@ One scenario for the module (it is the expensive part):
 3. Debian's Prometheus scrapes its ``/metrics`` every second;
 4. the test plays the Job controller (tests/operator/jobsim.py): cycle 1 loses
    its first consolidation attempt (OOMKilled), retries, passes the gate and is
-   promoted; cycle 2 fails the gate and is rejected; then the lineage is rolled
-   back to its base generation.
+   promoted; cycle 2 fails the gate and is rejected; cycle 3 spends its retry
+   budget and fails; then the lineage is rolled back to its base generation.
 
 The tests then read the outcome: the cycles ended as scripted with no
 authorization error in the operator's log, each dashboard query returns data
@@ -67,11 +67,9 @@ def _drive(cluster: Any, namespace: str) -> tuple[dict[str, Any], dict[str, Any]
     apply(cluster, namespace, lineage_manifest())
     apply(cluster, namespace, cycle_manifest("night-1"))
     first = sim.wait_for_job("night-1-consolidation-1")
-    sim.start(first)
     sim.fail(first, exit_code=137, container_reason="OOMKilled", reason="BackoffLimitExceeded")
     for job_name in ("night-1-consolidation-2", "night-1-dreaming-1", "night-1-evaluation-1"):
         job = sim.wait_for_job(job_name)
-        sim.start(job)
         sim.succeed(job, sim.result_for(job))
     cycles = {"night-1": sim.wait_for_phase("night-1", "Succeeded")}
 
@@ -82,6 +80,12 @@ def _drive(cluster: Any, namespace: str) -> tuple[dict[str, Any], dict[str, Any]
     job = sim.wait_for_job("night-2-evaluation-1")
     sim.succeed(job, sim.result_for(job, metrics={"knowledge_incorporation": 0.2, "retention": 0.8}))
     cycles["night-2"] = sim.wait_for_phase("night-2", "Rejected")
+
+    apply(cluster, namespace, cycle_manifest("night-3"))
+    for attempt in (1, 2):
+        job = sim.wait_for_job(f"night-3-consolidation-{attempt}")
+        sim.fail(job, exit_code=1, container_reason="Error", reason="BackoffLimitExceeded")
+    cycles["night-3"] = sim.wait_for_phase("night-3", "Failed")
 
     cluster.kubectl("patch", "modellineage", LINEAGE, "-n", namespace, "--type=merge", "-p",
                     json.dumps({"spec": {"rollbackTo": "gen-0"}}))
@@ -147,6 +151,25 @@ def test_every_dashboard_panel_returns_data(scenario: Scenario) -> None:
         if not _has_data(result["result"]):
             empty.append(f"{uid} / {title}: {query}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+# Panels whose series only an operator error would create; the scenario has none,
+# so they show their explicit zero (the `or ... * 0` branch) instead.
+ONLY_ON_OPERATOR_ERRORS = {("reverie-operator", "Error ratio"), ("reverie-operator", "Reconcile errors")}
+
+
+def test_panels_show_real_series_not_only_their_zero_fallback(scenario: Scenario) -> None:
+    span = max(10, int(scenario.ended - scenario.started) + 1)
+    values = {"namespace": scenario.namespace, "lineage": ".*", "step": ".*", "controller": ".*", "datasource": ""}
+    fallback_only = []
+    for uid, title, expr in targets():
+        if " or " not in expr or (uid, title) in ONLY_ON_OPERATOR_ERRORS:
+            continue
+        query = concrete(expr.split(" or ")[0], values=values, rate_interval="5s", range_=f"{span}s")
+        result = scenario.prometheus.api("query_range", query=query, start=scenario.started, end=scenario.ended, step=1)
+        if not _has_data(result["result"]):
+            fallback_only.append(f"{uid} / {title}: {query}")
+    assert not fallback_only, "panels with nothing but their fallback:\n" + "\n".join(fallback_only)
 
 
 def test_every_alert_expression_evaluates_on_live_data(scenario: Scenario) -> None:
