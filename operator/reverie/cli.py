@@ -520,7 +520,11 @@ def crds(
 
 def main() -> None:
     """Console-script entry point (``reverie`` and ``kubectl-reverie``)."""
+    # Before anything imports torch or the HF hub: no downloads, one BLAS thread
+    # (tiny models on a shared CPU are fastest that way); the user may override.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
 
 

@@ -6,7 +6,11 @@ download anything.  When the lineage's ``spec.baseModel.uri`` is
 people with :mod:`reverie.workloads.tiny`:
 
 - ``<store>/<lineage>/gen-0/``: a tiny Qwen2 pretrained on the OLD people's facts
-  (it knows them closed-book) that has only heard the NEW people's names;
+  (it knows them closed-book) that has only heard the NEW people's names, and
+  that has learnt to *read*: given a fact in its context, it answers a question
+  about it (reading lessons on random name/city pairs, so no real new fact
+  leaks).  That makes the in-context teacher of Knowledge Seeding real on a
+  model this small: the memories are in the teacher's context, not in a stand-in;
 - ``<store>/<lineage>/memories/session-<n>.jsonl``: the facts of the new people
   met in wake session n (what a deployed model would hold only in its context);
 - ``<store>/<lineage>/memories/old.jsonl``: what the base already knows;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reverie.local.state import write_atomic
 
@@ -62,12 +67,57 @@ def _read_manifest(path: Path) -> TinyWorld | None:
     return world
 
 
+def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_size: int = 32,
+                  lesson_share: float = 0.6) -> list[tuple[str, str]]:
+    """Teach the tiny base to answer from its context, keeping what it knows; returns the last loss.
+
+    A lesson puts one fact about a random person with a random city in the user
+    turn, in the very prompt format the consolidation teacher and the
+    in-context evaluation use, and asks about it.  Values are drawn afresh for
+    every lesson, so the only thing to learn is to copy from the context; the
+    rest of each batch rehearses the old facts closed-book.  Returns the old
+    facts as (prompt, completion) chat turns.
+    """
+    import random
+
+    import torch
+
+    from reverie.workloads import tiny
+    from reverie.workloads.memory import question_prompt
+    from reverie.workloads.modelio import load_generation, save_generation
+
+    gen = load_generation(base.folder)
+    model, tok = gen.model, gen.tokenizer
+    rng = random.Random(seed + 7)
+    torch.manual_seed(seed + 7)
+    attribute = tiny.ATTRIBUTES[base.world.attributes[0]]
+    pool = base.world.values[attribute.name]
+    old = [tiny.qa_text(tok, f.question, f.answer) for f in base.old]
+
+    def lesson() -> tuple[str, str]:
+        entity, value = rng.choice(base.world.entities), rng.choice(pool)
+        context = attribute.sentence.format(entity=entity, value=value)
+        return question_prompt(tok, attribute.question.format(entity=entity), context=context), value + tok.eos_token
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        batch = [lesson() if rng.random() < lesson_share else rng.choice(old) for _ in range(batch_size)]
+        loss = tiny.sft_batch_loss(model, tok, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    save_generation(model, tok, base.folder)
+    return old
+
+
 def tiny_world_exists(store: Path, lineage: str) -> bool:
     return _read_manifest(store / lineage / MANIFEST) is not None
 
 
 def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_session: int = 8,
-                      old_people: int = 16, pretrain_steps: int = 400) -> TinyWorld:
+                      old_people: int = 16, pretrain_steps: int = 400, reading_steps: int = 200) -> TinyWorld:
     """Build the tiny base generation and its memories unless they exist (idempotent)."""
     root = store / lineage
     manifest = root / MANIFEST
@@ -75,12 +125,19 @@ def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_se
     if world is not None:
         return world
     # Imported here: torch and transformers cost seconds, and only this path needs them.
+    import torch
+
     from reverie.workloads import tiny
+
+    # One thread: a tiny model gains nothing from more, and a second busy thread
+    # on a 2-core machine made steps ~10x slower (measured, see the ML notes).
+    torch.set_num_threads(1)
 
     base = tiny.build_base_generation(
         root / "gen-0", seed=seed, n_old=old_people, n_new=(people_per_session,) * SESSIONS,
         steps=pretrain_steps,
     )
+    qa_turns = teach_reading(base, seed=seed, steps=reading_steps)
     memories = root / "memories"
     sessions = []
     for index, facts in enumerate(base.new, start=1):
@@ -92,8 +149,10 @@ def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_se
     write_atomic(evaluation / "general_qa.jsonl", "".join(
         json.dumps({"id": f"old-{i}", "question": f.question, "answer": f.answer}) + "\n" for i, f in enumerate(base.old)
     ))
+    # Held-out "general text" of a model that only ever saw chat turns: its old
+    # facts as question/answer turns (plain sentences would be off-distribution).
     write_atomic(evaluation / "general_text.jsonl", "".join(
-        json.dumps({"text": f.sentence}) + "\n" for f in base.old
+        json.dumps({"text": prompt + completion}) + "\n" for prompt, completion in qa_turns
     ))
     relative = {
         "base_uri": str(Path(base.folder).resolve().relative_to(root.resolve())),
