@@ -61,9 +61,19 @@ def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def request_total(cluster: Cluster) -> float:
+def apiserver_counters(cluster: Cluster) -> tuple[float, float, float]:
+    """(requests, seconds spent serving non-WATCH requests, non-WATCH requests) from the API server's /metrics."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    return sum(float(m.group(1)) for m in re.finditer(r"^apiserver_request_total\{[^}]*\} (\S+)$", text, re.M))
+    total = sum(float(m.group(1)) for m in re.finditer(r"^apiserver_request_total\{[^}]*\} (\S+)$", text, re.M))
+    seconds = count = 0.0
+    for m in re.finditer(r"^apiserver_request_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", text, re.M):
+        if 'verb="WATCH"' in m.group(2) or 'verb="CONNECT"' in m.group(2):
+            continue
+        if m.group(1) == "sum":
+            seconds += float(m.group(3))
+        else:
+            count += float(m.group(3))
+    return total, seconds, count
 
 
 @dataclass
@@ -198,7 +208,7 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
                     time.sleep(0.2)
 
     time.sleep(3)  # let the operator start its watches before the burst
-    before = request_total(cluster)
+    before, busy_before, served_before = apiserver_counters(cluster)
     threads = [threading.Thread(target=watcher, daemon=True)]
     threads[0].start()
     pool = ThreadPoolExecutor(max_workers=8)
@@ -240,7 +250,7 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
                 print(f"not Succeeded: {item['metadata']['name']}: {st.get('phase')}: {st.get('message')}", file=sys.stderr)
     stop.set()
     pool.shutdown(wait=True)
-    after = request_total(cluster)
+    after, busy_after, served_after = apiserver_counters(cluster)
     rss = peak_rss_mib(operator.pid)
     cpu = cpu_seconds(operator.pid)
     operator.send_signal(signal.SIGTERM)
@@ -270,6 +280,8 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         "operator_peak_rss_mib": round(rss, 1),
         "operator_cpu_s_per_cycle": round(cpu / n, 3),
         "api_requests_per_cycle": round(operator_requests / n, 1),
+        # how fast the (shared) API server answered: transition latency is a few of these in a row
+        "apiserver_mean_request_ms": round(1000 * (busy_after - busy_before) / max(1.0, served_after - served_before), 1),
         # the machine is shared: the 1-minute load average says how much CPU the run really had
         "loadavg_1m_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
     }

@@ -8,9 +8,9 @@ resync — ends in the same level-based :meth:`Reconciler.reconcile`:
    when an attempt just finished, their pods (the termination messages), and
    the ModelLineage — fresh from the API server, never from a cache;
 2. :func:`reverie.core.planner.plan` decides the status and the actions;
-3. the status is written first (status subresource), *then* the actions are
-   applied, so a crash in between leaves an intent the next pass re-applies;
-   creates meet 409 on a repeat, deletes meet 404;
+3. the status is written (status subresource) together with the creates, and
+   before every other action, so a crash in between leaves an intent (or a
+   Job) the next pass completes; creates meet 409 on a repeat, deletes 404;
 4. after an action that changed the lineage (claim, record, promote, reject)
    the cycle is planned again at once against the fresh lineage.
 
@@ -120,6 +120,7 @@ class _Seen:
     phase: str | None = None
     terminal: bool = False
     written_rv: str | None = None
+    reconciled_at: float = 0.0  # time.monotonic() of the last pass that completed
 
 
 @dataclass
@@ -190,6 +191,8 @@ class Reconciler:
         try:
             await self.reconcile(namespace, name)
             metrics.reconcile_total.labels(controller=CONTROLLER, result="success").inc()
+            if (seen := self.seen.get((namespace, name))) is not None:
+                seen.reconciled_at = time.monotonic()
         except Exception:
             log.exception("reconcile of SleepCycle %s/%s failed; retrying", namespace, name)
             metrics.reconcile_total.labels(controller=CONTROLLER, result="error").inc()
@@ -202,9 +205,11 @@ class Reconciler:
         """The level-based backstop: every live cycle is reconciled at least this often."""
         while True:
             await asyncio.sleep(self.options.resync_seconds)
-            self.last_resync = time.monotonic()
+            self.last_resync = now = time.monotonic()
             for (ns, name), seen in list(self.seen.items()):
-                if not seen.terminal:
+                # A cycle reconciled within the interval (by an event) needs no extra pass:
+                # at 200 live cycles blind resyncs would crowd out the passes that matter.
+                if not seen.terminal and now - seen.reconciled_at >= self.options.resync_seconds:
                     self.trigger(ns, name)
 
     def healthy(self) -> bool:
@@ -236,17 +241,25 @@ class Reconciler:
         now = self.clock()
         result = plan(cycle, observed=observed, lineage=lineage, now=now)
         result = await self._check_engines(cycle, result, observed=observed, lineage=lineage, now=now)
+        # The status write and the creates go out together: with deterministic names both
+        # orders are safe (a Job without its record is adopted, a record without its Job is
+        # re-created), and the transition costs one API round trip instead of two.  Deletes
+        # wait for the status write: a Job deleted for suspension must never read as lost.
+        creates = [a for a in result.actions if isinstance(a, CreateJob)]
+        writes: list[Any] = [self._create(a, obj=obj, cycle=cycle, lineage=lineage) for a in creates]
         if result.status != cycle.status:
-            written = await self.kube.merge_patch(
+            writes.insert(0, self.kube.merge_patch(
                 SLEEPCYCLES, namespace, name, {"status": _status_patch(result.status)}, subresource="status",
-            )
-            seen.written_rv = written["metadata"]["resourceVersion"]
+            ))
+        done = await asyncio.gather(*writes)
+        if result.status != cycle.status:
+            seen.written_rv = done[0]["metadata"]["resourceVersion"]
         self._export(cycle, result.status, seen, observed=observed)
         lineage_changed = False
-        # Jobs first (they are what the transition latency is made of), Events last and concurrently.
+        # Deletes next, lineage actions after, Events last and concurrently.
         events = [a for a in result.actions if isinstance(a, EmitEvent)]
-        ordered = sorted((a for a in result.actions if not isinstance(a, EmitEvent)),
-                         key=lambda a: 0 if isinstance(a, CreateJob | DeleteJob) else 1)
+        ordered = sorted((a for a in result.actions if not isinstance(a, EmitEvent | CreateJob)),
+                         key=lambda a: 0 if isinstance(a, DeleteJob) else 1)
         for action in ordered:
             if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds, plan_=result):
                 lineage_changed = True
@@ -345,10 +358,13 @@ class Reconciler:
         ns = cycle.metadata.namespace
         owner = Owner(name=cycle.metadata.name, namespace=ns, uid=obj["metadata"]["uid"])
         objects = render(action, owner=owner, lineage=lineage, scheduling=cycle.spec.scheduling)
-        await self.kube.create_or_get(CONFIGMAPS, ns, objects.config_map)
+        # All at once: a pod whose ConfigMap or Service is not there yet just waits for it
+        # (the kubelet retries the mount), so ordering would only add round trips.
+        creations = [self.kube.create_or_get(CONFIGMAPS, ns, objects.config_map),
+                     self.kube.create_or_get(ENGINE_RESOURCES[objects.engine], ns, objects.workload)]
         if objects.service is not None:
-            await self.kube.create_or_get(SERVICES, ns, objects.service)
-        _, created = await self.kube.create_or_get(ENGINE_RESOURCES[objects.engine], ns, objects.workload)
+            creations.append(self.kube.create_or_get(SERVICES, ns, objects.service))
+        (_, (_, created), *_) = await asyncio.gather(*creations)
         if created:
             metrics.phase_attempts_total.labels(step=action.step.value).inc()
             log.info("created %s %s/%s", objects.engine.value, ns, action.job_name)

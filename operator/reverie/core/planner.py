@@ -15,8 +15,10 @@ The three rules that make restarts safe:
 * Attempt numbers come from ``status.records`` *and* the observed Jobs, so a
   lost status write or a deleted Job never resets the retry budget (the
   Kubeflow Trainer bug #3779 that users hit).
-* The controller writes the planned status *before* it applies the actions,
-  so a crash between the two leaves an intent the next reconcile re-applies.
+* A planned attempt is recorded in status (``Pending``) in the same pass that
+  creates its Job: whichever of the two lands, the next pass completes the
+  other (a record without its Job re-creates it under the same name, a Job
+  without its record is adopted).
 
 Phase machine (conditions are the contract, ``phase`` the summary)::
 
