@@ -218,12 +218,12 @@ class Kube:
 
         try:
             if kubeconfig is not None:
-                config.load_kube_config(config_file=str(kubeconfig))
+                config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
             else:
                 try:
-                    config.load_kube_config()
+                    config.load_kube_config()  # type: ignore[no-untyped-call]
                 except (ConfigException, OSError):
-                    config.load_incluster_config()
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
         except (ConfigException, OSError) as exc:
             raise fail(f"cannot load a kubeconfig ({exc}); pass --kubeconfig or set KUBECONFIG") from exc
         self.client = client
@@ -237,7 +237,7 @@ class Kube:
         from kubernetes import config
 
         try:
-            _, active = config.list_kube_config_contexts(config_file=str(kubeconfig) if kubeconfig else None)
+            _, active = config.list_kube_config_contexts(config_file=str(kubeconfig) if kubeconfig else None)  # type: ignore[no-untyped-call]
             return str(active.get("context", {}).get("namespace") or "default")
         except Exception:
             return "default"

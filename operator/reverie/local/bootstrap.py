@@ -105,7 +105,7 @@ def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_s
         batch = [lesson() if rng.random() < lesson_share else rng.choice(old) for _ in range(batch_size)]
         loss = tiny.sft_batch_loss(model, tok, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     model.eval()
     save_generation(model, tok, base.folder)

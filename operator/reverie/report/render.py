@@ -13,6 +13,7 @@ import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -30,7 +31,7 @@ STATE_COLOURS = {
 BEFORE, AFTER = "#9e9e9e", "#1565c0"
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +41,7 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _svg(fig, name: str, label: str) -> str:  # type: ignore[no-untyped-def]
+def _svg(fig: Any, name: str, label: str) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     _pyplot().close(fig)
@@ -119,12 +120,12 @@ def scores_plot(data: ReportData) -> str | None:
               for v, c in zip(values, cis, strict=True)]
         return [lo, hi]
 
-    before = [r[1] for r in rows]
-    after = [r[2] for r in rows]
-    ax.barh([y + 0.2 for y in ys], before, height=0.38, color=BEFORE, label="champion (before)",
-            xerr=errors(before, [r[3] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
-    ax.barh([y - 0.2 for y in ys], after, height=0.38, color=AFTER, label="candidate (after)",
-            xerr=errors(after, [r[4] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
+    champion = [r[1] for r in rows]
+    candidate = [r[2] for r in rows]
+    ax.barh([y + 0.2 for y in ys], champion, height=0.38, color=BEFORE, label="champion (before)",
+            xerr=errors(champion, [r[3] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.barh([y - 0.2 for y in ys], candidate, height=0.38, color=AFTER, label="candidate (after)",
+            xerr=errors(candidate, [r[4] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
     ax.set_yticks(ys, [r[0] for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
