@@ -108,7 +108,13 @@ def test_image_extra_resolves_from_the_index(image: str, tmp_path: Path) -> None
     pre = ["torch==2.13.0"] if image == "trainer" else []
     run(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
         "--report", report, *pre, f"{REPO}[{extra}]", timeout=3000)
-    resolved = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    resolved = {_canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
     for requirement in PYPROJECT["project"]["optional-dependencies"][extra]:
         name, _, version = requirement.partition("==")
-        assert resolved.get(name.lower()) == version, f"{name}: pinned {version}, resolved {resolved.get(name.lower())}"
+        got = resolved.get(_canonical(name))
+        assert got == version, f"{name}: pinned {version}, resolved {got}"
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 name: prometheus_client and Prometheus-Client are one project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
