@@ -80,7 +80,7 @@ def sleep(
     """
     from reverie.local.console import RichObserver, summary_table
     from reverie.local.project import ProjectError, load_project
-    from reverie.local.runner import LocalRunError, report_path, run_cycle
+    from reverie.local.runner import LocalRunError, NotStarted, report_path, run_cycle
     from reverie.local.state import StateLocked
 
     if approve and reject:
@@ -110,6 +110,8 @@ def sleep(
         )
     except (LocalRunError, StateLocked) as exc:
         raise fail(str(exc)) from exc
+    except NotStarted:
+        raise typer.Exit(130) from None
     if outcome.interrupted:
         raise typer.Exit(130)
     cycle = outcome.cycle

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ IDLE_REPLAN_SECONDS = 2.0
 
 class LocalRunError(RuntimeError):
     """A local run that cannot continue; the message says why and what to do."""
+
+
+class NotStarted(KeyboardInterrupt):
+    """Ctrl-C arrived before the cycle started (while the tiny base model was being built)."""
 
 
 @dataclass
@@ -229,15 +234,19 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
               python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
     """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
     with state_lock(project.state_dir), sigterm_as_interrupt():
-        state = prepare(project, again=again, observer=observer)
+        try:
+            state = prepare(project, again=again, observer=observer)
+        except KeyboardInterrupt:
+            # Nothing ran yet; the bootstrap writes its manifest last, so a rerun rebuilds cleanly.
+            observer.note("interrupted before the cycle started. Run the same command again to start it.")
+            raise NotStarted from None
         cycle = state.current
         assert cycle is not None
         name = cycle.metadata.name
         if approve is not None:
             cycle.metadata.annotations[APPROVAL_ANNOTATION] = approve
         save_state(project.state_dir, state)
-        kwargs = {"python": python} if python else {}
-        executor = LocalExecutor(state, runs_dir=runs_dir(project), **kwargs)  # type: ignore[arg-type]
+        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable)
         interrupted = False
         try:
             for job in executor.recover():
