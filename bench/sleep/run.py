@@ -223,7 +223,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
             axes[2].plot(cycles, [mean("perplexity", c) for c in cycles], marker="o", label=arm, color=color)
     axes[0].set(title="closed-book recall of this cycle's new facts", xlabel="cycle", ylim=(-0.02, 1.02))
     axes[1].set(title="recall of cycle-1 facts (retention)", xlabel="cycle", ylim=(-0.02, 1.02))
-    axes[2].set(title="answer perplexity on the base's OLD facts", xlabel="cycle")
+    axes[2].set(title="answer perplexity on the base's OLD facts (log)", xlabel="cycle", yscale="log")
     for ax in axes:
         ax.set_xticks(sorted({r["cycle"] for r in rows}))
     axes[0].legend(fontsize=8)
