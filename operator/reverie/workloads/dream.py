@@ -40,8 +40,9 @@ dream reward, a group-relative advantage over ``num_generations`` dreams per
 context, and vLLM generation on GPU (``use_vllm``) when the backend is vllm.
 
 Checkpoints: after each context's E-step and each M-step the phase writes
-``<output_uri>/checkpoints/state.json`` (dreams, scores, rewards so far) and
-the dreaming slot's adapter; a resumed attempt continues from there and, because
+``<output_uri>/checkpoints/unit-<n>/`` (``state.json``: dreams, scores, rewards
+so far; ``slot/``: the dreaming slot's adapter) and points
+``checkpoints/latest`` at it; a resumed attempt continues from there and, because
 every random draw is seeded by (seed, round, context), produces what an
 uninterrupted run would have.
 """
@@ -80,6 +81,7 @@ TAU_QUESTIONS_PER_CONTEXT = 8
 DISTRACTORS_PER_QUESTION = 4
 M_STEP_BATCH = 8
 STATE_FILE = "state.json"
+LATEST = "latest"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -468,29 +470,47 @@ def _progress(step: int, total: int, **extra: Any) -> None:
 
 
 def _save_state(ckpt: Path, state: DreamState, dreamer: Dreamer) -> None:
+    """Write slot weights and state together into a new unit folder, then point ``latest`` at it.
+
+    The slot changes in M-steps and the state after every context; writing both
+    into one folder and switching ``latest`` atomically means a crash anywhere
+    leaves the previous consistent pair in place.
+    """
     from reverie.workloads.modelio import save_slot
 
     ckpt.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt / ".slot-tmp"
+    previous = _latest_unit(ckpt)
+    number = int(previous.name.split("-")[1]) + 1 if previous else 0
+    unit = ckpt / f"unit-{number:06d}"
+    tmp = ckpt / f".{unit.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_slot(dreamer.model, dreamer.slot, tmp)
-    slot_dir = ckpt / "slot"
-    if slot_dir.exists():
-        shutil.rmtree(slot_dir)
-    tmp.rename(slot_dir)
-    (ckpt / f"{STATE_FILE}.tmp").write_text(json.dumps(state.to_json()))
-    (ckpt / f"{STATE_FILE}.tmp").replace(ckpt / STATE_FILE)
+    save_slot(dreamer.model, dreamer.slot, tmp / "slot")
+    (tmp / STATE_FILE).write_text(json.dumps(state.to_json()))
+    tmp.rename(unit)
+    (ckpt / f"{LATEST}.tmp").write_text(unit.name)
+    (ckpt / f"{LATEST}.tmp").replace(ckpt / LATEST)
+    if previous:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _latest_unit(ckpt: Path) -> Path | None:
+    pointer = ckpt / LATEST
+    if not pointer.exists():
+        return None
+    unit = ckpt / pointer.read_text().strip()
+    return unit if (unit / STATE_FILE).exists() else None
 
 
 def _load_state(ckpt: Path, dreamer: Dreamer) -> DreamState | None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    if not (ckpt / STATE_FILE).exists() or not (ckpt / "slot" / "adapter_model.safetensors").exists():
+    unit = _latest_unit(ckpt)
+    if unit is None or not (unit / "slot" / "adapter_model.safetensors").exists():
         return None
-    state = DreamState.from_json(json.loads((ckpt / STATE_FILE).read_text()))
-    weights = load_file(str(ckpt / "slot" / "adapter_model.safetensors"))
+    state = DreamState.from_json(json.loads((unit / STATE_FILE).read_text()))
+    weights = load_file(str(unit / "slot" / "adapter_model.safetensors"))
     set_peft_model_state_dict(dreamer.model, weights, adapter_name=dreamer.slot)
     return state
 
