@@ -121,7 +121,8 @@ class JobSim:
         return json.dumps(body)
 
     # --- playing the Job controller -------------------------------------------------
-    def _pod(self, job: Obj, index: int) -> Obj:
+    def _pod(self, job: Obj, index: int, *, owner: Obj | None = None) -> Obj:
+        """The Job's pod number ``index`` (created from its template); ``owner`` overrides the owner reference."""
         template = job["spec"]["template"]
         name = f"{job['metadata']['name']}-{index}"
         labels = {**(template["metadata"].get("labels") or {}), "batch.kubernetes.io/job-name": job["metadata"]["name"]}
@@ -130,7 +131,7 @@ class JobSim:
             "metadata": {
                 "name": name, "namespace": self.namespace, "labels": labels,
                 "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                "ownerReferences": [{
+                "ownerReferences": [owner or {
                     "apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
                     "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
                 }],

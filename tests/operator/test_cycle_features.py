@@ -199,3 +199,48 @@ def _get(url: str) -> str | None:
             return str(resp.read().decode())
     except OSError:
         return None
+
+
+JOBSET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "jobsets.jobset.x-k8s.io"},
+    "spec": {
+        "group": "jobset.x-k8s.io", "scope": "Namespaced",
+        "names": {"plural": "jobsets", "singular": "jobset", "kind": "JobSet", "listKind": "JobSetList"},
+        # A stand-in for the real JobSet CRD: same group/version/kind, schema left open.
+        "versions": [{"name": "v1alpha2", "served": True, "storage": True, "subresources": {"status": {}},
+                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+def test_jobset_engine_creates_a_jobset_and_reads_its_result(
+    cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator
+) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(JOBSET_CRD))
+    cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "30s", "crd/jobsets.jobset.x-k8s.io")
+    apply(cluster, namespace, lineage())
+    apply(cluster, namespace, cycle(dreaming={"enabled": False}, retries={"maxAttempts": 1},
+                                    consolidation={"runtime": {"engine": "JobSet", "numNodes": 2}}))
+    with run_operator():
+        js = wait(lambda: kubectl_json(cluster, "get", "jobsets", "-n", namespace)["items"], what="a JobSet")[0]
+        assert js["metadata"]["name"] == "c1-consolidation-1" and js["metadata"]["ownerReferences"][0]["name"] == "c1"
+        (rjob,) = js["spec"]["replicatedJobs"]
+        job_spec = rjob["template"]["spec"]
+        assert (job_spec["completionMode"], job_spec["completions"], job_spec["backoffLimit"]) == ("Indexed", 2, 0)
+        env = {e["name"]: e.get("value") for e in job_spec["template"]["spec"]["containers"][0]["env"]}
+        assert env["MASTER_ADDR"] == "c1-consolidation-1-node-0-0.c1-consolidation-1" and env["WORLD_SIZE"] == "2"
+        # play JobSet + kubelet: the leader pod's termination message, then the JobSet's Completed condition
+        fake_job = {"metadata": {"name": "c1-consolidation-1", "uid": js["metadata"]["uid"]}, "spec": job_spec}
+        config = sim.config_of({"spec": job_spec})
+        pod = sim._pod(fake_job, 0, owner={"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+                                          "name": "c1-consolidation-1", "uid": js["metadata"]["uid"], "controller": True})
+        sim._terminate(pod, exit_code=0, reason="Completed", message=json.dumps({
+            "step": "consolidation", "status": "Succeeded", "outputUri": f"{config['outputUri']}/model"}))
+        cluster.kubectl("patch", "jobset", "c1-consolidation-1", "-n", namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": {"conditions": [{"type": "Completed", "status": "True", "reason": "AllJobsCompleted",
+                                                                      "message": "jobset completed", "lastTransitionTime": "2026-11-25T00:00:00Z"}]}}))
+        job = sim.wait_for_job("c1-evaluation-1")  # evaluation runs as a plain Job
+        records = sim.cycle("c1")["status"]["records"]
+    assert records[0]["result"] == "Succeeded" and records[0]["outputUri"].endswith("/consolidation/model")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][2] == "evaluation"
