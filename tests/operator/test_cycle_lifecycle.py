@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.operator.conftest import RunOperator, apply, cycle, lineage
+from tests.operator.conftest import RunOperator, apply, cycle, lineage, wait
 from tests.operator.jobsim import JobSim
 
 pytestmark = pytest.mark.cluster
@@ -49,11 +49,13 @@ def test_failed_attempt_is_retried_and_resumes_from_its_checkpoint(
         job = sim.wait_for_job("c1-evaluation-1")
         sim.succeed(job, sim.result_for(job))
         done = sim.wait_for_phase("c1", "Succeeded")
+        # Events are posted after the status write: wait for them, the operator still running
+        wanted = {"AttemptFailed", "JobCreated", "Consolidating", "Evaluating", "Succeeded"}
+        wait(lambda: wanted <= set(cluster.kubectl("get", "events", "-n", namespace, "-o",
+                                                   "jsonpath={.items[*].reason}").stdout.split()), what=f"events {wanted}")
     first_record = done["status"]["records"][0]
     assert first_record["result"] == "Failed" and first_record["reason"] == "BackoffLimitExceeded"
     assert "preempted" in first_record["message"]
-    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout.split()
-    assert {"AttemptFailed", "JobCreated", "Consolidating", "Evaluating", "Succeeded"} <= set(events)
 
 
 def test_spent_retry_budget_fails_the_cycle_with_the_reason(
