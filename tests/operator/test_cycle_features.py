@@ -185,9 +185,10 @@ def test_metrics_and_liveness_endpoints(
         finish(sim, "c1", ("consolidation", "evaluation"))
         sim.wait_for_phase("c1", "Succeeded")
         health_body = wait(lambda: _get(f"http://127.0.0.1:{port}/healthz"), what="healthz")
-        text = _get(f"http://127.0.0.1:{port}/metrics")
+        # the counters move right after the status write the test saw: poll, do not race
+        done_line = f'reverie_cycles_total{{lineage="lin",namespace="{namespace}",outcome="Succeeded"}} 1.0'
+        text = wait(lambda: (t := _get(f"http://127.0.0.1:{port}/metrics")) and done_line in t and t, what=done_line)
     assert json.loads(health_body) == {"status": "ok"}
-    assert f'reverie_cycles_total{{lineage="lin",namespace="{namespace}",outcome="Succeeded"}} 1.0' in text
     assert 'reverie_phase_attempts_total{step="consolidation"}' in text
     assert 'reverie_reconcile_total{controller="sleepcycle",result="success"}' in text
     assert 'reverie_phase_duration_seconds_count{result="Succeeded",step="evaluation"}' in text

@@ -30,8 +30,8 @@ def test_run_serves_health_and_metrics_and_reconciles_until_sigterm(cluster: Any
         apply(cluster, namespace, lineage())
         apply(cluster, namespace, cycle())
         sim.wait_for_job("c1-consolidation-1")
-        metrics = _get(f"http://127.0.0.1:{port}/metrics") or ""
-        assert 'reverie_phase_attempts_total{step="consolidation"} 1.0' in metrics
+        attempt_line = 'reverie_phase_attempts_total{step="consolidation"} 1.0'
+        metrics = wait(lambda: (t := _get(f"http://127.0.0.1:{port}/metrics")) and attempt_line in t and t, what=attempt_line)
         assert f'reverie_cycle_phase{{cycle="c1",lineage="lin",namespace="{namespace}",phase="Consolidating"}} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
