@@ -41,4 +41,12 @@ Shared building blocks (stable interfaces; other phases build on them):
 
 Consolidation: ``expansion`` (a new LoRA expert slot per sleep), ``consolidate`` (the
 Knowledge Seeding loop and losses), ``deepspeed_config``, ``checkpoint``.
+
+Phase contract (``run_phase``): each phase module (``consolidate``, ``dream``, ``evaluate``)
+exposes ``run(config: PhaseConfig) -> PhaseResult`` and may raise on failure;
+``run_phase(step, config_path) -> int`` parses the config (exit 2 if invalid), calls it,
+and writes the result to ``<output_uri>/result.json`` and ``$REVERIE_TERMINATION_LOG``
+(default ``/dev/termination-log``); an exception becomes a Failed result and exit 1.
+Consolidation writes the new generation to ``<output_uri>/model`` (the result's
+``outputUri``) and checkpoints to ``<output_uri>/checkpoints``.
 """
