@@ -569,8 +569,10 @@ def run(config: Any) -> Any:
         prior = load_memory_uris(cfg.prior_memory_uris, store_uri=cfg.store_uri)
     except MemorySetError as exc:
         raise ConsolidationError(f"memory: {exc}") from exc
+    # bf16 only where it is fast and safe (GPUs); CPU runs stay fp32.
+    dtype = torch.bfloat16 if spec.precision == "bf16" and torch.cuda.is_available() else torch.float32
     try:
-        gen = load_generation(cfg.base_uri)
+        gen = load_generation(cfg.base_uri, dtype=dtype)
     except GenerationError as exc:
         raise ConsolidationError(f"base generation: {exc}") from exc
     model, tok = gen.model, gen.tokenizer
