@@ -458,3 +458,11 @@ def test_lineage_deleted_under_a_running_cycle_fails_it_and_stops_its_job() -> N
     p = plan(cycle, observed=[job(Step.CONSOLIDATION)], lineage=None, now=T0)
     assert p.status.phase == Phase.FAILED and one(p, DeleteJob).job_name == "c1-consolidation-1"
     assert get_condition(p.status.conditions, "Ready").reason == "LineageNotFound"
+
+
+def test_nan_eval_metric_is_inconclusive_and_status_stays_valid_json() -> None:
+    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION],
+                       eval_metrics={"knowledge_incorporation": float("nan")})
+    assert cycle.status.gate is not None and cycle.status.gate.outcome == "Inconclusive"
+    assert "nan" in cycle.status.gate.rules[0].reason.lower()
+    json.dumps(cycle.status.model_dump(by_alias=True, mode="json"), allow_nan=False)

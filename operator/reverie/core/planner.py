@@ -232,6 +232,7 @@ class _Planner:
         self.status = cycle.status.model_copy(deep=True)
         self.status.observed_generation = self.gen
         self.actions: list[Action] = []
+        self.raw_scores: tuple[dict[str, float], dict[str, float]] | None = None
 
     # -- helpers
     def cond(self, type_: str, status: ConditionStatus | bool, reason: str, message: str = "") -> None:
@@ -300,8 +301,11 @@ class _Planner:
             return self._fail(rec, "PhaseReportedFailure", result.message or "the phase reported failure",
                               checkpoint_uri=result.checkpoint_uri, **finished)
         if step == Step.EVALUATION:
-            self.status.evaluation = dict(result.metrics)
-            self.status.champion_evaluation = dict(result.baseline)
+            # JSON (and so the API server) has no NaN: status keeps the finite values, the gate
+            # of this pass judges the raw ones (a NaN metric is Inconclusive, with that reason).
+            self.raw_scores = (dict(result.metrics), dict(result.baseline))
+            self.status.evaluation = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
+            self.status.champion_evaluation = {k: v for k, v in result.baseline.items() if math.isfinite(v)}
         self.event("Normal", "AttemptSucceeded", f"{step} attempt {rec.attempt} ({rec.job_name}) succeeded")
         return rec.model_copy(update={
             "result": StepResult.SUCCEEDED, "reason": "Succeeded", "message": result.message[:4096],
@@ -514,9 +518,10 @@ class _Planner:
         lin = self.lineage.metadata.name
         self.cond("Evaluated", True, "Succeeded", "evaluation finished; the gate read its metrics")
         if self.status.gate is None:
-            champion = self.status.champion_evaluation or self._champion_scores()
+            candidate, baseline = self.raw_scores or (self.status.evaluation, self.status.champion_evaluation)
+            champion = baseline or self._champion_scores()
             rules = [str(r) for r in self.cycle.spec.evaluation.gate.rules]
-            self.status.gate = decide(rules, self.status.evaluation, champion, now=self.now)
+            self.status.gate = decide(rules, candidate, champion, now=self.now)
             self.event("Normal" if self.status.gate.outcome == "Passed" else "Warning",
                        f"Gate{self.status.gate.outcome}", _gate_summary(self.status.gate))
         gate = self.status.gate
