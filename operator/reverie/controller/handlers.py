@@ -261,7 +261,7 @@ class Reconciler:
         ordered = sorted((a for a in result.actions if not isinstance(a, EmitEvent | CreateJob)),
                          key=lambda a: 0 if isinstance(a, DeleteJob) else 1)
         for action in ordered:
-            if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds, plan_=result):
+            if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds):
                 lineage_changed = True
         await asyncio.gather(*(self._event(obj, e) for e in events))
         # Only now, with every action applied, is a finished cycle really done (lineage released).
@@ -320,7 +320,7 @@ class Reconciler:
 
     # --- actions -------------------------------------------------------------------------
     async def _apply(self, action: Any, *, obj: Obj, cycle: SleepCycle, lineage: ModelLineage | None,
-                     kinds: dict[str, Resource], plan_: Plan) -> bool:
+                     kinds: dict[str, Resource]) -> bool:
         ns, name = cycle.metadata.namespace, cycle.metadata.name
         if isinstance(action, CreateJob):
             await self._create(action, obj=obj, cycle=cycle, lineage=lineage)

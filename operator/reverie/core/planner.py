@@ -147,8 +147,6 @@ Action = (
     CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
     | RequeueAfter | DeleteCycle
 )
-# Actions that change the lineage: after applying them the controller re-plans at once.
-LINEAGE_ACTIONS = (ClaimLineage, RecordCandidate, Promote, Reject)
 
 
 @dataclass
