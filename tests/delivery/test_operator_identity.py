@@ -27,9 +27,6 @@ from tests.operator.jobsim import JobSim
 pytestmark = pytest.mark.cluster
 
 
-@pytest.mark.xfail(reason="operator bug: reverie.controller.{handlers._login,kube.Kube.request} read the bearer token "
-                          "under api_key['authorization'], but the kubernetes client stores it under 'BearerToken', "
-                          "so a token identity (in-cluster ServiceAccount) signs in as system:anonymous", strict=False)
 def test_operator_signs_in_with_a_service_account_token(cluster: Any, tmp_path: Path) -> None:
     # What the Deployment does in a real cluster: the ServiceAccount's token, not a client certificate.
     log = tmp_path / "operator.log"

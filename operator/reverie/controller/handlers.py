@@ -65,6 +65,7 @@ from reverie.controller.kube import (
     Kube,
     Obj,
     Resource,
+    authorization_header,
     load_configuration,
     mutate_status,
 )
@@ -519,7 +520,7 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _login(**_: Any) -> kopf.ConnectionInfo:
     """Kopf's credentials: the same kubeconfig / in-cluster identity as our own client."""
     cfg = load_configuration(OPTIONS.kubeconfig)
-    token = cfg.get_api_key_with_prefix("authorization") or None
+    token = authorization_header(cfg)
     scheme, _sep, value = token.partition(" ") if token else (None, "", None)
     return kopf.ConnectionInfo(
         server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,

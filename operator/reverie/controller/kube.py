@@ -109,6 +109,18 @@ def load_configuration(kubeconfig: str | None = None) -> Configuration:
     return cfg
 
 
+def authorization_header(cfg: Any) -> str | None:
+    """The ``Authorization`` value the kubernetes client itself would send.
+
+    The client keeps tokens under ``BearerToken`` (aliased ``authorization``);
+    asking through ``auth_settings`` also runs its refresh hook, so rotated
+    ServiceAccount tokens and expiring exec/OIDC tokens stay fresh.
+    """
+    setting = cfg.auth_settings().get("BearerToken")
+    value = setting.get("value") if setting else None
+    return str(value) if value else None
+
+
 @dataclass
 class Kube:
     """Async JSON access to the API server; one per operator process (or per test)."""
@@ -155,8 +167,7 @@ class Kube:
     ) -> Obj:
         """One API call; raise :class:`ApiError` on a non-2xx answer."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # Refreshes rotated ServiceAccount tokens (the in-cluster loader installs the hook).
-        token = self.configuration.get_api_key_with_prefix("authorization")
+        token = authorization_header(self.configuration)
         if token:
             headers["Authorization"] = token
         url = self.configuration.host.rstrip("/") + path
