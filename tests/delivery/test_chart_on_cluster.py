@@ -79,6 +79,7 @@ def _can(cluster: Any, identity: str, verb: str, resource: str, namespace: str |
 NEEDED = [
     ("watch", "sleepcycles.reverie.dev"), ("patch", "sleepcycles.reverie.dev"), ("update", "sleepcycles.reverie.dev/status"),
     ("patch", "modellineages.reverie.dev"), ("update", "modellineages.reverie.dev/status"), ("create", "sleepcycles.reverie.dev"),
+    ("delete", "sleepcycles.reverie.dev"),  # ttlSecondsAfterFinished and schedule history limits
     ("create", "jobs.batch"), ("delete", "jobs.batch"), ("watch", "jobs.batch"),
     ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"),
     ("list", "pods"), ("get", "pods/log"), ("create", "events"), ("create", "events.events.k8s.io"),
@@ -86,7 +87,7 @@ NEEDED = [
 FORBIDDEN = [
     ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods"), ("delete", "pods"),
     ("create", "pods/exec"), ("create", "serviceaccounts/token"), ("create", "roles.rbac.authorization.k8s.io"),
-    ("create", "rolebindings.rbac.authorization.k8s.io"), ("delete", "sleepcycles.reverie.dev"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("delete", "modellineages.reverie.dev"), ("patch", "deployments.apps"), ("delete", "namespaces"),
 ]
 
