@@ -147,6 +147,9 @@ Action = (
     CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
     | RequeueAfter | DeleteCycle
 )
+# Actions that change the lineage: after applying them an executor re-plans at once
+# (the local runner does; the operator re-plans on the lineage's own watch event).
+LINEAGE_ACTIONS = (ClaimLineage, RecordCandidate, Promote, Reject)
 
 
 @dataclass
