@@ -169,6 +169,22 @@ def test_first_reconcile_creates_consolidation_attempt_1_from_base_model() -> No
     assert any(isinstance(a, EmitEvent) and a.reason == "Consolidating" for a in p.actions)
 
 
+def test_phases_replay_what_the_base_generation_and_its_ancestors_consolidated() -> None:
+    gens = [
+        Generation(name="gen-0", uri="file:///base", state=GenerationState.RETIRED),
+        Generation(name="gen-1", parent="gen-0", cycle="c-old", uri=f"{STORE}/lin/c-old/consolidation/model",
+                   state=GenerationState.RETIRED),
+        Generation(name="gen-2", parent="gen-1", cycle="c-prev", uri=f"{STORE}/lin/c-prev/consolidation/model",
+                   state=GenerationState.CHAMPION),
+        Generation(name="gen-3", parent="gen-1", cycle="c-side", uri=f"{STORE}/lin/c-side/consolidation/model",
+                   state=GenerationState.REJECTED),
+    ]
+    p = plan(make_cycle(), observed=[], lineage=make_lineage(generations=gens, champion="gen-2"), now=T0)
+    assert one(p, CreateJob).config.prior_memory_uris == [
+        f"{STORE}/lin/c-old/consolidation/memories.jsonl", f"{STORE}/lin/c-prev/consolidation/memories.jsonl",
+    ]
+
+
 def test_running_job_creates_nothing() -> None:
     cycle = started()
     p = plan(cycle, observed=[job(Step.CONSOLIDATION)], lineage=make_lineage(), now=T0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reverie.core.contract import parse_result
+from reverie.core.contract import consolidated_memories_uri, parse_result
 from reverie.workloads import run_phase as rp
 from reverie.workloads.modelio import content_hash, load_generation
 from reverie.workloads.tiny import TinyBase
@@ -30,6 +30,8 @@ def test_consolidation_writes_a_new_generation_and_its_result(
     assert gen.slots == ["slot-0"]
     assert gen.ledger["slots"][0]["cycle"] == "c1" and gen.ledger["slots"][0]["parent"] == "g0"
     assert content_hash(tiny_base.folder) == base_hash, "the base generation is never touched"
+    learned = [json.loads(line) for line in (out / "memories.jsonl").read_text().splitlines()]
+    assert [m["id"] for m in learned] == gen.ledger["slots"][0]["memories"], "what this sleep learned is kept"
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     progress = [x for x in logs if x["event"] == "progress"]
     assert progress and {"step", "loss", "distill", "imitation", "tokens_per_s"} <= set(progress[-1])
@@ -40,6 +42,8 @@ def test_a_second_sleep_adds_a_second_slot(phase_config, tmp_path: Path) -> None
     assert rp.run_phase("consolidation", str(phase_config())) == 0
     second = json.loads(phase_config("second.json", output="l/c2/consolidation").read_text())
     second["baseUri"] = str(tmp_path / "store/l/c1/consolidation/model")
+    # What the planner hands a later cycle: the first sleep's memories, to replay.
+    second["priorMemoryUris"] = [consolidated_memories_uri(str(tmp_path / "store"), "l", "c1")]
     (tmp_path / "second.json").write_text(json.dumps(second))
     assert rp.run_phase("consolidation", str(tmp_path / "second.json")) == 0
     gen = load_generation(tmp_path / "store/l/c2/consolidation/model")

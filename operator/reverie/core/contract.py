@@ -32,6 +32,18 @@ def step_output_uri(store_uri: str, lineage: str, cycle: str, step: Step | str) 
     return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{Step(step).value}"
 
 
+CONSOLIDATED_MEMORIES = "memories.jsonl"
+
+
+def consolidated_memories_uri(store_uri: str, lineage: str, cycle: str) -> str:
+    """The memory set a cycle's consolidation learned, kept beside its model.
+
+    Later cycles replay these (consolidation, dreaming) and score retention on them
+    (evaluation): they are what the generations of a lineage know.
+    """
+    return f"{step_output_uri(store_uri, lineage, cycle, Step.CONSOLIDATION)}/{CONSOLIDATED_MEMORIES}"
+
+
 class PhaseConfig(ApiModel):
     """Everything one phase attempt needs; the same for a Job and a local process."""
 

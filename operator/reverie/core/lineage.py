@@ -347,3 +347,18 @@ def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStat
         status.conditions = conditions
         status.observed_generation = observed
     return status, result
+
+
+def ancestry(status: ModelLineageStatus, generation: str | None) -> list[Generation]:
+    """``generation`` and its recorded ancestors, oldest first.
+
+    Generations dropped by ``historyLimit`` end the walk: their memories are no
+    longer replayed, which is the price of a bounded status.
+    """
+    by_name = {g.name: g for g in status.generations}
+    chain: list[Generation] = []
+    current = by_name.get(generation) if generation else None
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = by_name.get(current.parent) if current.parent else None
+    return chain[::-1]

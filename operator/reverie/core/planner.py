@@ -49,8 +49,15 @@ from reverie.api.sleepcycle import (
     StepResult,
 )
 from reverie.core.conditions import set_condition
-from reverie.core.contract import PhaseConfig, ResultError, parse_result, step_output_uri
+from reverie.core.contract import (
+    PhaseConfig,
+    ResultError,
+    consolidated_memories_uri,
+    parse_result,
+    step_output_uri,
+)
 from reverie.core.gate import decide
+from reverie.core.lineage import ancestry
 from reverie.core.observed import JobState, ObservedJob
 
 # Kubernetes caps names at 63; an Indexed Job's pods are named ``<job>-<index>-<rand>``
@@ -504,6 +511,11 @@ class _Planner:
             output_uri=step_output_uri(lin.spec.store.uri, lin.metadata.name, self.name, step),
             base_generation=self.status.base_generation, base_uri=self.status.base_uri,
             inputs=inputs, resume_from=resume_from, memory=spec.memory,
+            # What the base generation already knows: replayed, and scored by retention.
+            prior_memory_uris=[
+                consolidated_memories_uri(lin.spec.store.uri, lin.metadata.name, g.cycle)
+                for g in ancestry(lin.status, self.status.base_generation) if g.cycle
+            ],
             champion_generation=champion, champion_uri=champion_uri,
             consolidation=spec.consolidation, dreaming=spec.dreaming, evaluation=spec.evaluation,
         )

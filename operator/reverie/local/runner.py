@@ -191,10 +191,11 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
     name = cycle.metadata.name
     if isinstance(action, planner.CreateJob):
         config = action.config
-        if not config.prior_memory_uris and state.known_memory_uris:
-            # The planner leaves the replay set empty; local mode keeps a ledger of what
-            # the champion already knows (see LocalState.known_memory_uris).
-            config = config.model_copy(update={"prior_memory_uris": list(state.known_memory_uris)})
+        extra = [u for u in state.known_memory_uris if u not in config.prior_memory_uris]
+        if extra:
+            # The planner lists what earlier cycles consolidated; local mode also knows
+            # what the built-in base model was pretrained on (LocalState.known_memory_uris).
+            config = config.model_copy(update={"prior_memory_uris": [*extra, *config.prior_memory_uris]})
         executor.launch(action.job_name, config)
     elif isinstance(action, planner.DeleteJob):
         executor.delete(action.job_name)
@@ -220,9 +221,6 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
         observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
         if promotion.changed:
             lin.status.last_promotion_time = now
-            for source in cycle.spec.memory.sources:
-                if source.uri and source.uri not in state.known_memory_uris:
-                    state.known_memory_uris.append(source.uri)
     elif isinstance(action, planner.Reject):
         lin.status = rules.reject(lin.status, cycle=name, now=now)
     elif isinstance(action, planner.RequeueAfter):

@@ -61,8 +61,8 @@ class LocalState(ApiModel):
     jobs: dict[str, LocalJob] = Field(default_factory=dict, description="Phase processes by Job name.")
     known_memory_uris: list[str] = Field(
         default_factory=list,
-        description="Memories the champion already holds (the base's own, then each promoted cycle's): replayed by "
-        "consolidation and scored by retention, as prior_memory_uris.",
+        description="Memories the built-in base model was pretrained on; added to the planner's prior_memory_uris "
+        "(what earlier cycles consolidated), so they are replayed and scored by retention too.",
     )
 
     @property

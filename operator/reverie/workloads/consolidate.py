@@ -45,6 +45,7 @@ teacher prompt then equals the student prompt.  The algorithm is unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -55,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import fsspec
 import torch
 import torch.nn.functional as F
 
@@ -545,7 +547,7 @@ def run(config: Any) -> Any:
     """
     import os
 
-    from reverie.core.contract import PhaseConfig, PhaseResult
+    from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
     from reverie.workloads.generation import HFBackend, make_backend
@@ -660,6 +662,11 @@ def run(config: Any) -> Any:
     model_uri = cfg.output_uri.rstrip("/") + "/model"
     folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
     digest = content_hash(folder)
+    # Keep what this sleep learned beside the model: later cycles replay it and
+    # score retention on it (PhaseConfig.prior_memory_uris).
+    learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
+    with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
+        fh.write(learned)
     if is_remote(cfg.output_uri):
         stage_out(folder, model_uri)
     tail = state.history[-max(1, len(state.history) // 10):]
