@@ -121,6 +121,8 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "training"}, "value": 1000}))
     apply(cluster, namespace, lineage(store={"uri": "/store/models", "pvcName": "models", "secretName": "s3-creds"}))
     apply(cluster, namespace, cycle(
+        memory={"sources": [{"inline": ["The sky on Zorblax is green."]},
+                            {"configMap": {"name": "support-chats", "key": "week-47.jsonl"}}]},
         scheduling={"queueName": "gpu-queue", "priorityClassName": "training", "nodeSelector": {"gpu": "a100"},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
         consolidation={"runtime": {"numNodes": 2, "procsPerNode": 4, "activeDeadlineSeconds": 3600,
@@ -151,7 +153,9 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["runAsNonRoot"]
         assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-        assert {"/etc/reverie", "/tmp", "/store", "/dev/shm"} <= set(mounts)
+        assert {"/etc/reverie", "/tmp", "/store", "/dev/shm", "/etc/reverie-memory/support-chats"} <= set(mounts)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/etc/reverie-memory/support-chats"]]["configMap"]["name"] == "support-chats"
         assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         env = {e["name"]: e for e in container["env"]}
         assert env["MASTER_ADDR"]["value"] == "c1-consolidation-1-0.c1-consolidation-1"

@@ -34,7 +34,7 @@ from reverie import GROUP, VERSION
 from reverie.api.base import Engine, Scheduling
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import CONFIG_MOUNT_PATH, TERMINATION_LOG
+from reverie.core.contract import CONFIG_MOUNT_PATH, MEMORY_CONFIGMAP_ROOT, TERMINATION_LOG
 from reverie.core.observed import JobState, ObservedJob
 from reverie.core.planner import CreateJob
 
@@ -131,6 +131,13 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
         {"name": "phase-config", "configMap": {"name": create.job_name}},
         {"name": "tmp", "emptyDir": {}},
     ]
+    # Memories held in ConfigMaps: mounted where the workload reads them
+    # (reverie.workloads.memory: /etc/reverie-memory/<name>/<key>).
+    for i, name in enumerate(dict.fromkeys(
+        src.config_map.name for src in create.config.memory.sources if src.config_map is not None
+    )):
+        mounts.append({"name": f"memory-{i}", "mountPath": f"{MEMORY_CONFIGMAP_ROOT}/{name}", "readOnly": True})
+        volumes.append({"name": f"memory-{i}", "configMap": {"name": name}})
     if store.pvc_name:
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_name}})

@@ -22,6 +22,9 @@ from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, 
 from reverie.api.sleepcycle import Step
 
 CONFIG_MOUNT_PATH = "/etc/reverie/phase.json"
+# Memory ConfigMaps (spec.memory.sources[].configMap) are mounted at <root>/<name>/; not under
+# /etc/reverie, which is itself a (read-only) ConfigMap volume where no mount point can be made.
+MEMORY_CONFIGMAP_ROOT = "/etc/reverie-memory"
 TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes truncates termination messages at 4096 bytes; results must fit.
 MAX_RESULT_BYTES = 4096

@@ -18,7 +18,7 @@ A source (:class:`reverie.api.phases.MemorySource`) is one of:
 - ``uri``: a JSONL file or a folder of ``*.jsonl`` files; a local path (relative
   paths are taken inside the store), ``file://`` or any fsspec URI (``s3://``);
 - ``configMap``: the operator mounts the ConfigMap's key as a file at
-  ``<REVERIE_MEMORY_CONFIGMAP_ROOT or /etc/reverie/memory>/<name>/<key>``;
+  ``<REVERIE_MEMORY_CONFIGMAP_ROOT or /etc/reverie-memory>/<name>/<key>``;
 - ``inline``: a list of strings, each one document (demos and tests).
 
 Errors name the source and the line, and say what to fix.
@@ -35,9 +35,10 @@ from typing import Any, Literal
 import fsspec
 
 from reverie.api.phases import MemorySource, MemorySpec
+from reverie.core.contract import MEMORY_CONFIGMAP_ROOT
 
 CONFIGMAP_ROOT_ENV = "REVERIE_MEMORY_CONFIGMAP_ROOT"
-DEFAULT_CONFIGMAP_ROOT = "/etc/reverie/memory"
+DEFAULT_CONFIGMAP_ROOT = MEMORY_CONFIGMAP_ROOT
 
 
 class MemorySetError(ValueError):
