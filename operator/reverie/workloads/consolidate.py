@@ -337,7 +337,7 @@ class TorchTrainer:
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
@@ -547,6 +547,7 @@ def run(config: Any) -> Any:
     """
     import os
 
+    from reverie.api.sleepcycle import Step
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
@@ -687,7 +688,7 @@ def run(config: Any) -> Any:
     # PhaseResult rejects non-finite metrics for this step: drop the ones that do not apply.
     metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
     return PhaseResult(
-        step="consolidation", status="Succeeded", message=f"consolidated {len(memories)} memories into {slot}",
+        step=Step.CONSOLIDATION, status="Succeeded", message=f"consolidated {len(memories)} memories into {slot}",
         metrics=metrics, output_uri=model_uri, content_hash=digest, slot=slot,
         checkpoint_uri=cfg.output_uri.rstrip("/") + "/checkpoints",
     )

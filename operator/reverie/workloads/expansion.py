@@ -35,7 +35,7 @@ def slot_config(*, rank: int, target_modules: Sequence[str], alpha: float | None
     from peft import LoraConfig
 
     return LoraConfig(
-        r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
+        r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,  # type: ignore[arg-type]  # peft annotates int, uses it as a float scale
         target_modules=list(target_modules), init_lora_weights=True, bias="none", task_type="CAUSAL_LM",
     )
 

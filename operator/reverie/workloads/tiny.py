@@ -182,7 +182,7 @@ def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Qwen2Tok
     bpe.train_from_iterator([*list(corpus), *chat_words] * 2, trainer)
     model = json.loads(bpe.to_str())["model"]
     tok = Qwen2Tokenizer(
-        vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],
+        vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],  # type: ignore[misc]  # pairs, as the tokenizer expects
         eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, bos_token=None, padding_side="left",
     )
     tok.add_special_tokens({"additional_special_tokens": [BOS_TURN_TOKEN, EOS_TOKEN]})
@@ -263,7 +263,7 @@ def pretrain(
         ]
         loss = sft_batch_loss(model, tokenizer, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     model.eval()
     return float(loss.detach())
