@@ -112,3 +112,10 @@ def test_termination_log_is_skipped_when_not_writable(phase_config, monkeypatch:
     monkeypatch.setenv("REVERIE_TERMINATION_LOG", str(tmp_path / "no-dir" / "log"))
     assert rp.run_phase("consolidation", str(phase_config(steps=1))) == 0
     assert (tmp_path / "store/l/c1/consolidation/result.json").is_file()
+
+
+def test_a_multi_process_launch_is_refused_with_the_fix(phase_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
+    err = capsys.readouterr().err
+    assert "WORLD_SIZE=8" in err and "numNodes: 1" in err

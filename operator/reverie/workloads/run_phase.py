@@ -86,6 +86,21 @@ def load_phase(step: Step) -> Any:
         raise
 
 
+def check_single_process() -> None:
+    """Refuse a multi-process launch instead of training the same thing N times.
+
+    The operator renders multi-node phases (Indexed Job, rendezvous env), but these
+    workloads do not yet shard work across ranks: every rank would train the same
+    slot and race on the same outputs.  Fail clearly rather than silently.
+    """
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise PhaseConfigError(
+            f"this workload runs in one process, but the pod was launched with WORLD_SIZE={world}; "
+            "set runtime.numNodes: 1 and runtime.procsPerNode: 1 for this phase"
+        )
+
+
 def failure(step: Step, message: str) -> PhaseResult:
     return PhaseResult(step=step, status="Failed", message=message[:1024])
 
@@ -101,6 +116,7 @@ def run_phase(step: str, config_path: str) -> int:
         config = read_config(config_path)
         if Step(config.step) != wanted:
             raise PhaseConfigError(f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}")
+        check_single_process()
         phase = load_phase(wanted)
     except PhaseConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
