@@ -76,24 +76,29 @@ DEFAULT_REPLAY_PROBES = (
 # ----------------------------------------------------------------------------- settings
 
 
+def _spec_default(name: str) -> Any:
+    """The documented default of a ``ConsolidationSpec`` knob: one source of truth for both."""
+    return ConsolidationSpec.model_fields[name].default
+
+
 @dataclass
 class KSSettings:
-    """Knowledge Seeding knobs (the paper's names); see ``ConsolidationSpec`` for the documented defaults."""
+    """Knowledge Seeding knobs (the paper's names), defaulting to ``ConsolidationSpec``'s documented defaults."""
 
-    alpha: float = 0.9
-    beta: float = 0.5
-    lam: float = 0.5
-    gamma: float = 0.5
-    z0: float = 0.5
-    replay_ratio: float = 0.5
-    steps: int = 200
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    group_size: int = 4
-    seed: int = 0
-    checkpoint_every: int = 50
+    alpha: float = _spec_default("alpha")
+    beta: float = _spec_default("beta")
+    lam: float = _spec_default("lam")
+    gamma: float = _spec_default("gamma")
+    z0: float = _spec_default("z0")
+    replay_ratio: float = _spec_default("replay_ratio")
+    steps: int = _spec_default("steps")
+    batch_size: int = _spec_default("batch_size")
+    learning_rate: float = _spec_default("learning_rate")
+    max_new_tokens: int = _spec_default("max_new_tokens")
+    temperature: float = _spec_default("temperature")
+    group_size: int = _spec_default("imitation_group_size")
+    seed: int = _spec_default("seed")
+    checkpoint_every: int = _spec_default("checkpoint_every")
     # Workload-level knobs (not in the CRD): greedy teacher dreams, LTI prompts per step, clipping, logging.
     teacher_temperature: float = 0.0
     lti_prompts: int = 4
