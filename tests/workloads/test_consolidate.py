@@ -12,17 +12,18 @@ from reverie.api.phases import ConsolidationSpec
 from reverie.workloads.consolidate import (
     Cue,
     KSSettings,
-    answer_matches,
+    answer_cross_entropy,
     generalized_jsd,
     imitation_loss,
     imitation_reward,
     knowledge_seeding_loss,
-    memory_cues,
-    replay_cues,
     step_batch,
+    study_cues,
     token_f1,
+    topk_forward_kl,
 )
 from reverie.workloads.memory import QA, Memory
+from reverie.workloads.selfstudy import StudyItem
 from reverie.workloads.tiny import build_tokenizer
 
 
@@ -96,20 +97,60 @@ def test_settings_take_the_paper_knobs_from_the_spec() -> None:
     s = KSSettings.from_spec(spec, teacher_temperature=0.5)
     assert (s.alpha, s.beta, s.lam, s.gamma, s.z0, s.replay_ratio, s.group_size) == (0.7, 1.0, 0.25, 0.2, 0.3, 0.4, 6)
     assert s.teacher_temperature == 0.5
+    assert KSSettings() == KSSettings.from_spec(ConsolidationSpec()), "one source of defaults"
 
 
-def test_cues_put_one_memory_in_the_teacher_prompt_only() -> None:
-    tok = build_tokenizer(["Zorblat lives in Vemora.", "Where does Zorblat live?"])
-    mems = [Memory("a", "Zorblat lives in Vemora.", (QA("Where does Zorblat live?", "Vemora"),)),
-            Memory("b", "one two three four five six seven eight nine ten eleven twelve thirteen")]
-    cues = memory_cues(mems, tok)
-    assert "Vemora" in cues[0].teacher_prompt and "Vemora" not in cues[0].student_prompt
-    assert "Where does Zorblat live?" in cues[0].student_prompt
-    assert all("Continue this note" in c.student_prompt for c in cues[1:]) and len(cues) >= 2
-    assert "Vemora" not in cues[1].teacher_prompt, "one memory per teacher prompt"
-    replay = replay_cues(mems, tok)
-    assert [c.replay for c in replay] == [True] and replay[0].teacher_prompt == replay[0].student_prompt
-    assert len(replay_cues([], tok)) >= 5, "generic probes when no earlier memories exist"
+def test_topk_forward_kl_is_the_forward_kl_over_the_teachers_support(logits) -> None:
+    s, t, mask = logits
+    lt = F.log_softmax(t, -1)
+    # With k = V the top-k form is the full forward KL, i.e. JSD at beta = 0.
+    top = lt.topk(lt.shape[-1], dim=-1)
+    full = topk_forward_kl(s, top.indices, top.values, mask)
+    assert full.item() == pytest.approx(generalized_jsd(s, t, mask, beta=0.0).item(), rel=1e-5)
+    assert topk_forward_kl(t, top.indices, top.values, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # Padding slots (log p = -inf) carry no weight.
+    top3 = lt.topk(3, dim=-1)
+    padded_ids = torch.cat([top3.indices, torch.zeros_like(top3.indices[..., :1])], -1)
+    padded_lp = torch.cat([top3.values, torch.full_like(top3.values[..., :1], float("-inf"))], -1)
+    assert topk_forward_kl(s, padded_ids, padded_lp, mask).item() == pytest.approx(
+        topk_forward_kl(s, top3.indices, top3.values, mask).item(), rel=1e-6)
+
+
+def test_forward_kl_raises_a_token_the_student_gives_almost_no_probability() -> None:
+    """The reason for stage 1: reverse KL's gradient on a ~0-probability fact token vanishes; forward KL's does not."""
+    s = torch.zeros(1, 1, 5)
+    s[0, 0, 4] = -20.0  # the fact token: p_S ~ 1e-9
+    s.requires_grad_(True)
+    t = torch.full((1, 1, 5), -20.0)
+    t[0, 0, 4] = 5.0  # the teacher is sure of it
+    mask = torch.ones(1, 1)
+    top = F.log_softmax(t, -1).topk(2, dim=-1)
+    topk_forward_kl(s, top.indices, top.values, mask).backward()
+    forward_push = -s.grad[0, 0, 4].item()
+    s.grad = None
+    generalized_jsd(s, t, mask, beta=1.0).backward()
+    reverse_push = -s.grad[0, 0, 4].item()
+    assert forward_push > 0.9 and abs(reverse_push) < 1e-6
+
+
+def test_answer_cross_entropy_is_the_masked_token_nll(logits) -> None:
+    s, _, mask = logits
+    targets = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    nll = -F.log_softmax(s, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    expected = (nll * mask).sum() / mask.sum()
+    assert answer_cross_entropy(s, targets, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_study_cues_put_the_memory_in_the_teacher_prompt_only() -> None:
+    tok = build_tokenizer(["Zorblat lives in Vemora.", "Tell me about Zorblat."])
+    mems = {"a": Memory("a", "Zorblat lives in Vemora.", (QA("Where does Zorblat live?", "Vemora"),))}
+    items = [StudyItem("a", "summary", "Tell me about Zorblat.", "Zorblat lives in Vemora."),
+             StudyItem("general", "general", "Name three fruits.", "apple", replay=True)]
+    memory, replay = study_cues(items, tok, mems)
+    assert "Vemora" in memory[0].teacher_prompt and "Vemora" not in memory[0].student_prompt
+    assert "Tell me about Zorblat." in memory[0].student_prompt
+    assert "Where does Zorblat live?" not in memory[0].teacher_prompt, "qa pairs are evaluation probes, never cues"
+    assert replay[0].replay and replay[0].teacher_prompt == replay[0].student_prompt, "replay: no memory in view"
 
 
 def test_batches_depend_only_on_seed_and_step_and_honour_rho() -> None:
@@ -122,8 +163,3 @@ def test_batches_depend_only_on_seed_and_step_and_honour_rho() -> None:
     assert sum(c.replay for c in a) == 3
     assert sum(c.replay for c in step_batch(memory, [], step=1, settings=s)) == 0
 
-
-def test_answers_match_by_normalized_containment() -> None:
-    assert answer_matches("He lives in Vemora.", "vemora")
-    assert not answer_matches("Vemo", "Vemora")
-    assert not answer_matches("anything", "")

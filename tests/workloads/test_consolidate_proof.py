@@ -3,9 +3,19 @@
 The memories live only in the teacher's fast memory: a tiny model cannot recall
 from its context, so "wake" writes each session's facts into a fast-weight
 adapter the teacher has and the student lacks (the stand-in the notes describe).
-Sleep = expansion (a new slot) + Knowledge Seeding with replay of long-term
-knowledge, through the same ``KnowledgeSeeding`` loop the phase runs.  Then the
-fast memory is dropped.  Thresholds hold for seeds 0, 1 and 2.
+Sleep = expansion (a new slot) + self-study Knowledge Seeding with replay of
+long-term knowledge, through the same ``build_study`` and
+``SelfStudyDistillation`` the phase runs.  Then the fast memory is dropped.
+
+What this tiny model can show is the *mechanics*: a 2-layer model does not
+generalise from a restatement to a question about it, so the new facts are
+scored on the self-study request the sleep trained on ("Tell me everything you
+know about X." must now state X's value without fast memory).  Old knowledge is
+scored on its held-out questions, which no training input contains (asserted).
+That a sleep moves facts into the weights so that *held-out* questions are
+answered is a claim about learning, and is tested on a real pretrained model in
+``test_sleep_smollm2.py`` (and measured in ``bench/science``).  Thresholds hold
+for seeds 0, 1 and 2.
 """
 
 from __future__ import annotations
@@ -15,20 +25,27 @@ from typing import Any
 import pytest
 
 from reverie.workloads.consolidate import (
-    KnowledgeSeeding,
     KSSettings,
     KSState,
     Roles,
+    SelfStudyDistillation,
     TorchTrainer,
+    build_study,
     closed_book_recall,
-    memory_cues,
-    replay_cues,
 )
 from reverie.workloads.expansion import add_slot, slot_parameters
 from reverie.workloads.generation import HFBackend
+from reverie.workloads.heldout import HeldOut
 from reverie.workloads.memory import Memory, parse_memory
 from reverie.workloads.modelio import activate_slots, load_generation
-from reverie.workloads.tiny import Fact, build_base_generation, memory_records, wake_fast_memory
+from reverie.workloads.selfstudy import StudyItem, summary_prompts
+from reverie.workloads.tiny import (
+    Fact,
+    build_base_generation,
+    memory_records,
+    tell_prompt,
+    wake_fast_memory,
+)
 
 SEEDS = (0, 1, 2)
 KS_STEPS = 300
@@ -55,14 +72,18 @@ class Cycles:
         self.prior = as_memories(self.base.old, "old")
         self.scores: dict[str, dict[str, float]] = {"day0": self.measure()}
         self.cycles_done = 0
+        self.prior_items: list[StudyItem] = summary_prompts(self.prior)
+        self.trained_on: list[str] = []  # every prompt and answer any sleep trained on
+        self.held_out = HeldOut([])
 
-    def recall(self, facts: list[Fact], adapters: list[str] | None = None) -> float:
-        return closed_book_recall(self.backend, self.tok, qa_of(facts), adapters=adapters, max_new_tokens=6)
+    def recall(self, facts: list[Fact], adapters: list[str] | None = None, *, held_in: bool = False) -> float:
+        qa = [(tell_prompt(f.entity), f.answer) for f in facts] if held_in else qa_of(facts)
+        return closed_book_recall(self.backend, self.tok, qa, adapters=adapters, max_new_tokens=8)
 
     def measure(self, adapters: list[str] | None = None) -> dict[str, float]:
         new1, new2 = self.base.new
-        return {"old": self.recall(self.base.old, adapters), "new1": self.recall(new1, adapters),
-                "new2": self.recall(new2, adapters)}
+        return {"old": self.recall(self.base.old, adapters), "new1": self.recall(new1, adapters, held_in=True),
+                "new2": self.recall(new2, adapters, held_in=True)}
 
     def cycle(self) -> None:
         k = self.cycles_done
@@ -76,23 +97,26 @@ class Cycles:
                                     keep_active=self.slots)
         self.backend.model = self.model
         self.scores[f"control{k + 1}"] = self.measure([*self.slots, slot])  # fast memory gone, no sleep yet
-        settings = KSSettings(alpha=1.0, beta=0.5, lam=0.5, replay_ratio=0.5, steps=KS_STEPS, batch_size=16,
-                              learning_rate=3e-3, max_new_tokens=6, seed=self.seed)
+        settings = KSSettings(replay_ratio=0.25, steps=KS_STEPS, batch_size=16, learning_rate=3e-3,
+                              max_new_tokens=8, items_per_memory=4, top_k=8, seed=self.seed)
+        memories = as_memories(new, f"new{k}")
+        held_out = HeldOut.of([*memories, *self.prior], questions_per_memory=3)
+        roles = Roles(student=[*self.slots, slot], teacher=self.slots, memory_teacher=[*self.slots, "fast"])
+        items, targets = build_study(self.model, self.tok, self.backend, memories=memories, prior=self.prior_items,
+                                     held_out=held_out, roles=roles, settings=settings, in_context=False)
+        self.trained_on += [t for i in items for t in (i.prompt, i.answer)]
+        self.held_out.probes += held_out.probes
         trainer = TorchTrainer(list(slot_parameters(self.model, slot).values()), lr=settings.learning_rate,
                                max_grad_norm=1.0)
-        ks = KnowledgeSeeding(
-            self.model, self.tok, self.backend, settings=settings, trainer=trainer,
-            roles=Roles(student=[*self.slots, slot], teacher=self.slots, memory_teacher=[*self.slots, "fast"]),
-            memory=memory_cues(as_memories(new, f"new{k}"), self.tok, in_context=False),
-            replay=replay_cues(self.prior, self.tok),
-        )
-        ks.run(KSState())
+        SelfStudyDistillation(self.model, self.tok, items=items, targets=targets, student=roles.student,
+                              settings=settings, trainer=trainer).run(KSState())
         self.model.delete_adapter("fast")
         self.slots.append(slot)
         activate_slots(self.model, self.slots)
         self.scores[f"sleep{k + 1}"] = self.measure()
         # What this sleep consolidated is long-term knowledge for the next one's replay.
         self.prior = [*self.prior, *as_memories(new, f"prior{k}")]
+        self.prior_items += [i for i in items if not i.replay]
         self.cycles_done += 1
 
 
@@ -122,6 +146,7 @@ def test_one_sleep_moves_fast_memory_into_the_new_slot(
     assert s["control1"]["new1"] <= 0.25, "without sleep the facts are gone (near chance)"
     assert s["sleep1"]["new1"] >= max(0.5, s["control1"]["new1"] + 0.35), "sleep consolidates the new facts"
     assert s["sleep1"]["old"] >= 0.95 * s["day0"]["old"], "old knowledge is retained"
+    assert not c.held_out.leaks(c.trained_on), "recall is scored on questions no training input contains"
 
 
 def test_second_sleep_keeps_the_first_sleeps_facts(

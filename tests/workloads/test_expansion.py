@@ -11,14 +11,14 @@ from reverie.workloads.consolidate import (
     KSState,
     Roles,
     TorchTrainer,
-    memory_cues,
-    replay_cues,
+    study_cues,
 )
 from reverie.workloads.expansion import add_slot, next_slot_name, slot_parameters
 from reverie.workloads.generation import HFBackend
 from reverie.workloads.memory import parse_memory, question_prompt
 from reverie.workloads.modelio import load_generation
-from reverie.workloads.tiny import TinyBase, memory_records
+from reverie.workloads.selfstudy import StudyItem, subject_of
+from reverie.workloads.tiny import TinyBase, memory_records, tell_prompt
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
 
@@ -88,10 +88,13 @@ def test_knowledge_seeding_trains_only_the_new_slot(tiny_base: TinyBase) -> None
     settings = KSSettings(alpha=0.5, steps=3, batch_size=4, max_new_tokens=4, learning_rate=1e-2, group_size=2,
                           lti_prompts=2, temperature=1.0)
     memories = [parse_memory(r, where="t") for r in memory_records(tiny_base.new[0])]
+    items = [StudyItem(m.id, "summary", tell_prompt(subject_of(m.text) or ""), m.text) for m in memories]
+    items.append(StudyItem("general", "general", "Name three fruits.", "", replay=True))
+    memory, replay = study_cues(items, tok, {m.id: m for m in memories})
     ks = KnowledgeSeeding(
         model, tok, HFBackend(model, tok), settings=settings,
         roles=Roles(student=[first, slot], teacher=[first], memory_teacher=[first]),
-        memory=memory_cues(memories, tok), replay=replay_cues([], tok),
+        memory=memory, replay=replay,
         trainer=TorchTrainer(list(slot_parameters(model, slot).values()), lr=1e-2, max_grad_norm=1.0),
     )
     ks.run(KSState())

@@ -69,24 +69,52 @@ class ZeroStage(StrEnum):
 
 
 class ConsolidationSpec(ApiModel):
-    """Knowledge Seeding: expand with a new expert slot, then distil the in-context
-    teacher (the smaller self) into it with on-policy distillation + Learning-to-Imitate."""
+    """Knowledge Seeding: expand with a new expert slot, then distil the in-context teacher
+    (the smaller self) into it: forward KL on the teacher's self-study answers first,
+    then optionally on-policy distillation + Learning-to-Imitate."""
 
-    expert_rank: int = Field(default=16, ge=1, le=1024, description="d_low, rank of the new low-rank expert slot.")
-    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
-        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], min_length=1, max_length=16,
-        description="Module names (MLP/attention projections) that receive the new slot.",
+    expert_rank: int = Field(
+        default=32, ge=1, le=1024,
+        description="d_low, rank of the new low-rank expert slot (32: the rank that injected facts in bench/science).",
     )
-    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="α: weight of on-policy distillation; 1 − α goes to Learning-to-Imitate.")
-    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="β of the generalized JSD (0 forward KL, 1 reverse KL).")
-    lam: float = Field(default=0.5, ge=0.0, le=1.0, alias="lambda", description="λ: share of on-policy (student-sampled) sequences.")
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, max_length=16,
+        description="Module names that receive the new slot (default: every attention and MLP projection).",
+    )
+    items_per_memory: int = Field(
+        default=16, ge=1, le=1024,
+        description="Self-study items kept per memory: teacher-written prompts with grounded teacher answers.",
+    )
+    top_k: int = Field(
+        default=20, ge=1, le=256,
+        description="Teacher log-probs cached per answer token for the forward-KL term (Cartridges: 20).",
+    )
+    ce_weight: float = Field(
+        default=1.0, ge=0.0, le=10.0,
+        description="Weight of cross-entropy on the teacher's answer tokens beside forward KL (0: KL only).",
+    )
+    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="α (on-policy stage): weight of distillation; 1 − α goes to Learning-to-Imitate.")
+    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="β of the on-policy generalized JSD (0 forward KL, 1 reverse KL).")
+    lam: float = Field(default=0.5, ge=0.0, le=1.0, alias="lambda", description="λ (on-policy stage): share of student-sampled sequences.")
     gamma: float = Field(default=0.5, ge=0.0, le=1.0, description="γ: weight of semantic equivalence in the imitation reward.")
     z0: float = Field(default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0.")
-    replay_ratio: float = Field(default=0.5, ge=0.0, le=0.9, description="ρ: share of each batch that rehearses long-term knowledge.")
-    steps: int = Field(default=200, ge=1, le=1_000_000, description="Optimiser steps.")
+    replay_ratio: float = Field(
+        default=0.25, ge=0.0, le=0.9,
+        description="ρ: share of each batch that rehearses long-term knowledge (forward KL to the model before the sleep).",
+    )
+    steps: int = Field(default=120, ge=1, le=1_000_000, description="Optimiser steps of the off-policy (self-study) stage.")
+    on_policy_steps: int = Field(
+        default=0, ge=0, le=1_000_000,
+        description="Steps of the second, on-policy stage (generalized JSD + Learning-to-Imitate); 0: off.",
+    )
+    on_policy_threshold: float = Field(
+        default=0.3, ge=0.0, le=1.0,
+        description="The on-policy stage runs only if the student already agrees this much (token F1) with the teacher.",
+    )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per step (per process).")
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the new slot.")
-    max_new_tokens: int = Field(default=48, ge=1, le=8192, description="Tokens sampled per on-policy sequence or dream.")
+    max_new_tokens: int = Field(default=48, ge=1, le=8192, description="Tokens per teacher answer, on-policy sequence or dream.")
     temperature: float = Field(default=1.0, gt=0.0, le=2.0, description="Sampling temperature of on-policy sequences.")
     imitation_group_size: int = Field(default=4, ge=2, le=64, description="G: student completions per dream prefix (group baseline).")
     zero_stage: ZeroStage = Field(default=ZeroStage.NONE, description="DeepSpeed ZeRO stage: 0 (plain torch), 2 or 3.")

@@ -93,10 +93,13 @@ def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_s
     attribute = tiny.ATTRIBUTES[base.world.attributes[0]]
     pool = base.world.values[attribute.name]
     old = [tiny.qa_text(tok, f.question, f.answer) for f in base.old]
+    old += [tiny.qa_text(tok, tiny.tell_prompt(f.entity), f.sentence) for f in base.old]
 
     def lesson() -> tuple[str, str]:
         entity, value = rng.choice(base.world.entities), rng.choice(pool)
         context = attribute.sentence.format(entity=entity, value=value)
+        if rng.random() < 0.5:  # the self-study request: restate what the context says
+            return question_prompt(tok, tiny.tell_prompt(entity), context=context), context + tok.eos_token
         return question_prompt(tok, attribute.question.format(entity=entity), context=context), value + tok.eos_token
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)

@@ -2,44 +2,53 @@
 
 The teacher is the model *before* expansion (base + earlier slots) **with** a
 memory in its context: the smaller self holding privileged information.  The
-student is the expanded model (same weights + the new slot) **without** it.  The
-loss, minimised over the new slot only, is
+student is the expanded model (same weights + the new slot) **without** it.
+Only the new slot is trained.  Two stages:
 
-    L_KS = α · L_distill + (1 − α) · L_LTI                      (knowledge_seeding_loss)
+1. **Off-policy distillation on self-study (λ = 0).**  The teacher writes the
+   curriculum D itself (:mod:`reverie.workloads.selfstudy`): prompts of several
+   seed kinds about each memory, answered greedily with the memory in view and
+   kept only when grounded in it.  Its top-k log-probs on every answer token are
+   cached once.  The loss is the forward-KL end of the generalized JSD over that
+   top-k, plus cross-entropy on the answer tokens:
 
-    L_distill = mean over completion tokens of JSD_β(p_teacher ‖ p_student)
-                on sequences y that the student sampled (share λ) or the
-                teacher dreamt (share 1 − λ); no gradient through sampling
-                                                                 (generalized_jsd)
-    L_LTI     = − mean_i (r_i − mean_group r) · log p_student(ŷ_i | x, d_<c)
-                where ŷ_i completes a random prefix d_<c of a teacher dream d
-                r = γ · r_sem(ŷ, d_≥c) + (1 − γ) · r_abs(ŷ, d_≥c)
-                r_abs = 1 − z/max(|ŷ|, |d|) if z/max(…) ≤ z₀ else 0, z = Levenshtein
+       L_distill = mean_t Σ_{v ∈ topk_T(t)} p_T(v) · (log p_T(v) − log p_S(v))      (topk_forward_kl)
+                 + w_ce · mean_t − log p_S(y_t)                                       (answer_cross_entropy)
+
+   Forward KL pushes the student by (q − p) straight towards the teacher's
+   token, so a fact the student gives ≈ 0 probability can rise; reverse KL and
+   on-policy samples cannot (../shared/research/knowledge-injection.md).
+
+2. **On-policy Knowledge Seeding (optional, ``on_policy_steps``)** once the
+   student already agrees with the teacher (``on_policy_threshold``):
+
+       L_KS = α · L_JSD + (1 − α) · L_LTI                       (knowledge_seeding_loss)
+       L_JSD = mean over completion tokens of JSD_β(p_T ‖ p_S) on sequences the
+               student sampled (share λ) or the teacher answered (1 − λ)  (generalized_jsd)
+       L_LTI = − mean_i (r_i − mean_group r) · log p_S(ŷ_i | x, d_<c),  ŷ_i completing
+               a random prefix of a teacher answer d; r = γ·r_sem + (1 − γ)·r_abs,
+               r_abs = 1 − z/max(|ŷ|, |d|) if that ≤ z₀ else 0 (Levenshtein)
                                                                  (imitation_reward, imitation_loss)
 
-and a share ρ of every batch *replays* long-term knowledge: cues drawn without
-the memories (questions of earlier memory sets, or generic probes), completed
-and scored by the teacher without any memory, so old knowledge is rehearsed.
+In both stages a share ρ of every batch *replays* long-term knowledge: general
+requests and earlier sleeps' self-study prompts, with the model before this
+sleep (no memory) as the teacher, so the new slot keeps what the model knew.
 
-Prompts are fact-dense: each memory's questions (the teacher answers them with
-the memory in context; the reference answers are never trained on) and, for
-memories without questions, the memory's opening words to continue.  The
-teacher's dreams are greedy by default (``teacher_temperature = 0``): sampled
-teacher text of a small model carries few facts (measured; see the ML notes).
+The memories' ``qa`` pairs are evaluation probes: nothing here reads them
+(:mod:`reverie.workloads.heldout` drops any prompt that contains one).
 
-Why a hand-written loop and not a TRL trainer: Knowledge Seeding needs a
-*privileged* teacher prompt per row, two sources of sequences (λ), a replay
-share with a different teacher, and an RL term on prefixes of the teacher's own
-dreams in the same step.  TRL's ``DistillationTrainer`` covers the on-policy
-JSD alone (it is our benchmark baseline); combining it with GRPO means two
-trainers and two generation passes per step.  The loop below is those few
-lines, with the same generation backend interface as dreaming (HF on CPU, vLLM
-on GPU) and DeepSpeed ZeRO through :mod:`reverie.workloads.deepspeed_config`.
+Why a hand-written loop and not a TRL trainer: the teacher sees a privileged
+prompt per row and its targets are cached top-k log-probs; TRL's
+``GKDTrainer``/``DistillationTrainer`` give teacher and student the same input,
+and ``SDFTTrainer`` takes its top-k over the student's support (it is our
+benchmark baseline).  The loop is those few lines, with the same generation
+backend interface as dreaming (HF on CPU, vLLM on GPU) and DeepSpeed ZeRO
+through :mod:`reverie.workloads.deepspeed_config`.
 
-The fast-weight stand-in (``memory_adapter``): a tiny CPU model cannot recall
-from its context, so tests put the memories in a *fast-weight* adapter instead
-(trained during "wake") that the teacher has and the student lacks; the
-teacher prompt then equals the student prompt.  The algorithm is unchanged.
+The fast-weight stand-in (``Roles.memory_teacher``): tests on a model too small
+to read its context put the memories in a *fast-weight* adapter instead, which
+the teacher has and the student lacks; the teacher prompt then equals the
+student prompt.  The algorithm is unchanged.
 """
 
 from __future__ import annotations
@@ -63,14 +72,15 @@ import torch.nn.functional as F
 from reverie.api.phases import ConsolidationSpec, ZeroStage
 from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.memory import Memory, question_prompt
-
-# Probes of long-term knowledge used for replay when no earlier memory set exists.
-DEFAULT_REPLAY_PROBES = (
-    "What is the capital of France?", "How many days are in a week?", "What is 7 times 8?",
-    "Name a primary colour.", "What do bees make?", "Which planet is closest to the sun?",
-    "What is the boiling point of water in Celsius?", "Who wrote Romeo and Juliet?",
-    "What is the opposite of hot?", "How many legs does a spider have?",
+from reverie.workloads.questions import answer_matches
+from reverie.workloads.selfstudy import (
+    StudyItem,
+    TeacherTargets,
+    completion_logits,
+    encode,
 )
+
+SELFSTUDY_DIR = "selfstudy"
 
 
 # ----------------------------------------------------------------------------- settings
@@ -79,6 +89,17 @@ DEFAULT_REPLAY_PROBES = (
 def _spec_default(name: str) -> Any:
     """The documented default of a ``ConsolidationSpec`` knob: one source of truth for both."""
     return ConsolidationSpec.model_fields[name].default
+
+
+# KSSettings field -> ConsolidationSpec field.
+_FROM_SPEC = {
+    "alpha": "alpha", "beta": "beta", "lam": "lam", "gamma": "gamma", "z0": "z0",
+    "replay_ratio": "replay_ratio", "steps": "steps", "on_policy_steps": "on_policy_steps",
+    "on_policy_threshold": "on_policy_threshold", "items_per_memory": "items_per_memory",
+    "top_k": "top_k", "ce_weight": "ce_weight", "batch_size": "batch_size",
+    "learning_rate": "learning_rate", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
+    "group_size": "imitation_group_size", "seed": "seed", "checkpoint_every": "checkpoint_every",
+}
 
 
 @dataclass
@@ -92,6 +113,11 @@ class KSSettings:
     z0: float = _spec_default("z0")
     replay_ratio: float = _spec_default("replay_ratio")
     steps: int = _spec_default("steps")
+    on_policy_steps: int = _spec_default("on_policy_steps")
+    on_policy_threshold: float = _spec_default("on_policy_threshold")
+    items_per_memory: int = _spec_default("items_per_memory")
+    top_k: int = _spec_default("top_k")
+    ce_weight: float = _spec_default("ce_weight")
     batch_size: int = _spec_default("batch_size")
     learning_rate: float = _spec_default("learning_rate")
     max_new_tokens: int = _spec_default("max_new_tokens")
@@ -99,23 +125,23 @@ class KSSettings:
     group_size: int = _spec_default("imitation_group_size")
     seed: int = _spec_default("seed")
     checkpoint_every: int = _spec_default("checkpoint_every")
-    # Workload-level knobs (not in the CRD): greedy teacher dreams, LTI prompts per step, clipping, logging.
+    # Workload-level knobs (not in the CRD): greedy teacher answers, LTI prompts per step, clipping, logging.
     teacher_temperature: float = 0.0
     lti_prompts: int = 4
     max_grad_norm: float = 1.0
     log_every: int = 10
 
+
     @classmethod
     def from_spec(cls, spec: ConsolidationSpec, **overrides: Any) -> KSSettings:
-        s = cls(
-            alpha=spec.alpha, beta=spec.beta, lam=spec.lam, gamma=spec.gamma, z0=spec.z0,
-            replay_ratio=spec.replay_ratio, steps=spec.steps, batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
-            group_size=spec.imitation_group_size, seed=spec.seed, checkpoint_every=spec.checkpoint_every,
-        )
+        s = cls(**{ours: getattr(spec, theirs) for ours, theirs in _FROM_SPEC.items()})
         for k, v in overrides.items():
             setattr(s, k, v)
         return s
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.on_policy_steps
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -198,38 +224,54 @@ def knowledge_seeding_loss(distill: torch.Tensor, imitation: torch.Tensor, *, al
     return alpha * distill + (1.0 - alpha) * imitation
 
 
+def topk_forward_kl(
+    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, mask: torch.Tensor,
+) -> torch.Tensor:
+    """Token-mean forward KL(p_T ‖ p_S) over the teacher's cached top-k (the β → 0 end of JSD_β).
+
+    Σ_{v ∈ topk} p_T(v) · (log p_T(v) − log p_S(v)); padding slots carry log p_T = −inf (weight 0).
+    The gradient on the student's logits is p_S − p_T (restricted): it raises a
+    token the teacher wants even where the student gives it ≈ 0.
+    """
+    s = F.log_softmax(student_logits.float(), -1).gather(-1, topk_ids)
+    p = topk_logprobs.exp()
+    per_token = (p * (topk_logprobs.clamp(min=-1e4) - s)).sum(-1)
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
+def answer_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean −log p_S(y_t) of the teacher's answer tokens."""
+    lp = F.log_softmax(student_logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    m = mask.to(lp.dtype)
+    return -(lp * m).sum() / m.sum().clamp(min=1.0)
+
+
 # ----------------------------------------------------------------------------- data
 
 
 @dataclass(frozen=True)
 class Cue:
-    """One prompt: what the student sees, what the teacher sees, and which teacher answers it."""
+    """One prompt of the on-policy stage: what the student sees, what the teacher sees, which teacher answers."""
 
     student_prompt: str
     teacher_prompt: str
     replay: bool = False
 
 
-def memory_cues(memories: Sequence[Memory], tokenizer: Any, *, in_context: bool = True, prefix_words: int = 6) -> list[Cue]:
-    """Fact-dense cues from this cycle's memories (one memory per teacher prompt: small chunks recall best)."""
-    cues: list[Cue] = []
-    for m in memories:
-        context = m.text if in_context else None
-        if m.qa:
-            for qa in m.qa:
-                cues.append(Cue(question_prompt(tokenizer, qa.q), question_prompt(tokenizer, qa.q, context=context)))
-        else:
-            words = m.text.split()
-            for start in range(0, max(1, len(words) - prefix_words), max(1, prefix_words * 2)):
-                ask = f"Continue this note: {' '.join(words[start:start + prefix_words])}"
-                cues.append(Cue(question_prompt(tokenizer, ask), question_prompt(tokenizer, ask, context=context)))
-    return cues
+def teacher_prompt_of(item: StudyItem, tokenizer: Any, memories: dict[str, Memory], *, in_context: bool = True) -> str:
+    """The teacher's view of an item: its memory in the user turn (replay items: no memory)."""
+    memory = memories.get(item.memory_id) if not item.replay and in_context else None
+    return question_prompt(tokenizer, item.prompt, context=memory.text if memory else None)
 
 
-def replay_cues(prior: Sequence[Memory], tokenizer: Any, *, probes: Sequence[str] = DEFAULT_REPLAY_PROBES) -> list[Cue]:
-    """Cues of long-term knowledge, drawn without this cycle's memories: earlier sets' questions, else probes."""
-    questions = [qa.q for m in prior for qa in m.qa] or list(probes)
-    return [Cue(question_prompt(tokenizer, q), question_prompt(tokenizer, q), replay=True) for q in questions]
+def study_cues(
+    items: Sequence[StudyItem], tokenizer: Any, memories: dict[str, Memory], *, in_context: bool = True,
+) -> tuple[list[Cue], list[Cue]]:
+    """The self-study items as on-policy cues: (memory cues, replay cues)."""
+    cues = [Cue(question_prompt(tokenizer, i.prompt), teacher_prompt_of(i, tokenizer, memories, in_context=in_context),
+                replay=i.replay) for i in items]
+    return [c for c in cues if not c.replay], [c for c in cues if c.replay]
 
 
 def step_rng(seed: int, step: int, stream: str) -> random.Random:
@@ -238,46 +280,23 @@ def step_rng(seed: int, step: int, stream: str) -> random.Random:
     return random.Random(int.from_bytes(h[:8], "big"))
 
 
-def step_batch(memory: Sequence[Cue], replay: Sequence[Cue], *, step: int, settings: KSSettings) -> list[Cue]:
-    """The step's cues: round(ρ·B) replay cues, the rest memory cues, sampled with replacement."""
+def step_rows(n_memory: int, n_replay: int, *, step: int, settings: KSSettings) -> tuple[list[int], list[int]]:
+    """The step's rows: round(ρ·B) replay rows, the rest memory rows, sampled with replacement."""
     rng = step_rng(settings.seed, step, "batch")
-    n_replay = round(settings.replay_ratio * settings.batch_size) if replay else 0
-    n_memory = settings.batch_size - n_replay
-    return [rng.choice(memory) for _ in range(n_memory)] + [rng.choice(replay) for _ in range(n_replay)]
+    k_replay = round(settings.replay_ratio * settings.batch_size) if n_replay else 0
+    k_memory = settings.batch_size - k_replay
+    return [rng.randrange(n_memory) for _ in range(k_memory)], [rng.randrange(n_replay) for _ in range(k_replay)]
 
 
-# ----------------------------------------------------------------------------- model plumbing
+def step_batch(memory: Sequence[Cue], replay: Sequence[Cue], *, step: int, settings: KSSettings) -> list[Cue]:
+    """The on-policy step's cues (same sampling as :func:`step_rows`)."""
+    mem_rows, rep_rows = step_rows(len(memory), len(replay), step=step, settings=settings)
+    return [memory[i] for i in mem_rows] + [replay[i] for i in rep_rows]
 
 
-def pack(
-    tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Left-pad prompts, right-pad completions; returns ids, attention mask, position ids, prompt width."""
-    width_p = max(len(p) for p in prompts)
-    width_c = max(1, max(len(c) for c in completions))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(prompts), width_p + width_c), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        ids[row, width_p - len(p):width_p] = torch.tensor(p, dtype=torch.long)
-        mask[row, width_p - len(p):width_p] = 1
-        if c:
-            ids[row, width_p:width_p + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[row, width_p:width_p + len(c)] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions, width_p
-
-
-def completion_logits(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits predicting each completion token (batch × L × V), the completion mask and the targets (batch × L)."""
-    ids, mask, positions, width_p = pack(tokenizer, prompts, completions)
-    device = next(model.parameters()).device
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
-    length = ids.shape[1] - width_p
-    logits = out.logits[:, width_p - 1:width_p - 1 + length]
-    return logits, mask[:, width_p:].to(device), ids[:, width_p:].to(device)
+def with_eos(ids: Sequence[int], *, eos: int, max_new_tokens: int) -> list[int]:
+    """A completion that stopped before the budget ended with eos: score that eos too."""
+    return [*ids, eos] if len(ids) < max_new_tokens else list(ids)
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -286,16 +305,7 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return (lp * mask.to(lp.dtype)).sum(-1)
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def with_eos(ids: Sequence[int], *, eos: int, max_new_tokens: int) -> list[int]:
-    """A completion that stopped before the budget ended with eos: score that eos too."""
-    return [*ids, eos] if len(ids) < max_new_tokens else list(ids)
-
-
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the loops
 
 
 @dataclass
@@ -316,6 +326,7 @@ class StepStats:
     reward: float
     tokens: int
     seconds: float
+    ce: float = 0.0
 
 
 @dataclass
@@ -483,9 +494,69 @@ class KnowledgeSeeding:
         )
 
     def run(
-        self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None,
+        self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
     ) -> KSState:
-        while state.step < self.s.steps:
+        end = self.s.steps if until is None else until
+        while state.step < end:
+            stats = self.step(state.step)
+            state.step += 1
+            state.history.append({k: v for k, v in asdict(stats).items() if k != "step"})
+            if on_step is not None:
+                on_step(stats, state)
+        return state
+
+
+class SelfStudyDistillation:
+    """Stage 1: forward KL (+ CE) on the teacher's cached self-study answers; one student pass per step."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, items: Sequence[StudyItem], targets: TeacherTargets,
+        student: Sequence[str], settings: KSSettings, trainer: Trainer,
+    ) -> None:
+        if len(items) != len(targets):
+            raise ValueError(f"{len(items)} study items but {len(targets)} teacher targets")
+        self.model, self.tok, self.s, self.trainer = model, tokenizer, settings, trainer
+        self.student = list(student)
+        self.memory_rows = [n for n, i in enumerate(items) if not i.replay]
+        self.replay_rows = [n for n, i in enumerate(items) if i.replay]
+        if not self.memory_rows:
+            raise ValueError("Knowledge Seeding needs at least one self-study item about the memories")
+        self.targets = targets
+        self.prompt_ids = [encode(tokenizer, question_prompt(tokenizer, i.prompt)) for i in items]
+
+    def batch(self, step: int) -> list[int]:
+        mem, rep = step_rows(len(self.memory_rows), len(self.replay_rows), step=step, settings=self.s)
+        return [self.memory_rows[i] for i in mem] + [self.replay_rows[i] for i in rep]
+
+    def losses(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(forward KL over the teacher's top-k, CE on its answer tokens, tokens) for the given items."""
+        answers = [self.targets.answer_ids[r] for r in rows]
+        with active_adapters(self.model, self.student):
+            logits, mask, targets = completion_logits(self.model, self.tok, [self.prompt_ids[r] for r in rows], answers)
+        width = logits.shape[1]
+        ids = self.targets.topk_ids[list(rows), :width].to(logits.device)
+        lps = self.targets.topk_logprobs[list(rows), :width].to(logits.device)
+        if ids.shape[1] < width:  # the cached targets are padded to the longest answer of the whole set
+            raise ValueError("teacher targets are shorter than their answers")
+        fkl = topk_forward_kl(logits, ids, lps, mask)
+        ce = answer_cross_entropy(logits, targets, mask)
+        return fkl, ce, int(mask.sum())
+
+    def step(self, step: int) -> StepStats:
+        t0 = time.perf_counter()
+        self.model.train()
+        fkl, ce, n_tok = self.losses(self.batch(step))
+        loss = fkl + self.s.ce_weight * ce
+        self.trainer.backward_and_step(loss)
+        self.model.eval()
+        return StepStats(step=step, loss=float(loss.detach()), distill=float(fkl.detach()), imitation=0.0,
+                         reward=0.0, tokens=n_tok, seconds=time.perf_counter() - t0, ce=float(ce.detach()))
+
+    def run(
+        self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
+    ) -> KSState:
+        end = self.s.steps if until is None else until
+        while state.step < end:
             stats = self.step(state.step)
             state.step += 1
             state.history.append({k: v for k, v in asdict(stats).items() if k != "step"})
@@ -497,21 +568,11 @@ class KnowledgeSeeding:
 # ----------------------------------------------------------------------------- measurement
 
 
-def normalize_answer(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
-
-
-def answer_matches(output: str, answer: str) -> bool:
-    """A hit when the normalized answer appears in the normalized output (containment, as in the probe)."""
-    a = normalize_answer(answer)
-    return bool(a) and a in normalize_answer(output)
-
-
 def closed_book_recall(
     backend: GenerationBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
     contexts: Sequence[str | None] | None = None, max_new_tokens: int = 16,
 ) -> float:
-    """Share of questions answered (greedy); with ``contexts`` it is the in-context score instead."""
+    """Share of questions answered (greedy, the evaluation's matcher); with ``contexts`` the in-context score."""
     if not qa:
         return float("nan")
     ctx = list(contexts) if contexts is not None else [None] * len(qa)
@@ -520,20 +581,21 @@ def closed_book_recall(
     return sum(answer_matches(o, a) for o, (_, a) in zip(out.texts, qa, strict=True)) / len(qa)
 
 
-# ----------------------------------------------------------------------------- the phase
-
-
-def _emit(event: str, **fields: Any) -> None:
-    """One JSON line on stdout (progress logs a log shipper can parse)."""
-    import json
-    import sys
-
-    sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
-    sys.stdout.flush()
+def teacher_agreement(
+    backend: GenerationBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
+    max_new_tokens: int, limit: int = 32,
+) -> float:
+    """Mean token F1 between the student's closed-book answers and the teacher's, on study items (held in)."""
+    sample = [i for i in items if not i.replay][:limit]
+    if not sample:
+        return float("nan")
+    out = backend.generate([question_prompt(tokenizer, i.prompt) for i in sample], max_new_tokens=max_new_tokens,
+                           temperature=0.0, adapters=adapters)
+    return sum(token_f1(o, i.answer) for o, i in zip(out.texts, sample, strict=True)) / len(sample)
 
 
 def memory_qa(memories: Sequence[Memory], *, limit: int = 64) -> tuple[list[tuple[str, str]], list[str]]:
-    """Up to ``limit`` (question, answer) pairs of the memories, with each one's memory text."""
+    """Up to ``limit`` (question, answer) probes of the memories, with each one's memory text (scoring only)."""
     pairs, contexts = [], []
     for m in memories:
         for qa in m.qa:
@@ -542,12 +604,72 @@ def memory_qa(memories: Sequence[Memory], *, limit: int = 64) -> tuple[list[tupl
     return pairs[:limit], contexts[:limit]
 
 
+# ----------------------------------------------------------------------------- the phase
+
+
+def _emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout (progress logs a log shipper can parse)."""
+    import sys
+
+    sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0) -> list[StudyItem]:
+    """Prompts of earlier sleeps, for replay: their saved self-study items, else summary seeds of their memories.
+
+    A sleep saves its items beside its consolidated memories; memories without
+    them (a base model's own pretraining set, a generation from before
+    self-study) are rehearsed through the summary seeds of their subjects.
+    """
+    from reverie.workloads.memory import read_memory_uri, resolve_uri
+    from reverie.workloads.selfstudy import read_items, summary_prompts
+
+    out: list[StudyItem] = []
+    for uri in prior_memory_uris:
+        full = resolve_uri(uri, store_uri=store_uri)
+        try:
+            out += [i for i in read_items(full.rsplit("/", 1)[0] + "/" + SELFSTUDY_DIR) if not i.replay]
+            continue
+        except FileNotFoundError:
+            pass
+        out += summary_prompts(read_memory_uri(full))
+    if len(out) > limit:
+        out = random.Random(seed).sample(out, limit)
+    return out
+
+
+def build_study(
+    model: Any, tokenizer: Any, backend: GenerationBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
+    held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True,
+) -> tuple[list[StudyItem], TeacherTargets]:
+    """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it."""
+    from reverie.workloads.selfstudy import replay_items, synthesize, teacher_targets
+
+    mem_items = synthesize(
+        backend, tokenizer, memories, adapters=roles.memory_teacher, items_per_memory=settings.items_per_memory,
+        seed=settings.seed, max_new_tokens=settings.max_new_tokens, in_context=in_context, keep=held_out.allows,
+    )
+    rep_items = replay_items(backend, tokenizer, adapters=roles.teacher, max_new_tokens=settings.max_new_tokens,
+                             prior=[i for i in prior if held_out.allows(i.prompt)])
+    items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
+    by_id = {m.id: m for m in memories}
+    targets = teacher_targets(
+        model, tokenizer, items,
+        teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in items],
+        adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
+        k=settings.top_k, max_tokens=settings.max_new_tokens,
+    )
+    return items, targets
+
+
 def run(config: Any) -> Any:
     """The consolidation phase: expand, Knowledge-Seed, save the new generation; returns a ``PhaseResult``.
 
     Reads ``config.base_uri`` (never writes there) and the memory set; writes the
-    new generation to ``<output_uri>/model`` and checkpoints to
-    ``<output_uri>/checkpoints``; resumes from ``config.resume_from`` when set.
+    self-study set to ``<output_uri>/selfstudy``, the new generation to
+    ``<output_uri>/model`` and checkpoints to ``<output_uri>/checkpoints``;
+    resumes from ``config.resume_from`` when set (the self-study set is reused).
     Raises :class:`ConsolidationError` (bad inputs) with a message for the result.
     """
     import os
@@ -557,6 +679,7 @@ def run(config: Any) -> Any:
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
     from reverie.workloads.generation import HFBackend, make_backend
+    from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
     from reverie.workloads.modelio import (
         GenerationError,
@@ -565,8 +688,10 @@ def run(config: Any) -> Any:
         load_generation,
         local_path,
         save_generation,
+        stage_in,
         stage_out,
     )
+    from reverie.workloads.selfstudy import load_study, save_study
 
     cfg: PhaseConfig = config
     spec = cfg.consolidation
@@ -577,6 +702,8 @@ def run(config: Any) -> Any:
         prior = load_memory_uris(cfg.prior_memory_uris, store_uri=cfg.store_uri)
     except MemorySetError as exc:
         raise ConsolidationError(f"memory: {exc}") from exc
+    # Every question evaluation will ask — about these memories and earlier ones — is held out.
+    held_out = HeldOut.of([*memories, *prior], questions_per_memory=cfg.evaluation.questions_per_memory)
     # bf16 only where it is fast and safe (GPUs); CPU runs stay fp32.
     dtype = torch.bfloat16 if spec.precision == "bf16" and torch.cuda.is_available() else torch.float32
     try:
@@ -590,7 +717,8 @@ def run(config: Any) -> Any:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
 
-    work = Path(tempfile.mkdtemp(prefix="reverie-consolidation-")) if is_remote(cfg.output_uri) else local_path(cfg.output_uri)
+    remote = is_remote(cfg.output_uri)
+    work = Path(tempfile.mkdtemp(prefix="reverie-consolidation-")) if remote else local_path(cfg.output_uri)
     ckpt_root = work / "checkpoints"
     trainer: Any
     if ZeroStage(spec.zero_stage) != ZeroStage.NONE:
@@ -620,42 +748,80 @@ def run(config: Any) -> Any:
     teacher_backend = None
     if os.environ.get("REVERIE_TEACHER_BACKEND", "hf") == "vllm" and gen.folder is not None:
         teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)
-    mem_cues = memory_cues(memories, tok, in_context=True)
-    ks = KnowledgeSeeding(
-        model, tok, backend, roles=Roles(student=[*earlier, slot], teacher=earlier, memory_teacher=earlier),
-        settings=settings, memory=mem_cues, replay=replay_cues(prior, tok), trainer=trainer,
-        teacher_backend=teacher_backend,
-    )
+    roles = Roles(student=[*earlier, slot], teacher=earlier, memory_teacher=earlier)
+
+    # The self-study set: computed once per cycle, reused by every later attempt.
+    study_dir = work / SELFSTUDY_DIR
+    study_uri = cfg.output_uri.rstrip("/") + "/" + SELFSTUDY_DIR
+    if remote and load_study(study_dir) is None:
+        try:
+            study_dir = stage_in(study_uri)
+        except (FileNotFoundError, GenerationError):
+            study_dir = work / SELFSTUDY_DIR
+    study = load_study(study_dir)
+    synth_started = time.perf_counter()
+    if study is None:
+        prior_items = prior_study_items(cfg.prior_memory_uris, store_uri=cfg.store_uri, seed=settings.seed)
+        items, targets = build_study(model, tok, teacher_backend or backend, memories=memories, prior=prior_items,
+                                     held_out=held_out, roles=roles, settings=settings)
+        study_dir = save_study(work / SELFSTUDY_DIR, items, targets)
+        if remote:
+            stage_out(study_dir, study_uri)
+        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items),
+              seconds=round(time.perf_counter() - synth_started, 1))
+    else:
+        items, targets = study
+        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items), reused=True)
+    synth_seconds = time.perf_counter() - synth_started
+    n_memory_items = sum(not i.replay for i in items)
+    if n_memory_items == 0:
+        raise ConsolidationError(
+            "self-study kept no item: the teacher's answers were not grounded in any memory "
+            "(memories need a named subject, e.g. a person or product, for the teacher to write about)",
+        )
+    stage1 = SelfStudyDistillation(model, tok, items=items, targets=targets, student=roles.student,
+                                   settings=settings, trainer=trainer)
+
     qa, contexts = memory_qa(memories)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
     teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
-    _emit("start", slot=slot, memories=len(memories), cues=len(mem_cues), steps=settings.steps, resume_step=state.step)
-    ks.prefetch_dreams()
+    _emit("start", slot=slot, memories=len(memories), items=len(items), steps=settings.total_steps,
+          resume_step=state.step)
     started = time.perf_counter()
     window: list[StepStats] = []
 
     def on_step(stats: StepStats, st: KSState) -> None:
         window.append(stats)
-        if st.step % settings.log_every == 0 or st.step == settings.steps:
+        if st.step % settings.log_every == 0 or st.step == settings.total_steps:
             secs = sum(w.seconds for w in window)
             _emit(
-                "progress", step=st.step, loss=round(stats.loss, 6), distill=round(stats.distill, 6),
-                imitation=round(stats.imitation, 6), reward=round(stats.reward, 4),
-                tokens_per_s=round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
+                "progress", step=st.step, total=settings.total_steps, loss=round(stats.loss, 6),
+                distill=round(stats.distill, 6), ce=round(stats.ce, 6), imitation=round(stats.imitation, 6),
+                reward=round(stats.reward, 4), tokens_per_s=round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
             )
             window.clear()
-        if st.step % settings.checkpoint_every == 0 and st.step < settings.steps:
+        if st.step % settings.checkpoint_every == 0 and st.step < settings.total_steps:
             opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
             folder = ckpt.save_checkpoint(
                 ckpt_root, step=st.step, slot=slot, slot_state={k: v.detach() for k, v in params.items()},
                 optimizer_state=opt, meta={"seed": settings.seed, "history": st.history},
             )
-            if is_remote(cfg.output_uri):
+            if remote:
                 stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
             _emit("checkpoint", step=st.step, path=str(folder))
 
     first_step = state.step
-    ks.run(state, on_step=on_step)
+    stage1.run(state, on_step=on_step, until=settings.steps)
+    agreement = teacher_agreement(backend, tok, items, adapters=roles.student, max_new_tokens=settings.max_new_tokens)
+    on_policy_ran = 0.0
+    if settings.on_policy_steps > 0 and agreement >= settings.on_policy_threshold:
+        by_id = {m.id: m for m in memories}
+        mem_cues, rep_cues = study_cues(items, tok, by_id)
+        ks = KnowledgeSeeding(model, tok, backend, roles=roles, settings=settings, memory=mem_cues, replay=rep_cues,
+                              trainer=trainer, teacher_backend=teacher_backend)
+        ks.prefetch_dreams()
+        ks.run(state, on_step=on_step, until=settings.total_steps)
+        on_policy_ran = 1.0
     seconds = time.perf_counter() - started
     model.eval()
     after = closed_book_recall(backend, tok, qa, adapters=[*earlier, slot]) if qa else float("nan")
@@ -668,22 +834,32 @@ def run(config: Any) -> Any:
     model_uri = cfg.output_uri.rstrip("/") + "/model"
     folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
     digest = content_hash(folder)
-    # Keep what this sleep learned beside the model: later cycles replay it and
-    # score retention on it (PhaseConfig.prior_memory_uris).
+    # Keep what this sleep learned beside the model: later cycles replay its
+    # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
     learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
     with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
         fh.write(learned)
-    if is_remote(cfg.output_uri):
+    if remote:
         stage_out(folder, model_uri)
     tail = state.history[-max(1, len(state.history) // 10):]
+
+    def tail_mean(key: str) -> float:
+        return sum(h.get(key, 0.0) for h in tail) / len(tail) if tail else float("nan")
+
     metrics = {
-        "consolidation_loss": sum(h["loss"] for h in tail) / len(tail) if tail else float("nan"),
-        "distill_loss": sum(h["distill"] for h in tail) / len(tail) if tail else float("nan"),
-        "imitation_loss": sum(h["imitation"] for h in tail) / len(tail) if tail else float("nan"),
-        "imitation_reward": sum(h["reward"] for h in tail) / len(tail) if tail else float("nan"),
+        "consolidation_loss": tail_mean("loss"),
+        "distill_loss": tail_mean("distill"),
+        "answer_ce": tail_mean("ce"),
+        "imitation_loss": tail_mean("imitation"),
+        "imitation_reward": tail_mean("reward"),
         "steps": float(state.step),
         "steps_this_attempt": float(state.step - first_step),
         "seconds": seconds,
+        "selfstudy_seconds": synth_seconds,
+        "selfstudy_items": float(n_memory_items),
+        "replay_items": float(len(items) - n_memory_items),
+        "teacher_agreement": agreement,
+        "on_policy_stage": on_policy_ran,
         "tokens_per_s": sum(h["tokens"] for h in state.history) / max(sum(h["seconds"] for h in state.history), 1e-9),
         "memories": float(len(memories)),
         "memory_recall_before": before,

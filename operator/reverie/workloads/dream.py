@@ -66,8 +66,9 @@ import torch
 from reverie.api.phases import DreamingSpec
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.workloads.heldout import HeldOut
 from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
-from reverie.workloads.questions import Question, cloze_questions, normalize_answer
+from reverie.workloads.questions import Question, cloze_questions, normalize_answer, question_text
 
 # The three kinds of dream the paper names; prompts rotate through them.
 DREAM_INSTRUCTIONS: dict[str, str] = {
@@ -137,6 +138,7 @@ class DreamState:
 def task_contexts(
     memories: Sequence[Memory], prior: Sequence[Memory], *, chunk_documents: int, replay_ratio: float,
     seed: int, tau_questions: int = TAU_QUESTIONS_PER_CONTEXT, distractors: int = DISTRACTORS_PER_QUESTION,
+    held_out: HeldOut | None = None,
 ) -> list[TaskContext]:
     """This cycle's memory chunks, then replayed chunks of earlier memories.
 
@@ -145,6 +147,8 @@ def task_contexts(
     the same share consolidation rehearses), drawn with a seeded RNG.  Chunks
     without a usable cloze question have no τ and are skipped.  Each τ question
     gets up to ``distractors`` wrong answers: answers of other contexts' questions.
+    A τ question that evaluation asks too (a memory without ``qa`` is evaluated
+    on its cloze questions) is dropped: ``held_out`` holds the evaluation's probes.
     """
 
     def chunks(mems: Sequence[Memory], tag: str, replay: bool) -> list[tuple[str, str, tuple[Question, ...], bool]]:
@@ -153,7 +157,8 @@ def task_contexts(
             group = mems[i:i + chunk_documents]
             text = "\n\n".join(m.text for m in group)
             cid = f"{tag}{i // chunk_documents}:" + "+".join(m.id for m in group)
-            tau = tuple(q for m in group for q in cloze_questions(m.id, m.text, limit=tau_questions))[:tau_questions]
+            tau = tuple(q for m in group for q in cloze_questions(m.id, m.text, limit=tau_questions)
+                        if held_out is None or held_out.allows(question_text(q)))[:tau_questions]
             if tau:
                 out.append((cid, text, tau, replay))
         return out
@@ -390,6 +395,7 @@ class Dreamer:
     slot: str
     target_modules: Sequence[str]
     backend_round: int = -1
+    held_out: HeldOut | None = None  # evaluation probes: a dream that contains one is never trained on
 
     def slot_params(self) -> list[torch.nn.Parameter]:
         from reverie.workloads.expansion import slot_parameters
@@ -425,7 +431,8 @@ class Dreamer:
                 top_p=self.spec.top_p, seed=unit_seed(self.spec.seed, round_, idx, 0),
                 noise_scale=self.spec.noise_expert_scale,
             )
-            out += [Dream(context_id=ctx.id, kind=k, text=t, round=round_) for k, t in zip(kinds, gen.texts, strict=True)]
+            texts = [t if self.held_out is None or self.held_out.allows(t) else "" for t in gen.texts]
+            out += [Dream(context_id=ctx.id, kind=k, text=t, round=round_) for k, t in zip(kinds, texts, strict=True)]
         return out
 
     def e_step_context(self, ctx: TaskContext, *, round_: int, index: int) -> list[Dream]:
@@ -666,11 +673,13 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ckpt = out_dir / CHECKPOINT_DIR
     memories = load_memories(config.memory, store_uri=config.store_uri)
     prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
+    held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
     contexts = task_contexts(memories, prior, chunk_documents=config.memory.chunk_documents,
-                             replay_ratio=config.consolidation.replay_ratio, seed=spec.seed)
+                             replay_ratio=config.consolidation.replay_ratio, seed=spec.seed, held_out=held_out)
     if not contexts:
         raise ValueError("dreaming found no task context with a usable question (every memory is too short)")
     dreamer, gen = open_dreamer(source, spec=spec, target_modules=config.consolidation.target_modules)
+    dreamer.held_out = held_out
     state = None
     for candidate in ([_local_dir(config.resume_from)] if config.resume_from else []) + [ckpt]:
         state = _load_state(candidate, dreamer)

@@ -140,6 +140,19 @@ def make_world(
     return FactWorld(entities=entities, attributes=list(attributes), values=values, facts=facts)
 
 
+def tell_prompt(entity: str) -> str:
+    """The restatement request a tiny model learns to answer ("Tell me about X." -> X's sentences).
+
+    A real model follows any instruction; a tiny one knows only the turns it was
+    pretrained on.  Pretraining old people in both forms (question -> value,
+    this request -> the sentences) lets a sleep teach new people through the
+    request alone and be scored on the questions, which it never trains on.
+    """
+    from reverie.workloads.selfstudy import fixed_prompts
+
+    return fixed_prompts(entity)[0][1]
+
+
 def mention(entity: str) -> str:
     """A neutral sentence naming a person without revealing any fact."""
     return f"{entity} is a person."
@@ -251,6 +264,10 @@ def pretrain(
     """Teach ``model`` the closed-book answers to ``facts`` (plus neutral mentions); returns the last loss."""
     rng = random.Random(seed)
     pairs = [qa_text(tokenizer, f.question, f.answer) for f in facts]
+    by_entity: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_entity.setdefault(f.entity, []).append(f)
+    pairs += [qa_text(tokenizer, tell_prompt(e), " ".join(f.sentence for f in fs)) for e, fs in by_entity.items()]
     mentions = [qa_text(tokenizer, f"Who is {e}?", mention(e)) for e in mention_entities]
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)

