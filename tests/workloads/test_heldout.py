@@ -20,7 +20,13 @@ from reverie.workloads.heldout import HeldOut, evaluation_probes
 from reverie.workloads.memory import QA, Memory, load_memory_uris
 from reverie.workloads.questions import Question
 from reverie.workloads.selfstudy import grounded, read_items, subject_of, written_question
-from reverie.workloads.tiny import TinyBase, memory_records, tell_prompt, write_memories_jsonl
+from reverie.workloads.tiny import (
+    TinyBase,
+    build_tokenizer,
+    memory_records,
+    tell_prompt,
+    write_memories_jsonl,
+)
 
 
 def test_probes_are_every_qa_pair_or_else_the_cloze_questions() -> None:
@@ -87,3 +93,31 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
     held = HeldOut.of(memories, questions_per_memory=cfg.evaluation.questions_per_memory)
     assert any(q.question == tell_prompt(first) for q in held.probes)
     assert held.leaks(training) == []
+
+
+class EchoTeacher:
+    """A generation backend whose every answer restates the memory in its prompt (a perfect, grounded teacher)."""
+
+    def __init__(self, memories: list[Memory]) -> None:
+        self.memories = memories
+
+    def generate(self, prompts, **_kwargs):
+        from reverie.workloads.generation import Generated
+
+        texts = [next((m.text for m in self.memories if m.text in p), "Who is Zorblat Venqui?") for p in prompts]
+        return Generated(texts=texts, token_ids=[[] for _ in texts])
+
+
+def test_synthesis_drops_a_self_study_prompt_that_is_an_evaluation_probe() -> None:
+    from reverie.workloads.selfstudy import synthesize
+
+    probe = tell_prompt("Zorblat Venqui")
+    memory = Memory("a", "Zorblat Venqui lives in Vemora and builds boats.", (QA(probe, "Vemora"),))
+    tok = build_tokenizer([memory.text, probe])
+    held = HeldOut.of([memory], questions_per_memory=3)
+    kwargs = {"adapters": [], "items_per_memory": 20, "seed": 0, "max_new_tokens": 16}
+    unfiltered = synthesize(EchoTeacher([memory]), tok, [memory], **kwargs)
+    assert probe in [i.prompt for i in unfiltered], "without the filter the probe would be trained on"
+    kept = synthesize(EchoTeacher([memory]), tok, [memory], keep=held.allows, **kwargs)
+    assert kept and probe not in [i.prompt for i in kept]
+    assert held.leaks([t for i in kept for t in (i.prompt, i.answer)]) == []

@@ -55,7 +55,7 @@ def smollm2_folder(cache: str | Path | None = None) -> Path:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     if tok.pad_token_id is None:
