@@ -338,7 +338,7 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--people", type=int, default=20)
     p.add_argument("--steps", type=int, default=None, help="training steps per sleep (default: ConsolidationSpec's)")
-    p.add_argument("--arms", default="base,incontext,sft,sdft,reverie,sleep")
+    p.add_argument("--arms", default=None, help="default: base,incontext,sft,sdft,reverie,sleep (--quick: no sdft, sleep)")
     p.add_argument("--consolidation", type=json.loads, default={}, help="ConsolidationSpec overrides (JSON, camelCase)")
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-science"))
     p.add_argument("--step-cost", action="store_true")
@@ -346,8 +346,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     a = p.parse_args()
     if a.quick:
-        a.seeds, a.cycles, a.arms = "0", 1, "base,incontext,sft,reverie"
-    a.arms = set(a.arms.split(","))
+        a.seeds, a.cycles = "0", 1
+    a.arms = set((a.arms or ("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep"))
+                 .split(","))
     if a.steps is None:
         from reverie.api.phases import ConsolidationSpec
 
