@@ -119,3 +119,23 @@ def test_a_multi_process_launch_is_refused_with_the_fix(phase_config, monkeypatc
     assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
     err = capsys.readouterr().err
     assert "WORLD_SIZE=8" in err and "numNodes: 1" in err
+
+
+def test_the_on_policy_stage_follows_the_self_study_stage_when_the_student_agrees(
+    phase_config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert rp.run_phase("consolidation", str(phase_config(steps=3, onPolicySteps=2, onPolicyThreshold=0.0))) == 0
+    result = parse_result((tmp_path / "store/l/c1/consolidation/result.json").read_text(), step="consolidation")
+    assert result.metrics["on_policy_stage"] == 1.0 and result.metrics["steps"] == 5.0
+    progress = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"progress"' in line]
+    assert progress[-1]["step"] == 5 and progress[-1]["total"] == 5
+
+
+def test_the_on_policy_stage_waits_for_agreement(phase_config, tmp_path: Path, monkeypatch) -> None:
+    from reverie.workloads import consolidate
+
+    # A student that does not yet agree with its teacher (the tiny model agrees at once on 4 tokens).
+    monkeypatch.setattr(consolidate, "teacher_agreement", lambda *a, **k: 0.1)
+    assert rp.run_phase("consolidation", str(phase_config(steps=2, onPolicySteps=2, onPolicyThreshold=0.3))) == 0
+    result = parse_result((tmp_path / "store/l/c1/consolidation/result.json").read_text(), step="consolidation")
+    assert result.metrics["on_policy_stage"] == 0.0 and result.metrics["steps"] == 2.0
