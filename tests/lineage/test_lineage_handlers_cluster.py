@@ -17,6 +17,7 @@ from .conftest import (
     condition,
     cycle_template,
     eventually,
+    finish_export,
     lineage_manifest,
     lineage_operator,
     lineage_status,
@@ -235,11 +236,14 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
         got = await api.get(serving.INFERENCESERVICES, namespace, "chat")
         return got["spec"]["predictor"]["model"]["storageUri"] == uri
 
+    merged = "file:///store/demo/servable/gen-1/merged"
     with lineage_operator(cluster, namespace, monkeypatch, interval=0.3):
-        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="serving healed after restart")
+        # The restarted operator starts the champion's export; once it completes, serving gets the merged form.
+        await finish_export(api, namespace, "demo-serve-gen-1-merged")
+        assert await eventually(lambda: storage_uri_is(merged), what="serving healed after restart")
         # Someone points the InferenceService elsewhere by hand: the timer puts the champion back.
         await api.merge_patch(serving.INFERENCESERVICES, namespace, "chat", {"spec": {"predictor": {"model": {"storageUri": "s3://elsewhere"}}}})
-        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="drift undone")
+        assert await eventually(lambda: storage_uri_is(merged), what="drift undone")
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
-    assert synced and synced["status"] == "True" and status["servingUri"] == "file:///store/demo/c1"
+    assert synced and synced["status"] == "True" and status["servingUri"] == merged

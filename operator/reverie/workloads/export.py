@@ -126,7 +126,7 @@ def _write_merged(folder: Path, tmp: Path, dirs: Sequence[Path]) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = _stored_dtype(AutoConfig.from_pretrained(folder))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # fold in fp32, store as the base was
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # fold in fp32, store as the base was
     if dirs:
         with tempfile.TemporaryDirectory(prefix="reverie-stack-") as scratch:
             fold_adapter(model, stacked_adapter(dirs, Path(scratch) / "adapter"))
