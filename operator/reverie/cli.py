@@ -210,7 +210,11 @@ def ask(
         columns = ask_models(targets, questions, compare=compare, max_new_tokens=max_new_tokens,
                              store_uri=lin.spec.store.uri)
     except (AskError, GenerationError) as exc:
-        raise fail(str(exc)) from exc
+        hint = ""
+        if lineage is not None and isinstance(exc, GenerationError):
+            hint = ("; `ask --lineage` reads the champion from this machine: an s3:// store needs its credentials "
+                    "in the environment, a PVC path is only readable inside the cluster")
+        raise fail(f"{exc}{hint}") from exc
     table = Table(header_style="bold", show_lines=True)
     table.add_column("QUESTION")
     for column in columns:

@@ -1,7 +1,7 @@
 """Local mode after a promotion: the champion's servable form, `reverie ask` and `reverie export` on a run.
 
-The run is built by hand (no cycle runs): an untrained tiny base as gen-0 and a
-gen-1 with one slot whose B is non-zero, as a finished local sleep leaves them.
+The run is built by hand (tests/local/generations.py): an untrained tiny base as
+gen-0 and a gen-1 with one slot whose B is non-zero, as a finished sleep leaves them.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from tests.local.generations import build, status
 from typer.testing import CliRunner
 
 from reverie.api.lineage import ModelLineage
-from reverie.core.contract import consolidated_memories_uri
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, save_state
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FACTS = ["Zorblat lives in Vemora.", "Quillan lives in Ostrava.", "Mirelle works as a potter."]
 
 
 class Events:
@@ -35,22 +33,8 @@ class Events:
 @pytest.fixture(scope="module")
 def generations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(store, gen-0 folder, gen-1 folder)."""
-    from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.modelio import save_generation
-    from reverie.workloads.tiny import build_tiny_model, build_tokenizer, write_memories_jsonl
-
-    torch.set_num_threads(1)
     store = tmp_path_factory.mktemp("run") / ".reverie" / "store"
-    tok = build_tokenizer([*FACTS, "Where does Zorblat live?"], vocab_size=300)
-    model = build_tiny_model(tok, seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
-    g0 = save_generation(model, tok, store / "lin" / "gen-0")
-    model, name = add_slot(model, rank=2, target_modules=["down_proj"])
-    with torch.no_grad():
-        for p in slot_parameters(model, name).values():
-            p.add_(0.1 * torch.randn_like(p))
-    g1 = save_generation(model, tok, store / "lin" / "c1" / "dreaming" / "model")
-    records = [{"id": f"mem-{i}", "text": t, "qa": []} for i, t in enumerate(FACTS)]
-    write_memories_jsonl(consolidated_memories_uri(str(store), "lin", "c1"), records)
+    g0, g1 = build(store)
     return store, g0, g1
 
 
@@ -60,12 +44,7 @@ def lineage(store: Path, g0: Path, g1: Path, *, champion: str = "gen-1", target:
     if target:
         spec["servingTarget"] = target
     return ModelLineage.model_validate({
-        "metadata": {"name": "lin"}, "spec": spec,
-        "status": {"champion": champion, "championUri": str(g1 if champion == "gen-1" else g0), "generations": [
-            {"name": "gen-0", "uri": str(g0), "state": "Retired" if champion == "gen-1" else "Champion"},
-            {"name": "gen-1", "parent": "gen-0", "cycle": "c1", "uri": str(g1),
-             "state": "Champion" if champion == "gen-1" else "Retired"},
-        ]},
+        "metadata": {"name": "lin"}, "spec": spec, "status": status(g0, g1, champion=champion),
     })
 
 
