@@ -100,6 +100,15 @@ def test_reverie_ask_compares_champion_base_and_teacher(generations: tuple[Path,
     assert "memory mem-0" in result.output, "the teacher sees the memory about Zorblat"
 
 
+def test_reverie_ask_compare_before_any_sleep_says_there_is_no_teacher(generations: tuple[Path, Path, Path]) -> None:
+    from reverie.cli import app
+
+    store, g0, g1 = generations
+    save_state(store.parent, LocalState(lineage=lineage(store, g0, g1, champion="gen-0")))
+    result = CliRunner().invoke(app, ["ask", str(store.parent.parent), "Where?", "--compare"])
+    assert result.exit_code == 1 and "no sleep yet" in result.output
+
+
 def test_reverie_ask_without_a_run_says_what_to_do(tmp_path: Path) -> None:
     from reverie.cli import app
 

@@ -106,6 +106,9 @@ def ask(targets: AskTargets, questions: Sequence[str], *, compare: bool = False,
     from reverie.workloads.memory import MemorySetError, load_memory_uris
 
     name, uri = targets.champion
+    if compare and not targets.memory_uris:
+        raise AskError(f"the champion {name} has had no sleep yet, so there are no memories to put in the teacher's "
+                       "context; ask without --compare")
     columns = [Column(f"champion ({name})", answers(uri, questions, max_new_tokens=max_new_tokens))]
     if not compare:
         return columns
