@@ -122,6 +122,9 @@ def sleep(
     if outcome.report is not None:
         console.print(f"report: [link=file://{outcome.report}]{outcome.report}[/link]")
     phase = str(cycle.status.phase)
+    served = outcome.state.lineage.status.servable
+    if phase == "Succeeded" and served is not None and served.generation == cycle.status.generation:
+        console.print(f"servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} \"<question>\" --compare[/dim]")
     if phase == "AwaitingApproval":
         console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
     elif phase in ("Succeeded", "Rejected") and not again:

@@ -74,6 +74,7 @@ def test_sleep_runs_a_whole_cycle_from_nothing(smoke_run: tuple[Path, subprocess
         assert servable is not None and servable.generation == "gen-1" and servable.form == "merged"
         assert state.lineage.status.serving_uri == servable.uri
         assert (Path(servable.uri) / "model.safetensors").is_file() and not (Path(servable.uri) / "slots").exists()
+        assert "servable champion (merged)" in out and "reverie ask" in out
     assert state.lineage.status.active_cycle is None
     for job in state.jobs.values():  # every phase ran once, as a `reverie run-phase` process with its config
         assert job.launches == 1 and job.state == "Succeeded"
