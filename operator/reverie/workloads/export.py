@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,13 @@ import torch
 from reverie.api.lineage import ServableForm
 from reverie.workloads.modelio import (
     LEDGER,
-    SLOTS_DIR,
+    Generation,
     GenerationError,
     content_hash,
     is_remote,
+    load_generation,
     local_path,
-    read_ledger,
-    stage_in,
+    save_slot,
     stage_out,
 )
 
@@ -60,24 +59,18 @@ class ExportError(GenerationError):
     """A generation that cannot be exported in the asked form; the message says why and what to do."""
 
 
-def slot_dirs(folder: Path) -> list[Path]:
-    """The slot folders of a generation, in ledger order, each checked to be a plain LoRA adapter."""
-    dirs = []
-    for entry in read_ledger(folder)["slots"]:
-        d = folder / SLOTS_DIR / entry["name"]
-        if not (d / "adapter_config.json").is_file() or not (d / "adapter_model.safetensors").is_file():
-            raise ExportError(f"{folder}: slot {entry['name']!r} is listed in {LEDGER} but {d} is incomplete")
-        cfg = json.loads((d / "adapter_config.json").read_text())
-        if cfg.get("peft_type", "LORA") != "LORA":
-            raise ExportError(f"{d}: a {cfg.get('peft_type')} adapter; only LoRA slots can be exported")
-        # Features a plain ``W + s·B·A`` fold with one (r, alpha) per slot does not cover.
-        unsupported = {k: cfg.get(k) for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern") if cfg.get(k)}
-        if cfg.get("bias", "none") != "none":
-            unsupported["bias"] = cfg["bias"]
+def check_slots(gen: Generation) -> None:
+    """Every slot must be a plain LoRA adapter: one (r, alpha) per slot, no DoRA, bias or extra modules."""
+    for name in gen.slots:
+        cfg = gen.model.peft_config[name]
+        if str(getattr(cfg, "peft_type", "LORA")).rsplit(".", 1)[-1] != "LORA":
+            raise ExportError(f"{gen.folder}: slot {name!r} is a {cfg.peft_type} adapter; only LoRA slots can be exported")
+        unsupported = {k: getattr(cfg, k, None) for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
+                       if getattr(cfg, k, None)}
+        if getattr(cfg, "bias", "none") != "none":
+            unsupported["bias"] = cfg.bias
         if unsupported:
-            raise ExportError(f"{d}: adapter_config sets {unsupported}; export folds plain LoRA slots only")
-        dirs.append(d)
-    return dirs
+            raise ExportError(f"{gen.folder}: slot {name!r} sets {unsupported}; export folds plain LoRA slots only")
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -97,11 +90,20 @@ def _stored_dtype(config: Any) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def stacked_adapter(dirs: Sequence[Path], out: Path) -> Path:
-    """Write the slots of ``dirs`` as one rank-Σrᵢ adapter (scaling folded into B, ``lora_alpha = r``)."""
+def stacked_adapter(gen: Generation, scratch: Path) -> Path:
+    """Write the slots of ``gen`` as one rank-Σrᵢ adapter (scaling folded into B, ``lora_alpha = r``) under ``scratch``.
+
+    The slots are taken from the loaded generation (each saved as the standard
+    PEFT folder :func:`~reverie.workloads.modelio.save_slot` writes), so where
+    a generation keeps its slots is :mod:`reverie.workloads.modelio`'s business alone.
+    """
     from reverie.workloads.generation import combine_adapters
 
-    return combine_adapters(dirs, out)
+    dirs = []
+    for name in gen.slots:
+        save_slot(gen.model, name, scratch / "slots" / name)
+        dirs.append(scratch / "slots" / name)
+    return combine_adapters(dirs, scratch / "stacked")
 
 
 def fold_adapter(model: Any, adapter: Path) -> None:
@@ -122,25 +124,29 @@ def fold_adapter(model: Any, adapter: Path) -> None:
             weight.add_((delta.T if cfg.get("fan_in_fan_out") else delta).to(weight.dtype))
 
 
-def _write_merged(folder: Path, tmp: Path, dirs: Sequence[Path]) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _write_merged(gen: Generation, stacked: Path | None, tmp: Path) -> None:
+    from transformers import AutoConfig
 
-    dtype = _stored_dtype(AutoConfig.from_pretrained(folder))
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # fold in fp32, store as the base was
-    if dirs:
-        with tempfile.TemporaryDirectory(prefix="reverie-stack-") as scratch:
-            fold_adapter(model, stacked_adapter(dirs, Path(scratch) / "adapter"))
-    model.to(dtype).save_pretrained(tmp)
-    _copy_tokenizer(folder, tmp)
+    assert gen.folder is not None
+    dtype = _stored_dtype(AutoConfig.from_pretrained(gen.folder))
+    # Loaded in fp32 (load_generation's default): fold there, store as the base was stored.
+    model: Any = gen.model.unload() if gen.slots else gen.model  # the base, LoRA layers removed unmerged
+    if stacked is not None:
+        fold_adapter(model, stacked)
+    model = model.to(dtype)
+    model.config.dtype = dtype
+    model.save_pretrained(tmp)
+    _copy_tokenizer(gen.folder, tmp)
 
 
-def _write_adapter(folder: Path, tmp: Path, dirs: Sequence[Path], *, base_ref: str) -> None:
-    if not dirs:
+def _write_adapter(gen: Generation, stacked: Path | None, tmp: Path, *, base_ref: str) -> None:
+    if stacked is None:
         raise ExportError(
-            f"{folder} has no expert slots, so it has no adapter form: it is its base model; "
+            f"{gen.folder} has no expert slots, so it has no adapter form: it is its base model; "
             "serve the folder itself, or export --form merged"
         )
-    stacked_adapter(dirs, tmp)
+    for path in stacked.iterdir():
+        shutil.copy2(path, tmp / path.name)
     cfg_path = tmp / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.update({"base_model_name_or_path": base_ref, "inference_mode": True})
@@ -157,22 +163,23 @@ def export_generation(
     ``config.json`` + base weights are that base.
     """
     form = ServableForm(form)
-    folder = stage_in(str(uri))
-    if not (folder / "config.json").is_file():
-        raise ExportError(f"{uri}: not a generation folder (no config.json)")
-    dirs = slot_dirs(folder)
+    gen = load_generation(uri)  # base + every slot, exactly as evaluation loads it
+    assert gen.folder is not None
+    check_slots(gen)
     remote = is_remote(str(out))
     target = Path(tempfile.mkdtemp(prefix="reverie-export-")) / "servable" if remote else local_path(str(out))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=target.parent))
     try:
-        if form == ServableForm.MERGED:
-            _write_merged(folder, tmp, dirs)
-        else:
-            _write_adapter(folder, tmp, dirs, base_ref=base_ref or str(uri))
+        with tempfile.TemporaryDirectory(prefix="reverie-stack-") as scratch:
+            stacked = stacked_adapter(gen, Path(scratch)) if gen.slots else None
+            if form == ServableForm.MERGED:
+                _write_merged(gen, stacked, tmp)
+            else:
+                _write_adapter(gen, stacked, tmp, base_ref=base_ref or str(uri))
         manifest = {
-            "form": form.value, "generation": str(uri), "generationHash": content_hash(folder),
-            "slots": [d.name for d in dirs], "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
+            "form": form.value, "generation": str(uri), "generationHash": content_hash(gen.folder),
+            "slots": list(gen.slots), "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if target.exists():
