@@ -18,7 +18,10 @@ before any sleep.  This module writes the two forms a server can load:
   backend serves slots with).  ``peft.PeftModel.from_pretrained`` and vLLM's
   LoRA serving load it; its ``base_model_name_or_path`` names the base.
 
-Both are written atomically (assembled beside the target, renamed into place)
+The generation is read with :func:`~reverie.workloads.modelio.load_generation`,
+exactly as evaluation reads it; the fold happens in fp32 and the merged weights
+are stored in the dtype the base was stored in.  Both forms are written
+atomically (assembled beside the target, renamed into place)
 and carry ``servable.json``: which generation, which slots, which form, and
 the generation's content hash, so a reader can tell an export is complete and
 what it was made from.  A generation without slots *is* its base model: its
