@@ -133,6 +133,18 @@ def sleep(
         raise typer.Exit(1)
 
 
+def quiet_models() -> None:
+    """No per-file progress bars or load reports from transformers: the command prints its own result."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def local_run(run: Path) -> tuple[Path, Any]:
     """The state folder and :class:`~reverie.local.state.LocalState` of a local run directory.
 
@@ -208,6 +220,7 @@ def ask(
         lin, questions = state.lineage, list(args[1:])
     if not questions:
         raise fail("no question given")
+    quiet_models()
     try:
         targets = ask_targets(lin)
         columns = ask_models(targets, questions, compare=compare, max_new_tokens=max_new_tokens,
@@ -226,7 +239,7 @@ def ask(
         cells = []
         for column in columns:
             note = f"\n[dim]({escape(column.notes[i])})[/dim]" if column.notes else ""
-            cells.append(escape(column.answers[i]) + note)
+            cells.append((escape(column.answers[i]) or "[dim](no answer)[/dim]") + note)
         table.add_row(escape(question), *cells)
     show(table)
 
@@ -260,6 +273,7 @@ def export(
             raise fail(f"{source}: the run has no champion yet")
         uri = state.lineage.status.champion_uri
         console.print(f"champion {state.lineage.status.champion}: {uri}")
+    quiet_models()
     try:
         path = export_generation(uri, out, form=chosen, base_ref=base_ref)
     except GenerationError as exc:
