@@ -249,7 +249,7 @@ def export(
     source: Annotated[str, typer.Argument(help="A generation folder or URI (file://, s3://), or a local run directory (its champion).")],
     out: Annotated[str, typer.Argument(help="Folder or URI to write (replaced if it exists).")],
     form: Annotated[str, typer.Option("--form", help="merged: one plain Hugging Face folder; adapter: one PEFT LoRA adapter over the unchanged base.")] = "merged",
-    base_ref: Annotated[str | None, typer.Option("--base-ref", help="adapter form: what base_model_name_or_path names (default: the generation).")] = None,
+    base_ref: Annotated[str | None, typer.Option("--base-ref", help="adapter form: what base_model_name_or_path names (default: a run's baseModel, else the generation, whose base weights it holds).")] = None,
 ) -> None:
     """Write a generation as something any server loads with no Reverie code.
 
@@ -272,6 +272,7 @@ def export(
         if state.lineage.status.champion_uri is None:
             raise fail(f"{source}: the run has no champion yet")
         uri = state.lineage.status.champion_uri
+        base_ref = base_ref or state.lineage.spec.base_model.uri  # generation 0: what a server loads as the base
         console.print(f"champion {state.lineage.status.champion}: {uri}")
     quiet_models()
     try:
@@ -283,7 +284,9 @@ def export(
     if chosen == ServableForm.MERGED:
         console.print(f"[dim]load: AutoModelForCausalLM.from_pretrained({where!r})  ·  vllm serve {where}[/dim]")
     else:
-        console.print(f"[dim]load: PeftModel.from_pretrained(<base>, {where!r})  ·  vllm serve <base> --enable-lora --lora-modules champion={where}[/dim]")
+        base = base_ref or uri
+        console.print(f"[dim]load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})  ·  "
+                      f"vllm serve {base} --enable-lora --lora-modules champion={where}[/dim]")
 
 
 @app.command("run-phase")

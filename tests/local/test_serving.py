@@ -123,5 +123,6 @@ def test_reverie_export_writes_the_runs_champion(generations: tuple[Path, Path, 
     result = CliRunner().invoke(app, ["export", str(run_dir(generations)), str(out), "--form", "adapter"])
     assert result.exit_code == 0, result.output
     assert (out / "adapter_config.json").is_file() and "champion gen-1" in result.output
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(generations[1])
     bad = CliRunner().invoke(app, ["export", str(generations[2]), str(out), "--form", "gguf"])
     assert bad.exit_code == 1 and "merged or adapter" in bad.output
