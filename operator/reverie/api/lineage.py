@@ -85,7 +85,7 @@ class ServableForm(StrEnum):
 
 
 class ExportRuntime(ApiModel):
-    """Where the Job that writes the champion's servable form runs."""
+    """Its image, resources and time limit."""
 
     image: str | None = Field(
         default=None, max_length=512,
@@ -131,7 +131,7 @@ class ServingTarget(ApiModel):
             "spec.baseModel, for vLLM LoRA serving). Written once per champion, under <store>/<lineage>/servable/<generation>/<form>."
         ),
     )
-    export: ExportRuntime = Field(default_factory=ExportRuntime, description="The Job that writes the servable form.")
+    export: ExportRuntime = Field(default_factory=ExportRuntime, description="The Job that writes the servable form, once per champion.")
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> ServingTarget:
@@ -202,7 +202,7 @@ class DroppedSummary(ApiModel):
 
 
 class ServableStatus(ApiModel):
-    """The champion's servable form, once its export Job has written it."""
+    """Written by its export Job; the serving target receives uri."""
 
     generation: str = Field(max_length=63, description="Generation it was written from.")
     form: ServableForm = Field(description="merged or adapter.")
