@@ -204,6 +204,7 @@ async def test_inference_service_storage_uri_follows_the_champion(api: Kube, nam
         "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": "file:///old"}}},
     })
     await make_lineage(api, namespace, servingTarget={"kind": "InferenceService", "name": "chat"})
+    await promotion.ensure_base(api, namespace=namespace, lineage="demo")
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"  # gen-0: the base folder
     isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "builtin:tiny"
@@ -276,6 +277,7 @@ async def test_configmap_key_follows_and_a_missing_target_is_a_clear_condition(a
 async def test_a_failed_export_keeps_the_old_target_and_says_how_to_retry(api: Kube, namespace: str) -> None:
     await api.create(CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}})
     await make_lineage(api, namespace, servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model"})
+    await promotion.ensure_base(api, namespace=namespace, lineage="demo")
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
