@@ -75,11 +75,13 @@ async def test_rollback_pins_an_earlier_generation_and_serving_follows(
         return status if cond and (cond["reason"], cond["status"]) == (reason, status_) else None
 
     with lineage_operator(cluster, namespace, monkeypatch):
-        assert await eventually(lambda: served("file:///store/demo/c2"), what="serving the champion")
+        await finish_export(api, namespace, "demo-serve-gen-2-merged")
+        assert await eventually(lambda: served("file:///store/demo/servable/gen-2/merged"), what="serving the champion")
         await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"rollbackTo": "gen-1"}})
         status = await eventually(lambda: rolled_back("RolledBack", "True"), what="RolledBack")
         assert status["champion"] == "gen-1" and status["championUri"] == "file:///store/demo/c1"
-        assert await eventually(lambda: served("file:///store/demo/c1"), what="serving follows the rollback")
+        await finish_export(api, namespace, "demo-serve-gen-1-merged")  # the restored champion's own servable form
+        assert await eventually(lambda: served("file:///store/demo/servable/gen-1/merged"), what="serving follows the rollback")
 
         await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"rollbackTo": "gen-99"}})
         status = await eventually(lambda: rolled_back("UnknownGeneration", "False"), what="unknown rollback target")
