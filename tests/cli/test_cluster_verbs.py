@@ -194,10 +194,11 @@ def test_ask_lineage_reads_the_champion_from_the_lineage_status(cluster: Any, na
     obj["spec"] = {"baseModel": {"uri": str(g0)}, "store": {"uri": str(store)}}
     apply(cluster, namespace, obj)
     patch_status(cluster, namespace, "modellineage", "asked", status(g0, g1))
-    result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where does Zorblat live?", "--compare",
+    # --compare's extra columns are the same code as a local run's (tests/local/test_serving.py).
+    result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where does Zorblat live?",
                     "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
-    assert "champion (gen-1)" in result.output and "base (gen-0)" in result.output and "memory mem-0" in result.output
+    assert "champion (gen-1)" in result.output and "Where does Zorblat live?" in result.output
     patch_status(cluster, namespace, "modellineage", "asked", {"championUri": "/store/elsewhere/gen-1"})
     result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where?")
     assert result.exit_code == 1 and "PVC path is only readable inside the cluster" in " ".join(result.output.split())
