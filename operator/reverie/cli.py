@@ -139,8 +139,9 @@ def quiet_models() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    from transformers.utils import logging as hf_logging
+    import importlib
 
+    hf_logging: Any = importlib.import_module("transformers.utils.logging")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
