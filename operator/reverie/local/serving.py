@@ -39,6 +39,7 @@ def serve_champion(lineage: ModelLineage, *, observer: Notes) -> str | None:
         assert decision.source_uri is not None
         # The adapter form names the base a server loads next to it: the lineage's generation 0.
         base_ref = lineage.spec.base_model.uri if decision.form == ServableForm.ADAPTER else None
+        observer.event("Normal", "Exporting", f"writing {decision.generation} as a {decision.form.value} model…")
         try:
             export_generation(decision.source_uri, decision.export.uri, form=decision.form, base_ref=base_ref)
         except (GenerationError, OSError) as exc:
