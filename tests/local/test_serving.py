@@ -126,3 +126,34 @@ def test_reverie_export_writes_the_runs_champion(generations: tuple[Path, Path, 
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(generations[1])
     bad = CliRunner().invoke(app, ["export", str(generations[2]), str(out), "--form", "gguf"])
     assert bad.exit_code == 1 and "merged or adapter" in bad.output
+
+
+def test_the_local_runner_exports_on_promotion_and_only_then(generations: tuple[Path, Path, Path]) -> None:
+    from datetime import UTC, datetime
+
+    from reverie.api.sleepcycle import SleepCycle
+    from reverie.core import lineage as rules
+    from reverie.core import planner
+    from reverie.local.runner import _apply
+
+    store, g0, g1 = generations
+    cycle = SleepCycle.model_validate({"metadata": {"name": "c1"},
+                                       "spec": {"lineageRef": "lin", "memory": {"sources": [{"inline": ["x"]}]}}})
+
+    def with_candidate() -> LocalState:
+        lin = lineage(store, g0, g1, champion="gen-0")
+        lin.status.generations = lin.status.generations[:1]
+        lin.status, _ = rules.record_candidate(lin.status, cycle="c1", uri=str(g1), content_hash=None, parent="gen-0",
+                                               scores={}, now=datetime.now(UTC), history_limit=10)
+        return LocalState(lineage=lin)
+
+    rejected, promoted = with_candidate(), with_candidate()
+    # No action below needs the executor.
+    _apply(planner.Reject(lineage="lin", generation="gen-1", reason="gate"), state=rejected, cycle=cycle,
+           executor=None, observer=Events())  # type: ignore[arg-type]
+    assert rejected.lineage.status.servable is None, "a candidate that is not promoted gets no servable form"
+    _apply(planner.Promote(lineage="lin", generation="gen-1", scores={}), state=promoted, cycle=cycle,
+           executor=None, observer=Events())  # type: ignore[arg-type]
+    status_ = promoted.lineage.status
+    assert status_.champion == "gen-1" and status_.servable is not None
+    assert status_.serving_uri == status_.servable.uri == str(store / "lin" / "servable" / "gen-1" / "merged")
