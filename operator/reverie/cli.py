@@ -4,12 +4,15 @@ Local mode, no cluster needed::
 
     reverie sleep examples/quickstart      # one whole sleep cycle on this CPU (Ctrl-C, rerun: resumes)
     reverie report examples/quickstart     # regenerate its report.html
+    reverie ask examples/quickstart "Q?" --compare   # the champion's answer (and base, teacher)
+    reverie export GENERATION DIR [--form merged|adapter]  # a folder any server loads
 
 On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
 
     reverie status [CYCLE] [-n NS]         # phase, step attempts, gate, generation
     reverie approve|reject CYCLE           # answer a cycle waiting in AwaitingApproval
     reverie rollback LINEAGE GENERATION    # pin an earlier champion (spec.rollbackTo)
+    reverie ask --lineage LINEAGE "Q?"     # ask the champion (its URI must be readable from here)
     reverie logs CYCLE [--phase STEP]      # logs of the phase Job's pods
     reverie crds [--apply | --write DIR]   # print, apply or write the CRDs
 
@@ -119,12 +122,48 @@ def sleep(
     if outcome.report is not None:
         console.print(f"report: [link=file://{outcome.report}]{outcome.report}[/link]")
     phase = str(cycle.status.phase)
+    served = outcome.state.lineage.status.servable
+    if phase == "Succeeded" and served is not None and served.generation == cycle.status.generation:
+        console.print(f"servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} \"<question>\" --compare[/dim]")
     if phase == "AwaitingApproval":
         console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
     elif phase in ("Succeeded", "Rejected") and not again:
         console.print(f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]")
     if phase == "Failed":
         raise typer.Exit(1)
+
+
+def quiet_models() -> None:
+    """No per-file progress bars or load reports from transformers: the command prints its own result."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    import importlib
+
+    hf_logging: Any = importlib.import_module("transformers.utils.logging")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def local_run(run: Path) -> tuple[Path, Any]:
+    """The state folder and :class:`~reverie.local.state.LocalState` of a local run directory.
+
+    Accepts the run directory, its ``.reverie`` folder, or ``.reverie/runs/<cycle>``.
+    """
+    from reverie.local.project import STATE_DIR_NAME
+    from reverie.local.state import load_state
+
+    run = run.resolve()
+    candidates = [run, run / STATE_DIR_NAME]
+    if run.parent.name == "runs":
+        candidates.append(run.parent.parent)
+    state_dir = next((c for c in candidates if (c / "state.json").is_file()), None)
+    if state_dir is None:
+        raise fail(f"{run}: no local run here (no .reverie/state.json); run `reverie sleep {run}` first")
+    state = load_state(state_dir)
+    assert state is not None
+    return state_dir, state
 
 
 @app.command()
@@ -134,22 +173,14 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: .reverie/runs/<cycle>/report.html).")] = None,
 ) -> None:
     """Regenerate the self-contained report.html of a local run."""
-    from reverie.local.project import STATE_DIR_NAME
     from reverie.local.runner import report_path
-    from reverie.local.state import load_state
     from reverie.report import write_report
 
     run = run.resolve()
-    candidates = [run, run / STATE_DIR_NAME]
     # Also accept .reverie/runs/<cycle>.
     if run.parent.name == "runs":
-        candidates.append(run.parent.parent)
         cycle = cycle or run.name
-    state_dir = next((c for c in candidates if (c / "state.json").is_file()), None)
-    if state_dir is None:
-        raise fail(f"{run}: no local run here (no .reverie/state.json); run `reverie sleep {run}` first")
-    state = load_state(state_dir)
-    assert state is not None
+    state_dir, state = local_run(run)
     try:
         name = state.cycle(cycle).metadata.name if cycle else (state.current.metadata.name if state.current else None)
     except KeyError:
@@ -158,6 +189,105 @@ def report(
         raise fail(f"{state_dir}: the run has no cycle yet")
     path = write_report(state, out or report_path(state_dir, name), cycle=name)
     console.print(f"report: {path}")
+
+
+@app.command()
+def ask(
+    args: Annotated[list[str], typer.Argument(help="DIR QUESTION... (a local run directory, then the questions), or with --lineage only the questions.")],
+    lineage: Annotated[str | None, typer.Option("--lineage", "-l", help="Ask the champion of this ModelLineage on the cluster instead of a local run.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also ask the base generation and the memory-in-context teacher.")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens generated per answer.")] = 48,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Ask the champion a question (greedy, as evaluation asks); --compare adds the base and the teacher.
+
+    reverie ask examples/quickstart "Where does Zorblat live?" --compare
+    reverie ask --lineage assistant "Who is Mira Okafor?"   (the champion's URI must be readable from here, e.g. s3://)
+    """
+    from rich.markup import escape
+
+    from reverie.workloads.ask import AskError, ask_targets
+    from reverie.workloads.ask import ask as ask_models
+    from reverie.workloads.modelio import GenerationError
+
+    if lineage is not None:
+        questions = list(args)
+        lin = _cluster_lineage(lineage, namespace, kubeconfig)
+    else:
+        if len(args) < 2:
+            raise fail("give a local run directory and at least one question, or --lineage NAME and the questions")
+        _, state = local_run(Path(args[0]))
+        lin, questions = state.lineage, list(args[1:])
+    if not questions:
+        raise fail("no question given")
+    quiet_models()
+    try:
+        targets = ask_targets(lin)
+        columns = ask_models(targets, questions, compare=compare, max_new_tokens=max_new_tokens,
+                             store_uri=lin.spec.store.uri)
+    except (AskError, GenerationError) as exc:
+        hint = ""
+        if lineage is not None and isinstance(exc, GenerationError):
+            hint = ("; `ask --lineage` reads the champion from this machine: an s3:// store needs its credentials "
+                    "in the environment, a PVC path is only readable inside the cluster")
+        raise fail(f"{exc}{hint}") from exc
+    table = Table(header_style="bold", show_lines=True)
+    table.add_column("QUESTION")
+    for column in columns:
+        table.add_column(column.title)
+    for i, question in enumerate(questions):
+        cells = []
+        for column in columns:
+            note = f"\n[dim]({escape(column.notes[i])})[/dim]" if column.notes else ""
+            cells.append((escape(column.answers[i]) or "[dim](no answer)[/dim]") + note)
+        table.add_row(escape(question), *cells)
+    show(table)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="A generation folder or URI (file://, s3://), or a local run directory (its champion).")],
+    out: Annotated[str, typer.Argument(help="Folder or URI to write (replaced if it exists).")],
+    form: Annotated[str, typer.Option("--form", help="merged: one plain Hugging Face folder; adapter: one PEFT LoRA adapter over the unchanged base.")] = "merged",
+    base_ref: Annotated[str | None, typer.Option("--base-ref", help="adapter form: what base_model_name_or_path names (default: a run's baseModel, else the generation, whose base weights it holds).")] = None,
+) -> None:
+    """Write a generation as something any server loads with no Reverie code.
+
+    merged: base + every expert slot folded into the weights (safetensors, config,
+    tokenizer, generation config) for AutoModelForCausalLM, vLLM, TGI, KServe.
+    adapter: the N slots as one standard LoRA adapter of rank Σr, for PEFT and vLLM LoRA serving.
+    """
+    from reverie.api.lineage import ServableForm
+    from reverie.workloads.export import export_generation
+    from reverie.workloads.modelio import GenerationError
+
+    try:
+        chosen = ServableForm(form)
+    except ValueError:
+        raise fail(f"--form must be merged or adapter, not {form!r}") from None
+    uri = source
+    local = Path(source)
+    if "://" not in source and local.is_dir() and not (local / "config.json").is_file():
+        _, state = local_run(local)
+        if state.lineage.status.champion_uri is None:
+            raise fail(f"{source}: the run has no champion yet")
+        uri = state.lineage.status.champion_uri
+        base_ref = base_ref or state.lineage.spec.base_model.uri  # generation 0: what a server loads as the base
+        console.print(f"champion {state.lineage.status.champion}: {uri}")
+    quiet_models()
+    try:
+        path = export_generation(uri, out, form=chosen, base_ref=base_ref)
+    except GenerationError as exc:
+        raise fail(str(exc)) from exc
+    where = out if "://" in out else str(path)
+    console.print(f"wrote the {chosen.value} form to {where}")
+    if chosen == ServableForm.MERGED:
+        console.print(f"[dim]load: AutoModelForCausalLM.from_pretrained({where!r})  ·  vllm serve {where}[/dim]")
+    else:
+        base = base_ref or uri
+        console.print(f"[dim]load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})  ·  "
+                      f"vllm serve {base} --enable-lora --lora-modules champion={where}[/dim]")
 
 
 @app.command("run-phase")
@@ -275,6 +405,16 @@ class Kube:
         return self._call(  # type: ignore[no-any-return]
             f"{kind} {name}", self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name, body,
         )
+
+
+def _cluster_lineage(name: str, namespace: str | None, kubeconfig: Path | None) -> Any:
+    """A ModelLineage from the cluster as the API model (status keys of other writers ignored)."""
+    from reverie.api.lineage import ModelLineage, ModelLineageStatus
+
+    obj = Kube(kubeconfig, namespace).get("modellineages", name)
+    known = {f.alias or n for n, f in ModelLineageStatus.model_fields.items()}
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k in known}
+    return ModelLineage.model_validate({**obj, "status": status})
 
 
 def _api_message(exc: Any) -> str:

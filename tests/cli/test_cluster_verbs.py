@@ -183,3 +183,22 @@ def test_kubectl_finds_the_plugin_on_path(cluster: Any, namespace: str) -> None:
     done = subprocess.run([kubectl, "reverie", "status", "-n", namespace], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "plugged" in done.stdout and "Pending" in done.stdout
+
+
+def test_ask_lineage_reads_the_champion_from_the_lineage_status(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    from tests.local.generations import build, status
+
+    store = tmp_path / "store"
+    g0, g1 = build(store, lineage="asked")
+    obj = lineage("asked")
+    obj["spec"] = {"baseModel": {"uri": str(g0)}, "store": {"uri": str(store)}}
+    apply(cluster, namespace, obj)
+    patch_status(cluster, namespace, "modellineage", "asked", status(g0, g1))
+    # --compare's extra columns are the same code as a local run's (tests/local/test_serving.py).
+    result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where does Zorblat live?",
+                    "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert "champion (gen-1)" in result.output and "Where does Zorblat live?" in result.output
+    patch_status(cluster, namespace, "modellineage", "asked", {"championUri": "/store/elsewhere/gen-1"})
+    result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where?")
+    assert result.exit_code == 1 and "PVC path is only readable inside the cluster" in " ".join(result.output.split())

@@ -106,3 +106,21 @@ def lineage_operator(cluster: Any, namespace: str, monkeypatch: pytest.MonkeyPat
     with KopfRunner(args, registry=registry, settings=settings, timeout=30) as runner:
         yield runner
     assert runner.exception is None, runner.output
+
+
+async def finish_export(api: Kube, namespace: str, name: str, *, ok: bool = True, message: str = "") -> Obj:
+    """Play the Job controller for an export Job: wait for it, then mark it Complete (or Failed)."""
+    from reverie.controller.kube import JOBS
+
+    job = await eventually(lambda: api.get_or_none(JOBS, namespace, name), what=f"export Job {name}")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if ok:
+        conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": message,
+                       "lastTransitionTime": now, "lastProbeTime": now} for t in ("SuccessCriteriaMet", "Complete")]
+        body = {"startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "conditions": conditions}
+    else:
+        conditions = [{"type": t, "status": "True", "reason": "BackoffLimitExceeded", "message": message,
+                       "lastTransitionTime": now, "lastProbeTime": now} for t in ("FailureTarget", "Failed")]
+        body = {"startTime": now, "failed": 1, "active": 0, "conditions": conditions}
+    await api.merge_patch(JOBS, namespace, name, {"status": body}, subresource="status")
+    return job

@@ -17,6 +17,7 @@ from .conftest import (
     condition,
     cycle_template,
     eventually,
+    finish_export,
     lineage_manifest,
     lineage_operator,
     lineage_status,
@@ -74,11 +75,13 @@ async def test_rollback_pins_an_earlier_generation_and_serving_follows(
         return status if cond and (cond["reason"], cond["status"]) == (reason, status_) else None
 
     with lineage_operator(cluster, namespace, monkeypatch):
-        assert await eventually(lambda: served("file:///store/demo/c2"), what="serving the champion")
+        await finish_export(api, namespace, "demo-serve-gen-2-merged")
+        assert await eventually(lambda: served("file:///store/demo/servable/gen-2/merged"), what="serving the champion")
         await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"rollbackTo": "gen-1"}})
         status = await eventually(lambda: rolled_back("RolledBack", "True"), what="RolledBack")
         assert status["champion"] == "gen-1" and status["championUri"] == "file:///store/demo/c1"
-        assert await eventually(lambda: served("file:///store/demo/c1"), what="serving follows the rollback")
+        await finish_export(api, namespace, "demo-serve-gen-1-merged")  # the restored champion's own servable form
+        assert await eventually(lambda: served("file:///store/demo/servable/gen-1/merged"), what="serving follows the rollback")
 
         await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"rollbackTo": "gen-99"}})
         status = await eventually(lambda: rolled_back("UnknownGeneration", "False"), what="unknown rollback target")
@@ -235,11 +238,14 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
         got = await api.get(serving.INFERENCESERVICES, namespace, "chat")
         return got["spec"]["predictor"]["model"]["storageUri"] == uri
 
+    merged = "file:///store/demo/servable/gen-1/merged"
     with lineage_operator(cluster, namespace, monkeypatch, interval=0.3):
-        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="serving healed after restart")
+        # The restarted operator starts the champion's export; once it completes, serving gets the merged form.
+        await finish_export(api, namespace, "demo-serve-gen-1-merged")
+        assert await eventually(lambda: storage_uri_is(merged), what="serving healed after restart")
         # Someone points the InferenceService elsewhere by hand: the timer puts the champion back.
         await api.merge_patch(serving.INFERENCESERVICES, namespace, "chat", {"spec": {"predictor": {"model": {"storageUri": "s3://elsewhere"}}}})
-        assert await eventually(lambda: storage_uri_is("file:///store/demo/c1"), what="drift undone")
+        assert await eventually(lambda: storage_uri_is(merged), what="drift undone")
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
-    assert synced and synced["status"] == "True" and status["servingUri"] == "file:///store/demo/c1"
+    assert synced and synced["status"] == "True" and status["servingUri"] == merged

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from reverie.controller import metrics, promotion, serving
-from reverie.controller.kube import CONFIGMAPS, MODELLINEAGES, Kube
+from reverie.controller.kube import CONFIGMAPS, JOBS, MODELLINEAGES, Kube
 
-from .conftest import condition, lineage_manifest, lineage_status
+from .conftest import condition, eventually, finish_export, lineage_manifest, lineage_status
 
 pytestmark = pytest.mark.cluster
+# Where the champion's servable forms are written (store file:///store, lineage demo).
+MERGED = "file:///store/demo/servable/gen-1/merged"
+ADAPTER = "file:///store/demo/servable/gen-1/adapter"
 
 
 def sample(name: str, **labels: str) -> float:
@@ -201,15 +204,32 @@ async def test_inference_service_storage_uri_follows_the_champion(api: Kube, nam
         "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": "file:///old"}}},
     })
     await make_lineage(api, namespace, servingTarget={"kind": "InferenceService", "name": "chat"})
+    await promotion.ensure_base(api, namespace=namespace, lineage="demo")
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"  # gen-0: the base folder
+    isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "builtin:tiny"
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
+    # The champion's folder is not servable (its slots would be ignored): the target waits for the merged form.
+    status = await lineage_status(api, namespace, "demo")
+    synced = condition(status, "ServingSynced")
+    assert synced and synced["status"] == "False" and synced["reason"] == "Exporting"
+    assert "keeps serving builtin:tiny" in synced["message"]
     isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
-    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "file:///store/demo/c1/dreaming"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "builtin:tiny"
+    job = await finish_export(api, namespace, "demo-serve-gen-1-merged")
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["reverie", "export", "file:///store/demo/c1/dreaming", MERGED, "--form", "merged"]
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelLineage"
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
+    isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == MERGED
     assert isvc["spec"]["predictor"]["model"]["modelFormat"] == {"name": "huggingface"}  # nothing else touched
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
     assert synced and synced["status"] == "True" and synced["reason"] == "Synced"
-    assert status["servingUri"] == "file:///store/demo/c1/dreaming"
+    assert status["servingUri"] == MERGED
+    assert status["servable"] == {"generation": "gen-1", "form": "merged", "uri": MERGED}
 
 
 async def test_deployment_env_var_follows_the_champion(api: Kube, namespace: str) -> None:
@@ -223,12 +243,16 @@ async def test_deployment_env_var_follows_the_champion(api: Kube, namespace: str
             ]}},
         },
     })
-    await make_lineage(api, namespace, servingTarget={"kind": "Deployment", "name": "server", "container": "vllm", "env": "MODEL_URI"})
+    await make_lineage(api, namespace, servingTarget={"kind": "Deployment", "name": "server", "container": "vllm", "env": "MODEL_URI",
+                                                      "form": "adapter"})
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
+    job = await finish_export(api, namespace, "demo-serve-gen-1-adapter")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-4:] == ["--form", "adapter", "--base-ref", "builtin:tiny"]
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     dep = await api.get(serving.DEPLOYMENTS, namespace, "server")
     containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
-    assert {e["name"]: e["value"] for e in containers["vllm"]["env"]} == {"KEEP": "1", "MODEL_URI": "file:///store/demo/c1/dreaming"}
+    assert {e["name"]: e["value"] for e in containers["vllm"]["env"]} == {"KEEP": "1", "MODEL_URI": ADAPTER}
     assert "env" not in containers["sidecar"]
 
 
@@ -236,6 +260,8 @@ async def test_configmap_key_follows_and_a_missing_target_is_a_clear_condition(a
     await make_lineage(api, namespace, servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model"})
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
+    await finish_export(api, namespace, "demo-serve-gen-1-merged")
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "TargetNotFound"
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
     assert synced and synced["status"] == "False" and synced["reason"] == "TargetNotFound"
@@ -243,6 +269,27 @@ async def test_configmap_key_follows_and_a_missing_target_is_a_clear_condition(a
     await api.create(CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}, "data": {"other": "x"}})
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     cm = await api.get(CONFIGMAPS, namespace, "serving")
-    assert cm["data"] == {"other": "x", "model": "file:///store/demo/c1/dreaming"}
+    assert cm["data"] == {"other": "x", "model": MERGED}
     synced = condition(await lineage_status(api, namespace, "demo"), "ServingSynced")
     assert synced and synced["status"] == "True"
+
+
+async def test_a_failed_export_keeps_the_old_target_and_says_how_to_retry(api: Kube, namespace: str) -> None:
+    await api.create(CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}})
+    await make_lineage(api, namespace, servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model"})
+    await promotion.ensure_base(api, namespace=namespace, lineage="demo")
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
+    await record(api, namespace, "c1")
+    await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
+    await finish_export(api, namespace, "demo-serve-gen-1-merged", ok=False, message="Job has reached the specified backoff limit")
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "ExportFailed"
+    synced = condition(await lineage_status(api, namespace, "demo"), "ServingSynced")
+    assert synced and synced["status"] == "False" and "kubectl logs job/demo-serve-gen-1-merged" in synced["message"]
+    assert (await api.get(CONFIGMAPS, namespace, "serving"))["data"] == {"model": "builtin:tiny"}
+    await api.delete(JOBS, namespace, "demo-serve-gen-1-merged")
+    await eventually(lambda: _gone(api, namespace, "demo-serve-gen-1-merged"), what="export Job deleted")
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Exporting", "deleting the Job retries"
+
+
+async def _gone(api: Kube, namespace: str, name: str) -> bool:
+    return await api.get_or_none(JOBS, namespace, name) is None

@@ -40,6 +40,14 @@ def test_the_report_is_self_contained_and_has_every_section(finished_run: tuple[
         assert needle in html
 
 
+def test_the_report_shows_each_questions_answer_before_and_after(finished_run: tuple[LocalState, Path], tmp_path: Path) -> None:
+    html = write_report(finished_run[0], tmp_path / "report.html").read_text()
+    row = next(r for r in html.split("<tr>") if "Where does Person0 live?" in r)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert cells[:2] == ["Where does Person0 live?", "City0"]
+    assert (cells[3], cells[5]) == ("Nowhere", "City0"), "the answer before the sleep, then after"
+
+
 def test_the_report_of_an_unfinished_run_has_gaps_not_errors(finished_run: tuple[LocalState, Path], tmp_path: Path) -> None:
     state, _ = finished_run
     cycle = state.cycles[0]

@@ -69,6 +69,12 @@ def test_sleep_runs_a_whole_cycle_from_nothing(smoke_run: tuple[Path, subprocess
     assert gens["gen-1"].parent == "gen-0" and gens["gen-1"].cycle == "smoke"
     expected_champion = "gen-1" if cycle.status.phase == "Succeeded" else "gen-0"
     assert state.lineage.status.champion == expected_champion
+    if expected_champion == "gen-1":  # the promotion wrote the champion's servable (merged) form and handed it off
+        servable = state.lineage.status.servable
+        assert servable is not None and servable.generation == "gen-1" and servable.form == "merged"
+        assert state.lineage.status.serving_uri == servable.uri
+        assert (Path(servable.uri) / "model.safetensors").is_file() and not (Path(servable.uri) / "slots").exists()
+        assert "servable champion (merged)" in out and "reverie ask" in out
     assert state.lineage.status.active_cycle is None
     for job in state.jobs.values():  # every phase ran once, as a `reverie run-phase` process with its config
         assert job.launches == 1 and job.state == "Succeeded"

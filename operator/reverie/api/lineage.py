@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from reverie.api.base import ApiModel, Condition, cel
+from reverie.api.base import ApiModel, Condition, Images, Resources, cel
 from reverie.api.sleepcycle import CONDITIONS_LIST, DNS_LABEL, ObjectMeta, SleepCycleSpec
 
 
@@ -77,6 +77,30 @@ class ServingKind(StrEnum):
     CONFIG_MAP = "ConfigMap"
 
 
+class ServableForm(StrEnum):
+    """What the serving target receives: a plain model folder, or one LoRA adapter over the base."""
+
+    MERGED = "merged"
+    ADAPTER = "adapter"
+
+
+class ExportRuntime(ApiModel):
+    """Its image, resources and time limit."""
+
+    image: str | None = Field(
+        default=None, max_length=512,
+        description="Container image with the ML stack; default: the schedule template's images.trainer, else the default trainer image.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Resources of the export container (merging holds the model in fp32: about 4 bytes per parameter).",
+    )
+    active_deadline_seconds: int = Field(default=3600, ge=60, le=86400, description="Wall-clock limit of the export, in seconds.")
+
+    def image_for(self, images: Images | None) -> str:
+        """The image to run: this one, else the given images' trainer, else the default trainer image."""
+        return self.image or (images or Images()).trainer
+
+
 DEPLOYMENT_NEEDS_ENV = "kind Deployment needs container and env (the env var that receives the champion URI); set both"
 CONFIGMAP_NEEDS_KEY = "kind ConfigMap needs key (the key that receives the champion URI); set key"
 
@@ -99,6 +123,15 @@ class ServingTarget(ApiModel):
     container: str | None = Field(default=None, max_length=63, description="Deployment: container whose env var is set.")
     env: str | None = Field(default=None, max_length=253, description="Deployment: env var that receives the champion URI.")
     key: str | None = Field(default=None, max_length=253, description="ConfigMap: key that receives the champion URI.")
+    form: ServableForm = Field(
+        default=ServableForm.MERGED,
+        description=(
+            "What the target receives: merged (a Hugging Face folder with every expert slot folded into the weights; "
+            "KServe's HF runtime, vLLM, TGI) or adapter (one PEFT LoRA adapter of rank Σr over the unchanged "
+            "spec.baseModel, for vLLM LoRA serving). Written once per champion, under <store>/<lineage>/servable/<generation>/<form>."
+        ),
+    )
+    export: ExportRuntime = Field(default_factory=ExportRuntime, description="The Job that writes the servable form, once per champion.")
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> ServingTarget:
@@ -168,6 +201,14 @@ class DroppedSummary(ApiModel):
     newest: str | None = Field(default=None, max_length=63, description="Newest dropped generation.")
 
 
+class ServableStatus(ApiModel):
+    """Written by its export Job; the serving target receives uri."""
+
+    generation: str = Field(max_length=63, description="Generation it was written from.")
+    form: ServableForm = Field(description="merged or adapter.")
+    uri: str = Field(max_length=2048, description="Folder an off-the-shelf server loads.")
+
+
 class ModelLineageStatus(ApiModel):
     """Observed state of a lineage, written by the operator."""
 
@@ -181,6 +222,7 @@ class ModelLineageStatus(ApiModel):
     last_schedule_time: datetime | None = Field(default=None, description="Last time the schedule created a cycle.")
     last_promotion_time: datetime | None = Field(default=None, description="Last champion change.")
     serving_uri: str | None = Field(default=None, max_length=2048, description="URI last handed to the serving target.")
+    servable: ServableStatus | None = Field(default=None, description="The champion's servable form, once written (see servingTarget.form).")
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16,
         description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).",

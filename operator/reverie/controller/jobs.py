@@ -25,6 +25,7 @@ puts the log tail there if the workload crashed before writing it).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +51,30 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 CONTAINER = "phase"
 STORE_MOUNT = "/store"
 MASTER_PORT = 29500
+# Every workload pod (phase Jobs, the serving export Job) is hardened the same way.
+CACHE_ENV: list[Obj] = [
+    {"name": "PYTHONUNBUFFERED", "value": "1"},
+    # Read-only root filesystem: every cache goes to the /tmp emptyDir.
+    {"name": "HOME", "value": "/tmp"},
+    {"name": "HF_HOME", "value": "/tmp/hf"},
+    {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+]
+CONTAINER_SECURITY: Obj = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_BASE: Obj = {
+    "restartPolicy": "Never",
+    "automountServiceAccountToken": False,
+    "enableServiceLinks": False,
+    "securityContext": {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -116,11 +141,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     env: list[Obj] = [
         {"name": "REVERIE_STEP", "value": create.step.value},
         {"name": "REVERIE_ATTEMPT", "value": str(create.attempt)},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        # Read-only root filesystem: every cache goes to the /tmp emptyDir.
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/hf"},
-        {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+        *CACHE_ENV,
         *extra_env,
     ]
     mounts: list[Obj] = [
@@ -153,13 +174,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     resources = create.runtime.resources.wire()
     if resources:
@@ -169,13 +184,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     if create.runtime.num_nodes > 1 or create.runtime.engine != Engine.JOB:
         container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
     spec: Obj = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        **copy.deepcopy(POD_BASE),
         "containers": [container],
         "volumes": volumes,
     }

@@ -1,7 +1,14 @@
-"""Serving hand-off: point the serving object at the lineage's champion.
+"""Serving hand-off: point the serving object at the lineage's champion, in a form it can serve.
 
-On every champion change (promotion, rollback) the champion's artifact URI is
-written into what ``spec.servingTarget`` names, in the lineage's namespace:
+A generation folder is not servable as is (a server would load its base
+weights and ignore the expert slots).  On every champion change (promotion,
+rollback) the champion's servable form (``spec.servingTarget.form``, default
+``merged``; see :mod:`reverie.core.serving`) is written once by an export Job
+(:mod:`reverie.controller.export_job`) to
+``<store>/<lineage>/servable/<generation>/<form>``, recorded in
+``status.servable``, and only then is its URI written into what
+``spec.servingTarget`` names, in the lineage's namespace (generation 0, the
+base model folder itself, is handed over at once):
 
 * ``InferenceService`` (KServe ``serving.kserve.io/v1beta1``):
   ``spec.predictor.model.storageUri`` — KServe then rolls out a new revision,
@@ -23,7 +30,13 @@ import logging
 from typing import Any
 
 from reverie.api.base import ConditionStatus
-from reverie.api.lineage import ModelLineage, ModelLineageStatus, ServingKind, ServingTarget
+from reverie.api.lineage import (
+    ModelLineage,
+    ModelLineageStatus,
+    ServableStatus,
+    ServingKind,
+    ServingTarget,
+)
 from reverie.controller.kube import (
     CONFIGMAPS,
     MODELLINEAGES,
@@ -42,6 +55,7 @@ from reverie.controller.promotion import (
 )
 from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
+from reverie.core.serving import hand_off
 
 log = logging.getLogger(__name__)
 
@@ -142,38 +156,60 @@ def _describe(target: ServingTarget) -> str:
 
 
 async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | None:
-    """Hand the champion's URI to ``spec.servingTarget``; record servingUri and ServingSynced.
+    """Hand the champion's servable form to ``spec.servingTarget``; record servingUri, servable and ServingSynced.
 
-    Returns the condition reason written (``Synced``, ``TargetNotFound``, ...),
-    or None when the lineage has no serving target, no champion, or is gone.
+    A new champion's form is written first by its export Job
+    (:mod:`reverie.controller.export_job`); meanwhile the target keeps what it
+    serves and ServingSynced is False with reason ``Exporting`` (or
+    ``ExportFailed``).  Returns the condition reason written (``Synced``,
+    ``Exporting``, ``TargetNotFound``, ...), or None when the lineage has no
+    serving target, no champion, or is gone.
     """
+    from reverie.controller.export_job import ExportState, ensure_export
+
     obj = await kube.get_or_none(MODELLINEAGES, namespace, lineage)
     if obj is None:
         return None
     lin = parse_lineage(obj)
-    target, uri = lin.spec.serving_target, lin.status.champion_uri
-    if target is None or uri is None:
+    target = lin.spec.serving_target
+    if target is None or lin.status.champion_uri is None:
         return None
-    try:
-        patched = await patch_target(kube, namespace=namespace, target=target, uri=uri)
-    except TargetError as err:
-        patched = False
-        status, reason, message = ConditionStatus.FALSE, err.reason, err.message
-        served: str | None = lin.status.serving_uri
-    else:
-        status, reason = ConditionStatus.TRUE, "Synced"
-        message = f"{_describe(target)} = {uri} (champion {lin.status.champion})"
-        served = uri
+    decision = hand_off(lin)
+    if decision.uri is None and decision.export is None:
+        return None  # the champion is not among the recorded generations: nothing to decide from
+    written: ServableStatus | None = None
+    patched = False
+    served: str | None = lin.status.serving_uri
+    uri = decision.uri
+    if decision.export is not None:
+        progress = await ensure_export(kube, obj=obj, lineage=lin, decision=decision)
+        if progress.state == ExportState.SUCCEEDED:
+            written, uri = decision.export, decision.export.uri
+        else:
+            status = ConditionStatus.FALSE
+            reason = "Exporting" if progress.state == ExportState.RUNNING else "ExportFailed"
+            message = progress.message + (f"; the target keeps serving {served}" if served else "")
+    if uri is not None:
+        try:
+            patched = await patch_target(kube, namespace=namespace, target=target, uri=uri)
+        except TargetError as err:
+            status, reason, message = ConditionStatus.FALSE, err.reason, err.message
+        else:
+            status, reason = ConditionStatus.TRUE, "Synced"
+            message = f"{_describe(target)} = {uri} ({decision.form.value} form of champion {lin.status.champion})"
+            served = uri
     now = utcnow()
     champion = lin.status.champion
 
     def mutate(fresh: Obj) -> dict[str, Any] | None:
         cur = ModelLineageStatus.model_validate(known_status(fresh.get("status") or {}))
-        if cur.champion_uri != uri:
-            # The champion moved while we patched: the next sync (triggered by that change) owns the condition.
+        if cur.champion != champion or cur.champion_uri != lin.status.champion_uri:
+            # The champion moved while we worked: the next sync (triggered by that change) owns the condition.
             return None
         new = cur.model_copy(deep=True)
         new.serving_uri = served
+        if written is not None:
+            new.servable = written
         new.conditions = set_condition(
             new.conditions, rules.SERVING_SYNCED, status, reason=reason, message=message, now=now,
             observed_generation=fresh["metadata"].get("generation"),
@@ -187,7 +223,7 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
     if patched:
         await emit_event(kube, obj, reason="ServingSynced", message=f"{message}")
     elif status == ConditionStatus.FALSE and (before is None or before.reason != reason):
-        await emit_event(kube, obj, reason=reason, message=message, type="Warning")
+        await emit_event(kube, obj, reason=reason, message=message, type="Normal" if reason == "Exporting" else "Warning")
     quiet = not patched and before is not None and before.reason == reason
     log.log(logging.DEBUG if quiet else logging.INFO, "serving of %s/%s (champion %s): %s %s", namespace, lineage, champion, reason, message)
     return reason

@@ -42,6 +42,7 @@ from reverie.core import planner
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
 from reverie.local.executor import LocalExecutor
 from reverie.local.project import Project
+from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
 
 RUNS_DIR = "runs"
@@ -221,6 +222,7 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
         observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
         if promotion.changed:
             lin.status.last_promotion_time = now
+            serve_champion(lin, observer=observer)  # the servable form, for the champion only
     elif isinstance(action, planner.Reject):
         lin.status = rules.reject(lin.status, cycle=name, now=now)
     elif isinstance(action, planner.RequeueAfter):

@@ -1,0 +1,127 @@
+"""``reverie ask``: put questions to a lineage's champion, and with ``--compare``
+to its base generation and to the memory-in-context teacher.
+
+The three answer the way evaluation asks (greedy, :func:`question_prompt`), so
+what a person sees here is what the gate scored:
+
+* **champion** — the generation that serves now (base + every slot);
+* **base** — the champion's root generation (``gen-0``), the model before any sleep;
+* **teacher** — the base with a memory of the champion's sleeps in context: the
+  upper bound consolidation distils from.  The teacher sees one memory per
+  question (small chunks recall far better than the whole buffer), the one
+  sharing the most words with the question.
+
+:func:`ask_targets` reads which generations and memories those are from a
+ModelLineage (a local run's or a cluster's); :func:`ask` loads and asks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from reverie.api.lineage import ModelLineage
+from reverie.core.contract import consolidated_memories_uri
+from reverie.core.lineage import ancestry
+from reverie.workloads.memory import Memory
+
+_WORD = re.compile(r"[a-z0-9]+")
+# Words that say nothing about which memory a question is about.
+_STOP = frozenset({
+    "a", "an", "and", "are", "at", "be", "by", "did", "do", "does", "for", "from", "has", "have", "he",
+    "her", "his", "how", "in", "is", "it", "its", "of", "on", "or", "she", "the", "their", "they", "to",
+    "was", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "you",
+    "your",
+})
+
+
+class AskError(ValueError):
+    """The lineage has nothing to ask, or a model or memory cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class AskTargets:
+    """What ``reverie ask`` loads: (generation name, URI) pairs and the memories of the champion's sleeps."""
+
+    champion: tuple[str, str]
+    base: tuple[str, str]
+    memory_uris: list[str] = field(default_factory=list)
+
+
+def ask_targets(lineage: ModelLineage) -> AskTargets:
+    """The champion, its root generation and the consolidated memories of every sleep on the way."""
+    status = lineage.status
+    if status.champion is None or status.champion_uri is None:
+        raise AskError(f"lineage {lineage.metadata.name} has no champion yet; run a sleep first")
+    chain = ancestry(status, status.champion)
+    root = chain[0] if chain and chain[0].parent is None else None
+    base = (root.name, root.uri) if root is not None else ("base", lineage.spec.base_model.uri)
+    store, name = lineage.spec.store.uri, lineage.metadata.name
+    memories = [consolidated_memories_uri(store, name, g.cycle) for g in chain if g.cycle]
+    return AskTargets(champion=(status.champion, status.champion_uri), base=base, memory_uris=memories)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def pick_memory(question: str, memories: Sequence[Memory]) -> Memory | None:
+    """The memory sharing the most words with ``question`` (the first on ties); None if none shares any."""
+    words = _words(question)
+    best, score = None, 0
+    for memory in memories:
+        overlap = len(words & _words(memory.text))
+        if overlap > score:
+            best, score = memory, overlap
+    return best
+
+
+def answers(uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+            max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
+    from reverie.workloads.generation import HFBackend
+    from reverie.workloads.memory import question_prompt
+    from reverie.workloads.modelio import load_generation
+
+    gen = load_generation(uri)
+    ctx = list(contexts) if contexts is not None else [None] * len(questions)
+    prompts = [question_prompt(gen.tokenizer, q, context=c) for q, c in zip(questions, ctx, strict=True)]
+    out = HFBackend(gen.model, gen.tokenizer).generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    return [t.strip() for t in out.texts]
+
+
+@dataclass
+class Column:
+    """One model's answers, for the table."""
+
+    title: str
+    answers: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def ask(targets: AskTargets, questions: Sequence[str], *, compare: bool = False, max_new_tokens: int = 48,
+        store_uri: str | None = None) -> list[Column]:
+    """Ask the champion (and, with ``compare``, the base and the teacher) every question."""
+    from reverie.workloads.memory import MemorySetError, load_memory_uris
+
+    name, uri = targets.champion
+    if compare and not targets.memory_uris:
+        raise AskError(f"the champion {name} has had no sleep yet, so there are no memories to put in the teacher's "
+                       "context; ask without --compare")
+    columns = [Column(f"champion ({name})", answers(uri, questions, max_new_tokens=max_new_tokens))]
+    if not compare:
+        return columns
+    base_name, base_uri = targets.base
+    columns.append(Column(f"base ({base_name})", answers(base_uri, questions, max_new_tokens=max_new_tokens)))
+    try:
+        memories = load_memory_uris(targets.memory_uris, store_uri=store_uri)
+    except MemorySetError as exc:
+        raise AskError(f"the teacher needs the memories of the champion's sleeps: {exc}") from exc
+    picked = [pick_memory(q, memories) for q in questions]
+    teacher = answers(base_uri, questions, contexts=[m.text if m else None for m in picked],
+                      max_new_tokens=max_new_tokens)
+    notes = [f"memory {m.id}" if m else "no memory shares a word with the question" for m in picked]
+    columns.append(Column(f"teacher ({base_name} + memory in context)", teacher, notes))
+    return columns
+
