@@ -129,7 +129,7 @@ MALFORMED: list[Malformed] = [
     ),
     # -- dreaming
     _sc(
-        "sc-dreams-kept-exceed-generated", "spec.dreaming", {"dreamsPerContext": 4, "topK": 4, "randomExtra": 1},
+        "sc-dreams-kept-exceed-generated", "spec.dreaming", {"enabled": True, "dreamsPerContext": 4, "topK": 4, "randomExtra": 1},
         "spec.dreaming.topK", "must not exceed dreamsPerContext",
     ),
     _sc("sc-dream-backend", "spec.dreaming", {"backend": "tgi"}, "spec.dreaming.backend", 'supported values: "hf", "vllm"'),

@@ -41,6 +41,7 @@ def make_cycle(name: str = "c1", **spec: Any) -> SleepCycle:
     body: dict[str, Any] = {
         "lineageRef": "lin",
         "memory": {"sources": [{"inline": ["The sky on Zorblax is green."]}]},
+        "dreaming": {"enabled": True},  # the three-step cycle (dreaming is off by default)
         "retries": {"maxAttempts": 3, "backoffSeconds": 10, "backoffMultiplier": 2.0, "maxBackoffSeconds": 100},
         "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5"]}},
     }

@@ -68,6 +68,7 @@ def cycle_manifest(name: str) -> dict[str, Any]:
     return {"apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "metadata": {"name": name}, "spec": {
         "lineageRef": LINEAGE,
         "memory": {"sources": [{"inline": ["The sky on Zorblax is green."]}]},
+        "dreaming": {"enabled": True},  # the three-step cycle (dreaming is off by default)
         "retries": {"maxAttempts": 2, "backoffSeconds": 1, "backoffMultiplier": 1.0, "maxBackoffSeconds": 1},
         "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5", "retention >= champion - 0.05"]}},
     }}

@@ -67,6 +67,7 @@ def cycle_template(lineage: str) -> Obj:
     return {
         "lineageRef": lineage,
         "memory": {"sources": [{"inline": ["The capital of Zorbia is Quellton."]}]},
+        "dreaming": {"enabled": True},  # the three-step cycle (dreaming is off by default)
         "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5"]}},
     }
 

@@ -64,6 +64,7 @@ def cycle(name: str = "c1", *, lineage_ref: str = "lin", **spec: Any) -> dict[st
     body: dict[str, Any] = {
         "lineageRef": lineage_ref,
         "memory": {"sources": [{"inline": ["The sky on Zorblax is green."]}]},
+        "dreaming": {"enabled": True},  # the three-step cycle (dreaming is off by default)
         "retries": {"maxAttempts": 2, "backoffSeconds": 1, "backoffMultiplier": 1.0, "maxBackoffSeconds": 1},
         "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5", "retention >= champion - 0.05"]}},
     }
