@@ -188,7 +188,7 @@ MALFORMED: list[Malformed] = [
         "spec.schedule.template.lineageRef", "must name this ModelLineage", model_rejects=False,
     ),
     Malformed(
-        "ml-template-dreaming-rule", _scheduled(("dreaming", {"dreamsPerContext": 1, "topK": 2})),
+        "ml-template-dreaming-rule", _scheduled(("dreaming", {"enabled": True, "dreamsPerContext": 1, "topK": 2})),
         "spec.schedule.template.dreaming.topK", "must not exceed dreamsPerContext",
     ),
 ]
