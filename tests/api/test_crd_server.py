@@ -213,7 +213,7 @@ def test_kubectl_explain_shows_field_descriptions(cluster: Any) -> None:
     out = cluster.kubectl("explain", "sleepcycle.spec.consolidation").stdout
     assert "Knowledge Seeding" in out
     assert "alpha" in out and "weight of distillation" in out and "itemsPerMemory" in out
-    assert "lambda" in out and "share of on-policy" in out
+    assert "lambda" in out and "share of student-sampled" in out
     lineage = cluster.kubectl("explain", "mlin.spec.schedule.cron").stdout
     assert "Cron expression" in lineage
 
