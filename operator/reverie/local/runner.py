@@ -45,6 +45,10 @@ from reverie.local.project import Project
 from reverie.local.state import LocalState, load_state, save_state, state_lock
 
 RUNS_DIR = "runs"
+# Phases of a local run share one staging cache (generations read from an object store).
+STAGING_DIR = "staging"
+# With the store in an object store, the tiny world is built here, then uploaded.
+TINY_BUILD_DIR = "tiny-build"
 POLL_SECONDS = 0.25
 # Planning passes when nothing happens: cheap, and they catch backoff deadlines.
 IDLE_REPLAN_SECONDS = 2.0
@@ -151,12 +155,12 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
     world: TinyWorld | None = None
     uses_tiny = is_builtin_tiny(project.lineage.spec.base_model.uri)
     if uses_tiny:
-        store, name = Path(project.store_uri), project.lineage.metadata.name
+        store, name = project.store_uri, project.lineage.metadata.name
         fresh = not tiny_world_exists(store, name)
         if fresh:
             observer.note("first run: building the tiny base model and its memories (no downloads)…")
         started = time.monotonic()
-        world = ensure_tiny_world(store, name)
+        world = ensure_tiny_world(store, name, build_dir=project.state_dir / TINY_BUILD_DIR)
         if fresh:
             observer.note(f"tiny base model ready in {time.monotonic() - started:.0f} s: {world.base_uri}")
     if state is None:
@@ -244,7 +248,8 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
         if approve is not None:
             cycle.metadata.annotations[APPROVAL_ANNOTATION] = approve
         save_state(project.state_dir, state)
-        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable)
+        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable,
+                                 staging_cache=project.state_dir / STAGING_DIR)
         interrupted = False
         try:
             for job in executor.recover():
