@@ -162,7 +162,7 @@ def load_generation(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     ledger = read_ledger(folder)
-    if not (folder / LEDGER).exists() and "base" not in ledger:
+    if not ledger["slots"] and "base" not in ledger:
         # Generation 0: every descendant copies its ledger, so each one says which base it grew from.
         base = {"uri": str(uri).split("@", 1)[0] if staged.revision else str(uri)}
         if staged.revision:
