@@ -24,6 +24,7 @@ applied, so an interruption between the two is repaired by the next pass.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -236,6 +237,9 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
               python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
     """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
     with state_lock(project.state_dir), sigterm_as_interrupt():
+        if project.lineage.spec.store.endpoint:
+            # This process uploads the tiny world; phases get the same (LocalExecutor).
+            os.environ.setdefault("AWS_ENDPOINT_URL_S3", project.lineage.spec.store.endpoint)
         try:
             state = prepare(project, again=again, observer=observer)
         except KeyboardInterrupt:
