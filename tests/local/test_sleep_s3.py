@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from s3server import S3Server
 
 from reverie.local.progress import first_step_per_launch, read_events
 from reverie.local.state import load_state
 from reverie.workloads import manifest as mf
 from reverie.workloads import staging, store
+from s3server import S3Server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
