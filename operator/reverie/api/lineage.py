@@ -32,7 +32,7 @@ class BaseModelSpec(ApiModel):
     format: Literal["hf"] = Field(default="hf", description="Artifact format; only hf (Hugging Face folder) today.")
 
 
-STAGING_CACHE_ONE_VOLUME = "stagingCache: set hostPath or pvcName, not both"
+STAGING_CACHE_ONE_VOLUME = "stagingCache names two volumes; set hostPath or pvcName, not both"
 
 
 class StagingCacheSpec(ApiModel):
