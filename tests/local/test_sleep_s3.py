@@ -1,7 +1,7 @@
 """A whole local-mode cycle with the store on a real S3 server (MinIO), killed in the middle of uploads.
 
-examples/smoke with ``store.uri: s3://<bucket>/store`` and ``store.endpoint``
-set, the way examples/s3 documents it: the tiny world is built locally and
+examples/s3 (examples/smoke with ``store.uri: s3://…`` and ``store.endpoint``),
+pointed at this session's MinIO and a fresh bucket: the tiny world is built locally and
 uploaded, every phase reads its inputs from S3 (base generation, memories,
 eval sets) and writes its outputs there (generation, checkpoints,
 ``result.json``, eval cache, consolidated memories).
@@ -70,10 +70,11 @@ def s3_run(
     bucket = s3_server.new_bucket()
     root = tmp_path_factory.mktemp("s3-smoke")
     run = root / "smoke"
-    shutil.copytree(REPO / "examples" / "smoke", run)
+    shutil.copytree(REPO / "examples" / "s3", run)
     lineage_path = run / "lineage.yaml"
     lineage = yaml.safe_load(lineage_path.read_text())
-    lineage["spec"]["store"] = {"uri": f"{bucket}/store", "endpoint": s3_server.endpoint}
+    assert set(lineage["spec"]["store"]) == {"uri", "endpoint"}
+    lineage["spec"]["store"].update(uri=f"{bucket}/store", endpoint=s3_server.endpoint)
     lineage_path.write_text(yaml.safe_dump(lineage))
     hooks, markers = root / "hooks", root / "killed"
     hooks.mkdir()

@@ -124,6 +124,9 @@ def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) 
     env: list[Obj] = []
     if store.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": store.endpoint})
+    if lineage.spec.base_model.uri.startswith("hf://"):
+        # The phase images run offline (HF_HUB_OFFLINE=1); an hf:// base model is downloaded once.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
     cache = store.staging_cache
     if cache is None:
         return [*env, {"name": "REVERIE_STAGING_CACHE", "value": STAGING_CACHE_IN_POD}]
