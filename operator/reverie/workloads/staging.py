@@ -24,6 +24,10 @@ or modification time differs from its record is hashed again
 (``REVERIE_STAGING_VERIFY=full`` hashes every file every time), and an entry
 that fails is dropped and staged afresh.
 
+Eviction does not know which entries another phase on the node is about to
+load; safetensors files are memory-mapped once opened, so only a load that has
+not opened its files yet can lose them, and it fails with the missing file named.
+
 ``REVERIE_STAGING_CACHE=none`` turns the cache off: every load stages into a
 new temporary folder (what every phase did before the cache existed).
 """
