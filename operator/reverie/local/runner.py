@@ -237,9 +237,11 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
               python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
     """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
     with state_lock(project.state_dir), sigterm_as_interrupt():
+        # This process uploads the tiny world; phases get the same store settings (LocalExecutor),
+        # and the generations it uploads enter the run's staging cache, not ~/.cache.
         if project.lineage.spec.store.endpoint:
-            # This process uploads the tiny world; phases get the same (LocalExecutor).
             os.environ.setdefault("AWS_ENDPOINT_URL_S3", project.lineage.spec.store.endpoint)
+        os.environ.setdefault("REVERIE_STAGING_CACHE", str(project.state_dir / STAGING_DIR))
         try:
             state = prepare(project, again=again, observer=observer)
         except KeyboardInterrupt:
