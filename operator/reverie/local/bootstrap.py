@@ -199,7 +199,8 @@ def _upload_tiny_world(build_dir: Path, store_uri: str, lineage: str, **build: A
     ensure_tiny_world(build_dir, lineage, **build)
     relative = json.loads((local_root / MANIFEST).read_text())
     root = _lineage_root(store_uri, lineage)
-    publish_generation(local_root / relative["base_uri"], store.join(root, relative["base_uri"]))
+    # Not into the staging cache: like a base model uploaded by its owner, the first phase stages it.
+    publish_generation(local_root / relative["base_uri"], store.join(root, relative["base_uri"]), cache=False)
     for folder in ("memories", "eval"):
         store.upload_tree(local_root / folder, store.join(root, folder))
     store.write_text(store.join(root, MANIFEST), json.dumps(relative, indent=1) + "\n")

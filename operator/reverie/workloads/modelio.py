@@ -56,7 +56,7 @@ def stage_in(uri: str | Path) -> Path:
     return staging.stage_generation(str(uri), cache=staging.StagingCache.from_env()).folder
 
 
-def publish_generation(folder: str | Path, uri: str) -> Manifest:
+def publish_generation(folder: str | Path, uri: str, *, cache: bool = True) -> Manifest:
     """Upload the generation in ``folder`` to ``uri`` and commit it; idempotent.
 
     The ledger goes first (from then on the prefix is an uncommitted generation,
@@ -64,7 +64,8 @@ def publish_generation(folder: str | Path, uri: str) -> Manifest:
     sends only the files not already there with the same bytes; a generation
     already committed with the same content hash is left as it is.  A different
     generation already committed there is uncommitted first (its manifest is
-    deleted) so no reader ever mixes the two.
+    deleted) so no reader ever mixes the two.  With ``cache`` the generation
+    also enters this node's staging cache, so the next phase here needs no download.
     """
     folder = Path(folder)
     local = mf.read(folder) or mf.write(folder)
@@ -76,12 +77,14 @@ def publish_generation(folder: str | Path, uri: str) -> Manifest:
         except GenerationError:
             remote = None
         if remote is not None and remote.content_hash == local.content_hash:
-            staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
+            if cache:
+                staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
             return local
         fs, path = store.filesystem(marker)
         fs.rm(path)
     store.upload_tree(folder, uri, commit_first=(LEDGER,), commit_last=(MANIFEST,))
-    staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
+    if cache:
+        staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
     return local
 
 
