@@ -32,7 +32,8 @@ from reverie.workloads import manifest as mf
 from reverie.workloads import staging, store
 from s3server import S3Server
 
-pytestmark = pytest.mark.slow
+# One cycle and two retried attempts in the module fixture: more than the default 600 s on a busy box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[2]
 REVERIE = str(Path(sys.executable).parent / "reverie")
 RUN_TIMEOUT = 900
