@@ -20,8 +20,12 @@ Ctrl-C, and the kernel stops them if pytest itself is killed).
 
 ``namespace`` (function-scoped) is a fresh namespace, deleted afterwards.
 
-Without the binaries the cluster tests are skipped with the build command,
-unless ``REVERIE_REQUIRE_CLUSTER`` is set (CI): then they fail.
+``s3_server`` (session-scoped) is a real S3 server, MinIO built by
+``hack/install-minio.sh`` (see ``tests/s3server.py``); ``s3`` (function-scoped)
+is a fresh bucket's ``s3://`` URI, with the ``AWS_*`` environment set for it.
+
+Without the binaries the cluster and S3 tests are skipped with the build
+command, unless ``REVERIE_REQUIRE_CLUSTER`` is set (CI): then they fail.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+from s3server import INSTALL_COMMAND, S3Server, minio_binary
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -396,10 +402,12 @@ class Cluster:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the cluster, so `-m "not cluster"` skips them all."""
+    """Mark every test that uses the cluster (or the S3 server), so `-m "not cluster"` skips them all."""
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
 
 
 @pytest.fixture(scope="session")
@@ -442,3 +450,29 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 server (MinIO) on a free port of 127.0.0.1, for the session."""
+    if not minio_binary().is_file():
+        message = f"real S3 server unavailable; missing: {minio_binary()} (build it: {INSTALL_COMMAND})"
+        if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
+            pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
+        pytest.skip(message)
+    workdir = Path(tempfile.mkdtemp(prefix="reverie-s3-"))
+    server = S3Server(workdir, port=free_port(), console_port=free_port(), preexec=_die_with_parent)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket (``s3://<name>``); this process and its children get the credentials and endpoint."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server.new_bucket()

@@ -164,6 +164,9 @@ MALFORMED: list[Malformed] = [
     _ml("ml-no-base-model", "spec.baseModel", _DELETE, "spec.baseModel", "Required value"),
     _ml("ml-base-model-format", "spec.baseModel", {"uri": "s3://m/", "format": "gguf"}, "spec.baseModel.format", 'supported values: "hf"'),
     _ml("ml-empty-store-uri", "spec.store", {"uri": ""}, "spec.store.uri", "at least 1 chars long"),
+    _ml("ml-store-endpoint-no-scheme", "spec.store.endpoint", "minio:9000", "spec.store.endpoint", "should match"),
+    _ml("ml-staging-cache-two-volumes", "spec.store.stagingCache", {"hostPath": "/var/cache/r", "pvcName": "c"},
+        "spec.store.stagingCache", "set hostPath or pvcName, not both"),
     _ml("ml-history-limit-1", "spec.historyLimit", 1, "spec.historyLimit", "greater than or equal to 2"),
     _ml("ml-rollback-not-dns", "spec.rollbackTo", "Gen 1", "spec.rollbackTo", "should match"),
     _ml(

@@ -35,6 +35,12 @@ def test_the_examples_load(example: str) -> None:
     assert project.store_uri == str((REPO / "examples" / example / ".reverie" / "store").resolve())
 
 
+def test_the_s3_example_keeps_its_store_uri_and_endpoint() -> None:
+    project = load_project(REPO / "examples" / "s3")
+    assert project.store_uri == "s3://reverie/store"
+    assert project.lineage.spec.store.endpoint == "http://127.0.0.1:9000"
+
+
 def test_a_single_file_may_hold_both_documents(tmp_path: Path) -> None:
     path = tmp_path / "all.yaml"
     path.write_text(LINEAGE + "---" + CYCLE)

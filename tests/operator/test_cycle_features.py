@@ -119,7 +119,9 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
 ) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "training"}, "value": 1000}))
-    apply(cluster, namespace, lineage(store={"uri": "/store/models", "pvcName": "models", "secretName": "s3-creds"}))
+    apply(cluster, namespace, lineage(store={
+        "uri": "/store/models", "pvcName": "models", "secretName": "s3-creds", "endpoint": "http://minio.minio:9000",
+        "stagingCache": {"hostPath": "/var/cache/reverie", "maxSize": "20Gi"}}))
     apply(cluster, namespace, cycle(
         memory={"sources": [{"inline": ["The sky on Zorblax is green."]},
                             {"configMap": {"name": "support-chats", "key": "week-47.jsonl"}}]},
@@ -158,6 +160,10 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert volumes[mounts["/etc/reverie-memory/support-chats"]]["configMap"]["name"] == "support-chats"
         assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio.minio:9000"
+        assert env["REVERIE_STAGING_CACHE"]["value"] == "/var/cache/reverie-staging"
+        assert env["REVERIE_STAGING_CACHE_MAX_BYTES"]["value"] == str(20 * 2**30)
+        assert volumes[mounts["/var/cache/reverie-staging"]]["hostPath"] == {"path": "/var/cache/reverie", "type": "DirectoryOrCreate"}
         assert env["MASTER_ADDR"]["value"] == "c1-consolidation-1-0.c1-consolidation-1"
         assert (env["WORLD_SIZE"]["value"], env["NNODES"]["value"], env["NPROC_PER_NODE"]["value"]) == ("8", "2", "4")
         assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"

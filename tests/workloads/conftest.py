@@ -22,6 +22,12 @@ torch.set_num_threads(1)
 from reverie.workloads.tiny import TinyBase, build_base_generation  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _staging_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generations staged from a store go to a throwaway cache, never the user's ~/.cache."""
+    os.environ.setdefault("REVERIE_STAGING_CACHE", str(tmp_path_factory.mktemp("staging-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBase:
     """A tiny base generation (seed 0) that knows 16 OLD facts; two sessions of 8 NEW facts it does not."""

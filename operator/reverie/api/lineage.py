@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from reverie.api.base import ApiModel, Condition, Images, Resources, cel
+from reverie.api.base import ApiModel, Condition, Images, Quantity, Resources, cel
 from reverie.api.sleepcycle import CONDITIONS_LIST, DNS_LABEL, ObjectMeta, SleepCycleSpec
 
 
@@ -23,9 +23,41 @@ class BaseModelSpec(ApiModel):
 
     uri: str = Field(
         min_length=1, max_length=2048,
-        description="Hugging Face model folder (safetensors + tokenizer): store path, file:// or s3://; 'builtin:tiny' builds a tiny demo model.",
+        description=(
+            "Hugging Face model folder (safetensors + tokenizer): store path, file:// or s3://; "
+            "hf://<org>/<model>[@revision] from the Hugging Face Hub (pin a commit; the resolved one is recorded "
+            "in every descendant's ledger); 'builtin:tiny' builds a tiny demo model."
+        ),
     )
     format: Literal["hf"] = Field(default="hf", description="Artifact format; only hf (Hugging Face folder) today.")
+
+
+STAGING_CACHE_ONE_VOLUME = "stagingCache names two volumes; set hostPath or pvcName, not both"
+
+
+class StagingCacheSpec(ApiModel):
+    """Local disk where phase pods keep verified copies of generations, shared by the phases on a node."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(("!(has(self.hostPath) && has(self.pvcName))", STAGING_CACHE_ONE_VOLUME)),
+    )
+
+    host_path: str | None = Field(
+        default=None, max_length=1024, pattern=r"^/",
+        description="Node-local folder mounted as the cache (must be writable by uid 1000; the namespace must allow hostPath).",
+    )
+    pvc_name: str | None = Field(
+        default=None, max_length=253, description="PersistentVolumeClaim mounted as the cache (e.g. a local PersistentVolume).",
+    )
+    max_size: Quantity = Field(
+        default="50Gi", description="Least recently used generations are deleted beyond this size (default 50Gi).",
+    )
+
+    @model_validator(mode="after")
+    def _one_volume(self) -> StagingCacheSpec:
+        if self.host_path is not None and self.pvc_name is not None:
+            raise ValueError(STAGING_CACHE_ONE_VOLUME)
+        return self
 
 
 class StoreSpec(ApiModel):
@@ -39,7 +71,16 @@ class StoreSpec(ApiModel):
         default=None, max_length=253, description="PersistentVolumeClaim mounted at /store in every phase pod (uri is then a path under it).",
     )
     secret_name: str | None = Field(
-        default=None, max_length=253, description="Secret whose keys become env vars of phase pods (object-store credentials).",
+        default=None, max_length=253,
+        description="Secret whose keys become env vars of phase pods: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_REGION, AWS_SESSION_TOKEN) for s3://.",
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s]+$",
+        description="URL of an S3-compatible server (MinIO, Ceph, R2, ...); phase pods get it as AWS_ENDPOINT_URL_S3. Unset: AWS S3.",
+    )
+    staging_cache: StagingCacheSpec | None = Field(
+        default=None,
+        description="Where phases keep verified local copies of generations (unset: each pod's own /tmp, nothing shared).",
     )
 
 

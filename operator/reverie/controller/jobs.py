@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from reverie import GROUP, VERSION
-from reverie.api.base import Engine, Scheduling
+from reverie.api.base import Engine, Scheduling, parse_quantity
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import CONFIG_MOUNT_PATH, MEMORY_CONFIGMAP_ROOT, TERMINATION_LOG
@@ -50,6 +50,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 CONTAINER = "phase"
 STORE_MOUNT = "/store"
+STAGING_CACHE_MOUNT = "/var/cache/reverie-staging"
+# Without spec.store.stagingCache each pod stages into its own /tmp emptyDir.
+STAGING_CACHE_IN_POD = "/tmp/reverie-staging"
 MASTER_PORT = 29500
 # Every workload pod (phase Jobs, the serving export Job) is hardened the same way.
 CACHE_ENV: list[Obj] = [
@@ -136,6 +139,36 @@ def _launcher_env(create: CreateJob, *, master: str) -> list[Obj]:
     return env
 
 
+def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) -> list[Obj]:
+    """The object-store endpoint and the staging cache (reverie.workloads.staging) of a phase pod.
+
+    Credentials come from ``spec.store.secretName`` through ``envFrom``; botocore
+    reads the standard AWS_* names, and AWS_ENDPOINT_URL_S3 for an S3-compatible server.
+    """
+    store = lineage.spec.store
+    env: list[Obj] = []
+    if store.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": store.endpoint})
+    if lineage.spec.base_model.uri.startswith("hf://"):
+        # The phase images run offline (HF_HUB_OFFLINE=1); an hf:// base model is downloaded once.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
+    cache = store.staging_cache
+    if cache is None:
+        return [*env, {"name": "REVERIE_STAGING_CACHE", "value": STAGING_CACHE_IN_POD}]
+    if cache.host_path:
+        volumes.append({"name": "staging-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}})
+    elif cache.pvc_name:
+        volumes.append({"name": "staging-cache", "persistentVolumeClaim": {"claimName": cache.pvc_name}})
+    else:
+        volumes.append({"name": "staging-cache", "emptyDir": {"sizeLimit": cache.max_size}})
+    mounts.append({"name": "staging-cache", "mountPath": STAGING_CACHE_MOUNT})
+    return [
+        *env,
+        {"name": "REVERIE_STAGING_CACHE", "value": STAGING_CACHE_MOUNT},
+        {"name": "REVERIE_STAGING_CACHE_MAX_BYTES", "value": str(int(parse_quantity(cache.max_size)))},
+    ]
+
+
 def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
     store = lineage.spec.store
     env: list[Obj] = [
@@ -162,6 +195,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     if store.pvc_name:
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_name}})
+    env += _store_env(lineage, mounts=mounts, volumes=volumes)
     if any(k.get("nvidia.com/gpu") for k in (create.runtime.resources.limits, create.runtime.resources.requests)):
         # NCCL needs more shared memory than the container runtime's 64Mi default.
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})

@@ -21,11 +21,17 @@ people with :mod:`reverie.workloads.tiny`:
 
 A memory source ``uri: builtin:tiny`` in a SleepCycle then means "the next
 session's memories of that world": cycle n of the lineage gets session n.
+
+With the store in an object store (``s3://``) the world is built in a local
+folder and uploaded: gen-0 committed like every generation (manifest last),
+then the memories and eval sets, then ``builtin-tiny.json``, which says the
+world is complete.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,18 +57,22 @@ def is_builtin_tiny(uri: str | None) -> bool:
     return bool(uri) and str(uri).strip() == BUILTIN_TINY
 
 
-def _read_manifest(path: Path) -> TinyWorld | None:
+def _read_manifest(root: str) -> TinyWorld | None:
     # Paths are stored relative to the lineage folder, so a store can be copied or moved.
-    root = path.parent
+    from reverie.workloads import store
+
     try:
-        raw = json.loads(path.read_text())
+        text = store.read_text(store.join(root, MANIFEST))
+        if text is None:
+            return None
+        raw = json.loads(text)
         world = TinyWorld(
-            base_uri=str(root / raw["base_uri"]), sessions=[str(root / s) for s in raw["sessions"]],
-            old_memories=str(root / raw["old_memories"]), people_per_session=int(raw["people_per_session"]),
+            base_uri=store.join(root, raw["base_uri"]), sessions=[store.join(root, s) for s in raw["sessions"]],
+            old_memories=store.join(root, raw["old_memories"]), people_per_session=int(raw["people_per_session"]),
         )
+        if not store.exists(store.join(world.base_uri, "config.json")):
+            return None
     except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if not (Path(world.base_uri) / "config.json").exists():
         return None
     return world
 
@@ -115,18 +125,33 @@ def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_s
     return old
 
 
-def tiny_world_exists(store: Path, lineage: str) -> bool:
-    return _read_manifest(store / lineage / MANIFEST) is not None
+def _lineage_root(store_uri: Path | str, lineage: str) -> str:
+    return f"{str(store_uri).rstrip('/')}/{lineage}"
 
 
-def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_session: int = 8,
-                      old_people: int = 16, pretrain_steps: int = 400, reading_steps: int = 200) -> TinyWorld:
-    """Build the tiny base generation and its memories unless they exist (idempotent)."""
-    root = store / lineage
-    manifest = root / MANIFEST
-    world = _read_manifest(manifest)
+def tiny_world_exists(store: Path | str, lineage: str) -> bool:
+    return _read_manifest(_lineage_root(store, lineage)) is not None
+
+
+def ensure_tiny_world(store: Path | str, lineage: str, *, seed: int = 0, people_per_session: int = 8,
+                      old_people: int = 16, pretrain_steps: int = 400, reading_steps: int = 200,
+                      build_dir: Path | None = None) -> TinyWorld:
+    """Build the tiny base generation and its memories unless they exist (idempotent).
+
+    For a store in an object store the world is built under ``build_dir`` (kept,
+    so an interrupted upload is not rebuilt) and uploaded.
+    """
+    from reverie.workloads import store as stores
+
+    world = _read_manifest(_lineage_root(store, lineage))
     if world is not None:
         return world
+    if stores.is_remote(str(store)):
+        return _upload_tiny_world(build_dir or Path(tempfile.mkdtemp(prefix="reverie-tiny-")), str(store), lineage,
+                                  seed=seed, people_per_session=people_per_session, old_people=old_people,
+                                  pretrain_steps=pretrain_steps, reading_steps=reading_steps)
+    root = Path(store) / lineage
+    manifest = root / MANIFEST
     # Imported here: torch and transformers cost seconds, and only this path needs them.
     import torch
 
@@ -164,6 +189,24 @@ def ensure_tiny_world(store: Path, lineage: str, *, seed: int = 0, people_per_se
         "people_per_session": people_per_session,
     }
     write_atomic(manifest, json.dumps(relative, indent=1) + "\n")
-    world = _read_manifest(manifest)
+    world = _read_manifest(str(root))
+    assert world is not None
+    return world
+
+
+def _upload_tiny_world(build_dir: Path, store_uri: str, lineage: str, **build: Any) -> TinyWorld:
+    from reverie.workloads import store
+    from reverie.workloads.modelio import publish_generation
+
+    local_root = build_dir / lineage
+    ensure_tiny_world(build_dir, lineage, **build)
+    relative = json.loads((local_root / MANIFEST).read_text())
+    root = _lineage_root(store_uri, lineage)
+    # Not into the staging cache: like a base model uploaded by its owner, the first phase stages it.
+    publish_generation(local_root / relative["base_uri"], store.join(root, relative["base_uri"]), cache=False)
+    for folder in ("memories", "eval"):
+        store.upload_tree(local_root / folder, store.join(root, folder))
+    store.write_text(store.join(root, MANIFEST), json.dumps(relative, indent=1) + "\n")
+    world = _read_manifest(root)
     assert world is not None
     return world

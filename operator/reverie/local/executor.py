@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reverie.api.base import parse_quantity
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig
 from reverie.core.observed import JobState, ObservedJob
@@ -73,7 +74,17 @@ def log_tail(path: Path, *, lines: int = 3) -> str:
 
 
 def latest_checkpoint(job: LocalJob) -> str | None:
-    """The newest checkpoint an attempt wrote: announced in its log, else found on disk."""
+    """The newest checkpoint an attempt wrote: announced in its log, else found on disk.
+
+    With the store in an object store, the phase announces its local working
+    copy; what the next attempt resumes from is the copy in the store, whose
+    ``latest`` pointer is uploaded only after the checkpoint it names.
+    """
+    from reverie.workloads import store
+
+    if store.is_remote(job.output_uri):
+        remote = store.join(job.output_uri, "checkpoints")
+        return remote if store.exists(store.join(remote, "latest")) else None
     announced = last_checkpoint_in_log(Path(job.log_path))
     if announced and Path(announced).exists():
         return announced
@@ -96,6 +107,7 @@ class LocalExecutor:
         runs_dir: Path,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        staging_cache: Path | None = None,
     ) -> None:
         self.state = state
         self.runs_dir = runs_dir
@@ -103,6 +115,18 @@ class LocalExecutor:
         self.env = dict(env if env is not None else os.environ)
         for key, value in PHASE_ENV_DEFAULTS.items():
             self.env.setdefault(key, value)
+        # What a phase Job gets from the lineage's spec.store (jobs._store_env); credentials
+        # come from this environment (AWS_* variables), as a Job's come from its Secret.
+        store = state.lineage.spec.store
+        if store.endpoint:
+            self.env.setdefault("AWS_ENDPOINT_URL_S3", store.endpoint)
+        cache = store.staging_cache
+        if cache is not None and cache.host_path:
+            staging_cache = Path(cache.host_path)
+        if staging_cache is not None:
+            self.env.setdefault("REVERIE_STAGING_CACHE", str(staging_cache))
+        if cache is not None:
+            self.env.setdefault("REVERIE_STAGING_CACHE_MAX_BYTES", str(int(parse_quantity(cache.max_size))))
         self.env["PYTHONUNBUFFERED"] = "1"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._launch_times: dict[str, float] = {}

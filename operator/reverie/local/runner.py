@@ -24,6 +24,7 @@ applied, so an interruption between the two is repaired by the next pass.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -46,6 +47,10 @@ from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
 
 RUNS_DIR = "runs"
+# Phases of a local run share one staging cache (generations read from an object store).
+STAGING_DIR = "staging"
+# With the store in an object store, the tiny world is built here, then uploaded.
+TINY_BUILD_DIR = "tiny-build"
 POLL_SECONDS = 0.25
 # Planning passes when nothing happens: cheap, and they catch backoff deadlines.
 IDLE_REPLAN_SECONDS = 2.0
@@ -152,12 +157,12 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
     world: TinyWorld | None = None
     uses_tiny = is_builtin_tiny(project.lineage.spec.base_model.uri)
     if uses_tiny:
-        store, name = Path(project.store_uri), project.lineage.metadata.name
+        store, name = project.store_uri, project.lineage.metadata.name
         fresh = not tiny_world_exists(store, name)
         if fresh:
             observer.note("first run: building the tiny base model and its memories (no downloads)…")
         started = time.monotonic()
-        world = ensure_tiny_world(store, name)
+        world = ensure_tiny_world(store, name, build_dir=project.state_dir / TINY_BUILD_DIR)
         if fresh:
             observer.note(f"tiny base model ready in {time.monotonic() - started:.0f} s: {world.base_uri}")
     if state is None:
@@ -234,6 +239,11 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
               python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
     """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
     with state_lock(project.state_dir), sigterm_as_interrupt():
+        # This process uploads the tiny world; phases get the same store settings (LocalExecutor),
+        # and the generations it uploads enter the run's staging cache, not ~/.cache.
+        if project.lineage.spec.store.endpoint:
+            os.environ.setdefault("AWS_ENDPOINT_URL_S3", project.lineage.spec.store.endpoint)
+        os.environ.setdefault("REVERIE_STAGING_CACHE", str(project.state_dir / STAGING_DIR))
         try:
             state = prepare(project, again=again, observer=observer)
         except KeyboardInterrupt:
@@ -246,7 +256,8 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
         if approve is not None:
             cycle.metadata.annotations[APPROVAL_ANNOTATION] = approve
         save_state(project.state_dir, state)
-        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable)
+        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable,
+                                 staging_cache=project.state_dir / STAGING_DIR)
         interrupted = False
         try:
             for job in executor.recover():

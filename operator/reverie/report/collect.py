@@ -92,9 +92,13 @@ def suite_table(report: EvalReport) -> list[tuple[str, float | None, float | Non
     return [(n, _finite(before.get(n)), _finite(after.get(n))) for n in names]
 
 
-def load_eval(path: Path) -> EvalReport | None:
+def load_eval(path: Path | str) -> EvalReport | None:
+    """The evaluation report at ``path`` (local or in an object store), or None."""
+    from reverie.workloads import store
+
     try:
-        return EvalReport.model_validate(json.loads(path.read_text()))
+        text = store.read_text(str(path))
+        return EvalReport.model_validate(json.loads(text)) if text is not None else None
     except (OSError, ValueError):
         return None
 
@@ -113,7 +117,7 @@ def collect(state: LocalState, *, cycle: str | None = None) -> ReportData:
             data.losses[job.name] = series
     evaluation_jobs = [j for j in jobs if j.step == Step.EVALUATION and j.state == "Succeeded"]
     if evaluation_jobs:
-        data.evaluation = load_eval(Path(evaluation_jobs[-1].output_uri) / "eval.json")
+        data.evaluation = load_eval(f"{evaluation_jobs[-1].output_uri.rstrip('/')}/eval.json")
     if data.evaluation is not None:
         data.recall = recall_items(data.evaluation)
         data.suites = suite_table(data.evaluation)

@@ -23,8 +23,14 @@ Shared building blocks (stable interfaces; other phases build on them):
     ``load_generation(uri, dtype=, trainable=False) -> Generation`` (``.model`` — a ``PeftModel``
     when it has slots, all active and frozen —, ``.tokenizer``, ``.slots``, ``.folder``);
     ``save_generation(model, tokenizer, uri, slots=None, ledger=None) -> Path`` (atomic);
-    ``content_hash(folder) -> "sha256:..."``; ``stage_in(uri) -> Path``; ``stage_out(folder, uri)``;
+    ``content_hash(folder) -> "sha256:..."``; ``stage_in(uri) -> Path``; ``stage_out(folder, uri)``
+    (a generation is committed by its manifest, written last); ``publish_generation(folder, uri)``;
     ``activate_slots(peft_model, names)``.
+
+The store: ``store`` (fsspec trees: ``upload_tree`` with pointer files last, ``download_tree``,
+``list_tree``), ``manifest`` (a generation's files, sha256s and content hash: its commit marker),
+``staging`` (the staging cache: ``stage_generation(uri, cache=StagingCache.from_env())`` for store
+URIs and ``hf://org/model[@revision]``, verified, evicted by size).
 
 ``memory`` — memory sets (JSONL: ``{"id", "text", "qa": [{"q", "a"}], "kind"}``).
     ``load_memories(MemorySpec | [MemorySource], store_uri=) -> list[Memory]``;

@@ -12,7 +12,10 @@ place, then ``latest`` is replaced atomically; a crash mid-write leaves the
 previous checkpoint intact.  Data order depends only on (seed, step), so a
 restart that loads step N continues with exactly the batches a run without the
 crash would have used.  Remote output URIs are handled by staging: checkpoints
-are written locally and copied with :func:`reverie.workloads.modelio.stage_out`.
+are written locally and mirrored with :func:`reverie.workloads.modelio.stage_out`,
+which uploads a checkpoint's files before its ``state.json`` and ``latest`` last,
+so the pointer in the store only ever names a complete checkpoint;
+:func:`load_checkpoint` downloads just the checkpoint it names.
 """
 
 from __future__ import annotations
@@ -101,12 +104,38 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint folder, or the newest one under a checkpoints root."""
-    from reverie.workloads.modelio import stage_in
+def fetch_checkpoint(uri: str) -> Path | None:
+    """Download the checkpoint ``uri`` names (a checkpoint, or a root with ``latest``) to a temporary folder."""
+    from reverie.workloads import store
 
-    local = stage_in(str(path)) if "://" in str(path) else Path(path)
-    folder = local if (local / "state.json").is_file() else latest_checkpoint(local)
+    listing = store.list_tree(uri)
+    if "state.json" in listing:
+        prefix, files = "", [rel for rel in listing if "/" not in rel]
+    else:
+        pointer = store.read_text(store.join(uri, LATEST))
+        names = [pointer.strip()] if pointer else []
+        # No pointer (yet): the newest folder whose state.json, uploaded last, is there.
+        names += sorted({rel.split("/", 1)[0] for rel in listing if rel.endswith("/state.json")}, reverse=True)
+        names = [n for n in names if f"{n}/state.json" in listing]
+        if not names:
+            return None
+        prefix = names[0] + "/"
+        files = [rel for rel in listing if rel.startswith(prefix)]
+    target = Path(tempfile.mkdtemp(prefix="reverie-resume-"))
+    for rel in files:
+        store.download_file(store.join(uri, rel), target / rel[len(prefix):])
+    return target
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint folder, or the newest one under a checkpoints root (local or in the store)."""
+    from reverie.workloads.store import is_remote, local_path
+
+    if is_remote(str(path)):
+        folder = fetch_checkpoint(str(path))
+    else:
+        local = local_path(str(path))
+        folder = local if (local / "state.json").is_file() else latest_checkpoint(local)
     if folder is None:
         raise CheckpointError(f"resume_from {path!s}: no complete checkpoint there (no state.json)")
     try:

@@ -522,12 +522,15 @@ def _load_state(ckpt: Path, dreamer: Dreamer) -> DreamState | None:
     return state
 
 
-def _local_dir(uri: str) -> Path:
-    from reverie.workloads.modelio import is_remote, local_path
+def _local_dir(uri: str, *, pull: str = "") -> Path:
+    """The local folder for ``uri``: itself, or for a store URI a new folder holding ``uri/pull``'s files."""
+    from reverie.workloads import store
 
-    if is_remote(uri):
-        raise ValueError(f"dreaming writes checkpoints to a local or mounted store; got {uri!r}")
-    return local_path(uri)
+    if not store.is_remote(uri):
+        return store.local_path(uri)
+    folder = store.local_workdir(uri, prefix="reverie-dreaming-")
+    store.download_tree(store.join(uri, pull) if pull else uri, folder / pull if pull else folder)
+    return folder
 
 
 def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
@@ -550,9 +553,12 @@ def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence
 
 def dream_rounds(
     dreamer: Dreamer, contexts: Sequence[TaskContext], *, ckpt: Path | None, state: DreamState | None = None,
-    stop_after: Callable[[DreamState], bool] | None = None,
+    stop_after: Callable[[DreamState], bool] | None = None, on_checkpoint: Callable[[], object] | None = None,
 ) -> DreamState:
-    """ReST-EM rounds over the contexts, checkpointing after every context and M-step."""
+    """ReST-EM rounds over the contexts, checkpointing after every context and M-step.
+
+    ``on_checkpoint`` runs after each checkpoint is written (to upload it when the store is remote).
+    """
     spec = dreamer.spec
     rounds = max(1, spec.rest_em_iterations)
     state = state or DreamState()
@@ -566,6 +572,8 @@ def dream_rounds(
             state.contexts_done.append(ctx.id)
             if ckpt:
                 _save_state(ckpt, state, dreamer)
+                if on_checkpoint:
+                    on_checkpoint()
             _progress(r * (len(contexts) + 1) + len(state.contexts_done), total,
                       rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
                       checkpoint=str(ckpt) if ckpt else None)
@@ -594,6 +602,8 @@ def dream_rounds(
         state.contexts_done = []
         if ckpt:
             _save_state(ckpt, state, dreamer)
+            if on_checkpoint:
+                on_checkpoint()
         _progress((r + 1) * (len(contexts) + 1), total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
         if stop_after and stop_after(state):
             return state
@@ -662,15 +672,16 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
-    from reverie.workloads.modelio import content_hash, save_generation
+    from reverie.workloads.modelio import content_hash, save_generation, stage_out
 
     spec = config.dreaming
     source = config.inputs.get("consolidation")
     if not source:
         raise ValueError(f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}")
     t0 = time.monotonic()
-    out_dir = _local_dir(config.output_uri)
+    out_dir = _local_dir(config.output_uri, pull=CHECKPOINT_DIR)
     ckpt = out_dir / CHECKPOINT_DIR
+    remote_ckpt = f"{config.output_uri.rstrip('/')}/{CHECKPOINT_DIR}"
     memories = load_memories(config.memory, store_uri=config.store_uri)
     prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
     held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
@@ -688,10 +699,11 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
             break
     tau_before = sum(task_measure(gen.model, dreamer.tokenizer, c) for c in contexts) / len(contexts) \
         if state is None else None
-    state = dream_rounds(dreamer, contexts, ckpt=ckpt, state=state, stop_after=stop_after)
+    state = dream_rounds(dreamer, contexts, ckpt=ckpt, state=state, stop_after=stop_after,
+                         on_checkpoint=lambda: stage_out(ckpt, remote_ckpt))
     if state.round < max(1, spec.rest_em_iterations):
         return PhaseResult(step=Step.DREAMING, status="Failed", message="stopped before the last round",
-                           checkpoint_uri=str(ckpt))
+                           checkpoint_uri=remote_ckpt)
     tau_after = sum(task_measure(dreamer.model, dreamer.tokenizer, c) for c in contexts) / len(contexts)
     ledger = dict(gen.ledger)
     notes = {"name": dreamer.slot, "phase": DREAM_SLOT_NOTE, "cycle": config.cycle,
@@ -702,6 +714,8 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     folder = save_generation(dreamer.model, dreamer.tokenizer, out_dir / "model", slots=[*gen.slots, dreamer.slot],
                              ledger=ledger)
     (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
+    stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
+    model_uri = stage_out(folder, f"{config.output_uri.rstrip('/')}/model")
     metrics: dict[str, float] = {
         "contexts": float(len(contexts)),
         "dreams_generated": float(len(state.dreams)),
@@ -719,5 +733,5 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         step=Step.DREAMING, status="Succeeded",
         message=f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
                 f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
-        metrics=metrics, output_uri=str(folder), content_hash=content_hash(folder), slot=dreamer.slot,
+        metrics=metrics, output_uri=model_uri, content_hash=content_hash(folder), slot=dreamer.slot,
     )

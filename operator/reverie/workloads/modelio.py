@@ -7,16 +7,22 @@ A generation is a Hugging Face model folder::
     slots.json                                               ledger: slot names in order (+ notes)
     slots/<name>/adapter_config.json                         one PEFT LoRA adapter per sleep
     slots/<name>/adapter_model.safetensors
+    manifest.json                                            every file's sha256: the commit marker
 
 Base weights never change during a sleep; each sleep adds one slot.  A slot
 folder is a standard PEFT adapter, so vLLM (``LoRARequest``) and ``peft`` load
-it as is.  Remote URIs (``s3://`` ...) are staged to a local folder through
-fsspec: :func:`stage_in` before loading, :func:`stage_out` after saving.
+it as is.
+
+Generations in an object store (``s3://`` ...) or on the Hub (``hf://``) are
+read through the staging cache (:func:`stage_in`, :mod:`reverie.workloads.staging`)
+and written by :func:`stage_out`, which commits a generation the only way an
+object store allows: the ledger first, every file, then the manifest
+(:mod:`reverie.workloads.manifest`).  Readers refuse a generation whose ledger
+is there but whose manifest is not.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,69 +32,92 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 from safetensors.torch import save_file
 
+from reverie.workloads import manifest as mf
+from reverie.workloads import staging, store
+from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
+from reverie.workloads.store import is_remote, local_path
+
+__all__ = [
+    "LEDGER", "MANIFEST", "SLOTS_DIR", "Generation", "GenerationError", "content_hash", "is_remote", "load_generation",
+    "local_path", "publish_generation", "save_generation", "stage_in", "stage_out",
+]
+
 SLOTS_DIR = "slots"
-LEDGER = "slots.json"
-# Files that describe a run, not the model; they never enter the content hash.
-HASH_EXCLUDE = frozenset({"result.json"})
+# Pointer files of a checkpoint tree: uploaded after the folders they name.
+CHECKPOINT_POINTERS = ("state.json", "latest")
 
 
-class GenerationError(ValueError):
-    """A generation folder that cannot be read or written; the message says which and why."""
+def stage_in(uri: str | Path) -> Path:
+    """A local folder holding the generation at ``uri``: the folder itself when it is local,
+    else its verified copy in the staging cache."""
+    return staging.stage_generation(str(uri), cache=staging.StagingCache.from_env()).folder
 
 
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+def publish_generation(folder: str | Path, uri: str, *, cache: bool = True) -> Manifest:
+    """Upload the generation in ``folder`` to ``uri`` and commit it; idempotent.
 
-
-def local_path(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-
-
-def stage_in(uri: str, *, cache_dir: str | Path | None = None) -> Path:
-    """A local folder holding ``uri``'s files (the folder itself when it is local)."""
-    if not is_remote(uri):
-        path = local_path(uri)
-        if not path.is_dir():
-            raise GenerationError(f"generation folder {uri!r} does not exist or is not a folder")
-        return path
-    target = Path(cache_dir or tempfile.mkdtemp(prefix="reverie-stage-"))
-    fs, remote = fsspec.core.url_to_fs(uri)
-    if not fs.isdir(remote):
-        raise GenerationError(f"generation {uri!r} does not exist or is not a folder")
-    fs.get(remote.rstrip("/") + "/", str(target), recursive=True)
-    return target
+    The ledger goes first (from then on the prefix is an uncommitted generation,
+    which readers refuse), then the other files, then the manifest.  A retry
+    sends only the files not already there with the same bytes; a generation
+    already committed with the same content hash is left as it is.  A different
+    generation already committed there is uncommitted first (its manifest is
+    deleted) so no reader ever mixes the two.  With ``cache`` the generation
+    also enters this node's staging cache, so the next phase here needs no download.
+    """
+    folder = Path(folder)
+    local = mf.read(folder) or mf.write(folder)
+    marker = store.join(uri, MANIFEST)
+    text = store.read_text(marker)
+    if text is not None:
+        try:
+            remote: Manifest | None = mf.parse(text, where=marker)
+        except GenerationError:
+            remote = None
+        if remote is not None and remote.content_hash == local.content_hash:
+            if cache:
+                staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
+            return local
+        fs, path = store.filesystem(marker)
+        fs.rm(path)
+    store.upload_tree(folder, uri, commit_first=(LEDGER,), commit_last=(MANIFEST,))
+    if cache:
+        staging.adopt(folder, local, cache=staging.StagingCache.from_env(), source=uri)
+    return local
 
 
 def stage_out(folder: str | Path, uri: str) -> str:
-    """Copy a local folder to ``uri`` (no-op when ``uri`` is that same local folder)."""
+    """Copy a local folder or file to ``uri``; returns ``uri``.
+
+    A generation folder (one with a manifest) is committed with
+    :func:`publish_generation`; any other folder (a checkpoint tree) is mirrored
+    with its pointer files written last.  No-op when ``uri`` is that same local path.
+    """
+    src = Path(folder)
     if not is_remote(uri):
         dst = local_path(uri)
-        if dst.resolve() != Path(folder).resolve():
-            shutil.copytree(folder, dst, dirs_exist_ok=True)
+        if dst.resolve() != src.resolve():
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            else:
+                shutil.copytree(src, dst, dirs_exist_ok=True)
         return uri
-    fs, remote = fsspec.core.url_to_fs(uri)
-    fs.put(str(folder).rstrip("/") + "/", remote.rstrip("/"), recursive=True)
+    if src.is_file():
+        fs, path = store.filesystem(uri)
+        fs.put_file(str(src), path)
+    elif (src / MANIFEST).is_file():
+        publish_generation(src, uri)
+    else:
+        store.upload_tree(src, uri, commit_last=CHECKPOINT_POINTERS)
     return uri
 
 
 def content_hash(folder: str | Path) -> str:
-    """``sha256:<hex>`` over every file's relative path and bytes, in sorted order (deterministic)."""
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel in HASH_EXCLUDE or rel.startswith("checkpoints/"):
-            continue
-        digest.update(rel.encode() + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
+    """``sha256:<hex>`` of a generation's files (see :mod:`reverie.workloads.manifest`); deterministic."""
+    return mf.build(folder).content_hash
 
 
 @dataclass
@@ -103,6 +132,7 @@ class Generation:
 
 
 def read_ledger(folder: Path) -> dict[str, Any]:
+    """The ledger of a generation; a plain model folder (generation 0) has an empty one."""
     path = folder / LEDGER
     if not path.exists():
         return {"slots": []}
@@ -122,7 +152,8 @@ def load_generation(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = stage_in(str(uri))
+    staged = staging.stage_generation(str(uri), cache=staging.StagingCache.from_env())
+    folder = staged.folder
     if not (folder / "config.json").exists():
         raise GenerationError(f"{uri}: not a model folder (no config.json)")
     try:
@@ -134,6 +165,14 @@ def load_generation(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     ledger = read_ledger(folder)
+    if not ledger["slots"] and "base" not in ledger:
+        # Generation 0: every descendant copies its ledger, so each one says which base it grew from.
+        base = {"uri": str(uri).split("@", 1)[0] if staged.revision else str(uri)}
+        if staged.revision:
+            base["revision"] = staged.revision
+        if staged.content_hash:
+            base["contentHash"] = staged.content_hash
+        ledger["base"] = base
     names = [s["name"] for s in ledger["slots"]]
     for i, name in enumerate(names):
         slot_dir = folder / SLOTS_DIR / name
@@ -192,12 +231,12 @@ def save_generation(
     model: Any, tokenizer: Any, uri: str | Path, *, slots: Sequence[str] | None = None,
     ledger: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a generation folder (base weights, tokenizer, ``slots``) atomically; returns the local folder.
+    """Write a generation folder (base weights, tokenizer, ``slots``, manifest) atomically; returns the local folder.
 
     ``slots`` defaults to every adapter the model carries, in insertion order.
     The folder is assembled next to the target and renamed into place, so a
     crash never leaves a half-written generation.  For a remote ``uri`` the
-    local copy is uploaded with :func:`stage_out`.
+    local copy is uploaded and committed with :func:`stage_out`.
     """
     remote = is_remote(str(uri))
     target = Path(tempfile.mkdtemp(prefix="reverie-gen-")) / "model" if remote else local_path(str(uri))
@@ -213,6 +252,7 @@ def save_generation(
     data = dict(ledger or {})
     data["slots"] = [entries.get(n, {"name": n}) for n in names]
     (tmp / LEDGER).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    mf.write(tmp)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
