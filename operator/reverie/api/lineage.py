@@ -155,6 +155,10 @@ class Generation(ApiModel):
     content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the artifact.")
     scores: dict[str, float] = Field(default_factory=dict, max_length=64, description="Eval scores at promotion time.")
     state: GenerationState = Field(description="Candidate, Champion, Retired or Rejected.")
+    reason: str | None = Field(
+        default=None, max_length=128,
+        description="Why a generation was Rejected: GateFailed, GateInconclusive, RejectedByApprover, or a refused promotion (StaleParent, Pinned).",
+    )
     created_at: datetime | None = Field(default=None, description="When it was recorded.")
     promoted_at: datetime | None = Field(default=None, description="When it last became champion.")
     retired_at: datetime | None = Field(default=None, description="When it stopped being champion.")

@@ -48,6 +48,21 @@ from reverie.api.sleepcycle import (
     Step,
     StepResult,
 )
+from reverie.core.actions import (
+    LINEAGE_ACTIONS,
+    Action,
+    ClaimLineage,
+    CreateJob,
+    DeleteCycle,
+    DeleteJob,
+    EmitEvent,
+    LineageAction,
+    Promote,
+    RecordCandidate,
+    Reject,
+    ReleaseLineage,
+    RequeueAfter,
+)
 from reverie.core.conditions import set_condition
 from reverie.core.contract import (
     PhaseConfig,
@@ -57,8 +72,14 @@ from reverie.core.contract import (
     step_output_uri,
 )
 from reverie.core.gate import decide
-from reverie.core.lineage import ancestry
+from reverie.core.lineage import ancestry, may_claim
 from reverie.core.observed import JobState, ObservedJob
+
+__all__ = [
+    "LINEAGE_ACTIONS", "MAX_JOB_NAME", "Action", "ClaimLineage", "CreateJob", "DeleteCycle", "DeleteJob", "EmitEvent",
+    "LineageAction", "Plan", "Promote", "RecordCandidate", "Reject", "ReleaseLineage", "RequeueAfter",
+    "backoff_seconds", "job_name", "may_claim", "plan", "steps_of",
+]
 
 # Kubernetes caps names at 63; an Indexed Job's pods are named ``<job>-<index>-<rand>``
 # and their hostnames ``<job>-<index>``, so we leave room (CronJob uses 52 too).
@@ -73,90 +94,6 @@ WAIT_REQUEUE_SECONDS = 30.0
 
 STEP_PHASE = {Step.CONSOLIDATION: Phase.CONSOLIDATING, Step.DREAMING: Phase.DREAMING, Step.EVALUATION: Phase.EVALUATING}
 STEP_CONDITION = {Step.CONSOLIDATION: "Consolidated", Step.DREAMING: "Dreamed", Step.EVALUATION: "Evaluated"}
-
-
-# --- actions -----------------------------------------------------------------
-@dataclass(frozen=True)
-class CreateJob:
-    """Create the Job (and its ConfigMap, and Service when multi-node) of one attempt."""
-
-    step: Step
-    attempt: int
-    job_name: str
-    config: PhaseConfig
-    runtime: PhaseRuntime
-    image: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    job_name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EmitEvent:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ClaimLineage:
-    """Become the lineage's one active cycle (status.activeCycle)."""
-
-    lineage: str
-
-
-@dataclass(frozen=True)
-class ReleaseLineage:
-    lineage: str
-
-
-@dataclass(frozen=True)
-class RecordCandidate:
-    """Add the candidate generation this cycle produced to the lineage."""
-
-    lineage: str
-    parent: str | None
-    uri: str
-    content_hash: str | None
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Promote:
-    lineage: str
-    generation: str
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Reject:
-    lineage: str
-    generation: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RequeueAfter:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class DeleteCycle:
-    """ttlSecondsAfterFinished has passed: delete the cycle (children go by owner references)."""
-
-    reason: str
-
-
-Action = (
-    CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
-    | RequeueAfter | DeleteCycle
-)
-# Actions that change the lineage: after applying them an executor re-plans at once
-# (the local runner does; the operator re-plans on the lineage's own watch event).
-LINEAGE_ACTIONS = (ClaimLineage, RecordCandidate, Promote, Reject)
 
 
 @dataclass
@@ -185,11 +122,6 @@ def backoff_seconds(failures: int, *, base: float, multiplier: float, cap: float
     if failures <= 0:
         return 0.0
     return float(min(cap, base * multiplier ** (failures - 1)))
-
-
-def may_claim(active_cycle: str | None, *, cycle: str, holder_finished: bool) -> bool:
-    """A cycle may take the lineage if it is free, already ours, or held by a finished/deleted cycle."""
-    return active_cycle is None or active_cycle == cycle or holder_finished
 
 
 def steps_of(cycle: SleepCycle) -> list[Step]:
