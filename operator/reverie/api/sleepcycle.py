@@ -64,6 +64,13 @@ class PromotionSpec(ApiModel):
     on_inconclusive: Literal["Reject", "AwaitApproval"] = Field(
         default="Reject", description="What an Inconclusive gate does: reject the candidate, or ask a human.",
     )
+    while_pinned: Literal["Wait", "Run"] = Field(
+        default="Wait",
+        description=(
+            "While the lineage is pinned (spec.rollbackTo): Wait stays Pending and starts no Job until the pin "
+            "is removed; Run trains and evaluates from the pinned champion now and promotes once the pin is removed."
+        ),
+    )
 
 
 class SleepCycleSpec(ApiModel):
