@@ -324,13 +324,17 @@ def _make_champion(status: ModelLineageStatus, name: str, *, now: datetime) -> M
     return new
 
 
-def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStatus, Rollback | None]:
+def reconcile(
+    lineage: ModelLineage, *, now: datetime, schedule_problem: str | None = None,
+) -> tuple[ModelLineageStatus, Rollback | None]:
     """The level-based part of a lineage's own reconcile: generation 0, the rollback pin, conditions.
 
     Returns the new status and what the rollback pin did (None without
     ``spec.rollbackTo``).  Conditions: ``RolledBack`` (True while a pin holds,
     False with ``UnknownGeneration``/``NotPromotable`` and a message saying
-    what to fix, False ``Unpinned`` once the pin is removed) and ``Ready``.
+    what to fix, False ``Unpinned`` once the pin is removed) and ``Ready``
+    (False ``RollbackFailed`` for a broken pin, False ``InvalidSchedule`` with
+    ``schedule_problem``, the caller's verdict on ``spec.schedule``).
     """
     spec = lineage.spec
     status = ensure_base(lineage.status, spec.base_model, now=now)
@@ -351,13 +355,14 @@ def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStat
             message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
             now=now, observed_generation=observed,
         )
-    ready = result is None or result.ok
-    conditions = set_condition(
-        conditions, READY, ready,
-        reason="ChampionServing" if ready else "RollbackFailed",
-        message=(f"champion {status.champion} ({status.champion_uri})" if ready else result.message if result else ""),
-        now=now, observed_generation=observed,
-    )
+    if result is not None and not result.ok:
+        ready, reason, message = False, "RollbackFailed", result.message
+    elif schedule_problem:
+        ready, reason, message = False, "InvalidSchedule", f"{schedule_problem}; no SleepCycle is scheduled until it is fixed"
+    else:
+        ready, reason, message = True, "ChampionServing", f"champion {status.champion} ({status.champion_uri})"
+    conditions = set_condition(conditions, READY, ready, reason=reason, message=message, now=now,
+                               observed_generation=observed)
     if conditions != status.conditions or status.observed_generation != observed:
         status = status.model_copy(deep=True)
         status.conditions = conditions

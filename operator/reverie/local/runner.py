@@ -39,6 +39,7 @@ from reverie.api.phases import MemorySource
 from reverie.api.sleepcycle import TERMINAL_PHASES, Phase, SleepCycle, SleepCycleStatus
 from reverie.core import lineage as rules
 from reverie.core import planner
+from reverie.core.conditions import get_condition
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
 from reverie.local.executor import LocalExecutor
 from reverie.local.project import Project
@@ -285,6 +286,9 @@ def _loop(project: Project, state: LocalState, executor: LocalExecutor, observer
                 return cycle
             if phase == Phase.AWAITING_APPROVAL:
                 return cycle
+            ready = get_condition(cycle.status.conditions, "Ready")
+            if ready is not None and ready.reason == "LineagePinned" and not cycle.status.records:
+                return cycle  # nothing runs until a person unpins the lineage
             if replan:
                 next_plan = now_mono
                 continue
