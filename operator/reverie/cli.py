@@ -270,7 +270,7 @@ class Kube:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)  # type: ignore[no-any-return]
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)  # type: ignore[return-value]
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -49,7 +49,7 @@ from reverie.api.sleepcycle import (
     Step,
     StepResult,
 )
-from reverie.controller import metrics, promotion
+from reverie.controller import admission, metrics, promotion
 from reverie.controller.jobs import LABEL_CYCLE, Owner, observe, render
 from reverie.controller.kube import (
     CONFIGMAPS,
@@ -110,6 +110,10 @@ class Options:
     # Reconciles are I/O-bound (a handful of sequential API calls each): many may wait at once.
     max_concurrent: int = int(os.environ.get("REVERIE_MAX_CONCURRENT_RECONCILES", "64"))
     kubeconfig: str | None = os.environ.get("REVERIE_KUBECONFIG") or os.environ.get("KUBECONFIG") or None
+    # The admission webhook (controller/admission.py): off without a port.
+    webhook_port: int | None = int(os.environ["REVERIE_WEBHOOK_PORT"]) if os.environ.get("REVERIE_WEBHOOK_PORT") else None
+    webhook_cert_dir: str | None = os.environ.get("REVERIE_WEBHOOK_CERT_DIR") or None
+    webhook_addr: str | None = os.environ.get("REVERIE_WEBHOOK_ADDR") or None  # default: every interface
 
 
 @dataclass
@@ -501,6 +505,9 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf waits this long for more events of one object before handling them; our
     # reconciles coalesce on their own, so a short window only adds latency.
     settings.batching.batch_window = 0.01
+    settings.admission.server = admission.server(
+        port=OPTIONS.webhook_port, cert_dir=OPTIONS.webhook_cert_dir, addr=OPTIONS.webhook_addr,
+    )
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
     _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")
