@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from reverie import GROUP, VERSION
 from reverie.api.lineage import GenerationState, ModelLineage, ScheduleSpec
 from reverie.api.sleepcycle import SleepCycleSpec
-from reverie.controller.kube import MODELLINEAGES, Kube
+from reverie.controller.kube import MODELLINEAGES, ApiError, Kube
 from reverie.controller.promotion import parse_lineage
 from reverie.controller.schedule import ScheduleError
 from reverie.controller.schedule import validate as validate_schedule
@@ -130,7 +130,12 @@ async def _validate_cycle(**kwargs: Any) -> None:
     if spec is None:
         return
     ns = namespace or "default"
-    obj = await _kube().get_or_none(MODELLINEAGES, ns, spec.lineage_ref)
+    try:
+        obj = await _kube().get_or_none(MODELLINEAGES, ns, spec.lineage_ref)
+    except ApiError as exc:
+        # Fail open, as failurePolicy Ignore would: the cycle's own conditions report a missing lineage.
+        log.warning("admission: could not read ModelLineage %s/%s (%s); admitting the cycle", ns, spec.lineage_ref, exc)
+        return
     lineage = None if obj is None else _lineage(obj)
     _refuse(check_cycle(spec, namespace=ns, lineage=lineage))
 
