@@ -329,6 +329,9 @@ class Cluster:
             "--profiling=false",
             "--enable-priority-and-fairness=false",
             "--endpoint-reconciler-type", "none",
+            # Webhooks behind a Service are called at its endpoints (the test writes them) rather
+            # than its ClusterIP, which nothing routes here: the chart's webhook reaches the operator.
+            "--enable-aggregator-routing=true",
             "--v", "1",
         ])
         self._admin_tls = ssl.create_default_context(cafile=str(self.ca.cert))

@@ -127,6 +127,9 @@ def sleep(
         console.print(f"servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} \"<question>\" --compare[/dim]")
     if phase == "AwaitingApproval":
         console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
+    elif phase == "Pending":
+        console.print(cycle.status.message)
+        raise typer.Exit(1)
     elif phase in ("Succeeded", "Rejected") and not again:
         console.print(f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]")
     if phase == "Failed":
@@ -393,6 +396,16 @@ class Kube:
         kind = "SleepCycle" if plural == "sleepcycles" else "ModelLineage"
         return self._call(f"{kind} {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name)  # type: ignore[no-any-return]
 
+    def get_or_none(self, plural: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)  # type: ignore[return-value]
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def list(self, plural: str, *, all_namespaces: bool = False) -> list[dict[str, Any]]:
         if all_namespaces:
             out = self._call(plural, self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
@@ -462,9 +475,11 @@ def status(
     kube = Kube(kubeconfig, namespace)
     if cycle is None:
         items = kube.list("sleepcycles", all_namespaces=all_namespaces)
+        problems = status_problems(items, kube.list("modellineages", all_namespaces=all_namespaces))
         if not items:
             where = "any namespace" if all_namespaces else f"namespace {kube.namespace}"
             console.print(f"No SleepCycles in {where}.")
+            _print_problems(problems)
             return
         table = Table(box=None, header_style="bold")
         if all_namespaces:
@@ -480,9 +495,12 @@ def status(
             ]
             table.add_row(*([obj["metadata"].get("namespace", "")] if all_namespaces else []), *row)
         show(table)
+        _print_problems(problems)
         return
     obj = kube.get("sleepcycles", cycle)
     st = obj.get("status") or {}
+    lineage_obj = kube.get_or_none("modellineages", obj["spec"].get("lineageRef", ""))
+    _print_problems(status_problems([obj], [lineage_obj] if lineage_obj else []))
     console.print(f"[bold]{cycle}[/bold] (lineage {obj['spec'].get('lineageRef')}, namespace {kube.namespace})")
     console.print(f"phase:      {st.get('phase', 'Pending')}")
     console.print(f"message:    {st.get('message', '')}")
@@ -515,6 +533,25 @@ def status(
         for cond in conditions:
             table.add_row(cond.get("type", ""), cond.get("status", ""), cond.get("reason", ""), (cond.get("message") or "")[:80])
         show(table)
+
+
+def status_problems(cycles: list[dict[str, Any]], lineages: list[dict[str, Any]]) -> list[str]:
+    """What a person must fix: cycles waiting on a problem, lineages that are not Ready (with the reason)."""
+    from reverie.core.planner import WAITING_PROBLEMS
+
+    out = []
+    for kind, objects in (("sleepcycle", cycles), ("modellineage", lineages)):
+        for obj in objects:
+            ready = next((c for c in (obj.get("status") or {}).get("conditions", []) if c.get("type") == "Ready"), None)
+            if ready is None or ready.get("status") != "False" or (kind == "sleepcycle" and ready.get("reason") not in WAITING_PROBLEMS):
+                continue
+            out.append(f"{kind}/{obj['metadata']['name']}: {ready.get('reason')}: {ready.get('message', '')}")
+    return out
+
+
+def _print_problems(problems: list[str]) -> None:
+    for line in problems:
+        console.print(f"[yellow]problem:[/yellow] {line}", soft_wrap=True)
 
 
 def _annotate_approval(cycle: str, value: str, namespace: str | None, kubeconfig: Path | None) -> None:

@@ -93,6 +93,9 @@ MALFORMED: list[Malformed] = [
     _sc("sc-lineageRef-not-dns", "spec.lineageRef", "My_Lineage", "spec.lineageRef", "should match"),
     _sc("sc-lineageRef-too-long", "spec.lineageRef", "a" * 64, "spec.lineageRef", "Too long"),
     _sc("sc-no-memory", "spec.memory", _DELETE, "spec.memory", "Required value"),
+    # Every phase Job and pod carries the cycle's name in a label (at most 63 characters).
+    Malformed("sc-name-64", sleepcycle("c" * 64), "metadata.name", "may not be more than 63 characters",
+              model_rejects=False),
     # -- memory
     _sc("sc-memory-no-sources", "spec.memory.sources", [], "spec.memory.sources", "at least 1 items"),
     _sc(
@@ -189,6 +192,14 @@ MALFORMED: list[Malformed] = [
     Malformed(
         "ml-template-other-lineage", _scheduled(("lineageRef", "other")),
         "spec.schedule.template.lineageRef", "must name this ModelLineage", model_rejects=False,
+    ),
+    # Names that cannot work downstream are refused with the lineage itself: a cycle's lineageRef
+    # is at most 63, and a scheduled cycle is named <lineage>-<yyyymmddhhmm>.
+    Malformed("ml-name-64", modellineage("l" * 64), "metadata.name", "may not be more than 63 characters",
+              model_rejects=False),
+    Malformed(
+        "ml-scheduled-name-51", patched(patched(_scheduled(), "metadata.name", "l" * 51), "spec.schedule.template.lineageRef", "l" * 51),
+        "metadata.name", "with spec.schedule may not be more than 50 characters", model_rejects=False,
     ),
     Malformed(
         "ml-template-dreaming-rule", _scheduled(("dreaming", {"enabled": True, "dreamsPerContext": 1, "topK": 2})),

@@ -166,3 +166,13 @@ def test_every_cel_rule_has_a_malformed_case(kind: str) -> None:
             assert any(fragment in rule["message"] for fragment in covered), (
                 f"{kind}{path}: no malformed case exercises {rule['message']!r}"
             )
+
+
+def test_docs_and_schema_agree_on_the_schedule_templates_lineage_ref() -> None:
+    # The schema requires template.lineageRef and rejects any other value (crd_cases:
+    # ml-template-other-lineage); what `kubectl explain` and the README say must match.
+    template = schema_of("ModelLineage")["properties"]["spec"]["properties"]["schedule"]["properties"]["template"]
+    assert "lineageRef" in template["required"]
+    assert "must be this lineage's name" in template["description"] and "forced" not in template["description"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`template.lineageRef` must name the lineage itself" in readme

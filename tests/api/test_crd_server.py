@@ -93,6 +93,14 @@ def test_malformed_manifest_is_rejected_naming_the_field(cluster: Any, dry_run_n
     assert case.message in error, f"{case.id}: error lacks {case.message!r}:\n{error}"
 
 
+def test_names_at_their_limits_are_accepted(cluster: Any, dry_run_namespace: str) -> None:
+    scheduled = patched(patched(modellineage("s" * 50), "spec.schedule", {"cron": "@daily", "template": sleepcycle()["spec"]}),
+                        "spec.schedule.template.lineageRef", "s" * 50)
+    for manifest in (modellineage("l" * 63), patched(sleepcycle("c" * 63), "spec.lineageRef", "l" * 63), scheduled):
+        done = apply(cluster, dry_run_namespace, manifest, dry_run=True, check=False)
+        assert done.returncode == 0, done.stderr
+
+
 def test_at_least_25_malformed_cases() -> None:
     assert len(MALFORMED) >= 25
     assert len({case.id for case in MALFORMED}) == len(MALFORMED)

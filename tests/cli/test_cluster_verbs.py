@@ -95,6 +95,18 @@ def test_status_of_one_cycle_shows_attempts_gate_rules_and_message(cluster: Any,
     assert CYCLE_STATUS["message"][:40] in result.output
 
 
+def test_status_shows_a_lineage_that_is_not_ready_with_the_reason(cluster: Any, namespace: str) -> None:
+    apply(cluster, namespace, lineage("broken"), cycle("nightly", "broken"))
+    message = "spec.schedule.cron '61 * * * *' is not a valid cron expression (e.g. '0 3 * * *' or @daily)"
+    patch_status(cluster, namespace, "modellineage", "broken", {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "InvalidSchedule", "message": message,
+         "lastTransitionTime": "2026-11-25T03:00:00Z"}]})
+    for args in (["status"], ["status", "nightly"]):
+        result = invoke(cluster, *args, "-n", namespace)
+        assert result.exit_code == 0, result.output
+        assert "modellineage/broken: InvalidSchedule" in result.output and "61 * * * *" in result.output
+
+
 def test_status_of_a_missing_cycle_says_so(cluster: Any, namespace: str) -> None:
     result = invoke(cluster, "status", "nope", "-n", namespace)
     assert result.exit_code == 1

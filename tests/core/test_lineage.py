@@ -232,3 +232,13 @@ def test_reconcile_enforces_the_rollback_pin_then_unpins() -> None:
     cond = get_condition(unpinned.conditions, "RolledBack")
     assert cond is not None and (cond.status, cond.reason) == ("False", "Unpinned")
     assert unpinned.champion == "gen-1"  # removing the pin does not undo the rollback
+
+
+def test_an_invalid_schedule_makes_the_lineage_not_ready_with_the_problem() -> None:
+    problem = "spec.schedule.cron '61 * * * *' is not a valid cron expression (e.g. '0 3 * * *' or @daily)"
+    s, _ = L.reconcile(lineage_with(ModelLineageStatus()), now=T0, schedule_problem=problem)
+    ready = get_condition(s.conditions, "Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "InvalidSchedule")
+    assert "spec.schedule.cron" in ready.message
+    fixed, _ = L.reconcile(lineage_with(s), now=T0 + timedelta(minutes=1))
+    assert get_condition(fixed.conditions, "Ready").status == "True"  # type: ignore[union-attr]

@@ -483,3 +483,196 @@ def test_nan_eval_metric_is_inconclusive_and_status_stays_valid_json() -> None:
     assert cycle.status.gate is not None and cycle.status.gate.outcome == "Inconclusive"
     assert "nan" in cycle.status.gate.rules[0].reason.lower()
     json.dumps(cycle.status.model_dump(by_alias=True, mode="json"), allow_nan=False)
+
+
+# --- step conditions tell the truth -------------------------------------------------------------
+def cond(p: Plan | SleepCycle, type_: str) -> Any:
+    status = p.status
+    found = get_condition(status.conditions, type_)
+    assert found is not None, f"no {type_} condition in {[c.type for c in status.conditions]}"
+    return found
+
+
+@pytest.mark.parametrize(
+    ("steps", "condition", "job_name_"),
+    [
+        ([Step.CONSOLIDATION], "Consolidated", "c1-consolidation-1"),
+        ([Step.CONSOLIDATION, Step.DREAMING], "Dreamed", "c1-dreaming-1"),
+        ([Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], "Evaluated", "c1-evaluation-1"),
+    ],
+)
+def test_a_succeeded_step_condition_is_true_with_its_attempt_job_and_output(
+    steps: list[Step], condition: str, job_name_: str
+) -> None:
+    cycle, _ = through(started(), steps)
+    c = cond(cycle, condition)
+    assert (c.status, c.reason) == ("True", "Succeeded")
+    assert "attempt 1 of 3" in c.message and job_name_ in c.message
+    assert f"{STORE}/lin/c1/{steps[-1].value}/model" in c.message  # the output the step reported
+    assert c.observed_generation == 1
+
+
+def test_every_step_condition_is_true_on_a_succeeded_cycle() -> None:
+    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
+    cycle = advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    lin = make_lineage(generations=[candidate(GenerationState.CHAMPION, promoted_at=T0)], champion="gen-1")
+    p = plan(cycle, observed=[], lineage=lin, now=T0 + timedelta(minutes=1))
+    assert p.status.phase == Phase.SUCCEEDED
+    for type_ in ("Consolidated", "Dreamed", "Evaluated", "GatePassed", "Promoted", "Ready"):
+        assert cond(p, type_).status == "True", (type_, cond(p, type_))
+
+
+def test_a_cycle_finished_with_running_step_conditions_gets_them_corrected() -> None:
+    # What an older operator left behind: Succeeded, with Consolidated still False/Running.
+    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
+    cycle.status.phase = Phase.SUCCEEDED
+    cycle.status.conditions = set_condition(cycle.status.conditions, "Consolidated", False, reason="Running",
+                                            message="consolidation attempt 1 of 3 is running", now=T0)
+    p = plan(cycle, observed=[], lineage=make_lineage(active=None), now=T0 + timedelta(minutes=1))
+    assert cond(p, "Consolidated").status == "True"
+
+
+def test_disabled_dreaming_reads_skipped() -> None:
+    cycle = started(make_cycle(dreaming={"enabled": False}))
+    assert (cond(cycle, "Dreamed").status, cond(cycle, "Dreamed").reason) == ("True", "Skipped")
+
+
+def test_a_running_step_condition_is_false_running() -> None:
+    c = cond(started(), "Consolidated")
+    assert (c.status, c.reason) == ("False", "Running") and "c1-consolidation-1" in c.message
+
+
+def test_a_failed_attempt_waiting_for_backoff_reads_backoff_waiting() -> None:
+    obs = [job(Step.CONSOLIDATION, state=JobState.FAILED, reason="BackoffLimitExceeded", message="exit 1")]
+    p = plan(started(), observed=obs, lineage=make_lineage(), now=T0 + timedelta(seconds=6))
+    assert (cond(p, "Consolidated").status, cond(p, "Consolidated").reason) == ("False", "BackoffWaiting")
+
+
+@pytest.mark.parametrize("step", [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
+def test_a_step_that_spends_its_budget_is_false_with_the_reason(step: Step) -> None:
+    order = [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION]
+    cycle, observed = through(started(), order[: order.index(step)])
+    now = T0
+    for attempt in (1, 2, 3):
+        observed = [o for o in observed if o.step != step or o.attempt < attempt]
+        observed.append(ObservedJob(name=job_name("c1", step, attempt), step=step, attempt=attempt, state=JobState.FAILED,
+                                    created=now, finished=now, reason="OOMKilled", message="out of memory"))
+        now += timedelta(hours=1)
+        cycle = advance(cycle, plan(cycle, observed=observed, lineage=make_lineage(), now=now))
+    assert cycle.status.phase == Phase.FAILED
+    c = cond(cycle, {Step.CONSOLIDATION: "Consolidated", Step.DREAMING: "Dreamed", Step.EVALUATION: "Evaluated"}[step])
+    assert (c.status, c.reason) == ("False", "RetryBudgetExhausted") and "OOMKilled" in c.message
+
+
+def test_a_permanent_failure_is_false_with_its_reason() -> None:
+    cycle = started()
+    cycle.status.records[0] = cycle.status.records[0].model_copy(update={
+        "result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": "no TrainJob CRD"})
+    p = plan(cycle, observed=[], lineage=make_lineage(), now=T0 + timedelta(hours=1))
+    assert (cond(p, "Consolidated").status, cond(p, "Consolidated").reason) == ("False", "EngineNotInstalled")
+
+
+def test_a_suspended_step_reads_suspended() -> None:
+    cycle = started()
+    cycle.spec.suspend = True
+    p = plan(cycle, observed=[job(Step.CONSOLIDATION)], lineage=make_lineage(), now=T0 + timedelta(seconds=30))
+    assert (cond(p, "Consolidated").status, cond(p, "Consolidated").reason) == ("False", "Suspended")
+
+
+def test_a_step_stopped_by_a_deleted_lineage_says_so() -> None:
+    cycle = advance(started(), plan(started(), observed=[job(Step.CONSOLIDATION)], lineage=make_lineage(), now=T0))
+    p = plan(cycle, observed=[job(Step.CONSOLIDATION)], lineage=None, now=T0 + timedelta(seconds=5))
+    assert (cond(p, "Consolidated").status, cond(p, "Consolidated").reason) == ("False", "LineageNotFound")
+
+
+def test_conditions_follow_a_new_spec_generation() -> None:
+    cycle, _ = through(started(), [Step.CONSOLIDATION])
+    cycle.metadata.generation = 2  # e.g. spec.retries changed
+    p = plan(cycle, observed=[job(Step.CONSOLIDATION, state=JobState.SUCCEEDED, result_text=result(Step.CONSOLIDATION)),
+                              job(Step.DREAMING)], lineage=make_lineage(), now=T0 + timedelta(minutes=1))
+    assert {c.type: c.observed_generation for c in p.status.conditions} == {c.type: 2 for c in p.status.conditions}
+
+
+# --- strict results --------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ['"0.95"', "true", "null"])
+def test_a_metric_that_is_not_a_json_number_fails_the_attempt_with_the_field(value: str) -> None:
+    cycle, observed = through(started(), [Step.CONSOLIDATION, Step.DREAMING])
+    text = ('{"step": "evaluation", "status": "Succeeded", "outputUri": "file:///store/lin/c1/evaluation/eval.json", '
+            f'"metrics": {{"knowledge_incorporation": {value}}}, "baseline": {{"knowledge_incorporation": 0.1}}}}')
+    observed.append(job(Step.EVALUATION, state=JobState.SUCCEEDED, result_text=text))
+    p = plan(cycle, observed=observed, lineage=make_lineage(), now=T0 + timedelta(seconds=6))
+    rec = p.status.records[-1]
+    assert (rec.step, rec.result, rec.reason) == (Step.EVALUATION, StepResult.FAILED, "MalformedResult")
+    assert "metrics.knowledge_incorporation" in rec.message and "not a JSON number" in rec.message
+    assert p.status.gate is None and not p.of(RecordCandidate) and not p.of(Promote)
+
+
+def test_an_integer_metric_is_a_number() -> None:
+    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 1})
+    assert cycle.status.gate is not None and cycle.status.gate.outcome == "Passed"
+
+
+# --- a pinned lineage starts no cycle ----------------------------------------------------------------
+def pinned(to: str = "gen-99", **kw: Any) -> ModelLineage:
+    lin = make_lineage(**kw)
+    lin.spec.rollback_to = to
+    return lin
+
+
+def test_a_cycle_on_a_pinned_lineage_waits_in_pending_and_says_how_to_unpin() -> None:
+    p = plan(make_cycle(), observed=[], lineage=pinned(active=None), now=T0)
+    assert p.status.phase == Phase.PENDING and not p.of(CreateJob) and not p.of(ClaimLineage)
+    ready = cond(p, "Ready")
+    assert (ready.status, ready.reason) == ("False", "LineagePinned")
+    assert "gen-99" in ready.message and "rollbackTo" in ready.message and "whilePinned: Run" in ready.message
+    assert any(isinstance(a, EmitEvent) and a.type == "Warning" and a.reason == "LineagePinned" for a in p.actions)
+    assert one(p, RequeueAfter).seconds > 0
+    again = plan(advance(make_cycle(), p), observed=[], lineage=pinned(active=None), now=T0 + timedelta(seconds=30))
+    assert not again.of(EmitEvent)  # one Event when it starts waiting, not one per pass
+
+
+def test_a_waiting_cycle_that_held_the_lineage_gives_it_back() -> None:
+    p = plan(make_cycle(), observed=[], lineage=pinned(active="c1"), now=T0)
+    assert one(p, ReleaseLineage).lineage == "lin" and not p.of(CreateJob)
+
+
+def test_a_cycle_starts_once_the_pin_is_removed() -> None:
+    cycle = advance(make_cycle(), plan(make_cycle(), observed=[], lineage=pinned(active=None), now=T0))
+    p = plan(cycle, observed=[], lineage=make_lineage(), now=T0 + timedelta(seconds=1))
+    assert one(p, CreateJob).step == Step.CONSOLIDATION
+
+
+def test_while_pinned_run_trains_now_and_waits_to_promote() -> None:
+    cycle = make_cycle(promotion={"whilePinned": "Run"})
+    lin = pinned("gen-0")
+    cycle = started(cycle, lineage=lin)
+    assert cycle.status.records, "whilePinned: Run starts the Jobs"
+    cycle, _ = through(cycle, [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], lineage=lin)
+    lin.status.generations = [candidate(GenerationState.CANDIDATE)]
+    p = plan(cycle, observed=[], lineage=lin, now=T0)
+    assert p.status.phase == Phase.PROMOTING and not p.of(Promote)
+    assert cond(p, "Promoted").reason == "LineagePinned" and "rollbackTo" in cond(p, "Promoted").message
+    p = plan(advance(cycle, p), observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0)
+    assert one(p, Promote).generation == "gen-1"
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [("StaleParent", "trained from gen-0, but another cycle made gen-2 champion first"),
+     ("Pinned", "pinned by spec.rollbackTo")],
+)
+def test_a_refused_promotion_names_its_actual_cause(reason: str, words: str) -> None:
+    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
+    cycle = advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    lin = make_lineage(generations=[candidate(GenerationState.REJECTED, reason=reason)], champion="gen-2")
+    p = plan(cycle, observed=[], lineage=lin, now=T0)
+    assert p.status.phase == Phase.REJECTED and words in p.status.message
+    assert " or " not in cond(p, "Promoted").message
+
+
+# --- problems post Warning Events ------------------------------------------------------------------
+def test_waiting_for_a_missing_lineage_posts_one_warning_event() -> None:
+    p = plan(make_cycle(), observed=[], lineage=None, now=T0)
+    warning = one(p, EmitEvent)
+    assert (warning.type, warning.reason) == ("Warning", "LineageNotFound") and "lin" in warning.message
+    assert not plan(advance(make_cycle(), p), observed=[], lineage=None, now=T0 + timedelta(seconds=30)).of(EmitEvent)

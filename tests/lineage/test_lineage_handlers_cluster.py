@@ -249,3 +249,21 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
     assert synced and synced["status"] == "True" and status["servingUri"] == merged
+
+
+@pytest.mark.parametrize(("field", "schedule"), [
+    ("spec.schedule.cron", {"cron": "61 * * * *"}),
+    ("spec.schedule.timeZone", {"cron": "0 3 * * *", "timeZone": "Mars/Olympus"}),
+])
+async def test_an_invalid_schedule_sets_ready_false_and_posts_one_warning(
+    api: Kube, namespace: str, field: str, schedule: dict[str, Any]
+) -> None:
+    await api.create(MODELLINEAGES, namespace, lineage_manifest("demo", namespace,
+                                                                schedule={**schedule, "template": cycle_template("demo")}))
+    for _ in range(2):  # a second reconcile posts no second Event
+        await lineage_handlers.reconcile_lineage(api, namespace=namespace, name="demo")
+    ready = condition(await lineage_status(api, namespace, "demo"), "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "InvalidSchedule")
+    assert field in ready["message"]
+    warnings = [e for e in await api.list(EVENTS, namespace) if e["reason"] == "InvalidSchedule"]
+    assert [e["type"] for e in warnings] == ["Warning"] and field in warnings[0]["message"]

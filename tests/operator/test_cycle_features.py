@@ -252,6 +252,8 @@ def test_jobset_engine_creates_a_jobset_and_reads_its_result(
                         "-p", json.dumps({"status": {"conditions": [{"type": "Completed", "status": "True", "reason": "AllJobsCompleted",
                                                                       "message": "jobset completed", "lastTransitionTime": "2026-11-25T00:00:00Z"}]}}))
         job = sim.wait_for_job("c1-evaluation-1")  # evaluation runs as a plain Job
-        records = sim.cycle("c1")["status"]["records"]
+        # The status write and the Job create go out together: wait for the record, not just the Job.
+        records = sim.wait_for_cycle("c1", lambda o: ((o.get("status") or {}).get("records") or [{}])[0].get("result") == "Succeeded",
+                                     what="the consolidation record Succeeded")["status"]["records"]
     assert records[0]["result"] == "Succeeded" and records[0]["outputUri"].endswith("/consolidation/model")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][2] == "evaluation"

@@ -30,6 +30,13 @@ def test_happy_path_promotes_a_new_generation(cluster: Any, namespace: str, sim:
     assert not any(k.startswith("kopf.zalando.org") for k in annotations)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == done["metadata"]["generation"]
+    # Every step says it succeeded, with its attempt, Job and output.
+    steps = {c["type"]: c for c in status["conditions"] if c["type"] in ("Consolidated", "Dreamed", "Evaluated")}
+    for type_, step in (("Consolidated", "consolidation"), ("Dreamed", "dreaming"), ("Evaluated", "evaluation")):
+        c = steps[type_]
+        assert (c["status"], c["reason"]) == ("True", "Succeeded"), c
+        assert f"attempt 1 of 2 succeeded in Job c1-{step}-1" in c["message"] and f"/lin/c1/{step}/" in c["message"]
+        assert c["observedGeneration"] == done["metadata"]["generation"]
 
 
 def test_failed_attempt_is_retried_and_resumes_from_its_checkpoint(

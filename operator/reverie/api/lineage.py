@@ -15,7 +15,13 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from reverie.api.base import ApiModel, Condition, Images, Quantity, Resources, cel
-from reverie.api.sleepcycle import CONDITIONS_LIST, DNS_LABEL, ObjectMeta, SleepCycleSpec
+from reverie.api.sleepcycle import (
+    CONDITIONS_LIST,
+    DNS_LABEL,
+    MAX_NAME_LABEL,
+    ObjectMeta,
+    SleepCycleSpec,
+)
 
 
 class BaseModelSpec(ApiModel):
@@ -100,7 +106,9 @@ class ScheduleSpec(ApiModel):
         description="Cron expression (5 fields, e.g. '0 3 * * *') or a macro such as @daily.",
     )
     time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone the cron expression is read in.")
-    template: SleepCycleSpec = Field(description="Spec of the SleepCycles created; lineageRef is forced to this lineage.")
+    template: SleepCycleSpec = Field(
+        description="Spec of the SleepCycles created; its lineageRef is required and must be this lineage's name.",
+    )
     concurrency_policy: ConcurrencyPolicy = Field(
         default=ConcurrencyPolicy.FORBID, description="Forbid: skip a run while a cycle is active; Replace: delete the active cycle first.",
     )
@@ -229,6 +237,10 @@ class Generation(ApiModel):
     content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the artifact.")
     scores: dict[str, float] = Field(default_factory=dict, max_length=64, description="Eval scores at promotion time.")
     state: GenerationState = Field(description="Candidate, Champion, Retired or Rejected.")
+    reason: str | None = Field(
+        default=None, max_length=128,
+        description="Why a generation was Rejected: GateFailed, GateInconclusive, RejectedByApprover, or a refused promotion (StaleParent, Pinned).",
+    )
     created_at: datetime | None = Field(default=None, description="When it was recorded.")
     promoted_at: datetime | None = Field(default=None, description="When it last became champion.")
     retired_at: datetime | None = Field(default=None, description="When it stopped being champion.")
@@ -271,6 +283,13 @@ class ModelLineageStatus(ApiModel):
     )
 
 
+# Names derived from a lineage's name must stay valid: a SleepCycle names it in spec.lineageRef
+# and every phase Job carries it in a label (both at most 63 characters), and a scheduled cycle
+# is named <lineage>-<yyyymmddhhmm>, which must itself fit 63 (it is a label value too).
+MAX_LINEAGE_NAME = 63
+MAX_SCHEDULED_LINEAGE_NAME = MAX_NAME_LABEL - len("-yyyymmddhhmm")
+
+
 class ModelLineage(ApiModel):
     """A model's generations and champion (short name: mlin)."""
 
@@ -281,6 +300,18 @@ class ModelLineage(ApiModel):
                 "!has(self.spec.schedule) || self.spec.schedule.template.lineageRef == self.metadata.name",
                 "spec.schedule.template.lineageRef must name this ModelLineage (metadata.name); fix lineageRef",
                 ".spec.schedule.template.lineageRef",
+            ),
+            (
+                f"size(self.metadata.name) <= {MAX_LINEAGE_NAME}",
+                f"metadata.name may not be more than {MAX_LINEAGE_NAME} characters: SleepCycles name their lineage "
+                f"in spec.lineageRef and phase Jobs carry it in a label, both limited to {MAX_LINEAGE_NAME}; "
+                "choose a shorter name",
+            ),
+            (
+                f"!has(self.spec.schedule) || size(self.metadata.name) <= {MAX_SCHEDULED_LINEAGE_NAME}",
+                f"metadata.name of a ModelLineage with spec.schedule may not be more than {MAX_SCHEDULED_LINEAGE_NAME} "
+                f"characters: its scheduled SleepCycles are named <name>-<yyyymmddhhmm>, which must fit "
+                f"{MAX_NAME_LABEL}; choose a shorter name",
             ),
         ),
     )

@@ -18,6 +18,8 @@ from reverie.api.base import ApiModel, Condition, Images, RetryPolicy, Schedulin
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Label values (and DNS labels) stop at 63 characters.
+MAX_NAME_LABEL = 63
 
 # Conditions are a map keyed by type, so server-side apply merges them per type.
 CONDITIONS_LIST: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
@@ -63,6 +65,13 @@ class PromotionSpec(ApiModel):
     )
     on_inconclusive: Literal["Reject", "AwaitApproval"] = Field(
         default="Reject", description="What an Inconclusive gate does: reject the candidate, or ask a human.",
+    )
+    while_pinned: Literal["Wait", "Run"] = Field(
+        default="Wait",
+        description=(
+            "While the lineage is pinned (spec.rollbackTo): Wait stays Pending and starts no Job until the pin "
+            "is removed; Run trains and evaluates from the pinned champion now and promotes once the pin is removed."
+        ),
     )
 
 
@@ -172,8 +181,18 @@ class ObjectMeta(ApiModel):
 class SleepCycle(ApiModel):
     """One sleep of a model lineage: consolidation, dreaming, evaluation, gate, promotion (short name: sleep)."""
 
-    # Long names are fine: the planner shortens Job names (hash suffix) itself.
-    model_config = ConfigDict(extra="ignore")
+    # Job names are shortened by the planner (hash suffix), but every phase Job and pod carries
+    # the cycle's name in the reverie.dev/cycle label, and label values stop at 63.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=cel(
+            (
+                f"size(self.metadata.name) <= {MAX_NAME_LABEL}",
+                f"metadata.name may not be more than {MAX_NAME_LABEL} characters: the operator labels every phase "
+                f"Job and pod with it (reverie.dev/cycle) and label values stop at {MAX_NAME_LABEL}; choose a shorter name",
+            ),
+        ),
+    )
 
     api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
     kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")

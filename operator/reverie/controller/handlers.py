@@ -49,7 +49,7 @@ from reverie.api.sleepcycle import (
     Step,
     StepResult,
 )
-from reverie.controller import metrics, promotion
+from reverie.controller import admission, metrics, promotion
 from reverie.controller.jobs import LABEL_CYCLE, Owner, observe, render
 from reverie.controller.kube import (
     CONFIGMAPS,
@@ -67,8 +67,8 @@ from reverie.controller.kube import (
     Resource,
     authorization_header,
     load_configuration,
-    mutate_status,
 )
+from reverie.core import lineage as rules
 from reverie.core.observed import JobState, ObservedJob
 from reverie.core.planner import (
     ClaimLineage,
@@ -82,7 +82,6 @@ from reverie.core.planner import (
     Reject,
     ReleaseLineage,
     RequeueAfter,
-    may_claim,
     plan,
 )
 
@@ -111,6 +110,10 @@ class Options:
     # Reconciles are I/O-bound (a handful of sequential API calls each): many may wait at once.
     max_concurrent: int = int(os.environ.get("REVERIE_MAX_CONCURRENT_RECONCILES", "64"))
     kubeconfig: str | None = os.environ.get("REVERIE_KUBECONFIG") or os.environ.get("KUBECONFIG") or None
+    # The admission webhook (controller/admission.py): off without a port.
+    webhook_port: int | None = int(os.environ["REVERIE_WEBHOOK_PORT"]) if os.environ.get("REVERIE_WEBHOOK_PORT") else None
+    webhook_cert_dir: str | None = os.environ.get("REVERIE_WEBHOOK_CERT_DIR") or None
+    webhook_addr: str | None = os.environ.get("REVERIE_WEBHOOK_ADDR") or None  # default: every interface
 
 
 @dataclass
@@ -350,7 +353,7 @@ class Reconciler:
             await promotion.promote(self.kube, namespace=ns, lineage=action.lineage, cycle=name)
             return True
         elif isinstance(action, Reject):
-            await promotion.reject(self.kube, namespace=ns, lineage=action.lineage, cycle=name)
+            await promotion.reject(self.kube, namespace=ns, lineage=action.lineage, cycle=name, reason=action.reason)
             return False  # the cycle is already Rejected: nothing to plan against the new lineage
         return False
 
@@ -378,29 +381,24 @@ class Reconciler:
         if holder and holder != me:
             other = await self.kube.get_or_none(SLEEPCYCLES, ns, holder)
             finished = other is None or ((other.get("status") or {}).get("phase") in {p.value for p in TERMINAL_PHASES})
-
-        def mutate(o: Obj) -> dict[str, Any] | None:
-            status = dict(o.get("status") or {})
-            active = status.get("activeCycle")
-            if active == me or not may_claim(active, cycle=me, holder_finished=finished and active == holder):
-                return None
-            status["activeCycle"] = me
-            return status
-
-        written = await mutate_status(self.kube, MODELLINEAGES, namespace=ns, name=lineage, mutate=mutate)
-        return bool(written and (written.get("status") or {}).get("activeCycle") == me)
+        # What we learnt of the holder only counts while it still holds the lineage (a 409 retry
+        # may see another holder, which we know nothing about).
+        action = ClaimLineage(lineage)
+        try:
+            written = await promotion.update_lineage(
+                self.kube, namespace=ns, lineage=lineage,
+                rule=lambda lin: rules.apply_lineage_action(
+                    lin, action, cycle=me, now=self.clock(),
+                    holder_finished=finished and lin.status.active_cycle == holder).status,
+            )
+        except promotion.LineageNotFound:
+            return False
+        return bool((written.get("status") or {}).get("activeCycle") == me)
 
     async def _release(self, cycle: SleepCycle, lineage: str) -> None:
         ns, me = cycle.metadata.namespace, cycle.metadata.name
-
-        def mutate(o: Obj) -> dict[str, Any] | None:
-            status = dict(o.get("status") or {})
-            if status.get("activeCycle") != me:
-                return None
-            status.pop("activeCycle")
-            return status
-
-        await mutate_status(self.kube, MODELLINEAGES, namespace=ns, name=lineage, mutate=mutate)
+        with contextlib.suppress(promotion.LineageNotFound):
+            await promotion.apply_action(self.kube, namespace=ns, cycle=me, action=ReleaseLineage(lineage))
         # Wake the cycles waiting for this lineage now rather than at their next requeue.
         for (wns, wname), seen in list(self.seen.items()):
             if wns == ns and wname != me and seen.lineage == lineage and seen.phase == Phase.PENDING.value:
@@ -507,6 +505,9 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf waits this long for more events of one object before handling them; our
     # reconciles coalesce on their own, so a short window only adds latency.
     settings.batching.batch_window = 0.01
+    settings.admission.server = admission.server(
+        port=OPTIONS.webhook_port, cert_dir=OPTIONS.webhook_cert_dir, addr=OPTIONS.webhook_addr,
+    )
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
     _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")

@@ -52,6 +52,7 @@ from reverie.controller.schedule import (
     plan_schedule,
     render_cycle,
 )
+from reverie.controller.schedule import validate as validate_schedule
 from reverie.controller.serving import sync_serving
 from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
@@ -89,7 +90,7 @@ async def reconcile_lineage(api: Kube, *, namespace: str, name: str) -> Obj | No
 
     def mutate(obj: Obj) -> dict[str, Any] | None:
         lin = parse_lineage(obj)
-        new, result = rules.reconcile(lin, now=now)
+        new, result = rules.reconcile(lin, now=now, schedule_problem=schedule_problem(lin))
         outcome[:] = [result]
         if new == lin.status:
             return None
@@ -111,10 +112,24 @@ async def reconcile_lineage(api: Kube, *, namespace: str, name: str) -> Obj | No
         prior = get_condition(old.status.conditions, rules.ROLLED_BACK)
         if prior is None or prior.reason != result.kind:
             await emit_event(api, written, reason=result.kind, message=result.message, type="Warning")
+    ready, was = get_condition(lin.status.conditions, rules.READY), get_condition(old.status.conditions, rules.READY)
+    if ready is not None and ready.reason == "InvalidSchedule" and (was is None or was.reason != ready.reason):
+        await emit_event(api, written, reason="InvalidSchedule", message=ready.message, type="Warning")
     export_champion(namespace=namespace, lineage=name, status=lin.status)
     if lin.spec.serving_target is not None and lin.status.champion_uri is not None:
         await sync_serving(api, namespace=namespace, lineage=name)
     return written
+
+
+def schedule_problem(lineage: ModelLineage) -> str | None:
+    """What is wrong with the lineage's cron expression or time zone, or None."""
+    if lineage.spec.schedule is None:
+        return None
+    try:
+        validate_schedule(lineage.spec.schedule)
+    except ScheduleError as err:
+        return str(err)
+    return None
 
 
 # --- schedule --------------------------------------------------------------------

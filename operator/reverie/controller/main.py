@@ -12,11 +12,14 @@ import logging
 
 import kopf
 
-from reverie.controller import handlers, health
+from reverie.controller import admission, handlers, health
 
 # One process runs both controllers; the lineage handlers register on import.
 with contextlib.suppress(ImportError):
     from reverie.controller import lineage_handlers  # noqa: F401
+# The admission handlers are always registered; whether they are served (--webhook-port)
+# is decided at start-up (handlers.OPTIONS), so one import serves both kinds of run.
+admission.register(kopf.get_default_registry())
 
 
 def run(
@@ -31,6 +34,8 @@ def run(
     max_concurrent_reconciles: int | None = None,
     verbose: bool = False,
     log_level: str | None = None,
+    webhook_port: int | None = None,
+    webhook_cert_dir: str | None = None,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM.
 
@@ -38,6 +43,8 @@ def run(
     no Kopf peering (run one replica, Deployment strategy Recreate); with
     ``standalone=False`` replicas coordinate through Kopf peering by ``priority``.
     ``metrics_port``: port of /metrics and /healthz (None: off).
+    ``webhook_port``: serve the validating admission webhook on this port (TLS from
+    ``webhook_cert_dir``/tls.crt and tls.key); None: no webhook.
     """
     level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper(), logging.INFO)
     logging.basicConfig(level=level,
@@ -49,5 +56,8 @@ def run(
         handlers.OPTIONS.resync_seconds = resync_seconds
     if max_concurrent_reconciles is not None:
         handlers.OPTIONS.max_concurrent = max_concurrent_reconciles
+    if webhook_port is not None:
+        handlers.OPTIONS.webhook_port, handlers.OPTIONS.webhook_cert_dir = webhook_port, webhook_cert_dir
+        admission.server(port=webhook_port, cert_dir=webhook_cert_dir)  # a missing certificate fails here, clearly
     served = sorted({*(namespaces or ()), *([namespace] if namespace else [])})
     kopf.run(standalone=standalone, priority=priority, clusterwide=not served, namespaces=served)

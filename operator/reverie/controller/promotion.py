@@ -50,6 +50,7 @@ from reverie.api.sleepcycle import GateDecision
 from reverie.controller import metrics
 from reverie.controller.kube import EVENTS, MODELLINEAGES, ApiError, Kube, Obj, mutate_status
 from reverie.core import lineage as rules
+from reverie.core.actions import ClaimLineage, Promote, RecordCandidate, Reject, ReleaseLineage
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,12 @@ def known_status(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def status_body(raw: Mapping[str, Any], new: ModelLineageStatus) -> dict[str, Any]:
-    """The raw status with our model's fields replaced and any other writer's keys kept."""
-    return {**raw, **new.wire()}
+    """The raw status with our model's fields replaced and any other writer's keys kept.
+
+    A field of ours that is now empty (``activeCycle`` released) is removed, not kept from ``raw``.
+    """
+    ours = {f.alias or name for name, f in ModelLineageStatus.model_fields.items()}
+    return {**{k: v for k, v in raw.items() if k not in ours}, **new.wire()}
 
 
 Rule = Callable[[ModelLineage], ModelLineageStatus | None]
@@ -132,14 +137,13 @@ async def record_candidate(
     now = utcnow()
     name: list[str] = []
 
+    action = RecordCandidate(lineage=lineage, parent=parent, uri=uri, content_hash=content_hash, scores=dict(scores))
+
     def rule(lin: ModelLineage) -> ModelLineageStatus:
-        keep = [lin.spec.rollback_to] if lin.spec.rollback_to else []
-        new, gen = rules.record_candidate(
-            lin.status, cycle=cycle, uri=uri, content_hash=content_hash, parent=parent,
-            scores=dict(scores), now=now, history_limit=lin.spec.history_limit, keep=keep,
-        )
-        name[:] = [gen]  # the last run of the rule is the one that was written
-        return new
+        change = rules.apply_lineage_action(lin, action, cycle=cycle, now=now)
+        assert change.generation is not None
+        name[:] = [change.generation]  # the last run of the rule is the one that was written
+        return change.status
 
     await update_lineage(kube, namespace=namespace, lineage=lineage, rule=rule)
     return name[-1]
@@ -158,9 +162,10 @@ async def promote(kube: Kube, *, namespace: str, lineage: str, cycle: str) -> ru
     outcome: list[rules.Promotion] = []
 
     def rule(lin: ModelLineage) -> ModelLineageStatus:
-        new, result = rules.promote(lin.status, cycle=cycle, now=now, rollback_to=lin.spec.rollback_to)
-        outcome[:] = [result]
-        return new
+        change = rules.apply_lineage_action(lin, Promote(lineage=lineage, generation="", scores={}), cycle=cycle, now=now)
+        assert change.promotion is not None
+        outcome[:] = [change.promotion]
+        return change.status
 
     written = await update_lineage(kube, namespace=namespace, lineage=lineage, rule=rule)
     result = outcome[-1]
@@ -178,12 +183,26 @@ async def promote(kube: Kube, *, namespace: str, lineage: str, cycle: str) -> ru
     return result
 
 
-async def reject(kube: Kube, *, namespace: str, lineage: str, cycle: str) -> None:
+async def reject(kube: Kube, *, namespace: str, lineage: str, cycle: str, reason: str | None = None) -> None:
     """Mark ``cycle``'s candidate Rejected (no-op if it recorded none). Raises :class:`LineageNotFound`."""
     now = utcnow()
+    action = Reject(lineage=lineage, generation="", reason=reason or "Rejected")
     await update_lineage(
-        kube, namespace=namespace, lineage=lineage, rule=lambda lin: rules.reject(lin.status, cycle=cycle, now=now),
+        kube, namespace=namespace, lineage=lineage,
+        rule=lambda lin: rules.apply_lineage_action(lin, action, cycle=cycle, now=now).status,
     )
+
+
+async def apply_action(kube: Kube, *, namespace: str, cycle: str, action: ClaimLineage | ReleaseLineage,
+                       holder_finished: bool = False) -> ModelLineage:
+    """Claim or release the lineage for ``cycle`` (status.activeCycle); returns the lineage as written."""
+    now = utcnow()
+    written = await update_lineage(
+        kube, namespace=namespace, lineage=action.lineage,
+        rule=lambda lin: rules.apply_lineage_action(lin, action, cycle=cycle, now=now,
+                                                    holder_finished=holder_finished).status,
+    )
+    return parse_lineage(written)
 
 
 def observe_gate(

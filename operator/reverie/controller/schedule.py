@@ -197,7 +197,7 @@ def plan_schedule(
 def render_cycle(
     *, lineage: str, namespace: str, lineage_uid: str | None, template: dict[str, Any], name: str, scheduled: datetime,
 ) -> dict[str, Any]:
-    """The SleepCycle object for a scheduled run: the template with lineageRef forced, owned by the lineage."""
+    """The SleepCycle object for a scheduled run: the template (whose lineageRef the schema requires to be this lineage), owned by it."""
     spec = dict(template)
     spec["lineageRef"] = lineage
     meta: dict[str, Any] = {

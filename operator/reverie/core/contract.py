@@ -115,6 +115,18 @@ def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
         raise ResultError(f"the phase result is not valid JSON ({exc.msg} at char {exc.pos})") from exc
     if not isinstance(raw, dict):
         raise ResultError("the phase result must be a JSON object")
+    for key in ("metrics", "baseline"):
+        # Strictly JSON numbers: validation would take the string "0.95" (or true) for a number,
+        # and a gate must never promote on a value the workload did not write as one.
+        values = raw.get(key)
+        if not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ResultError(
+                    f"the phase result is invalid at {key}.{name}: {json.dumps(value)} is not a JSON number; "
+                    "the workload must write each metric as a number (e.g. 0.95, not \"0.95\")"
+                )
     try:
         result = PhaseResult.model_validate(raw)
     except ValidationError as exc:

@@ -33,6 +33,11 @@ The rules:
   kept; the oldest Retired/Rejected ones are dropped first and summarised in
   ``status.dropped``.  The champion, pending candidates and the rollback target
   are never dropped, so a lineage can exceed the limit only by those.
+
+:func:`apply_lineage_action` is the one place where a planner action (claim,
+release, record, promote, reject) becomes one of these rules with the
+lineage's own spec (its ``rollbackTo`` and ``historyLimit``); the operator and
+the local runner both call it, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -49,6 +54,14 @@ from reverie.api.lineage import (
     GenerationState,
     ModelLineage,
     ModelLineageStatus,
+)
+from reverie.core.actions import (
+    ClaimLineage,
+    LineageAction,
+    Promote,
+    RecordCandidate,
+    Reject,
+    ReleaseLineage,
 )
 from reverie.core.conditions import get_condition, set_condition
 
@@ -188,13 +201,13 @@ def promote(
         return status, Promotion("NotCandidate", gen.name, status.champion, f"{gen.name} is {gen.state}, not a Candidate")
     previous = status.champion
     if rollback_to is not None:
-        new = _set_state(status, gen.name, GenerationState.REJECTED, now=now)
+        new = _set_state(status, gen.name, GenerationState.REJECTED, now=now, reason="Pinned")
         return new, Promotion(
             "Pinned", gen.name, previous,
             f"lineage is pinned to {rollback_to} by spec.rollbackTo; {gen.name} was not promoted (remove rollbackTo to resume promotion)",
         )
     if gen.parent != previous:
-        new = _set_state(status, gen.name, GenerationState.REJECTED, now=now)
+        new = _set_state(status, gen.name, GenerationState.REJECTED, now=now, reason="StaleParent")
         return new, Promotion(
             "StaleParent", gen.name, previous,
             f"{gen.name} was trained from {gen.parent} but the champion is now {previous}; "
@@ -204,12 +217,12 @@ def promote(
     return new, Promotion("Promoted", gen.name, previous, f"{gen.name} promoted to champion (was {previous})")
 
 
-def reject(status: ModelLineageStatus, *, cycle: str, now: datetime) -> ModelLineageStatus:
-    """Mark ``cycle``'s candidate Rejected; no-op if there is none or it is not a Candidate."""
+def reject(status: ModelLineageStatus, *, cycle: str, now: datetime, reason: str | None = None) -> ModelLineageStatus:
+    """Mark ``cycle``'s candidate Rejected (with ``reason``); no-op if there is none or it is not a Candidate."""
     gen = find_by_cycle(status, cycle)
     if gen is None or gen.state != GenerationState.CANDIDATE:
         return status
-    return _set_state(status, gen.name, GenerationState.REJECTED, now=now)
+    return _set_state(status, gen.name, GenerationState.REJECTED, now=now, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -282,11 +295,14 @@ def trim_history(status: ModelLineageStatus, *, history_limit: int, keep: Iterab
     return new
 
 
-def _set_state(status: ModelLineageStatus, name: str, state: GenerationState, *, now: datetime) -> ModelLineageStatus:
+def _set_state(
+    status: ModelLineageStatus, name: str, state: GenerationState, *, now: datetime, reason: str | None = None,
+) -> ModelLineageStatus:
     new = status.model_copy(deep=True)
     for g in new.generations:
         if g.name == name:
             g.state = state
+            g.reason = reason
             if state == GenerationState.RETIRED:
                 g.retired_at = now
     return new
@@ -308,13 +324,17 @@ def _make_champion(status: ModelLineageStatus, name: str, *, now: datetime) -> M
     return new
 
 
-def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStatus, Rollback | None]:
+def reconcile(
+    lineage: ModelLineage, *, now: datetime, schedule_problem: str | None = None,
+) -> tuple[ModelLineageStatus, Rollback | None]:
     """The level-based part of a lineage's own reconcile: generation 0, the rollback pin, conditions.
 
     Returns the new status and what the rollback pin did (None without
     ``spec.rollbackTo``).  Conditions: ``RolledBack`` (True while a pin holds,
     False with ``UnknownGeneration``/``NotPromotable`` and a message saying
-    what to fix, False ``Unpinned`` once the pin is removed) and ``Ready``.
+    what to fix, False ``Unpinned`` once the pin is removed) and ``Ready``
+    (False ``RollbackFailed`` for a broken pin, False ``InvalidSchedule`` with
+    ``schedule_problem``, the caller's verdict on ``spec.schedule``).
     """
     spec = lineage.spec
     status = ensure_base(lineage.status, spec.base_model, now=now)
@@ -335,18 +355,74 @@ def reconcile(lineage: ModelLineage, *, now: datetime) -> tuple[ModelLineageStat
             message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
             now=now, observed_generation=observed,
         )
-    ready = result is None or result.ok
-    conditions = set_condition(
-        conditions, READY, ready,
-        reason="ChampionServing" if ready else "RollbackFailed",
-        message=(f"champion {status.champion} ({status.champion_uri})" if ready else result.message if result else ""),
-        now=now, observed_generation=observed,
-    )
+    if result is not None and not result.ok:
+        ready, reason, message = False, "RollbackFailed", result.message
+    elif schedule_problem:
+        ready, reason, message = False, "InvalidSchedule", f"{schedule_problem}; no SleepCycle is scheduled until it is fixed"
+    else:
+        ready, reason, message = True, "ChampionServing", f"champion {status.champion} ({status.champion_uri})"
+    conditions = set_condition(conditions, READY, ready, reason=reason, message=message, now=now,
+                               observed_generation=observed)
     if conditions != status.conditions or status.observed_generation != observed:
         status = status.model_copy(deep=True)
         status.conditions = conditions
         status.observed_generation = observed
     return status, result
+
+
+def may_claim(active_cycle: str | None, *, cycle: str, holder_finished: bool) -> bool:
+    """A cycle may take the lineage if it is free, already ours, or held by a finished/deleted cycle."""
+    return active_cycle is None or active_cycle == cycle or holder_finished
+
+
+@dataclass(frozen=True)
+class LineageChange:
+    """What :func:`apply_lineage_action` made of a lineage's status."""
+
+    status: ModelLineageStatus
+    generation: str | None = None  # RecordCandidate: the generation recorded for the cycle
+    promotion: Promotion | None = None  # Promote: what the compare-and-set decided
+
+
+def apply_lineage_action(
+    lineage: ModelLineage, action: LineageAction, *, cycle: str, now: datetime, holder_finished: bool = False,
+) -> LineageChange:
+    """Apply one planner action of ``cycle`` to ``lineage``; the input is left untouched.
+
+    Every executor goes through here, reading the lineage's spec the same way:
+    a recorded candidate never trims the ``spec.rollbackTo`` generation, a
+    promotion is refused while the lineage is pinned, a rejection keeps its
+    reason.  ``holder_finished`` says whether the cycle now holding the lineage
+    has finished or gone (only the executor can know; a claim needs it).
+    Generation 0 is ensured first, so the rules always see a champion.
+    """
+    spec = lineage.spec
+    status = ensure_base(lineage.status, spec.base_model, now=now)
+    if isinstance(action, ClaimLineage):
+        if status.active_cycle == cycle or not may_claim(status.active_cycle, cycle=cycle, holder_finished=holder_finished):
+            return LineageChange(status)
+        new = status.model_copy(deep=True)
+        new.active_cycle = cycle
+        return LineageChange(new)
+    if isinstance(action, ReleaseLineage):
+        if status.active_cycle != cycle:
+            return LineageChange(status)
+        new = status.model_copy(deep=True)
+        new.active_cycle = None
+        return LineageChange(new)
+    if isinstance(action, RecordCandidate):
+        new, name = record_candidate(
+            status, cycle=cycle, uri=action.uri, content_hash=action.content_hash, parent=action.parent,
+            scores=action.scores, now=now, history_limit=spec.history_limit,
+            keep=[spec.rollback_to] if spec.rollback_to else [],
+        )
+        return LineageChange(new, generation=name)
+    if isinstance(action, Promote):
+        new, promotion = promote(status, cycle=cycle, now=now, rollback_to=spec.rollback_to)
+        return LineageChange(new, generation=promotion.generation, promotion=promotion)
+    if isinstance(action, Reject):
+        return LineageChange(reject(status, cycle=cycle, now=now, reason=action.reason))
+    raise TypeError(f"{type(action).__name__} is not a lineage action")
 
 
 def ancestry(status: ModelLineageStatus, generation: str | None) -> list[Generation]:

@@ -48,7 +48,22 @@ from reverie.api.sleepcycle import (
     Step,
     StepResult,
 )
-from reverie.core.conditions import set_condition
+from reverie.core.actions import (
+    LINEAGE_ACTIONS,
+    Action,
+    ClaimLineage,
+    CreateJob,
+    DeleteCycle,
+    DeleteJob,
+    EmitEvent,
+    LineageAction,
+    Promote,
+    RecordCandidate,
+    Reject,
+    ReleaseLineage,
+    RequeueAfter,
+)
+from reverie.core.conditions import get_condition, set_condition
 from reverie.core.contract import (
     PhaseConfig,
     ResultError,
@@ -57,8 +72,14 @@ from reverie.core.contract import (
     step_output_uri,
 )
 from reverie.core.gate import decide
-from reverie.core.lineage import ancestry
+from reverie.core.lineage import ancestry, may_claim
 from reverie.core.observed import JobState, ObservedJob
+
+__all__ = [
+    "LINEAGE_ACTIONS", "MAX_JOB_NAME", "Action", "ClaimLineage", "CreateJob", "DeleteCycle", "DeleteJob", "EmitEvent",
+    "LineageAction", "Plan", "Promote", "RecordCandidate", "Reject", "ReleaseLineage", "RequeueAfter",
+    "backoff_seconds", "job_name", "may_claim", "plan", "steps_of",
+]
 
 # Kubernetes caps names at 63; an Indexed Job's pods are named ``<job>-<index>-<rand>``
 # and their hostnames ``<job>-<index>``, so we leave room (CronJob uses 52 too).
@@ -71,92 +92,14 @@ PERMANENT_REASONS = frozenset({"EngineNotInstalled", "InvalidJobSpec"})
 # How often a waiting cycle (lineage busy or missing) looks again when no event wakes it.
 WAIT_REQUEUE_SECONDS = 30.0
 
+# Ready reasons of a cycle that waits on something a person must fix: each posts a Warning Event
+# when the cycle starts waiting for it (a phase change posts its own Event).
+WAITING_PROBLEMS = frozenset({"LineageNotFound", "LineagePinned"})
+# Step condition reasons of an unfinished step: a cycle that ends otherwise turns them into its reason.
+UNFINISHED_STEP_REASONS = frozenset({"Running", "BackoffWaiting"})
+
 STEP_PHASE = {Step.CONSOLIDATION: Phase.CONSOLIDATING, Step.DREAMING: Phase.DREAMING, Step.EVALUATION: Phase.EVALUATING}
 STEP_CONDITION = {Step.CONSOLIDATION: "Consolidated", Step.DREAMING: "Dreamed", Step.EVALUATION: "Evaluated"}
-
-
-# --- actions -----------------------------------------------------------------
-@dataclass(frozen=True)
-class CreateJob:
-    """Create the Job (and its ConfigMap, and Service when multi-node) of one attempt."""
-
-    step: Step
-    attempt: int
-    job_name: str
-    config: PhaseConfig
-    runtime: PhaseRuntime
-    image: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    job_name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EmitEvent:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ClaimLineage:
-    """Become the lineage's one active cycle (status.activeCycle)."""
-
-    lineage: str
-
-
-@dataclass(frozen=True)
-class ReleaseLineage:
-    lineage: str
-
-
-@dataclass(frozen=True)
-class RecordCandidate:
-    """Add the candidate generation this cycle produced to the lineage."""
-
-    lineage: str
-    parent: str | None
-    uri: str
-    content_hash: str | None
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Promote:
-    lineage: str
-    generation: str
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Reject:
-    lineage: str
-    generation: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RequeueAfter:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class DeleteCycle:
-    """ttlSecondsAfterFinished has passed: delete the cycle (children go by owner references)."""
-
-    reason: str
-
-
-Action = (
-    CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
-    | RequeueAfter | DeleteCycle
-)
-# Actions that change the lineage: after applying them an executor re-plans at once
-# (the local runner does; the operator re-plans on the lineage's own watch event).
-LINEAGE_ACTIONS = (ClaimLineage, RecordCandidate, Promote, Reject)
 
 
 @dataclass
@@ -185,11 +128,6 @@ def backoff_seconds(failures: int, *, base: float, multiplier: float, cap: float
     if failures <= 0:
         return 0.0
     return float(min(cap, base * multiplier ** (failures - 1)))
-
-
-def may_claim(active_cycle: str | None, *, cycle: str, holder_finished: bool) -> bool:
-    """A cycle may take the lineage if it is free, already ours, or held by a finished/deleted cycle."""
-    return active_cycle is None or active_cycle == cycle or holder_finished
 
 
 def steps_of(cycle: SleepCycle) -> list[Step]:
@@ -263,6 +201,27 @@ class _Planner:
         self.cond("Ready", phase == Phase.SUCCEEDED, reason, message)
         if phase == Phase.FAILED:
             self.cond("Failed", True, reason, message)
+        self.close_unfinished_steps(reason, message)
+
+    def close_unfinished_steps(self, reason: str, message: str) -> None:
+        """A step that was running or waiting when the cycle stopped says why it never finished."""
+        for type_ in STEP_CONDITION.values():
+            current = get_condition(self.status.conditions, type_)
+            if current is not None and ConditionStatus(current.status) == ConditionStatus.FALSE \
+                    and current.reason in UNFINISHED_STEP_REASONS:
+                self.cond(type_, False, reason, message)
+
+    def mark_finished_steps(self) -> None:
+        """Each succeeded step's condition: True, with the attempt, the Job and the output."""
+        budget = self.cycle.spec.retries.max_attempts
+        for step in steps_of(self.cycle):
+            rec = next((r for r in self.status.records if r.step == step and r.result == StepResult.SUCCEEDED), None)
+            if rec is not None:
+                output = f"; output {rec.output_uri}" if rec.output_uri else ""
+                self.cond(STEP_CONDITION[step], True, "Succeeded",
+                          f"{step} attempt {rec.attempt} of {budget} succeeded in Job {rec.job_name}{output}")
+        if not self.cycle.spec.dreaming.enabled:
+            self.cond("Dreamed", True, "Skipped", "spec.dreaming.enabled is false")
 
     # -- records from observation
     def sync_records(self) -> None:
@@ -362,6 +321,8 @@ class _Planner:
             return self.done(old_phase)
         if any(c.type == "Suspended" and ConditionStatus(c.status) == ConditionStatus.TRUE for c in self.status.conditions):
             self.cond("Suspended", False, "Resumed", "spec.suspend is false; the cycle continues where it stopped")
+        if self.waits_for_pin():
+            return self.done(old_phase)
         if self.lineage.status.active_cycle != self.name:
             holder = self.lineage.status.active_cycle
             why = (f"lineage {self.lineage.metadata.name} is busy with cycle {holder}; this cycle starts when it ends"
@@ -373,15 +334,47 @@ class _Planner:
             return self.done(old_phase)
         if not self.resolve_base():
             return self.done(old_phase)
+        self.mark_finished_steps()
         for step in steps_of(self.cycle):
             if any(r.step == step and r.result == StepResult.SUCCEEDED for r in self.status.records):
                 continue
             self.run_step(step)
             return self.done(old_phase)
-        if not self.cycle.spec.dreaming.enabled:
-            self.cond("Dreamed", True, "Skipped", "spec.dreaming.enabled is false")
         self.after_evaluation()
         return self.done(old_phase)
+
+    def pin_message(self) -> str:
+        assert self.lineage is not None
+        lin = self.lineage.metadata.name
+        pin = self.lineage.spec.rollback_to
+        rolled = get_condition(self.lineage.status.conditions, "RolledBack")
+        broken = ""
+        if rolled is not None and ConditionStatus(rolled.status) == ConditionStatus.FALSE and rolled.reason != "Unpinned":
+            broken = f" (and the pin itself fails: {rolled.message})"
+        return (f"lineage {lin} is pinned to {pin} by spec.rollbackTo{broken}; no candidate can be promoted "
+                f"while it is pinned. Unpin it with: kubectl patch modellineage {lin} --type=merge "
+                "-p '{\"spec\":{\"rollbackTo\":null}}'")
+
+    def waits_for_pin(self) -> bool:
+        """A cycle that has not started waits while its lineage is pinned (unless whilePinned: Run).
+
+        A pinned lineage promotes nothing, so the three phase Jobs would only spend GPU hours
+        on a candidate that is then refused.  A cycle that already started keeps going and
+        waits to promote instead (:meth:`after_evaluation`).
+        """
+        assert self.lineage is not None
+        if not self.lineage.spec.rollback_to or self.status.records or self.cycle.spec.promotion.while_pinned == "Run":
+            return False
+        msg = (f"{self.pin_message()}; or set spec.promotion.whilePinned: Run on this cycle to train "
+               "a candidate now and promote it once the pin is removed")
+        self.set_phase(Phase.PENDING, msg)
+        self.cond("Ready", False, "LineagePinned", msg)
+        # The champion may change when the pin is removed: resolve the base again then.
+        self.status.base_generation = self.status.base_uri = None
+        if self.lineage.status.active_cycle == self.name:
+            self.actions.append(ReleaseLineage(self.lineage.metadata.name))
+        self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
+        return True
 
     def resolve_base(self) -> bool:
         """Pin the base generation once, when the cycle first owns the lineage."""
@@ -422,6 +415,7 @@ class _Planner:
             ):
                 self.actions.append(DeleteJob(other.name, "Suspended"))
         msg = "spec.suspend is true: no Jobs run; set it to false to resume where the cycle stopped"
+        self.close_unfinished_steps("Suspended", msg)
         self.set_phase(Phase.SUSPENDED, msg)
         self.cond("Suspended", True, "SuspendedByUser", msg)
         self.cond("Ready", False, "Suspended", msg)
@@ -529,7 +523,6 @@ class _Planner:
     def after_evaluation(self) -> None:
         assert self.lineage is not None
         lin = self.lineage.metadata.name
-        self.cond("Evaluated", True, "Succeeded", "evaluation finished; the gate read its metrics")
         if self.status.gate is None:
             candidate, baseline = self.raw_scores or (self.status.evaluation, self.status.champion_evaluation)
             champion = baseline or self._champion_scores()
@@ -560,8 +553,7 @@ class _Planner:
         if state == GenerationState.REJECTED:
             # Only a promotion refused by the lineage lands here (StaleParent, Pinned):
             # gate and approver rejections finish the cycle in the branch below.
-            msg = (f"the lineage refused to promote {generation}: another cycle promoted first "
-                   "(stale parent) or spec.rollbackTo pins the champion")
+            msg = f"the lineage refused to promote {generation}: {self._refusal(gen)}"
             self.cond("Promoted", False, "PromotionRefused", msg)
             self.finish(Phase.REJECTED, "PromotionRefused", msg)
             return
@@ -584,11 +576,33 @@ class _Planner:
             self.cond("Promoted", False, "AwaitingApproval", msg)
             self.cond("Ready", False, "AwaitingApproval", msg)
             return
+        if self.lineage.spec.rollback_to:
+            msg = f"candidate {generation} passed the gate and waits to be promoted: {self.pin_message()}"
+            self.set_phase(Phase.PROMOTING, msg)
+            self.cond("Promoted", False, "LineagePinned", msg)
+            self.cond("Ready", False, "LineagePinned", msg)
+            self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
+            return
         msg = f"promoting {generation} to champion of lineage {lin}"
         self.set_phase(Phase.PROMOTING, msg)
         self.cond("Promoted", False, "Promoting", msg)
         self.cond("Ready", False, "Promoting", msg)
         self.actions.append(Promote(lineage=lin, generation=generation, scores=dict(self.status.evaluation)))
+
+    def _refusal(self, gen: Generation) -> str:
+        """Why the lineage refused the promotion, from the reason it recorded on the generation."""
+        assert self.lineage is not None
+        lin = self.lineage
+        reason = gen.reason
+        if reason is None:  # recorded by an older operator: read the cause off the lineage
+            reason = "Pinned" if lin.spec.rollback_to else "StaleParent" if gen.parent != lin.status.champion else None
+        if reason == "Pinned":
+            return (f"lineage {lin.metadata.name} was pinned by spec.rollbackTo when the promotion was written; "
+                    "remove the pin and run a new cycle")
+        if reason == "StaleParent":
+            return (f"it was trained from {gen.parent}, but another cycle made {lin.status.champion} champion first; "
+                    "run a new cycle from the champion")
+        return f"{gen.name} is Rejected in the lineage ({reason or 'no reason recorded'})"
 
     def _candidate_record(self) -> PhaseRecord:
         """The model the cycle produced: dreaming's output when it ran, else consolidation's."""
@@ -607,6 +621,7 @@ class _Planner:
 
     def terminal(self) -> None:
         """Finished cycles: give the lineage back, retry a lost Reject, honour the TTL."""
+        self.mark_finished_steps()  # cycles finished by an operator that left them Running
         lin = self.lineage
         if lin is not None and lin.status.active_cycle == self.name:
             self.actions.append(ReleaseLineage(lin.metadata.name))
@@ -624,6 +639,12 @@ class _Planner:
                 self.actions.append(RequeueAfter((due - self.now).total_seconds()))
 
     def done(self, old_phase: Phase) -> Plan:
+        # Every condition was judged against this generation of the spec, rewritten or not.
+        self.status.conditions = [c if c.observed_generation == self.gen else
+                                  c.model_copy(update={"observed_generation": self.gen}) for c in self.status.conditions]
+        ready, was = get_condition(self.status.conditions, "Ready"), get_condition(self.old.conditions, "Ready")
+        if ready is not None and ready.reason in WAITING_PROBLEMS and (was is None or was.reason != ready.reason):
+            self.event("Warning", ready.reason, ready.message)
         new_phase = Phase(self.status.phase)
         if new_phase != old_phase:
             warn = new_phase in (Phase.FAILED, Phase.REJECTED)

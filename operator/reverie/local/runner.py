@@ -10,9 +10,9 @@ planner action                local effect
 ============================  ====================================================
 CreateJob                     start ``reverie run-phase <step> --config <file>``
 DeleteJob                     kill that process, stop observing it
-Claim/ReleaseLineage          set/clear ``status.activeCycle`` of the local lineage
-RecordCandidate/Promote/      :func:`~reverie.core.lineage.record_candidate`,
-Reject                        :func:`~reverie.core.lineage.promote`, ``reject``
+Claim/ReleaseLineage,         :func:`~reverie.core.lineage.apply_lineage_action` on
+RecordCandidate/Promote/      the local lineage (the same function the operator
+Reject                        applies to a ModelLineage's status)
 EmitEvent                     a line on the console
 RequeueAfter                  sleep at most that long before planning again
 ============================  ====================================================
@@ -40,6 +40,7 @@ from reverie.api.phases import MemorySource
 from reverie.api.sleepcycle import TERMINAL_PHASES, Phase, SleepCycle, SleepCycleStatus
 from reverie.core import lineage as rules
 from reverie.core import planner
+from reverie.core.conditions import get_condition
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
 from reverie.local.executor import LocalExecutor
 from reverie.local.project import Project
@@ -207,29 +208,19 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
         executor.delete(action.job_name)
     elif isinstance(action, planner.EmitEvent):
         observer.event(action.type, action.reason, action.message)
-    elif isinstance(action, planner.ClaimLineage):
+    elif isinstance(action, planner.LineageAction):
         holder = lin.status.active_cycle
-        finished = holder is None or any(
-            c.metadata.name == holder and Phase(c.status.phase) in TERMINAL_PHASES for c in state.cycles
-        ) or all(c.metadata.name != holder for c in state.cycles)
-        if planner.may_claim(holder, cycle=name, holder_finished=finished):
-            lin.status.active_cycle = name
-    elif isinstance(action, planner.ReleaseLineage):
-        if lin.status.active_cycle == name:
-            lin.status.active_cycle = None
-    elif isinstance(action, planner.RecordCandidate):
-        lin.status, _ = rules.record_candidate(
-            lin.status, cycle=name, uri=action.uri, content_hash=action.content_hash, parent=action.parent,
-            scores=action.scores, now=now, history_limit=lin.spec.history_limit,
+        # The local "API server" knows every cycle: a holder that finished or is gone lets go.
+        finished = holder is None or all(
+            c.metadata.name != holder or Phase(c.status.phase) in TERMINAL_PHASES for c in state.cycles
         )
-    elif isinstance(action, planner.Promote):
-        lin.status, promotion = rules.promote(lin.status, cycle=name, now=now, rollback_to=lin.spec.rollback_to)
-        observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
-        if promotion.changed:
-            lin.status.last_promotion_time = now
-            serve_champion(lin, observer=observer)  # the servable form, for the champion only
-    elif isinstance(action, planner.Reject):
-        lin.status = rules.reject(lin.status, cycle=name, now=now)
+        change = rules.apply_lineage_action(lin, action, cycle=name, now=now, holder_finished=finished)
+        lin.status = change.status
+        if change.promotion is not None:
+            promotion = change.promotion
+            observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
+            if promotion.changed:
+                serve_champion(lin, observer=observer)  # the servable form, for the champion only
     elif isinstance(action, planner.RequeueAfter):
         return action.seconds
     return None
@@ -309,6 +300,9 @@ def _loop(project: Project, state: LocalState, executor: LocalExecutor, observer
                 return cycle
             if phase == Phase.AWAITING_APPROVAL:
                 return cycle
+            ready = get_condition(cycle.status.conditions, "Ready")
+            if ready is not None and ready.reason == "LineagePinned" and not cycle.status.records:
+                return cycle  # nothing runs until a person unpins the lineage
             if replan:
                 next_plan = now_mono
                 continue
