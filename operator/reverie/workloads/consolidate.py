@@ -337,6 +337,20 @@ class KSState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def run_steps(
+    step: Callable[[int], StepStats], state: KSState, *, until: int,
+    on_step: Callable[[StepStats, KSState], None] | None = None,
+) -> KSState:
+    """Run ``step`` from ``state.step`` up to ``until``, recording each step's stats in the history."""
+    while state.step < until:
+        stats = step(state.step)
+        state.step += 1
+        state.history.append({k: v for k, v in asdict(stats).items() if k != "step"})
+        if on_step is not None:
+            on_step(stats, state)
+    return state
+
+
 class Trainer(Protocol):
     """What the loop needs from the optimiser side (plain torch or a DeepSpeed engine)."""
 
@@ -496,14 +510,7 @@ class KnowledgeSeeding:
     def run(
         self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
     ) -> KSState:
-        end = self.s.steps if until is None else until
-        while state.step < end:
-            stats = self.step(state.step)
-            state.step += 1
-            state.history.append({k: v for k, v in asdict(stats).items() if k != "step"})
-            if on_step is not None:
-                on_step(stats, state)
-        return state
+        return run_steps(self.step, state, until=self.s.steps if until is None else until, on_step=on_step)
 
 
 class SelfStudyDistillation:
@@ -555,14 +562,7 @@ class SelfStudyDistillation:
     def run(
         self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
     ) -> KSState:
-        end = self.s.steps if until is None else until
-        while state.step < end:
-            stats = self.step(state.step)
-            state.step += 1
-            state.history.append({k: v for k, v in asdict(stats).items() if k != "step"})
-            if on_step is not None:
-                on_step(stats, state)
-        return state
+        return run_steps(self.step, state, until=self.s.steps if until is None else until, on_step=on_step)
 
 
 # ----------------------------------------------------------------------------- measurement
