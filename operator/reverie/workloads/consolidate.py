@@ -688,7 +688,6 @@ def run(config: Any) -> Any:
         load_generation,
         local_path,
         save_generation,
-        stage_in,
         stage_out,
     )
     from reverie.workloads.selfstudy import load_study, save_study
@@ -754,10 +753,10 @@ def run(config: Any) -> Any:
     study_dir = work / SELFSTUDY_DIR
     study_uri = cfg.output_uri.rstrip("/") + "/" + SELFSTUDY_DIR
     if remote and load_study(study_dir) is None:
-        try:
-            study_dir = stage_in(study_uri)
-        except (FileNotFoundError, GenerationError):
-            study_dir = work / SELFSTUDY_DIR
+        from reverie.workloads import store
+
+        # An earlier attempt's set, if it uploaded one (both files or it counts as absent).
+        store.download_tree(study_uri, study_dir)
     study = load_study(study_dir)
     synth_started = time.perf_counter()
     if study is None:
