@@ -129,7 +129,7 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
         consolidation={"runtime": {"numNodes": 2, "procsPerNode": 4, "activeDeadlineSeconds": 3600,
                                    "resources": {"limits": {"nvidia.com/gpu": "4"}}}},
-        dreaming={"runtime": {"engine": "TrainJob"}},
+        dreaming={"enabled": True, "runtime": {"engine": "TrainJob"}},
     ))
     with run_operator():
         job = sim.wait_for_job("c1-consolidation-1")

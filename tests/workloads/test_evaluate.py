@@ -157,6 +157,7 @@ def test_run_writes_report_and_result_and_caches_the_champion(half_known: tuple[
 
 def test_candidate_is_dreaming_output_unless_dreaming_is_disabled(tmp_path: Path) -> None:
     config = _config(tmp_path, inputs={"consolidation": "/c", "dreaming": "/d"})
+    config.dreaming.enabled = True
     assert candidate_uri(config) == "/d"
     config.dreaming.enabled = False
     assert candidate_uri(config) == "/c"
