@@ -341,9 +341,8 @@ def teacher_targets(
     """Run the teacher once over every item's answer and keep its top-k log-probs per token."""
     answers = [answer_tokens(tokenizer, i.answer, max_tokens=max_tokens) for i in items]
     width = max((len(a) for a in answers), default=1)
-    vocab_k = k
-    ids = torch.zeros(len(items), width, vocab_k, dtype=torch.long)
-    lps = torch.full((len(items), width, vocab_k), float("-inf"))
+    ids = torch.zeros(len(items), width, k, dtype=torch.long)
+    lps = torch.full((len(items), width, k), float("-inf"))
     was_training = model.training
     model.eval()
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -356,7 +355,7 @@ def teacher_targets(
                 logits, _, _ = completion_logits(
                     model, tokenizer, [encode(tokenizer, teacher_prompts[r]) for r in chunk], [answers[r] for r in chunk],
                 )
-                top = F.log_softmax(logits.float(), -1).topk(vocab_k, dim=-1)
+                top = F.log_softmax(logits.float(), -1).topk(k, dim=-1)
                 for j, r in enumerate(chunk):
                     n_tok = len(answers[r])
                     ids[r, :n_tok] = top.indices[j, :n_tok].cpu()
