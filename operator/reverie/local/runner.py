@@ -43,9 +43,11 @@ from reverie.core import planner
 from reverie.core.conditions import get_condition
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
 from reverie.local.executor import LocalExecutor
+from reverie.local.people import is_builtin_people, session_people
 from reverie.local.project import Project
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
+from reverie.workloads.pretrained import PretrainedError, is_builtin_pretrained, smollm2_folder, smollm2_folder_exists
 
 RUNS_DIR = "runs"
 # Phases of a local run share one staging cache (generations read from an object store).
@@ -124,10 +126,13 @@ def _resolve_lineage(project: Project, world: TinyWorld | None) -> ModelLineage:
     return lineage
 
 
-def _resolve_memory(cycle: SleepCycle, *, world: TinyWorld | None, session: int) -> SleepCycle:
+def _resolve_memory(cycle: SleepCycle, *, world: TinyWorld | None, session: int, store: str,
+                    lineage: str) -> SleepCycle:
     sources = []
     for source in cycle.spec.memory.sources:
-        if is_builtin_tiny(source.uri):
+        if is_builtin_people(source.uri):
+            source = MemorySource(uri=session_people(store, lineage, session))
+        elif is_builtin_tiny(source.uri):
             if world is None:
                 raise LocalRunError(
                     "memory source 'builtin:tiny' needs the lineage's spec.baseModel.uri to be builtin:tiny too"
@@ -166,6 +171,16 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
         world = ensure_tiny_world(store, name, build_dir=project.state_dir / TINY_BUILD_DIR)
         if fresh:
             observer.note(f"tiny base model ready in {time.monotonic() - started:.0f} s: {world.base_uri}")
+    elif is_builtin_pretrained(project.lineage.spec.base_model.uri):
+        if not smollm2_folder_exists():
+            observer.note("first run: converting the packaged SmolLM2-135M-Instruct into a model folder (no downloads)…")
+        started = time.monotonic()
+        try:
+            folder = smollm2_folder()
+        except PretrainedError as exc:
+            raise LocalRunError(str(exc)) from exc
+        if time.monotonic() - started > 1:
+            observer.note(f"SmolLM2-135M-Instruct ready in {time.monotonic() - started:.0f} s: {folder}")
     if state is None:
         lineage = _resolve_lineage(project, world)
         lineage.metadata.namespace = project.cycle.metadata.namespace
@@ -185,7 +200,8 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
     cycle.metadata.name = name
     cycle.metadata.generation = 1
     cycle.status = SleepCycleStatus()
-    state.cycles.append(_resolve_memory(cycle, world=world, session=len(state.cycles) + 1))
+    state.cycles.append(_resolve_memory(cycle, world=world, session=len(state.cycles) + 1, store=project.store_uri,
+                                        lineage=project.lineage.metadata.name))
     return state
 
 

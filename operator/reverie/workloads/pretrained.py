@@ -31,10 +31,20 @@ def is_builtin_pretrained(uri: str | None) -> bool:
     return bool(uri) and str(uri).strip() == BUILTIN_SMOLLM2
 
 
+def _smollm2_out(cache: str | Path | None) -> Path:
+    return Path(cache) if cache is not None else cache_root() / "models" / "smollm2-135m-instruct"
+
+
+def smollm2_folder_exists(cache: str | Path | None = None) -> bool:
+    """True when the converted folder is already there (the next :func:`smollm2_folder` is instant)."""
+    out = _smollm2_out(cache)
+    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
 def smollm2_folder(cache: str | Path | None = None) -> Path:
     """The fp32 generation folder of SmolLM2-135M-Instruct, converted from the packaged GGUF once."""
-    out = Path(cache) if cache is not None else cache_root() / "models" / "smollm2-135m-instruct"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    out = _smollm2_out(cache)
+    if smollm2_folder_exists(cache):
         return out
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # found without importing: its import needs the `llm` CLI
     if spec is None or spec.origin is None:

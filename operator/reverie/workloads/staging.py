@@ -267,7 +267,12 @@ def _commit(partial: Path, manifest: Manifest, *, cache: StagingCache, source: s
 
 
 def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
-    """A local, verified copy of the generation at ``uri`` (a store URI or ``hf://org/model[@revision]``)."""
+    """A local, verified copy of the generation at ``uri`` (a store URI, ``hf://org/model[@revision]``, or a
+    built-in model such as ``builtin:smollm2-135m``, converted once from its package)."""
+    from reverie.workloads import pretrained
+
+    if pretrained.is_builtin_pretrained(uri):
+        return Staged(folder=pretrained.smollm2_folder(), source=uri)
     if uri.startswith(HUB_SCHEME):
         return stage_hub(uri, cache=cache)
     if not store.is_remote(uri):

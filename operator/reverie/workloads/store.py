@@ -187,7 +187,14 @@ def read_text(uri: str) -> str | None:
 
 
 def write_text(uri: str, text: str) -> None:
-    """Write a small file (one PUT on an object store: it appears whole or not at all)."""
+    """Write a small file whole or not at all (one PUT on an object store; a rename on a local disk)."""
+    if not is_remote(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+        return
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     if parent:
