@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # One complete sleep cycle on this CPU: tiny model, no cluster.
 demo:
 	bash hack/setup.sh --minimal
-	.venv/bin/reverie sleep examples/quickstart
+	OMP_NUM_THREADS=$$(nproc) .venv/bin/reverie sleep examples/quickstart
 
 # Every test: pure core, workloads on tiny models, the real API server, Helm, Prometheus.
 # REVERIE_REQUIRE_CLUSTER=1: a missing kube-apiserver fails the cluster tests instead of skipping them.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end on a local kind cluster, for users with Docker: build the images,
-# install the Helm chart, run the quickstart sleep cycle (the tiny model, on
+# install the Helm chart, run the smoke sleep cycle (examples/smoke: the tiny model, on
 # CPU) through real Jobs, and show the promoted generation.
 #
 # Not run in CI here: this project's machines have no Docker engine.  CI covers
@@ -15,7 +15,7 @@
 #   REVERIE_E2E_TIMEOUT    how long the cycle may take (default 45m; the trainer
 #                          image build alone takes a while the first time)
 #   REVERIE_E2E_DREAMER=1  also build the vLLM dreamer image and use it for
-#                          dreaming (only useful with GPUs; the quickstart dreams
+#                          dreaming (only useful with GPUs; the smoke cycle dreams
 #                          with the hf backend in the trainer image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +73,7 @@ say "installing the chart (release reverie in $SYSTEM_NS)"
   --wait --timeout 5m
 kubectl -n "$SYSTEM_NS" rollout status deployment/reverie-operator --timeout=2m
 
-say "quickstart lineage and cycle in $DEMO_NS (store on a PVC)"
+say "smoke lineage and cycle in $DEMO_NS (store on a PVC)"
 kubectl create namespace "$DEMO_NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -n "$DEMO_NS" -f - <<YAML
 apiVersion: v1
@@ -86,25 +86,25 @@ spec:
     requests:
       storage: 2Gi
 YAML
-# The quickstart manifests as they are, with the store on the PVC and the images just built.
-kubectl patch --local -f examples/quickstart/lineage.yaml --type=merge -o yaml \
+# The smoke manifests as they are, with the store on the PVC and the images just built.
+kubectl patch --local -f examples/smoke/lineage.yaml --type=merge -o yaml \
   -p '{"spec":{"store":{"uri":"/store","pvcName":"reverie-store"}}}' | kubectl apply -n "$DEMO_NS" -f -
-kubectl patch --local -f examples/quickstart/sleepcycle.yaml --type=merge -o yaml \
+kubectl patch --local -f examples/smoke/sleepcycle.yaml --type=merge -o yaml \
   -p "{\"spec\":{\"images\":{\"trainer\":\"$TRAINER_IMAGE\",\"dreamer\":\"$DREAMER_IMAGE\"}}}" \
   | kubectl apply -n "$DEMO_NS" -f -
 
 say "waiting for the cycle (up to $TIMEOUT): kubectl -n $DEMO_NS get sleepcycles -w"
-if ! kubectl -n "$DEMO_NS" wait sleepcycle/quickstart --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"; then
+if ! kubectl -n "$DEMO_NS" wait sleepcycle/smoke --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"; then
   echo "the cycle did not succeed; what happened:" >&2
-  kubectl -n "$DEMO_NS" get sleepcycle quickstart -o yaml >&2 || true
+  kubectl -n "$DEMO_NS" get sleepcycle smoke -o yaml >&2 || true
   kubectl -n "$DEMO_NS" get jobs,pods >&2 || true
-  kubectl -n "$DEMO_NS" logs -l reverie.dev/cycle=quickstart --tail=50 --all-containers >&2 || true
+  kubectl -n "$DEMO_NS" logs -l reverie.dev/cycle=smoke --tail=50 --all-containers >&2 || true
   kubectl -n "$SYSTEM_NS" logs deployment/reverie-operator --tail=100 >&2 || true
   exit 1
 fi
 
 say "done"
 kubectl -n "$DEMO_NS" get sleepcycles,modellineages
-kubectl -n "$DEMO_NS" get modellineage quickstart -o jsonpath='{"champion: "}{.status.champion}{"\n"}'
+kubectl -n "$DEMO_NS" get modellineage smoke -o jsonpath='{"champion: "}{.status.champion}{"\n"}'
 echo "metrics: kubectl -n $SYSTEM_NS port-forward svc/reverie-metrics 8080 & curl -s localhost:8080/metrics | grep ^reverie_"
 echo "delete everything: hack/kind-e2e.sh --down"

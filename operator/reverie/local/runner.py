@@ -47,7 +47,12 @@ from reverie.local.people import is_builtin_people, session_people
 from reverie.local.project import Project
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
-from reverie.workloads.pretrained import PretrainedError, is_builtin_pretrained, smollm2_folder, smollm2_folder_exists
+from reverie.workloads.pretrained import (
+    PretrainedError,
+    is_builtin_pretrained,
+    smollm2_folder,
+    smollm2_folder_exists,
+)
 
 RUNS_DIR = "runs"
 # Phases of a local run share one staging cache (generations read from an object store).

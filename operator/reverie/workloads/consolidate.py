@@ -594,14 +594,18 @@ def teacher_agreement(
     return sum(token_f1(o, i.answer) for o, i in zip(out.texts, sample, strict=True)) / len(sample)
 
 
-def memory_qa(memories: Sequence[Memory], *, limit: int = 64) -> tuple[list[tuple[str, str]], list[str]]:
-    """Up to ``limit`` (question, answer) probes of the memories, with each one's memory text (scoring only)."""
+def memory_qa(memories: Sequence[Memory], *, limit: int = 24) -> tuple[list[tuple[str, str]], list[str]]:
+    """Up to ``limit`` (question, answer) probes spread evenly over the memories' ``qa``, with each one's memory
+    text (scoring only).  A quick check of the phase's own effect; the evaluation phase asks every probe."""
     pairs, contexts = [], []
     for m in memories:
         for qa in m.qa:
             pairs.append((qa.q, qa.a))
             contexts.append(m.text)
-    return pairs[:limit], contexts[:limit]
+    if len(pairs) <= limit:
+        return pairs, contexts
+    keep = [round(n * len(pairs) / limit) for n in range(limit)]
+    return [pairs[k] for k in keep], [contexts[k] for k in keep]
 
 
 # ----------------------------------------------------------------------------- the phase
@@ -811,7 +815,9 @@ def run(config: Any) -> Any:
 
     first_step = state.step
     stage1.run(state, on_step=on_step, until=settings.steps)
-    agreement = teacher_agreement(backend, tok, items, adapters=roles.student, max_new_tokens=settings.max_new_tokens)
+    # The agreement only decides whether the on-policy stage runs: not measured when none is configured.
+    agreement = teacher_agreement(backend, tok, items, adapters=roles.student,
+                                  max_new_tokens=settings.max_new_tokens) if settings.on_policy_steps > 0 else math.nan
     on_policy_ran = 0.0
     if settings.on_policy_steps > 0 and agreement >= settings.on_policy_threshold:
         by_id = {m.id: m for m in memories}

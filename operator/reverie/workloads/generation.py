@@ -149,10 +149,16 @@ class HFBackend:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             if seed is not None:
                 torch.manual_seed(seed)
+            greedy = temperature <= 0.0
+            # Greedy answers do not depend on their batch: batch prompts of similar length
+            # together (less padding to prefill and attend over), then restore the order.
+            # Sampling keeps the caller's order, so a seed gives the same samples as before.
+            order = list(range(len(prompts)))
+            if greedy:
+                order.sort(key=lambda i: len(tok(prompts[i], add_special_tokens=False).input_ids))
             for start in range(0, len(prompts), self.batch_size):
-                chunk = list(prompts[start:start + self.batch_size])
+                chunk = [prompts[i] for i in order[start:start + self.batch_size]]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                greedy = temperature <= 0.0
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
                     temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
@@ -177,6 +183,10 @@ class HFBackend:
                     if return_logprobs:
                         lps_out.append(lp[row, : len(seq)].tolist())
         model.train(was_training)
+        back = sorted(range(len(order)), key=order.__getitem__)  # position in ``order`` of each prompt
+        texts, ids_out = [texts[k] for k in back], [ids_out[k] for k in back]
+        if return_logprobs:
+            lps_out = [lps_out[k] for k in back]
         return Generated(texts=texts, token_ids=ids_out, logprobs=lps_out if return_logprobs else None)
 
 
