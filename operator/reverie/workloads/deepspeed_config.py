@@ -66,6 +66,13 @@ def init_distributed() -> None:
     import deepspeed
     import torch.distributed as dist
 
+    if not torch.cuda.is_available():
+        # Skip DeepSpeed's shared-memory comm op (an inference all-reduce fast path): its JIT
+        # build costs minutes on a busy CPU, and training collectives go through gloo anyway.
+        # Set before the early return: deepspeed.initialize would build it on a torchrun world too.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if dist.is_available() and dist.is_initialized():
         return
     os.environ.setdefault("RANK", "0")
@@ -73,12 +80,6 @@ def init_distributed() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    if not torch.cuda.is_available():
-        # Skip DeepSpeed's shared-memory comm op (an inference all-reduce fast path): its JIT
-        # build costs minutes on a busy CPU, and training collectives go through gloo anyway.
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
