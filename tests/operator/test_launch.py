@@ -83,3 +83,25 @@ def test_a_jobset_gets_the_same_environment_with_its_pod_names() -> None:
     env = env_of(container(js))
     assert container(js)["command"] == TORCHRUN
     assert env["PET_MASTER_ADDR"] == "c1-consolidation-1-node-0-0.c1-consolidation-1" and env["PET_NNODES"] == "2"
+
+
+def test_local_mode_runs_procs_per_node_processes_through_torchrun(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from reverie.local.executor import LocalExecutor
+    from reverie.local.state import LocalJob
+
+    def command(**runtime: Any) -> list[str]:
+        config = create(**runtime).config.model_copy(deep=True)
+        config.consolidation.runtime = PhaseRuntime.model_validate(runtime)
+        path = tmp_path / "phase.json"
+        path.write_text(json.dumps(config.wire()))
+        job = LocalJob(name="c1-consolidation-1", cycle="c1", step=Step.CONSOLIDATION, attempt=1,
+                       config_path=str(path), log_path=str(tmp_path / "log"), output_uri=str(tmp_path))
+        return LocalExecutor._command(SimpleNamespace(python="py"), job)  # type: ignore[arg-type]
+
+    assert command() == ["py", "-m", "reverie.cli", "run-phase", "consolidation", "--config", str(tmp_path / "phase.json")]
+    assert command(procsPerNode=2) == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+        "--max-restarts", "0", "-m", "reverie.workloads.run_phase", "consolidation", str(tmp_path / "phase.json")]
