@@ -148,7 +148,8 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["subdomain"] == "c1-consolidation-1"
         assert pod["securityContext"]["runAsNonRoot"] is True
         (container,) = pod["containers"]
-        assert container["command"] == ["reverie", "run-phase", "consolidation", "--config", "/etc/reverie/phase.json"]
+        assert container["command"] == ["torchrun", "--max-restarts", "0", "-m", "reverie.workloads.run_phase",
+                                        "consolidation", "/etc/reverie/phase.json"]
         assert container["image"].startswith("ghcr.io/reverie-dev/reverie-trainer")
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
         sc = container["securityContext"]
@@ -164,9 +165,10 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert env["REVERIE_STAGING_CACHE"]["value"] == "/var/cache/reverie-staging"
         assert env["REVERIE_STAGING_CACHE_MAX_BYTES"]["value"] == str(20 * 2**30)
         assert volumes[mounts["/var/cache/reverie-staging"]]["hostPath"] == {"path": "/var/cache/reverie", "type": "DirectoryOrCreate"}
-        assert env["MASTER_ADDR"]["value"] == "c1-consolidation-1-0.c1-consolidation-1"
-        assert (env["WORLD_SIZE"]["value"], env["NNODES"]["value"], env["NPROC_PER_NODE"]["value"]) == ("8", "2", "4")
-        assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert env["PET_MASTER_ADDR"]["value"] == "c1-consolidation-1-0.c1-consolidation-1"
+        assert (env["PET_NNODES"]["value"], env["PET_NPROC_PER_NODE"]["value"], env["PET_MASTER_PORT"]["value"]) == ("2", "4", "29500")
+        assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert not {"RANK", "WORLD_SIZE", "MASTER_ADDR"} & set(env), "torchrun sets those per worker"
         svc = kubectl_json(cluster, "get", "service", "c1-consolidation-1", "-n", namespace)
         assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["ownerReferences"][0]["uid"] == uid
         cm = kubectl_json(cluster, "get", "configmap", "c1-consolidation-1", "-n", namespace)
@@ -240,7 +242,7 @@ def test_jobset_engine_creates_a_jobset_and_reads_its_result(
         job_spec = rjob["template"]["spec"]
         assert (job_spec["completionMode"], job_spec["completions"], job_spec["backoffLimit"]) == ("Indexed", 2, 0)
         env = {e["name"]: e.get("value") for e in job_spec["template"]["spec"]["containers"][0]["env"]}
-        assert env["MASTER_ADDR"] == "c1-consolidation-1-node-0-0.c1-consolidation-1" and env["WORLD_SIZE"] == "2"
+        assert env["PET_MASTER_ADDR"] == "c1-consolidation-1-node-0-0.c1-consolidation-1" and env["PET_NNODES"] == "2"
         # play JobSet + kubelet: the leader pod's termination message, then the JobSet's Completed condition
         fake_job = {"metadata": {"name": "c1-consolidation-1", "uid": js["metadata"]["uid"]}, "spec": job_spec}
         config = sim.config_of({"spec": job_spec})

@@ -114,13 +114,6 @@ def test_termination_log_is_skipped_when_not_writable(phase_config, monkeypatch:
     assert (tmp_path / "store/l/c1/consolidation/result.json").is_file()
 
 
-def test_a_multi_process_launch_is_refused_with_the_fix(phase_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
-    err = capsys.readouterr().err
-    assert "WORLD_SIZE=8" in err and "numNodes: 1" in err
-
-
 def test_the_on_policy_stage_follows_the_self_study_stage_when_the_student_agrees(
     phase_config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -112,7 +112,7 @@ class ConsolidationSpec(ApiModel):
         default=0.3, ge=0.0, le=1.0,
         description="The on-policy stage runs only if the student already agrees this much (token F1) with the teacher.",
     )
-    batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per step (per process).")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per step, in all: on N processes each takes its share (the same rows as one process).")
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the new slot.")
     max_new_tokens: int = Field(default=48, ge=1, le=8192, description="Tokens per teacher answer, on-policy sequence or dream.")
     temperature: float = Field(default=1.0, gt=0.0, le=2.0, description="Sampling temperature of on-policy sequences.")

@@ -5,8 +5,9 @@ attempt: a ConfigMap holding the rendered :class:`PhaseConfig` (mounted at
 ``/etc/reverie/phase.json``), and either
 
 * a ``batch/v1`` Job (one pod; or, for ``numNodes > 1``, an Indexed Job with a
-  headless Service and the torchrun/DeepSpeed launcher environment, the way
-  Kubeflow Trainer's torch runtime wires ranks), or
+  headless Service; whenever nodes × ``procsPerNode`` > 1 the pods run
+  ``torchrun`` with the ``PET_*`` environment Kubeflow Trainer's torch plugin
+  sets, :mod:`reverie.core.launch`), or
 * a Kubeflow ``TrainJob`` / a ``JobSet`` when the spec asks for that engine.
 
 Every object is owned by the SleepCycle (controller owner reference), so
@@ -35,6 +36,7 @@ from reverie import GROUP, VERSION
 from reverie.api.base import Engine, Scheduling, parse_quantity
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import Step
+from reverie.core import launch
 from reverie.core.contract import CONFIG_MOUNT_PATH, MEMORY_CONFIGMAP_ROOT, TERMINATION_LOG
 from reverie.core.observed import JobState, ObservedJob
 from reverie.core.planner import CreateJob
@@ -47,13 +49,14 @@ LABEL_STEP = f"{GROUP}/step"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_JOB = f"{GROUP}/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX_ANNOTATION = launch.COMPLETION_INDEX_ANNOTATION
 CONTAINER = "phase"
 STORE_MOUNT = "/store"
 STAGING_CACHE_MOUNT = "/var/cache/reverie-staging"
 # Without spec.store.stagingCache each pod stages into its own /tmp emptyDir.
 STAGING_CACHE_IN_POD = "/tmp/reverie-staging"
-MASTER_PORT = 29500
+MASTER_PORT = launch.MASTER_PORT
+TRAINJOB_RUNTIME = "torch-distributed"
 # Every workload pod (phase Jobs, the serving export Job) is hardened the same way.
 CACHE_ENV: list[Obj] = [
     {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -125,18 +128,8 @@ def _meta(name: str, *, owner: Owner, labels: dict[str, str]) -> Obj:
 
 
 def _launcher_env(create: CreateJob, *, master: str) -> list[Obj]:
-    """torchrun/DeepSpeed rendezvous, plus the PET_* names torchrun reads (as Kubeflow Trainer sets them)."""
-    nodes, procs = create.runtime.num_nodes, create.runtime.procs_per_node
-    rank = {"valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}
-    plain = {
-        "MASTER_ADDR": master, "MASTER_PORT": str(MASTER_PORT), "WORLD_SIZE": str(nodes * procs),
-        "NNODES": str(nodes), "NPROC_PER_NODE": str(procs),
-        "PET_MASTER_ADDR": master, "PET_MASTER_PORT": str(MASTER_PORT), "PET_NNODES": str(nodes),
-        "PET_NPROC_PER_NODE": str(procs),
-    }
-    env: list[Obj] = [{"name": k, "value": v} for k, v in plain.items()]
-    env += [{"name": "NODE_RANK", **rank}, {"name": "PET_NODE_RANK", **rank}]
-    return env
+    """The ``PET_*`` environment torchrun reads, as Kubeflow Trainer's torch plugin sets it (reverie.core.launch)."""
+    return launch.pet_env(create.runtime, master=master)
 
 
 def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) -> list[Obj]:
@@ -167,6 +160,13 @@ def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) 
         {"name": "REVERIE_STAGING_CACHE", "value": STAGING_CACHE_MOUNT},
         {"name": "REVERIE_STAGING_CACHE_MAX_BYTES", "value": str(int(parse_quantity(cache.max_size)))},
     ]
+
+
+def _command(create: CreateJob) -> list[str]:
+    """One process: ``reverie run-phase``; more (nodes × procsPerNode) or a TrainJob: ``torchrun``."""
+    if launch.needs_torchrun(create.runtime) or create.runtime.engine == Engine.TRAINJOB:
+        return launch.torchrun_command(create.step.value, CONFIG_MOUNT_PATH)
+    return ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH]
 
 
 def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
@@ -203,7 +203,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     container: Obj = {
         "name": CONTAINER,
         "image": create.image,
-        "command": ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH],
+        "command": _command(create),
         "env": env,
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -254,6 +254,9 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
     if engine == Engine.JOBSET:
         # JobSet pods are <jobset>-<replicatedJob>-<jobIndex>-<podIndex> in the subdomain <jobset>.
         extra_env = _launcher_env(create, master=f"{name}-node-0-0.{name}")
+    elif launch.needs_torchrun(runtime) and not multi:
+        # One pod, several processes: the rendezvous stays inside the pod.
+        extra_env = _launcher_env(create, master="127.0.0.1")
     elif multi:
         extra_env = _launcher_env(create, master=f"{name}-0.{name}")
         service = {
@@ -289,11 +292,14 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
 
 
 def _trainjob(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling, labels: dict[str, str]) -> Obj:
-    """A Kubeflow Trainer v2 TrainJob on the DeepSpeed (ZeRO > 0) or torch runtime; Trainer injects the launcher env."""
+    """A Kubeflow Trainer v2 TrainJob on the ``torch-distributed`` runtime: torchrun, with Trainer's ``PET_*``.
+
+    DeepSpeed phases use it too: the workload initialises DeepSpeed over the
+    torchrun world, so the MPI-based ``deepspeed-distributed`` runtime is not needed.
+    """
     pod = _pod_spec(create, lineage=lineage, scheduling=scheduling, extra_env=[])
     container = pod["containers"][0]
-    zero = create.config.consolidation.zero_stage
-    runtime_name = "deepspeed-distributed" if str(zero) not in ("0", "ZeroStage.NONE") else "torch-distributed"
+    runtime_name = TRAINJOB_RUNTIME
     override_spec: Obj = {
         "volumes": pod["volumes"],
         "containers": [{"name": "node", "volumeMounts": container["volumeMounts"]}],

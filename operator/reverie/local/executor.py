@@ -152,7 +152,7 @@ class LocalExecutor:
         env = dict(self.env)
         # Where a pod would find /dev/termination-log.
         env["REVERIE_TERMINATION_LOG"] = str(Path(job.log_path).with_suffix(".result.json"))
-        command = [self.python, "-m", "reverie.cli", "run-phase", str(job.step), "--config", job.config_path]
+        command = self._command(job)
         with open(job.log_path, "ab") as log:
             proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -164,6 +164,22 @@ class LocalExecutor:
         job.state = "Running"
         job.exit_code = None
         job.finished_at = None
+
+    def _command(self, job: LocalJob) -> list[str]:
+        """``reverie run-phase``, or torchrun on this machine for ``runtime.procsPerNode`` > 1.
+
+        Local mode is one node: a laptop uses its cores through ``procsPerNode``
+        (``numNodes`` counts towards the world size too, all on this machine).
+        """
+        from reverie.core import launch
+
+        config = PhaseConfig.model_validate_json(Path(job.config_path).read_text())
+        runtime = getattr(config, Step(job.step).value).runtime
+        procs = launch.processes(runtime)
+        if procs > 1:
+            run = launch.torchrun_command(str(job.step), job.config_path, standalone_procs=procs)
+            return [self.python, "-m", "torch.distributed.run", *run[1:]]
+        return [self.python, "-m", "reverie.cli", "run-phase", str(job.step), "--config", job.config_path]
 
     # -- observing -------------------------------------------------------------
     def _read_result(self, job: LocalJob, *, since: float | None) -> str | None:

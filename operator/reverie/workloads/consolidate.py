@@ -53,6 +53,7 @@ student prompt.  The algorithm is unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -70,6 +71,8 @@ import torch
 import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec, ZeroStage
+from reverie.workloads import distributed
+from reverie.workloads.distributed import World
 from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
@@ -385,7 +388,7 @@ class KnowledgeSeeding:
     def __init__(
         self, model: Any, tokenizer: Any, backend: GenerationBackend, *, roles: Roles, settings: KSSettings,
         memory: Sequence[Cue], replay: Sequence[Cue], trainer: Trainer, judge: SemanticJudge = overlap_judge,
-        teacher_backend: GenerationBackend | None = None,
+        teacher_backend: GenerationBackend | None = None, world: World | None = None,
     ) -> None:
         if not memory:
             raise ValueError("Knowledge Seeding needs at least one memory cue")
@@ -397,6 +400,9 @@ class KnowledgeSeeding:
         # the student's samples must come from the training weights.
         self.teacher_backend = teacher_backend or backend
         self._dream_cache: dict[Cue, list[int]] = {}
+        # On N ranks each takes a share of the step's cues; the student's forward goes through DDP.
+        self.world = world or World()
+        self.forward = distributed.forward_model(trainer, model)
 
     # -- teacher dreams D_T (cached when greedy: the same cue always gives the same dream)
     def dreams(self, cues: Sequence[Cue], *, step: int) -> list[list[int]]:
@@ -455,7 +461,7 @@ class KnowledgeSeeding:
             for idx, lg in t_logits:
                 teacher[idx, : lg.shape[1]] = lg.float()
         with active_adapters(self.model, self.roles.student):
-            s_logits, mask, _ = completion_logits(self.model, self.tok, s_prompts, ys)
+            s_logits, mask, _ = completion_logits(self.forward, self.tok, s_prompts, ys)
         teacher = teacher[:, : s_logits.shape[1]]
         loss = generalized_jsd(s_logits, teacher, mask, beta=self.s.beta)
         return loss, int(mask.sum())
@@ -484,28 +490,33 @@ class KnowledgeSeeding:
         ys = [with_eos(y, eos=self.tok.eos_token_id, max_new_tokens=self.s.max_new_tokens) for y in out.token_ids]
         p_ids = [encode(self.tok, p) for p in rep_prompts]
         with active_adapters(self.model, self.roles.student):
-            logits, mask, targets = completion_logits(self.model, self.tok, p_ids, ys)
+            logits, mask, targets = completion_logits(self.forward, self.tok, p_ids, ys)
         logp = sequence_logprobs(logits, targets, mask)
         loss = imitation_loss(logp, rewards.to(logp.device), group_size=g)
         return loss, float(rewards.mean()), int(mask.sum())
 
     def step(self, step: int) -> StepStats:
         t0 = time.perf_counter()
+        distributed.maybe_inject_fault(self.world, step)
         cues = step_batch(self.memory, self.replay, step=step, settings=self.s)
-        dreams = self.dreams(cues, step=step)
+        dreams = self.dreams(cues, step=step)  # every rank, the whole batch: the dream calls stay in lockstep
+        mine = distributed.share(range(len(cues)), self.world)
+        cues, dreams = [cues[i] for i in mine], [dreams[i] for i in mine]
         self.model.train()
         distill, n_tok = self.distill_term(cues, dreams, step=step)
+        weight, _ = distributed.token_weight(self.world, n_tok)
         imitation, reward, n_lti = (
             self.imitation_term(cues, dreams, step=step) if self.s.alpha < 1.0 else (torch.zeros(()), 0.0, 0)
         )
-        loss = knowledge_seeding_loss(distill, imitation.to(distill.device), alpha=self.s.alpha)
+        loss = knowledge_seeding_loss(distill * weight, imitation.to(distill.device), alpha=self.s.alpha)
         self.trainer.backward_and_step(loss)
         self.model.eval()
-        return StepStats(
-            step=step, loss=float(loss.detach()), distill=float(distill.detach()),
-            imitation=float(imitation.detach()), reward=reward, tokens=n_tok + n_lti,
-            seconds=time.perf_counter() - t0,
-        )
+        n = self.world.size
+        total, d, i, r, tok = distributed.all_reduce_sum(self.world, [
+            float(loss.detach()) / n, float(distill.detach()) * weight / n, float(imitation.detach()) / n, reward / n,
+            n_tok + n_lti])
+        return StepStats(step=step, loss=total, distill=d, imitation=i, reward=r, tokens=int(tok),
+                         seconds=time.perf_counter() - t0)
 
     def run(
         self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
@@ -518,12 +529,15 @@ class SelfStudyDistillation:
 
     def __init__(
         self, model: Any, tokenizer: Any, *, items: Sequence[StudyItem], targets: TeacherTargets,
-        student: Sequence[str], settings: KSSettings, trainer: Trainer,
+        student: Sequence[str], settings: KSSettings, trainer: Trainer, world: World | None = None,
     ) -> None:
         if len(items) != len(targets):
             raise ValueError(f"{len(items)} study items but {len(targets)} teacher targets")
         self.model, self.tok, self.s, self.trainer = model, tokenizer, settings, trainer
         self.student = list(student)
+        # On N ranks each takes a share of the step's rows; the student's forward goes through DDP.
+        self.world = world or World()
+        self.forward = distributed.forward_model(trainer, model)
         self.memory_rows = [n for n, i in enumerate(items) if not i.replay]
         self.replay_rows = [n for n, i in enumerate(items) if i.replay]
         if not self.memory_rows:
@@ -539,7 +553,7 @@ class SelfStudyDistillation:
         """(forward KL over the teacher's top-k, CE on its answer tokens, tokens) for the given items."""
         answers = [self.targets.answer_ids[r] for r in rows]
         with active_adapters(self.model, self.student):
-            logits, mask, targets = completion_logits(self.model, self.tok, [self.prompt_ids[r] for r in rows], answers)
+            logits, mask, targets = completion_logits(self.forward, self.tok, [self.prompt_ids[r] for r in rows], answers)
         width = logits.shape[1]
         ids = self.targets.topk_ids[list(rows), :width].to(logits.device)
         lps = self.targets.topk_logprobs[list(rows), :width].to(logits.device)
@@ -551,13 +565,19 @@ class SelfStudyDistillation:
 
     def step(self, step: int) -> StepStats:
         t0 = time.perf_counter()
+        distributed.maybe_inject_fault(self.world, step)
         self.model.train()
-        fkl, ce, n_tok = self.losses(self.batch(step))
+        fkl, ce, n_tok = self.losses(distributed.share(self.batch(step), self.world))
         loss = fkl + self.s.ce_weight * ce
-        self.trainer.backward_and_step(loss)
+        # Σ over ranks of (token share × local mean) is the one-process token mean of the whole batch.
+        weight, _ = distributed.token_weight(self.world, n_tok)
+        self.trainer.backward_and_step(loss * weight if self.world.distributed else loss)
         self.model.eval()
-        return StepStats(step=step, loss=float(loss.detach()), distill=float(fkl.detach()), imitation=0.0,
-                         reward=0.0, tokens=n_tok, seconds=time.perf_counter() - t0, ce=float(ce.detach()))
+        n = self.world.size
+        total, d, c, tok = distributed.all_reduce_sum(self.world, [
+            float(loss.detach()) * weight / n, float(fkl.detach()) * weight / n, float(ce.detach()) * weight / n, n_tok])
+        return StepStats(step=step, loss=total, distill=d, imitation=0.0, reward=0.0, tokens=int(tok),
+                         seconds=time.perf_counter() - t0, ce=c)
 
     def run(
         self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
@@ -612,9 +632,12 @@ def memory_qa(memories: Sequence[Memory], *, limit: int = 24) -> tuple[list[tupl
 
 
 def _emit(event: str, **fields: Any) -> None:
-    """One JSON line on stdout (progress logs a log shipper can parse)."""
+    """One JSON line on stdout (progress logs a log shipper can parse); on N ranks, rank 0's only."""
+    import os
     import sys
 
+    if os.environ.get("RANK", "0") != "0":
+        return
     sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
     sys.stdout.flush()
 
@@ -645,10 +668,15 @@ def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None
 
 def build_study(
     model: Any, tokenizer: Any, backend: GenerationBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
-    held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True,
+    held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True, world: World | None = None,
+    forwards: Callable[[], Any] | None = None,
 ) -> tuple[list[StudyItem], TeacherTargets]:
-    """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it."""
-    from reverie.workloads.selfstudy import replay_items, synthesize, teacher_targets
+    """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it.
+
+    On N ranks ``backend`` splits the generation and the teacher's passes are split the same way
+    (:mod:`reverie.workloads.distributed`); every rank ends with the whole set.
+    """
+    from reverie.workloads.selfstudy import replay_items, synthesize
 
     mem_items = synthesize(
         backend, tokenizer, memories, adapters=roles.memory_teacher, items_per_memory=settings.items_per_memory,
@@ -658,8 +686,8 @@ def build_study(
                              prior=[i for i in prior if held_out.allows(i.prompt)])
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
-    targets = teacher_targets(
-        model, tokenizer, items,
+    targets = distributed.sharded_teacher_targets(
+        world or World(), model, tokenizer, items, forwards=forwards or contextlib.nullcontext,
         teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in items],
         adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
         k=settings.top_k, max_tokens=settings.max_new_tokens,
@@ -699,7 +727,18 @@ def run(config: Any) -> Any:
     cfg: PhaseConfig = config
     spec = cfg.consolidation
     settings = KSSettings.from_spec(spec)
+    # The same seed on every rank: the new slot starts identical everywhere.
     torch.manual_seed(settings.seed)
+    world = distributed.init_world()
+    zero = ZeroStage(spec.zero_stage)
+    if world.size > settings.batch_size:
+        raise ConsolidationError(
+            f"consolidation.batchSize {settings.batch_size} is smaller than the {world.size} processes; "
+            "every process needs at least one sequence per step (raise batchSize or lower procsPerNode/numNodes)")
+    if zero == ZeroStage.THREE and world.distributed and settings.on_policy_steps > 0:
+        raise ConsolidationError(
+            "consolidation.onPolicySteps with zeroStage 3 on more than one process is not supported yet "
+            "(its per-rank sampling would leave the ZeRO-3 forwards out of lockstep); use zeroStage 0 or 2")
     try:
         memories = load_memories(cfg.memory, store_uri=cfg.store_uri)
         prior = load_memory_uris(cfg.prior_memory_uris, store_uri=cfg.store_uri)
@@ -717,37 +756,54 @@ def run(config: Any) -> Any:
     earlier = list(gen.slots)
     model, slot = add_slot(model, rank=spec.expert_rank, target_modules=spec.target_modules, keep_active=earlier)
     params = slot_parameters(model, slot)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to(distributed.device_of(world))
 
     remote = is_remote(cfg.output_uri)
     work = Path(tempfile.mkdtemp(prefix="reverie-consolidation-")) if remote else local_path(cfg.output_uri)
     ckpt_root = work / "checkpoints"
-    trainer: Any
-    if ZeroStage(spec.zero_stage) != ZeroStage.NONE:
-        from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
 
-        trainer = DeepSpeedTrainer(model, list(params.values()), lr=settings.learning_rate, config=zero_config(spec))
-    else:
-        trainer = TorchTrainer(list(params.values()), lr=settings.learning_rate, max_grad_norm=settings.max_grad_norm)
-
+    # Resume before the engine exists: ZeRO-3 then partitions the loaded weights. A checkpoint
+    # holds the whole slot, so the attempt may run on another number of processes.
     state = KSState()
+    resumed: ckpt.Checkpoint | None = None
     if cfg.resume_from:
         try:
-            c = ckpt.load_checkpoint(cfg.resume_from)
+            resumed = ckpt.load_checkpoint(cfg.resume_from)
         except ckpt.CheckpointError as exc:
             raise ConsolidationError(str(exc)) from exc
-        if c.slot != slot:
-            raise ConsolidationError(f"resume_from {cfg.resume_from}: checkpoint is for slot {c.slot}, this run adds {slot}")
+        if resumed.slot != slot:
+            raise ConsolidationError(f"resume_from {cfg.resume_from}: checkpoint is for slot {resumed.slot}, this run adds {slot}")
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(c.slot_state[name].to(p))
-        if c.optimizer_state is not None and hasattr(trainer, "load_state_dict"):
-            trainer.load_state_dict(c.optimizer_state)
-        state = KSState(step=c.step, history=list(c.meta.get("history", [])))
-        _emit("resumed", step=c.step, checkpoint=str(c.folder))
+                p.copy_(resumed.slot_state[name].to(p))
+        state = KSState(step=resumed.step, history=list(resumed.meta.get("history", [])))
 
-    backend = HFBackend(model, tok)
+    trainer: Any
+    if zero != ZeroStage.NONE:
+        from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
+
+        trainer = DeepSpeedTrainer(model, list(params.values()), lr=settings.learning_rate,
+                                   config=zero_config(spec, world_size=world.size))
+        if zero == ZeroStage.THREE:
+            distributed.assert_partitioned(model, world)
+            shares = distributed.all_gather_objects(world, distributed.partitioned_share(model))
+            _emit("zero3", ranks=world.size, held=[h for h, _ in shares], total=shares[0][1])
+    elif world.distributed:
+        trainer = distributed.DDPTrainer(model, list(params.values()), world=world, lr=settings.learning_rate,
+                                         max_grad_norm=settings.max_grad_norm)
+    else:
+        trainer = TorchTrainer(list(params.values()), lr=settings.learning_rate, max_grad_norm=settings.max_grad_norm)
+    if resumed is not None:
+        if resumed.optimizer_state is not None and hasattr(trainer, "load_state_dict"):
+            trainer.load_state_dict(resumed.optimizer_state)
+        _emit("resumed", step=resumed.step, checkpoint=str(resumed.folder), ranks=world.size)
+
+    def forwards() -> Any:
+        return distributed.local_forwards(trainer)
+
+    local_backend = HFBackend(model, tok)
+    # Generation split across ranks (greedy) or run whole on each (sampled: the same samples as one process).
+    backend = distributed.ShardedGeneration(local_backend, world, sampling="replicate", forwards=forwards)
     teacher_backend = None
     if os.environ.get("REVERIE_TEACHER_BACKEND", "hf") == "vllm" and gen.folder is not None:
         teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)
@@ -766,10 +822,15 @@ def run(config: Any) -> Any:
     if study is None:
         prior_items = prior_study_items(cfg.prior_memory_uris, store_uri=cfg.store_uri, seed=settings.seed)
         items, targets = build_study(model, tok, teacher_backend or backend, memories=memories, prior=prior_items,
-                                     held_out=held_out, roles=roles, settings=settings)
-        study_dir = save_study(work / SELFSTUDY_DIR, items, targets)
-        if remote:
-            stage_out(study_dir, study_uri)
+                                     held_out=held_out, roles=roles, settings=settings, world=world, forwards=forwards)
+
+        def write_study() -> Path:
+            folder = save_study(work / SELFSTUDY_DIR, items, targets)
+            if remote:
+                stage_out(folder, study_uri)
+            return folder
+
+        study_dir = distributed.on_main(world, write_study)
         _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items),
               seconds=round(time.perf_counter() - synth_started, 1))
     else:
@@ -783,7 +844,7 @@ def run(config: Any) -> Any:
             "(memories need a named subject, e.g. a person or product, for the teacher to write about)",
         )
     stage1 = SelfStudyDistillation(model, tok, items=items, targets=targets, student=roles.student,
-                                   settings=settings, trainer=trainer)
+                                   settings=settings, trainer=trainer, world=world)
 
     qa, contexts = memory_qa(memories)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
@@ -805,12 +866,19 @@ def run(config: Any) -> Any:
             window.clear()
         if st.step % settings.checkpoint_every == 0 and st.step < settings.total_steps:
             opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
-            folder = ckpt.save_checkpoint(
-                ckpt_root, step=st.step, slot=slot, slot_state={k: v.detach() for k, v in params.items()},
-                optimizer_state=opt, meta={"seed": settings.seed, "history": st.history},
-            )
-            if remote:
-                stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
+            # Every rank takes part in the gather (ZeRO-3 shards); rank 0 alone writes.
+            slot_state = distributed.gathered_state(params)
+
+            def write_checkpoint() -> Path:
+                folder = ckpt.save_checkpoint(
+                    ckpt_root, step=st.step, slot=slot, slot_state=slot_state,
+                    optimizer_state=opt, meta={"seed": settings.seed, "history": st.history, "ranks": world.size},
+                )
+                if remote:
+                    stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
+                return folder
+
+            folder = distributed.on_main(world, write_checkpoint)
             _emit("checkpoint", step=st.step, path=str(folder))
 
     first_step = state.step
@@ -822,8 +890,9 @@ def run(config: Any) -> Any:
     if settings.on_policy_steps > 0 and agreement >= settings.on_policy_threshold:
         by_id = {m.id: m for m in memories}
         mem_cues, rep_cues = study_cues(items, tok, by_id)
-        ks = KnowledgeSeeding(model, tok, backend, roles=roles, settings=settings, memory=mem_cues, replay=rep_cues,
-                              trainer=trainer, teacher_backend=teacher_backend)
+        # Student samples are each rank's own (its share of the cues); teacher dreams cover the whole batch.
+        ks = KnowledgeSeeding(model, tok, local_backend, roles=roles, settings=settings, memory=mem_cues,
+                              replay=rep_cues, trainer=trainer, teacher_backend=teacher_backend or backend, world=world)
         ks.prefetch_dreams()
         ks.run(state, on_step=on_step, until=settings.total_steps)
         on_policy_ran = 1.0
@@ -837,15 +906,22 @@ def run(config: Any) -> Any:
         "memories": [m.id for m in memories][:256], "rank": spec.expert_rank,
     }]
     model_uri = cfg.output_uri.rstrip("/") + "/model"
-    folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
-    digest = content_hash(folder)
-    # Keep what this sleep learned beside the model: later cycles replay its
-    # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
-    learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
-    with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
-        fh.write(learned)
-    if remote:
-        stage_out(folder, model_uri)
+
+    def write_generation() -> str:
+        folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
+        digest = content_hash(folder)
+        # Keep what this sleep learned beside the model: later cycles replay its
+        # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
+        learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
+        with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
+            fh.write(learned)
+        if remote:
+            stage_out(folder, model_uri)
+        return digest
+
+    # ZeRO-3: every rank gathers the whole model (not the empty shards) before rank 0 saves it.
+    with forwards():
+        digest = distributed.on_main(world, write_generation)
     tail = state.history[-max(1, len(state.history) // 10):]
 
     def tail_mean(key: str) -> float:

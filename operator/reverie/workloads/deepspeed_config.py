@@ -10,7 +10,8 @@ loop owns generation and the teacher passes; the engine is only the optimiser
 side (``engine.backward`` / ``engine.step``).  The teacher is the same module
 with other slots active, run under ``torch.no_grad()`` in eval mode.
 
-One process per GPU (``torchrun``/``deepspeed`` launcher sets RANK/WORLD_SIZE);
+One process per GPU, started by ``torchrun`` (RANK/LOCAL_RANK/WORLD_SIZE; the
+process group may already exist, :func:`reverie.workloads.distributed.init_world`);
 a single process with no launcher gets a world of one over gloo (CPU tests).
 """
 
@@ -27,9 +28,12 @@ from reverie.api.phases import ConsolidationSpec, ZeroStage
 
 def zero_config(
     spec: ConsolidationSpec, *, on_gpu: bool | None = None, gradient_accumulation_steps: int = 1,
-    max_grad_norm: float = 1.0,
+    max_grad_norm: float = 1.0, world_size: int = 1,
 ) -> dict[str, Any]:
-    """DeepSpeed config for ``spec.zero_stage`` (2 or 3); bf16 only on GPUs and when asked for."""
+    """DeepSpeed config for ``spec.zero_stage`` (2 or 3); bf16 only on GPUs and when asked for.
+
+    ``spec.batch_size`` is the step's global batch; each of ``world_size`` processes takes its share.
+    """
     if ZeroStage(spec.zero_stage) == ZeroStage.NONE:
         raise ValueError("consolidation.zeroStage is 0: plain torch, no DeepSpeed config")
     gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
@@ -38,12 +42,13 @@ def zero_config(
     if stage == 3:
         zero |= {
             "stage3_gather_16bit_weights_on_model_save": True,
-            # Small frozen tensors stay whole on every rank; partitioning them costs more than it saves.
-            "stage3_param_persistence_threshold": 100_000,
+            # On GPUs small tensors stay whole on every rank (partitioning them costs more than it
+            # saves); on CPU (tests, tiny models) everything is partitioned, or nothing would be.
+            "stage3_param_persistence_threshold": 100_000 if gpu else 0,
             "reduce_bucket_size": 50_000_000,
         }
     return {
-        "train_micro_batch_size_per_gpu": spec.batch_size,
+        "train_micro_batch_size_per_gpu": max(1, spec.batch_size // max(1, world_size)),
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": zero,
@@ -61,6 +66,13 @@ def init_distributed() -> None:
     import deepspeed
     import torch.distributed as dist
 
+    if not torch.cuda.is_available():
+        # Skip DeepSpeed's shared-memory comm op (an inference all-reduce fast path): its JIT
+        # build costs minutes on a busy CPU, and training collectives go through gloo anyway.
+        # Set before the early return: deepspeed.initialize would build it on a torchrun world too.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if dist.is_available() and dist.is_initialized():
         return
     os.environ.setdefault("RANK", "0")
@@ -68,12 +80,6 @@ def init_distributed() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
-        # A world of one never all-reduces across processes; skip DeepSpeed's shared-memory
-        # comm op, whose JIT build costs minutes on a busy CPU.  (Documented: edits persist.)
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 

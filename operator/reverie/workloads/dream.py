@@ -472,6 +472,10 @@ def _log(msg: str) -> None:
 
 
 def _progress(step: int, total: int, **extra: Any) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # on N ranks, rank 0's progress only
+        return
     print(json.dumps({"event": "progress", "phase": "dreaming", "step": step, "totalSteps": total, **extra}),
           flush=True)
 
@@ -559,21 +563,30 @@ def dream_rounds(
 
     ``on_checkpoint`` runs after each checkpoint is written (to upload it when the store is remote).
     """
+    from reverie.workloads import distributed
+
+    world = distributed.world_from_env()
     spec = dreamer.spec
     rounds = max(1, spec.rest_em_iterations)
     state = state or DreamState()
     total = rounds * (len(contexts) + 1)
     while state.round < rounds:
         r = state.round
-        for idx, ctx in enumerate(contexts):
-            if ctx.id in state.contexts_done:
-                continue
-            state.dreams += dreamer.e_step_context(ctx, round_=r, index=idx)
-            state.contexts_done.append(ctx.id)
+        todo = [(idx, ctx) for idx, ctx in enumerate(contexts) if ctx.id not in state.contexts_done]
+        # On N ranks the contexts are dealt in waves of N, one per rank: a context's dreams depend
+        # only on its seeds (unit_seed), so they are the same whichever rank dreams them.  Every
+        # rank gathers every wave and runs the same M-step; rank 0 writes the checkpoints.
+        for wave in (todo[i:i + world.size] for i in range(0, len(todo), world.size)):
+            mine = wave[world.rank] if world.rank < len(wave) else None
+            dreamt = dreamer.e_step_context(mine[1], round_=r, index=mine[0]) if mine else []
+            for ctx_id, dreams in distributed.all_gather_objects(world, (mine[1].id if mine else None, dreamt)):
+                if ctx_id is not None:
+                    state.dreams += dreams
+                    state.contexts_done.append(ctx_id)
             if ckpt:
-                _save_state(ckpt, state, dreamer)
+                distributed.on_main(world, lambda: _save_state(ckpt, state, dreamer))
                 if on_checkpoint:
-                    on_checkpoint()
+                    distributed.on_main(world, on_checkpoint)
             _progress(r * (len(contexts) + 1) + len(state.contexts_done), total,
                       rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
                       checkpoint=str(ckpt) if ckpt else None)
@@ -601,9 +614,9 @@ def dream_rounds(
         state.round += 1
         state.contexts_done = []
         if ckpt:
-            _save_state(ckpt, state, dreamer)
+            distributed.on_main(world, lambda: _save_state(ckpt, state, dreamer))
             if on_checkpoint:
-                on_checkpoint()
+                distributed.on_main(world, on_checkpoint)
         _progress((r + 1) * (len(contexts) + 1), total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
         if stop_after and stop_after(state):
             return state
@@ -711,11 +724,17 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ledger["slots"] = [*ledger.get("slots", []), notes]
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
-    folder = save_generation(dreamer.model, dreamer.tokenizer, out_dir / "model", slots=[*gen.slots, dreamer.slot],
-                             ledger=ledger)
-    (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
-    stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
-    model_uri = stage_out(folder, f"{config.output_uri.rstrip('/')}/model")
+    from reverie.workloads import distributed
+
+    def write_generation() -> tuple[str, str]:
+        folder = save_generation(dreamer.model, dreamer.tokenizer, out_dir / "model",
+                                 slots=[*gen.slots, dreamer.slot], ledger=ledger)
+        (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
+        stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
+        return stage_out(folder, f"{config.output_uri.rstrip('/')}/model"), content_hash(folder)
+
+    # Every rank holds the same model (same dreams, same M-step); rank 0 alone writes it.
+    model_uri, digest = distributed.on_main(distributed.world_from_env(), write_generation)
     metrics: dict[str, float] = {
         "contexts": float(len(contexts)),
         "dreams_generated": float(len(state.dreams)),
@@ -733,5 +752,5 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         step=Step.DREAMING, status="Succeeded",
         message=f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
                 f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
-        metrics=metrics, output_uri=model_uri, content_hash=content_hash(folder), slot=dreamer.slot,
+        metrics=metrics, output_uri=model_uri, content_hash=digest, slot=dreamer.slot,
     )

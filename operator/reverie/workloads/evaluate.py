@@ -22,6 +22,11 @@ Model scores are cached in the store under ``<store>/.eval-cache/<key>.json``,
 keyed by the model folder's content hash and the hash of every evaluated item
 and setting: the champion is scored once per question set, not once per cycle,
 and a preempted evaluation resumes without rescoring a model it finished.
+
+On N processes (torchrun) every rank loads the models, answers its share of the
+question batches and scores its share of the perplexity texts; the outputs are
+gathered in order, so the scores equal one process's.  Rank 0 alone reads and
+writes the cache and the report (:mod:`reverie.workloads.distributed`).
 """
 
 from __future__ import annotations
@@ -193,12 +198,15 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
 class ModelScorer:
     """A :class:`Scorer` over a loaded generation: greedy answers through a generation backend."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16,
+                 world: Any | None = None) -> None:
+        from reverie.workloads.distributed import ShardedGeneration, World
         from reverie.workloads.generation import HFBackend
 
         self.model = model
         self.tokenizer = tokenizer
-        self.backend = backend or HFBackend(model, tokenizer, batch_size=batch_size)
+        self.world = world or World()
+        self.backend = backend or ShardedGeneration(HFBackend(model, tokenizer, batch_size=batch_size), self.world)
         self.batch_size = batch_size
 
     def answers(self, items: Sequence[AskItem], *, max_new_tokens: int) -> list[str]:
@@ -208,7 +216,15 @@ class ModelScorer:
         return list(self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0).texts)
 
     def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
-        return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
+        from reverie.workloads import distributed
+
+        if not self.world.distributed:
+            return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
+        # One process's batches, dealt round-robin: the same padding, the same sums.
+        mine = [(i, v) for rows in distributed.owned_batches(len(texts), self.batch_size, self.world)
+                for i, v in zip(rows, text_nll(self.model, self.tokenizer, [texts[i] for i in rows],
+                                               batch_size=self.batch_size), strict=True)]
+        return distributed.merge_indexed(self.world, len(texts), mine)
 
 
 def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[tuple[float, int]]:
@@ -278,22 +294,28 @@ def evaluate_model(
     max_new_tokens: int, seed: int = 0, use_cache: bool = True,
 ) -> ModelEval:
     """Load one generation and score it, through the store's cache."""
+    from reverie.workloads import distributed
     from reverie.workloads.modelio import content_hash, load_generation, stage_in
 
-    folder = stage_in(uri)
+    world = distributed.world_from_env()
+    # Rank 0 stages first (the others then hit the cache) and decides whether the cache holds the scores.
+    folder = distributed.on_main(world, lambda: stage_in(uri))
+    if not world.main:
+        folder = stage_in(uri)
     model_hash = content_hash(folder)
     key = cache_key(model_hash, items.digest(max_new_tokens=max_new_tokens))
-    cached = read_cached(store_uri, key) if use_cache else None
+    cached = distributed.on_main(world, lambda: read_cached(store_uri, key) if use_cache else None)
     if cached is not None:
         _log(f"evaluation: {role} {uri}: cached scores ({key[:12]})")
         return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, cached=True,
                          scores=cached)
     t0 = time.monotonic()
     gen = load_generation(folder)
-    scores = score_model(ModelScorer(gen.model, gen.tokenizer), items, max_new_tokens=max_new_tokens, seed=seed)
+    scores = score_model(ModelScorer(gen.model, gen.tokenizer, world=world), items, max_new_tokens=max_new_tokens,
+                         seed=seed)
     _log(f"evaluation: {role} {uri}: scored in {time.monotonic() - t0:.1f}s")
     if use_cache:
-        write_cached(store_uri, key, scores)
+        distributed.on_main(world, lambda: write_cached(store_uri, key, scores))
     return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, scores=scores)
 
 
@@ -314,6 +336,10 @@ def _log(msg: str) -> None:
 
 
 def _progress(step: int, total: int, **extra: Any) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(json.dumps({"event": "progress", "phase": "evaluation", "step": step, "totalSteps": total, **extra}),
           flush=True)
 
@@ -354,8 +380,10 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
                               max_new_tokens=spec.max_new_tokens, question_set_hash=digest),
         candidate=cand, champion=champ,
     )
+    from reverie.workloads import distributed
+
     uri = f"{config.output_uri.rstrip('/')}/{EVAL_REPORT}"
-    write_json(uri, report.wire())
+    distributed.on_main(distributed.world_from_env(), lambda: write_json(uri, report.wire()))
     return report, uri
 
 
@@ -374,10 +402,16 @@ def summary(report: EvalReport) -> str:
 
 def run(config: PhaseConfig) -> PhaseResult:
     """The evaluation phase: scores the candidate and champion, returns the gate's metrics."""
+    from reverie.workloads import distributed
+
     report, uri = evaluate(config)
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
-        digest = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+
+    def report_digest() -> str:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as fh:
+            return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+
+    digest = distributed.on_main(distributed.world_from_env(), report_digest)
     return PhaseResult(
         step=Step.EVALUATION, status="Succeeded", message=summary(report), metrics=report.metrics(),
         baseline=report.baseline(), output_uri=uri, content_hash=digest,

@@ -86,19 +86,26 @@ def load_phase(step: Step) -> Any:
         raise
 
 
-def check_single_process() -> None:
-    """Refuse a multi-process launch instead of training the same thing N times.
+def check_launch() -> Any:
+    """The world the launcher made (:mod:`reverie.workloads.distributed`); a bad one is a config error.
 
-    The operator renders multi-node phases (Indexed Job, rendezvous env), but these
-    workloads do not yet shard work across ranks: every rank would train the same
-    slot and race on the same outputs.  Fail clearly rather than silently.
+    Several processes must come from torchrun (the operator renders it for
+    nodes × procsPerNode > 1; local mode too), which sets the rendezvous
+    address every rank joins.  A pod with ``WORLD_SIZE > 1`` and no
+    ``MASTER_ADDR`` would otherwise wait forever for peers that never come.
     """
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
+    from reverie.workloads.distributed import WorldError, world_from_env
+
+    try:
+        world = world_from_env()
+    except WorldError as exc:
+        raise PhaseConfigError(str(exc)) from exc
+    if world.distributed and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
         raise PhaseConfigError(
-            f"this workload runs in one process, but the pod was launched with WORLD_SIZE={world}; "
-            "set runtime.numNodes: 1 and runtime.procsPerNode: 1 for this phase"
+            f"WORLD_SIZE={world.size} but no MASTER_ADDR/MASTER_PORT: start the {world.size} processes with "
+            "torchrun (the operator and local mode do this for runtime.numNodes × runtime.procsPerNode > 1)"
         )
+    return world
 
 
 def failure(step: Step, message: str) -> PhaseResult:
@@ -116,21 +123,36 @@ def run_phase(step: str, config_path: str) -> int:
         config = read_config(config_path)
         if Step(config.step) != wanted:
             raise PhaseConfigError(f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}")
-        check_single_process()
+        world = check_launch()
         phase = load_phase(wanted)
     except PhaseConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         write_result(failure(wanted, str(exc)), output_uri=None)
         return EXIT_BAD_CONFIG
+    # Rank 0 alone writes the result; the other ranks only report through their exit code.
     try:
+        if world.distributed:
+            from reverie.workloads import distributed
+
+            distributed.raise_on_sigterm(world)
+            distributed.init_world()
         result = phase.run(config)
     except Exception as exc:  # the Job must end with a result, whatever went wrong
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
-        write_result(failure(wanted, message), output_uri=config.output_uri)
+        if world.distributed:
+            message = f"rank {world.rank}/{world.size}: {message}"
+        if world.main:
+            write_result(failure(wanted, message), output_uri=config.output_uri)
         print(f"error: {wanted.value} failed: {message}", file=sys.stderr)
         return EXIT_FAILED
-    write_result(result, output_uri=config.output_uri)
+    if world.main:
+        write_result(result, output_uri=config.output_uri)
+    if world.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return EXIT_OK if result.status == "Succeeded" else EXIT_FAILED
 
 
