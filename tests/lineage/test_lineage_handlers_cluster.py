@@ -11,7 +11,7 @@ import pytest
 
 from reverie.controller import lineage_handlers, metrics, promotion
 from reverie.controller.kube import CONFIGMAPS, EVENTS, MODELLINEAGES, SLEEPCYCLES, Kube
-from reverie.controller.schedule import SCHEDULED_BY_LABEL, cycle_name
+from reverie.core.schedule import SCHEDULED_BY_LABEL, cycle_name
 
 from .conftest import (
     condition,

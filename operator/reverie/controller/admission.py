@@ -46,9 +46,9 @@ from reverie.api.lineage import GenerationState, ModelLineage, ScheduleSpec
 from reverie.api.sleepcycle import SleepCycleSpec
 from reverie.controller.kube import MODELLINEAGES, ApiError, Kube
 from reverie.controller.promotion import parse_lineage
-from reverie.controller.schedule import ScheduleError
-from reverie.controller.schedule import validate as validate_schedule
 from reverie.core import lineage as rules
+from reverie.core.schedule import ScheduleError
+from reverie.core.schedule import validate as validate_schedule
 
 log = logging.getLogger(__name__)
 
