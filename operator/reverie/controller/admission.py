@@ -45,7 +45,7 @@ from reverie import GROUP, VERSION
 from reverie.api.lineage import GenerationState, ModelLineage, ScheduleSpec
 from reverie.api.sleepcycle import SleepCycleSpec
 from reverie.controller.kube import MODELLINEAGES, ApiError, Kube
-from reverie.controller.promotion import parse_lineage
+from reverie.controller.lineage_status import parse_lineage
 from reverie.core import lineage as rules
 from reverie.core.schedule import ScheduleError
 from reverie.core.schedule import validate as validate_schedule

@@ -28,11 +28,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -49,11 +48,11 @@ from reverie.api.sleepcycle import (
     Step,
     StepResult,
 )
-from reverie.controller import admission, metrics, promotion
+from reverie.controller import admission, lineage_status, metrics, promotion
+from reverie.controller.events import emit_event
 from reverie.controller.jobs import LABEL_CYCLE, Owner, observe, render
 from reverie.controller.kube import (
     CONFIGMAPS,
-    EVENTS,
     JOBS,
     JOBSETS,
     MODELLINEAGES,
@@ -61,7 +60,6 @@ from reverie.controller.kube import (
     SERVICES,
     SLEEPCYCLES,
     TRAINJOBS,
-    ApiError,
     Kube,
     Obj,
     Resource,
@@ -88,18 +86,9 @@ from reverie.core.planner import (
 log = logging.getLogger(__name__)
 
 CONTROLLER = "sleepcycle"
-COMPONENT = "reverie-operator"
 ENGINE_RESOURCES = {Engine.JOB: JOBS, Engine.TRAINJOB: TRAINJOBS, Engine.JOBSET: JOBSETS}
 # Re-plan at most this often in one pass after lineage actions (claim → record → promote → done).
 MAX_PASSES = 5
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -133,7 +122,7 @@ class Reconciler:
 
     kube: Kube
     options: Options = field(default_factory=Options)
-    clock: Callable[[], datetime] = utcnow
+    clock: Callable[[], datetime] = lineage_status.utcnow
     seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)
     _running: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
@@ -241,7 +230,7 @@ class Reconciler:
         lineage_obj, (observed, kinds) = await asyncio.gather(
             self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref), self._observe(cycle),
         )
-        lineage = promotion.parse_lineage(lineage_obj) if lineage_obj is not None else None
+        lineage = lineage_status.parse_lineage(lineage_obj) if lineage_obj is not None else None
         now = self.clock()
         result = plan(cycle, observed=observed, lineage=lineage, now=now)
         result = await self._check_engines(cycle, result, observed=observed, lineage=lineage, now=now)
@@ -385,19 +374,19 @@ class Reconciler:
         # may see another holder, which we know nothing about).
         action = ClaimLineage(lineage)
         try:
-            written = await promotion.update_lineage(
+            written = await lineage_status.update_lineage(
                 self.kube, namespace=ns, lineage=lineage,
                 rule=lambda lin: rules.apply_lineage_action(
                     lin, action, cycle=me, now=self.clock(),
                     holder_finished=finished and lin.status.active_cycle == holder).status,
             )
-        except promotion.LineageNotFound:
+        except lineage_status.LineageNotFound:
             return False
         return bool((written.get("status") or {}).get("activeCycle") == me)
 
     async def _release(self, cycle: SleepCycle, lineage: str) -> None:
         ns, me = cycle.metadata.namespace, cycle.metadata.name
-        with contextlib.suppress(promotion.LineageNotFound):
+        with contextlib.suppress(lineage_status.LineageNotFound):
             await promotion.apply_action(self.kube, namespace=ns, cycle=me, action=ReleaseLineage(lineage))
         # Wake the cycles waiting for this lineage now rather than at their next requeue.
         for (wns, wname), seen in list(self.seen.items()):
@@ -405,24 +394,8 @@ class Reconciler:
                 self.trigger(wns, wname)
 
     async def _event(self, obj: Obj, action: EmitEvent) -> None:
-        meta = obj["metadata"]
-        now = _iso(self.clock())
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SleepCycle", "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta["uid"],
-            },
-            "reason": action.reason[:128], "message": action.message[:1024], "type": action.type,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": COMPONENT}, "reportingComponent": f"{GROUP}/operator",
-            "reportingInstance": socket.gethostname()[:128],
-        }
-        try:
-            await self.kube.create(EVENTS, meta["namespace"], body)
-        except ApiError as exc:  # an Event is never worth failing a reconcile
-            log.warning("could not post event %s on %s: %s", action.reason, meta["name"], exc)
+        await emit_event(self.kube, obj, reason=action.reason, message=action.message, type=action.type,
+                         now=self.clock())
 
     # --- metrics --------------------------------------------------------------------------
     def _export(self, cycle: SleepCycle, new: SleepCycleStatus, seen: _Seen, *, observed: list[ObservedJob]) -> None:

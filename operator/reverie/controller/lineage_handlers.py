@@ -34,16 +34,10 @@ import kopf
 from reverie import GROUP, VERSION
 from reverie.api.lineage import ModelLineage
 from reverie.controller import metrics
+from reverie.controller.events import emit_event
 from reverie.controller.kube import MODELLINEAGES, SLEEPCYCLES, ApiError, Kube, Obj, mutate_status
-from reverie.controller.promotion import (
-    emit_event,
-    export_champion,
-    forget_lineage,
-    known_status,
-    parse_lineage,
-    status_body,
-    utcnow,
-)
+from reverie.controller.lineage_status import known_status, parse_lineage, status_body, utcnow
+from reverie.controller.promotion import export_champion, forget_lineage
 from reverie.controller.serving import sync_serving
 from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
