@@ -160,9 +160,9 @@ def _lineage(body: Any) -> ModelLineage | None:
 
 
 def _kube() -> Kube:
-    from reverie.controller import handlers
+    from reverie.controller import cycle_handlers
 
-    return handlers.reconciler().kube
+    return cycle_handlers.reconciler().kube
 
 
 # --- serving ------------------------------------------------------------------------------------
