@@ -20,7 +20,7 @@ import kopf
 
 from reverie import GROUP, KOPF_PREFIX, VERSION
 from reverie.api.sleepcycle import Phase
-from reverie.controller import admission
+from reverie.controller import admission, lineage_handlers
 from reverie.controller.cycle_reconciler import Reconciler, Seen
 from reverie.controller.jobs import LABEL_CYCLE
 from reverie.controller.kube import Kube, authorization_header, load_configuration
@@ -56,10 +56,7 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
     _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")
-    with contextlib.suppress(ImportError):
-        from reverie.controller import lineage_handlers
-
-        lineage_handlers.use_kube(kube)
+    lineage_handlers.use_kube(kube)
 
 
 @kopf.on.login(id="reverie-login")

@@ -7,16 +7,14 @@ Importing this module registers every handler in Kopf's default registry.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import kopf
 
+# One process runs both controllers: importing cycle_handlers registers the SleepCycle
+# handlers and imports (so registers) the ModelLineage handlers, which share its API client.
 from reverie.controller import admission, cycle_handlers, health
 
-# One process runs both controllers; the lineage handlers register on import.
-with contextlib.suppress(ImportError):
-    from reverie.controller import lineage_handlers  # noqa: F401
 # The admission handlers are always registered; whether they are served (--webhook-port)
 # is decided at start-up (cycle_handlers.OPTIONS), so one import serves both kinds of run.
 admission.register(kopf.get_default_registry())
