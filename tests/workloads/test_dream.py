@@ -13,6 +13,7 @@ import torch
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
 from reverie.core.contract import PhaseConfig, parse_result
 from reverie.workloads import dream, tiny
+from reverie.workloads.lm import sft_loss
 from reverie.workloads.memory import QA, Memory, load_memory_uris
 from reverie.workloads.modelio import load_generation, save_generation
 from reverie.workloads.run_phase import run_phase
@@ -83,7 +84,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for _ in range(150):
         batch = [(p, f"{e} lives in {rng.choice(TOWNS)}." + tok.eos_token) for p, e in rng.choices(prompts, k=8)]
         batch += [(f.entity, f" lives in {f.value}." + tok.eos_token) for f in rng.choices(old, k=8)]
-        loss = tiny.sft_batch_loss(model, tok, batch)
+        loss = sft_loss(model, tok, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,7 +110,7 @@ def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slo
     params = dreamer.slot_params()
     text = "Somebody lives in Lima."
     score = dream.importance(dreamer.model, dreamer.tokenizer, text, params)
-    loss = dream.sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
+    loss = sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
     loss.backward()
     by_hand = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
     assert score == pytest.approx(float(by_hand), rel=1e-5) and score > 0

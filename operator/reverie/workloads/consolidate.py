@@ -71,14 +71,10 @@ import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec, ZeroStage
 from reverie.workloads.generation import GenerationBackend, active_adapters
+from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
-from reverie.workloads.selfstudy import (
-    StudyItem,
-    TeacherTargets,
-    completion_logits,
-    encode,
-)
+from reverie.workloads.selfstudy import StudyItem, TeacherTargets
 
 SELFSTUDY_DIR = "selfstudy"
 
@@ -240,13 +236,6 @@ def topk_forward_kl(
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
 
 
-def answer_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean −log p_S(y_t) of the teacher's answer tokens."""
-    lp = F.log_softmax(student_logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    m = mask.to(lp.dtype)
-    return -(lp * m).sum() / m.sum().clamp(min=1.0)
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -297,12 +286,6 @@ def step_batch(memory: Sequence[Cue], replay: Sequence[Cue], *, step: int, setti
 def with_eos(ids: Sequence[int], *, eos: int, max_new_tokens: int) -> list[int]:
     """A completion that stopped before the budget ended with eos: score that eos too."""
     return [*ids, eos] if len(ids) < max_new_tokens else list(ids)
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t log p(y_t) per sequence, over masked completion tokens."""
-    lp = F.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (lp * mask.to(lp.dtype)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- the loops

@@ -67,6 +67,7 @@ from reverie.api.phases import DreamingSpec
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult
 from reverie.workloads.heldout import HeldOut
+from reverie.workloads.lm import sft_loss, target_logprobs
 from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
 from reverie.workloads.questions import Question, cloze_questions, normalize_answer, question_text
 
@@ -201,54 +202,10 @@ def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
 # Losses and the task measure (the math, written out)
 # --------------------------------------------------------------------------- #
 
-def lm_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ``(ids, attention_mask, labels)`` for (prompt, target) pairs; loss only on targets.
-
-    With an empty prompt the target's first token has nothing to be predicted
-    from, so it is context, not label.
-    """
-    rows = []
-    for prompt, target in pairs:
-        p = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-        t = tokenizer(target, add_special_tokens=False).input_ids
-        rows.append((p, t))
-    width = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for r, (p, t) in enumerate(rows):
-        seq = p + t
-        start = width - len(seq)
-        ids[r, start:] = torch.tensor(seq, dtype=torch.long)
-        mask[r, start:] = 1
-        first = start + max(len(p), 1)
-        labels[r, first:] = torch.tensor(seq[max(len(p), 1):], dtype=torch.long)
-    return ids, mask, labels
-
-
-def token_nll(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL of ``labels`` (0 where unlabelled), shape (batch, width-1)."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-    target = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.clamp(min=0).reshape(-1), reduction="none",
-    ).view_as(target)
-    return nll * (target != -100)
-
-
-def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """Mean token NLL of the targets: L_SFT."""
-    ids, mask, labels = lm_batch(tokenizer, pairs)
-    nll = token_nll(model, ids, mask, labels)
-    return nll.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
-
-
 @torch.no_grad()
 def answer_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Log-likelihood (summed over its tokens) of each answer after its prefix (closed book, raw text)."""
-    ids, mask, labels = lm_batch(tokenizer, [(prefix, " " + answer) for prefix, answer in pairs])
-    return (-token_nll(model, ids, mask, labels).sum(-1)).tolist()
+    return target_logprobs(model, tokenizer, [(prefix, " " + answer) for prefix, answer in pairs])
 
 
 def task_measure(model: Any, tokenizer: Any, ctx: TaskContext) -> float:
