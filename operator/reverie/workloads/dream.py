@@ -39,12 +39,13 @@ of the ReST-EM M-step (the variant for verifiable domains): the same binary
 dream reward, a group-relative advantage over ``num_generations`` dreams per
 context, and vLLM generation on GPU (``use_vllm``) when the backend is vllm.
 
-Checkpoints: after each context's E-step and each M-step the phase writes
-``<output_uri>/checkpoints/unit-<n>/`` (``state.json``: dreams, scores, rewards
-so far; ``slot/``: the dreaming slot's adapter) and points
-``checkpoints/latest`` at it; a resumed attempt continues from there and, because
-every random draw is seeded by (seed, round, context), produces what an
-uninterrupted run would have.
+Checkpoints: after each context's E-step and each M-step the phase writes a
+checkpoint in consolidation's format (:mod:`reverie.workloads.checkpoint`:
+``<output_uri>/checkpoints/step-<n>/``, n the progress count, with the dreaming
+slot's weights and, in ``state.json``, the dreams, scores and rewards so far),
+staged out to a remote store as it is written; a resumed attempt continues
+from there and, because every random draw is seeded by (seed, round, context),
+produces what an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -82,9 +82,8 @@ PROBE_ADAPTER = "dream-probe"
 TAU_QUESTIONS_PER_CONTEXT = 8
 DISTRACTORS_PER_QUESTION = 4
 M_STEP_BATCH = 8
-STATE_FILE = "state.json"
-LATEST = "latest"
 CHECKPOINT_DIR = "checkpoints"
+DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
 
 
 # --------------------------------------------------------------------------- #
@@ -433,61 +432,48 @@ def _progress(step: int, total: int, **extra: Any) -> None:
           flush=True)
 
 
-def _save_state(ckpt: Path, state: DreamState, dreamer: Dreamer) -> None:
-    """Write slot weights and state together into a new unit folder, then point ``latest`` at it.
+def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -> Path:
+    """Checkpoint ``unit`` (the progress count): the dreaming slot's weights and the state, together.
 
-    The slot changes in M-steps and the state after every context; writing both
-    into one folder and switching ``latest`` atomically means a crash anywhere
-    leaves the previous consistent pair in place.
+    The slot changes in M-steps and the state after every context; one
+    checkpoint holds both (:func:`reverie.workloads.checkpoint.save_checkpoint`
+    switches ``latest`` atomically), so a crash anywhere leaves the previous
+    consistent pair in place.
     """
-    from reverie.workloads.modelio import save_slot
+    from reverie.workloads.checkpoint import save_checkpoint
+    from reverie.workloads.expansion import slot_parameters
 
-    ckpt.mkdir(parents=True, exist_ok=True)
-    previous = _latest_unit(ckpt)
-    number = int(previous.name.split("-")[1]) + 1 if previous else 0
-    unit = ckpt / f"unit-{number:06d}"
-    tmp = ckpt / f".{unit.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_slot(dreamer.model, dreamer.slot, tmp / "slot")
-    (tmp / STATE_FILE).write_text(json.dumps(state.to_json()))
-    tmp.rename(unit)
-    (ckpt / f"{LATEST}.tmp").write_text(unit.name)
-    (ckpt / f"{LATEST}.tmp").replace(ckpt / LATEST)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
+    weights = {k: v.detach() for k, v in slot_parameters(dreamer.model, dreamer.slot).items()}
+    return save_checkpoint(root, step=unit, slot=dreamer.slot, slot_state=weights,
+                           meta={DREAMING_STATE: state.to_json()})
 
 
-def _latest_unit(ckpt: Path) -> Path | None:
-    pointer = ckpt / LATEST
-    if not pointer.exists():
+def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
+    """The state of the newest checkpoint at ``uri`` (local or in the store), its slot weights loaded; None if none."""
+    from reverie.workloads.checkpoint import CheckpointError, load_checkpoint
+    from reverie.workloads.expansion import slot_parameters
+
+    try:
+        c = load_checkpoint(uri)
+    except CheckpointError:
         return None
-    unit = ckpt / pointer.read_text().strip()
-    return unit if (unit / STATE_FILE).exists() else None
+    if DREAMING_STATE not in c.meta:
+        raise ValueError(f"resume_from {uri}: {c.folder} is not a dreaming checkpoint (no {DREAMING_STATE} in state.json)")
+    if c.slot != dreamer.slot:
+        raise ValueError(f"resume_from {uri}: checkpoint is for slot {c.slot}, this run adds {dreamer.slot}")
+    with torch.no_grad():
+        for name, p in slot_parameters(dreamer.model, dreamer.slot).items():
+            p.copy_(c.slot_state[name].to(p))
+    return DreamState.from_json(c.meta[DREAMING_STATE])
 
 
-def _load_state(ckpt: Path, dreamer: Dreamer) -> DreamState | None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    unit = _latest_unit(ckpt)
-    if unit is None or not (unit / "slot" / "adapter_model.safetensors").exists():
-        return None
-    state = DreamState.from_json(json.loads((unit / STATE_FILE).read_text()))
-    weights = load_file(str(unit / "slot" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(dreamer.model, weights, adapter_name=dreamer.slot)
-    return state
-
-
-def _local_dir(uri: str, *, pull: str = "") -> Path:
-    """The local folder for ``uri``: itself, or for a store URI a new folder holding ``uri/pull``'s files."""
+def _local_dir(uri: str) -> Path:
+    """The local folder for ``uri``: itself, or for a store URI a new working folder (staged out as it fills)."""
     from reverie.workloads import store
 
     if not store.is_remote(uri):
         return store.local_path(uri)
-    folder = store.local_workdir(uri, prefix="reverie-dreaming-")
-    store.download_tree(store.join(uri, pull) if pull else uri, folder / pull if pull else folder)
-    return folder
+    return store.local_workdir(uri, prefix="reverie-dreaming-")
 
 
 def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
@@ -519,7 +505,8 @@ def dream_rounds(
     spec = dreamer.spec
     rounds = max(1, spec.rest_em_iterations)
     state = state or DreamState()
-    total = rounds * (len(contexts) + 1)
+    per_round = len(contexts) + 1  # every context's E-step, then the M-step
+    total = rounds * per_round
     while state.round < rounds:
         r = state.round
         for idx, ctx in enumerate(contexts):
@@ -527,11 +514,12 @@ def dream_rounds(
                 continue
             state.dreams += dreamer.e_step_context(ctx, round_=r, index=idx)
             state.contexts_done.append(ctx.id)
+            unit = r * per_round + len(state.contexts_done)
             if ckpt:
-                _save_state(ckpt, state, dreamer)
+                _save_state(ckpt, state, dreamer, unit=unit)
                 if on_checkpoint:
                     on_checkpoint()
-            _progress(r * (len(contexts) + 1) + len(state.contexts_done), total,
+            _progress(unit, total,
                       rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
                       checkpoint=str(ckpt) if ckpt else None)
             if stop_after and stop_after(state):
@@ -558,10 +546,10 @@ def dream_rounds(
         state.round += 1
         state.contexts_done = []
         if ckpt:
-            _save_state(ckpt, state, dreamer)
+            _save_state(ckpt, state, dreamer, unit=(r + 1) * per_round)
             if on_checkpoint:
                 on_checkpoint()
-        _progress((r + 1) * (len(contexts) + 1), total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
+        _progress((r + 1) * per_round, total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
         if stop_after and stop_after(state):
             return state
     return state
@@ -636,7 +624,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     if not source:
         raise ValueError(f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}")
     t0 = time.monotonic()
-    out_dir = _local_dir(config.output_uri, pull=CHECKPOINT_DIR)
+    out_dir = _local_dir(config.output_uri)
     ckpt = out_dir / CHECKPOINT_DIR
     remote_ckpt = f"{config.output_uri.rstrip('/')}/{CHECKPOINT_DIR}"
     memories = load_memories(config.memory, store_uri=config.store_uri)
@@ -649,7 +637,8 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     dreamer, gen = open_dreamer(source, spec=spec, target_modules=config.consolidation.target_modules)
     dreamer.held_out = held_out
     state = None
-    for candidate in ([_local_dir(config.resume_from)] if config.resume_from else []) + [ckpt]:
+    # The previous attempt's checkpoint (resume_from), else one an earlier run of this attempt left.
+    for candidate in dict.fromkeys([*([config.resume_from] if config.resume_from else []), remote_ckpt]):
         state = _load_state(candidate, dreamer)
         if state is not None:
             _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")
