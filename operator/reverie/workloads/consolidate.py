@@ -61,7 +61,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec, ZeroStage
+from reverie.api.sleepcycle import Step
+from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
@@ -590,12 +592,8 @@ def memory_qa(memories: Sequence[Memory], *, limit: int = 64) -> tuple[list[tupl
 # ----------------------------------------------------------------------------- the phase
 
 
-def _emit(event: str, **fields: Any) -> None:
-    """One JSON line on stdout (progress logs a log shipper can parse)."""
-    import sys
-
-    sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
-    sys.stdout.flush()
+def _emit(event: ProgressEvent) -> None:
+    emit_progress(replace(event, phase=Step.CONSOLIDATION.value))
 
 
 def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0) -> list[StudyItem]:
@@ -657,7 +655,6 @@ def run(config: Any) -> Any:
     """
     import os
 
-    from reverie.api.sleepcycle import Step
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
@@ -724,7 +721,7 @@ def run(config: Any) -> Any:
         if c.optimizer_state is not None and hasattr(trainer, "load_state_dict"):
             trainer.load_state_dict(c.optimizer_state)
         state = KSState(step=c.step, history=list(c.meta.get("history", [])))
-        _emit("resumed", step=c.step, checkpoint=str(c.folder))
+        _emit(ProgressEvent("resumed", step=c.step, checkpoint=str(c.folder)))
 
     backend = HFBackend(model, tok)
     teacher_backend = None
@@ -749,11 +746,12 @@ def run(config: Any) -> Any:
         study_dir = save_study(work / SELFSTUDY_DIR, items, targets)
         if remote:
             stage_out(study_dir, study_uri)
-        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items),
-              seconds=round(time.perf_counter() - synth_started, 1))
+        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
+                                                 "seconds": round(time.perf_counter() - synth_started, 1)}))
     else:
         items, targets = study
-        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items), reused=True)
+        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
+                                                 "reused": True}))
     synth_seconds = time.perf_counter() - synth_started
     n_memory_items = sum(not i.replay for i in items)
     if n_memory_items == 0:
@@ -767,8 +765,8 @@ def run(config: Any) -> Any:
     qa, contexts = memory_qa(memories)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
     teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
-    _emit("start", slot=slot, memories=len(memories), items=len(items), steps=settings.total_steps,
-          resume_step=state.step)
+    _emit(ProgressEvent("start", total_steps=settings.total_steps, values={
+        "slot": slot, "memories": len(memories), "items": len(items), "resume_step": state.step}))
     started = time.perf_counter()
     window: list[StepStats] = []
 
@@ -776,11 +774,11 @@ def run(config: Any) -> Any:
         window.append(stats)
         if st.step % settings.log_every == 0 or st.step == settings.total_steps:
             secs = sum(w.seconds for w in window)
-            _emit(
-                "progress", step=st.step, total=settings.total_steps, loss=round(stats.loss, 6),
-                distill=round(stats.distill, 6), ce=round(stats.ce, 6), imitation=round(stats.imitation, 6),
-                reward=round(stats.reward, 4), tokens_per_s=round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
-            )
+            _emit(ProgressEvent(step=st.step, total_steps=settings.total_steps, values={
+                "loss": round(stats.loss, 6), "distill": round(stats.distill, 6), "ce": round(stats.ce, 6),
+                "imitation": round(stats.imitation, 6), "reward": round(stats.reward, 4),
+                "tokens_per_s": round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
+            }))
             window.clear()
         if st.step % settings.checkpoint_every == 0 and st.step < settings.total_steps:
             opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
@@ -790,7 +788,7 @@ def run(config: Any) -> Any:
             )
             if remote:
                 stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
-            _emit("checkpoint", step=st.step, path=str(folder))
+            _emit(ProgressEvent("checkpoint", step=st.step, checkpoint=str(folder)))
 
     first_step = state.step
     stage1.run(state, on_step=on_step, until=settings.steps)

@@ -65,7 +65,7 @@ import torch
 
 from reverie.api.phases import DreamingSpec
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
 from reverie.workloads.heldout import HeldOut
 from reverie.workloads.lm import sft_loss, target_logprobs
 from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
@@ -427,9 +427,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress(step: int, total: int, **extra: Any) -> None:
-    print(json.dumps({"event": "progress", "phase": "dreaming", "step": step, "totalSteps": total, **extra}),
-          flush=True)
+def _progress(step: int, total: int, **values: Any) -> None:
+    emit_progress(ProgressEvent(phase=Step.DREAMING.value, step=step, total_steps=total,
+                                checkpoint=values.pop("checkpoint", None), values=values))
 
 
 def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -> Path:

@@ -41,7 +41,7 @@ import fsspec
 
 from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
 from reverie.workloads.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
@@ -313,9 +313,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress(step: int, total: int, **extra: Any) -> None:
-    print(json.dumps({"event": "progress", "phase": "evaluation", "step": step, "totalSteps": total, **extra}),
-          flush=True)
+def _progress(step: int, total: int, **values: Any) -> None:
+    emit_progress(ProgressEvent(phase=Step.EVALUATION.value, step=step, total_steps=total,
+                                checkpoint=values.pop("checkpoint", None), values=values))
 
 
 def write_json(uri: str, payload: Any) -> None:
