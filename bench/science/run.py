@@ -67,8 +67,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def answers(model: Any, tok: Any, questions: list[str], contexts: list[str | None] | None = None) -> list[str]:
-    from reverie.workloads.generation import HFBackend
     from reverie.workloads.memory import question_prompt
+    from reverie.workloads.sampling import HFBackend
 
     ctx = contexts or [None] * len(questions)
     prompts = [question_prompt(tok, q, context=c) for q, c in zip(questions, ctx, strict=True)]
@@ -289,9 +289,9 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
         TorchTrainer,
     )
     from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.generation import active_adapters
     from reverie.workloads.lm import answer_cross_entropy, completion_logits
     from reverie.workloads.modelio import load_generation
+    from reverie.workloads.sampling import active_adapters
     from reverie.workloads.selfstudy import StudyItem, teacher_targets
 
     gen = load_generation(base)

@@ -19,8 +19,8 @@ import pytest
 from reverie.api.phases import Suite
 from reverie.workloads.consolidate import closed_book_recall
 from reverie.workloads.evaluate import AskItem, EvalItems, score_model
-from reverie.workloads.generation import Generated
 from reverie.workloads.questions import Question, accuracy, answer_matches
+from reverie.workloads.sampling import Generated
 
 ANSWER = "Vemora"
 RIGHT = "She lives in Vemora, I think."

@@ -102,7 +102,7 @@ class EchoTeacher:
         self.memories = memories
 
     def generate(self, prompts, **_kwargs):
-        from reverie.workloads.generation import Generated
+        from reverie.workloads.sampling import Generated
 
         texts = [next((m.text for m in self.memories if m.text in p), "Who is Zorblat Venqui?") for p in prompts]
         return Generated(texts=texts, token_ids=[[] for _ in texts])

@@ -72,10 +72,10 @@ import torch.nn.functional as F
 from reverie.api.phases import ConsolidationSpec, ZeroStage
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import ProgressEvent, emit_progress
-from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
+from reverie.workloads.sampling import GenerationBackend, active_adapters
 from reverie.workloads.selfstudy import StudyItem, TeacherTargets
 
 SELFSTUDY_DIR = "selfstudy"
@@ -658,7 +658,6 @@ def run(config: Any) -> Any:
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.generation import HFBackend, make_backend
     from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
     from reverie.workloads.modelio import (
@@ -670,6 +669,7 @@ def run(config: Any) -> Any:
         save_generation,
         stage_out,
     )
+    from reverie.workloads.sampling import HFBackend, make_backend
     from reverie.workloads.selfstudy import load_study, save_study
 
     cfg: PhaseConfig = config

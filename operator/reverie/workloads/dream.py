@@ -366,8 +366,8 @@ class Dreamer:
         """
         if self.spec.backend != "vllm" or self.backend_round == round_:
             return
-        from reverie.workloads.generation import make_backend
         from reverie.workloads.modelio import save_generation
+        from reverie.workloads.sampling import make_backend
 
         slots = list(self.model.peft_config)
         folder = save_generation(self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g",
@@ -479,8 +479,8 @@ def _local_dir(uri: str) -> Path:
 def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
     """Load the consolidated generation and add the dreaming slot (B = 0: nothing changes yet)."""
     from reverie.workloads.expansion import add_slot
-    from reverie.workloads.generation import make_backend
     from reverie.workloads.modelio import load_generation
+    from reverie.workloads.sampling import make_backend
 
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)

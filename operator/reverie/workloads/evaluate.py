@@ -194,7 +194,7 @@ class ModelScorer:
     """A :class:`Scorer` over a loaded generation: greedy answers through a generation backend."""
 
     def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16) -> None:
-        from reverie.workloads.generation import HFBackend
+        from reverie.workloads.sampling import HFBackend
 
         self.model = model
         self.tokenizer = tokenizer

@@ -41,10 +41,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from reverie.workloads.generation import GenerationBackend, active_adapters
 from reverie.workloads.lm import completion_logits, encode
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import normalize_answer
+from reverie.workloads.sampling import GenerationBackend, active_adapters
 
 ITEMS_FILE = "items.jsonl"
 TARGETS_FILE = "teacher-topk.safetensors"

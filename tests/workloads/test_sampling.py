@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.generation import HFBackend, combine_adapters, make_backend
 from reverie.workloads.memory import question_prompt
 from reverie.workloads.modelio import load_generation, save_generation
+from reverie.workloads.sampling import HFBackend, combine_adapters, make_backend
 from reverie.workloads.tiny import TinyBase
 
 
