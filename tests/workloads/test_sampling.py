@@ -125,7 +125,7 @@ def test_combined_adapter_is_the_exact_sum_of_slots(slotted, tmp_path: Path) -> 
 
 
 def test_unknown_backend_is_rejected(tiny_base: TinyBase) -> None:
-    with pytest.raises(ValueError, match="unknown generation backend"):
+    with pytest.raises(ValueError, match="unknown sampling backend"):
         make_backend("tgi", None, None)
     with pytest.raises(ValueError, match="pass folder"):
         make_backend("vllm", None, None)

@@ -124,7 +124,7 @@ class ConsolidationSpec(ApiModel):
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the consolidation Job runs.")
 
 
-class GenerationBackend(StrEnum):
+class SamplingBackendKind(StrEnum):
     HF = "hf"
     VLLM = "vllm"
 
@@ -171,7 +171,7 @@ class DreamingSpec(ApiModel):
     inner_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of that isolated update.")
     inner_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Learning rate of the isolated update.")
     rest_em_iterations: int = Field(default=1, ge=0, le=20, description="ReST-EM rounds (E: sample and reward, M: SFT on rewarded dreams).")
-    backend: GenerationBackend = Field(default=GenerationBackend.HF, description="Generation backend: vllm (GPU image) or hf.")
+    backend: SamplingBackendKind = Field(default=SamplingBackendKind.HF, description="Sampling backend of the dreams: vllm (GPU image) or hf.")
     temperature: float = Field(default=0.8, gt=0.0, le=2.0, description="Dream sampling temperature.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Dream nucleus sampling top-p.")
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per dream.")

@@ -75,7 +75,7 @@ from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
-from reverie.workloads.sampling import GenerationBackend, active_adapters
+from reverie.workloads.sampling import SamplingBackend, active_adapters
 from reverie.workloads.selfstudy import StudyItem, TeacherTargets
 
 SELFSTUDY_DIR = "selfstudy"
@@ -368,9 +368,9 @@ class KnowledgeSeeding:
     """One sleep's Knowledge Seeding over a shared model whose roles differ only by active slots."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, backend: GenerationBackend, *, roles: Roles, settings: KSSettings,
+        self, model: Any, tokenizer: Any, backend: SamplingBackend, *, roles: Roles, settings: KSSettings,
         memory: Sequence[Cue], replay: Sequence[Cue], trainer: Trainer, judge: SemanticJudge = overlap_judge,
-        teacher_backend: GenerationBackend | None = None,
+        teacher_backend: SamplingBackend | None = None,
     ) -> None:
         if not memory:
             raise ValueError("Knowledge Seeding needs at least one memory cue")
@@ -378,15 +378,15 @@ class KnowledgeSeeding:
         self.roles, self.s = roles, settings
         self.memory, self.replay = list(memory), list(replay)
         self.trainer, self.judge = trainer, judge
-        # The teacher is frozen, so its dreams may come from a separate engine (vLLM on GPU);
+        # The teacher is frozen, so its answers may come from a separate engine (vLLM on GPU);
         # the student's samples must come from the training weights.
         self.teacher_backend = teacher_backend or backend
-        self._dream_cache: dict[Cue, list[int]] = {}
+        self._answer_cache: dict[Cue, list[int]] = {}
 
-    # -- teacher dreams D_T (cached when greedy: the same cue always gives the same dream)
-    def dreams(self, cues: Sequence[Cue], *, step: int) -> list[list[int]]:
+    # -- teacher answers D_T (cached when greedy: the same cue always gives the same answer)
+    def teacher_answers(self, cues: Sequence[Cue], *, step: int) -> list[list[int]]:
         greedy = self.s.teacher_temperature <= 0
-        todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._dream_cache)]
+        todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._answer_cache)]
         fresh: dict[Cue, list[int]] = {}
         for replay in (False, True):
             group = [c for c in todo if c.replay == replay]
@@ -399,19 +399,19 @@ class KnowledgeSeeding:
             )
             fresh.update(zip(group, out.token_ids, strict=True))
         if greedy:
-            self._dream_cache.update(fresh)
-            return [self._dream_cache[c] for c in cues]
+            self._answer_cache.update(fresh)
+            return [self._answer_cache[c] for c in cues]
         return [fresh[c] for c in cues]
 
-    def prefetch_dreams(self) -> None:
-        """Greedy teacher: dream every cue once, in large batches, before training starts."""
+    def prefetch_teacher_answers(self) -> None:
+        """Greedy teacher: answer every cue once, in large batches, before training starts."""
         if self.s.teacher_temperature <= 0:
-            self.dreams([*self.memory, *self.replay], step=0)
+            self.teacher_answers([*self.memory, *self.replay], step=0)
 
-    def distill_term(self, cues: Sequence[Cue], dreams: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, int]:
+    def distill_term(self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, int]:
         rng = step_rng(self.s.seed, step, "lambda")
         on_policy = [rng.random() < self.s.lam for _ in cues]
-        ys = list(dreams)
+        ys = list(answers)
         rows = [i for i, on in enumerate(on_policy) if on]
         if rows:  # y ~ student(· | x without memory): sampled under no_grad, so no gradient through sampling
             out = self.backend.generate(
@@ -445,15 +445,15 @@ class KnowledgeSeeding:
         loss = generalized_jsd(s_logits, teacher, mask, beta=self.s.beta)
         return loss, int(mask.sum())
 
-    def imitation_term(self, cues: Sequence[Cue], dreams: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, float, int]:
+    def imitation_term(self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, float, int]:
         rng = step_rng(self.s.seed, step, "lti")
-        pool = [(c, d) for c, d in zip(cues, dreams, strict=True) if not c.replay and len(d) > 0]
+        pool = [(c, d) for c, d in zip(cues, answers, strict=True) if not c.replay and len(d) > 0]
         if not pool:
             return torch.zeros(()), 0.0, 0
         chosen = [pool[rng.randrange(len(pool))] for _ in range(min(self.s.lti_prompts, len(pool)))]
         prompts, refs = [], []
         for cue, d in chosen:
-            cut = rng.randrange(len(d))  # random prefix d_<cut of the teacher's dream
+            cut = rng.randrange(len(d))  # random prefix d_<cut of the teacher's answer
             prompts.append(cue.student_prompt + self.tok.decode(d[:cut], skip_special_tokens=True))
             refs.append(self.tok.decode(d[cut:], skip_special_tokens=True))
         g = self.s.group_size
@@ -477,11 +477,11 @@ class KnowledgeSeeding:
     def step(self, step: int) -> StepStats:
         t0 = time.perf_counter()
         cues = step_batch(self.memory, self.replay, step=step, settings=self.s)
-        dreams = self.dreams(cues, step=step)
+        answers = self.teacher_answers(cues, step=step)
         self.model.train()
-        distill, n_tok = self.distill_term(cues, dreams, step=step)
+        distill, n_tok = self.distill_term(cues, answers, step=step)
         imitation, reward, n_lti = (
-            self.imitation_term(cues, dreams, step=step) if self.s.alpha < 1.0 else (torch.zeros(()), 0.0, 0)
+            self.imitation_term(cues, answers, step=step) if self.s.alpha < 1.0 else (torch.zeros(()), 0.0, 0)
         )
         loss = knowledge_seeding_loss(distill, imitation.to(distill.device), alpha=self.s.alpha)
         self.trainer.backward_and_step(loss)
@@ -554,7 +554,7 @@ class SelfStudyDistillation:
 
 
 def closed_book_recall(
-    backend: GenerationBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
+    backend: SamplingBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
     contexts: Sequence[str | None] | None = None, max_new_tokens: int = 16,
 ) -> float:
     """Share of questions answered (greedy, the evaluation's matcher); with ``contexts`` the in-context score."""
@@ -567,7 +567,7 @@ def closed_book_recall(
 
 
 def teacher_agreement(
-    backend: GenerationBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
+    backend: SamplingBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
     max_new_tokens: int, limit: int = 32,
 ) -> float:
     """Mean token F1 between the student's closed-book answers and the teacher's, on study items (held in)."""
@@ -621,7 +621,7 @@ def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None
 
 
 def build_study(
-    model: Any, tokenizer: Any, backend: GenerationBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
+    model: Any, tokenizer: Any, backend: SamplingBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
     held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True,
 ) -> tuple[list[StudyItem], TeacherTargets]:
     """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it."""
@@ -799,7 +799,7 @@ def run(config: Any) -> Any:
         mem_cues, rep_cues = study_cues(items, tok, by_id)
         ks = KnowledgeSeeding(model, tok, backend, roles=roles, settings=settings, memory=mem_cues, replay=rep_cues,
                               trainer=trainer, teacher_backend=teacher_backend)
-        ks.prefetch_dreams()
+        ks.prefetch_teacher_answers()
         ks.run(state, on_step=on_step, until=settings.total_steps)
         on_policy_ran = 1.0
     seconds = time.perf_counter() - started

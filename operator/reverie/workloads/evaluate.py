@@ -191,7 +191,7 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
 
 
 class ModelScorer:
-    """A :class:`Scorer` over a loaded generation: greedy answers through a generation backend."""
+    """A :class:`Scorer` over a loaded generation: greedy answers through a sampling backend."""
 
     def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16) -> None:
         from reverie.workloads.sampling import HFBackend

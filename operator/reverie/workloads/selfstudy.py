@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from reverie.workloads.lm import completion_logits, encode
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import normalize_answer
-from reverie.workloads.sampling import GenerationBackend, active_adapters
+from reverie.workloads.sampling import SamplingBackend, active_adapters
 
 ITEMS_FILE = "items.jsonl"
 TARGETS_FILE = "teacher-topk.safetensors"
@@ -191,7 +191,7 @@ def summary_prompts(memories: Sequence[Memory], *, per_memory: int = 2) -> list[
 
 
 def synthesize(
-    backend: GenerationBackend, tokenizer: Any, memories: Sequence[Memory], *, adapters: Sequence[str],
+    backend: SamplingBackend, tokenizer: Any, memories: Sequence[Memory], *, adapters: Sequence[str],
     items_per_memory: int, seed: int, max_new_tokens: int, in_context: bool = True,
     writes_per_memory: int | None = None, keep: Callable[[str], bool] = lambda _prompt: True,
 ) -> list[StudyItem]:
@@ -254,7 +254,7 @@ def synthesize(
 
 
 def replay_items(
-    backend: GenerationBackend, tokenizer: Any, *, adapters: Sequence[str], prior: Sequence[StudyItem],
+    backend: SamplingBackend, tokenizer: Any, *, adapters: Sequence[str], prior: Sequence[StudyItem],
     max_new_tokens: int, general: Sequence[str] = GENERAL_REPLAY_PROMPTS,
 ) -> list[StudyItem]:
     """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
