@@ -102,7 +102,7 @@ def _toy_context(root: Path) -> dream.TaskContext:
 
 
 SPEC = DreamingSpec(dreams_per_context=24, top_k=2, random_extra=2, max_new_tokens=10, temperature=1.0, top_p=1.0,
-                    noise_expert_scale=0.0, inner_steps=5, inner_learning_rate=3e-3, rest_em_iterations=1)
+                    noise_expert_scale=0.0, probe_steps=5, m_step_epochs=5, inner_learning_rate=3e-3, rest_em_iterations=1)
 
 
 def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slot(toy: Path) -> None:
@@ -165,7 +165,7 @@ def test_rest_em_step_raises_the_rate_of_rewarded_dreams(toy: Path) -> None:
 # ----------------------------------------------------------------- the phase
 
 def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig:
-    spec = dict(dreams_per_context=3, top_k=1, random_extra=1, max_new_tokens=8, inner_steps=2,
+    spec = dict(dreams_per_context=3, top_k=1, random_extra=1, max_new_tokens=8, probe_steps=2, m_step_epochs=2,
                 rest_em_iterations=2)
     spec.update(dreaming)
     return PhaseConfig(

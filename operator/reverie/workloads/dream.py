@@ -14,7 +14,7 @@ of earlier generations' memories — and its task measure τ:
    direction the first update would move).  The top-k dreams by g are kept,
    plus b more drawn uniformly from the rest (diversity).
 3. **Reward.**  Each kept dream is applied as an *isolated* LoRA update — a fresh
-   probe adapter on top of the current model, ``inner_steps`` SFT steps on the
+   probe adapter on top of the current model, ``probe_steps`` SFT steps on the
    dream alone — and rewarded 1 if the updated model improves τ, else 0.  The
    probe is then deleted; dreams never see each other's updates.
 4. **Learn (ReST-EM).**  E-step = steps 1–3; M-step = SFT of the dreaming slot on
@@ -271,19 +271,19 @@ def isolated_update_gain(
     model: Any, tokenizer: Any, dream: str, ctx: TaskContext, *, tau_before: float, spec: DreamingSpec,
     target_modules: Sequence[str], seed: int,
 ) -> float:
-    """τ(θ') − τ(θ) after ``inner_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
+    """τ(θ') − τ(θ) after ``probe_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
     from reverie.workloads.expansion import add_slot
     from reverie.workloads.modelio import activate_slots
 
     active = list(model.base_model.active_adapters)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)  # the probe's A init
-    model, _ = add_slot(model, rank=spec.lora_rank, target_modules=target_modules, name=PROBE_ADAPTER,
+    model, _ = add_slot(model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER,
                         keep_active=active)
     params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
     opt = _sgd(params, spec.inner_learning_rate)
     model.train()
-    for _ in range(spec.inner_steps):
+    for _ in range(spec.probe_steps):
         loss = sft_loss(model, tokenizer, [("", dream)])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -305,7 +305,7 @@ def m_step(
 
     Each rewarded dream appears twice: as the generator's target after its
     prompt (learning to dream better) and as closed-book text (folding what it
-    taught into the weights).  Every example is seen ``inner_steps`` times, in
+    taught into the weights).  Every example is seen ``m_step_epochs`` times, in
     batches of 8, at ``inner_learning_rate``.
     """
     from reverie.workloads.expansion import freeze_all_but
@@ -316,7 +316,7 @@ def m_step(
     params = freeze_all_but(model, slot)
     opt = _sgd(params, spec.inner_learning_rate)
     rng = random.Random(seed)
-    steps = spec.inner_steps * math.ceil(len(examples) / M_STEP_BATCH)
+    steps = spec.m_step_epochs * math.ceil(len(examples) / M_STEP_BATCH)
     model.train()
     loss = torch.tensor(math.nan)
     order: list[int] = []
@@ -484,7 +484,7 @@ def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence
 
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)
-    model, slot = add_slot(gen.model, rank=spec.lora_rank, target_modules=target_modules,
+    model, slot = add_slot(gen.model, rank=spec.slot_rank, target_modules=target_modules,
                            keep_active=list(gen.slots))
     model.eval()
     # With backend vllm the HF backend is replaced, round by round, by a vLLM
