@@ -15,6 +15,7 @@ def _model() -> tuple[torch.nn.Module, object]:
     return tiny.build_tiny_model(tok, seed=0), tok
 
 
+@torch.no_grad()
 def _alone(model: torch.nn.Module, tok: object, prompt: str, target: str) -> torch.Tensor:
     """Σ log p(target token) written out on the unpadded sequence."""
     p, t = encode(tok, prompt), encode(tok, target)
@@ -36,7 +37,6 @@ def test_target_logprobs_equal_each_pair_scored_alone() -> None:
 def test_sft_loss_is_the_mean_token_nll_of_the_targets() -> None:
     model, tok = _model()
     pairs = [("Zorblat lives in", " Vemora."), ("", "Ivo was born in Porto.")]
-    with torch.no_grad():
-        total = -sum(float(_alone(model, tok, p, t)) for p, t in pairs)
-        n = len(encode(tok, " Vemora.")) + len(encode(tok, "Ivo was born in Porto.")) - 1
-        assert abs(float(sft_loss(model, tok, pairs)) - total / n) < 1e-4
+    total = -sum(float(_alone(model, tok, p, t)) for p, t in pairs)
+    n = len(encode(tok, " Vemora.")) + len(encode(tok, "Ivo was born in Porto.")) - 1
+    assert abs(float(sft_loss(model, tok, pairs).detach()) - total / n) < 1e-4
