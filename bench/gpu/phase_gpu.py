@@ -105,7 +105,7 @@ def main() -> None:
     }
 
     # Generation: HF generate vs vLLM on the same prompts.
-    from reverie.workloads.generation import HFBackend
+    from reverie.workloads.sampling import HFBackend
 
     model.eval()
     texts = [tok.decode(p[:64]) for p in prompts] * (args.gen_prompts // args.batch + 1)
@@ -116,7 +116,7 @@ def main() -> None:
     hf_s = time.perf_counter() - t0
     out["hfTokensPerS"] = sum(len(t) for t in got.token_ids) / hf_s
     try:
-        from reverie.workloads.generation import VLLMBackend
+        from reverie.workloads.sampling import VLLMBackend
 
         folder = save_generation(model.float(), tok, Path(tempfile.mkdtemp()) / "g", slots=[slot])
         opt.state.clear()

@@ -67,8 +67,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def answers(model: Any, tok: Any, questions: list[str], contexts: list[str | None] | None = None) -> list[str]:
-    from reverie.workloads.generation import HFBackend
     from reverie.workloads.memory import question_prompt
+    from reverie.workloads.sampling import HFBackend
 
     ctx = contexts or [None] * len(questions)
     prompts = [question_prompt(tok, q, context=c) for q, c in zip(questions, ctx, strict=True)]
@@ -185,9 +185,9 @@ def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[d
             scorer: Scorer, kind: str) -> list[dict[str, Any]]:
     """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
     from reverie.api.phases import ConsolidationSpec
+    from reverie.workloads.lm import sft_loss
     from reverie.workloads.modelio import load_generation
     from reverie.workloads.selfstudy import fixed_prompts, subject_of
-    from reverie.workloads.tiny import sft_batch_loss
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
     gen = load_generation(base)
@@ -205,7 +205,7 @@ def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[d
             trained = texts
             for step in range(a.steps):
                 batch = [texts[(step * spec.batch_size + i) % len(texts)] for i in range(spec.batch_size)]
-                loss = sft_batch_loss(model, tok, [("", t + tok.eos_token) for t in batch])
+                loss = sft_loss(model, tok, [("", t + tok.eos_token) for t in batch])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -287,12 +287,12 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
         KSSettings,
         SelfStudyDistillation,
         TorchTrainer,
-        answer_cross_entropy,
     )
     from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.generation import active_adapters
+    from reverie.workloads.lm import answer_cross_entropy, completion_logits
     from reverie.workloads.modelio import load_generation
-    from reverie.workloads.selfstudy import StudyItem, completion_logits, teacher_targets
+    from reverie.workloads.sampling import active_adapters
+    from reverie.workloads.selfstudy import StudyItem, teacher_targets
 
     gen = load_generation(base)
     model, slot = add_slot(gen.model, rank=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from reverie.local.progress import read_events
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from s3server import S3Server, minio_binary  # noqa: E402
@@ -45,9 +47,8 @@ def free_port() -> int:
 def staged_events(run: Path) -> list[dict[str, Any]]:
     events = []
     for log in sorted((run / ".reverie" / "runs").rglob("*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith('{"event": "staged"'):
-                event = json.loads(line)
+        for event in read_events(log):
+            if event.get("event") == "staged":
                 event["phase"] = log.stem
                 events.append(event)
     return events

@@ -14,5 +14,8 @@ VERSION = "v1alpha1"
 # Annotations users (or `reverie approve|reject`) write on a SleepCycle waiting
 # in AwaitingApproval: value "approved" or "rejected".
 APPROVAL_ANNOTATION = f"{GROUP}/approval"
+# The label that names a ModelLineage on everything made for it: phase Jobs and their
+# ConfigMaps, export Jobs, scheduled SleepCycles.
+LINEAGE_LABEL = f"{GROUP}/lineage"
 # Prefix of Kopf's own bookkeeping annotations on our objects.
 KOPF_PREFIX = f"kopf.{GROUP}"

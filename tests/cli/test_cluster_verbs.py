@@ -20,7 +20,8 @@ import yaml
 from typer.testing import CliRunner
 
 from reverie import APPROVAL_ANNOTATION
-from reverie.cli import app, step_attempts
+from reverie.cli import app
+from reverie.cli.cluster import step_attempts
 
 pytestmark = pytest.mark.cluster
 runner = CliRunner()

@@ -12,7 +12,7 @@ import pytest
 
 from reverie.api.lineage import Generation, GenerationState, ModelLineage
 from reverie.api.sleepcycle import SleepCycle
-from reverie.controller import promotion
+from reverie.controller import lineage_status, promotion
 from reverie.core import lineage as L
 from reverie.core.actions import (
     ClaimLineage,
@@ -182,7 +182,7 @@ def _operator_applies(lin: ModelLineage, actions: list[LineageAction]) -> ModelL
                 await promotion.apply_action(kube, namespace="ns", cycle="c1", action=action)  # type: ignore[arg-type]
 
     asyncio.run(go())
-    return promotion.parse_lineage(kube.obj)
+    return lineage_status.parse_lineage(kube.obj)
 
 
 async def _no_serving(*_: Any, **__: Any) -> None:

@@ -75,7 +75,7 @@ def _can(cluster: Any, identity: str, verb: str, resource: str, namespace: str |
     return bool(answer.status.allowed)
 
 
-# What the operator does (controller/{handlers,jobs,kube,promotion,serving}.py) and what it must never do.
+# What the operator does (controller/{cycle_handlers,cycle_reconciler,jobs,kube,promotion,serving}.py) and what it must never do.
 NEEDED = [
     ("watch", "sleepcycles.reverie.dev"), ("patch", "sleepcycles.reverie.dev"), ("update", "sleepcycles.reverie.dev/status"),
     ("patch", "modellineages.reverie.dev"), ("update", "modellineages.reverie.dev/status"), ("create", "sleepcycles.reverie.dev"),

@@ -11,7 +11,8 @@ import pytest
 
 from reverie.controller import lineage_handlers, metrics, promotion
 from reverie.controller.kube import CONFIGMAPS, EVENTS, MODELLINEAGES, SLEEPCYCLES, Kube
-from reverie.controller.schedule import SCHEDULED_BY_LABEL, cycle_name
+from reverie.controller.lineage_status import update_lineage
+from reverie.core.schedule import SCHEDULED_BY_LABEL, cycle_name
 
 from .conftest import (
     condition,
@@ -228,7 +229,7 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
     )
     # The promotion write lands, then the operator dies before the serving hand-off.
     now = datetime.now(UTC).replace(microsecond=0)
-    await promotion.update_lineage(
+    await update_lineage(
         api, namespace=namespace, lineage="demo", rule=lambda lin: rules.promote(lin.status, cycle="c1", now=now)[0],
     )
     isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")

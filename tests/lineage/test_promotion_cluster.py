@@ -12,6 +12,7 @@ import pytest
 
 from reverie.controller import metrics, promotion, serving
 from reverie.controller.kube import CONFIGMAPS, JOBS, MODELLINEAGES, Kube
+from reverie.controller.lineage_status import LineageNotFound
 
 from .conftest import condition, eventually, finish_export, lineage_manifest, lineage_status
 
@@ -179,7 +180,7 @@ async def test_reject_marks_the_candidate(api: Kube, namespace: str) -> None:
 
 
 async def test_promotion_into_a_missing_lineage_says_so(api: Kube, namespace: str) -> None:
-    with pytest.raises(promotion.LineageNotFound, match="not found"):
+    with pytest.raises(LineageNotFound, match="not found"):
         await record(api, namespace, "c1", lineage="nope")
 
 

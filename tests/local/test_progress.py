@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.local.progress import (
     JobProgress,
     first_step_per_launch,
@@ -30,7 +31,7 @@ def test_loss_curves_keep_every_loss_part_and_a_resume_overwrites_repeated_steps
     log = tmp_path / "job.log"
     _write(log, {"event": "progress", "step": 1, "totalSteps": 4, "loss": 3.0, "distill_loss": 2.0},
            "a warning line", {"event": "progress", "step": 2, "loss": 2.0},
-           {"event": "checkpoint", "step": 2, "path": "/s/ckpt-2"},
+           {"event": "checkpoint", "step": 2, "checkpoint": "/s/ckpt-2"},
            {"event": "relaunched", "launch": 2, "resumeFrom": "/s/ckpt-2"},
            {"event": "resumed", "step": 2}, {"event": "progress", "step": 2, "loss": 1.9}, {"event": "progress", "step": 3, "loss": 1.5, "imitation": -0.1})
     series = loss_series(log)
@@ -55,3 +56,22 @@ def test_live_progress_reads_only_new_text_and_tolerates_a_torn_last_line(tmp_pa
     prog.update()
     assert (prog.step, prog.loss) == (10, 1.0)
     assert prog.eta_seconds is not None and prog.eta_seconds >= 0
+
+
+def test_what_a_phase_emits_is_what_the_reader_reads(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    event = ProgressEvent(phase="dreaming", step=3, total_steps=9, checkpoint="/s/ckpt-3", values={"loss": 0.5})
+    with log.open("w") as handle:
+        emit_progress(event, stream=handle)
+    (line,) = log.read_text().splitlines()
+    assert ProgressEvent.from_json(json.loads(line)) == event
+    prog = JobProgress(log)
+    prog.update()
+    assert (prog.step, prog.total, prog.loss) == (3, 9, 0.5)
+    assert last_checkpoint_in_log(log) == "/s/ckpt-3"
+
+
+def test_total_has_one_spelling() -> None:
+    assert ProgressEvent.from_json({"step": 1, "totalSteps": 4}).total_steps == 4
+    for other in ("total", "steps", "total_steps", "maxSteps"):
+        assert ProgressEvent.from_json({"step": 1, other: 4}).total_steps is None

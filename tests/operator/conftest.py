@@ -32,11 +32,11 @@ def run_operator(cluster: Any, namespace: str, monkeypatch: pytest.MonkeyPatch) 
     """
     from kopf.testing import KopfRunner
 
-    from reverie.controller import handlers
+    from reverie.controller import cycle_handlers
 
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    monkeypatch.setattr(handlers.OPTIONS, "kubeconfig", str(cluster.kubeconfig))
-    monkeypatch.setattr(handlers.OPTIONS, "resync_seconds", 2.0)
+    monkeypatch.setattr(cycle_handlers.OPTIONS, "kubeconfig", str(cluster.kubeconfig))
+    monkeypatch.setattr(cycle_handlers.OPTIONS, "resync_seconds", 2.0)
 
     @contextlib.contextmanager
     def running() -> Iterator[Any]:

@@ -110,7 +110,7 @@ def _webhook_config(name: str, *, namespace: str, port: int, ca: Path, failure_p
 def webhook(cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A CA and serving certificate made here, the operator's options pointing at them, and the
     webhook configuration (failurePolicy Fail) registered with the API server for ``namespace``."""
-    from reverie.controller import handlers
+    from reverie.controller import cycle_handlers
 
     ca = CertificateAuthority(tmp_path)
     cert, key = ca.issue("webhook", common_name="reverie-webhook", server_names=("127.0.0.1",))
@@ -119,9 +119,9 @@ def webhook(cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.Mo
     (certs / "tls.crt").write_bytes(cert.read_bytes())
     (certs / "tls.key").write_bytes(key.read_bytes())
     port = free_port()
-    monkeypatch.setattr(handlers.OPTIONS, "webhook_port", port)
-    monkeypatch.setattr(handlers.OPTIONS, "webhook_cert_dir", str(certs))
-    monkeypatch.setattr(handlers.OPTIONS, "webhook_addr", "127.0.0.1")
+    monkeypatch.setattr(cycle_handlers.OPTIONS, "webhook_port", port)
+    monkeypatch.setattr(cycle_handlers.OPTIONS, "webhook_cert_dir", str(certs))
+    monkeypatch.setattr(cycle_handlers.OPTIONS, "webhook_addr", "127.0.0.1")
     name = f"{WEBHOOK}-{namespace}"
     config = _webhook_config(name, namespace=namespace, port=port, ca=ca.cert, failure_policy="Fail")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(config))

@@ -12,7 +12,6 @@ from reverie.api.phases import ConsolidationSpec
 from reverie.workloads.consolidate import (
     Cue,
     KSSettings,
-    answer_cross_entropy,
     generalized_jsd,
     imitation_loss,
     imitation_reward,
@@ -22,6 +21,7 @@ from reverie.workloads.consolidate import (
     token_f1,
     topk_forward_kl,
 )
+from reverie.workloads.lm import answer_cross_entropy
 from reverie.workloads.memory import QA, Memory
 from reverie.workloads.selfstudy import StudyItem
 from reverie.workloads.tiny import build_tokenizer

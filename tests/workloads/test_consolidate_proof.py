@@ -34,10 +34,10 @@ from reverie.workloads.consolidate import (
     closed_book_recall,
 )
 from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.generation import HFBackend
 from reverie.workloads.heldout import HeldOut
 from reverie.workloads.memory import Memory, parse_memory
 from reverie.workloads.modelio import activate_slots, load_generation
+from reverie.workloads.sampling import HFBackend
 from reverie.workloads.selfstudy import StudyItem, summary_prompts
 from reverie.workloads.tiny import (
     Fact,

@@ -13,6 +13,7 @@ import torch
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
 from reverie.core.contract import PhaseConfig, parse_result
 from reverie.workloads import dream, tiny
+from reverie.workloads.lm import sft_loss
 from reverie.workloads.memory import QA, Memory, load_memory_uris
 from reverie.workloads.modelio import load_generation, save_generation
 from reverie.workloads.run_phase import run_phase
@@ -83,7 +84,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for _ in range(150):
         batch = [(p, f"{e} lives in {rng.choice(TOWNS)}." + tok.eos_token) for p, e in rng.choices(prompts, k=8)]
         batch += [(f.entity, f" lives in {f.value}." + tok.eos_token) for f in rng.choices(old, k=8)]
-        loss = tiny.sft_batch_loss(model, tok, batch)
+        loss = sft_loss(model, tok, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -101,7 +102,7 @@ def _toy_context(root: Path) -> dream.TaskContext:
 
 
 SPEC = DreamingSpec(dreams_per_context=24, top_k=2, random_extra=2, max_new_tokens=10, temperature=1.0, top_p=1.0,
-                    noise_expert_scale=0.0, inner_steps=5, inner_learning_rate=3e-3, rest_em_iterations=1)
+                    noise_expert_scale=0.0, probe_steps=5, m_step_epochs=5, inner_learning_rate=3e-3, rest_em_iterations=1)
 
 
 def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slot(toy: Path) -> None:
@@ -109,7 +110,7 @@ def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slo
     params = dreamer.slot_params()
     text = "Somebody lives in Lima."
     score = dream.importance(dreamer.model, dreamer.tokenizer, text, params)
-    loss = dream.sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
+    loss = sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
     loss.backward()
     by_hand = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
     assert score == pytest.approx(float(by_hand), rel=1e-5) and score > 0
@@ -164,7 +165,7 @@ def test_rest_em_step_raises_the_rate_of_rewarded_dreams(toy: Path) -> None:
 # ----------------------------------------------------------------- the phase
 
 def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig:
-    spec = dict(dreams_per_context=3, top_k=1, random_extra=1, max_new_tokens=8, inner_steps=2,
+    spec = dict(dreams_per_context=3, top_k=1, random_extra=1, max_new_tokens=8, probe_steps=2, m_step_epochs=2,
                 rest_em_iterations=2)
     spec.update(dreaming)
     return PhaseConfig(

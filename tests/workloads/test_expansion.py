@@ -14,9 +14,9 @@ from reverie.workloads.consolidate import (
     study_cues,
 )
 from reverie.workloads.expansion import add_slot, next_slot_name, slot_parameters
-from reverie.workloads.generation import HFBackend
 from reverie.workloads.memory import parse_memory, question_prompt
 from reverie.workloads.modelio import load_generation
+from reverie.workloads.sampling import HFBackend
 from reverie.workloads.selfstudy import StudyItem, subject_of
 from reverie.workloads.tiny import TinyBase, memory_records, tell_prompt
 

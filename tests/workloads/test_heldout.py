@@ -80,7 +80,7 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
     dream_cfg = cfg.model_copy(update={
         "step": "dreaming", "output_uri": str(store / "l/c1/dreaming"), "inputs": {"consolidation": str(out / "model")},
         "dreaming": cfg.dreaming.model_copy(update={"enabled": True, "dreams_per_context": 2, "top_k": 1,
-                                                    "random_extra": 0, "inner_steps": 1, "max_new_tokens": 8}),
+                                                    "random_extra": 0, "probe_steps": 1, "m_step_epochs": 1, "max_new_tokens": 8}),
     })
     (tmp_path / "dream.json").write_text(dream_cfg.model_dump_json(by_alias=True))
     assert rp.run_phase("dreaming", str(tmp_path / "dream.json")) == 0
@@ -102,7 +102,7 @@ class EchoTeacher:
         self.memories = memories
 
     def generate(self, prompts, **_kwargs):
-        from reverie.workloads.generation import Generated
+        from reverie.workloads.sampling import Generated
 
         texts = [next((m.text for m in self.memories if m.text in p), "Who is Zorblat Venqui?") for p in prompts]
         return Generated(texts=texts, token_ids=[[] for _ in texts])

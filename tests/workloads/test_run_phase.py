@@ -121,7 +121,7 @@ def test_the_on_policy_stage_follows_the_self_study_stage_when_the_student_agree
     result = parse_result((tmp_path / "store/l/c1/consolidation/result.json").read_text(), step="consolidation")
     assert result.metrics["on_policy_stage"] == 1.0 and result.metrics["steps"] == 5.0
     progress = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"progress"' in line]
-    assert progress[-1]["step"] == 5 and progress[-1]["total"] == 5
+    assert progress[-1]["step"] == 5 and progress[-1]["totalSteps"] == 5
 
 
 def test_the_on_policy_stage_waits_for_agreement(phase_config, tmp_path: Path, monkeypatch) -> None:

@@ -124,7 +124,7 @@ class ConsolidationSpec(ApiModel):
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the consolidation Job runs.")
 
 
-class GenerationBackend(StrEnum):
+class SamplingBackendKind(StrEnum):
     HF = "hf"
     VLLM = "vllm"
 
@@ -167,11 +167,13 @@ class DreamingSpec(ApiModel):
     noise_expert_scale: float = Field(
         default=0.01, ge=0.0, le=1.0, description="Scale of the random extra expert switched on while dreaming (0: off).",
     )
-    lora_rank: int = Field(default=8, ge=1, le=256, description="Rank of the isolated LoRA update that tests one dream.")
-    inner_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of that isolated update.")
-    inner_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Learning rate of the isolated update.")
+    probe_rank: int = Field(default=8, ge=1, le=256, description="Rank of a probe: the isolated, throw-away LoRA update that tests one dream.")
+    probe_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of a probe on its one dream.")
+    slot_rank: int = Field(default=8, ge=1, le=256, description="Rank of the dreaming slot: the LoRA expert this step trains and adds to the generation.")
+    m_step_epochs: int = Field(default=5, ge=1, le=1000, description="Passes over the rewarded dreams in each M-step (SFT of the dreaming slot).")
+    inner_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Learning rate of the probes, the M-step and GRPO.")
     rest_em_iterations: int = Field(default=1, ge=0, le=20, description="ReST-EM rounds (E: sample and reward, M: SFT on rewarded dreams).")
-    backend: GenerationBackend = Field(default=GenerationBackend.HF, description="Generation backend: vllm (GPU image) or hf.")
+    backend: SamplingBackendKind = Field(default=SamplingBackendKind.HF, description="Sampling backend of the dreams: vllm (GPU image) or hf.")
     temperature: float = Field(default=0.8, gt=0.0, le=2.0, description="Dream sampling temperature.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Dream nucleus sampling top-p.")
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per dream.")

@@ -45,10 +45,10 @@ from reverie import GROUP, VERSION
 from reverie.api.lineage import GenerationState, ModelLineage, ScheduleSpec
 from reverie.api.sleepcycle import SleepCycleSpec
 from reverie.controller.kube import MODELLINEAGES, ApiError, Kube
-from reverie.controller.promotion import parse_lineage
-from reverie.controller.schedule import ScheduleError
-from reverie.controller.schedule import validate as validate_schedule
+from reverie.controller.lineage_status import parse_lineage
 from reverie.core import lineage as rules
+from reverie.core.schedule import ScheduleError
+from reverie.core.schedule import validate as validate_schedule
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ def _lineage(body: Any) -> ModelLineage | None:
 
 
 def _kube() -> Kube:
-    from reverie.controller import handlers
+    from reverie.controller import cycle_handlers
 
-    return handlers.reconciler().kube
+    return cycle_handlers.reconciler().kube
 
 
 # --- serving ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reverie import GROUP
+from reverie import GROUP, LINEAGE_LABEL
 from reverie.api.base import Scheduling
 from reverie.api.lineage import ModelLineage, ServableForm
 from reverie.controller.jobs import CACHE_ENV, CONTAINER_SECURITY, POD_BASE, STORE_MOUNT
@@ -30,7 +30,6 @@ from reverie.core.serving import HandOff
 
 MAX_NAME = 52  # as for phase Jobs: room for the pod name's suffix
 FINISHED_TTL_SECONDS = 3600
-LABEL_LINEAGE = f"{GROUP}/lineage"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_FORM = f"{GROUP}/servable-form"
 CONTAINER = "export"
@@ -72,7 +71,7 @@ def render(obj: Obj, lineage: ModelLineage, decision: HandOff) -> Obj:
     scheduling = template.scheduling if template is not None else Scheduling()
     name = job_name(lineage.metadata.name, decision.generation, form)
     labels = {
-        LABEL_LINEAGE: lineage.metadata.name, LABEL_GENERATION: decision.generation, LABEL_FORM: form.value,
+        LINEAGE_LABEL: lineage.metadata.name, LABEL_GENERATION: decision.generation, LABEL_FORM: form.value,
         "app.kubernetes.io/name": "reverie-export", "app.kubernetes.io/managed-by": "reverie",
     }
     command = ["reverie", "export", decision.source_uri, decision.export.uri, "--form", form.value]

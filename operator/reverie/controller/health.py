@@ -56,10 +56,10 @@ _runner: web.AppRunner | None = None
 
 
 def _reconciler_healthy() -> bool:
-    from reverie.controller import handlers
+    from reverie.controller import cycle_handlers
 
     try:
-        return handlers.reconciler().healthy()
+        return cycle_handlers.reconciler().healthy()
     except RuntimeError:
         return False
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reverie import GROUP, VERSION
+from reverie import GROUP, LINEAGE_LABEL, VERSION
 from reverie.api.base import Engine, Scheduling, parse_quantity
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import Step
@@ -44,7 +44,6 @@ from reverie.core.planner import CreateJob
 Obj = dict[str, Any]
 
 LABEL_CYCLE = f"{GROUP}/cycle"
-LABEL_LINEAGE = f"{GROUP}/lineage"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_JOB = f"{GROUP}/job"
@@ -114,7 +113,7 @@ class PhaseObjects:
 def labels(create: CreateJob, *, owner: Owner) -> dict[str, str]:
     return {
         LABEL_CYCLE: owner.name,
-        LABEL_LINEAGE: create.config.lineage,
+        LINEAGE_LABEL: create.config.lineage,
         LABEL_STEP: create.step.value,
         LABEL_ATTEMPT: str(create.attempt),
         LABEL_JOB: create.job_name,

@@ -7,7 +7,7 @@ change and on a timer.  It applies the pure rules of
 hands the champion to the serving target when it differs
 (:func:`reverie.controller.serving.sync_serving`), exports the champion
 metrics, and, on the timer, runs the schedule
-(:func:`reverie.controller.schedule.plan_schedule`): creates the due
+(:func:`reverie.core.schedule.plan_schedule`): creates the due
 SleepCycle (deterministic name, so a repeat meets 409), deletes replaced and
 old finished cycles, records ``lastScheduleTime`` and ``MissedSchedule``.
 
@@ -34,17 +34,14 @@ import kopf
 from reverie import GROUP, VERSION
 from reverie.api.lineage import ModelLineage
 from reverie.controller import metrics
+from reverie.controller.events import emit_event
 from reverie.controller.kube import MODELLINEAGES, SLEEPCYCLES, ApiError, Kube, Obj, mutate_status
-from reverie.controller.promotion import (
-    emit_event,
-    export_champion,
-    forget_lineage,
-    known_status,
-    parse_lineage,
-    status_body,
-    utcnow,
-)
-from reverie.controller.schedule import (
+from reverie.controller.lineage_status import known_status, parse_lineage, status_body, utcnow
+from reverie.controller.promotion import export_champion, forget_lineage
+from reverie.controller.serving import sync_serving
+from reverie.core import lineage as rules
+from reverie.core.conditions import get_condition, set_condition
+from reverie.core.schedule import (
     SCHEDULED_BY_LABEL,
     CycleInfo,
     ScheduleError,
@@ -52,10 +49,7 @@ from reverie.controller.schedule import (
     plan_schedule,
     render_cycle,
 )
-from reverie.controller.schedule import validate as validate_schedule
-from reverie.controller.serving import sync_serving
-from reverie.core import lineage as rules
-from reverie.core.conditions import get_condition, set_condition
+from reverie.core.schedule import validate as validate_schedule
 
 log = logging.getLogger(__name__)
 

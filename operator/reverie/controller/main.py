@@ -7,18 +7,16 @@ Importing this module registers every handler in Kopf's default registry.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import kopf
 
-from reverie.controller import admission, handlers, health
+# One process runs both controllers: importing cycle_handlers registers the SleepCycle
+# handlers and imports (so registers) the ModelLineage handlers, which share its API client.
+from reverie.controller import admission, cycle_handlers, health
 
-# One process runs both controllers; the lineage handlers register on import.
-with contextlib.suppress(ImportError):
-    from reverie.controller import lineage_handlers  # noqa: F401
 # The admission handlers are always registered; whether they are served (--webhook-port)
-# is decided at start-up (handlers.OPTIONS), so one import serves both kinds of run.
+# is decided at start-up (cycle_handlers.OPTIONS), so one import serves both kinds of run.
 admission.register(kopf.get_default_registry())
 
 
@@ -51,13 +49,13 @@ def run(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     health.PORT = metrics_port
     if kubeconfig:
-        handlers.OPTIONS.kubeconfig = kubeconfig
+        cycle_handlers.OPTIONS.kubeconfig = kubeconfig
     if resync_seconds is not None:
-        handlers.OPTIONS.resync_seconds = resync_seconds
+        cycle_handlers.OPTIONS.resync_seconds = resync_seconds
     if max_concurrent_reconciles is not None:
-        handlers.OPTIONS.max_concurrent = max_concurrent_reconciles
+        cycle_handlers.OPTIONS.max_concurrent = max_concurrent_reconciles
     if webhook_port is not None:
-        handlers.OPTIONS.webhook_port, handlers.OPTIONS.webhook_cert_dir = webhook_port, webhook_cert_dir
+        cycle_handlers.OPTIONS.webhook_port, cycle_handlers.OPTIONS.webhook_cert_dir = webhook_port, webhook_cert_dir
         admission.server(port=webhook_port, cert_dir=webhook_cert_dir)  # a missing certificate fails here, clearly
     served = sorted({*(namespaces or ()), *([namespace] if namespace else [])})
     kopf.run(standalone=standalone, priority=priority, clusterwide=not served, namespaces=served)

@@ -40,75 +40,17 @@ level-based, so a restart between the two still converges.
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Mapping
 
 from reverie.api.lineage import ModelLineage, ModelLineageStatus
 from reverie.api.sleepcycle import GateDecision
 from reverie.controller import metrics
-from reverie.controller.kube import EVENTS, MODELLINEAGES, ApiError, Kube, Obj, mutate_status
+from reverie.controller.events import emit_event
+from reverie.controller.kube import Kube, Obj
+from reverie.controller.lineage_status import parse_lineage, update_lineage, utcnow
+from reverie.controller.serving import sync_serving
 from reverie.core import lineage as rules
 from reverie.core.actions import ClaimLineage, Promote, RecordCandidate, Reject, ReleaseLineage
-
-log = logging.getLogger(__name__)
-
-
-class LineageNotFound(LookupError):
-    """The lineage named by a cycle's spec.lineageRef does not exist."""
-
-
-def utcnow() -> datetime:
-    """Now, to the second (Kubernetes timestamps have second precision)."""
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def parse_lineage(obj: Obj) -> ModelLineage:
-    """The lineage as the API model; unknown status keys (other writers') are ignored."""
-    return ModelLineage.model_validate({**obj, "status": known_status(obj.get("status") or {})})
-
-
-def known_status(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of a raw status that ModelLineageStatus knows (camelCase)."""
-    fields = {f.alias or name for name, f in ModelLineageStatus.model_fields.items()}
-    return {k: v for k, v in raw.items() if k in fields}
-
-
-def status_body(raw: Mapping[str, Any], new: ModelLineageStatus) -> dict[str, Any]:
-    """The raw status with our model's fields replaced and any other writer's keys kept.
-
-    A field of ours that is now empty (``activeCycle`` released) is removed, not kept from ``raw``.
-    """
-    ours = {f.alias or name for name, f in ModelLineageStatus.model_fields.items()}
-    return {**{k: v for k, v in raw.items() if k not in ours}, **new.wire()}
-
-
-Rule = Callable[[ModelLineage], ModelLineageStatus | None]
-
-
-async def update_lineage(kube: Kube, *, namespace: str, lineage: str, rule: Rule) -> Obj:
-    """Apply a pure ``rule`` (lineage -> new status, or None for no change) with optimistic concurrency.
-
-    Generation 0 is ensured first, so a lineage whose own handler has not run
-    yet still gets its base model recorded before anything else.  Raises
-    :class:`LineageNotFound` if the lineage does not exist.
-    """
-    now = utcnow()
-
-    def mutate(obj: Obj) -> dict[str, Any] | None:
-        current = parse_lineage(obj)
-        based = rules.ensure_base(current.status, current.spec.base_model, now=now)
-        new = rule(current.model_copy(update={"status": based}))
-        new = based if new is None else new
-        if new == current.status:
-            return None
-        return status_body(obj.get("status") or {}, new)
-
-    written = await mutate_status(kube, MODELLINEAGES, namespace=namespace, name=lineage, mutate=mutate)
-    if written is None:
-        raise LineageNotFound(f"ModelLineage {namespace}/{lineage} not found: create it, or fix spec.lineageRef")
-    return written
 
 
 async def ensure_base(kube: Kube, *, namespace: str, lineage: str) -> Obj:
@@ -174,9 +116,6 @@ async def promote(kube: Kube, *, namespace: str, lineage: str, cycle: str) -> ru
     if result.changed:
         metrics.promotions_total.labels(namespace=namespace, lineage=lineage).inc()
         await emit_event(kube, written, reason="Promoted", message=result.message)
-        # Imported here: serving imports this module's helpers.
-        from reverie.controller.serving import sync_serving
-
         await sync_serving(kube, namespace=namespace, lineage=lineage)
     elif not result.promoted:
         await emit_event(kube, written, reason=result.kind, message=result.message, type="Warning")
@@ -263,30 +202,3 @@ def forget_lineage(*, namespace: str, lineage: str) -> None:
             continue
         with contextlib.suppress(KeyError):
             gauge.remove(*labels)
-
-
-async def emit_event(kube: Kube, obj: Obj, *, reason: str, message: str, type: str = "Normal") -> None:
-    """Post a core/v1 Event about ``obj``; best effort (an Event is never worth failing a promotion)."""
-    meta = obj.get("metadata", {})
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name', 'reverie')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": type,
-        "source": {"component": "reverie-operator"},
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "reportingComponent": "reverie-operator",
-    }
-    try:
-        await kube.create(EVENTS, meta.get("namespace"), event)
-    except ApiError as exc:
-        log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc)

@@ -37,6 +37,7 @@ from reverie.api.lineage import (
     ServingKind,
     ServingTarget,
 )
+from reverie.controller.events import emit_event
 from reverie.controller.kube import (
     CONFIGMAPS,
     MODELLINEAGES,
@@ -46,13 +47,7 @@ from reverie.controller.kube import (
     Resource,
     mutate_status,
 )
-from reverie.controller.promotion import (
-    emit_event,
-    known_status,
-    parse_lineage,
-    status_body,
-    utcnow,
-)
+from reverie.controller.lineage_status import known_status, parse_lineage, status_body, utcnow
 from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
 from reverie.core.serving import hand_off

@@ -6,14 +6,19 @@ operator into a ConfigMap.  The workload reads inputs from the store, writes its
 outputs under ``output_uri`` (``<store>/<lineage>/<cycle>/<step>/``), checkpoints
 under ``<output_uri>/checkpoints/``, and ends by writing a small JSON
 :class:`PhaseResult` to ``<output_uri>/result.json`` and to the termination-message
-path.  Phase Jobs need no Kubernetes API access.
+path.  While it runs it prints :class:`ProgressEvent` lines among its ordinary
+logs.  Phase Jobs need no Kubernetes API access.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Literal
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
 
 from pydantic import Field, ValidationError
 
@@ -141,3 +146,76 @@ def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
         if not math.isfinite(value) and result.step != Step.EVALUATION:
             raise ResultError(f"the phase result metric {name} is not finite ({value})")
     return result
+
+
+# --------------------------------------------------------------------------- progress
+
+ProgressKind = Literal["start", "progress", "checkpoint", "resumed", "selfstudy", "staged", "relaunched", "zero3"]
+ProgressValue = float | int | str | bool | list[str] | list[int] | None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress line of a phase process: a JSON object on its own line among the ordinary logs.
+
+    ``{"event": "progress", "phase": "consolidation", "step": 40, "totalSteps": 120, "loss": 1.83}``:
+    the known keys are ``event``, ``phase`` (the step of the cycle that
+    prints it), ``step`` and ``totalSteps`` (optimiser steps or units of work
+    done, of how many), ``checkpoint`` (the checkpoint just written or resumed
+    from) and ``message``; every other key is a value of the event (losses,
+    rates, counts).  The local console, the report's loss curves and log
+    shippers read it; nothing else writes progress.
+    """
+
+    event: ProgressKind = "progress"
+    phase: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    checkpoint: str | None = None
+    message: str | None = None
+    values: Mapping[str, ProgressValue] = field(default_factory=dict)
+
+    _KEYS = ("event", "phase", "step", "totalSteps", "checkpoint", "message")
+
+    def to_json(self) -> dict[str, Any]:
+        known: dict[str, Any] = {"event": self.event, "phase": self.phase, "step": self.step,
+                                 "totalSteps": self.total_steps, "checkpoint": self.checkpoint, "message": self.message}
+        return {**dict(self.values), **{k: v for k, v in known.items() if v is not None}}
+
+    def line(self) -> str:
+        """The event as one JSON line (no newline)."""
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ProgressEvent:
+        """The event of a parsed line (missing or mistyped known keys read as absent)."""
+
+        def number(key: str) -> int | None:
+            value = obj.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                return None
+            return int(value)
+
+        def text(key: str) -> str | None:
+            value = obj.get(key)
+            return value if isinstance(value, str) and value else None
+
+        event = obj.get("event", "progress")
+        return cls(
+            event=event if isinstance(event, str) else "progress",  # type: ignore[arg-type]
+            phase=text("phase"), step=number("step"), total_steps=number("totalSteps"),
+            checkpoint=text("checkpoint"), message=text("message"),
+            values={k: v for k, v in obj.items() if k not in cls._KEYS},
+        )
+
+
+def emit_progress(event: ProgressEvent, *, stream: TextIO | None = None) -> None:
+    """Print ``event`` as one line (stdout unless ``stream``) and flush, so a follower sees it at once.
+
+    A phase on N processes (torchrun sets ``RANK``) logs from rank 0 only: one line per event, as on one process.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
+    out = stream or sys.stdout
+    out.write(event.line() + "\n")
+    out.flush()

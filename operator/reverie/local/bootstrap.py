@@ -93,6 +93,7 @@ def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_s
     import torch
 
     from reverie.workloads import tiny
+    from reverie.workloads.lm import sft_loss
     from reverie.workloads.memory import question_prompt
     from reverie.workloads.modelio import load_generation, save_generation
 
@@ -116,7 +117,7 @@ def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_s
     model.train()
     for _ in range(steps):
         batch = [lesson() if rng.random() < lesson_share else rng.choice(old) for _ in range(batch_size)]
-        loss = tiny.sft_batch_loss(model, tok, batch)
+        loss = sft_loss(model, tok, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from reverie.api.base import parse_quantity
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import PhaseConfig, ProgressEvent
 from reverie.core.observed import JobState, ObservedJob
 from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
 from reverie.local.state import LocalJob, LocalState, write_atomic
@@ -302,7 +302,7 @@ class LocalExecutor:
             job.resumed_from.append("")
         write_atomic(Path(job.config_path), json.dumps(config.wire(), indent=1) + "\n")
         with open(job.log_path, "a") as log:
-            log.write(json.dumps({"event": RELAUNCHED, "launch": job.launches + 1, "resumeFrom": checkpoint}) + "\n")
+            log.write(ProgressEvent(RELAUNCHED, values={"launch": job.launches + 1, "resumeFrom": checkpoint}).line() + "\n")
         job.launches += 1
         self._spawn(job)
 

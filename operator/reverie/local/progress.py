@@ -1,11 +1,12 @@
 """The workloads' JSON-lines progress, read back for people.
 
-A phase process prints one JSON object per line among its ordinary log lines,
-e.g. ``{"event": "progress", "step": 40, "totalSteps": 120, "loss": 1.83}``.
-This module tolerates the small naming differences between phases (``total`` /
-``steps`` / ``totalSteps``; ``loss`` or any ``*_loss`` part) so that the live
+A phase process prints one :class:`~reverie.core.contract.ProgressEvent` per
+line among its ordinary log lines, e.g.
+``{"event": "progress", "step": 40, "totalSteps": 120, "loss": 1.83}``; the live
 display (phase, step, loss, ETA) and the report's loss curves read every phase
-the same way.  Non-JSON lines are ordinary logs and are skipped.
+through it.  A loss is ``loss`` or any ``*_loss`` / ``*Loss`` value, plus the
+parts consolidation logs under their own names.  Non-JSON lines are ordinary
+logs and are skipped.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from reverie.core.contract import ProgressEvent
 
 # Written into a job's log by the executor when it starts the job again after an interruption.
-RELAUNCHED = "relaunched"
-_STEP_KEYS = ("step", "globalStep", "global_step", "iteration")
-_TOTAL_KEYS = ("totalSteps", "total_steps", "total", "steps", "maxSteps", "max_steps")
-_CHECKPOINT_KEYS = ("checkpoint", "checkpointUri", "checkpoint_uri")
+RELAUNCHED: Final = "relaunched"
 # Loss parts some phases log under their own names (consolidation: distill, imitation).
 _LOSS_PARTS = ("distill", "imitation")
 
@@ -38,34 +38,18 @@ def parse_line(line: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _number(obj: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        value = obj.get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float) and math.isfinite(value):
-            return float(value)
-    return None
-
-
 def step_of(obj: dict[str, Any]) -> int | None:
-    value = _number(obj, _STEP_KEYS)
-    return int(value) if value is not None else None
+    return ProgressEvent.from_json(obj).step
 
 
 def total_of(obj: dict[str, Any]) -> int | None:
-    value = _number(obj, _TOTAL_KEYS)
-    return int(value) if value is not None else None
+    return ProgressEvent.from_json(obj).total_steps
 
 
 def losses_of(obj: dict[str, Any]) -> dict[str, float]:
-    """``loss`` and every ``*_loss`` / ``*Loss`` scalar of a progress line (also nested under ``losses``)."""
+    """``loss`` and every ``*_loss`` / ``*Loss`` scalar of a progress line."""
     out: dict[str, float] = {}
-    scope: dict[str, Any] = dict(obj)
-    nested = obj.get("losses")
-    if isinstance(nested, dict):
-        scope.update({f"{k}" if "loss" in k.lower() else f"{k}_loss": v for k, v in nested.items()})
-    for key, value in scope.items():
+    for key, value in ProgressEvent.from_json(obj).values.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if (key == "loss" or key.lower().endswith("loss") or key in _LOSS_PARTS) and math.isfinite(float(value)):
@@ -74,13 +58,8 @@ def losses_of(obj: dict[str, Any]) -> dict[str, float]:
 
 
 def checkpoint_of(obj: dict[str, Any]) -> str | None:
-    """The checkpoint a line announces (``{"event": "checkpoint", "path": ...}`` or a checkpoint key)."""
-    keys = (*_CHECKPOINT_KEYS, "path") if obj.get("event") == "checkpoint" else _CHECKPOINT_KEYS
-    for key in keys:
-        value = obj.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+    """The checkpoint a line announces."""
+    return ProgressEvent.from_json(obj).checkpoint
 
 
 def read_events(log_path: Path) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ URIs and ``hf://org/model[@revision]``, verified, evicted by size).
     ``question_prompt(tokenizer, question, context=None) -> str`` (chat template; memory first).
 
 ``generation`` — one interface for HF ``generate`` (CPU) and vLLM (GPU).
-    ``GenerationBackend.generate(prompts, *, max_new_tokens, temperature (0 = greedy), top_p, stop,
+    ``SamplingBackend.generate(prompts, *, max_new_tokens, temperature (0 = greedy), top_p, stop,
     seed, return_logprobs, adapters=None (keep) | [] (base only) | [slot names], noise_scale=0.0
     (random extra expert)) -> Generated(texts, token_ids, logprobs)``;
     ``make_backend("hf" | "vllm", model, tokenizer, folder=, slots=)``; ``HFBackend``; ``VLLMBackend``;

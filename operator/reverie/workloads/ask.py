@@ -80,9 +80,9 @@ def pick_memory(question: str, memories: Sequence[Memory]) -> Memory | None:
 def answers(uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None,
             max_new_tokens: int = 48) -> list[str]:
     """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
-    from reverie.workloads.generation import HFBackend
     from reverie.workloads.memory import question_prompt
     from reverie.workloads.modelio import load_generation
+    from reverie.workloads.sampling import HFBackend
 
     gen = load_generation(uri)
     ctx = list(contexts) if contexts is not None else [None] * len(questions)

@@ -1,10 +1,10 @@
-"""Checkpoints of a consolidation run: atomic, resumable, small (only the new slot trains).
+"""Checkpoints of the training phases (consolidation, dreaming): atomic, resumable, small (only the new slot trains).
 
 Layout under ``<output_uri>/checkpoints/``::
 
     step-00000050/slot.safetensors    the new slot's weights
     step-00000050/optimizer.pt        optimiser state (moments), when there is one
-    step-00000050/state.json          {"step", "slot", "seed", "history", ...}
+    step-00000050/state.json          {"step", "slot", ...}: the phase's own state (history, dreams)
     latest                            name of the newest complete checkpoint
 
 Each checkpoint is written into a temporary sibling folder and renamed into

@@ -62,7 +62,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,17 +71,15 @@ import torch
 import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec, ZeroStage
+from reverie.api.sleepcycle import Step
+from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.workloads import distributed
 from reverie.workloads.distributed import World
-from reverie.workloads.generation import GenerationBackend, active_adapters
+from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
-from reverie.workloads.selfstudy import (
-    StudyItem,
-    TeacherTargets,
-    completion_logits,
-    encode,
-)
+from reverie.workloads.sampling import SamplingBackend, active_adapters
+from reverie.workloads.selfstudy import StudyItem, TeacherTargets
 
 SELFSTUDY_DIR = "selfstudy"
 
@@ -243,13 +241,6 @@ def topk_forward_kl(
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
 
 
-def answer_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean −log p_S(y_t) of the teacher's answer tokens."""
-    lp = F.log_softmax(student_logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    m = mask.to(lp.dtype)
-    return -(lp * m).sum() / m.sum().clamp(min=1.0)
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -300,12 +291,6 @@ def step_batch(memory: Sequence[Cue], replay: Sequence[Cue], *, step: int, setti
 def with_eos(ids: Sequence[int], *, eos: int, max_new_tokens: int) -> list[int]:
     """A completion that stopped before the budget ended with eos: score that eos too."""
     return [*ids, eos] if len(ids) < max_new_tokens else list(ids)
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t log p(y_t) per sequence, over masked completion tokens."""
-    lp = F.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (lp * mask.to(lp.dtype)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- the loops
@@ -386,9 +371,9 @@ class KnowledgeSeeding:
     """One sleep's Knowledge Seeding over a shared model whose roles differ only by active slots."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, backend: GenerationBackend, *, roles: Roles, settings: KSSettings,
+        self, model: Any, tokenizer: Any, backend: SamplingBackend, *, roles: Roles, settings: KSSettings,
         memory: Sequence[Cue], replay: Sequence[Cue], trainer: Trainer, judge: SemanticJudge = overlap_judge,
-        teacher_backend: GenerationBackend | None = None, world: World | None = None,
+        teacher_backend: SamplingBackend | None = None, world: World | None = None,
     ) -> None:
         if not memory:
             raise ValueError("Knowledge Seeding needs at least one memory cue")
@@ -396,18 +381,18 @@ class KnowledgeSeeding:
         self.roles, self.s = roles, settings
         self.memory, self.replay = list(memory), list(replay)
         self.trainer, self.judge = trainer, judge
-        # The teacher is frozen, so its dreams may come from a separate engine (vLLM on GPU);
+        # The teacher is frozen, so its answers may come from a separate engine (vLLM on GPU);
         # the student's samples must come from the training weights.
         self.teacher_backend = teacher_backend or backend
-        self._dream_cache: dict[Cue, list[int]] = {}
+        self._answer_cache: dict[Cue, list[int]] = {}
         # On N ranks each takes a share of the step's cues; the student's forward goes through DDP.
         self.world = world or World()
         self.forward = distributed.forward_model(trainer, model)
 
-    # -- teacher dreams D_T (cached when greedy: the same cue always gives the same dream)
-    def dreams(self, cues: Sequence[Cue], *, step: int) -> list[list[int]]:
+    # -- teacher answers D_T (cached when greedy: the same cue always gives the same answer)
+    def teacher_answers(self, cues: Sequence[Cue], *, step: int) -> list[list[int]]:
         greedy = self.s.teacher_temperature <= 0
-        todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._dream_cache)]
+        todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._answer_cache)]
         fresh: dict[Cue, list[int]] = {}
         for replay in (False, True):
             group = [c for c in todo if c.replay == replay]
@@ -420,19 +405,19 @@ class KnowledgeSeeding:
             )
             fresh.update(zip(group, out.token_ids, strict=True))
         if greedy:
-            self._dream_cache.update(fresh)
-            return [self._dream_cache[c] for c in cues]
+            self._answer_cache.update(fresh)
+            return [self._answer_cache[c] for c in cues]
         return [fresh[c] for c in cues]
 
-    def prefetch_dreams(self) -> None:
-        """Greedy teacher: dream every cue once, in large batches, before training starts."""
+    def prefetch_teacher_answers(self) -> None:
+        """Greedy teacher: answer every cue once, in large batches, before training starts."""
         if self.s.teacher_temperature <= 0:
-            self.dreams([*self.memory, *self.replay], step=0)
+            self.teacher_answers([*self.memory, *self.replay], step=0)
 
-    def distill_term(self, cues: Sequence[Cue], dreams: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, int]:
+    def distill_term(self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, int]:
         rng = step_rng(self.s.seed, step, "lambda")
         on_policy = [rng.random() < self.s.lam for _ in cues]
-        ys = list(dreams)
+        ys = list(answers)
         rows = [i for i, on in enumerate(on_policy) if on]
         if rows:  # y ~ student(· | x without memory): sampled under no_grad, so no gradient through sampling
             out = self.backend.generate(
@@ -466,15 +451,15 @@ class KnowledgeSeeding:
         loss = generalized_jsd(s_logits, teacher, mask, beta=self.s.beta)
         return loss, int(mask.sum())
 
-    def imitation_term(self, cues: Sequence[Cue], dreams: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, float, int]:
+    def imitation_term(self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, float, int]:
         rng = step_rng(self.s.seed, step, "lti")
-        pool = [(c, d) for c, d in zip(cues, dreams, strict=True) if not c.replay and len(d) > 0]
+        pool = [(c, d) for c, d in zip(cues, answers, strict=True) if not c.replay and len(d) > 0]
         if not pool:
             return torch.zeros(()), 0.0, 0
         chosen = [pool[rng.randrange(len(pool))] for _ in range(min(self.s.lti_prompts, len(pool)))]
         prompts, refs = [], []
         for cue, d in chosen:
-            cut = rng.randrange(len(d))  # random prefix d_<cut of the teacher's dream
+            cut = rng.randrange(len(d))  # random prefix d_<cut of the teacher's answer
             prompts.append(cue.student_prompt + self.tok.decode(d[:cut], skip_special_tokens=True))
             refs.append(self.tok.decode(d[cut:], skip_special_tokens=True))
         g = self.s.group_size
@@ -499,14 +484,14 @@ class KnowledgeSeeding:
         t0 = time.perf_counter()
         distributed.maybe_inject_fault(self.world, step)
         cues = step_batch(self.memory, self.replay, step=step, settings=self.s)
-        dreams = self.dreams(cues, step=step)  # every rank, the whole batch: the dream calls stay in lockstep
+        answers = self.teacher_answers(cues, step=step)  # every rank, the whole batch: the calls stay in lockstep
         mine = distributed.share(range(len(cues)), self.world)
-        cues, dreams = [cues[i] for i in mine], [dreams[i] for i in mine]
+        cues, answers = [cues[i] for i in mine], [answers[i] for i in mine]
         self.model.train()
-        distill, n_tok = self.distill_term(cues, dreams, step=step)
+        distill, n_tok = self.distill_term(cues, answers, step=step)
         weight, _ = distributed.token_weight(self.world, n_tok)
         imitation, reward, n_lti = (
-            self.imitation_term(cues, dreams, step=step) if self.s.alpha < 1.0 else (torch.zeros(()), 0.0, 0)
+            self.imitation_term(cues, answers, step=step) if self.s.alpha < 1.0 else (torch.zeros(()), 0.0, 0)
         )
         loss = knowledge_seeding_loss(distill * weight, imitation.to(distill.device), alpha=self.s.alpha)
         self.trainer.backward_and_step(loss)
@@ -589,7 +574,7 @@ class SelfStudyDistillation:
 
 
 def closed_book_recall(
-    backend: GenerationBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
+    backend: SamplingBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
     contexts: Sequence[str | None] | None = None, max_new_tokens: int = 16,
 ) -> float:
     """Share of questions answered (greedy, the evaluation's matcher); with ``contexts`` the in-context score."""
@@ -602,7 +587,7 @@ def closed_book_recall(
 
 
 def teacher_agreement(
-    backend: GenerationBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
+    backend: SamplingBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
     max_new_tokens: int, limit: int = 32,
 ) -> float:
     """Mean token F1 between the student's closed-book answers and the teacher's, on study items (held in)."""
@@ -631,15 +616,8 @@ def memory_qa(memories: Sequence[Memory], *, limit: int = 24) -> tuple[list[tupl
 # ----------------------------------------------------------------------------- the phase
 
 
-def _emit(event: str, **fields: Any) -> None:
-    """One JSON line on stdout (progress logs a log shipper can parse); on N ranks, rank 0's only."""
-    import os
-    import sys
-
-    if os.environ.get("RANK", "0") != "0":
-        return
-    sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
-    sys.stdout.flush()
+def _emit(event: ProgressEvent) -> None:
+    emit_progress(replace(event, phase=Step.CONSOLIDATION.value))  # rank 0's only on N ranks
 
 
 def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0) -> list[StudyItem]:
@@ -667,7 +645,7 @@ def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None
 
 
 def build_study(
-    model: Any, tokenizer: Any, backend: GenerationBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
+    model: Any, tokenizer: Any, backend: SamplingBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
     held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True, world: World | None = None,
     forwards: Callable[[], Any] | None = None,
 ) -> tuple[list[StudyItem], TeacherTargets]:
@@ -706,11 +684,9 @@ def run(config: Any) -> Any:
     """
     import os
 
-    from reverie.api.sleepcycle import Step
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.generation import HFBackend, make_backend
     from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
     from reverie.workloads.modelio import (
@@ -722,6 +698,7 @@ def run(config: Any) -> Any:
         save_generation,
         stage_out,
     )
+    from reverie.workloads.sampling import HFBackend, make_backend
     from reverie.workloads.selfstudy import load_study, save_study
 
     cfg: PhaseConfig = config
@@ -787,7 +764,8 @@ def run(config: Any) -> Any:
         if zero == ZeroStage.THREE:
             distributed.assert_partitioned(model, world)
             shares = distributed.all_gather_objects(world, distributed.partitioned_share(model))
-            _emit("zero3", ranks=world.size, held=[h for h, _ in shares], total=shares[0][1])
+            _emit(ProgressEvent("zero3", values={"ranks": world.size, "held": [h for h, _ in shares],
+                                                 "total": shares[0][1]}))
     elif world.distributed:
         trainer = distributed.DDPTrainer(model, list(params.values()), world=world, lr=settings.learning_rate,
                                          max_grad_norm=settings.max_grad_norm)
@@ -796,7 +774,7 @@ def run(config: Any) -> Any:
     if resumed is not None:
         if resumed.optimizer_state is not None and hasattr(trainer, "load_state_dict"):
             trainer.load_state_dict(resumed.optimizer_state)
-        _emit("resumed", step=resumed.step, checkpoint=str(resumed.folder), ranks=world.size)
+        _emit(ProgressEvent("resumed", step=resumed.step, checkpoint=str(resumed.folder), values={"ranks": world.size}))
 
     def forwards() -> Any:
         return distributed.local_forwards(trainer)
@@ -831,11 +809,12 @@ def run(config: Any) -> Any:
             return folder
 
         study_dir = distributed.on_main(world, write_study)
-        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items),
-              seconds=round(time.perf_counter() - synth_started, 1))
+        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
+                                                 "seconds": round(time.perf_counter() - synth_started, 1)}))
     else:
         items, targets = study
-        _emit("selfstudy", items=len(items), replay=sum(i.replay for i in items), reused=True)
+        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
+                                                 "reused": True}))
     synth_seconds = time.perf_counter() - synth_started
     n_memory_items = sum(not i.replay for i in items)
     if n_memory_items == 0:
@@ -849,8 +828,8 @@ def run(config: Any) -> Any:
     qa, contexts = memory_qa(memories)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
     teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
-    _emit("start", slot=slot, memories=len(memories), items=len(items), steps=settings.total_steps,
-          resume_step=state.step)
+    _emit(ProgressEvent("start", total_steps=settings.total_steps, values={
+        "slot": slot, "memories": len(memories), "items": len(items), "resume_step": state.step}))
     started = time.perf_counter()
     window: list[StepStats] = []
 
@@ -858,11 +837,11 @@ def run(config: Any) -> Any:
         window.append(stats)
         if st.step % settings.log_every == 0 or st.step == settings.total_steps:
             secs = sum(w.seconds for w in window)
-            _emit(
-                "progress", step=st.step, total=settings.total_steps, loss=round(stats.loss, 6),
-                distill=round(stats.distill, 6), ce=round(stats.ce, 6), imitation=round(stats.imitation, 6),
-                reward=round(stats.reward, 4), tokens_per_s=round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
-            )
+            _emit(ProgressEvent(step=st.step, total_steps=settings.total_steps, values={
+                "loss": round(stats.loss, 6), "distill": round(stats.distill, 6), "ce": round(stats.ce, 6),
+                "imitation": round(stats.imitation, 6), "reward": round(stats.reward, 4),
+                "tokens_per_s": round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
+            }))
             window.clear()
         if st.step % settings.checkpoint_every == 0 and st.step < settings.total_steps:
             opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
@@ -879,7 +858,7 @@ def run(config: Any) -> Any:
                 return folder
 
             folder = distributed.on_main(world, write_checkpoint)
-            _emit("checkpoint", step=st.step, path=str(folder))
+            _emit(ProgressEvent("checkpoint", step=st.step, checkpoint=str(folder)))
 
     first_step = state.step
     stage1.run(state, on_step=on_step, until=settings.steps)
@@ -890,10 +869,10 @@ def run(config: Any) -> Any:
     if settings.on_policy_steps > 0 and agreement >= settings.on_policy_threshold:
         by_id = {m.id: m for m in memories}
         mem_cues, rep_cues = study_cues(items, tok, by_id)
-        # Student samples are each rank's own (its share of the cues); teacher dreams cover the whole batch.
+        # Student samples are each rank's own (its share of the cues); teacher answers cover the whole batch.
         ks = KnowledgeSeeding(model, tok, local_backend, roles=roles, settings=settings, memory=mem_cues,
                               replay=rep_cues, trainer=trainer, teacher_backend=teacher_backend or backend, world=world)
-        ks.prefetch_dreams()
+        ks.prefetch_teacher_answers()
         ks.run(state, on_step=on_step, until=settings.total_steps)
         on_policy_ran = 1.0
     seconds = time.perf_counter() - started

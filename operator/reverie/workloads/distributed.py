@@ -246,7 +246,7 @@ class ShardedGeneration:
         self.batch_size = int(getattr(inner, "batch_size", 32))
 
     def generate(self, prompts: Sequence[str], **kw: Any) -> Any:
-        from reverie.workloads.generation import Generated
+        from reverie.workloads.sampling import Generated
 
         greedy = float(kw.get("temperature", 1.0)) <= 0.0
         if not self.world.distributed or (not greedy and self.sampling == "replicate"):

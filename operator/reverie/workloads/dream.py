@@ -14,7 +14,7 @@ of earlier generations' memories — and its task measure τ:
    direction the first update would move).  The top-k dreams by g are kept,
    plus b more drawn uniformly from the rest (diversity).
 3. **Reward.**  Each kept dream is applied as an *isolated* LoRA update — a fresh
-   probe adapter on top of the current model, ``inner_steps`` SFT steps on the
+   probe adapter on top of the current model, ``probe_steps`` SFT steps on the
    dream alone — and rewarded 1 if the updated model improves τ, else 0.  The
    probe is then deleted; dreams never see each other's updates.
 4. **Learn (ReST-EM).**  E-step = steps 1–3; M-step = SFT of the dreaming slot on
@@ -39,20 +39,21 @@ of the ReST-EM M-step (the variant for verifiable domains): the same binary
 dream reward, a group-relative advantage over ``num_generations`` dreams per
 context, and vLLM generation on GPU (``use_vllm``) when the backend is vllm.
 
-Checkpoints: after each context's E-step and each M-step the phase writes
-``<output_uri>/checkpoints/unit-<n>/`` (``state.json``: dreams, scores, rewards
-so far; ``slot/``: the dreaming slot's adapter) and points
-``checkpoints/latest`` at it; a resumed attempt continues from there and, because
-every random draw is seeded by (seed, round, context), produces what an
-uninterrupted run would have.
+Checkpoints: after each context's E-step and each M-step the phase writes a
+checkpoint in consolidation's format (:mod:`reverie.workloads.checkpoint`:
+``<output_uri>/checkpoints/step-<n>/``, n the progress count, with the dreaming
+slot's weights and, in ``state.json``, the dreams, scores and rewards so far),
+staged out to a remote store as it is written; a resumed attempt continues
+from there and, because every random draw is seeded by (seed, round, context),
+produces what an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -65,8 +66,9 @@ import torch
 
 from reverie.api.phases import DreamingSpec
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
 from reverie.workloads.heldout import HeldOut
+from reverie.workloads.lm import sft_loss, target_logprobs
 from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
 from reverie.workloads.questions import Question, cloze_questions, normalize_answer, question_text
 
@@ -81,9 +83,8 @@ PROBE_ADAPTER = "dream-probe"
 TAU_QUESTIONS_PER_CONTEXT = 8
 DISTRACTORS_PER_QUESTION = 4
 M_STEP_BATCH = 8
-STATE_FILE = "state.json"
-LATEST = "latest"
 CHECKPOINT_DIR = "checkpoints"
+DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
 
 
 # --------------------------------------------------------------------------- #
@@ -201,54 +202,10 @@ def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
 # Losses and the task measure (the math, written out)
 # --------------------------------------------------------------------------- #
 
-def lm_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ``(ids, attention_mask, labels)`` for (prompt, target) pairs; loss only on targets.
-
-    With an empty prompt the target's first token has nothing to be predicted
-    from, so it is context, not label.
-    """
-    rows = []
-    for prompt, target in pairs:
-        p = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-        t = tokenizer(target, add_special_tokens=False).input_ids
-        rows.append((p, t))
-    width = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for r, (p, t) in enumerate(rows):
-        seq = p + t
-        start = width - len(seq)
-        ids[r, start:] = torch.tensor(seq, dtype=torch.long)
-        mask[r, start:] = 1
-        first = start + max(len(p), 1)
-        labels[r, first:] = torch.tensor(seq[max(len(p), 1):], dtype=torch.long)
-    return ids, mask, labels
-
-
-def token_nll(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL of ``labels`` (0 where unlabelled), shape (batch, width-1)."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-    target = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.clamp(min=0).reshape(-1), reduction="none",
-    ).view_as(target)
-    return nll * (target != -100)
-
-
-def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """Mean token NLL of the targets: L_SFT."""
-    ids, mask, labels = lm_batch(tokenizer, pairs)
-    nll = token_nll(model, ids, mask, labels)
-    return nll.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
-
-
 @torch.no_grad()
 def answer_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Log-likelihood (summed over its tokens) of each answer after its prefix (closed book, raw text)."""
-    ids, mask, labels = lm_batch(tokenizer, [(prefix, " " + answer) for prefix, answer in pairs])
-    return (-token_nll(model, ids, mask, labels).sum(-1)).tolist()
+    return target_logprobs(model, tokenizer, [(prefix, " " + answer) for prefix, answer in pairs])
 
 
 def task_measure(model: Any, tokenizer: Any, ctx: TaskContext) -> float:
@@ -315,19 +272,19 @@ def isolated_update_gain(
     model: Any, tokenizer: Any, dream: str, ctx: TaskContext, *, tau_before: float, spec: DreamingSpec,
     target_modules: Sequence[str], seed: int,
 ) -> float:
-    """τ(θ') − τ(θ) after ``inner_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
+    """τ(θ') − τ(θ) after ``probe_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
     from reverie.workloads.expansion import add_slot
     from reverie.workloads.modelio import activate_slots
 
     active = list(model.base_model.active_adapters)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)  # the probe's A init
-    model, _ = add_slot(model, rank=spec.lora_rank, target_modules=target_modules, name=PROBE_ADAPTER,
+    model, _ = add_slot(model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER,
                         keep_active=active)
     params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
     opt = _sgd(params, spec.inner_learning_rate)
     model.train()
-    for _ in range(spec.inner_steps):
+    for _ in range(spec.probe_steps):
         loss = sft_loss(model, tokenizer, [("", dream)])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -349,7 +306,7 @@ def m_step(
 
     Each rewarded dream appears twice: as the generator's target after its
     prompt (learning to dream better) and as closed-book text (folding what it
-    taught into the weights).  Every example is seen ``inner_steps`` times, in
+    taught into the weights).  Every example is seen ``m_step_epochs`` times, in
     batches of 8, at ``inner_learning_rate``.
     """
     from reverie.workloads.expansion import freeze_all_but
@@ -360,7 +317,7 @@ def m_step(
     params = freeze_all_but(model, slot)
     opt = _sgd(params, spec.inner_learning_rate)
     rng = random.Random(seed)
-    steps = spec.inner_steps * math.ceil(len(examples) / M_STEP_BATCH)
+    steps = spec.m_step_epochs * math.ceil(len(examples) / M_STEP_BATCH)
     model.train()
     loss = torch.tensor(math.nan)
     order: list[int] = []
@@ -410,8 +367,8 @@ class Dreamer:
         """
         if self.spec.backend != "vllm" or self.backend_round == round_:
             return
-        from reverie.workloads.generation import make_backend
         from reverie.workloads.modelio import save_generation
+        from reverie.workloads.sampling import make_backend
 
         slots = list(self.model.peft_config)
         folder = save_generation(self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g",
@@ -471,81 +428,64 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress(step: int, total: int, **extra: Any) -> None:
-    import os
-
-    if os.environ.get("RANK", "0") != "0":  # on N ranks, rank 0's progress only
-        return
-    print(json.dumps({"event": "progress", "phase": "dreaming", "step": step, "totalSteps": total, **extra}),
-          flush=True)
+def _progress(step: int, total: int, **values: Any) -> None:
+    emit_progress(ProgressEvent(phase=Step.DREAMING.value, step=step, total_steps=total,  # rank 0's only on N ranks
+                                checkpoint=values.pop("checkpoint", None), values=values))
 
 
-def _save_state(ckpt: Path, state: DreamState, dreamer: Dreamer) -> None:
-    """Write slot weights and state together into a new unit folder, then point ``latest`` at it.
+def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -> Path:
+    """Checkpoint ``unit`` (the progress count): the dreaming slot's weights and the state, together.
 
-    The slot changes in M-steps and the state after every context; writing both
-    into one folder and switching ``latest`` atomically means a crash anywhere
-    leaves the previous consistent pair in place.
+    The slot changes in M-steps and the state after every context; one
+    checkpoint holds both (:func:`reverie.workloads.checkpoint.save_checkpoint`
+    switches ``latest`` atomically), so a crash anywhere leaves the previous
+    consistent pair in place.
     """
-    from reverie.workloads.modelio import save_slot
+    from reverie.workloads.checkpoint import save_checkpoint
+    from reverie.workloads.expansion import slot_parameters
 
-    ckpt.mkdir(parents=True, exist_ok=True)
-    previous = _latest_unit(ckpt)
-    number = int(previous.name.split("-")[1]) + 1 if previous else 0
-    unit = ckpt / f"unit-{number:06d}"
-    tmp = ckpt / f".{unit.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_slot(dreamer.model, dreamer.slot, tmp / "slot")
-    (tmp / STATE_FILE).write_text(json.dumps(state.to_json()))
-    tmp.rename(unit)
-    (ckpt / f"{LATEST}.tmp").write_text(unit.name)
-    (ckpt / f"{LATEST}.tmp").replace(ckpt / LATEST)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
+    weights = {k: v.detach() for k, v in slot_parameters(dreamer.model, dreamer.slot).items()}
+    return save_checkpoint(root, step=unit, slot=dreamer.slot, slot_state=weights,
+                           meta={DREAMING_STATE: state.to_json()})
 
 
-def _latest_unit(ckpt: Path) -> Path | None:
-    pointer = ckpt / LATEST
-    if not pointer.exists():
+def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
+    """The state of the newest checkpoint at ``uri`` (local or in the store), its slot weights loaded; None if none."""
+    from reverie.workloads.checkpoint import CheckpointError, load_checkpoint
+    from reverie.workloads.expansion import slot_parameters
+
+    try:
+        c = load_checkpoint(uri)
+    except CheckpointError:
         return None
-    unit = ckpt / pointer.read_text().strip()
-    return unit if (unit / STATE_FILE).exists() else None
+    if DREAMING_STATE not in c.meta:
+        raise ValueError(f"resume_from {uri}: {c.folder} is not a dreaming checkpoint (no {DREAMING_STATE} in state.json)")
+    if c.slot != dreamer.slot:
+        raise ValueError(f"resume_from {uri}: checkpoint is for slot {c.slot}, this run adds {dreamer.slot}")
+    with torch.no_grad():
+        for name, p in slot_parameters(dreamer.model, dreamer.slot).items():
+            p.copy_(c.slot_state[name].to(p))
+    return DreamState.from_json(c.meta[DREAMING_STATE])
 
 
-def _load_state(ckpt: Path, dreamer: Dreamer) -> DreamState | None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    unit = _latest_unit(ckpt)
-    if unit is None or not (unit / "slot" / "adapter_model.safetensors").exists():
-        return None
-    state = DreamState.from_json(json.loads((unit / STATE_FILE).read_text()))
-    weights = load_file(str(unit / "slot" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(dreamer.model, weights, adapter_name=dreamer.slot)
-    return state
-
-
-def _local_dir(uri: str, *, pull: str = "") -> Path:
-    """The local folder for ``uri``: itself, or for a store URI a new folder holding ``uri/pull``'s files."""
+def _local_dir(uri: str) -> Path:
+    """The local folder for ``uri``: itself, or for a store URI a new working folder (staged out as it fills)."""
     from reverie.workloads import store
 
     if not store.is_remote(uri):
         return store.local_path(uri)
-    folder = store.local_workdir(uri, prefix="reverie-dreaming-")
-    store.download_tree(store.join(uri, pull) if pull else uri, folder / pull if pull else folder)
-    return folder
+    return store.local_workdir(uri, prefix="reverie-dreaming-")
 
 
 def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
     """Load the consolidated generation and add the dreaming slot (B = 0: nothing changes yet)."""
     from reverie.workloads.expansion import add_slot
-    from reverie.workloads.generation import make_backend
     from reverie.workloads.modelio import load_generation
+    from reverie.workloads.sampling import make_backend
 
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)
-    model, slot = add_slot(gen.model, rank=spec.lora_rank, target_modules=target_modules,
+    model, slot = add_slot(gen.model, rank=spec.slot_rank, target_modules=target_modules,
                            keep_active=list(gen.slots))
     model.eval()
     # With backend vllm the HF backend is replaced, round by round, by a vLLM
@@ -569,7 +509,8 @@ def dream_rounds(
     spec = dreamer.spec
     rounds = max(1, spec.rest_em_iterations)
     state = state or DreamState()
-    total = rounds * (len(contexts) + 1)
+    per_round = len(contexts) + 1  # every context's E-step, then the M-step
+    total = rounds * per_round
     while state.round < rounds:
         r = state.round
         todo = [(idx, ctx) for idx, ctx in enumerate(contexts) if ctx.id not in state.contexts_done]
@@ -583,11 +524,12 @@ def dream_rounds(
                 if ctx_id is not None:
                     state.dreams += dreams
                     state.contexts_done.append(ctx_id)
+            unit = r * per_round + len(state.contexts_done)
             if ckpt:
-                distributed.on_main(world, lambda: _save_state(ckpt, state, dreamer))
+                distributed.on_main(world, functools.partial(_save_state, ckpt, state, dreamer, unit=unit))
                 if on_checkpoint:
                     distributed.on_main(world, on_checkpoint)
-            _progress(r * (len(contexts) + 1) + len(state.contexts_done), total,
+            _progress(unit, total,
                       rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
                       checkpoint=str(ckpt) if ckpt else None)
             if stop_after and stop_after(state):
@@ -614,10 +556,10 @@ def dream_rounds(
         state.round += 1
         state.contexts_done = []
         if ckpt:
-            distributed.on_main(world, lambda: _save_state(ckpt, state, dreamer))
+            distributed.on_main(world, functools.partial(_save_state, ckpt, state, dreamer, unit=(r + 1) * per_round))
             if on_checkpoint:
                 distributed.on_main(world, on_checkpoint)
-        _progress((r + 1) * (len(contexts) + 1), total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
+        _progress((r + 1) * per_round, total, mStepLoss=_finite(loss), checkpoint=str(ckpt) if ckpt else None)
         if stop_after and stop_after(state):
             return state
     return state
@@ -692,7 +634,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     if not source:
         raise ValueError(f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}")
     t0 = time.monotonic()
-    out_dir = _local_dir(config.output_uri, pull=CHECKPOINT_DIR)
+    out_dir = _local_dir(config.output_uri)
     ckpt = out_dir / CHECKPOINT_DIR
     remote_ckpt = f"{config.output_uri.rstrip('/')}/{CHECKPOINT_DIR}"
     memories = load_memories(config.memory, store_uri=config.store_uri)
@@ -705,7 +647,8 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     dreamer, gen = open_dreamer(source, spec=spec, target_modules=config.consolidation.target_modules)
     dreamer.held_out = held_out
     state = None
-    for candidate in ([_local_dir(config.resume_from)] if config.resume_from else []) + [ckpt]:
+    # The previous attempt's checkpoint (resume_from), else one an earlier run of this attempt left.
+    for candidate in dict.fromkeys([*([config.resume_from] if config.resume_from else []), remote_ckpt]):
         state = _load_state(candidate, dreamer)
         if state is not None:
             _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")

@@ -46,7 +46,7 @@ import fsspec
 
 from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
 from reverie.workloads.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
@@ -196,12 +196,12 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
 
 
 class ModelScorer:
-    """A :class:`Scorer` over a loaded generation: greedy answers through a generation backend."""
+    """A :class:`Scorer` over a loaded generation: greedy answers through a sampling backend."""
 
     def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16,
                  world: Any | None = None) -> None:
         from reverie.workloads.distributed import ShardedGeneration, World
-        from reverie.workloads.generation import HFBackend
+        from reverie.workloads.sampling import HFBackend
 
         self.model = model
         self.tokenizer = tokenizer
@@ -335,13 +335,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress(step: int, total: int, **extra: Any) -> None:
-    import os
-
-    if os.environ.get("RANK", "0") != "0":
-        return
-    print(json.dumps({"event": "progress", "phase": "evaluation", "step": step, "totalSteps": total, **extra}),
-          flush=True)
+def _progress(step: int, total: int, **values: Any) -> None:
+    emit_progress(ProgressEvent(phase=Step.EVALUATION.value, step=step, total_steps=total,  # rank 0's only on N ranks
+                                checkpoint=values.pop("checkpoint", None), values=values))
 
 
 def write_json(uri: str, payload: Any) -> None:

@@ -14,7 +14,7 @@ before any sleep.  This module writes the two forms a server can load:
   slots are exactly one adapter of rank ``Σᵢ rᵢ``:
   ``Σᵢ sᵢ Bᵢ Aᵢ = [s₁B₁ … s_NB_N] [A₁; …; A_N]``, with ``lora_alpha = r`` so
   PEFT's own scaling is 1 (the stacking is
-  :func:`reverie.workloads.generation.combine_adapters`, the same one the vLLM
+  :func:`reverie.workloads.sampling.combine_adapters`, the same one the vLLM
   backend serves slots with).  ``peft.PeftModel.from_pretrained`` and vLLM's
   LoRA serving load it; its ``base_model_name_or_path`` names the base.
 
@@ -100,7 +100,7 @@ def stacked_adapter(gen: Generation, scratch: Path) -> Path:
     PEFT folder :func:`~reverie.workloads.modelio.save_slot` writes), so where
     a generation keeps its slots is :mod:`reverie.workloads.modelio`'s business alone.
     """
-    from reverie.workloads.generation import combine_adapters
+    from reverie.workloads.sampling import combine_adapters
 
     dirs = []
     for name in gen.slots:

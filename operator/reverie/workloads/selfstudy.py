@@ -41,9 +41,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from reverie.workloads.generation import GenerationBackend, active_adapters
+from reverie.workloads.lm import completion_logits, encode
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import normalize_answer
+from reverie.workloads.sampling import SamplingBackend, active_adapters
 
 ITEMS_FILE = "items.jsonl"
 TARGETS_FILE = "teacher-topk.safetensors"
@@ -190,7 +191,7 @@ def summary_prompts(memories: Sequence[Memory], *, per_memory: int = 2) -> list[
 
 
 def synthesize(
-    backend: GenerationBackend, tokenizer: Any, memories: Sequence[Memory], *, adapters: Sequence[str],
+    backend: SamplingBackend, tokenizer: Any, memories: Sequence[Memory], *, adapters: Sequence[str],
     items_per_memory: int, seed: int, max_new_tokens: int, in_context: bool = True,
     writes_per_memory: int | None = None, keep: Callable[[str], bool] = lambda _prompt: True,
 ) -> list[StudyItem]:
@@ -253,7 +254,7 @@ def synthesize(
 
 
 def replay_items(
-    backend: GenerationBackend, tokenizer: Any, *, adapters: Sequence[str], prior: Sequence[StudyItem],
+    backend: SamplingBackend, tokenizer: Any, *, adapters: Sequence[str], prior: Sequence[StudyItem],
     max_new_tokens: int, general: Sequence[str] = GENERAL_REPLAY_PROMPTS,
 ) -> list[StudyItem]:
     """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
@@ -287,50 +288,10 @@ class TeacherTargets:
         return len(self.answer_ids)
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
 def answer_tokens(tokenizer: Any, answer: str, *, max_tokens: int) -> list[int]:
     """The answer's tokens, closed with eos when it fits (the teacher stopped there)."""
     ids = encode(tokenizer, answer)[:max_tokens]
     return [*ids, tokenizer.eos_token_id] if len(ids) < max_tokens else ids
-
-
-def pack(
-    tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Left-pad prompts, right-pad completions; returns ids, attention mask, position ids, prompt width."""
-    width_p = max(len(p) for p in prompts)
-    width_c = max(1, max(len(c) for c in completions))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(prompts), width_p + width_c), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        ids[row, width_p - len(p):width_p] = torch.tensor(p, dtype=torch.long)
-        mask[row, width_p - len(p):width_p] = 1
-        if c:
-            ids[row, width_p:width_p + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[row, width_p:width_p + len(c)] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions, width_p
-
-
-def completion_logits(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits predicting each completion token (batch × L × V), the completion mask and the targets (batch × L).
-
-    Only the completion positions go through the LM head (``logits_to_keep``):
-    on a 49k vocabulary the head over the prompt would cost more than the model.
-    """
-    ids, mask, positions, width_p = pack(tokenizer, prompts, completions)
-    device = next(model.parameters()).device
-    length = ids.shape[1] - width_p
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                logits_to_keep=length + 1)
-    logits = out.logits[:, :length]
-    return logits, mask[:, width_p:].to(device), ids[:, width_p:].to(device)
 
 
 @torch.no_grad()

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.workloads import manifest as mf
 from reverie.workloads import store
 from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
@@ -176,9 +177,9 @@ def _drop(entry: Path) -> None:
     _record_path(entry).unlink(missing_ok=True)
 
 
-def _emit(**fields: Any) -> None:
-    # A JSON line like the phases' progress events: the local console and `bench/` read them.
-    print(json.dumps({"event": "staged", **fields}), file=sys.stderr, flush=True)
+def _emit(**values: Any) -> None:
+    # On stderr: a stage-in runs inside other commands too, whose stdout is their own.
+    emit_progress(ProgressEvent("staged", values=values), stream=sys.stderr)
 
 
 # --------------------------------------------------------------------------- #

@@ -28,6 +28,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
+from reverie.workloads.lm import sft_loss
+
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|im_end|>"
 BOS_TURN_TOKEN = "<|im_start|>"
@@ -233,29 +235,6 @@ def qa_text(tokenizer: Qwen2Tokenizer, question: str, answer: str) -> tuple[str,
     return question_prompt(tokenizer, question), answer + tokenizer.eos_token
 
 
-def sft_batch_loss(
-    model: torch.nn.Module, tokenizer: Qwen2Tokenizer, pairs: Sequence[tuple[str, str]],
-) -> torch.Tensor:
-    """Mean next-token cross-entropy on the completions of (prompt, completion) pairs."""
-    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p, _ in pairs]
-    comp_ids = [tokenizer(c, add_special_tokens=False).input_ids for _, c in pairs]
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, comp_ids, strict=True))
-    ids = torch.full((len(pairs), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for row, (p, c) in enumerate(zip(prompt_ids, comp_ids, strict=True)):
-        seq = p + c
-        start = width - len(seq)  # left padding, as at generation time
-        ids[row, start:] = torch.tensor(seq)
-        mask[row, start:] = 1
-        labels[row, start + len(p):] = torch.tensor(c)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100,
-    )
-
-
 def pretrain(
     model: torch.nn.Module, tokenizer: Qwen2Tokenizer, *, facts: Sequence[Fact], mention_entities: Sequence[str],
     steps: int = 400, batch_size: int = 32, lr: float = 3e-3, seed: int = 0, mention_share: float = 0.25,
@@ -278,7 +257,7 @@ def pretrain(
             rng.choice(mentions) if mentions and rng.random() < mention_share else rng.choice(pairs)
             for _ in range(batch_size)
         ]
-        loss = sft_batch_loss(model, tokenizer, batch)
+        loss = sft_loss(model, tokenizer, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()

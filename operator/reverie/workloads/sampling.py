@@ -1,4 +1,4 @@
-"""One generation interface for every phase: HF ``generate`` on CPU, vLLM on GPU.
+"""One sampling interface for every step: HF ``generate`` on CPU, vLLM on GPU.
 
 Consolidation samples on-policy sequences and teacher dreams with it; dreaming
 samples dreams; evaluation answers questions.  The caller says which expert
@@ -30,14 +30,14 @@ import torch
 
 @dataclass
 class Generated:
-    """Completions of one :meth:`GenerationBackend.generate` call, in prompt order."""
+    """Completions of one :meth:`SamplingBackend.generate` call, in prompt order."""
 
     texts: list[str]
     token_ids: list[list[int]]
     logprobs: list[list[float]] | None = None  # per generated token, under the model (temperature 1)
 
 
-class GenerationBackend(Protocol):
+class SamplingBackend(Protocol):
     """Sample completions for prompts; deterministic for a given ``seed``."""
 
     def generate(
@@ -309,7 +309,7 @@ class VLLMBackend:
 
 
 def make_backend(name: str, model: Any, tokenizer: Any, *, folder: str | Path | None = None,
-                 slots: Sequence[str] = ()) -> GenerationBackend:
+                 slots: Sequence[str] = ()) -> SamplingBackend:
     """``"hf"`` → :class:`HFBackend` on ``model``; ``"vllm"`` → :class:`VLLMBackend` on ``folder``."""
     if name == "hf":
         return HFBackend(model, tokenizer)
@@ -317,4 +317,4 @@ def make_backend(name: str, model: Any, tokenizer: Any, *, folder: str | Path | 
         if folder is None:
             raise ValueError("the vllm backend loads the generation folder itself; pass folder=")
         return VLLMBackend(folder, tokenizer, slots=slots)
-    raise ValueError(f"unknown generation backend {name!r}; use 'hf' or 'vllm'")
+    raise ValueError(f"unknown sampling backend {name!r}; use 'hf' or 'vllm'")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reverie.api.lineage import ScheduleSpec
-from reverie.controller.schedule import (
+from reverie.core.schedule import (
     CycleInfo,
     ScheduleError,
     cycle_name,

@@ -1,36 +1,18 @@
-"""The ``reverie`` command (also the kubectl plugin ``kubectl-reverie``).
+"""The cluster verbs: ``operator``, ``status``, ``approve``/``reject``, ``rollback``, ``logs``, ``crds``.
 
-Local mode, no cluster needed::
-
-    reverie sleep examples/quickstart      # one whole sleep cycle on this CPU (Ctrl-C, rerun: resumes)
-    reverie report examples/quickstart     # regenerate its report.html
-    reverie ask examples/quickstart "Q?" --compare   # the champion's answer (and base, teacher)
-    reverie export GENERATION DIR [--form merged|adapter]  # a folder any server loads
-
-On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
-
-    reverie status [CYCLE] [-n NS]         # phase, step attempts, gate, generation
-    reverie approve|reject CYCLE           # answer a cycle waiting in AwaitingApproval
-    reverie rollback LINEAGE GENERATION    # pin an earlier champion (spec.rollbackTo)
-    reverie ask --lineage LINEAGE "Q?"     # ask the champion (its URI must be readable from here)
-    reverie logs CYCLE [--phase STEP]      # logs of the phase Job's pods
-    reverie crds [--apply | --write DIR]   # print, apply or write the CRDs
-
-Inside images: ``reverie run-phase STEP --config FILE`` (the Job contract) and
-``reverie operator``.  The cluster verbs import the Kubernetes client lazily, so
-the local verbs work without the ``operator`` extra.
+They drive SleepCycles and ModelLineages through the API server as kubectl
+would (kubeconfig as kubectl finds it, or ``--kubeconfig``).  The Kubernetes
+client is imported lazily, so the local verbs work without the ``operator`` extra.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from reverie import APPROVAL_ANNOTATION, GROUP, VERSION
@@ -38,270 +20,7 @@ from reverie import APPROVAL_ANNOTATION, GROUP, VERSION
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-app = typer.Typer(
-    name="reverie",
-    help="Sleep cycles for LLMs: run one locally (`reverie sleep`), or drive them on Kubernetes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).")]
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")]
-
-
-def show(table: Table) -> None:
-    """Print a table; in a pipe or log (no terminal) at its natural width, never wrapped."""
-    if sys.stdout.isatty():
-        console.print(table)
-    else:
-        # Console.print caps width at the console's own (80 in a pipe): use a wide one.
-        Console(highlight=False, width=400).print(table)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
-# --------------------------------------------------------------------------- local mode
-@app.command()
-def sleep(
-    target: Annotated[Path, typer.Argument(help="A run directory holding a SleepCycle and its ModelLineage, or a sleepcycle.yaml.")],
-    again: Annotated[bool, typer.Option("--again", help="The cycle already finished: start the next sleep from the new champion.")] = False,
-    approve: Annotated[bool, typer.Option("--approve", help="Approve a cycle waiting in AwaitingApproval, then continue.")] = False,
-    reject: Annotated[bool, typer.Option("--reject", help="Reject a cycle waiting in AwaitingApproval.")] = False,
-) -> None:
-    """Run one whole sleep cycle locally: consolidation, dreaming, evaluation, gate, promotion.
-
-    The same planner as the operator decides each step; phases run as local
-    processes. State lives in <dir>/.reverie/, so Ctrl-C and the same command
-    again resumes where it stopped. A lineage whose baseModel.uri is
-    builtin:tiny builds a tiny model and its memories on the first run.
-    """
-    from reverie.local.console import RichObserver, summary_table
-    from reverie.local.project import ProjectError, load_project
-    from reverie.local.runner import LocalRunError, NotStarted, report_path, run_cycle
-    from reverie.local.state import StateLocked
-
-    if approve and reject:
-        raise fail("--approve and --reject exclude each other")
-    try:
-        project = load_project(target)
-    except ProjectError as exc:
-        raise fail(str(exc)) from exc
-    console.print(
-        f"[bold]reverie[/bold] sleep cycle [cyan]{project.cycle.metadata.name}[/cyan] of lineage "
-        f"[cyan]{project.lineage.metadata.name}[/cyan] — state in {project.state_dir}"
-    )
-
-    def on_report(state: Any, cycle: str) -> Path | None:
-        from reverie.report import write_report
-
-        try:
-            return write_report(state, report_path(project.state_dir, cycle), cycle=cycle)
-        except Exception as exc:  # a report problem must not hide the cycle's outcome
-            err.print(f"[yellow]warning:[/yellow] the report could not be written: {exc}")
-            return None
-
-    try:
-        outcome = run_cycle(
-            project, observer=RichObserver(console), again=again,
-            approve="approved" if approve else "rejected" if reject else None, on_report=on_report,
-        )
-    except (LocalRunError, StateLocked) as exc:
-        raise fail(str(exc)) from exc
-    except NotStarted:
-        raise typer.Exit(130) from None
-    if outcome.interrupted:
-        raise typer.Exit(130)
-    cycle = outcome.cycle
-    show(summary_table(outcome.state, cycle))
-    if outcome.report is not None:
-        console.print(f"report: [link=file://{outcome.report}]{outcome.report}[/link]")
-    phase = str(cycle.status.phase)
-    served = outcome.state.lineage.status.servable
-    if phase == "Succeeded" and served is not None and served.generation == cycle.status.generation:
-        console.print(f"servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} \"<question>\" --compare[/dim]")
-    if phase == "AwaitingApproval":
-        console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
-    elif phase == "Pending":
-        console.print(cycle.status.message)
-        raise typer.Exit(1)
-    elif phase in ("Succeeded", "Rejected") and not again:
-        console.print(f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]")
-    if phase == "Failed":
-        raise typer.Exit(1)
-
-
-def quiet_models() -> None:
-    """No per-file progress bars or load reports from transformers: the command prints its own result."""
-    import warnings
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    import importlib
-
-    hf_logging: Any = importlib.import_module("transformers.utils.logging")
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def local_run(run: Path) -> tuple[Path, Any]:
-    """The state folder and :class:`~reverie.local.state.LocalState` of a local run directory.
-
-    Accepts the run directory, its ``.reverie`` folder, or ``.reverie/runs/<cycle>``.
-    """
-    from reverie.local.project import STATE_DIR_NAME
-    from reverie.local.state import load_state
-
-    run = run.resolve()
-    candidates = [run, run / STATE_DIR_NAME]
-    if run.parent.name == "runs":
-        candidates.append(run.parent.parent)
-    state_dir = next((c for c in candidates if (c / "state.json").is_file()), None)
-    if state_dir is None:
-        raise fail(f"{run}: no local run here (no .reverie/state.json); run `reverie sleep {run}` first")
-    state = load_state(state_dir)
-    assert state is not None
-    return state_dir, state
-
-
-@app.command()
-def report(
-    run: Annotated[Path, typer.Argument(help="The run directory given to `reverie sleep` (or its .reverie folder).")],
-    cycle: Annotated[str | None, typer.Option("--cycle", help="Which cycle of the run (default: the latest).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: .reverie/runs/<cycle>/report.html).")] = None,
-) -> None:
-    """Regenerate the self-contained report.html of a local run."""
-    from reverie.local.runner import report_path
-    from reverie.report import write_report
-
-    run = run.resolve()
-    # Also accept .reverie/runs/<cycle>.
-    if run.parent.name == "runs":
-        cycle = cycle or run.name
-    state_dir, state = local_run(run)
-    try:
-        name = state.cycle(cycle).metadata.name if cycle else (state.current.metadata.name if state.current else None)
-    except KeyError:
-        raise fail(f"no cycle {cycle!r} in {state_dir} (cycles: {', '.join(c.metadata.name for c in state.cycles)})") from None
-    if name is None:
-        raise fail(f"{state_dir}: the run has no cycle yet")
-    path = write_report(state, out or report_path(state_dir, name), cycle=name)
-    console.print(f"report: {path}")
-
-
-@app.command()
-def ask(
-    args: Annotated[list[str], typer.Argument(help="DIR QUESTION... (a local run directory, then the questions), or with --lineage only the questions.")],
-    lineage: Annotated[str | None, typer.Option("--lineage", "-l", help="Ask the champion of this ModelLineage on the cluster instead of a local run.")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="Also ask the base generation and the memory-in-context teacher.")] = False,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens generated per answer.")] = 48,
-    namespace: NamespaceOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-) -> None:
-    """Ask the champion a question (greedy, as evaluation asks); --compare adds the base and the teacher.
-
-    reverie ask examples/quickstart "Where does Zorblat live?" --compare
-    reverie ask --lineage assistant "Who is Mira Okafor?"   (the champion's URI must be readable from here, e.g. s3://)
-    """
-    from rich.markup import escape
-
-    from reverie.workloads.ask import AskError, ask_targets
-    from reverie.workloads.ask import ask as ask_models
-    from reverie.workloads.modelio import GenerationError
-
-    if lineage is not None:
-        questions = list(args)
-        lin = _cluster_lineage(lineage, namespace, kubeconfig)
-    else:
-        if len(args) < 2:
-            raise fail("give a local run directory and at least one question, or --lineage NAME and the questions")
-        _, state = local_run(Path(args[0]))
-        lin, questions = state.lineage, list(args[1:])
-    if not questions:
-        raise fail("no question given")
-    quiet_models()
-    try:
-        targets = ask_targets(lin)
-        columns = ask_models(targets, questions, compare=compare, max_new_tokens=max_new_tokens,
-                             store_uri=lin.spec.store.uri)
-    except (AskError, GenerationError) as exc:
-        hint = ""
-        if lineage is not None and isinstance(exc, GenerationError):
-            hint = ("; `ask --lineage` reads the champion from this machine: an s3:// store needs its credentials "
-                    "in the environment, a PVC path is only readable inside the cluster")
-        raise fail(f"{exc}{hint}") from exc
-    table = Table(header_style="bold", show_lines=True)
-    table.add_column("QUESTION")
-    for column in columns:
-        table.add_column(column.title)
-    for i, question in enumerate(questions):
-        cells = []
-        for column in columns:
-            note = f"\n[dim]({escape(column.notes[i])})[/dim]" if column.notes else ""
-            cells.append((escape(column.answers[i]) or "[dim](no answer)[/dim]") + note)
-        table.add_row(escape(question), *cells)
-    show(table)
-
-
-@app.command()
-def export(
-    source: Annotated[str, typer.Argument(help="A generation folder or URI (file://, s3://), or a local run directory (its champion).")],
-    out: Annotated[str, typer.Argument(help="Folder or URI to write (replaced if it exists).")],
-    form: Annotated[str, typer.Option("--form", help="merged: one plain Hugging Face folder; adapter: one PEFT LoRA adapter over the unchanged base.")] = "merged",
-    base_ref: Annotated[str | None, typer.Option("--base-ref", help="adapter form: what base_model_name_or_path names (default: a run's baseModel, else the generation, whose base weights it holds).")] = None,
-) -> None:
-    """Write a generation as something any server loads with no Reverie code.
-
-    merged: base + every expert slot folded into the weights (safetensors, config,
-    tokenizer, generation config) for AutoModelForCausalLM, vLLM, TGI, KServe.
-    adapter: the N slots as one standard LoRA adapter of rank Σr, for PEFT and vLLM LoRA serving.
-    """
-    from reverie.api.lineage import ServableForm
-    from reverie.workloads.export import export_generation
-    from reverie.workloads.modelio import GenerationError
-
-    try:
-        chosen = ServableForm(form)
-    except ValueError:
-        raise fail(f"--form must be merged or adapter, not {form!r}") from None
-    uri = source
-    local = Path(source)
-    if "://" not in source and local.is_dir() and not (local / "config.json").is_file():
-        _, state = local_run(local)
-        if state.lineage.status.champion_uri is None:
-            raise fail(f"{source}: the run has no champion yet")
-        uri = state.lineage.status.champion_uri
-        base_ref = base_ref or state.lineage.spec.base_model.uri  # generation 0: what a server loads as the base
-        console.print(f"champion {state.lineage.status.champion}: {uri}")
-    quiet_models()
-    try:
-        path = export_generation(uri, out, form=chosen, base_ref=base_ref)
-    except GenerationError as exc:
-        raise fail(str(exc)) from exc
-    where = out if "://" in out else str(path)
-    console.print(f"wrote the {chosen.value} form to {where}")
-    if chosen == ServableForm.MERGED:
-        console.print(f"[dim]load: AutoModelForCausalLM.from_pretrained({where!r})  ·  vllm serve {where}[/dim]")
-    else:
-        base = base_ref or uri
-        console.print(f"[dim]load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})  ·  "
-                      f"vllm serve {base} --enable-lora --lora-modules champion={where}[/dim]")
-
-
-@app.command("run-phase")
-def run_phase(
-    step: Annotated[str, typer.Argument(help="consolidation, dreaming or evaluation.")],
-    config: Annotated[Path, typer.Option("--config", help="PhaseConfig JSON (in a Job: /etc/reverie/phase.json).")] = Path("/etc/reverie/phase.json"),
-) -> None:
-    """Run one phase of a cycle (the Job contract; what phase Jobs and local mode execute)."""
-    from reverie.workloads.run_phase import run_phase as run
-
-    raise typer.Exit(run(step, str(config)))
+from reverie.cli.app import KubeconfigOpt, NamespaceOpt, app, console, err, fail, show
 
 
 @app.command()
@@ -343,8 +62,7 @@ def operator(
     controller_main.run(**{k: v for k, v in offered.items() if k in accepted})
 
 
-# --------------------------------------------------------------------------- cluster verbs
-class Kube:
+class ClusterClient:
     """The few API calls the cluster verbs make (kubernetes client, loaded lazily)."""
 
     def __init__(self, kubeconfig: Path | None, namespace: str | None) -> None:
@@ -420,11 +138,11 @@ class Kube:
         )
 
 
-def _cluster_lineage(name: str, namespace: str | None, kubeconfig: Path | None) -> Any:
+def cluster_lineage(name: str, namespace: str | None, kubeconfig: Path | None) -> Any:
     """A ModelLineage from the cluster as the API model (status keys of other writers ignored)."""
     from reverie.api.lineage import ModelLineage, ModelLineageStatus
 
-    obj = Kube(kubeconfig, namespace).get("modellineages", name)
+    obj = ClusterClient(kubeconfig, namespace).get("modellineages", name)
     known = {f.alias or n for n, f in ModelLineageStatus.model_fields.items()}
     status = {k: v for k, v in (obj.get("status") or {}).items() if k in known}
     return ModelLineage.model_validate({**obj, "status": status})
@@ -472,7 +190,7 @@ def status(
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
     """Sleep cycles on the cluster: phase, step attempts, gate, generation."""
-    kube = Kube(kubeconfig, namespace)
+    kube = ClusterClient(kubeconfig, namespace)
     if cycle is None:
         items = kube.list("sleepcycles", all_namespaces=all_namespaces)
         problems = status_problems(items, kube.list("modellineages", all_namespaces=all_namespaces))
@@ -555,7 +273,7 @@ def _print_problems(problems: list[str]) -> None:
 
 
 def _annotate_approval(cycle: str, value: str, namespace: str | None, kubeconfig: Path | None) -> None:
-    kube = Kube(kubeconfig, namespace)
+    kube = ClusterClient(kubeconfig, namespace)
     obj = kube.get("sleepcycles", cycle)
     phase = (obj.get("status") or {}).get("phase", "Pending")
     kube.patch("sleepcycles", cycle, {"metadata": {"annotations": {APPROVAL_ANNOTATION: value}}})
@@ -592,7 +310,7 @@ def rollback(
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
     """Pin an earlier generation as champion (patches spec.rollbackTo)."""
-    kube = Kube(kubeconfig, namespace)
+    kube = ClusterClient(kubeconfig, namespace)
     obj = kube.get("modellineages", lineage)
     if generation == "none":
         kube.patch("modellineages", lineage, {"spec": {"rollbackTo": None}})
@@ -620,7 +338,7 @@ def logs(
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
     """Logs of the pods of a cycle's phase Job."""
-    kube = Kube(kubeconfig, namespace)
+    kube = ClusterClient(kubeconfig, namespace)
     obj = kube.get("sleepcycles", cycle)
     records = (obj.get("status") or {}).get("records", [])
     if phase is not None:
@@ -678,7 +396,7 @@ def crds(
     if not apply:
         sys.stdout.write("---\n".join(crdgen.rendered_files().values()))
         return
-    kube = Kube(kubeconfig, None)
+    kube = ClusterClient(kubeconfig, None)
     ext = kube.client.ApiextensionsV1Api(kube.api)
     from kubernetes.client.exceptions import ApiException
 
@@ -695,17 +413,3 @@ def crds(
         crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
         kube._call(f"CRD {name}", ext.replace_custom_resource_definition, name, crd)
         console.print(f"customresourcedefinition/{name} configured")
-
-
-def main() -> None:
-    """Console-script entry point (``reverie`` and ``kubectl-reverie``)."""
-    # Before anything imports torch or the HF hub: no downloads, one BLAS thread
-    # (tiny models on a shared CPU are fastest that way); the user may override.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Kopf handlers of SleepCycle: observe, plan, write status, act.
+"""The SleepCycle reconciler: observe, plan, write status, act.
 
 Every trigger — the cycle created or resumed at start-up, its spec or
 annotations changed, one of its Jobs changed, a requeue timer, the periodic
@@ -14,12 +14,10 @@ resync — ends in the same level-based :meth:`Reconciler.reconcile`:
 4. after an action that changed the lineage (claim, record, promote, reject)
    the cycle is planned again at once against the fresh lineage.
 
-Reconciles of one cycle never overlap (a per-cycle task; triggers that arrive
-meanwhile coalesce into one more pass), and at most ``max_concurrent`` cycles
-reconcile at once.  Kopf's bookkeeping lives in annotations under
-``kopf.reverie.dev``; our periodic resync is a single operator-wide loop
-rather than per-object Kopf timers, which would put a finalizer on every cycle
-and block its deletion whenever the operator is down.
+Reconciles of one cycle never overlap and at most ``max_concurrent`` cycles
+reconcile at once (:mod:`reverie.controller.workqueue`); the metrics of a pass
+are exported by :mod:`reverie.controller.cycle_metrics`; the Kopf handlers that
+trigger it are in :mod:`reverie.controller.cycle_handlers`.
 """
 
 from __future__ import annotations
@@ -27,33 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import kopf
-
-from reverie import GROUP, KOPF_PREFIX, VERSION
 from reverie.api.base import Engine
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
     Phase,
-    PhaseRecord,
     SleepCycle,
     SleepCycleStatus,
-    Step,
     StepResult,
 )
-from reverie.controller import admission, metrics, promotion
+from reverie.controller import cycle_metrics, lineage_status, metrics, promotion
+from reverie.controller.events import emit_event
 from reverie.controller.jobs import LABEL_CYCLE, Owner, observe, render
 from reverie.controller.kube import (
     CONFIGMAPS,
-    EVENTS,
     JOBS,
     JOBSETS,
     MODELLINEAGES,
@@ -61,13 +52,12 @@ from reverie.controller.kube import (
     SERVICES,
     SLEEPCYCLES,
     TRAINJOBS,
-    ApiError,
     Kube,
     Obj,
     Resource,
-    authorization_header,
-    load_configuration,
 )
+from reverie.controller.options import Options
+from reverie.controller.workqueue import WorkQueue
 from reverie.core import lineage as rules
 from reverie.core.observed import JobState, ObservedJob
 from reverie.core.planner import (
@@ -87,37 +77,13 @@ from reverie.core.planner import (
 
 log = logging.getLogger(__name__)
 
-CONTROLLER = "sleepcycle"
-COMPONENT = "reverie-operator"
 ENGINE_RESOURCES = {Engine.JOB: JOBS, Engine.TRAINJOB: TRAINJOBS, Engine.JOBSET: JOBSETS}
 # Re-plan at most this often in one pass after lineage actions (claim → record → promote → done).
 MAX_PASSES = 5
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass
-class Options:
-    """Operator knobs (``reverie operator`` flags; REVERIE_* env vars for ``kopf run``)."""
-
-    resync_seconds: float = float(os.environ.get("REVERIE_RESYNC_SECONDS", "30"))
-    # Reconciles are I/O-bound (a handful of sequential API calls each): many may wait at once.
-    max_concurrent: int = int(os.environ.get("REVERIE_MAX_CONCURRENT_RECONCILES", "64"))
-    kubeconfig: str | None = os.environ.get("REVERIE_KUBECONFIG") or os.environ.get("KUBECONFIG") or None
-    # The admission webhook (controller/admission.py): off without a port.
-    webhook_port: int | None = int(os.environ["REVERIE_WEBHOOK_PORT"]) if os.environ.get("REVERIE_WEBHOOK_PORT") else None
-    webhook_cert_dir: str | None = os.environ.get("REVERIE_WEBHOOK_CERT_DIR") or None
-    webhook_addr: str | None = os.environ.get("REVERIE_WEBHOOK_ADDR") or None  # default: every interface
-
-
-@dataclass
-class _Seen:
+class Seen:
     """What this process remembers of a cycle between passes (only for metrics and wake-ups)."""
 
     lineage: str = ""
@@ -127,83 +93,51 @@ class _Seen:
     reconciled_at: float = 0.0  # time.monotonic() of the last pass that completed
 
 
+
 @dataclass
 class Reconciler:
     """Runs reconciles: one at a time per cycle, a bounded number at once, with requeues."""
 
     kube: Kube
     options: Options = field(default_factory=Options)
-    clock: Callable[[], datetime] = utcnow
-    seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)
-    _running: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
-    _dirty: set[tuple[str, str]] = field(default_factory=set)
-    _timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
+    clock: Callable[[], datetime] = lineage_status.utcnow
+    seen: dict[tuple[str, str], Seen] = field(default_factory=dict)
     _engines: dict[str, bool] = field(default_factory=dict)
-    _sem: asyncio.Semaphore | None = None
     last_resync: float = field(default_factory=time.monotonic)
+    queue: WorkQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self.reconcile_once, max_concurrent=self.options.max_concurrent)
 
     # --- scheduling ---------------------------------------------------------
     def trigger(self, namespace: str, name: str) -> None:
         """Reconcile soon; coalesces with a pass already running."""
-        key = (namespace, name)
-        if key in self._running:
-            self._dirty.add(key)
-            return
-        self._running[key] = asyncio.get_running_loop().create_task(self._run(key), name=f"reconcile {namespace}/{name}")
+        self.queue.trigger(namespace, name)
 
     def requeue(self, namespace: str, name: str, seconds: float) -> None:
-        key = (namespace, name)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + max(0.0, seconds)
-        current = self._timers.get(key)
-        if current is not None and current[0] <= due:
-            return
-        if current is not None:
-            current[1].cancel()
-        self._timers[key] = (due, loop.call_at(due, self._fire, key))
-
-    def _fire(self, key: tuple[str, str]) -> None:
-        self._timers.pop(key, None)
-        self.trigger(*key)
+        self.queue.requeue(namespace, name, seconds)
 
     def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        seen = self.seen.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer[1].cancel()
-        if seen is not None and seen.phase is not None:
-            with contextlib.suppress(KeyError):
-                metrics.cycle_phase.remove(namespace, seen.lineage, name, seen.phase)
-
-    async def _run(self, key: tuple[str, str]) -> None:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.options.max_concurrent)
-        try:
-            while True:
-                self._dirty.discard(key)
-                async with self._sem:
-                    await self.reconcile_once(*key)
-                if key not in self._dirty:
-                    break
-        finally:
-            self._running.pop(key, None)
+        seen = self.seen.pop((namespace, name), None)
+        self.queue.cancel_requeue(namespace, name)
+        if seen is not None:
+            cycle_metrics.forget_cycle(namespace=namespace, lineage=seen.lineage, name=name, shown_phase=seen.phase)
 
     async def reconcile_once(self, namespace: str, name: str) -> None:
         """One reconcile with metrics; errors are logged and retried later, never raised."""
         start = time.monotonic()
         try:
             await self.reconcile(namespace, name)
-            metrics.reconcile_total.labels(controller=CONTROLLER, result="success").inc()
+            metrics.reconcile_total.labels(controller=cycle_metrics.CONTROLLER, result="success").inc()
             if (seen := self.seen.get((namespace, name))) is not None:
                 seen.reconciled_at = time.monotonic()
         except Exception:
             log.exception("reconcile of SleepCycle %s/%s failed; retrying", namespace, name)
-            metrics.reconcile_total.labels(controller=CONTROLLER, result="error").inc()
-            metrics.reconcile_errors_total.labels(controller=CONTROLLER).inc()
+            metrics.reconcile_total.labels(controller=cycle_metrics.CONTROLLER, result="error").inc()
+            metrics.reconcile_errors_total.labels(controller=cycle_metrics.CONTROLLER).inc()
             self.requeue(namespace, name, min(30.0, self.options.resync_seconds))
         finally:
-            metrics.reconcile_duration_seconds.labels(controller=CONTROLLER).observe(time.monotonic() - start)
+            metrics.reconcile_duration_seconds.labels(controller=cycle_metrics.CONTROLLER).observe(time.monotonic() - start)
 
     async def resync_forever(self) -> None:
         """The level-based backstop: every live cycle is reconciled at least this often."""
@@ -233,7 +167,7 @@ class Reconciler:
             return False
         cycle = SleepCycle.model_validate(obj)
         key = (namespace, name)
-        seen = self.seen.setdefault(key, _Seen())
+        seen = self.seen.setdefault(key, Seen())
         seen.lineage = cycle.spec.lineage_ref
         old_phase = Phase(cycle.status.phase)
         if old_phase in TERMINAL_PHASES and seen.terminal and cycle.spec.ttl_seconds_after_finished is None:
@@ -241,7 +175,7 @@ class Reconciler:
         lineage_obj, (observed, kinds) = await asyncio.gather(
             self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref), self._observe(cycle),
         )
-        lineage = promotion.parse_lineage(lineage_obj) if lineage_obj is not None else None
+        lineage = lineage_status.parse_lineage(lineage_obj) if lineage_obj is not None else None
         now = self.clock()
         result = plan(cycle, observed=observed, lineage=lineage, now=now)
         result = await self._check_engines(cycle, result, observed=observed, lineage=lineage, now=now)
@@ -258,7 +192,7 @@ class Reconciler:
         done = await asyncio.gather(*writes)
         if result.status != cycle.status:
             seen.written_rv = done[0]["metadata"]["resourceVersion"]
-        self._export(cycle, result.status, seen, observed=observed)
+        seen.phase = cycle_metrics.export_cycle(cycle, result.status, shown_phase=seen.phase, observed=observed)
         lineage_changed = False
         # Deletes next, lineage actions after, Events last and concurrently.
         events = [a for a in result.actions if isinstance(a, EmitEvent)]
@@ -385,19 +319,19 @@ class Reconciler:
         # may see another holder, which we know nothing about).
         action = ClaimLineage(lineage)
         try:
-            written = await promotion.update_lineage(
+            written = await lineage_status.update_lineage(
                 self.kube, namespace=ns, lineage=lineage,
                 rule=lambda lin: rules.apply_lineage_action(
                     lin, action, cycle=me, now=self.clock(),
                     holder_finished=finished and lin.status.active_cycle == holder).status,
             )
-        except promotion.LineageNotFound:
+        except lineage_status.LineageNotFound:
             return False
         return bool((written.get("status") or {}).get("activeCycle") == me)
 
     async def _release(self, cycle: SleepCycle, lineage: str) -> None:
         ns, me = cycle.metadata.namespace, cycle.metadata.name
-        with contextlib.suppress(promotion.LineageNotFound):
+        with contextlib.suppress(lineage_status.LineageNotFound):
             await promotion.apply_action(self.kube, namespace=ns, cycle=me, action=ReleaseLineage(lineage))
         # Wake the cycles waiting for this lineage now rather than at their next requeue.
         for (wns, wname), seen in list(self.seen.items()):
@@ -405,196 +339,10 @@ class Reconciler:
                 self.trigger(wns, wname)
 
     async def _event(self, obj: Obj, action: EmitEvent) -> None:
-        meta = obj["metadata"]
-        now = _iso(self.clock())
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SleepCycle", "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta["uid"],
-            },
-            "reason": action.reason[:128], "message": action.message[:1024], "type": action.type,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": COMPONENT}, "reportingComponent": f"{GROUP}/operator",
-            "reportingInstance": socket.gethostname()[:128],
-        }
-        try:
-            await self.kube.create(EVENTS, meta["namespace"], body)
-        except ApiError as exc:  # an Event is never worth failing a reconcile
-            log.warning("could not post event %s on %s: %s", action.reason, meta["name"], exc)
-
-    # --- metrics --------------------------------------------------------------------------
-    def _export(self, cycle: SleepCycle, new: SleepCycleStatus, seen: _Seen, *, observed: list[ObservedJob]) -> None:
-        ns, name, lin = cycle.metadata.namespace, cycle.metadata.name, cycle.spec.lineage_ref
-        old = cycle.status
-        phase = Phase(new.phase)
-        if seen.phase != phase.value:
-            if seen.phase is not None:
-                with contextlib.suppress(KeyError):
-                    metrics.cycle_phase.remove(ns, lin, name, seen.phase)
-            if phase in TERMINAL_PHASES:
-                with contextlib.suppress(KeyError):
-                    metrics.cycle_phase.remove(ns, lin, name, phase.value)
-            else:
-                metrics.cycle_phase.labels(namespace=ns, lineage=lin, cycle=name, phase=phase.value).set(1)
-            seen.phase = phase.value
-        if phase in TERMINAL_PHASES and Phase(old.phase) not in TERMINAL_PHASES:
-            metrics.cycles_total.labels(namespace=ns, lineage=lin, outcome=phase.value).inc()
-            if new.start_time and new.completion_time:
-                metrics.cycle_duration_seconds.labels(outcome=phase.value).observe(
-                    (new.completion_time - new.start_time).total_seconds())
-        before = {(r.step, r.attempt): r for r in old.records}
-        budget = cycle.spec.retries.max_attempts
-        jobs = {(o.step, o.attempt): o for o in observed}
-        for rec in new.records:
-            prev = before.get((rec.step, rec.attempt))
-            _record_metrics(rec, prev, budget=budget, records=new.records)
-            obs = jobs.get((Step(rec.step), rec.attempt))
-            final = (StepResult.SUCCEEDED, StepResult.FAILED)
-            if (rec.result in final and (prev is None or prev.result not in final)
-                    and obs is not None and obs.created and obs.started):
-                # Job created → its pods started: Kueue admission plus scheduling.
-                metrics.phase_queue_wait_seconds.labels(step=Step(rec.step).value).observe(
-                    max(0.0, (obs.started - obs.created).total_seconds()))
-        if new.gate is not None and old.gate is None:
-            promotion.observe_gate(namespace=ns, lineage=lin, decision=new.gate, candidate=new.evaluation,
-                                   champion=new.champion_evaluation or None)
-
-
-def _record_metrics(rec: PhaseRecord, prev: PhaseRecord | None, *, budget: int, records: list[PhaseRecord]) -> None:
-    step = Step(rec.step).value
-    final = (StepResult.SUCCEEDED, StepResult.FAILED)
-    if rec.result in final and (prev is None or prev.result not in final):
-        if rec.start_time and rec.completion_time:
-            metrics.phase_duration_seconds.labels(step=step, result=StepResult(rec.result).value).observe(
-                max(0.0, (rec.completion_time - rec.start_time).total_seconds()))
-        if rec.result == StepResult.FAILED:
-            metrics.phase_failures_total.labels(step=step, reason=rec.reason or "Unknown").inc()
-            failed = sum(1 for r in records if r.step == rec.step and r.result == StepResult.FAILED)
-            if failed < budget:
-                metrics.phase_retries_total.labels(step=step, reason=rec.reason or "Unknown").inc()
+        await emit_event(self.kube, obj, reason=action.reason, message=action.message, type=action.type,
+                         now=self.clock())
 
 
 def _status_patch(status: SleepCycleStatus) -> dict[str, Any]:
     """The whole status for a merge patch: None becomes null, which removes the field."""
     return status.model_dump(by_alias=True, mode="json")
-
-
-# --- Kopf wiring ------------------------------------------------------------------------------
-_reconciler: Reconciler | None = None
-_resync: asyncio.Task[None] | None = None
-OPTIONS = Options()
-
-
-def reconciler() -> Reconciler:
-    if _reconciler is None:
-        raise RuntimeError("the SleepCycle reconciler starts with the operator (on.startup)")
-    return _reconciler
-
-
-@kopf.on.startup()
-async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _reconciler, _resync
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
-    settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
-    # Our own Events say what happened; Kopf's per-handler "Handler succeeded" posts are noise.
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    # Kopf waits this long for more events of one object before handling them; our
-    # reconciles coalesce on their own, so a short window only adds latency.
-    settings.batching.batch_window = 0.01
-    settings.admission.server = admission.server(
-        port=OPTIONS.webhook_port, cert_dir=OPTIONS.webhook_cert_dir, addr=OPTIONS.webhook_addr,
-    )
-    kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
-    _reconciler = Reconciler(kube=kube, options=OPTIONS)
-    _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")
-    with contextlib.suppress(ImportError):
-        from reverie.controller import lineage_handlers
-
-        lineage_handlers.use_kube(kube)
-
-
-@kopf.on.login(id="reverie-login")
-def _login(**_: Any) -> kopf.ConnectionInfo:
-    """Kopf's credentials: the same kubeconfig / in-cluster identity as our own client."""
-    cfg = load_configuration(OPTIONS.kubeconfig)
-    token = authorization_header(cfg)
-    scheme, _sep, value = token.partition(" ") if token else (None, "", None)
-    return kopf.ConnectionInfo(
-        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
-        scheme=scheme or None, token=value or None,
-    )
-
-
-@kopf.on.cleanup()
-async def _shutdown(**_: Any) -> None:
-    global _reconciler, _resync
-    if _resync is not None:
-        _resync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await _resync
-        _resync = None
-    if _reconciler is not None:
-        for task in list(_reconciler._running.values()):
-            task.cancel()
-        await _reconciler.kube.close()
-        _reconciler = None
-
-
-@kopf.on.resume(GROUP, VERSION, "sleepcycles", id="cycle-resume")
-@kopf.on.create(GROUP, VERSION, "sleepcycles", id="cycle-create")
-@kopf.on.update(GROUP, VERSION, "sleepcycles", id="cycle-update")
-async def _cycle_changed(*, name: str, namespace: str | None, **_: Any) -> None:
-    assert namespace is not None  # SleepCycle is namespaced
-    reconciler().trigger(namespace, name)
-
-
-@kopf.on.event(GROUP, VERSION, "sleepcycles")
-async def _cycle_event(*, type: str, event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-    assert namespace is not None
-    rec = reconciler()
-    if type == "DELETED":
-        rec.forget(namespace, name)
-        return
-    seen = rec.seen.get((namespace, name))
-    body: dict[str, Any] = dict(event.get("object") or {})
-    if seen is not None and seen.written_rv == (body.get("metadata") or {}).get("resourceVersion"):
-        return  # the echo of our own status write
-    if seen is None:
-        # Unknown to this process (e.g. just restarted): one full pass, even for a finished
-        # cycle, so a lineage it still holds gets released.
-        rec.seen[(namespace, name)] = _Seen(lineage=(body.get("spec") or {}).get("lineageRef", ""))
-    rec.trigger(namespace, name)
-
-
-@kopf.on.event(GROUP, VERSION, "modellineages")
-async def _lineage_event(*, name: str, namespace: str | None, **_: Any) -> None:
-    """A lineage appeared or changed (e.g. released): wake the cycles waiting for it."""
-    assert namespace is not None
-    rec = reconciler()
-    for (ns, cycle_name), seen in list(rec.seen.items()):
-        if ns == namespace and seen.lineage == name and seen.phase in (None, Phase.PENDING.value):
-            rec.trigger(ns, cycle_name)
-
-
-def _job_matters(type_: str | None, body: kopf.Body) -> bool:
-    """Only a finished or vanished Job can change a plan; a Job we just created, or one whose
-    pods merely progress (the Job controller updates status several times per attempt), cannot."""
-    if type_ == "DELETED":
-        return True
-    if type_ is None or type_ == "ADDED":
-        # ADDED after a restart is covered by the cycles' resume; ADDED otherwise is our own create.
-        return False
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_CYCLE: kopf.PRESENT})
-async def _job_event(*, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    assert namespace is not None
-    if _job_matters(type, body):
-        reconciler().trigger(namespace, labels[LABEL_CYCLE])

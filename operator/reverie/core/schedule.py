@@ -33,11 +33,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from reverie import GROUP
+from reverie import GROUP, LINEAGE_LABEL
 from reverie.api.lineage import ScheduleSpec
 
 # Labels and annotations on scheduled cycles.
-LINEAGE_LABEL = f"{GROUP}/lineage"
 SCHEDULED_BY_LABEL = f"{GROUP}/scheduled-by"
 SCHEDULED_AT_ANNOTATION = f"{GROUP}/scheduled-at"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.generation import HFBackend, combine_adapters, make_backend
 from reverie.workloads.memory import question_prompt
 from reverie.workloads.modelio import load_generation, save_generation
+from reverie.workloads.sampling import HFBackend, combine_adapters, make_backend
 from reverie.workloads.tiny import TinyBase
 
 
@@ -125,7 +125,7 @@ def test_combined_adapter_is_the_exact_sum_of_slots(slotted, tmp_path: Path) -> 
 
 
 def test_unknown_backend_is_rejected(tiny_base: TinyBase) -> None:
-    with pytest.raises(ValueError, match="unknown generation backend"):
+    with pytest.raises(ValueError, match="unknown sampling backend"):
         make_backend("tgi", None, None)
     with pytest.raises(ValueError, match="pass folder"):
         make_backend("vllm", None, None)
