@@ -677,6 +677,7 @@ def run(config: Any) -> Any:
     from reverie.api.sleepcycle import Step
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
+    from reverie.workloads import objects
     from reverie.workloads.expansion import add_slot, slot_parameters
     from reverie.workloads.generation import HFBackend, make_backend
     from reverie.workloads.heldout import HeldOut
@@ -831,15 +832,15 @@ def run(config: Any) -> Any:
         "memories": [m.id for m in memories][:256], "rank": spec.expert_rank,
     }]
     model_uri = cfg.output_uri.rstrip("/") + "/model"
-    folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
+    # Thin: only what the lineage's object area lacks (this sleep's slot, small files) is written.
+    folder = save_generation(model, tok, model_uri, slots=[*earlier, slot], ledger=ledger,
+                             objects_uri=objects.area(cfg.store_uri, cfg.lineage))
     digest = content_hash(folder)
     # Keep what this sleep learned beside the model: later cycles replay its
     # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
     learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
     with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
         fh.write(learned)
-    if remote:
-        stage_out(folder, model_uri)
     tail = state.history[-max(1, len(state.history) // 10):]
 
     def tail_mean(key: str) -> float:

@@ -672,6 +672,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
+    from reverie.workloads import objects
     from reverie.workloads.modelio import content_hash, save_generation, stage_out
 
     spec = config.dreaming
@@ -711,11 +712,12 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ledger["slots"] = [*ledger.get("slots", []), notes]
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
-    folder = save_generation(dreamer.model, dreamer.tokenizer, out_dir / "model", slots=[*gen.slots, dreamer.slot],
-                             ledger=ledger)
+    model_uri = f"{config.output_uri.rstrip('/')}/model"
+    # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.
+    folder = save_generation(dreamer.model, dreamer.tokenizer, model_uri, slots=[*gen.slots, dreamer.slot],
+                             ledger=ledger, objects_uri=objects.area(config.store_uri, config.lineage))
     (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
     stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
-    model_uri = stage_out(folder, f"{config.output_uri.rstrip('/')}/model")
     metrics: dict[str, float] = {
         "contexts": float(len(contexts)),
         "dreams_generated": float(len(state.dreams)),
