@@ -192,8 +192,8 @@ def _verify(path: Path, f: mf.FileEntry) -> bool:
 
 def _corrupt(uri: str, f: mf.FileEntry, source: str) -> GenerationError:
     return GenerationError(
-        f"{uri}: {f.path} ({source}) does not match the generation's manifest (sha256 {f.sha256[:12]}…, "
-        f"{f.size} bytes); the store copy is corrupt or was changed after it was committed"
+        f"{uri}: {f.path} does not match the generation's manifest (sha256 {f.sha256[:12]}…, "
+        f"{f.size} bytes); the store copy ({source}) is corrupt or was changed after it was committed"
     )
 
 
