@@ -13,6 +13,12 @@ Base weights never change during a sleep; each sleep adds one slot.  A slot
 folder is a standard PEFT adapter, so vLLM (``LoRARequest``) and ``peft`` load
 it as is.
 
+The phases write generations **thin** (``save_generation(..., objects_uri=)``,
+:mod:`reverie.workloads.objects`): the weights live once in the lineage's
+object area and the folder keeps the manifest and the small files, so a sleep
+stores its new slot, not the base again.  Loading a thin generation
+materializes it (staging), so every loader still reads the layout above.
+
 Generations in an object store (``s3://`` ...) or on the Hub (``hf://``) are
 read through the staging cache (:func:`stage_in`, :mod:`reverie.workloads.staging`)
 and written by :func:`stage_out`, which commits a generation the only way an
