@@ -225,3 +225,25 @@ def test_sweep_keeps_every_object_a_retained_generation_references(tiny_base: Ti
     assert objects.sweep(str(root / LINEAGE), grace_s=0) == sorted(only_dropped)
     assert set(area_files(area)).isdisjoint(only_dropped)
     assert load_generation(kept).slots == ["slot-0"], "the retained generation still loads"
+
+
+def test_the_servable_forms_of_a_thin_generation_load_without_reverie(tiny_base: TinyBase, tmp_path: Path, cache) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from reverie.workloads.export import export_generation
+    from reverie.workloads.modelio import Generation
+
+    gen = load_generation(tiny_base.folder)
+    model, slots = sleep(gen, seed=10)
+    thin = save_generation(model, gen.tokenizer, str(tmp_path / "store" / LINEAGE / "c1/consolidation/model"),
+                           slots=slots, ledger=gen.ledger, objects_uri=objects.area(str(tmp_path / "store"), LINEAGE))
+    reverie = logits_of(load_generation(thin))
+    merged = export_generation(thin, tmp_path / "merged", form="merged")
+    plain = Generation(model=AutoModelForCausalLM.from_pretrained(merged), tokenizer=gen.tokenizer)
+    assert (logits_of(plain) - reverie).abs().max().item() < 1e-4
+    adapter = export_generation(thin, tmp_path / "adapter", form="adapter")
+    named = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str(tiny_base.folder), "a thin folder has no weights a server could load: the ledger's base is named"
+    served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), adapter)
+    assert (logits_of(Generation(model=served, tokenizer=gen.tokenizer)) - reverie).abs().max().item() < 1e-4
