@@ -187,7 +187,7 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
     assert run.returncode == 0, run.stderr[-3000:]
     (zero3,) = events(run.stdout, "zero3")
     assert zero3["ranks"] == 2 and all(0 < h < zero3["total"] for h in zero3["held"]), "weights really partitioned"
-    assert events(run.stdout, "resumed")[0] == {"event": "resumed", "step": 3, "ranks": 2,
+    assert events(run.stdout, "resumed")[0] == {"event": "resumed", "phase": "consolidation", "step": 3, "ranks": 2,
                                                 "checkpoint": str(out / "checkpoints/step-00000003")}
     result = parse_result((out / "result.json").read_text(), step="consolidation")
     assert (result.metrics["steps"], result.metrics["steps_this_attempt"]) == (6.0, 3.0)

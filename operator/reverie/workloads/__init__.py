@@ -22,13 +22,17 @@ Shared building blocks (stable interfaces; other phases build on them):
 ``modelio`` — generations on disk (HF folder + ``slots.json`` + ``slots/<name>/`` PEFT adapters).
     ``load_generation(uri, dtype=, trainable=False) -> Generation`` (``.model`` — a ``PeftModel``
     when it has slots, all active and frozen —, ``.tokenizer``, ``.slots``, ``.folder``);
-    ``save_generation(model, tokenizer, uri, slots=None, ledger=None) -> Path`` (atomic);
+    ``save_generation(model, tokenizer, uri, slots=None, ledger=None, objects_uri=None) -> Path`` (atomic;
+    with ``objects_uri`` a thin generation over that object area);
     ``content_hash(folder) -> "sha256:..."``; ``stage_in(uri) -> Path``; ``stage_out(folder, uri)``
     (a generation is committed by its manifest, written last); ``publish_generation(folder, uri)``;
     ``activate_slots(peft_model, names)``.
 
 The store: ``store`` (fsspec trees: ``upload_tree`` with pointer files last, ``download_tree``,
-``list_tree``), ``manifest`` (a generation's files, sha256s and content hash: its commit marker),
+``list_tree``), ``manifest`` (a generation's files, sha256s and content hash: its commit marker;
+version 2 marks the files kept in the object area), ``objects`` (the lineage's content-addressed
+object area ``<store>/<lineage>/objects/sha256/<hex>``: ``area(store, lineage)``, ``commit(folder, uri,
+area_uri=)`` writes a thin generation, ``sweep(lineage_uri, grace_s=)`` reclaims unreferenced objects),
 ``staging`` (the staging cache: ``stage_generation(uri, cache=StagingCache.from_env())`` for store
 URIs and ``hf://org/model[@revision]``, verified, evicted by size).
 

@@ -686,6 +686,7 @@ def run(config: Any) -> Any:
 
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
+    from reverie.workloads import objects
     from reverie.workloads.expansion import add_slot, slot_parameters
     from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
@@ -887,15 +888,15 @@ def run(config: Any) -> Any:
     model_uri = cfg.output_uri.rstrip("/") + "/model"
 
     def write_generation() -> str:
-        folder = save_generation(model, tok, work / "model", slots=[*earlier, slot], ledger=ledger)
+        # Thin: only what the lineage's object area lacks (this sleep's slot, small files) is written.
+        folder = save_generation(model, tok, model_uri, slots=[*earlier, slot], ledger=ledger,
+                                 objects_uri=objects.area(cfg.store_uri, cfg.lineage))
         digest = content_hash(folder)
         # Keep what this sleep learned beside the model: later cycles replay its
         # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
         learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
         with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
             fh.write(learned)
-        if remote:
-            stage_out(folder, model_uri)
         return digest
 
     # ZeRO-3: every rank gathers the whole model (not the empty shards) before rank 0 saves it.

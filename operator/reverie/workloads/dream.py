@@ -627,6 +627,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
+    from reverie.workloads import objects
     from reverie.workloads.modelio import content_hash, save_generation, stage_out
 
     spec = config.dreaming
@@ -670,11 +671,13 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     from reverie.workloads import distributed
 
     def write_generation() -> tuple[str, str]:
-        folder = save_generation(dreamer.model, dreamer.tokenizer, out_dir / "model",
-                                 slots=[*gen.slots, dreamer.slot], ledger=ledger)
+        model_uri = f"{config.output_uri.rstrip('/')}/model"
+        # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.
+        folder = save_generation(dreamer.model, dreamer.tokenizer, model_uri, slots=[*gen.slots, dreamer.slot],
+                                 ledger=ledger, objects_uri=objects.area(config.store_uri, config.lineage))
         (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
         stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
-        return stage_out(folder, f"{config.output_uri.rstrip('/')}/model"), content_hash(folder)
+        return model_uri, content_hash(folder)
 
     # Every rank holds the same model (same dreams, same M-step); rank 0 alone writes it.
     model_uri, digest = distributed.on_main(distributed.world_from_env(), write_generation)

@@ -179,7 +179,7 @@ def export_generation(
             if form == ServableForm.MERGED:
                 _write_merged(gen, stacked, tmp)
             else:
-                _write_adapter(gen, stacked, tmp, base_ref=base_ref or str(uri))
+                _write_adapter(gen, stacked, tmp, base_ref=base_ref or _default_base_ref(uri, gen))
         manifest = {
             "form": form.value, "generation": str(uri), "generationHash": content_hash(gen.folder),
             "slots": list(gen.slots), "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
@@ -194,6 +194,27 @@ def export_generation(
     if remote:
         stage_out(target, str(out))
     return target
+
+
+def _default_base_ref(uri: str | Path, gen: Generation) -> str:
+    """What the adapter form names as its base when the caller names none.
+
+    A full generation folder holds its base weights, so it names itself.  A
+    thin one (its weights in the store's object area, which no server reads)
+    names the base model it grew from, recorded in its ledger.
+    """
+    from reverie.workloads import manifest as mf
+    from reverie.workloads import objects
+
+    where = str(uri)
+    marker = objects.committed(where) if is_remote(where) else (
+        mf.read(local_path(where)) if (local_path(where) / mf.MANIFEST).is_file() else None)
+    if marker is None or not marker.thin:
+        return where
+    base = (gen.ledger.get("base") or {}).get("uri")
+    if not base:
+        raise ExportError(f"{uri} is a thin generation and its ledger names no base model; pass base_ref (--base-ref)")
+    return str(base)
 
 
 def _rank(adapter: Path) -> int:

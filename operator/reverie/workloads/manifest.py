@@ -14,15 +14,31 @@ sha256, so stray or half-replaced objects are never read as the model.
 
 The content hash is the sha256 of the sorted ``path, size, sha256`` lines, so
 it can be checked against the file list without the bytes, and two folders
-with the same files have the same hash wherever they are stored.  A
-content-addressed layout (files kept once under their sha256) needs nothing
-more than what a manifest already says.
+with the same files have the same hash wherever they are stored.
+
+A **thin** generation (version 2, written by the phases; see
+:mod:`reverie.workloads.objects`) keeps its large files once in the lineage's
+object area instead of in its folder::
+
+    {"kind": "GenerationManifest", "version": 2, "contentHash": "sha256:<hex>",
+     "objects": "../../../objects",
+     "files": [{"path": "config.json", "size": 734, "sha256": "<hex>"},
+               {"path": "model.safetensors", "size": 538090408, "sha256": "<hex>", "object": true}, ...]}
+
+``objects`` is relative to the generation folder (so a store can be moved);
+a file marked ``object`` is at ``<objects>/sha256/<its sha256>``, the others
+are in the folder.  The content hash is computed exactly as for a full folder,
+so a thin generation and its materialized copy (:meth:`Manifest.materialized`,
+what the staging cache holds) have the same hash.  Version 1 (every file in the
+folder) is what full folders carry and is read as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +48,12 @@ MANIFEST = "manifest.json"
 # plain Hugging Face folder (a base model) has none.
 LEDGER = "slots.json"
 KIND = "GenerationManifest"
-VERSION = 1
+VERSION = 1  # every file in the folder
+THIN_VERSION = 2  # large files in the object area, the rest in the folder
 # Files that describe a run, not the model, and the marker itself: never part of the content.
 EXCLUDE = frozenset({MANIFEST, "result.json"})
 EXCLUDE_DIRS = ("checkpoints/",)
+HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class GenerationError(ValueError):
@@ -53,24 +71,47 @@ class FileEntry:
     path: str
     size: int
     sha256: str
+    in_objects: bool = False  # its bytes are in the object area, not in the folder
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The files of a generation and their content hash."""
+    """The files of a generation and their content hash (and, for a thin one, where its objects are)."""
 
     files: tuple[FileEntry, ...]
     content_hash: str
+    objects: str | None = None  # thin generations: the object area, relative to the folder
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def thin(self) -> bool:
+        return self.objects is not None
+
+    def thinned(self, objects: str, *, to_objects: Callable[[FileEntry], bool]) -> Manifest:
+        """The same content with the files ``to_objects`` picks in the object area at ``objects``."""
+        files = tuple(FileEntry(f.path, f.size, f.sha256, in_objects=to_objects(f)) for f in self.files)
+        return Manifest(files=files, content_hash=self.content_hash, objects=objects)
+
+    def materialized(self) -> Manifest:
+        """The same content with every file in the folder (version 1): what a staged copy carries."""
+        files = tuple(FileEntry(f.path, f.size, f.sha256) for f in self.files)
+        return Manifest(files=files, content_hash=self.content_hash)
+
     def to_json(self) -> str:
-        return json.dumps({
-            "kind": KIND, "version": VERSION, "contentHash": self.content_hash,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
-        }, indent=1) + "\n"
+        def entry(f: FileEntry) -> dict[str, Any]:
+            out: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256}
+            if f.in_objects:
+                out["object"] = True
+            return out
+
+        head: dict[str, Any] = {"kind": KIND, "version": THIN_VERSION if self.thin else VERSION,
+                                "contentHash": self.content_hash}
+        if self.thin:
+            head["objects"] = self.objects
+        return json.dumps({**head, "files": [entry(f) for f in self.files]}, indent=1) + "\n"
 
 
 def included(rel: str) -> bool:
@@ -121,21 +162,34 @@ def parse(text: str, *, where: str) -> Manifest:
         raise ManifestError(f"{where}: not valid JSON ({exc.msg}); the commit marker is corrupt") from exc
     if not isinstance(raw, dict) or raw.get("kind") != KIND:
         raise ManifestError(f"{where}: not a {KIND} (kind {raw.get('kind') if isinstance(raw, dict) else None!r})")
-    if raw.get("version") != VERSION:
-        raise ManifestError(f"{where}: manifest version {raw.get('version')!r}; this Reverie reads version {VERSION}")
+    version = raw.get("version")
+    if version not in (VERSION, THIN_VERSION):
+        raise ManifestError(
+            f"{where}: manifest version {version!r}; this Reverie reads versions {VERSION} and {THIN_VERSION}"
+        )
+    objects = raw.get("objects") if version == THIN_VERSION else None
+    if version == THIN_VERSION and (
+        not isinstance(objects, str) or not objects or "://" in objects or objects.startswith("/")
+    ):
+        raise ManifestError(f"{where}: 'objects' must be a path relative to the generation folder (got {objects!r})")
     try:
         files = tuple(
-            FileEntry(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"])) for f in raw["files"]
+            FileEntry(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]),
+                      in_objects=f.get("object") is True)
+            for f in raw["files"]
         )
         claimed = str(raw["contentHash"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"{where}: malformed file list ({exc!r})") from exc
     for f in files:
         if f.path.startswith("/") or ".." in f.path.split("/") or not included(f.path):
             raise ManifestError(f"{where}: file path {f.path!r} is not allowed in a generation")
+        if f.in_objects and (objects is None or not HEX.fullmatch(f.sha256)):
+            raise ManifestError(f"{where}: {f.path} is marked as an object but the manifest has no object area "
+                                "or its sha256 is not 64 hex digits")
     if digest(files) != claimed:
         raise ManifestError(f"{where}: contentHash {claimed} does not match its file list ({digest(files)})")
-    return Manifest(files=files, content_hash=claimed)
+    return Manifest(files=files, content_hash=claimed, objects=objects)
 
 
 def read(folder: str | Path) -> Manifest | None:

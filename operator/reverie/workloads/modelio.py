@@ -13,6 +13,12 @@ Base weights never change during a sleep; each sleep adds one slot.  A slot
 folder is a standard PEFT adapter, so vLLM (``LoRARequest``) and ``peft`` load
 it as is.
 
+The phases write generations **thin** (``save_generation(..., objects_uri=)``,
+:mod:`reverie.workloads.objects`): the weights live once in the lineage's
+object area and the folder keeps the manifest and the small files, so a sleep
+stores its new slot, not the base again.  Loading a thin generation
+materializes it (staging), so every loader still reads the layout above.
+
 Generations in an object store (``s3://`` ...) or on the Hub (``hf://``) are
 read through the staging cache (:func:`stage_in`, :mod:`reverie.workloads.staging`)
 and written by :func:`stage_out`, which commits a generation the only way an
@@ -36,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 
 from reverie.workloads import manifest as mf
-from reverie.workloads import staging, store
+from reverie.workloads import objects, staging, store
 from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
 from reverie.workloads.store import is_remote, local_path
 
@@ -69,6 +75,13 @@ def publish_generation(folder: str | Path, uri: str, *, cache: bool = True) -> M
     """
     folder = Path(folder)
     local = mf.read(folder) or mf.write(folder)
+    if local.thin:
+        if objects.committed(uri) == local:
+            return local  # the thin generation this folder is the local copy of, already committed there
+        raise GenerationError(
+            f"{folder} is a thin generation (its large files are in its store's object area); "
+            "publish the full folder it was written from, or load it and save it again"
+        )
     marker = store.join(uri, MANIFEST)
     text = store.read_text(marker)
     if text is not None:
@@ -116,7 +129,14 @@ def stage_out(folder: str | Path, uri: str) -> str:
 
 
 def content_hash(folder: str | Path) -> str:
-    """``sha256:<hex>`` of a generation's files (see :mod:`reverie.workloads.manifest`); deterministic."""
+    """``sha256:<hex>`` of a generation's files (see :mod:`reverie.workloads.manifest`); deterministic.
+
+    A full folder is hashed from its bytes; a thin one (its large files in the
+    object area) has the hash its manifest was committed with, the same as its full copy's.
+    """
+    local = mf.read(folder) if (Path(folder) / MANIFEST).is_file() else None
+    if local is not None and local.thin:
+        return local.content_hash
     return mf.build(folder).content_hash
 
 
@@ -229,7 +249,7 @@ def save_slot(model: Any, name: str, folder: Path) -> None:
 
 def save_generation(
     model: Any, tokenizer: Any, uri: str | Path, *, slots: Sequence[str] | None = None,
-    ledger: dict[str, Any] | None = None,
+    ledger: dict[str, Any] | None = None, objects_uri: str | None = None,
 ) -> Path:
     """Write a generation folder (base weights, tokenizer, ``slots``, manifest) atomically; returns the local folder.
 
@@ -237,7 +257,14 @@ def save_generation(
     The folder is assembled next to the target and renamed into place, so a
     crash never leaves a half-written generation.  For a remote ``uri`` the
     local copy is uploaded and committed with :func:`stage_out`.
+
+    With ``objects_uri`` (the lineage's object area, :func:`reverie.workloads.objects.area`)
+    the generation is committed **thin** at ``uri``: its large files go to the
+    area unless it holds them already, so an unchanged base is never written
+    twice (:func:`_save_thin`).
     """
+    if objects_uri is not None:
+        return _save_thin(model, tokenizer, str(uri), slots=slots, ledger=ledger, objects_uri=objects_uri)
     remote = is_remote(str(uri))
     target = Path(tempfile.mkdtemp(prefix="reverie-gen-")) / "model" if remote else local_path(str(uri))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -259,3 +286,38 @@ def save_generation(
     if remote:
         stage_out(target, str(uri))
     return target
+
+
+def _save_thin(
+    model: Any, tokenizer: Any, uri: str, *, slots: Sequence[str] | None, ledger: dict[str, Any] | None,
+    objects_uri: str,
+) -> Path:
+    """Assemble the full folder in scratch space, commit it thin at ``uri``; returns a local folder of it.
+
+    On a local store the scratch folder is on the store's disk (beside the
+    target), so a new object is a hard link of the file just written, and the
+    returned folder is the thin generation itself.  For an object store the
+    full copy enters this node's staging cache (the next phase here downloads
+    nothing) and that copy is returned; without a cache, the scratch folder is.
+    """
+    remote = is_remote(uri)
+    parent = None if remote else local_path(uri).parent
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tmp-full-", dir=parent)) / "model"
+    try:
+        save_generation(model, tokenizer, scratch, slots=slots, ledger=ledger)
+        objects.commit(scratch, uri, area_uri=objects_uri)
+        if not remote:
+            return local_path(uri)
+        full = mf.read(scratch)
+        assert full is not None
+        cache = staging.StagingCache.from_env()
+        staging.adopt(scratch, full, cache=cache, source=uri)
+        if cache is None:
+            kept = Path(tempfile.mkdtemp(prefix="reverie-gen-")) / "model"
+            os.replace(scratch, kept)
+            return kept
+        return cache.entry(full.content_hash)
+    finally:
+        shutil.rmtree(scratch.parent, ignore_errors=True)

@@ -182,23 +182,82 @@ def _emit(**values: Any) -> None:
     emit_progress(ProgressEvent("staged", values=values), stream=sys.stderr)
 
 
+
 # --------------------------------------------------------------------------- #
 # Generations in the store
 # --------------------------------------------------------------------------- #
 
-def _download_verified(uri: str, manifest: Manifest, target: Path) -> int:
-    """Download ``manifest``'s files from ``uri`` into ``target``, checking each one; returns the bytes."""
+def _verify(path: Path, f: mf.FileEntry) -> bool:
+    return path.stat().st_size == f.size and mf.file_sha256(path) == f.sha256
+
+
+def _corrupt(uri: str, f: mf.FileEntry, source: str) -> GenerationError:
+    return GenerationError(
+        f"{uri}: {f.path} does not match the generation's manifest (sha256 {f.sha256[:12]}…, "
+        f"{f.size} bytes); the store copy ({source}) is corrupt or was changed after it was committed"
+    )
+
+
+def _cached_files(cache: StagingCache | None) -> dict[str, Path]:
+    """Files the cache already holds, by sha256 (from its entries' manifests): a generation shares most of
+    its files with its parent, so staging it links those instead of downloading them again."""
+    found: dict[str, Path] = {}
+    if cache is None or not cache.generations.is_dir():
+        return found
+    for marker in cache.generations.glob("sha256-*/" + MANIFEST):
+        try:
+            entry = mf.parse(marker.read_text(), where=str(marker))
+        except (OSError, GenerationError):
+            continue
+        for f in entry.files:
+            found.setdefault(f.sha256, marker.parent / f.path)
+    return found
+
+
+def _materialize(uri: str, manifest: Manifest, target: Path, *, cache: StagingCache | None) -> int:
+    """Put ``manifest``'s files from the generation at ``uri`` into ``target``, each one checked against its
+    sha256; returns the bytes downloaded.
+
+    A file the cache already holds (same sha256) and a file of a local store
+    are hard-linked when the filesystem allows it, else copied; the other files
+    of a store in an object store are downloaded, its objects from the object
+    area the manifest names.  ``target`` gets the full (version 1) manifest.
+    """
+    from reverie.workloads import objects
+
+    local_store = not store.is_remote(uri)
+    known = _cached_files(cache)
     total = 0
     for f in manifest.files:
         path = target / f.path
-        total += store.download_file(store.join(uri, f.path), path)
-        if path.stat().st_size != f.size or mf.file_sha256(path) != f.sha256:
-            raise GenerationError(
-                f"{uri}: {f.path} does not match the generation's manifest (sha256 {f.sha256[:12]}…, "
-                f"{f.size} bytes); the store copy is corrupt or was changed after it was committed"
-            )
-    (target / MANIFEST).write_text(manifest.to_json())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = objects.source_of(uri, manifest, f)
+        held = known.get(f.sha256)
+        if held is not None and held.is_file():
+            _link_or_copy(str(held), str(path))
+            if _verify(path, f):
+                continue
+            path.unlink()
+        if local_store:
+            src = store.local_path(source)
+            if not src.is_file():
+                what = "object" if f.in_objects else "file"
+                raise GenerationError(
+                    f"{uri}: {f.path} is missing (its {what} {src} is not there); the store lost it, "
+                    "or the generation was copied without its lineage's objects/ folder"
+                )
+            _link_or_copy(str(src), str(path))
+        else:
+            total += store.download_file(source, path)
+        if not _verify(path, f):
+            raise _corrupt(uri, f, source)
+    (target / MANIFEST).write_text(manifest.materialized().to_json())
     return total
+
+
+def _download_verified(uri: str, manifest: Manifest, target: Path, *, cache: StagingCache | None = None) -> int:
+    """Download ``manifest``'s files from ``uri`` into ``target``, checking each one; returns the bytes."""
+    return _materialize(uri, manifest, target, cache=cache)
 
 
 def remote_manifest(uri: str) -> tuple[Manifest | None, int]:
@@ -280,7 +339,10 @@ def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
         folder = store.local_path(uri)
         if not folder.is_dir():
             raise GenerationError(f"generation folder {uri!r} does not exist or is not a folder")
-        return Staged(folder=folder, source=uri)
+        local = mf.read(folder) if (folder / MANIFEST).is_file() else None
+        if local is None or not local.thin:
+            return Staged(folder=folder, source=uri)  # a full folder is loaded where it is
+        return _stage_thin_local(uri, local, cache)
     if cache is None:
         manifest, marker_bytes = remote_manifest(uri)
         if manifest is None:
@@ -304,7 +366,7 @@ def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
                     _drop(entry)
                 partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdir(cache.generations)))
                 try:
-                    got = _download_verified(uri, manifest, partial) + marker_bytes
+                    got = _download_verified(uri, manifest, partial, cache=cache) + marker_bytes
                 except BaseException:
                     shutil.rmtree(partial, ignore_errors=True)
                     raise
@@ -312,6 +374,37 @@ def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
                 staged = Staged(folder=entry, source=uri, content_hash=manifest.content_hash, downloaded_bytes=got)
         evict(cache, keep={staged.folder})
     _emit(uri=uri, bytes=staged.downloaded_bytes, reused=staged.reused, cache=str(cache.root))
+    return staged
+
+
+def _stage_thin_local(uri: str, manifest: Manifest, cache: StagingCache | None) -> Staged:
+    """A thin generation of a local store, materialized (hard links where possible) into the cache or a temp folder."""
+    folder = str(store.local_path(uri).resolve())
+    if cache is None:
+        target = Path(tempfile.mkdtemp(prefix="reverie-stage-"))
+        try:
+            _materialize(folder, manifest, target, cache=None)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return Staged(folder=target, source=uri, content_hash=manifest.content_hash)
+    with cache.locked():
+        entry = cache.entry(manifest.content_hash)
+        if entry.is_dir() and _entry_intact(entry, manifest, full=cache.full_verify):
+            staged = Staged(folder=entry, source=uri, content_hash=manifest.content_hash, reused=True)
+        else:
+            if entry.exists():
+                _drop(entry)
+            partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdir(cache.generations)))
+            try:
+                _materialize(folder, manifest, partial, cache=cache)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            entry = _commit(partial, manifest, cache=cache, source=uri)
+            staged = Staged(folder=entry, source=uri, content_hash=manifest.content_hash)
+        evict(cache, keep={staged.folder})
+    _emit(uri=uri, bytes=0, reused=staged.reused, cache=str(cache.root), thin=True)
     return staged
 
 
