@@ -16,6 +16,7 @@ from reverie.workloads.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from reverie.workloads.modelio import stage_in
 from reverie.workloads.run_phase import run_phase
 
 
@@ -44,7 +45,8 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
 
 def slot_weights(result_path: Path) -> dict[str, torch.Tensor]:
     model_uri = json.loads(result_path.read_text())["outputUri"]
-    return load_file(str(Path(model_uri) / "slots" / "slot-0" / "adapter_model.safetensors"))
+    # The generation is thin (its weights live in the lineage's object area): read it as a loader does.
+    return load_file(str(stage_in(model_uri) / "slots" / "slot-0" / "adapter_model.safetensors"))
 
 
 def test_restart_resumes_with_the_same_step_count_and_data_order(

@@ -26,10 +26,16 @@ from safetensors.torch import load_file
 from reverie.core.contract import parse_result
 from reverie.workloads import distributed as d
 from reverie.workloads import run_phase as rp
+from reverie.workloads.modelio import stage_in
 
 LOSS_RTOL = 1e-4
 SLOT_ATOL = 1e-4
-SLOT_FILE = "model/slots/slot-0/adapter_model.safetensors"
+SLOT_FILE = "slots/slot-0/adapter_model.safetensors"
+
+
+def slot_of(out: Path) -> dict[str, torch.Tensor]:
+    """The new slot of a consolidation output, read as a loader reads the (thin) generation."""
+    return load_file(str(stage_in(str(out / "model")) / SLOT_FILE))
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -88,7 +94,7 @@ def history(out: Path) -> list[float]:
 
 
 def assert_same_slot(a: Path, b: Path, *, atol: float = SLOT_ATOL) -> None:
-    x, y = load_file(str(a / SLOT_FILE)), load_file(str(b / SLOT_FILE))
+    x, y = slot_of(a), slot_of(b)
     assert x.keys() == y.keys()
     for k in x:
         assert x[k].shape == y[k].shape and x[k].numel() > 0, k
@@ -192,9 +198,9 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
     result = parse_result((out / "result.json").read_text(), step="consolidation")
     assert (result.metrics["steps"], result.metrics["steps_this_attempt"]) == (6.0, 3.0)
     # The adapter is the gathered slot, not the empty shards: whole shapes, trained past the checkpoint.
-    saved = load_file(str(out / SLOT_FILE))
+    saved = slot_of(out)
     at3 = load_file(str(out / "checkpoints/step-00000003/slot.safetensors"))
-    ref = load_file(str(one_rank / SLOT_FILE))
+    ref = slot_of(one_rank)
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in ref.items()}
     at_resume = {k.replace(".slot-0.", "."): v for k, v in at3.items()}
     assert at_resume.keys() == saved.keys()
@@ -203,7 +209,7 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
     # the slot is close to, not equal to, the uninterrupted run.
     assert_same_slot(out, one_rank, atol=5e-2)
     base = load_file(str(tiny_base.folder / "model.safetensors"))
-    kept = load_file(str(out / "model/model.safetensors"))
+    kept = load_file(str(stage_in(str(out / "model")) / "model.safetensors"))
     assert all(torch.equal(base[k], kept[k]) for k in base), "the gathered base is saved whole and untouched"
 
 
