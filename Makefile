@@ -1,5 +1,5 @@
 # The two commands of the README.  Both install what they need first.
-.PHONY: demo test setup lint crds
+.PHONY: demo test setup lint format crds
 
 export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS ?= 1
@@ -19,8 +19,13 @@ test:
 	REVERIE_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check operator tests
+	.venv/bin/ruff check operator tests bench
+	.venv/bin/ruff format --check operator tests bench
 	.venv/bin/mypy
+
+# Format the code the one way `make lint` checks.
+format:
+	.venv/bin/ruff format operator tests bench
 
 crds:
 	.venv/bin/reverie crds --write crds/

@@ -133,10 +133,25 @@ class CertificateAuthority:
         self.cert = directory / "ca.crt"
         self.key = directory / "ca.key"
         self._openssl(
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", self.key, "-out", self.cert, "-days", "3650", "-subj", "/CN=reverie-test-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            self.key,
+            "-out",
+            self.cert,
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=reverie-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         )
 
     def _openssl(self, *args: str | Path) -> None:
@@ -159,9 +174,26 @@ class CertificateAuthority:
         else:
             extensions += ["-addext", "extendedKeyUsage=clientAuth"]
         self._openssl(
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", key, "-out", cert, "-days", "365", "-subj", subject,
-            "-CA", self.cert, "-CAkey", self.key, *extensions,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "365",
+            "-subj",
+            subject,
+            "-CA",
+            self.cert,
+            "-CAkey",
+            self.key,
+            *extensions,
         )
         return cert, key
 
@@ -187,7 +219,9 @@ class Cluster:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "reverie-test", "cluster": {"server": self.server, "certificate-authority": str(self.ca.cert)}}],
+            "clusters": [
+                {"name": "reverie-test", "cluster": {"server": self.server, "certificate-authority": str(self.ca.cert)}}
+            ],
             "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
             "contexts": [{"name": user, "context": {"cluster": "reverie-test", "user": user, "namespace": "default"}}],
             "current-context": user,
@@ -231,15 +265,17 @@ class Cluster:
         """Run the real kubectl against this cluster; raises with its stderr when ``check``."""
         assert self.kubectl_path is not None
         command = [
-            str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.kubeconfig),
+            str(self.kubectl_path),
+            "--kubeconfig",
+            str(kubeconfig or self.kubeconfig),
             # Discovery cache inside the throwaway folder, not ~/.kube/cache/<random port>.
-            "--cache-dir", str(self.workdir / "kubectl-cache"), *args,
+            "--cache-dir",
+            str(self.workdir / "kubectl-cache"),
+            *args,
         ]
         done = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}{done.stdout}"
-            )
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}{done.stdout}")
         return done
 
     # -- processes ----------------------------------------------------------
@@ -248,8 +284,12 @@ class Cluster:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, cwd=self.workdir,
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                cwd=self.workdir,
             )
         self._processes.append((name, process, log))
         return process
@@ -283,57 +323,101 @@ class Cluster:
         etcd = etcd_binary()
         assert etcd is not None
         serving_cert, serving_key = self.ca.issue(
-            "apiserver", common_name="kube-apiserver",
+            "apiserver",
+            common_name="kube-apiserver",
             server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
         )
         admin_cert, admin_key = self.ca.issue("admin", common_name="reverie-admin", groups=("system:masters",))
         self._write_kubeconfig(self.kubeconfig, user="reverie-admin", cert=admin_cert, key=admin_key)
         cm_cert, cm_key = self.ca.issue("controller-manager", common_name="system:kube-controller-manager")
         cm_kubeconfig = self._write_kubeconfig(
-            self.workdir / "controller-manager.kubeconfig", user="system:kube-controller-manager", cert=cm_cert, key=cm_key
+            self.workdir / "controller-manager.kubeconfig",
+            user="system:kube-controller-manager",
+            cert=cm_cert,
+            key=cm_key,
         )
         sa_key, sa_pub = self.workdir / "sa.key", self.workdir / "sa.pub"
         subprocess.run(
-            ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(sa_key)], check=True, capture_output=True
+            ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(sa_key)],
+            check=True,
+            capture_output=True,
         )
-        subprocess.run(["openssl", "ec", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)], check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "ec", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)], check=True, capture_output=True
+        )
 
         etcd_client, etcd_peer = free_port(), free_port()
-        self._spawn("etcd", [
-            str(etcd), "--data-dir", str(self.workdir / "etcd"), "--name", "reverie-test",
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"reverie-test=http://127.0.0.1:{etcd_peer}",
-            # A throwaway store: durability costs fsyncs on a shared 2-core box.
-            "--unsafe-no-fsync", "--log-level", "warn",
-            # A single member elects itself after one election timeout (1 s by default).
-            "--heartbeat-interval", "10", "--election-timeout", "100",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--name",
+                "reverie-test",
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_client}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_client}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster",
+                f"reverie-test=http://127.0.0.1:{etcd_peer}",
+                # A throwaway store: durability costs fsyncs on a shared 2-core box.
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+                # A single member elects itself after one election timeout (1 s by default).
+                "--heartbeat-interval",
+                "10",
+                "--election-timeout",
+                "100",
+            ],
+        )
         self._wait("etcd", lambda: self._get(f"http://127.0.0.1:{etcd_client}/health"))
 
-        self._spawn("kube-apiserver", [
-            str(bins / "kube-apiserver"),
-            "--etcd-servers", f"http://127.0.0.1:{etcd_client}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(self.port),
-            "--tls-cert-file", str(serving_cert), "--tls-private-key-file", str(serving_key),
-            "--client-ca-file", str(self.ca.cert),
-            "--authorization-mode", "RBAC",
-            "--service-account-key-file", str(sa_pub),
-            "--service-account-signing-key-file", str(sa_key),
-            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--enable-priority-and-fairness=false",
-            "--endpoint-reconciler-type", "none",
-            # Webhooks behind a Service are called at its endpoints (the test writes them) rather
-            # than its ClusterIP, which nothing routes here: the chart's webhook reaches the operator.
-            "--enable-aggregator-routing=true",
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bins / "kube-apiserver"),
+                "--etcd-servers",
+                f"http://127.0.0.1:{etcd_client}",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(serving_cert),
+                "--tls-private-key-file",
+                str(serving_key),
+                "--client-ca-file",
+                str(self.ca.cert),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-key-file",
+                str(sa_pub),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--enable-priority-and-fairness=false",
+                "--endpoint-reconciler-type",
+                "none",
+                # Webhooks behind a Service are called at its endpoints (the test writes them) rather
+                # than its ClusterIP, which nothing routes here: the chart's webhook reaches the operator.
+                "--enable-aggregator-routing=true",
+                "--v",
+                "1",
+            ],
+        )
         self._admin_tls = ssl.create_default_context(cafile=str(self.ca.cert))
         self._admin_tls.load_cert_chain(str(admin_cert), str(admin_key))
         self._wait("kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz", self._admin_tls))
@@ -344,20 +428,30 @@ class Cluster:
         crds = [yaml.safe_load(path.read_text()) for path in sorted(CRD_DIR.glob("*.yaml"))]
         self._wait("CRDs established and discoverable", lambda: self._crds_served(crds))
 
-        self._spawn("kube-controller-manager", [
-            str(bins / "kube-controller-manager"),
-            "--kubeconfig", str(cm_kubeconfig),
-            "--authentication-kubeconfig", str(cm_kubeconfig),
-            "--authorization-kubeconfig", str(cm_kubeconfig),
-            "--controllers", "garbage-collector-controller,namespace-controller,serviceaccount-controller",
-            # Each controller runs as its own ServiceAccount with the bootstrap
-            # RBAC roles, the way a real control plane does.
-            "--use-service-account-credentials",
-            "--root-ca-file", str(self.ca.cert),
-            "--leader-elect=false",
-            "--secure-port", "0",
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(bins / "kube-controller-manager"),
+                "--kubeconfig",
+                str(cm_kubeconfig),
+                "--authentication-kubeconfig",
+                str(cm_kubeconfig),
+                "--authorization-kubeconfig",
+                str(cm_kubeconfig),
+                "--controllers",
+                "garbage-collector-controller,namespace-controller,serviceaccount-controller",
+                # Each controller runs as its own ServiceAccount with the bootstrap
+                # RBAC roles, the way a real control plane does.
+                "--use-service-account-credentials",
+                "--root-ca-file",
+                str(self.ca.cert),
+                "--leader-elect=false",
+                "--secure-port",
+                "0",
+                "--v",
+                "1",
+            ],
+        )
 
         self.startup_seconds = time.monotonic() - began
 

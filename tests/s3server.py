@@ -36,7 +36,9 @@ def minio_binary() -> Path:
 class S3Server:
     """A running MinIO server."""
 
-    def __init__(self, workdir: Path, *, port: int, console_port: int, preexec: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, port: int, console_port: int, preexec: Callable[[], None] | None = None
+    ) -> None:
         self.workdir = workdir
         self.endpoint = f"http://127.0.0.1:{port}"
         self._port, self._console_port, self._preexec = port, console_port, preexec
@@ -46,33 +48,56 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """What a phase pod gets: credentials from the store Secret, the endpoint from spec.store.endpoint."""
         return {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_REGION": "us-east-1",
         }
 
     def start(self) -> None:
         env = {
-            **os.environ, "MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY,
-            "MINIO_BROWSER": "off", "MINIO_UPDATE": "off",
+            **os.environ,
+            "MINIO_ROOT_USER": ACCESS_KEY,
+            "MINIO_ROOT_PASSWORD": SECRET_KEY,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
             # The bench reads bytes sent from the metrics endpoint without a token.
             "MINIO_PROMETHEUS_AUTH_TYPE": "public",
         }
         with self.log.open("wb") as out:
             self._process = subprocess.Popen(
-                [str(minio_binary()), "server", "--quiet", "--address", f"127.0.0.1:{self._port}",
-                 "--console-address", f"127.0.0.1:{self._console_port}", str(self.workdir / "data")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=self._preexec,
+                [
+                    str(minio_binary()),
+                    "server",
+                    "--quiet",
+                    "--address",
+                    f"127.0.0.1:{self._port}",
+                    "--console-address",
+                    f"127.0.0.1:{self._console_port}",
+                    str(self.workdir / "data"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=self._preexec,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"minio exited ({self._process.returncode}):\n{self.log.read_text(errors='replace')[-3000:]}")
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=2) as response:
+                raise RuntimeError(
+                    f"minio exited ({self._process.returncode}):\n{self.log.read_text(errors='replace')[-3000:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=2) as response,
+            ):
                 if response.status == 200:
                     return
             time.sleep(0.05)
-        raise RuntimeError(f"minio not ready after {START_TIMEOUT_S:.0f}s:\n{self.log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"minio not ready after {START_TIMEOUT_S:.0f}s:\n{self.log.read_text(errors='replace')[-3000:]}"
+        )
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

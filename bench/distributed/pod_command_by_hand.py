@@ -1,7 +1,8 @@
 """Render a 2-node Indexed Job with the operator's code and run its pod command by hand as two local "pods".
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=operator .venv/bin/python bench/distributed/pod_command_by_hand.py /tmp/byhand
+HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=operator .venv/bin/python bench/distributed/pod_command_by_hand.py /tmp/byhand
 """
+
 import json
 import os
 import subprocess
@@ -21,14 +22,36 @@ root.mkdir(parents=True, exist_ok=True)
 base = build_base_generation(root / "g0", seed=0, steps=300)
 store = root / "store"
 write_memories_jsonl(store / "memories/s1.jsonl", memory_records(base.new[0]))
-cfg = PhaseConfig.model_validate({"step": "consolidation", "cycle": "c1", "lineage": "l", "storeUri": str(store),
-    "outputUri": str(store / "l/c1/consolidation"), "baseGeneration": "g0", "baseUri": str(base.folder),
-    "memory": {"sources": [{"uri": "memories/s1.jsonl"}]},
-    "consolidation": {"steps": 6, "batchSize": 4, "maxNewTokens": 4, "checkpointEvery": 3,
-                      "runtime": {"numNodes": 2, "procsPerNode": 1}}})
-lin = ModelLineage.model_validate({"metadata": {"name": "l"}, "spec": {"baseModel": {"uri": str(base.folder)}, "store": {"uri": str(store)}}})
-create = CreateJob(step=Step.CONSOLIDATION, attempt=1, job_name="c1-consolidation-1", config=cfg,
-                   runtime=cfg.consolidation.runtime, image="img")
+cfg = PhaseConfig.model_validate(
+    {
+        "step": "consolidation",
+        "cycle": "c1",
+        "lineage": "l",
+        "storeUri": str(store),
+        "outputUri": str(store / "l/c1/consolidation"),
+        "baseGeneration": "g0",
+        "baseUri": str(base.folder),
+        "memory": {"sources": [{"uri": "memories/s1.jsonl"}]},
+        "consolidation": {
+            "steps": 6,
+            "batchSize": 4,
+            "maxNewTokens": 4,
+            "checkpointEvery": 3,
+            "runtime": {"numNodes": 2, "procsPerNode": 1},
+        },
+    }
+)
+lin = ModelLineage.model_validate(
+    {"metadata": {"name": "l"}, "spec": {"baseModel": {"uri": str(base.folder)}, "store": {"uri": str(store)}}}
+)
+create = CreateJob(
+    step=Step.CONSOLIDATION,
+    attempt=1,
+    job_name="c1-consolidation-1",
+    config=cfg,
+    runtime=cfg.consolidation.runtime,
+    image="img",
+)
 objs = render(create, owner=Owner("c1", "ns", "u"), lineage=lin, scheduling=Scheduling())
 pod = objs.workload["spec"]["template"]["spec"]
 c = pod["containers"][0]
@@ -38,13 +61,18 @@ command[0] = str(Path(sys.executable).with_name("torchrun"))
 print("command:", command)
 procs = []
 for index in (0, 1):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "REVERIE_TERMINATION_LOG": str(root / f"term-{index}")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "REVERIE_TERMINATION_LOG": str(root / f"term-{index}"),
+    }
     for e in c["env"]:
         if "value" in e:
             env[e["name"]] = e["value"]
         elif e["name"] == "PET_NODE_RANK":
             env[e["name"]] = str(index)  # what the completion-index annotation gives pod `index`
-    env["PET_MASTER_ADDR"] = "127.0.0.1"   # pod 0's DNS name through the headless Service
+    env["PET_MASTER_ADDR"] = "127.0.0.1"  # pod 0's DNS name through the headless Service
     env["HOME"] = env["HF_HOME"] = str(root / f"home-{index}")
     env.pop("REVERIE_STAGING_CACHE", None)
     print("pod", index, {k: v for k, v in env.items() if k.startswith("PET_")})

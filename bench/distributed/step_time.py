@@ -45,33 +45,74 @@ def main() -> None:
         for n in args.procs:
             out = store / f"z{zero}-n{n}"
             cfg = {
-                "step": "consolidation", "cycle": "c", "lineage": "l", "storeUri": str(store), "outputUri": str(out),
-                "baseGeneration": "g0", "baseUri": str(base.folder),
+                "step": "consolidation",
+                "cycle": "c",
+                "lineage": "l",
+                "storeUri": str(store),
+                "outputUri": str(out),
+                "baseGeneration": "g0",
+                "baseUri": str(base.folder),
                 "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]},
-                "consolidation": {"steps": args.steps, "batchSize": args.batch, "maxNewTokens": 8,
-                                  "checkpointEvery": 10_000, "zeroStage": zero,
-                                  "precision": args.precision},
+                "consolidation": {
+                    "steps": args.steps,
+                    "batchSize": args.batch,
+                    "maxNewTokens": 8,
+                    "checkpointEvery": 10_000,
+                    "zeroStage": zero,
+                    "precision": args.precision,
+                },
             }
             path = root / f"z{zero}-n{n}.json"
             path.write_text(json.dumps(cfg))
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-                   "REVERIE_TERMINATION_LOG": str(root / "term")}
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "GLOO_SOCKET_IFNAME": "lo",
+                "REVERIE_TERMINATION_LOG": str(root / "term"),
+            }
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                                   "--nproc-per-node", str(n), "-m", "reverie.workloads.run_phase", "consolidation",
-                                   str(path)], env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nnodes",
+                    "1",
+                    "--nproc-per-node",
+                    str(n),
+                    "-m",
+                    "reverie.workloads.run_phase",
+                    "consolidation",
+                    str(path),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 sys.exit(proc.stderr[-3000:])
             m = json.loads((out / "result.json").read_text())["metrics"]
-            runs.append({"zeroStage": zero, "processes": n, "globalBatch": args.batch, "steps": int(m["steps"]),
-                         "stepSeconds": m["seconds"] / m["steps"], "tokensPerS": m["tokens_per_s"],
-                         "selfstudySeconds": m["selfstudy_seconds"], "commandSeconds": wall,
-                         "finalLoss": m["consolidation_loss"]})
+            runs.append(
+                {
+                    "zeroStage": zero,
+                    "processes": n,
+                    "globalBatch": args.batch,
+                    "steps": int(m["steps"]),
+                    "stepSeconds": m["seconds"] / m["steps"],
+                    "tokensPerS": m["tokens_per_s"],
+                    "selfstudySeconds": m["selfstudy_seconds"],
+                    "commandSeconds": wall,
+                    "finalLoss": m["consolidation_loss"],
+                }
+            )
             print(json.dumps(runs[-1]), flush=True)
     load = os.getloadavg()
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "loadavg": load, "cpus": os.cpu_count(),
-                                    "runs": runs}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"command": " ".join(sys.argv), "loadavg": load, "cpus": os.cpu_count(), "runs": runs}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

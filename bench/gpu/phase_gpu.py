@@ -58,12 +58,17 @@ def main() -> None:
     from reverie.workloads.tiny import build_tiny_model, build_tokenizer
 
     words = [f"w{i}" for i in range(4000)]
-    tok = build_tokenizer([" ".join(words[i:i + 40]) for i in range(0, 4000, 40)], vocab_size=8192)
-    model = build_tiny_model(tok, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                             num_hidden_layers=args.layers)
+    tok = build_tokenizer([" ".join(words[i : i + 40]) for i in range(0, 4000, 40)], vocab_size=8192)
+    model = build_tiny_model(
+        tok, hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers
+    )
     n_base = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
-    model, slot = add_slot(model, rank=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"], keep_active=[])
+    model, slot = add_slot(
+        model,
+        rank=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        keep_active=[],
+    )
     params = list(slot_parameters(model, slot).values())
     n_slot = sum(p.numel() for p in params)
     model.to("cuda", dtype=torch.bfloat16)
@@ -99,9 +104,15 @@ def main() -> None:
     tokens = args.batch * (args.prompt_len + args.answer_len)
     flops = 4 * n_base * tokens + 6 * n_slot * tokens
     out: dict[str, object] = {
-        "gpu": torch.cuda.get_device_name(), "baseParams": n_base, "slotParams": n_slot, "batch": args.batch,
-        "tokensPerStep": tokens, "stepSeconds": step_s, "tokensPerS": tokens / step_s,
-        "mfu": flops / step_s / peak_flops(), "peakMemGiB": torch.cuda.max_memory_allocated() / 2**30,
+        "gpu": torch.cuda.get_device_name(),
+        "baseParams": n_base,
+        "slotParams": n_slot,
+        "batch": args.batch,
+        "tokensPerStep": tokens,
+        "stepSeconds": step_s,
+        "tokensPerS": tokens / step_s,
+        "mfu": flops / step_s / peak_flops(),
+        "peakMemGiB": torch.cuda.max_memory_allocated() / 2**30,
     }
 
     # Generation: HF generate vs vLLM on the same prompts.
@@ -109,7 +120,7 @@ def main() -> None:
 
     model.eval()
     texts = [tok.decode(p[:64]) for p in prompts] * (args.gen_prompts // args.batch + 1)
-    texts = texts[:args.gen_prompts]
+    texts = texts[: args.gen_prompts]
     hf = HFBackend(model, tok, batch_size=args.gen_prompts)
     t0 = time.perf_counter()
     got = hf.generate(texts, max_new_tokens=args.gen_tokens, temperature=1.0, seed=0, adapters=[slot])

@@ -93,7 +93,12 @@ class Run:
 
 def result(namespace: str, cycle: str, step: str) -> str:
     out = f"file:///store/lin-{cycle}/{cycle}/{step}"
-    body: dict[str, Any] = {"step": step, "status": "Succeeded", "outputUri": f"{out}/model", "contentHash": "sha256:" + "0" * 64}
+    body: dict[str, Any] = {
+        "step": step,
+        "status": "Succeeded",
+        "outputUri": f"{out}/model",
+        "contentHash": "sha256:" + "0" * 64,
+    }
     if step == "evaluation":
         body["metrics"] = {"knowledge_incorporation": 0.9}
         body["baseline"] = {"knowledge_incorporation": 0.1}
@@ -107,22 +112,67 @@ def complete(api: client.ApiClient, run: Run, namespace: str, job: Any) -> None:
     cycle, step = meta.labels["reverie.dev/cycle"], meta.labels["reverie.dev/step"]
     template = api.sanitize_for_serialization(job.spec.template)
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{meta.name}-0", "labels": template["metadata"]["labels"],
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta.name, "uid": meta.uid, "controller": True}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta.name}-0",
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": meta.name, "uid": meta.uid, "controller": True}
+            ],
+        },
         "spec": template["spec"],
     }
     core.create_namespaced_pod(namespace, pod)
     ts = now_iso()
     container = template["spec"]["containers"][0]
-    core.patch_namespaced_pod_status(f"{meta.name}-0", namespace, {"status": {"phase": "Succeeded", "containerStatuses": [{
-        "name": container["name"], "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": result(namespace, cycle, step),
-                                 "startedAt": ts, "finishedAt": ts}}}]}})
-    batch.patch_namespaced_job_status(meta.name, namespace, {"status": {
-        "startTime": ts, "completionTime": ts, "succeeded": 1,
-        "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": ts},
-                       {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": ts}]}})
+    core.patch_namespaced_pod_status(
+        f"{meta.name}-0",
+        namespace,
+        {
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": 0,
+                                "reason": "Completed",
+                                "message": result(namespace, cycle, step),
+                                "startedAt": ts,
+                                "finishedAt": ts,
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+    )
+    batch.patch_namespaced_job_status(
+        meta.name,
+        namespace,
+        {
+            "status": {
+                "startTime": ts,
+                "completionTime": ts,
+                "succeeded": 1,
+                "conditions": [
+                    {
+                        "type": "SuccessCriteriaMet",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "lastTransitionTime": ts,
+                    },
+                    {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": ts},
+                ],
+            }
+        },
+    )
     run.count(3)
     with run.lock:
         run.finished[(cycle, step)] = time.monotonic()
@@ -160,8 +210,21 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
     profile = os.environ.get("REVERIE_BENCH_PROFILE")  # a path: run the operator under cProfile
     wrap = ["-m", "cProfile", "-o", f"{profile}.{n}"] if profile else []
     operator = subprocess.Popen(
-        [sys.executable, *wrap, "-m", "kopf", "run", "--standalone", "--namespace", namespace, "-m", "reverie.controller.main"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            *wrap,
+            "-m",
+            "kopf",
+            "run",
+            "--standalone",
+            "--namespace",
+            namespace,
+            "-m",
+            "reverie.controller.main",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     work: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
@@ -180,8 +243,14 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         """Phases as they change (a watch, not a poll: polling N cycles would load the API server)."""
         while not stop.is_set():
             try:
-                for ev in watch.Watch().stream(custom.list_namespaced_custom_object, "reverie.dev", "v1alpha1",
-                                               namespace, "sleepcycles", timeout_seconds=5):
+                for ev in watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    "reverie.dev",
+                    "v1alpha1",
+                    namespace,
+                    "sleepcycles",
+                    timeout_seconds=5,
+                ):
                     obj = ev["object"]
                     if (obj.get("status") or {}).get("phase") == "Succeeded":
                         with run.lock:
@@ -197,8 +266,9 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         batch = client.BatchV1Api(api)
         while not stop.is_set():
             try:
-                for ev in watch.Watch().stream(batch.list_namespaced_job, namespace,
-                                               label_selector="reverie.dev/cycle", timeout_seconds=5):
+                for ev in watch.Watch().stream(
+                    batch.list_namespaced_job, namespace, label_selector="reverie.dev/cycle", timeout_seconds=5
+                ):
                     handle(ev)
                     if stop.is_set():
                         return
@@ -228,13 +298,34 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
     began = time.monotonic()
     for i in range(n):
         name = f"c{i:03d}"
-        custom.create_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", {
-            "apiVersion": "reverie.dev/v1alpha1", "kind": "ModelLineage", "metadata": {"name": f"lin-{name}"},
-            "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///store"}}})
-        custom.create_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "sleepcycles", {
-            "apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "metadata": {"name": name},
-            "spec": {"lineageRef": f"lin-{name}", "memory": {"sources": [{"inline": ["fact"]}]},
-                     "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5"]}}}})
+        custom.create_namespaced_custom_object(
+            "reverie.dev",
+            "v1alpha1",
+            namespace,
+            "modellineages",
+            {
+                "apiVersion": "reverie.dev/v1alpha1",
+                "kind": "ModelLineage",
+                "metadata": {"name": f"lin-{name}"},
+                "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///store"}},
+            },
+        )
+        custom.create_namespaced_custom_object(
+            "reverie.dev",
+            "v1alpha1",
+            namespace,
+            "sleepcycles",
+            {
+                "apiVersion": "reverie.dev/v1alpha1",
+                "kind": "SleepCycle",
+                "metadata": {"name": name},
+                "spec": {
+                    "lineageRef": f"lin-{name}",
+                    "memory": {"sources": [{"inline": ["fact"]}]},
+                    "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5"]}},
+                },
+            },
+        )
         run.created_at[name] = time.monotonic()
         run.count(2)
     deadline = time.monotonic() + timeout
@@ -247,7 +338,10 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
         for item in items:
             if item["metadata"]["name"] not in run.succeeded:
                 st = item.get("status") or {}
-                print(f"not Succeeded: {item['metadata']['name']}: {st.get('phase')}: {st.get('message')}", file=sys.stderr)
+                print(
+                    f"not Succeeded: {item['metadata']['name']}: {st.get('phase')}: {st.get('message')}",
+                    file=sys.stderr,
+                )
     stop.set()
     pool.shutdown(wait=True)
     after, busy_after, served_after = apiserver_counters(cluster)
@@ -262,28 +356,39 @@ def bench(cluster: Cluster, n: int, *, timeout: float) -> dict[str, Any]:
     shutil.copy(cluster.workdir / f"operator-{n}.log", Path(tempfile.gettempdir()) / f"reverie-bench-operator-{n}.log")
     transitions = [
         run.seen[(c, nxt)] - run.finished[(c, prev)]
-        for c in run.created_at for prev, nxt in itertools.pairwise(STEPS)
+        for c in run.created_at
+        for prev, nxt in itertools.pairwise(STEPS)
         if (c, prev) in run.finished and (c, nxt) in run.seen
     ]
     starts = [run.seen[(c, "consolidation")] - t for c, t in run.created_at.items() if (c, "consolidation") in run.seen]
-    finishes = [run.succeeded[c] - run.finished[(c, "evaluation")] for c in run.succeeded if (c, "evaluation") in run.finished]
+    finishes = [
+        run.succeeded[c] - run.finished[(c, "evaluation")] for c in run.succeeded if (c, "evaluation") in run.finished
+    ]
     # metrics scrapes and our own /metrics reads are requests too; subtract what we made
     operator_requests = after - before - run.requests - 1
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     return {
-        "n": n, "succeeded": len(run.succeeded), "wall_s": round(wall, 1),
-        "transition_p50_s": round(pct(transitions, 0.5), 3), "transition_p99_s": round(pct(transitions, 0.99), 3),
+        "n": n,
+        "succeeded": len(run.succeeded),
+        "wall_s": round(wall, 1),
+        "transition_p50_s": round(pct(transitions, 0.5), 3),
+        "transition_p99_s": round(pct(transitions, 0.99), 3),
         "transition_mean_s": round(statistics.fmean(transitions), 3) if transitions else None,
         "transitions": len(transitions),
-        "start_p50_s": round(pct(starts, 0.5), 3), "start_p99_s": round(pct(starts, 0.99), 3),
-        "finish_p50_s": round(pct(finishes, 0.5), 3), "finish_p99_s": round(pct(finishes, 0.99), 3),
+        "start_p50_s": round(pct(starts, 0.5), 3),
+        "start_p99_s": round(pct(starts, 0.99), 3),
+        "finish_p50_s": round(pct(finishes, 0.5), 3),
+        "finish_p99_s": round(pct(finishes, 0.99), 3),
         "operator_peak_rss_mib": round(rss, 1),
         "operator_cpu_s_per_cycle": round(cpu / n, 3),
         "api_requests_per_cycle": round(operator_requests / n, 1),
         # how fast the (shared) API server answered: transition latency is a few of these in a row
-        "apiserver_mean_request_ms": round(1000 * (busy_after - busy_before) / max(1.0, served_after - served_before), 1),
+        "apiserver_mean_request_ms": round(
+            1000 * (busy_after - busy_before) / max(1.0, served_after - served_before), 1
+        ),
         # the machine is shared: the 1-minute load average says how much CPU the run really had
-        "loadavg_1m_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
+        "loadavg_1m_end": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
     }
 
 

@@ -30,15 +30,23 @@ def main() -> None:
     sleep = a.bench_out / f"seed-{a.seed}" / "reverie" / "sleep-0"
     cfg = json.loads((sleep / "consolidation.json").read_text())
     a.out.mkdir(parents=True, exist_ok=True)
-    dcfg = {**cfg, "step": "dreaming", "outputUri": str(a.out / "dreaming"),
-            "inputs": {"consolidation": str(sleep / "consolidation" / "model")},
-            "dreaming": {"enabled": True, "seed": a.seed, **a.dreaming}}
+    dcfg = {
+        **cfg,
+        "step": "dreaming",
+        "outputUri": str(a.out / "dreaming"),
+        "inputs": {"consolidation": str(sleep / "consolidation" / "model")},
+        "dreaming": {"enabled": True, "seed": a.seed, **a.dreaming},
+    }
     result, wall, rss = bench.run_phase("dreaming", dcfg, a.out)
     sleeps = bench.sleep_memories(a.seed, 1, a.people)
     base = load_generation(smollm2_folder())
     scorer = bench.Scorer(base.model, base.tokenizer, sleeps)
-    out = {"command": " ".join(["bench/science/dream_on.py", *sys.argv[1:]]), "dream_wall_seconds": wall,
-           "dream_peak_rss_mb": rss, "dream_metrics": result["metrics"]}
+    out = {
+        "command": " ".join(["bench/science/dream_on.py", *sys.argv[1:]]),
+        "dream_wall_seconds": wall,
+        "dream_peak_rss_mb": rss,
+        "dream_metrics": result["metrics"],
+    }
     for name, folder in (("consolidated", sleep / "consolidation" / "model"), ("dreamed", Path(result["outputUri"]))):
         g = load_generation(folder)
         out[name] = scorer.score(g.model, g.tokenizer, upto=0)

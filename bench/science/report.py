@@ -23,16 +23,25 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for arm, records in arms.items():
             for r in records:
                 up = upper.get(r["sleep"])
-                out.append({
-                    "seed": run["seed"], "arm": arm, "sleep": r["sleep"] + 1, "recall": r["recall"],
-                    "of_upper": r["recall"] / up if up else None,
-                    "earlier": r.get("earlier_recall") or [],
-                    "general_qa": r.get("general_qa"), "perplexity": r.get("perplexity"),
-                    "ppl_change": (r["perplexity"] / base_ppl[r["sleep"]] - 1) if r.get("perplexity") and
-                    base_ppl.get(r["sleep"]) else None,
-                    "wall": r.get("wall_seconds"), "s_per_step": r.get("s_per_step"), "rss": r.get("peak_rss_mb"),
-                    "leaks": r.get("leaks"),
-                })
+                out.append(
+                    {
+                        "seed": run["seed"],
+                        "arm": arm,
+                        "sleep": r["sleep"] + 1,
+                        "recall": r["recall"],
+                        "of_upper": r["recall"] / up if up else None,
+                        "earlier": r.get("earlier_recall") or [],
+                        "general_qa": r.get("general_qa"),
+                        "perplexity": r.get("perplexity"),
+                        "ppl_change": (r["perplexity"] / base_ppl[r["sleep"]] - 1)
+                        if r.get("perplexity") and base_ppl.get(r["sleep"])
+                        else None,
+                        "wall": r.get("wall_seconds"),
+                        "s_per_step": r.get("s_per_step"),
+                        "rss": r.get("peak_rss_mb"),
+                        "leaks": r.get("leaks"),
+                    }
+                )
     return out
 
 
@@ -45,21 +54,33 @@ def fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def table(all_rows: list[dict[str, Any]]) -> str:
-    head = ("| seed | arm | sleep | held-out recall | of upper bound | earlier sleeps' recall | general QA kept "
-            "| perplexity (Δ vs base) | wall s | s/step | peak RSS MB | leaks |")
+    head = (
+        "| seed | arm | sleep | held-out recall | of upper bound | earlier sleeps' recall | general QA kept "
+        "| perplexity (Δ vs base) | wall s | s/step | peak RSS MB | leaks |"
+    )
     lines = [head, "|" + "---|" * 12]
     for r in all_rows:
-        ppl = f"{r['perplexity']:.1f} ({r['ppl_change']:+.0%})" if r["perplexity"] and r["ppl_change"] is not None \
+        ppl = (
+            f"{r['perplexity']:.1f} ({r['ppl_change']:+.0%})"
+            if r["perplexity"] and r["ppl_change"] is not None
             else fmt(r["perplexity"], ".1f")
+        )
         lines.append(
             f"| {r['seed']} | {r['arm']} | {r['sleep']} | {fmt(r['recall'])} | {fmt(r['of_upper'], '.0%')} "
             f"| {fmt(r['earlier'])} | {fmt(r['general_qa'], '.0%')} | {ppl} | {fmt(r['wall'], '.0f')} "
-            f"| {fmt(r['s_per_step'], '.1f')} | {fmt(r['rss'], '.0f')} | {fmt(r['leaks'], 'd')} |")
+            f"| {fmt(r['s_per_step'], '.1f')} | {fmt(r['rss'], '.0f')} | {fmt(r['leaks'], 'd')} |"
+        )
     return "\n".join(lines)
 
 
-COLORS = {"base": "#999999", "sft": "#d62728", "sdft": "#ff7f0e", "reverie": "#2ca02c", "sleep": "#17becf",
-          "incontext": "#1f77b4"}
+COLORS = {
+    "base": "#999999",
+    "sft": "#d62728",
+    "sdft": "#ff7f0e",
+    "reverie": "#2ca02c",
+    "sleep": "#17becf",
+    "incontext": "#1f77b4",
+}
 
 
 def plot(all_rows: list[dict[str, Any]], png: Path) -> None:
@@ -70,8 +91,12 @@ def plot(all_rows: list[dict[str, Any]], png: Path) -> None:
 
     arms = [a for a in ("base", "sft", "sdft", "reverie", "sleep", "incontext") if any(r["arm"] == a for r in all_rows)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, key, title in zip(axes, ("recall", "general_qa", "perplexity"),
-                              ("held-out recall (this sleep)", "general QA kept", "perplexity"), strict=True):
+    for ax, key, title in zip(
+        axes,
+        ("recall", "general_qa", "perplexity"),
+        ("held-out recall (this sleep)", "general QA kept", "perplexity"),
+        strict=True,
+    ):
         vals = []
         for a in arms:
             xs = [r[key] for r in all_rows if r["arm"] == a and r[key] is not None]

@@ -127,8 +127,12 @@ def run_phase(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, 
     env = {**os.environ, "REVERIE_TERMINATION_LOG": str(work / f"{step}.termination")}
     t0 = time.perf_counter()
     with open(work / f"{step}.log", "w") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "reverie"), "run-phase", step, "--config",
-                                 str(path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "reverie"), "run-phase", step, "--config", str(path)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
@@ -137,8 +141,9 @@ def run_phase(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, 
     return result, wall, usage.ru_maxrss / 1024
 
 
-def reverie_arm(a: argparse.Namespace, *, seed: int, base: Path, mem_files: list[Path], out: Path,
-                dream: bool) -> list[dict[str, Any]]:
+def reverie_arm(
+    a: argparse.Namespace, *, seed: int, base: Path, mem_files: list[Path], out: Path, dream: bool
+) -> list[dict[str, Any]]:
     """Sequential sleeps through the real phases; returns one record per sleep with the model path."""
     records = []
     parent, prior = base, []
@@ -146,19 +151,35 @@ def reverie_arm(a: argparse.Namespace, *, seed: int, base: Path, mem_files: list
         work = out / f"sleep-{c}"
         work.mkdir(parents=True, exist_ok=True)
         cfg = {
-            "step": "consolidation", "cycle": f"c{c}", "lineage": "bench", "storeUri": str(out),
-            "outputUri": str(work / "consolidation"), "baseGeneration": f"g{c}", "baseUri": str(parent),
-            "memory": {"sources": [{"uri": str(mem)}]}, "priorMemoryUris": prior,
+            "step": "consolidation",
+            "cycle": f"c{c}",
+            "lineage": "bench",
+            "storeUri": str(out),
+            "outputUri": str(work / "consolidation"),
+            "baseGeneration": f"g{c}",
+            "baseUri": str(parent),
+            "memory": {"sources": [{"uri": str(mem)}]},
+            "priorMemoryUris": prior,
             "consolidation": {"steps": a.steps, "seed": seed, "checkpointEvery": 100_000, **a.consolidation},
             "evaluation": {"questionsPerMemory": 12},
         }
         result, wall, rss = run_phase("consolidation", cfg, work)
-        rec = {"sleep": c, "wall_seconds": wall, "peak_rss_mb": rss, "phase": result["metrics"],
-               "s_per_step": result["metrics"]["seconds"] / max(1.0, result["metrics"]["steps_this_attempt"])}
+        rec = {
+            "sleep": c,
+            "wall_seconds": wall,
+            "peak_rss_mb": rss,
+            "phase": result["metrics"],
+            "s_per_step": result["metrics"]["seconds"] / max(1.0, result["metrics"]["steps_this_attempt"]),
+        }
         model = Path(result["outputUri"])
         if dream:
-            dcfg = {**cfg, "step": "dreaming", "outputUri": str(work / "dreaming"),
-                    "inputs": {"consolidation": str(model)}, "dreaming": {"enabled": True, "seed": seed}}
+            dcfg = {
+                **cfg,
+                "step": "dreaming",
+                "outputUri": str(work / "dreaming"),
+                "inputs": {"consolidation": str(model)},
+                "dreaming": {"enabled": True, "seed": seed},
+            }
             dres, dwall, drss = run_phase("dreaming", dcfg, work)
             rec["dream_wall_seconds"], rec["wall_seconds"] = dwall, wall + dwall
             rec["peak_rss_mb"] = max(rss, drss)
@@ -177,12 +198,28 @@ def lora(model: Any, a: argparse.Namespace) -> Any:
     from reverie.api.phases import ConsolidationSpec
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
-    return get_peft_model(model, LoraConfig(r=spec.expert_rank, lora_alpha=2 * spec.expert_rank, lora_dropout=0.0,
-                                             target_modules=spec.target_modules, task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=spec.expert_rank,
+            lora_alpha=2 * spec.expert_rank,
+            lora_dropout=0.0,
+            target_modules=spec.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
-def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[dict[str, Any]]], out: Path,
-            scorer: Scorer, kind: str) -> list[dict[str, Any]]:
+def sft_arm(
+    a: argparse.Namespace,
+    *,
+    seed: int,
+    base: Path,
+    sleeps: list[list[dict[str, Any]]],
+    out: Path,
+    scorer: Scorer,
+    kind: str,
+) -> list[dict[str, Any]]:
     """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
     from reverie.api.phases import ConsolidationSpec
     from reverie.workloads.lm import sft_loss
@@ -199,8 +236,9 @@ def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[d
         t0 = time.perf_counter()
         if kind == "sft":
             texts = [m["text"] for m in mems]
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
-                                    weight_decay=0.0)
+            opt = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=0.0
+            )
             model.train()
             trained = texts
             for step in range(a.steps):
@@ -213,15 +251,31 @@ def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[d
             from datasets import Dataset
             from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-            rows = [{"prompt": [{"role": "user", "content": p}], "privileged_context": m["text"]}
-                    for m in mems for _, p in fixed_prompts(subject_of(m["text"]) or "")]
+            rows = [
+                {"prompt": [{"role": "user", "content": p}], "privileged_context": m["text"]}
+                for m in mems
+                for _, p in fixed_prompts(subject_of(m["text"]) or "")
+            ]
             trained = [r["prompt"][0]["content"] for r in rows]
             args = SDFTConfig(
-                output_dir=str(out / "sdft"), max_steps=a.steps, per_device_train_batch_size=spec.batch_size,
-                learning_rate=spec.learning_rate, max_completion_length=spec.max_new_tokens, num_generations=1,
-                bf16=False, gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to=[],
-                use_cpu=True, teacher_prompt_template="{privileged_context}\n\n{prompt}", temperature=1.0, seed=seed,
-                lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
+                output_dir=str(out / "sdft"),
+                max_steps=a.steps,
+                per_device_train_batch_size=spec.batch_size,
+                learning_rate=spec.learning_rate,
+                max_completion_length=spec.max_new_tokens,
+                num_generations=1,
+                bf16=False,
+                gradient_checkpointing=False,
+                logging_steps=10,
+                save_strategy="no",
+                report_to=[],
+                use_cpu=True,
+                teacher_prompt_template="{privileged_context}\n\n{prompt}",
+                temperature=1.0,
+                seed=seed,
+                lr_scheduler_type="constant",
+                warmup_steps=0,
+                dataloader_num_workers=0,
             )
             trainer = SDFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
             trainer.train()
@@ -229,9 +283,16 @@ def sft_arm(a: argparse.Namespace, *, seed: int, base: Path, sleeps: list[list[d
         wall = time.perf_counter() - t0
         model.eval()
         model = model.merge_and_unload()
-        records.append({"sleep": c, "wall_seconds": wall, "s_per_step": wall / a.steps,
-                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                        "trained_on": trained, **scorer.score(model, tok, upto=c)})
+        records.append(
+            {
+                "sleep": c,
+                "wall_seconds": wall,
+                "s_per_step": wall / a.steps,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "trained_on": trained,
+                **scorer.score(model, tok, upto=c),
+            }
+        )
     return records
 
 
@@ -254,8 +315,9 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
     if "base" in a.arms:
         res["arms"]["base"] = [{"sleep": c, **scorer.score(gen.model, gen.tokenizer, upto=c)} for c in range(a.cycles)]
     if "incontext" in a.arms:
-        res["arms"]["incontext"] = [{"sleep": c, "recall": recall(gen.model, gen.tokenizer, s, in_context=True)}
-                                    for c, s in enumerate(sleeps)]
+        res["arms"]["incontext"] = [
+            {"sleep": c, "recall": recall(gen.model, gen.tokenizer, s, in_context=True)} for c, s in enumerate(sleeps)
+        ]
     del gen
     for arm in ("reverie", "sleep"):
         if arm not in a.arms:
@@ -268,8 +330,10 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
             texts = [t for i in study for t in (i.prompt, i.answer)]
             rec["leaks"] = len(held.leaks(texts))
             rec["selfstudy_items"] = sum(not i.replay for i in study)
-            print(json.dumps({"arm": arm, **{k: v for k, v in rec.items() if k not in ("phase", "dream_phase")}}),
-                  flush=True)
+            print(
+                json.dumps({"arm": arm, **{k: v for k, v in rec.items() if k not in ("phase", "dream_phase")}}),
+                flush=True,
+            )
         res["arms"][arm] = records
     for arm in ("sft", "sdft"):
         if arm in a.arms:
@@ -295,25 +359,43 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     from reverie.workloads.selfstudy import StudyItem, teacher_targets
 
     gen = load_generation(base)
-    model, slot = add_slot(gen.model, rank=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                 "up_proj", "down_proj"])
+    model, slot = add_slot(
+        gen.model, rank=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     tok = gen.tokenizer
     mems = sleep_memories(0, 1, 8)[0]
-    items = [StudyItem(m["id"], "summary", f"Tell me about person {i}.", m["text"] + " " + m["text"])
-             for i, m in enumerate(mems)]
-    targets = teacher_targets(model, tok, items, teacher_prompts=[f"x {i.prompt}" for i in items],
-                              adapters_of=lambda _i: [], k=20, max_tokens=64)
+    items = [
+        StudyItem(m["id"], "summary", f"Tell me about person {i}.", m["text"] + " " + m["text"])
+        for i, m in enumerate(mems)
+    ]
+    targets = teacher_targets(
+        model,
+        tok,
+        items,
+        teacher_prompts=[f"x {i.prompt}" for i in items],
+        adapters_of=lambda _i: [],
+        k=20,
+        max_tokens=64,
+    )
     s = KSSettings(batch_size=8, replay_ratio=0.0)
     params = list(slot_parameters(model, slot).values())
-    ks = SelfStudyDistillation(model, tok, items=items, targets=targets, student=[slot], settings=s,
-                               trainer=TorchTrainer(params, lr=1e-3, max_grad_norm=1.0))
+    ks = SelfStudyDistillation(
+        model,
+        tok,
+        items=items,
+        targets=targets,
+        student=[slot],
+        settings=s,
+        trainer=TorchTrainer(params, lr=1e-3, max_grad_norm=1.0),
+    )
     sft_opt = TorchTrainer(params, lr=1e-3, max_grad_norm=1.0)
 
     def sft_step(rows: list[int]) -> None:
         model.train()
         with active_adapters(model, [slot]):
-            logits, mask, tgt = completion_logits(model, tok, [ks.prompt_ids[r] for r in rows],
-                                                  [targets.answer_ids[r] for r in rows])
+            logits, mask, tgt = completion_logits(
+                model, tok, [ks.prompt_ids[r] for r in rows], [targets.answer_ids[r] for r in rows]
+            )
         sft_opt.backward_and_step(answer_cross_entropy(logits, tgt, mask))
 
     times: dict[str, list[float]] = {"consolidation": [], "sft": []}
@@ -327,8 +409,13 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
         if n >= 2:  # the first pair warms up
             times["consolidation" if n % 2 == 0 else "sft"].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"median_s": med, "ratio": med["consolidation"] / med["sft"], "steps_each": a.cost_steps,
-            "batch": 8, "answer_tokens": max(len(x) for x in targets.answer_ids)}
+    return {
+        "median_s": med,
+        "ratio": med["consolidation"] / med["sft"],
+        "steps_each": a.cost_steps,
+        "batch": 8,
+        "answer_tokens": max(len(x) for x in targets.answer_ids),
+    }
 
 
 def main() -> None:
@@ -338,7 +425,9 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--people", type=int, default=20)
     p.add_argument("--steps", type=int, default=None, help="training steps per sleep (default: ConsolidationSpec's)")
-    p.add_argument("--arms", default=None, help="default: base,incontext,sft,sdft,reverie,sleep (--quick: no sdft, sleep)")
+    p.add_argument(
+        "--arms", default=None, help="default: base,incontext,sft,sdft,reverie,sleep (--quick: no sdft, sleep)"
+    )
     p.add_argument("--consolidation", type=json.loads, default={}, help="ConsolidationSpec overrides (JSON, camelCase)")
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-science"))
     p.add_argument("--step-cost", action="store_true")
@@ -347,8 +436,9 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.seeds, a.cycles = "0", 1
-    a.arms = set((a.arms or ("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep"))
-                 .split(","))
+    a.arms = set(
+        (a.arms or ("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep")).split(",")
+    )
     if a.steps is None:
         from reverie.api.phases import ConsolidationSpec
 
@@ -371,8 +461,16 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     runs = [one_seed(a, int(s), base) for s in a.seeds.split(",")]
-    res = {"command": command, "steps": a.steps, "consolidation": a.consolidation, "people": a.people,
-           "cycles": a.cycles, "threads": a.threads, "wall_seconds": time.perf_counter() - t0, "runs": runs}
+    res = {
+        "command": command,
+        "steps": a.steps,
+        "consolidation": a.consolidation,
+        "people": a.people,
+        "cycles": a.cycles,
+        "threads": a.threads,
+        "wall_seconds": time.perf_counter() - t0,
+        "runs": runs,
+    }
     (a.out / "results.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({"event": "done", "out": str(a.out / "results.json"), "wall_seconds": res["wall_seconds"]}))
 

@@ -51,10 +51,17 @@ def main() -> None:
     t1 = time.monotonic()
     scores = score_model(ModelScorer(gen.model, gen.tokenizer, batch_size=16), items, max_new_tokens=16)
     out = {
-        "load_seconds": round(load_s, 1), "eval_seconds": round(time.monotonic() - t1, 1),
-        **{name: {"value": s.value, "n": s.n, "ci": [s.interval.low, s.interval.high],
-                  **({"parts": {k: v.value for k, v in s.parts.items()}} if s.parts else {})}
-           for name, s in scores.items()},
+        "load_seconds": round(load_s, 1),
+        "eval_seconds": round(time.monotonic() - t1, 1),
+        **{
+            name: {
+                "value": s.value,
+                "n": s.n,
+                "ci": [s.interval.low, s.interval.high],
+                **({"parts": {k: v.value for k, v in s.parts.items()}} if s.parts else {}),
+            }
+            for name, s in scores.items()
+        },
     }
     print(json.dumps(out, indent=1))
     (Path(__file__).resolve().parent / "smollm_eval.json").write_text(json.dumps(out, indent=1))

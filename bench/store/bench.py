@@ -73,19 +73,30 @@ def one_cycle(server: S3Server, workdir: Path, *, cache: bool) -> dict[str, Any]
         raise SystemExit(f"reverie sleep failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     events = [e for e in staged_events(run) if "uri" in e]
     return {
-        "cache": cache, "seconds": round(seconds, 1),
+        "cache": cache,
+        "seconds": round(seconds, 1),
         "store_sent_bytes": server.sent_bytes() - sent_before,
         "generation_bytes_downloaded": sum(e.get("bytes", 0) for e in events),
-        "generation_loads": len(events), "generation_loads_from_cache": sum(1 for e in events if e.get("reused")),
-        "loads": [{"phase": e["phase"], "uri": e["uri"].split("/store/", 1)[-1], "bytes": e.get("bytes", 0),
-                   "reused": e.get("reused", False)} for e in events],
+        "generation_loads": len(events),
+        "generation_loads_from_cache": sum(1 for e in events if e.get("reused")),
+        "loads": [
+            {
+                "phase": e["phase"],
+                "uri": e["uri"].split("/store/", 1)[-1],
+                "bytes": e.get("bytes", 0),
+                "reused": e.get("reused", False),
+            }
+            for e in events
+        ],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--mode", choices=["both", "no-cache", "cache"], default="both", help="which runs (default both)")
+    parser.add_argument(
+        "--mode", choices=["both", "no-cache", "cache"], default="both", help="which runs (default both)"
+    )
     args = parser.parse_args()
     if not minio_binary().is_file():
         raise SystemExit(f"{minio_binary()} missing: bash hack/install-minio.sh")

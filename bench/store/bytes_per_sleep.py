@@ -174,7 +174,7 @@ def main() -> None:
         for name in args.model or ["tiny"]:
             base = base_folder(name, workdir)
             base_bytes = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
-            for where in (["local", "s3"] if server else ["local"]):
+            for where in ["local", "s3"] if server else ["local"]:
                 for thin in (False, True):
                     label = f"{name} {where} {'after (thin)' if thin else 'before (full)'}"
                     print(f"== {label}", flush=True)
@@ -183,8 +183,9 @@ def main() -> None:
                     os.environ["REVERIE_STAGING_CACHE"] = str(workdir / "cache" / tag)
                     store_uri = server.new_bucket() if where == "s3" and server else str(workdir / "store" / tag)
                     rows = run_sleeps(base, store_uri, thin=thin, sleeps=args.sleeps)
-                    results["runs"].append({"model": name, "store": where, "thin": thin, "base_folder_bytes": base_bytes,
-                                            "rows": rows})
+                    results["runs"].append(
+                        {"model": name, "store": where, "thin": thin, "base_folder_bytes": base_bytes, "rows": rows}
+                    )
                     if where == "local":
                         shutil.rmtree(store_uri, ignore_errors=True)
                     shutil.rmtree(workdir / "cache" / tag, ignore_errors=True)

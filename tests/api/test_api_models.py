@@ -60,26 +60,43 @@ def test_example_round_trips_through_the_wire_form(path: Path, document: dict[st
 
 
 def test_status_round_trips() -> None:
-    status = SleepCycleStatus.model_validate({
-        "phase": "Evaluating",
-        "records": [{"step": "consolidation", "attempt": 1, "jobName": "night-consolidation-1", "result": "Succeeded",
-                     "metrics": {"loss": 0.25}, "startTime": "2026-11-25T03:00:00Z"}],
-        "gate": {"outcome": "Passed", "rules": [{"rule": "retention >= 0.5", "verdict": "Passed"}]},
-        "conditions": [{"type": "Consolidated", "status": "True", "observedGeneration": 1}],
-    })
+    status = SleepCycleStatus.model_validate(
+        {
+            "phase": "Evaluating",
+            "records": [
+                {
+                    "step": "consolidation",
+                    "attempt": 1,
+                    "jobName": "night-consolidation-1",
+                    "result": "Succeeded",
+                    "metrics": {"loss": 0.25},
+                    "startTime": "2026-11-25T03:00:00Z",
+                }
+            ],
+            "gate": {"outcome": "Passed", "rules": [{"rule": "retention >= 0.5", "verdict": "Passed"}]},
+            "conditions": [{"type": "Consolidated", "status": "True", "observedGeneration": 1}],
+        }
+    )
     assert SleepCycleStatus.model_validate(status.wire()) == status
     assert status.wire()["records"][0]["jobName"] == "night-consolidation-1"
 
 
 def test_unknown_fields_are_rejected_not_dropped() -> None:
     with pytest.raises(ValidationError, match="learnRate"):
-        SleepCycle.model_validate({**sleepcycle(), "spec": {**sleepcycle()["spec"], "consolidation": {"learnRate": 1e-3}}})
+        SleepCycle.model_validate(
+            {**sleepcycle(), "spec": {**sleepcycle()["spec"], "consolidation": {"learnRate": 1e-3}}}
+        )
 
 
 @pytest.mark.parametrize(
     "rule",
-    ["retention >= 0.5", "knowledge_incorporation > champion", "perplexity <= champion + 0.5",
-     "fewshot < champion - 1", "  retention>=-0.25  "],
+    [
+        "retention >= 0.5",
+        "knowledge_incorporation > champion",
+        "perplexity <= champion + 0.5",
+        "fewshot < champion - 1",
+        "  retention>=-0.25  ",
+    ],
 )
 def test_gate_rule_grammar_accepts(rule: str) -> None:
     GateSpec(rules=[rule])
@@ -87,7 +104,14 @@ def test_gate_rule_grammar_accepts(rule: str) -> None:
 
 @pytest.mark.parametrize(
     "rule",
-    ["retention == 0.5", "Retention >= 0.5", "retention >= champion * 2", "retention >=", "retention >= 1e3", "0.5 <= retention"],
+    [
+        "retention == 0.5",
+        "Retention >= 0.5",
+        "retention >= champion * 2",
+        "retention >=",
+        "retention >= 1e3",
+        "0.5 <= retention",
+    ],
 )
 def test_gate_rule_grammar_rejects(rule: str) -> None:
     with pytest.raises(ValidationError):
@@ -96,8 +120,14 @@ def test_gate_rule_grammar_rejects(rule: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4", Decimal(4)), ("500m", Decimal("0.5")), ("16Gi", Decimal(16 * 2**30)), ("1e3", Decimal(1000)),
-     ("1.5G", Decimal("1.5e9")), (".5", Decimal("0.5"))],
+    [
+        ("4", Decimal(4)),
+        ("500m", Decimal("0.5")),
+        ("16Gi", Decimal(16 * 2**30)),
+        ("1e3", Decimal(1000)),
+        ("1.5G", Decimal("1.5e9")),
+        (".5", Decimal("0.5")),
+    ],
 )
 def test_parse_quantity(text: str, value: Decimal) -> None:
     assert parse_quantity(text) == value

@@ -86,7 +86,9 @@ def test_every_field_is_described(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_cel_messages_name_a_field_of_their_object(kind: str) -> None:
-    rules = [(path, node, rule) for path, node in nodes(schema_of(kind)) for rule in node.get("x-kubernetes-validations", [])]
+    rules = [
+        (path, node, rule) for path, node in nodes(schema_of(kind)) for rule in node.get("x-kubernetes-validations", [])
+    ]
     assert rules
     for path, node, rule in rules:
         names = set(node.get("properties", {})) | {"metadata.name"}

@@ -94,8 +94,11 @@ def test_malformed_manifest_is_rejected_naming_the_field(cluster: Any, dry_run_n
 
 
 def test_names_at_their_limits_are_accepted(cluster: Any, dry_run_namespace: str) -> None:
-    scheduled = patched(patched(modellineage("s" * 50), "spec.schedule", {"cron": "@daily", "template": sleepcycle()["spec"]}),
-                        "spec.schedule.template.lineageRef", "s" * 50)
+    scheduled = patched(
+        patched(modellineage("s" * 50), "spec.schedule", {"cron": "@daily", "template": sleepcycle()["spec"]}),
+        "spec.schedule.template.lineageRef",
+        "s" * 50,
+    )
     for manifest in (modellineage("l" * 63), patched(sleepcycle("c" * 63), "spec.lineageRef", "l" * 63), scheduled):
         done = apply(cluster, dry_run_namespace, manifest, dry_run=True, check=False)
         assert done.returncode == 0, done.stderr
@@ -106,9 +109,11 @@ def test_at_least_25_malformed_cases() -> None:
     assert len({case.id for case in MALFORMED}) == len(MALFORMED)
 
 
-
-
-@pytest.mark.parametrize(("kind", "path", "value", "field", "message"), IMMUTABLE, ids=lambda v: v if isinstance(v, str) and v.startswith("spec.") else None)
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "field", "message"),
+    IMMUTABLE,
+    ids=lambda v: v if isinstance(v, str) and v.startswith("spec.") else None,
+)
 def test_immutable_field_cannot_change(
     cluster: Any, namespace: str, kind: str, path: str, value: Any, field: str, message: str
 ) -> None:
@@ -138,8 +143,14 @@ def test_mutable_fields_change_and_templates_are_not_frozen(cluster: Any, namesp
 def test_status_written_through_the_main_resource_is_ignored(cluster: Any, namespace: str) -> None:
     apply(cluster, namespace, sleepcycle())
     cluster.kubectl(
-        "patch", "-n", namespace, "sleepcycle", "night", "--type=merge",
-        "-p", json.dumps({"spec": {"suspend": True}, "status": {"phase": "Succeeded"}}),
+        "patch",
+        "-n",
+        namespace,
+        "sleepcycle",
+        "night",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"suspend": True}, "status": {"phase": "Succeeded"}}),
     )
     stored = get(cluster, namespace, "sleepcycle", "night")
     assert stored["spec"]["suspend"] is True
@@ -150,8 +161,15 @@ def test_spec_written_through_the_status_subresource_is_ignored(cluster: Any, na
     apply(cluster, namespace, sleepcycle())
     before = get(cluster, namespace, "sleepcycle", "night")
     cluster.kubectl(
-        "patch", "-n", namespace, "sleepcycle", "night", "--subresource=status", "--type=merge",
-        "-p", json.dumps({"spec": {"suspend": True}, "status": {"phase": "Dreaming", "message": "m"}}),
+        "patch",
+        "-n",
+        namespace,
+        "sleepcycle",
+        "night",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"suspend": True}, "status": {"phase": "Dreaming", "message": "m"}}),
     )
     after = get(cluster, namespace, "sleepcycle", "night")
     assert after["status"]["phase"] == "Dreaming"
@@ -163,8 +181,16 @@ def test_spec_written_through_the_status_subresource_is_ignored(cluster: Any, na
 def test_status_subresource_validates_status(cluster: Any, namespace: str) -> None:
     apply(cluster, namespace, sleepcycle())
     done = cluster.kubectl(
-        "patch", "-n", namespace, "sleepcycle", "night", "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": {"phase": "Sleeping"}}), check=False,
+        "patch",
+        "-n",
+        namespace,
+        "sleepcycle",
+        "night",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Sleeping"}}),
+        check=False,
     )
     assert done.returncode != 0 and "status.phase" in done.stderr and "Unsupported value" in done.stderr
 
@@ -178,21 +204,57 @@ def _table(cluster: Any, namespace: str, resource: str, *extra: str) -> tuple[li
 def test_kubectl_get_sleep_shows_the_printer_columns(cluster: Any, namespace: str) -> None:
     apply(cluster, namespace, sleepcycle())
     cluster.kubectl(
-        "patch", "-n", namespace, "sleep", "night", "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": {"phase": "Succeeded", "generation": "gen-2", "gate": {"outcome": "Passed"}}}),
+        "patch",
+        "-n",
+        namespace,
+        "sleep",
+        "night",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Succeeded", "generation": "gen-2", "gate": {"outcome": "Passed"}}}),
     )
     header, row = _table(cluster, namespace, "sleep")
     assert header == ["NAME", "LINEAGE", "PHASE", "GENERATION", "GATE", "AGE"]
     assert row[:5] == ["night", LINEAGE_NAME, "Succeeded", "gen-2", "Passed"]
     wide_header, _ = _table(cluster, namespace, "sleep", "-o", "wide")
-    assert wide_header[:9] == ["NAME", "LINEAGE", "PHASE", "GENERATION", "GATE", "AGE", "BASE", "PROMOTION", "SUSPENDED"]
+    assert wide_header[:9] == [
+        "NAME",
+        "LINEAGE",
+        "PHASE",
+        "GENERATION",
+        "GATE",
+        "AGE",
+        "BASE",
+        "PROMOTION",
+        "SUSPENDED",
+    ]
 
 
 def test_kubectl_get_mlin_shows_the_printer_columns(cluster: Any, namespace: str) -> None:
-    apply(cluster, namespace, patched(modellineage(), "spec.schedule", {"cron": "0 3 * * *", "template": sleepcycle()["spec"]}))
+    apply(
+        cluster,
+        namespace,
+        patched(modellineage(), "spec.schedule", {"cron": "0 3 * * *", "template": sleepcycle()["spec"]}),
+    )
     cluster.kubectl(
-        "patch", "-n", namespace, "mlin", LINEAGE_NAME, "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": {"champion": "gen-1", "activeCycle": "night", "conditions": [{"type": "Ready", "status": "True"}]}}),
+        "patch",
+        "-n",
+        namespace,
+        "mlin",
+        LINEAGE_NAME,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "status": {
+                    "champion": "gen-1",
+                    "activeCycle": "night",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }
+            }
+        ),
     )
     lines = cluster.kubectl("get", "-n", namespace, "mlin").stdout.splitlines()
     assert lines[0].split() == ["NAME", "CHAMPION", "ACTIVE", "SCHEDULE", "READY", "AGE"]
@@ -233,7 +295,9 @@ def test_restricted_identity_is_forbidden_until_rbac_grants_it(cluster: Any, nam
     cluster.kubectl(
         "create", "role", "sc-reader", "-n", namespace, "--verb=get,list", "--resource=sleepcycles.reverie.dev"
     )
-    cluster.kubectl("create", "rolebinding", "sc-reader", "-n", namespace, "--role=sc-reader", "--group=reverie-viewers")
+    cluster.kubectl(
+        "create", "rolebinding", "sc-reader", "-n", namespace, "--role=sc-reader", "--group=reverie-viewers"
+    )
     cluster.kubectl("get", "-n", namespace, "sleep", kubeconfig=viewer)
     create = cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=json.dumps(sleepcycle()), kubeconfig=viewer, check=False
@@ -249,10 +313,15 @@ def test_owner_reference_garbage_collection_runs(cluster: Any, namespace: str) -
         "kind": "ConfigMap",
         "metadata": {
             "name": "night-phase",
-            "ownerReferences": [{
-                "apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "name": "night",
-                "uid": owner["metadata"]["uid"], "controller": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": "reverie.dev/v1alpha1",
+                    "kind": "SleepCycle",
+                    "name": "night",
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
         },
         "data": {"phase.json": "{}"},
     }
@@ -267,7 +336,9 @@ def test_python_client_from_the_cluster_kubeconfig(cluster: Any, namespace: str)
     with cluster.api_client() as api_client:
         objects = client.CustomObjectsApi(api_client)
         objects.create_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", modellineage())
-        stored = objects.get_namespaced_custom_object("reverie.dev", "v1alpha1", namespace, "modellineages", LINEAGE_NAME)
+        stored = objects.get_namespaced_custom_object(
+            "reverie.dev", "v1alpha1", namespace, "modellineages", LINEAGE_NAME
+        )
     assert stored["spec"]["historyLimit"] == 20
     assert cluster.env()["KUBECONFIG"] == str(cluster.kubeconfig)
 
@@ -278,8 +349,15 @@ def test_conditions_merge_per_type_under_server_side_apply(cluster: Any, namespa
         status = {"status": {"conditions": [{"type": kind, "status": "True", "reason": "Test"}]}}
         body = {"apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "metadata": {"name": "night"}, **status}
         cluster.kubectl(
-            "apply", "-n", namespace, "--server-side", "--subresource=status", f"--field-manager={manager}",
-            "-f", "-", input=json.dumps(body),
+            "apply",
+            "-n",
+            namespace,
+            "--server-side",
+            "--subresource=status",
+            f"--field-manager={manager}",
+            "-f",
+            "-",
+            input=json.dumps(body),
         )
     conditions = get(cluster, namespace, "sleepcycle", "night")["status"]["conditions"]
     assert sorted(c["type"] for c in conditions) == ["Consolidated", "GatePassed"]

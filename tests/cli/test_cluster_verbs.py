@@ -29,14 +29,18 @@ runner = CliRunner()
 
 def lineage(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "reverie.dev/v1alpha1", "kind": "ModelLineage", "metadata": {"name": name},
+        "apiVersion": "reverie.dev/v1alpha1",
+        "kind": "ModelLineage",
+        "metadata": {"name": name},
         "spec": {"baseModel": {"uri": "s3://models/base"}, "store": {"uri": "s3://store"}},
     }
 
 
 def cycle(name: str, lineage_ref: str) -> dict[str, Any]:
     return {
-        "apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "metadata": {"name": name},
+        "apiVersion": "reverie.dev/v1alpha1",
+        "kind": "SleepCycle",
+        "metadata": {"name": name},
         "spec": {"lineageRef": lineage_ref, "memory": {"sources": [{"inline": ["Zorblat lives in Vemora."]}]}},
     }
 
@@ -46,14 +50,36 @@ CYCLE_STATUS = {
     "message": "evaluation attempt 1 of 3 is running in Job nightly-evaluation-1",
     "baseGeneration": "gen-0",
     "records": [
-        {"step": "consolidation", "attempt": 1, "jobName": "nightly-consolidation-1", "result": "Succeeded", "reason": "Succeeded"},
-        {"step": "dreaming", "attempt": 1, "jobName": "nightly-dreaming-1", "result": "Failed", "reason": "ProcessFailed", "message": "OOMKilled"},
-        {"step": "dreaming", "attempt": 2, "jobName": "nightly-dreaming-2", "result": "Succeeded", "reason": "Succeeded"},
+        {
+            "step": "consolidation",
+            "attempt": 1,
+            "jobName": "nightly-consolidation-1",
+            "result": "Succeeded",
+            "reason": "Succeeded",
+        },
+        {
+            "step": "dreaming",
+            "attempt": 1,
+            "jobName": "nightly-dreaming-1",
+            "result": "Failed",
+            "reason": "ProcessFailed",
+            "message": "OOMKilled",
+        },
+        {
+            "step": "dreaming",
+            "attempt": 2,
+            "jobName": "nightly-dreaming-2",
+            "result": "Succeeded",
+            "reason": "Succeeded",
+        },
         {"step": "evaluation", "attempt": 1, "jobName": "nightly-evaluation-1", "result": "Running"},
     ],
-    "gate": {"outcome": "Passed", "rules": [
-        {"rule": "knowledge_incorporation >= champion", "verdict": "Passed", "reason": "0.6 >= 0.1"},
-    ]},
+    "gate": {
+        "outcome": "Passed",
+        "rules": [
+            {"rule": "knowledge_incorporation >= champion", "verdict": "Passed", "reason": "0.6 >= 0.1"},
+        ],
+    },
     "generation": "gen-3",
 }
 
@@ -63,8 +89,17 @@ def apply(cluster: Any, namespace: str, *objects: dict[str, Any]) -> None:
 
 
 def patch_status(cluster: Any, namespace: str, kind: str, name: str, status: dict[str, Any]) -> None:
-    cluster.kubectl("patch", kind, name, "-n", namespace, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": status}))
+    cluster.kubectl(
+        "patch",
+        kind,
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
 
 
 def invoke(cluster: Any, *args: str, kubeconfig: Path | None = None) -> Any:
@@ -99,9 +134,23 @@ def test_status_of_one_cycle_shows_attempts_gate_rules_and_message(cluster: Any,
 def test_status_shows_a_lineage_that_is_not_ready_with_the_reason(cluster: Any, namespace: str) -> None:
     apply(cluster, namespace, lineage("broken"), cycle("nightly", "broken"))
     message = "spec.schedule.cron '61 * * * *' is not a valid cron expression (e.g. '0 3 * * *' or @daily)"
-    patch_status(cluster, namespace, "modellineage", "broken", {"conditions": [
-        {"type": "Ready", "status": "False", "reason": "InvalidSchedule", "message": message,
-         "lastTransitionTime": "2026-11-25T03:00:00Z"}]})
+    patch_status(
+        cluster,
+        namespace,
+        "modellineage",
+        "broken",
+        {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "InvalidSchedule",
+                    "message": message,
+                    "lastTransitionTime": "2026-11-25T03:00:00Z",
+                }
+            ]
+        },
+    )
     for args in (["status"], ["status", "nightly"]):
         result = invoke(cluster, *args, "-n", namespace)
         assert result.exit_code == 0, result.output
@@ -133,14 +182,20 @@ def test_approve_and_reject_write_the_approval_annotation(cluster: Any, namespac
 
 def test_rollback_patches_rollback_to_and_refuses_unknown_generations(cluster: Any, namespace: str) -> None:
     apply(cluster, namespace, lineage("lin"))
-    patch_status(cluster, namespace, "modellineage", "lin", {
-        "champion": "gen-2",
-        "generations": [
-            {"name": "gen-0", "uri": "s3://models/base", "state": "Retired"},
-            {"name": "gen-1", "parent": "gen-0", "uri": "s3://store/lin/c1", "state": "Rejected"},
-            {"name": "gen-2", "parent": "gen-0", "uri": "s3://store/lin/c2", "state": "Champion"},
-        ],
-    })
+    patch_status(
+        cluster,
+        namespace,
+        "modellineage",
+        "lin",
+        {
+            "champion": "gen-2",
+            "generations": [
+                {"name": "gen-0", "uri": "s3://models/base", "state": "Retired"},
+                {"name": "gen-1", "parent": "gen-0", "uri": "s3://store/lin/c1", "state": "Rejected"},
+                {"name": "gen-2", "parent": "gen-0", "uri": "s3://store/lin/c2", "state": "Champion"},
+            ],
+        },
+    )
     unknown = invoke(cluster, "rollback", "lin", "gen-9", "-n", namespace)
     assert unknown.exit_code == 1 and "known: gen-0 (Retired)" in unknown.output
     rejected = invoke(cluster, "rollback", "lin", "gen-1", "-n", namespace)
@@ -164,7 +219,8 @@ def test_logs_resolve_the_phase_jobs_pods_and_explain_missing_logs(cluster: Any,
     assert no_pods.exit_code == 1 and "Job nightly-dreaming-2 has no pods" in no_pods.output
     # No kubelet runs in the test cluster: the pod is created but never starts.
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": "nightly-dreaming-2-abcde", "labels": {"job-name": "nightly-dreaming-2"}},
         "spec": {"containers": [{"name": "phase", "image": "ghcr.io/reverie-dev/reverie-dreamer:0.1.0"}]},
     }
@@ -193,7 +249,9 @@ def test_kubectl_finds_the_plugin_on_path(cluster: Any, namespace: str) -> None:
     env = {**cluster.env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     listed = subprocess.run([kubectl, "plugin", "list"], capture_output=True, text=True, env=env, timeout=30)
     assert "kubectl-reverie" in listed.stdout
-    done = subprocess.run([kubectl, "reverie", "status", "-n", namespace], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [kubectl, "reverie", "status", "-n", namespace], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "plugged" in done.stdout and "Pending" in done.stdout
 
@@ -208,8 +266,9 @@ def test_ask_lineage_reads_the_champion_from_the_lineage_status(cluster: Any, na
     apply(cluster, namespace, obj)
     patch_status(cluster, namespace, "modellineage", "asked", status(g0, g1))
     # --compare's extra columns are the same code as a local run's (tests/local/test_serving.py).
-    result = invoke(cluster, "ask", "--lineage", "asked", "-n", namespace, "Where does Zorblat live?",
-                    "--max-new-tokens", "4")
+    result = invoke(
+        cluster, "ask", "--lineage", "asked", "-n", namespace, "Where does Zorblat live?", "--max-new-tokens", "4"
+    )
     assert result.exit_code == 0, result.output
     assert "champion (gen-1)" in result.output and "Where does Zorblat live?" in result.output
     patch_status(cluster, namespace, "modellineage", "asked", {"championUri": "/store/elsewhere/gen-1"})

@@ -19,6 +19,7 @@ NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
 # --- grammar ------------------------------------------------------------------
 
+
 def test_absolute_rule_parses_threshold() -> None:
     r = parse_rule("knowledge_incorporation >= 0.9")
     assert (r.metric, r.op, r.relative, r.threshold) == ("knowledge_incorporation", ">=", False, 0.9)
@@ -41,9 +42,20 @@ def test_negative_absolute_threshold() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "retention", "retention >= ", "retention == 0.9", "Retention >= 0.9", "retention >= champ",
-     "retention >= champion * 2", "retention >= 1e-3", "retention >= .5", "retention >= champion - -1",
-     "9lives >= 1", "retention >= 0.9 and x < 1"],
+    [
+        "",
+        "retention",
+        "retention >= ",
+        "retention == 0.9",
+        "Retention >= 0.9",
+        "retention >= champ",
+        "retention >= champion * 2",
+        "retention >= 1e-3",
+        "retention >= .5",
+        "retention >= champion - -1",
+        "9lives >= 1",
+        "retention >= 0.9 and x < 1",
+    ],
 )
 def test_malformed_rule_raises_with_how_to_write_it(text: str) -> None:
     with pytest.raises(ValueError, match=r"malformed gate rule .*'<metric> <op> <number>'"):
@@ -75,6 +87,7 @@ def test_required_metrics_in_first_mention_order() -> None:
 
 # --- verdicts -----------------------------------------------------------------
 
+
 def test_all_rules_hold_passes_with_one_reason_per_rule() -> None:
     d = decide(
         ["knowledge_incorporation >= 0.9", "retention >= champion - 0.01"],
@@ -98,7 +111,9 @@ def test_relative_tolerance_reads_as_decimal_arithmetic() -> None:
     # In floats 0.83 - 0.02 is 0.8099999999999999; the gate compares with 0.81 as written.
     d = decide(["retention >= champion - 0.02"], {"retention": 0.81}, {"retention": 0.83}, now=NOW)
     assert d.outcome == "Passed" and d.rules[0].reason.endswith("= 0.81")
-    assert decide(["retention > champion - 0.02"], {"retention": 0.81}, {"retention": 0.83}, now=NOW).outcome == "Failed"
+    assert (
+        decide(["retention > champion - 0.02"], {"retention": 0.81}, {"retention": 0.83}, now=NOW).outcome == "Failed"
+    )
 
 
 def test_lower_is_better_metric() -> None:
@@ -172,7 +187,10 @@ _op = st.sampled_from([">=", ">", "<=", "<"])
 _num = st.decimals(min_value=0, max_value=100, places=3).map(str)
 _finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 _any_value = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.none(), st.booleans(), st.text(max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
     st.integers(min_value=-10, max_value=10),
 )
 
@@ -252,9 +270,7 @@ def test_stronger_champion_never_makes_a_relative_rule_easier(
 
 
 @given(_metric, _finite, _finite)
-def test_champion_rule_without_offset_is_a_plain_comparison(
-    metric: str, candidate: float, champion: float
-) -> None:
+def test_champion_rule_without_offset_is_a_plain_comparison(metric: str, candidate: float, champion: float) -> None:
     rel = decide([f"{metric} >= champion"], {metric: candidate}, {metric: champion}, now=NOW)
     assert rel.outcome == ("Passed" if candidate >= champion else "Failed")
 

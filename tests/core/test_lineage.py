@@ -21,10 +21,18 @@ def fresh() -> ModelLineageStatus:
     return L.ensure_base(ModelLineageStatus(), BASE, now=T0)
 
 
-def cycle_promoted(status: ModelLineageStatus, cycle: str, *, now: datetime = T0, limit: int = 20) -> ModelLineageStatus:
+def cycle_promoted(
+    status: ModelLineageStatus, cycle: str, *, now: datetime = T0, limit: int = 20
+) -> ModelLineageStatus:
     status, _ = L.record_candidate(
-        status, cycle=cycle, uri=f"s3://store/{cycle}", content_hash="h", parent=status.champion,
-        scores={"retention": 0.9}, now=now, history_limit=limit,
+        status,
+        cycle=cycle,
+        uri=f"s3://store/{cycle}",
+        content_hash="h",
+        parent=status.champion,
+        scores={"retention": 0.9},
+        now=now,
+        history_limit=limit,
     )
     status, result = L.promote(status, cycle=cycle, now=now)
     assert result.promoted, result.message
@@ -46,20 +54,42 @@ def test_generation_zero_is_the_base_model_and_champion() -> None:
 def test_record_candidate_names_from_next_generation_and_is_idempotent_by_cycle() -> None:
     s = fresh()
     s1, name = L.record_candidate(
-        s, cycle="c1", uri="u1", content_hash="abc", parent="gen-0", scores={"a": 1.0}, now=T0, history_limit=20,
+        s,
+        cycle="c1",
+        uri="u1",
+        content_hash="abc",
+        parent="gen-0",
+        scores={"a": 1.0},
+        now=T0,
+        history_limit=20,
     )
     assert name == "gen-1" and s1.next_generation == 2
     g = L.find(s1, "gen-1")
-    assert g is not None and (g.parent, g.cycle, g.uri, g.content_hash, g.state) == ("gen-0", "c1", "u1", "abc", "Candidate")
+    assert g is not None and (g.parent, g.cycle, g.uri, g.content_hash, g.state) == (
+        "gen-0",
+        "c1",
+        "u1",
+        "abc",
+        "Candidate",
+    )
     s2, again = L.record_candidate(
-        s1, cycle="c1", uri="other", content_hash="x", parent="gen-0", scores={}, now=T0, history_limit=20,
+        s1,
+        cycle="c1",
+        uri="other",
+        content_hash="x",
+        parent="gen-0",
+        scores={},
+        now=T0,
+        history_limit=20,
     )
     assert again == "gen-1" and s2 == s1
     assert s == fresh()  # input untouched
 
 
 def test_promote_moves_champion_and_retires_the_old_one() -> None:
-    s, _ = L.record_candidate(fresh(), cycle="c1", uri="u1", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
+    s, _ = L.record_candidate(
+        fresh(), cycle="c1", uri="u1", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
     later = T0 + timedelta(minutes=5)
     s2, result = L.promote(s, cycle="c1", now=later)
     assert result.kind == "Promoted" and result.changed and (result.generation, result.previous) == ("gen-1", "gen-0")
@@ -78,8 +108,12 @@ def test_promote_twice_is_already_champion_and_changes_nothing() -> None:
 
 def test_two_cycles_from_the_same_champion_cannot_both_promote() -> None:
     s = fresh()
-    s, _ = L.record_candidate(s, cycle="a", uri="ua", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
-    s, _ = L.record_candidate(s, cycle="b", uri="ub", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
+    s, _ = L.record_candidate(
+        s, cycle="a", uri="ua", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
+    s, _ = L.record_candidate(
+        s, cycle="b", uri="ub", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
     s, first = L.promote(s, cycle="a", now=T0)
     s, second = L.promote(s, cycle="b", now=T0)
     assert first.kind == "Promoted"
@@ -89,7 +123,9 @@ def test_two_cycles_from_the_same_champion_cannot_both_promote() -> None:
 
 
 def test_promotion_is_refused_while_pinned_by_rollback() -> None:
-    s, _ = L.record_candidate(fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
+    s, _ = L.record_candidate(
+        fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
     s2, result = L.promote(s, cycle="c1", now=T0, rollback_to="gen-0")
     assert result.kind == "Pinned" and "rollbackTo" in result.message
     assert s2.champion == "gen-0" and states(s2)["gen-1"] == "Rejected"
@@ -101,7 +137,9 @@ def test_promote_unknown_cycle_is_refused() -> None:
 
 
 def test_reject_marks_candidate_and_is_idempotent() -> None:
-    s, _ = L.record_candidate(fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
+    s, _ = L.record_candidate(
+        fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
     s2 = L.reject(s, cycle="c1", now=T0)
     assert states(s2)["gen-1"] == "Rejected"
     assert L.reject(s2, cycle="c1", now=T0) == s2
@@ -126,7 +164,9 @@ def test_rollback_to_unknown_generation_says_which_exist() -> None:
 
 
 def test_rollback_to_rejected_generation_is_refused() -> None:
-    s, _ = L.record_candidate(fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20)
+    s, _ = L.record_candidate(
+        fresh(), cycle="c1", uri="u", content_hash=None, parent="gen-0", scores={}, now=T0, history_limit=20
+    )
     s = L.reject(s, cycle="c1", now=T0)
     _, rb = L.rollback(s, target="gen-1", now=T0)
     assert rb.kind == "NotPromotable" and "Rejected" in rb.message
@@ -144,18 +184,29 @@ def test_history_cap_drops_oldest_finished_never_the_champion_and_summarises() -
 def test_history_cap_keeps_candidates_and_the_rollback_target() -> None:
     s = fresh()
     s = cycle_promoted(s, "c1", limit=2)
-    s, _ = L.record_candidate(s, cycle="c2", uri="u", content_hash=None, parent="gen-1", scores={}, now=T0, history_limit=2, keep=["gen-0"])
+    s, _ = L.record_candidate(
+        s, cycle="c2", uri="u", content_hash=None, parent="gen-1", scores={}, now=T0, history_limit=2, keep=["gen-0"]
+    )
     # gen-0 is protected by keep (a rollback target), gen-1 is champion, gen-2 a pending candidate.
     assert [g.name for g in s.generations] == ["gen-0", "gen-1", "gen-2"]
 
 
 def test_two_hundred_promotions_keep_the_status_small() -> None:
     s = fresh()
-    scores = {m: 0.123456789 for m in ("knowledge_incorporation", "retention", "fewshot", "perplexity", "incontext_upper_bound")}
+    scores = {
+        m: 0.123456789
+        for m in ("knowledge_incorporation", "retention", "fewshot", "perplexity", "incontext_upper_bound")
+    }
     for i in range(1, 201):
         s, _ = L.record_candidate(
-            s, cycle=f"lineage-2026112503{i:04d}", uri=f"s3://bucket/models/lineage/lineage-2026112503{i:04d}/dreaming",
-            content_hash="sha256:" + "f" * 64, parent=s.champion, scores=scores, now=T0, history_limit=20,
+            s,
+            cycle=f"lineage-2026112503{i:04d}",
+            uri=f"s3://bucket/models/lineage/lineage-2026112503{i:04d}/dreaming",
+            content_hash="sha256:" + "f" * 64,
+            parent=s.champion,
+            scores=scores,
+            now=T0,
+            history_limit=20,
         )
         s, _ = L.promote(s, cycle=f"lineage-2026112503{i:04d}", now=T0)
     size = len(json.dumps(s.wire()))
@@ -181,7 +232,9 @@ def test_any_sequence_keeps_exactly_one_champion_and_never_loses_it(ops: list[tu
     for op, i in ops:
         cycle = f"c{i}"
         if op == "record":
-            s, _ = L.record_candidate(s, cycle=cycle, uri=cycle, content_hash=None, parent=s.champion, scores={}, now=T0, history_limit=limit)
+            s, _ = L.record_candidate(
+                s, cycle=cycle, uri=cycle, content_hash=None, parent=s.champion, scores={}, now=T0, history_limit=limit
+            )
         elif op == "promote":
             s, _ = L.promote(s, cycle=cycle, now=T0)
         elif op == "reject":
@@ -201,11 +254,13 @@ def test_any_sequence_keeps_exactly_one_champion_and_never_loses_it(ops: list[tu
 
 
 def lineage_with(status: ModelLineageStatus, **spec: object) -> ModelLineage:
-    return ModelLineage.model_validate({
-        "metadata": {"name": "demo", "generation": 3},
-        "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///s"}, **spec},
-        "status": status.wire(),
-    })
+    return ModelLineage.model_validate(
+        {
+            "metadata": {"name": "demo", "generation": 3},
+            "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///s"}, **spec},
+            "status": status.wire(),
+        }
+    )
 
 
 def test_reconcile_records_generation_zero_and_ready() -> None:

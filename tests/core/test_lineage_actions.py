@@ -30,22 +30,41 @@ T0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
 def lineage(*, rollback_to: str | None = None, history_limit: int = 20, generations: int = 0) -> ModelLineage:
     """A lineage whose gen-1..gen-<generations> were each champion once (gen-<n> is the champion)."""
-    lin = ModelLineage.model_validate({
-        "metadata": {"name": "lin", "namespace": "ns", "generation": 1},
-        "spec": {"baseModel": {"uri": "file:///base"}, "store": {"uri": "file:///store"},
-                 "historyLimit": history_limit, **({"rollbackTo": rollback_to} if rollback_to else {})},
-    })
+    lin = ModelLineage.model_validate(
+        {
+            "metadata": {"name": "lin", "namespace": "ns", "generation": 1},
+            "spec": {
+                "baseModel": {"uri": "file:///base"},
+                "store": {"uri": "file:///store"},
+                "historyLimit": history_limit,
+                **({"rollbackTo": rollback_to} if rollback_to else {}),
+            },
+        }
+    )
     lin.status = L.ensure_base(lin.status, lin.spec.base_model, now=T0)
     for i in range(1, generations + 1):
-        lin.status, _ = L.record_candidate(lin.status, cycle=f"old-{i}", uri=f"u{i}", content_hash=None,
-                                           parent=lin.status.champion, scores={}, now=T0, history_limit=200)
+        lin.status, _ = L.record_candidate(
+            lin.status,
+            cycle=f"old-{i}",
+            uri=f"u{i}",
+            content_hash=None,
+            parent=lin.status.champion,
+            scores={},
+            now=T0,
+            history_limit=200,
+        )
         lin.status, _ = L.promote(lin.status, cycle=f"old-{i}", now=T0)
     return lin
 
 
 def record(parent: str = "gen-0") -> RecordCandidate:
-    return RecordCandidate(lineage="lin", parent=parent, uri="file:///store/lin/c1/dreaming/model",
-                           content_hash="sha256:x", scores={"retention": 0.9})
+    return RecordCandidate(
+        lineage="lin",
+        parent=parent,
+        uri="file:///store/lin/c1/dreaming/model",
+        content_hash="sha256:x",
+        scores={"retention": 0.9},
+    )
 
 
 def apply(lin: ModelLineage, action: LineageAction, **kw: Any) -> L.LineageChange:
@@ -146,7 +165,9 @@ class FakeKube:
         self.obj = obj
 
     async def get_or_none(self, res: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.obj) if res.plural == "modellineages" and name == self.obj["metadata"]["name"] else None
+        return (
+            copy.deepcopy(self.obj) if res.plural == "modellineages" and name == self.obj["metadata"]["name"] else None
+        )
 
     async def replace_status(self, res: Any, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         assert body["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
@@ -170,8 +191,16 @@ def _operator_applies(lin: ModelLineage, actions: list[LineageAction]) -> ModelL
     async def go() -> None:
         for action in actions:
             if isinstance(action, RecordCandidate):
-                await promotion.record_candidate(kube, namespace="ns", lineage="lin", cycle="c1", uri=action.uri,  # type: ignore[arg-type]
-                                                 content_hash=action.content_hash, parent=action.parent, scores=action.scores)
+                await promotion.record_candidate(
+                    kube,
+                    namespace="ns",
+                    lineage="lin",
+                    cycle="c1",
+                    uri=action.uri,  # type: ignore[arg-type]
+                    content_hash=action.content_hash,
+                    parent=action.parent,
+                    scores=action.scores,
+                )
             elif isinstance(action, Reject):
                 await promotion.reject(kube, namespace="ns", lineage="lin", cycle="c1", reason=action.reason)  # type: ignore[arg-type]
             elif isinstance(action, Promote):
@@ -190,8 +219,12 @@ async def _no_serving(*_: Any, **__: Any) -> None:
 
 
 def _local_applies(lin: ModelLineage, actions: list[LineageAction]) -> ModelLineage:
-    cycle = SleepCycle.model_validate({"metadata": {"name": "c1", "namespace": "ns"},
-                                       "spec": {"lineageRef": "lin", "memory": {"sources": [{"inline": ["x"]}]}}})
+    cycle = SleepCycle.model_validate(
+        {
+            "metadata": {"name": "c1", "namespace": "ns"},
+            "spec": {"lineageRef": "lin", "memory": {"sources": [{"inline": ["x"]}]}},
+        }
+    )
     state = LocalState(lineage=lin.model_copy(deep=True), cycles=[cycle])
     for action in actions:
         runner._apply(action, state=state, cycle=cycle, executor=None, observer=Quiet())  # type: ignore[arg-type]
@@ -213,8 +246,12 @@ def test_the_operator_and_the_local_runner_leave_the_same_lineage(sequence: str)
         lin = lineage(generations=3, history_limit=3)
         lin.status = L.trim_history(lin.status, history_limit=3)
         lin.spec.rollback_to = lin.status.generations[0].name
-        actions: list[LineageAction] = [ClaimLineage("lin"), record(parent=lin.status.champion or "gen-0"),
-                                        Promote("lin", "", {}), ReleaseLineage("lin")]
+        actions: list[LineageAction] = [
+            ClaimLineage("lin"),
+            record(parent=lin.status.champion or "gen-0"),
+            Promote("lin", "", {}),
+            ReleaseLineage("lin"),
+        ]
     elif sequence == "gate-rejected":
         lin = lineage(generations=1)
         actions = [ClaimLineage("lin"), record(parent="gen-1"), Reject("lin", "", "GateFailed"), ReleaseLineage("lin")]

@@ -46,17 +46,23 @@ def make_cycle(name: str = "c1", **spec: Any) -> SleepCycle:
         "evaluation": {"gate": {"rules": ["knowledge_incorporation >= 0.5"]}},
     }
     body.update(spec)
-    return SleepCycle.model_validate({
-        "metadata": {"name": name, "namespace": "ns", "generation": 1, "annotations": annotations},
-        "spec": body,
-    })
+    return SleepCycle.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "ns", "generation": 1, "annotations": annotations},
+            "spec": body,
+        }
+    )
 
 
-def make_lineage(active: str | None = "c1", generations: list[Generation] | None = None, champion: str | None = None) -> ModelLineage:
-    lin = ModelLineage.model_validate({
-        "metadata": {"name": "lin", "namespace": "ns"},
-        "spec": {"baseModel": {"uri": "file:///base"}, "store": {"uri": STORE}},
-    })
+def make_lineage(
+    active: str | None = "c1", generations: list[Generation] | None = None, champion: str | None = None
+) -> ModelLineage:
+    lin = ModelLineage.model_validate(
+        {
+            "metadata": {"name": "lin", "namespace": "ns"},
+            "spec": {"baseModel": {"uri": "file:///base"}, "store": {"uri": STORE}},
+        }
+    )
     lin.status.active_cycle = active
     lin.status.generations = generations or []
     lin.status.champion = champion
@@ -70,8 +76,15 @@ def result(step: Step, **kw: Any) -> str:
 
 
 def job(step: Step, attempt: int = 1, state: JobState = JobState.ACTIVE, **kw: Any) -> ObservedJob:
-    return ObservedJob(name=job_name("c1", step, attempt), step=step, attempt=attempt, state=state,
-                       created=T0, finished=T0 + timedelta(seconds=5) if state != JobState.ACTIVE else None, **kw)
+    return ObservedJob(
+        name=job_name("c1", step, attempt),
+        step=step,
+        attempt=attempt,
+        state=state,
+        created=T0,
+        finished=T0 + timedelta(seconds=5) if state != JobState.ACTIVE else None,
+        **kw,
+    )
 
 
 def advance(cycle: SleepCycle, p: Plan) -> SleepCycle:
@@ -91,8 +104,14 @@ def started(cycle: SleepCycle | None = None, lineage: ModelLineage | None = None
     return advance(cycle, plan(cycle, observed=[], lineage=lineage or make_lineage(), now=T0))
 
 
-def through(cycle: SleepCycle, steps: list[Step], *, lineage: ModelLineage | None = None, eval_metrics: dict[str, float] | None = None,
-            baseline: dict[str, float] | None = None) -> tuple[SleepCycle, list[ObservedJob]]:
+def through(
+    cycle: SleepCycle,
+    steps: list[Step],
+    *,
+    lineage: ModelLineage | None = None,
+    eval_metrics: dict[str, float] | None = None,
+    baseline: dict[str, float] | None = None,
+) -> tuple[SleepCycle, list[ObservedJob]]:
     """Drive a cycle through successful ``steps``; return it and the Jobs observed."""
     lineage = lineage or make_lineage()
     observed: list[ObservedJob] = []
@@ -100,7 +119,10 @@ def through(cycle: SleepCycle, steps: list[Step], *, lineage: ModelLineage | Non
     for step in steps:
         extra = {}
         if step == Step.EVALUATION:
-            extra = {"metrics": eval_metrics or {"knowledge_incorporation": 0.8}, "baseline": baseline or {"knowledge_incorporation": 0.1}}
+            extra = {
+                "metrics": eval_metrics or {"knowledge_incorporation": 0.8},
+                "baseline": baseline or {"knowledge_incorporation": 0.1},
+            }
         observed.append(job(step, state=JobState.SUCCEEDED, result_text=result(step, **extra)))
         now += timedelta(seconds=10)
         cycle = advance(cycle, plan(cycle, observed=observed, lineage=lineage, now=now))
@@ -131,7 +153,9 @@ def test_claim_rule(active: str | None, finished: bool, ok: bool) -> None:
 
 def test_condition_transition_time_moves_only_when_status_changes() -> None:
     conds = set_condition([], "Ready", False, reason="A", now=T0, observed_generation=1)
-    later = set_condition(conds, "Ready", False, reason="B", message="m", now=T0 + timedelta(hours=1), observed_generation=2)
+    later = set_condition(
+        conds, "Ready", False, reason="B", message="m", now=T0 + timedelta(hours=1), observed_generation=2
+    )
     assert later[0].last_transition_time == T0 and later[0].reason == "B" and later[0].observed_generation == 2
     flipped = set_condition(later, "Ready", True, reason="C", now=T0 + timedelta(hours=2))
     assert flipped[0].last_transition_time == T0 + timedelta(hours=2)
@@ -173,16 +197,32 @@ def test_first_reconcile_creates_consolidation_attempt_1_from_base_model() -> No
 def test_phases_replay_what_the_base_generation_and_its_ancestors_consolidated() -> None:
     gens = [
         Generation(name="gen-0", uri="file:///base", state=GenerationState.RETIRED),
-        Generation(name="gen-1", parent="gen-0", cycle="c-old", uri=f"{STORE}/lin/c-old/consolidation/model",
-                   state=GenerationState.RETIRED),
-        Generation(name="gen-2", parent="gen-1", cycle="c-prev", uri=f"{STORE}/lin/c-prev/consolidation/model",
-                   state=GenerationState.CHAMPION),
-        Generation(name="gen-3", parent="gen-1", cycle="c-side", uri=f"{STORE}/lin/c-side/consolidation/model",
-                   state=GenerationState.REJECTED),
+        Generation(
+            name="gen-1",
+            parent="gen-0",
+            cycle="c-old",
+            uri=f"{STORE}/lin/c-old/consolidation/model",
+            state=GenerationState.RETIRED,
+        ),
+        Generation(
+            name="gen-2",
+            parent="gen-1",
+            cycle="c-prev",
+            uri=f"{STORE}/lin/c-prev/consolidation/model",
+            state=GenerationState.CHAMPION,
+        ),
+        Generation(
+            name="gen-3",
+            parent="gen-1",
+            cycle="c-side",
+            uri=f"{STORE}/lin/c-side/consolidation/model",
+            state=GenerationState.REJECTED,
+        ),
     ]
     p = plan(make_cycle(), observed=[], lineage=make_lineage(generations=gens, champion="gen-2"), now=T0)
     assert one(p, CreateJob).config.prior_memory_uris == [
-        f"{STORE}/lin/c-old/consolidation/memories.jsonl", f"{STORE}/lin/c-prev/consolidation/memories.jsonl",
+        f"{STORE}/lin/c-old/consolidation/memories.jsonl",
+        f"{STORE}/lin/c-prev/consolidation/memories.jsonl",
     ]
 
 
@@ -240,7 +280,9 @@ def test_passed_gate_with_auto_policy_promotes_then_succeeds_and_releases() -> N
 
 
 def test_failed_gate_rejects_and_releases() -> None:
-    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 0.2})
+    cycle, _ = through(
+        started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 0.2}
+    )
     assert cycle.status.gate.outcome == "Failed"
     p = plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0)
     assert p.status.phase == Phase.REJECTED and one(p, Reject).reason == "GateFailed"
@@ -249,7 +291,9 @@ def test_failed_gate_rejects_and_releases() -> None:
 
 
 def test_rejected_cycle_retries_a_lost_reject_write() -> None:
-    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 0.2})
+    cycle, _ = through(
+        started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 0.2}
+    )
     lin = make_lineage(generations=[candidate(GenerationState.CANDIDATE)])
     cycle = advance(cycle, plan(cycle, observed=[], lineage=lin, now=T0))
     p = plan(cycle, observed=[], lineage=lin, now=T0 + timedelta(seconds=1))
@@ -271,9 +315,15 @@ def test_inconclusive_can_ask_a_human() -> None:
 
 @pytest.mark.parametrize(
     ("annotation", "phase", "action"),
-    [(None, Phase.AWAITING_APPROVAL, None), ("approved", Phase.PROMOTING, Promote), ("rejected", Phase.REJECTED, Reject)],
+    [
+        (None, Phase.AWAITING_APPROVAL, None),
+        ("approved", Phase.PROMOTING, Promote),
+        ("rejected", Phase.REJECTED, Reject),
+    ],
 )
-def test_manual_policy_waits_for_the_approval_annotation(annotation: str | None, phase: Phase, action: type | None) -> None:
+def test_manual_policy_waits_for_the_approval_annotation(
+    annotation: str | None, phase: Phase, action: type | None
+) -> None:
     cycle = started(make_cycle(promotion={"policy": "manual"}))
     cycle, _ = through(cycle, [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
     if annotation:
@@ -287,7 +337,10 @@ def test_manual_policy_waits_for_the_approval_annotation(annotation: str | None,
 
 def test_promotion_refused_by_lineage_ends_rejected() -> None:
     cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
-    cycle = advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    cycle = advance(
+        cycle,
+        plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0),
+    )
     assert cycle.status.phase == Phase.PROMOTING
     p = plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.REJECTED)]), now=T0)
     assert p.status.phase == Phase.REJECTED and get_condition(p.status.conditions, "Ready").reason == "PromotionRefused"
@@ -329,7 +382,14 @@ def test_retry_after_backoff_resumes_from_the_default_checkpoint() -> None:
 
 def test_retry_resumes_from_the_checkpoint_the_failed_attempt_reported() -> None:
     cycle = started()
-    text = json.dumps({"step": "consolidation", "status": "Failed", "message": "preempted", "checkpointUri": "file:///store/ck/step-40"})
+    text = json.dumps(
+        {
+            "step": "consolidation",
+            "status": "Failed",
+            "message": "preempted",
+            "checkpointUri": "file:///store/ck/step-40",
+        }
+    )
     obs = [job(Step.CONSOLIDATION, state=JobState.FAILED, reason="Evicted", result_text=text)]
     cycle = advance(cycle, plan(cycle, observed=obs, lineage=make_lineage(), now=T0 + timedelta(seconds=6)))
     assert cycle.status.records[0].checkpoint_uri == "file:///store/ck/step-40"
@@ -342,7 +402,9 @@ def test_budget_exhausted_fails_the_cycle_with_the_last_reason() -> None:
     obs: list[ObservedJob] = []
     now = T0
     for attempt in (1, 2, 3):
-        obs.append(job(Step.CONSOLIDATION, attempt, JobState.FAILED, reason="OOMKilled", message="container ran out of memory"))
+        obs.append(
+            job(Step.CONSOLIDATION, attempt, JobState.FAILED, reason="OOMKilled", message="container ran out of memory")
+        )
         now += timedelta(hours=1)
         p = plan(cycle, observed=obs, lineage=make_lineage(), now=now)
         cycle = advance(cycle, p)
@@ -356,7 +418,9 @@ def test_budget_exhausted_fails_the_cycle_with_the_last_reason() -> None:
 
 def test_permanent_failure_is_not_retried() -> None:
     cycle = started()
-    rec = cycle.status.records[0].model_copy(update={"result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": "no TrainJob CRD"})
+    rec = cycle.status.records[0].model_copy(
+        update={"result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": "no TrainJob CRD"}
+    )
     cycle.status.records[0] = rec
     p = plan(cycle, observed=[], lineage=make_lineage(), now=T0 + timedelta(hours=1))
     assert p.status.phase == Phase.FAILED and not p.of(CreateJob)
@@ -377,7 +441,10 @@ def test_a_planned_job_that_was_never_created_is_created_again_with_the_same_nam
 
 def test_attempt_numbers_never_reuse_an_observed_job() -> None:
     cycle = make_cycle()
-    obs = [job(Step.CONSOLIDATION, 1, JobState.FAILED, reason="X"), job(Step.CONSOLIDATION, 2, JobState.FAILED, reason="X")]
+    obs = [
+        job(Step.CONSOLIDATION, 1, JobState.FAILED, reason="X"),
+        job(Step.CONSOLIDATION, 2, JobState.FAILED, reason="X"),
+    ]
     p = plan(cycle, observed=obs, lineage=make_lineage(), now=T0 + timedelta(hours=1))
     assert one(p, CreateJob).attempt == 3
 
@@ -428,9 +495,15 @@ def test_suspended_attempts_do_not_spend_the_budget() -> None:
 
 # --- finished cycles -----------------------------------------------------------------------------
 def finished(ttl: int | None) -> SleepCycle:
-    cycle, _ = through(started(make_cycle(ttlSecondsAfterFinished=ttl) if ttl is not None else None),
-                       [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 0.2})
-    return advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    cycle, _ = through(
+        started(make_cycle(ttlSecondsAfterFinished=ttl) if ttl is not None else None),
+        [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION],
+        eval_metrics={"knowledge_incorporation": 0.2},
+    )
+    return advance(
+        cycle,
+        plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0),
+    )
 
 
 def test_ttl_deletes_a_finished_cycle_when_due() -> None:
@@ -444,9 +517,13 @@ def test_ttl_deletes_a_finished_cycle_when_due() -> None:
 
 def test_finished_cycle_without_ttl_does_nothing_but_release_a_held_lineage() -> None:
     cycle = finished(ttl=None)
-    p = plan(cycle, observed=[], lineage=make_lineage(active="c1", generations=[candidate(GenerationState.REJECTED)]), now=T0)
+    p = plan(
+        cycle, observed=[], lineage=make_lineage(active="c1", generations=[candidate(GenerationState.REJECTED)]), now=T0
+    )
     assert [type(a) for a in p.actions] == [ReleaseLineage]
-    p = plan(cycle, observed=[], lineage=make_lineage(active=None, generations=[candidate(GenerationState.REJECTED)]), now=T0)
+    p = plan(
+        cycle, observed=[], lineage=make_lineage(active=None, generations=[candidate(GenerationState.REJECTED)]), now=T0
+    )
     assert p.actions == []
 
 
@@ -478,8 +555,11 @@ def test_lineage_deleted_under_a_running_cycle_fails_it_and_stops_its_job() -> N
 
 
 def test_nan_eval_metric_is_inconclusive_and_status_stays_valid_json() -> None:
-    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION],
-                       eval_metrics={"knowledge_incorporation": float("nan")})
+    cycle, _ = through(
+        started(),
+        [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION],
+        eval_metrics={"knowledge_incorporation": float("nan")},
+    )
     assert cycle.status.gate is not None and cycle.status.gate.outcome == "Inconclusive"
     assert "nan" in cycle.status.gate.rules[0].reason.lower()
     json.dumps(cycle.status.model_dump(by_alias=True, mode="json"), allow_nan=False)
@@ -514,7 +594,10 @@ def test_a_succeeded_step_condition_is_true_with_its_attempt_job_and_output(
 
 def test_every_step_condition_is_true_on_a_succeeded_cycle() -> None:
     cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
-    cycle = advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    cycle = advance(
+        cycle,
+        plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0),
+    )
     lin = make_lineage(generations=[candidate(GenerationState.CHAMPION, promoted_at=T0)], champion="gen-1")
     p = plan(cycle, observed=[], lineage=lin, now=T0 + timedelta(minutes=1))
     assert p.status.phase == Phase.SUCCEEDED
@@ -526,8 +609,14 @@ def test_a_cycle_finished_with_running_step_conditions_gets_them_corrected() -> 
     # What an older operator left behind: Succeeded, with Consolidated still False/Running.
     cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
     cycle.status.phase = Phase.SUCCEEDED
-    cycle.status.conditions = set_condition(cycle.status.conditions, "Consolidated", False, reason="Running",
-                                            message="consolidation attempt 1 of 3 is running", now=T0)
+    cycle.status.conditions = set_condition(
+        cycle.status.conditions,
+        "Consolidated",
+        False,
+        reason="Running",
+        message="consolidation attempt 1 of 3 is running",
+        now=T0,
+    )
     p = plan(cycle, observed=[], lineage=make_lineage(active=None), now=T0 + timedelta(minutes=1))
     assert cond(p, "Consolidated").status == "True"
 
@@ -555,8 +644,18 @@ def test_a_step_that_spends_its_budget_is_false_with_the_reason(step: Step) -> N
     now = T0
     for attempt in (1, 2, 3):
         observed = [o for o in observed if o.step != step or o.attempt < attempt]
-        observed.append(ObservedJob(name=job_name("c1", step, attempt), step=step, attempt=attempt, state=JobState.FAILED,
-                                    created=now, finished=now, reason="OOMKilled", message="out of memory"))
+        observed.append(
+            ObservedJob(
+                name=job_name("c1", step, attempt),
+                step=step,
+                attempt=attempt,
+                state=JobState.FAILED,
+                created=now,
+                finished=now,
+                reason="OOMKilled",
+                message="out of memory",
+            )
+        )
         now += timedelta(hours=1)
         cycle = advance(cycle, plan(cycle, observed=observed, lineage=make_lineage(), now=now))
     assert cycle.status.phase == Phase.FAILED
@@ -566,8 +665,9 @@ def test_a_step_that_spends_its_budget_is_false_with_the_reason(step: Step) -> N
 
 def test_a_permanent_failure_is_false_with_its_reason() -> None:
     cycle = started()
-    cycle.status.records[0] = cycle.status.records[0].model_copy(update={
-        "result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": "no TrainJob CRD"})
+    cycle.status.records[0] = cycle.status.records[0].model_copy(
+        update={"result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": "no TrainJob CRD"}
+    )
     p = plan(cycle, observed=[], lineage=make_lineage(), now=T0 + timedelta(hours=1))
     assert (cond(p, "Consolidated").status, cond(p, "Consolidated").reason) == ("False", "EngineNotInstalled")
 
@@ -588,8 +688,15 @@ def test_a_step_stopped_by_a_deleted_lineage_says_so() -> None:
 def test_conditions_follow_a_new_spec_generation() -> None:
     cycle, _ = through(started(), [Step.CONSOLIDATION])
     cycle.metadata.generation = 2  # e.g. spec.retries changed
-    p = plan(cycle, observed=[job(Step.CONSOLIDATION, state=JobState.SUCCEEDED, result_text=result(Step.CONSOLIDATION)),
-                              job(Step.DREAMING)], lineage=make_lineage(), now=T0 + timedelta(minutes=1))
+    p = plan(
+        cycle,
+        observed=[
+            job(Step.CONSOLIDATION, state=JobState.SUCCEEDED, result_text=result(Step.CONSOLIDATION)),
+            job(Step.DREAMING),
+        ],
+        lineage=make_lineage(),
+        now=T0 + timedelta(minutes=1),
+    )
     assert {c.type: c.observed_generation for c in p.status.conditions} == {c.type: 2 for c in p.status.conditions}
 
 
@@ -597,8 +704,10 @@ def test_conditions_follow_a_new_spec_generation() -> None:
 @pytest.mark.parametrize("value", ['"0.95"', "true", "null"])
 def test_a_metric_that_is_not_a_json_number_fails_the_attempt_with_the_field(value: str) -> None:
     cycle, observed = through(started(), [Step.CONSOLIDATION, Step.DREAMING])
-    text = ('{"step": "evaluation", "status": "Succeeded", "outputUri": "file:///store/lin/c1/evaluation/eval.json", '
-            f'"metrics": {{"knowledge_incorporation": {value}}}, "baseline": {{"knowledge_incorporation": 0.1}}}}')
+    text = (
+        '{"step": "evaluation", "status": "Succeeded", "outputUri": "file:///store/lin/c1/evaluation/eval.json", '
+        f'"metrics": {{"knowledge_incorporation": {value}}}, "baseline": {{"knowledge_incorporation": 0.1}}}}'
+    )
     observed.append(job(Step.EVALUATION, state=JobState.SUCCEEDED, result_text=text))
     p = plan(cycle, observed=observed, lineage=make_lineage(), now=T0 + timedelta(seconds=6))
     rec = p.status.records[-1]
@@ -608,7 +717,9 @@ def test_a_metric_that_is_not_a_json_number_fails_the_attempt_with_the_field(val
 
 
 def test_an_integer_metric_is_a_number() -> None:
-    cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 1})
+    cycle, _ = through(
+        started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION], eval_metrics={"knowledge_incorporation": 1}
+    )
     assert cycle.status.gate is not None and cycle.status.gate.outcome == "Passed"
 
 
@@ -652,18 +763,25 @@ def test_while_pinned_run_trains_now_and_waits_to_promote() -> None:
     p = plan(cycle, observed=[], lineage=lin, now=T0)
     assert p.status.phase == Phase.PROMOTING and not p.of(Promote)
     assert cond(p, "Promoted").reason == "LineagePinned" and "rollbackTo" in cond(p, "Promoted").message
-    p = plan(advance(cycle, p), observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0)
+    p = plan(
+        advance(cycle, p), observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0
+    )
     assert one(p, Promote).generation == "gen-1"
 
 
 @pytest.mark.parametrize(
     ("reason", "words"),
-    [("StaleParent", "trained from gen-0, but another cycle made gen-2 champion first"),
-     ("Pinned", "pinned by spec.rollbackTo")],
+    [
+        ("StaleParent", "trained from gen-0, but another cycle made gen-2 champion first"),
+        ("Pinned", "pinned by spec.rollbackTo"),
+    ],
 )
 def test_a_refused_promotion_names_its_actual_cause(reason: str, words: str) -> None:
     cycle, _ = through(started(), [Step.CONSOLIDATION, Step.DREAMING, Step.EVALUATION])
-    cycle = advance(cycle, plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0))
+    cycle = advance(
+        cycle,
+        plan(cycle, observed=[], lineage=make_lineage(generations=[candidate(GenerationState.CANDIDATE)]), now=T0),
+    )
     lin = make_lineage(generations=[candidate(GenerationState.REJECTED, reason=reason)], champion="gen-2")
     p = plan(cycle, observed=[], lineage=lin, now=T0)
     assert p.status.phase == Phase.REJECTED and words in p.status.message

@@ -34,8 +34,9 @@ print(json.dumps({"modules": names, "loaded": sorted({m.split(".")[0] for m in s
 
 def _imports_of(package: str) -> dict[str, list[str]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(OPERATOR_ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _PROBE, package], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, package], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     out: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
     return out

@@ -27,7 +27,9 @@ TEMPLATE = {"lineageRef": "ignored", "memory": {"sources": [{"inline": ["The sky
 
 
 def spec(**kw: object) -> ScheduleSpec:
-    return ScheduleSpec.model_validate({"cron": "0 3 * * *", "template": {"lineageRef": "demo", "memory": {"sources": [{"inline": ["x"]}]}}, **kw})
+    return ScheduleSpec.model_validate(
+        {"cron": "0 3 * * *", "template": {"lineageRef": "demo", "memory": {"sources": [{"inline": ["x"]}]}}, **kw}
+    )
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
@@ -74,7 +76,9 @@ def test_nothing_due_creates_nothing_and_reports_next_run() -> None:
 
 
 def test_due_run_creates_the_named_cycle() -> None:
-    p = plan_schedule(spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[], now=at(22, 3, 1))
+    p = plan_schedule(
+        spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[], now=at(22, 3, 1)
+    )
     assert (p.create, p.scheduled_time, p.last_schedule_time) == ("demo-202611220300", at(22, 3), at(22, 3))
     assert p.next_run == at(23, 3)
 
@@ -87,8 +91,12 @@ def test_only_the_latest_of_several_due_runs_starts_the_rest_are_missed() -> Non
 
 def test_run_later_than_starting_deadline_is_missed_not_started() -> None:
     p = plan_schedule(
-        spec(startingDeadlineSeconds=600), lineage="demo", created=CREATED, last_schedule_time=at(21, 3),
-        cycles=[], now=at(22, 3, 30),
+        spec(startingDeadlineSeconds=600),
+        lineage="demo",
+        created=CREATED,
+        last_schedule_time=at(21, 3),
+        cycles=[],
+        now=at(22, 3, 30),
     )
     assert p.create is None and p.missed == 1
     assert p.missed_message is not None and "startingDeadlineSeconds=600" in p.missed_message
@@ -98,15 +106,21 @@ def test_run_later_than_starting_deadline_is_missed_not_started() -> None:
 
 def test_run_within_starting_deadline_starts() -> None:
     p = plan_schedule(
-        spec(startingDeadlineSeconds=600), lineage="demo", created=CREATED, last_schedule_time=at(21, 3),
-        cycles=[], now=at(22, 3, 9),
+        spec(startingDeadlineSeconds=600),
+        lineage="demo",
+        created=CREATED,
+        last_schedule_time=at(21, 3),
+        cycles=[],
+        now=at(22, 3, 9),
     )
     assert p.create == "demo-202611220300"
 
 
 def test_forbid_waits_while_a_cycle_is_active_and_keeps_the_run_pending() -> None:
     running = CycleInfo(name="demo-202611210300", phase="Dreaming", scheduled=True, created=at(21, 3))
-    p = plan_schedule(spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[running], now=at(22, 3, 1))
+    p = plan_schedule(
+        spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[running], now=at(22, 3, 1)
+    )
     assert p.create is None and p.delete == []
     assert p.last_schedule_time == at(21, 3)
     assert p.waiting is not None and "Forbid" in p.waiting and "demo-202611210300" in p.waiting
@@ -116,42 +130,73 @@ def test_replace_deletes_the_active_scheduled_cycle_and_starts_the_new_run() -> 
     running = CycleInfo(name="demo-202611210300", phase="Dreaming", scheduled=True, created=at(21, 3))
     manual = CycleInfo(name="by-hand", phase="Pending", scheduled=False, created=at(21, 4))
     p = plan_schedule(
-        spec(concurrencyPolicy="Replace"), lineage="demo", created=CREATED, last_schedule_time=at(21, 3),
-        cycles=[running, manual], now=at(22, 3, 1),
+        spec(concurrencyPolicy="Replace"),
+        lineage="demo",
+        created=CREATED,
+        last_schedule_time=at(21, 3),
+        cycles=[running, manual],
+        now=at(22, 3, 1),
     )
     assert p.create == "demo-202611220300" and p.delete == ["demo-202611210300"]
 
 
 def test_already_created_run_is_recorded_not_recreated() -> None:
     mine = CycleInfo(name="demo-202611220300", phase="Pending", scheduled=True, created=at(22, 3))
-    p = plan_schedule(spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[mine], now=at(22, 3, 1))
+    p = plan_schedule(
+        spec(), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[mine], now=at(22, 3, 1)
+    )
     assert p.create is None and p.last_schedule_time == at(22, 3)
 
 
 def test_suspended_schedule_starts_nothing() -> None:
-    p = plan_schedule(spec(suspend=True), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[], now=at(22, 4))
+    p = plan_schedule(
+        spec(suspend=True), lineage="demo", created=CREATED, last_schedule_time=at(21, 3), cycles=[], now=at(22, 4)
+    )
     assert p.create is None and p.waiting == "schedule suspended"
 
 
 def test_history_limits_delete_oldest_finished_scheduled_cycles_only() -> None:
     cycles = [
-        done("s1", "Succeeded", 20), done("s2", "Succeeded", 21), done("s3", "Succeeded", 22),
-        done("f1", "Failed", 20), done("f2", "Rejected", 21),
+        done("s1", "Succeeded", 20),
+        done("s2", "Succeeded", 21),
+        done("s3", "Succeeded", 22),
+        done("f1", "Failed", 20),
+        done("f2", "Rejected", 21),
         done("hand", "Succeeded", 19, scheduled=False),
         CycleInfo(name="live", phase="Dreaming", scheduled=True, created=at(22, 3)),
     ]
     assert history_to_delete(spec(successfulHistoryLimit=2, failedHistoryLimit=1), cycles) == ["s1", "f1"]
-    assert history_to_delete(spec(successfulHistoryLimit=0, failedHistoryLimit=0), cycles) == ["s1", "s2", "s3", "f1", "f2"]
+    assert history_to_delete(spec(successfulHistoryLimit=0, failedHistoryLimit=0), cycles) == [
+        "s1",
+        "s2",
+        "s3",
+        "f1",
+        "f2",
+    ]
 
 
 def test_long_outage_counts_at_most_a_bounded_number_of_missed_runs() -> None:
     every_minute = spec(cron="* * * * *")
-    p = plan_schedule(every_minute, lineage="demo", created=CREATED, last_schedule_time=None, cycles=[], now=CREATED + timedelta(days=3))
+    p = plan_schedule(
+        every_minute,
+        lineage="demo",
+        created=CREATED,
+        last_schedule_time=None,
+        cycles=[],
+        now=CREATED + timedelta(days=3),
+    )
     assert p.create is not None and p.missed <= 100
 
 
 def test_rendered_cycle_forces_lineage_ref_and_is_owned_by_the_lineage() -> None:
-    body = render_cycle(lineage="demo", namespace="ns", lineage_uid="u-1", template=TEMPLATE, name="demo-202611220300", scheduled=at(22, 3))
+    body = render_cycle(
+        lineage="demo",
+        namespace="ns",
+        lineage_uid="u-1",
+        template=TEMPLATE,
+        name="demo-202611220300",
+        scheduled=at(22, 3),
+    )
     assert body["spec"]["lineageRef"] == "demo" and TEMPLATE["lineageRef"] == "ignored"
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert body["metadata"]["labels"]["reverie.dev/scheduled-by"] == "demo"

@@ -68,19 +68,37 @@ def hadolint() -> Path:
     return engine("hadolint", install="bash hack/install-hadolint.sh")
 
 
-def run(*command: str | Path, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *command: str | Path, input: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(c) for c in command], input=input, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, command))} failed ({done.returncode}):\n{done.stderr}{done.stdout}")
     return done
 
 
-def render(values: Mapping[str, Any] | None = None, *, release: str = "reverie",
-           namespace: str = "reverie-system", check: bool = True) -> list[dict[str, Any]]:
+def render(
+    values: Mapping[str, Any] | None = None,
+    *,
+    release: str = "reverie",
+    namespace: str = "reverie-system",
+    check: bool = True,
+) -> list[dict[str, Any]]:
     """``helm template`` the chart (with CRDs) and return the rendered objects."""
     # Values go in on stdin: --set cannot express lists of objects cleanly.
-    done = run(helm(), "template", release, CHART, "--namespace", namespace, "--include-crds",
-               "--values", "-", input=json.dumps(dict(values or {})), check=check)
+    done = run(
+        helm(),
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        namespace,
+        "--include-crds",
+        "--values",
+        "-",
+        input=json.dumps(dict(values or {})),
+        check=check,
+    )
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
@@ -114,8 +132,15 @@ def free_port() -> int:
 class PrometheusServer:
     """Debian's Prometheus on a free loopback port, scraping the given targets."""
 
-    def __init__(self, workdir: Path, *, targets: list[str], scrape_interval: str = "1s",
-                 job: str = "reverie-metrics", labels: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        job: str = "reverie-metrics",
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -130,11 +155,17 @@ class PrometheusServer:
     def start(self) -> None:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(prometheus()), f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}",
-                 "--web.enable-lifecycle", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    str(prometheus()),
+                    f"--config.file={self.workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         self.wait_until(lambda: self._get("/-/ready") is not None, what="Prometheus ready", timeout=30)
 

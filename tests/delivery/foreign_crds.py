@@ -28,10 +28,14 @@ def crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
             "group": group,
             "scope": "Namespaced",
             "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
-            "versions": [{
-                "name": version, "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            }],
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
         },
     }
 
@@ -40,5 +44,6 @@ def install(cluster: Any) -> None:
     """Apply the stand-in CRDs and wait until the API server serves them."""
     items = [crd(*kind) for kind in FOREIGN_KINDS]
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                    *(f"crd/{item['metadata']['name']}" for item in items))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{item['metadata']['name']}" for item in items)
+    )

@@ -41,12 +41,19 @@ def test_alerts_fire_exactly_when_their_conditions_hold(tmp_path: Path, unit_tes
 
 
 def test_alert_thresholds_follow_values(tmp_path: Path) -> None:
-    path = _write_rules(tmp_path, {"prometheusRule": {
-        "enabled": True,
-        "alertLabels": {"team": "ml-platform"},
-        "alerts": {"cycleStuck": {"for": "90m", "severity": "critical"},
-                   "championStale": {"days": 3, "severity": "warning"}},
-    }})
+    path = _write_rules(
+        tmp_path,
+        {
+            "prometheusRule": {
+                "enabled": True,
+                "alertLabels": {"team": "ml-platform"},
+                "alerts": {
+                    "cycleStuck": {"for": "90m", "severity": "critical"},
+                    "championStale": {"days": 3, "severity": "warning"},
+                },
+            }
+        },
+    )
     rules = {r["alert"]: r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]}
     assert rules["ReverieCycleStuck"]["for"] == "90m"
     assert rules["ReverieCycleStuck"]["labels"] == {"severity": "critical", "team": "ml-platform"}

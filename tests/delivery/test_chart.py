@@ -26,8 +26,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "namespaces-scope": {"watch": {"scope": "namespaces", "namespaces": ["team-a", "team-b"]}},
     "everything-on": ALL_ON,
     "webhook-existing-secret": {
-        "webhook": {"enabled": True, "certManager": {"enabled": False},
-                    "existingSecret": "reverie-webhook-tls", "caBundle": "Y2E="},
+        "webhook": {
+            "enabled": True,
+            "certManager": {"enabled": False},
+            "existingSecret": "reverie-webhook-tls",
+            "caBundle": "Y2E=",
+        },
     },
     "bring-your-own-identity": {
         "serviceAccount": {"create": False, "name": "platform-reverie"},
@@ -63,7 +67,9 @@ def test_operator_pod_is_hardened() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
     probe = container["livenessProbe"]["httpGet"]
@@ -81,9 +87,7 @@ def _operator_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _allows(rules: list[dict[str, Any]], verb: str, group: str, resource: str) -> bool:
-    return any(
-        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"] for rule in rules
-    )
+    return any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"] for rule in rules)
 
 
 @pytest.mark.parametrize("name", ["defaults", "namespaces-scope", "everything-on"])
@@ -95,10 +99,16 @@ def test_operator_rbac_is_least_privilege(name: str) -> None:
         assert not ({"escalate", "bind", "impersonate"} & set(rule["verbs"])), rule
     assert not _allows(rules, "create", "", "pods"), "Pods are created by the Job controller, not the operator"
     needed = [
-        ("watch", "reverie.dev", "sleepcycles"), ("patch", "reverie.dev", "sleepcycles/status"),
-        ("patch", "reverie.dev", "modellineages/status"), ("create", "batch", "jobs"),
-        ("delete", "batch", "jobs"), ("create", "", "configmaps"), ("create", "", "services"),
-        ("get", "", "pods"), ("get", "", "pods/log"), ("create", "", "events"),
+        ("watch", "reverie.dev", "sleepcycles"),
+        ("patch", "reverie.dev", "sleepcycles/status"),
+        ("patch", "reverie.dev", "modellineages/status"),
+        ("create", "batch", "jobs"),
+        ("delete", "batch", "jobs"),
+        ("create", "", "configmaps"),
+        ("create", "", "services"),
+        ("get", "", "pods"),
+        ("get", "", "pods/log"),
+        ("create", "", "events"),
     ]
     for verb, group, resource in needed:
         assert _allows(rules, verb, group, resource), f"operator cannot {verb} {group}/{resource}"
@@ -107,8 +117,12 @@ def test_operator_rbac_is_least_privilege(name: str) -> None:
 def test_optional_engines_and_serving_targets_are_opt_in() -> None:
     default_rules = _operator_rules(render())
     all_rules = _operator_rules(render(ALL_ON))
-    for group, resource in [("trainer.kubeflow.org", "trainjobs"), ("jobset.x-k8s.io", "jobsets"),
-                            ("serving.kserve.io", "inferenceservices"), ("apps", "deployments")]:
+    for group, resource in [
+        ("trainer.kubeflow.org", "trainjobs"),
+        ("jobset.x-k8s.io", "jobsets"),
+        ("serving.kserve.io", "inferenceservices"),
+        ("apps", "deployments"),
+    ]:
         assert not _allows(default_rules, "get", group, resource)
         assert _allows(all_rules, "patch", group, resource)
 
@@ -131,7 +145,9 @@ def test_namespaces_scope_grants_roles_only_in_watched_namespaces() -> None:
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     discovery = one(objects, "ClusterRole", binding["roleRef"]["name"])
     assert {(r["apiGroups"][0], r["resources"][0]) for r in discovery["rules"]} == {
-        ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+        ("", "namespaces"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    }
     assert all(r["verbs"] == ["list", "watch"] for r in discovery["rules"])
     assert sorted(r["metadata"]["namespace"] for r in by_kind(objects, "Role")) == ["team-a", "team-b"]
     for binding in by_kind(objects, "RoleBinding"):
@@ -183,8 +199,13 @@ def test_operator_down_alert_watches_the_service_monitor_job() -> None:
     rules = {r["alert"]: r for g in rule_object["spec"]["groups"] for r in g["rules"]}
     assert 'job="reverie-metrics"' in rules["ReverieOperatorDown"]["expr"]
     assert 'namespace="reverie-system"' in rules["ReverieOperatorDown"]["expr"]
-    assert {"ReverieCycleStuck", "RevierePhaseFailuresRepeated", "ReverieGateRejectionStreak",
-            "ReverieOperatorDown", "ReverieChampionStale"} <= rules.keys()
+    assert {
+        "ReverieCycleStuck",
+        "RevierePhaseFailuresRepeated",
+        "ReverieGateRejectionStreak",
+        "ReverieOperatorDown",
+        "ReverieChampionStale",
+    } <= rules.keys()
 
 
 def test_dashboards_ship_as_sidecar_config_maps() -> None:

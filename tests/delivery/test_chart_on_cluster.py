@@ -38,9 +38,17 @@ def installed(cluster: Any, foreign_kinds: None) -> Iterator[Any]:
 
     def install(values: dict[str, Any], *, namespace: str, release: str) -> list[dict[str, Any]]:
         # CRDs are installed by the cluster fixture from crds/, identical to the chart's (test_chart.py).
-        objects = [o for o in render(values, release=release, namespace=namespace) if o["kind"] != "CustomResourceDefinition"]
-        cluster.kubectl("apply", "--server-side", "--field-manager=helm", "-f", "-",
-                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        objects = [
+            o for o in render(values, release=release, namespace=namespace) if o["kind"] != "CustomResourceDefinition"
+        ]
+        cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=helm",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+        )
         releases.append(release)
         return objects
 
@@ -48,8 +56,9 @@ def installed(cluster: Any, foreign_kinds: None) -> Iterator[Any]:
     # Namespaced objects go with the test namespace; cluster-scoped ones carry the release label.
     for release in releases:
         for kind in ("ClusterRoleBinding", "ClusterRole", "ValidatingWebhookConfiguration"):
-            cluster.kubectl("delete", kind, "-l", f"app.kubernetes.io/instance={release}", "--ignore-not-found",
-                            "--wait=false")
+            cluster.kubectl(
+                "delete", kind, "-l", f"app.kubernetes.io/instance={release}", "--ignore-not-found", "--wait=false"
+            )
 
 
 def _release() -> str:
@@ -65,11 +74,15 @@ def _can(cluster: Any, identity: str, verb: str, resource: str, namespace: str |
     groups = ["system:authenticated"]
     if identity.startswith("system:serviceaccount:"):
         groups += ["system:serviceaccounts", f"system:serviceaccounts:{identity.split(':')[2]}"]
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=identity, groups=groups,
-        resource_attributes=client.V1ResourceAttributes(
-            verb=verb, group=group, resource=plural, subresource=subresource or None, namespace=namespace),
-    ))
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=identity,
+            groups=groups,
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb, group=group, resource=plural, subresource=subresource or None, namespace=namespace
+            ),
+        )
+    )
     with cluster.api_client() as api:
         answer = client.AuthorizationV1Api(api).create_subject_access_review(review)
     return bool(answer.status.allowed)
@@ -77,22 +90,43 @@ def _can(cluster: Any, identity: str, verb: str, resource: str, namespace: str |
 
 # What the operator does (controller/{cycle_handlers,cycle_reconciler,jobs,kube,promotion,serving}.py) and what it must never do.
 NEEDED = [
-    ("watch", "sleepcycles.reverie.dev"), ("patch", "sleepcycles.reverie.dev"), ("update", "sleepcycles.reverie.dev/status"),
-    ("patch", "modellineages.reverie.dev"), ("update", "modellineages.reverie.dev/status"), ("create", "sleepcycles.reverie.dev"),
+    ("watch", "sleepcycles.reverie.dev"),
+    ("patch", "sleepcycles.reverie.dev"),
+    ("update", "sleepcycles.reverie.dev/status"),
+    ("patch", "modellineages.reverie.dev"),
+    ("update", "modellineages.reverie.dev/status"),
+    ("create", "sleepcycles.reverie.dev"),
     ("delete", "sleepcycles.reverie.dev"),  # ttlSecondsAfterFinished and schedule history limits
-    ("create", "jobs.batch"), ("delete", "jobs.batch"), ("watch", "jobs.batch"),
-    ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"),
-    ("list", "pods"), ("get", "pods/log"), ("create", "events"), ("create", "events.events.k8s.io"),
+    ("create", "jobs.batch"),
+    ("delete", "jobs.batch"),
+    ("watch", "jobs.batch"),
+    ("create", "configmaps"),
+    ("delete", "configmaps"),
+    ("create", "services"),
+    ("list", "pods"),
+    ("get", "pods/log"),
+    ("create", "events"),
+    ("create", "events.events.k8s.io"),
 ]
 FORBIDDEN = [
-    ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods"), ("delete", "pods"),
-    ("create", "pods/exec"), ("create", "serviceaccounts/token"), ("create", "roles.rbac.authorization.k8s.io"),
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "pods/exec"),
+    ("create", "serviceaccounts/token"),
+    ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
-    ("delete", "modellineages.reverie.dev"), ("patch", "deployments.apps"), ("delete", "namespaces"),
+    ("delete", "modellineages.reverie.dev"),
+    ("patch", "deployments.apps"),
+    ("delete", "namespaces"),
 ]
 
 
-def test_everything_the_chart_renders_is_accepted_by_the_api_server(cluster: Any, namespace: str, installed: Any) -> None:
+def test_everything_the_chart_renders_is_accepted_by_the_api_server(
+    cluster: Any, namespace: str, installed: Any
+) -> None:
     release = _release()
     values = {
         "watch": {"scope": "namespaces"},  # the webhook then only selects this namespace
@@ -103,19 +137,37 @@ def test_everything_the_chart_renders_is_accepted_by_the_api_server(cluster: Any
     }
     objects = installed(values, namespace=namespace, release=release)
     kinds = {o["kind"] for o in objects}
-    assert {"Deployment", "ServiceAccount", "Role", "RoleBinding", "Service", "ConfigMap", "ServiceMonitor",
-            "PrometheusRule", "Certificate", "Issuer", "ValidatingWebhookConfiguration", "ClusterRole"} <= kinds
+    assert {
+        "Deployment",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ConfigMap",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Certificate",
+        "Issuer",
+        "ValidatingWebhookConfiguration",
+        "ClusterRole",
+    } <= kinds
     for obj in objects:
         scope = [] if obj["kind"] in CLUSTER_SCOPED else ["-n", namespace]
         got = json.loads(cluster.kubectl("get", obj["kind"], obj["metadata"]["name"], *scope, "-o", "json").stdout)
         assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == release
-    deployment = json.loads(cluster.kubectl("get", "deployment", f"{release}-reverie-operator", "-n", namespace, "-o", "json").stdout)
+    deployment = json.loads(
+        cluster.kubectl("get", "deployment", f"{release}-reverie-operator", "-n", namespace, "-o", "json").stdout
+    )
     assert deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_namespaces_scope_grants_the_operator_what_it_needs_and_no_more(cluster: Any, namespace: str, installed: Any) -> None:
+def test_namespaces_scope_grants_the_operator_what_it_needs_and_no_more(
+    cluster: Any, namespace: str, installed: Any
+) -> None:
     release = _release()
-    installed({"watch": {"scope": "namespaces"}, "dashboards": {"enabled": False}}, namespace=namespace, release=release)
+    installed(
+        {"watch": {"scope": "namespaces"}, "dashboards": {"enabled": False}}, namespace=namespace, release=release
+    )
     me = f"system:serviceaccount:{namespace}:{release}-reverie"
     missing = [f"{verb} {res}" for verb, res in NEEDED if not _can(cluster, me, verb, res, namespace)]
     assert not missing, f"the chart's Role lacks: {missing}"
@@ -131,7 +183,9 @@ def test_namespaces_scope_grants_the_operator_what_it_needs_and_no_more(cluster:
     assert not _can(cluster, me, "create", "customresourcedefinitions.apiextensions.k8s.io", None)
 
 
-def test_cluster_scope_grants_the_operator_what_it_needs_everywhere_and_no_more(cluster: Any, namespace: str, installed: Any) -> None:
+def test_cluster_scope_grants_the_operator_what_it_needs_everywhere_and_no_more(
+    cluster: Any, namespace: str, installed: Any
+) -> None:
     release = _release()
     installed({"dashboards": {"enabled": False}}, namespace=namespace, release=release)
     me = f"system:serviceaccount:{namespace}:{release}-reverie"
@@ -151,9 +205,19 @@ def role_aggregation(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     log = tmp_path_factory.mktemp("aggregation") / "kube-controller-manager.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(k8s_bin_dir() / "kube-controller-manager"), "--kubeconfig", str(cluster.kubeconfig),
-             "--controllers", "clusterrole-aggregation-controller", "--leader-elect=false", "--secure-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(k8s_bin_dir() / "kube-controller-manager"),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--controllers",
+                "clusterrole-aggregation-controller",
+                "--leader-elect=false",
+                "--secure-port",
+                "0",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         yield
@@ -179,7 +243,9 @@ def test_user_roles_let_editors_create_cycles_and_viewers_only_read(
     # Through the built-in roles a namespace's users already hold, as aggregation intends.
     for role, user in (("edit", "alice"), ("view", "bob"), ("admin", "carol")):
         _aggregated(cluster, role, "sleepcycles")
-        cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}", "-n", namespace)
+        cluster.kubectl(
+            "create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}", "-n", namespace
+        )
     assert _can(cluster, "alice", "create", "sleepcycles.reverie.dev", namespace)
     assert _can(cluster, "alice", "delete", "modellineages.reverie.dev", namespace)
     assert _can(cluster, "carol", "patch", "sleepcycles.reverie.dev", namespace)

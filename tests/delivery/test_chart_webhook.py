@@ -63,14 +63,27 @@ def _args(args: list[str], *, port: int, cert_dir: Path) -> list[str]:
 def _endpoints(service: str, namespace: str, *, ip: str, port: int) -> list[dict[str, Any]]:
     """What the endpoints controllers would write for the operator pod behind ``service``."""
     return [
-        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": service, "namespace": namespace},
-         "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}]}]},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": f"{service}-test", "namespace": namespace,
-                      "labels": {"kubernetes.io/service-name": service,
-                                 "endpointslice.kubernetes.io/managed-by": "reverie-tests"}},
-         "addressType": "IPv4", "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-         "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}]},
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": service, "namespace": namespace},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}]}],
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{service}-test",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "reverie-tests",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}],
+        },
     ]
 
 
@@ -84,34 +97,55 @@ def test_the_charts_webhook_routes_to_the_operator_and_refuses_a_bad_cycle(clust
     ca = CertificateAuthority(tmp_path)
     with chart_identity(cluster) as (namespace, account, _):
         values = {
-            "watch": {"scope": "namespaces"}, "dashboards": {"enabled": False},
-            "webhook": {"enabled": True, "failurePolicy": "Fail", "certManager": {"enabled": False},
-                        "existingSecret": "reverie-webhook-tls", "caBundle": base64.b64encode(ca.cert.read_bytes()).decode()},
+            "watch": {"scope": "namespaces"},
+            "dashboards": {"enabled": False},
+            "webhook": {
+                "enabled": True,
+                "failurePolicy": "Fail",
+                "certManager": {"enabled": False},
+                "existingSecret": "reverie-webhook-tls",
+                "caBundle": base64.b64encode(ca.cert.read_bytes()).decode(),
+            },
         }
         rendered = render(values, release=RELEASE, namespace=namespace)
         service = one(rendered, "Service", f"{RELEASE}-webhook")
         config = one(rendered, "ValidatingWebhookConfiguration")
         svc = service["metadata"]["name"]
         # The serving certificate cert-manager would issue for the chart's Service.
-        cert, key = ca.issue("webhook", common_name=f"{svc}.{namespace}.svc",
-                             server_names=(f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.cluster.local"))
+        cert, key = ca.issue(
+            "webhook",
+            common_name=f"{svc}.{namespace}.svc",
+            server_names=(f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.cluster.local"),
+        )
         certs = tmp_path / "webhook-tls"
         certs.mkdir()
         (certs / "tls.crt").write_bytes(cert.read_bytes())
         (certs / "tls.key").write_bytes(key.read_bytes())
         port = free_port()
-        args = _args(one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"], port=port, cert_dir=certs)
+        args = _args(
+            one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"], port=port, cert_dir=certs
+        )
         assert f"--webhook-port={port}" in args
         objects = [service, *_endpoints(svc, namespace, ip=ip, port=port), config]
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        cluster.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+        )
         try:
             kubeconfig = service_account_kubeconfig(cluster, namespace, account)
             with operator_process(args, kubeconfig=kubeconfig, log=tmp_path / "operator.log"):
 
                 def refused() -> str | None:
-                    done = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(cycle_manifest("early")),
-                                           check=False)
-                    return done.stderr if done.returncode != 0 and "does not exist in namespace" in done.stderr else None
+                    done = cluster.kubectl(
+                        "apply", "-n", namespace, "-f", "-", input=json.dumps(cycle_manifest("early")), check=False
+                    )
+                    return (
+                        done.stderr if done.returncode != 0 and "does not exist in namespace" in done.stderr else None
+                    )
 
                 error = wait(refused, what="the API server refusing a cycle through the chart's webhook")
                 assert "spec.lineageRef" in error and "validate.reverie.dev" in error, error
@@ -119,5 +153,10 @@ def test_the_charts_webhook_routes_to_the_operator_and_refuses_a_bad_cycle(clust
                 cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(cycle_manifest("night-1")))
                 JobSim(cluster.api_client(), namespace).wait_for_job("night-1-consolidation-1")
         finally:
-            cluster.kubectl("delete", "validatingwebhookconfiguration", config["metadata"]["name"], "--ignore-not-found",
-                            check=False)
+            cluster.kubectl(
+                "delete",
+                "validatingwebhookconfiguration",
+                config["metadata"]["name"],
+                "--ignore-not-found",
+                check=False,
+            )

@@ -49,7 +49,9 @@ def test_dashboard_model_is_loadable_by_grafana(path: Any) -> None:
         assert panel["type"] in PANEL_TYPES, panel["type"]
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"panel {panel['title']!r} overlaps another"
         occupied |= cells
         if panel["type"] == "row":

@@ -46,7 +46,9 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_dockerfile_passes_hadolint_strictly(image: str) -> None:
-    done = run(hadolint(), "--failure-threshold", "style", "--no-color", REPO / "images" / image / "Dockerfile", check=False)
+    done = run(
+        hadolint(), "--failure-threshold", "style", "--no-color", REPO / "images" / image / "Dockerfile", check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -99,16 +101,32 @@ def test_reverie_console_script_runs_both_image_commands() -> None:
         assert done.returncode == 0, f"reverie {' '.join(command)}: {done.stderr}{done.stdout}"
 
 
-@pytest.mark.skipif(not os.environ.get("REVERIE_RESOLVE_EXTRAS"), reason="minutes of index traffic; set REVERIE_RESOLVE_EXTRAS=1")
+@pytest.mark.skipif(
+    not os.environ.get("REVERIE_RESOLVE_EXTRAS"), reason="minutes of index traffic; set REVERIE_RESOLVE_EXTRAS=1"
+)
 @pytest.mark.parametrize("image", IMAGES)
 def test_image_extra_resolves_from_the_index(image: str, tmp_path: Path) -> None:
     extra = IMAGES[image][0]
     report = tmp_path / "report.json"
     # What the Dockerfile does, minus the download of wheels it does not need.
     pre = ["torch==2.13.0"] if image == "trainer" else []
-    run(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-        "--report", report, *pre, f"{REPO}[{extra}]", timeout=3000)
-    resolved = {_canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        report,
+        *pre,
+        f"{REPO}[{extra}]",
+        timeout=3000,
+    )
+    resolved = {
+        _canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]
+    }
     for requirement in PYPROJECT["project"]["optional-dependencies"][extra]:
         name, _, version = requirement.partition("==")
         got = resolved.get(_canonical(name))

@@ -87,8 +87,16 @@ def _drive(cluster: Any, namespace: str) -> tuple[dict[str, Any], dict[str, Any]
         sim.fail(job, exit_code=1, container_reason="Error", reason="BackoffLimitExceeded")
     cycles["night-3"] = sim.wait_for_phase("night-3", "Failed")
 
-    cluster.kubectl("patch", "modellineage", LINEAGE, "-n", namespace, "--type=merge", "-p",
-                    json.dumps({"spec": {"rollbackTo": "gen-0"}}))
+    cluster.kubectl(
+        "patch",
+        "modellineage",
+        LINEAGE,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"rollbackTo": "gen-0"}}),
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         lineage = json.loads(cluster.kubectl("get", "modellineage", LINEAGE, "-n", namespace, "-o", "json").stdout)
@@ -103,11 +111,18 @@ def scenario(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     prometheus()  # skip (or fail in CI) before starting anything when it is missing
     workdir = tmp_path_factory.mktemp("observed")
     log = workdir / "operator.log"
-    with chart_identity(cluster) as (namespace, account, args), \
-            operator_process(args, kubeconfig=service_account_kubeconfig(cluster, namespace, account), log=log) as port:
+    with (
+        chart_identity(cluster) as (namespace, account, args),
+        operator_process(args, kubeconfig=service_account_kubeconfig(cluster, namespace, account), log=log) as port,
+    ):
         # The labels a ServiceMonitor's target would carry (job = the metrics Service).
-        server = PrometheusServer(workdir, targets=[f"127.0.0.1:{port}"], scrape_interval=SCRAPE,
-                                  job=f"{RELEASE}-metrics", labels={"namespace": namespace})
+        server = PrometheusServer(
+            workdir,
+            targets=[f"127.0.0.1:{port}"],
+            scrape_interval=SCRAPE,
+            job=f"{RELEASE}-metrics",
+            labels={"namespace": namespace},
+        )
         try:
             server.start()
             server.wait_until(lambda: server.api("query", query="up")["result"], what="first scrape", timeout=30)
@@ -116,13 +131,24 @@ def scenario(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 cycles, lineage = _drive(cluster, namespace)
                 server.wait_until(
                     lambda: server.api("query", query=f'reverie_rollbacks_total{{namespace="{namespace}"}}')["result"],
-                    what="the rollback in Prometheus", timeout=30)
+                    what="the rollback in Prometheus",
+                    timeout=30,
+                )
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\noperator log (tail):\n{log.read_text(errors='replace')[-4000:]}") from None
+                raise AssertionError(
+                    f"{exc}\noperator log (tail):\n{log.read_text(errors='replace')[-4000:]}"
+                ) from None
             # A few more scrapes of the end state, for the rate windows.
             time.sleep(3)
-            yield Scenario(namespace=namespace, started=started, ended=time.time(), operator_log=log,
-                           cycles=cycles, lineage=lineage, prometheus=server)
+            yield Scenario(
+                namespace=namespace,
+                started=started,
+                ended=time.time(),
+                operator_log=log,
+                cycles=cycles,
+                lineage=lineage,
+                prometheus=server,
+            )
         finally:
             server.stop()
 
@@ -131,7 +157,9 @@ def test_operator_runs_cycles_with_only_the_charts_permissions(scenario: Scenari
     operator_log = scenario.operator_log.read_text(errors="replace")
     assert scenario.cycles["night-1"]["status"]["gate"]["outcome"] == "Passed"
     assert [r["jobName"] for r in scenario.cycles["night-1"]["status"]["records"]][:2] == [
-        "night-1-consolidation-1", "night-1-consolidation-2"]
+        "night-1-consolidation-1",
+        "night-1-consolidation-2",
+    ]
     assert scenario.cycles["night-2"]["status"]["gate"]["outcome"] == "Failed"
     assert scenario.lineage["status"]["champion"] == "gen-0"
     assert not DENIED.search(operator_log), f"the operator hit an authorization error:\n{operator_log[-4000:]}"

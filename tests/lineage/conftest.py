@@ -27,12 +27,21 @@ ISVC_CRD = {
     "spec": {
         "group": "serving.kserve.io",
         "scope": "Namespaced",
-        "names": {"plural": "inferenceservices", "singular": "inferenceservice", "kind": "InferenceService", "shortNames": ["isvc"]},
-        "versions": [{
-            "name": "v1beta1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            "subresources": {"status": {}},
-        }],
+        "names": {
+            "plural": "inferenceservices",
+            "singular": "inferenceservice",
+            "kind": "InferenceService",
+            "shortNames": ["isvc"],
+        },
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "subresources": {"status": {}},
+            }
+        ],
     },
 }
 
@@ -93,7 +102,9 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def lineage_operator(cluster: Any, namespace: str, monkeypatch: pytest.MonkeyPatch, *, interval: float = 0.5) -> Iterator[KopfRunner]:
+def lineage_operator(
+    cluster: Any, namespace: str, monkeypatch: pytest.MonkeyPatch, *, interval: float = 0.5
+) -> Iterator[KopfRunner]:
     """The ModelLineage handlers alone (fresh registry), standalone, watching one namespace."""
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     registry = kopf.OperatorRegistry()
@@ -116,12 +127,30 @@ async def finish_export(api: Kube, namespace: str, name: str, *, ok: bool = True
     job = await eventually(lambda: api.get_or_none(JOBS, namespace, name), what=f"export Job {name}")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if ok:
-        conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": message,
-                       "lastTransitionTime": now, "lastProbeTime": now} for t in ("SuccessCriteriaMet", "Complete")]
+        conditions = [
+            {
+                "type": t,
+                "status": "True",
+                "reason": "CompletionsReached",
+                "message": message,
+                "lastTransitionTime": now,
+                "lastProbeTime": now,
+            }
+            for t in ("SuccessCriteriaMet", "Complete")
+        ]
         body = {"startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "conditions": conditions}
     else:
-        conditions = [{"type": t, "status": "True", "reason": "BackoffLimitExceeded", "message": message,
-                       "lastTransitionTime": now, "lastProbeTime": now} for t in ("FailureTarget", "Failed")]
+        conditions = [
+            {
+                "type": t,
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": message,
+                "lastTransitionTime": now,
+                "lastProbeTime": now,
+            }
+            for t in ("FailureTarget", "Failed")
+        ]
         body = {"startTime": now, "failed": 1, "active": 0, "conditions": conditions}
     await api.merge_patch(JOBS, namespace, name, {"status": body}, subresource="status")
     return job

@@ -29,8 +29,14 @@ pytestmark = pytest.mark.cluster
 
 async def promoted(api: Kube, namespace: str, cycle: str, parent: str) -> str:
     gen = await promotion.record_candidate(
-        api, namespace=namespace, lineage="demo", cycle=cycle, uri=f"file:///store/demo/{cycle}",
-        content_hash=None, parent=parent, scores={"retention": 0.9},
+        api,
+        namespace=namespace,
+        lineage="demo",
+        cycle=cycle,
+        uri=f"file:///store/demo/{cycle}",
+        content_hash=None,
+        parent=parent,
+        scores={"retention": 0.9},
     )
     assert (await promotion.promote(api, namespace=namespace, lineage="demo", cycle=cycle)).promoted
     return gen
@@ -50,8 +56,14 @@ async def test_lineage_create_records_generation_zero_and_ready(
         status = await eventually(ready, what="Ready lineage")
     assert status["champion"] == "gen-0" and status["championUri"] == "builtin:tiny"
     assert status["generations"] == [
-        {"name": "gen-0", "uri": "builtin:tiny", "scores": {}, "state": "Champion",
-         "createdAt": status["generations"][0]["createdAt"], "promotedAt": status["generations"][0]["promotedAt"]},
+        {
+            "name": "gen-0",
+            "uri": "builtin:tiny",
+            "scores": {},
+            "state": "Champion",
+            "createdAt": status["generations"][0]["createdAt"],
+            "promotedAt": status["generations"][0]["promotedAt"],
+        },
     ]
     assert status["observedGeneration"] == 1
 
@@ -59,13 +71,23 @@ async def test_lineage_create_records_generation_zero_and_ready(
 async def test_rollback_pins_an_earlier_generation_and_serving_follows(
     cluster: Any, api: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await api.create(CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}, "data": {}})
-    await api.create(MODELLINEAGES, namespace, lineage_manifest(
-        "demo", namespace, servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model"},
-    ))
+    await api.create(
+        CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}, "data": {}}
+    )
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest(
+            "demo",
+            namespace,
+            servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model"},
+        ),
+    )
     g1 = await promoted(api, namespace, "c1", "gen-0")
     await promoted(api, namespace, "c2", g1)
-    before = metrics.REGISTRY.get_sample_value("reverie_rollbacks_total", {"namespace": namespace, "lineage": "demo"}) or 0.0
+    before = (
+        metrics.REGISTRY.get_sample_value("reverie_rollbacks_total", {"namespace": namespace, "lineage": "demo"}) or 0.0
+    )
 
     async def served(uri: str) -> bool:
         return (await api.get(CONFIGMAPS, namespace, "serving")).get("data", {}).get("model") == uri
@@ -82,7 +104,9 @@ async def test_rollback_pins_an_earlier_generation_and_serving_follows(
         status = await eventually(lambda: rolled_back("RolledBack", "True"), what="RolledBack")
         assert status["champion"] == "gen-1" and status["championUri"] == "file:///store/demo/c1"
         await finish_export(api, namespace, "demo-serve-gen-1-merged")  # the restored champion's own servable form
-        assert await eventually(lambda: served("file:///store/demo/servable/gen-1/merged"), what="serving follows the rollback")
+        assert await eventually(
+            lambda: served("file:///store/demo/servable/gen-1/merged"), what="serving follows the rollback"
+        )
 
         await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"rollbackTo": "gen-99"}})
         status = await eventually(lambda: rolled_back("UnknownGeneration", "False"), what="unknown rollback target")
@@ -104,9 +128,15 @@ async def test_rollback_pins_an_earlier_generation_and_serving_follows(
 async def test_schedule_timer_creates_the_due_cycle_once(
     cluster: Any, api: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await api.create(MODELLINEAGES, namespace, lineage_manifest(
-        "demo", namespace, schedule={"cron": "0 3 * * *", "template": cycle_template("demo")},
-    ))
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest(
+            "demo",
+            namespace,
+            schedule={"cron": "0 3 * * *", "template": cycle_template("demo")},
+        ),
+    )
     created = datetime.fromisoformat(
         (await api.get(MODELLINEAGES, namespace, "demo"))["metadata"]["creationTimestamp"].replace("Z", "+00:00")
     )
@@ -144,18 +174,30 @@ async def test_schedule_timer_creates_the_due_cycle_once(
 
 # --- the schedule applied directly at chosen instants (no Kopf) ----------------------
 async def make_scheduled_lineage(api: Kube, namespace: str, **schedule: Any) -> datetime:
-    await api.create(MODELLINEAGES, namespace, lineage_manifest(
-        "demo", namespace, schedule={"cron": "0 3 * * *", "template": cycle_template("demo"), **schedule},
-    ))
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest(
+            "demo",
+            namespace,
+            schedule={"cron": "0 3 * * *", "template": cycle_template("demo"), **schedule},
+        ),
+    )
     obj = await api.get(MODELLINEAGES, namespace, "demo")
     created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     return (created + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
 
 
 async def finish(api: Kube, namespace: str, name: str, phase: str, at: datetime) -> None:
-    await api.merge_patch(SLEEPCYCLES, namespace, name, {
-        "status": {"phase": phase, "completionTime": at.strftime("%Y-%m-%dT%H:%M:%SZ")},
-    }, subresource="status")
+    await api.merge_patch(
+        SLEEPCYCLES,
+        namespace,
+        name,
+        {
+            "status": {"phase": phase, "completionTime": at.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        },
+        subresource="status",
+    )
 
 
 async def test_forbid_waits_for_the_active_cycle_then_replace_deletes_it(api: Kube, namespace: str) -> None:
@@ -168,7 +210,11 @@ async def test_forbid_waits_for_the_active_cycle_then_replace_deletes_it(api: Ku
     await api.merge_patch(MODELLINEAGES, namespace, "demo", {"spec": {"schedule": {"concurrencyPolicy": "Replace"}}})
     plan = await lineage_handlers.run_schedule(api, namespace=namespace, name="demo", now=day2 + timedelta(seconds=6))
     assert plan is not None and plan.create == cycle_name("demo", day2) and plan.delete == [cycle_name("demo", day1)]
-    names = {c["metadata"]["name"] for c in await api.list(SLEEPCYCLES, namespace) if not c["metadata"].get("deletionTimestamp")}
+    names = {
+        c["metadata"]["name"]
+        for c in await api.list(SLEEPCYCLES, namespace)
+        if not c["metadata"].get("deletionTimestamp")
+    }
     assert names == {cycle_name("demo", day2)}
 
 
@@ -197,14 +243,24 @@ async def test_history_limits_delete_old_finished_cycles(api: Kube, namespace: s
         made.append(plan.create)
         await finish(api, namespace, plan.create, phase, at + timedelta(hours=1))
     await lineage_handlers.run_schedule(api, namespace=namespace, name="demo", now=day + timedelta(days=3, hours=2))
-    live = {c["metadata"]["name"] for c in await api.list(SLEEPCYCLES, namespace) if not c["metadata"].get("deletionTimestamp")}
+    live = {
+        c["metadata"]["name"]
+        for c in await api.list(SLEEPCYCLES, namespace)
+        if not c["metadata"].get("deletionTimestamp")
+    }
     assert live == {made[2], made[3]}
 
 
 async def test_invalid_time_zone_is_reported(api: Kube, namespace: str) -> None:
-    await api.create(MODELLINEAGES, namespace, lineage_manifest(
-        "demo", namespace, schedule={"cron": "0 3 * * *", "timeZone": "Mars/Olympus", "template": cycle_template("demo")},
-    ))
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest(
+            "demo",
+            namespace,
+            schedule={"cron": "0 3 * * *", "timeZone": "Mars/Olympus", "template": cycle_template("demo")},
+        ),
+    )
     await lineage_handlers.run_schedule(api, namespace=namespace, name="demo", now=datetime.now(UTC))
     missed = condition(await lineage_status(api, namespace, "demo"), "MissedSchedule")
     assert missed and missed["reason"] == "InvalidSchedule" and "Mars/Olympus" in missed["message"]
@@ -216,21 +272,42 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
     from reverie.controller import serving
     from reverie.core import lineage as rules
 
-    await api.create(serving.INFERENCESERVICES, namespace, {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "chat"},
-        "spec": {"predictor": {"model": {"storageUri": "builtin:tiny"}}},
-    })
-    await api.create(MODELLINEAGES, namespace, lineage_manifest(
-        "demo", namespace, servingTarget={"kind": "InferenceService", "name": "chat"},
-    ))
+    await api.create(
+        serving.INFERENCESERVICES,
+        namespace,
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": "chat"},
+            "spec": {"predictor": {"model": {"storageUri": "builtin:tiny"}}},
+        },
+    )
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest(
+            "demo",
+            namespace,
+            servingTarget={"kind": "InferenceService", "name": "chat"},
+        ),
+    )
     await promotion.record_candidate(
-        api, namespace=namespace, lineage="demo", cycle="c1", uri="file:///store/demo/c1",
-        content_hash=None, parent="gen-0", scores={},
+        api,
+        namespace=namespace,
+        lineage="demo",
+        cycle="c1",
+        uri="file:///store/demo/c1",
+        content_hash=None,
+        parent="gen-0",
+        scores={},
     )
     # The promotion write lands, then the operator dies before the serving hand-off.
     now = datetime.now(UTC).replace(microsecond=0)
     await update_lineage(
-        api, namespace=namespace, lineage="demo", rule=lambda lin: rules.promote(lin.status, cycle="c1", now=now)[0],
+        api,
+        namespace=namespace,
+        lineage="demo",
+        rule=lambda lin: rules.promote(lin.status, cycle="c1", now=now)[0],
     )
     isvc = await api.get(serving.INFERENCESERVICES, namespace, "chat")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "builtin:tiny"
@@ -245,22 +322,33 @@ async def test_operator_dying_between_promotion_and_serving_heals_on_restart_and
         await finish_export(api, namespace, "demo-serve-gen-1-merged")
         assert await eventually(lambda: storage_uri_is(merged), what="serving healed after restart")
         # Someone points the InferenceService elsewhere by hand: the timer puts the champion back.
-        await api.merge_patch(serving.INFERENCESERVICES, namespace, "chat", {"spec": {"predictor": {"model": {"storageUri": "s3://elsewhere"}}}})
+        await api.merge_patch(
+            serving.INFERENCESERVICES,
+            namespace,
+            "chat",
+            {"spec": {"predictor": {"model": {"storageUri": "s3://elsewhere"}}}},
+        )
         assert await eventually(lambda: storage_uri_is(merged), what="drift undone")
     status = await lineage_status(api, namespace, "demo")
     synced = condition(status, "ServingSynced")
     assert synced and synced["status"] == "True" and status["servingUri"] == merged
 
 
-@pytest.mark.parametrize(("field", "schedule"), [
-    ("spec.schedule.cron", {"cron": "61 * * * *"}),
-    ("spec.schedule.timeZone", {"cron": "0 3 * * *", "timeZone": "Mars/Olympus"}),
-])
+@pytest.mark.parametrize(
+    ("field", "schedule"),
+    [
+        ("spec.schedule.cron", {"cron": "61 * * * *"}),
+        ("spec.schedule.timeZone", {"cron": "0 3 * * *", "timeZone": "Mars/Olympus"}),
+    ],
+)
 async def test_an_invalid_schedule_sets_ready_false_and_posts_one_warning(
     api: Kube, namespace: str, field: str, schedule: dict[str, Any]
 ) -> None:
-    await api.create(MODELLINEAGES, namespace, lineage_manifest("demo", namespace,
-                                                                schedule={**schedule, "template": cycle_template("demo")}))
+    await api.create(
+        MODELLINEAGES,
+        namespace,
+        lineage_manifest("demo", namespace, schedule={**schedule, "template": cycle_template("demo")}),
+    )
     for _ in range(2):  # a second reconcile posts no second Event
         await lineage_handlers.reconcile_lineage(api, namespace=namespace, name="demo")
     ready = condition(await lineage_status(api, namespace, "demo"), "Ready")

@@ -33,8 +33,14 @@ async def make_lineage(api: Kube, namespace: str, name: str = "demo", **spec: An
 
 async def record(api: Kube, namespace: str, cycle: str, *, parent: str | None = "gen-0", lineage: str = "demo") -> str:
     return await promotion.record_candidate(
-        api, namespace=namespace, lineage=lineage, cycle=cycle, uri=f"file:///store/demo/{cycle}/dreaming",
-        content_hash=f"sha256:{cycle}", parent=parent, scores={"retention": 0.91, "knowledge_incorporation": 0.8},
+        api,
+        namespace=namespace,
+        lineage=lineage,
+        cycle=cycle,
+        uri=f"file:///store/demo/{cycle}/dreaming",
+        content_hash=f"sha256:{cycle}",
+        parent=parent,
+        scores={"retention": 0.91, "knowledge_incorporation": 0.8},
     )
 
 
@@ -50,14 +56,21 @@ async def test_record_then_promote_moves_the_champion_and_keeps_the_history(api:
     status = await lineage_status(api, namespace, "demo")
     assert status["champion"] == "gen-1" and status["championUri"] == "file:///store/demo/c1/dreaming"
     g1 = status["generations"][1]
-    assert (g1["parent"], g1["cycle"], g1["contentHash"], g1["scores"]["retention"]) == ("gen-0", "c1", "sha256:c1", 0.91)
+    assert (g1["parent"], g1["cycle"], g1["contentHash"], g1["scores"]["retention"]) == (
+        "gen-0",
+        "c1",
+        "sha256:c1",
+        0.91,
+    )
     assert g1["promotedAt"] and status["generations"][0]["state"] == "Retired"
     assert sample("reverie_promotions_total", namespace=namespace, lineage="demo") == before + 1
     assert sample("reverie_champion_info", namespace=namespace, lineage="demo", generation="gen-1") == 1
     assert sample("reverie_champion_generation", namespace=namespace, lineage="demo") == 1
 
 
-async def test_restart_between_record_and_promote_completes_exactly_once(cluster: Any, api: Kube, namespace: str) -> None:
+async def test_restart_between_record_and_promote_completes_exactly_once(
+    cluster: Any, api: Kube, namespace: str
+) -> None:
     await make_lineage(api, namespace)
     before = sample("reverie_promotions_total", namespace=namespace, lineage="demo")
     # The first operator records the candidate and dies before promoting ...
@@ -138,7 +151,9 @@ async def test_gathered_promotions_from_two_clients_have_one_winner(cluster: Any
     assert [g["state"] for g in status["generations"]].count("Champion") == 1
 
 
-async def test_a_conflicting_record_is_retried_and_no_generation_is_lost(cluster: Any, api: Kube, namespace: str) -> None:
+async def test_a_conflicting_record_is_retried_and_no_generation_is_lost(
+    cluster: Any, api: Kube, namespace: str
+) -> None:
     await make_lineage(api, namespace)
     await promotion.ensure_base(api, namespace=namespace, lineage="demo")
     other: list[str] = []
@@ -198,12 +213,19 @@ async def test_two_hundred_promotions_keep_the_object_small(api: Kube, namespace
 
 
 # --- serving hand-off --------------------------------------------------------------
-async def test_inference_service_storage_uri_follows_the_champion(api: Kube, namespace: str, inference_service_crd: str) -> None:
-    await api.create(serving.INFERENCESERVICES, namespace, {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "chat"},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": "file:///old"}}},
-    })
+async def test_inference_service_storage_uri_follows_the_champion(
+    api: Kube, namespace: str, inference_service_crd: str
+) -> None:
+    await api.create(
+        serving.INFERENCESERVICES,
+        namespace,
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": "chat"},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": "file:///old"}}},
+        },
+    )
     await make_lineage(api, namespace, servingTarget={"kind": "InferenceService", "name": "chat"})
     await promotion.ensure_base(api, namespace=namespace, lineage="demo")
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"  # gen-0: the base folder
@@ -234,22 +256,47 @@ async def test_inference_service_storage_uri_follows_the_champion(api: Kube, nam
 
 
 async def test_deployment_env_var_follows_the_champion(api: Kube, namespace: str) -> None:
-    await api.create(serving.DEPLOYMENTS, namespace, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "server"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "server"}},
-            "template": {"metadata": {"labels": {"app": "server"}}, "spec": {"containers": [
-                {"name": "sidecar", "image": "busybox"},
-                {"name": "vllm", "image": "vllm/vllm-openai", "env": [{"name": "KEEP", "value": "1"}]},
-            ]}},
+    await api.create(
+        serving.DEPLOYMENTS,
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "server"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "server"}},
+                "template": {
+                    "metadata": {"labels": {"app": "server"}},
+                    "spec": {
+                        "containers": [
+                            {"name": "sidecar", "image": "busybox"},
+                            {"name": "vllm", "image": "vllm/vllm-openai", "env": [{"name": "KEEP", "value": "1"}]},
+                        ]
+                    },
+                },
+            },
         },
-    })
-    await make_lineage(api, namespace, servingTarget={"kind": "Deployment", "name": "server", "container": "vllm", "env": "MODEL_URI",
-                                                      "form": "adapter"})
+    )
+    await make_lineage(
+        api,
+        namespace,
+        servingTarget={
+            "kind": "Deployment",
+            "name": "server",
+            "container": "vllm",
+            "env": "MODEL_URI",
+            "form": "adapter",
+        },
+    )
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
     job = await finish_export(api, namespace, "demo-serve-gen-1-adapter")
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-4:] == ["--form", "adapter", "--base-ref", "builtin:tiny"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-4:] == [
+        "--form",
+        "adapter",
+        "--base-ref",
+        "builtin:tiny",
+    ]
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     dep = await api.get(serving.DEPLOYMENTS, namespace, "server")
     containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
@@ -267,7 +314,11 @@ async def test_configmap_key_follows_and_a_missing_target_is_a_clear_condition(a
     synced = condition(status, "ServingSynced")
     assert synced and synced["status"] == "False" and synced["reason"] == "TargetNotFound"
     assert "ConfigMap" in synced["message"] and "serving not found" in synced["message"]
-    await api.create(CONFIGMAPS, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}, "data": {"other": "x"}})
+    await api.create(
+        CONFIGMAPS,
+        namespace,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serving"}, "data": {"other": "x"}},
+    )
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     cm = await api.get(CONFIGMAPS, namespace, "serving")
     assert cm["data"] == {"other": "x", "model": MERGED}
@@ -282,14 +333,18 @@ async def test_a_failed_export_keeps_the_old_target_and_says_how_to_retry(api: K
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Synced"
     await record(api, namespace, "c1")
     await promotion.promote(api, namespace=namespace, lineage="demo", cycle="c1")
-    await finish_export(api, namespace, "demo-serve-gen-1-merged", ok=False, message="Job has reached the specified backoff limit")
+    await finish_export(
+        api, namespace, "demo-serve-gen-1-merged", ok=False, message="Job has reached the specified backoff limit"
+    )
     assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "ExportFailed"
     synced = condition(await lineage_status(api, namespace, "demo"), "ServingSynced")
     assert synced and synced["status"] == "False" and "kubectl logs job/demo-serve-gen-1-merged" in synced["message"]
     assert (await api.get(CONFIGMAPS, namespace, "serving"))["data"] == {"model": "builtin:tiny"}
     await api.delete(JOBS, namespace, "demo-serve-gen-1-merged")
     await eventually(lambda: _gone(api, namespace, "demo-serve-gen-1-merged"), what="export Job deleted")
-    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Exporting", "deleting the Job retries"
+    assert await serving.sync_serving(api, namespace=namespace, lineage="demo") == "Exporting", (
+        "deleting the Job retries"
+    )
 
 
 async def _gone(api: Kube, namespace: str, name: str) -> bool:

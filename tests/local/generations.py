@@ -39,8 +39,17 @@ def build(store: Path, lineage: str = "lin") -> tuple[Path, Path]:
 
 def status(g0: Path, g1: Path, *, champion: str = "gen-1") -> dict[str, Any]:
     """The lineage status (wire form) with ``champion`` as champion."""
-    return {"champion": champion, "championUri": str(g1 if champion == "gen-1" else g0), "generations": [
-        {"name": "gen-0", "uri": str(g0), "state": "Retired" if champion == "gen-1" else "Champion"},
-        {"name": "gen-1", "parent": "gen-0", "cycle": "c1", "uri": str(g1),
-         "state": "Champion" if champion == "gen-1" else "Retired"},
-    ]}
+    return {
+        "champion": champion,
+        "championUri": str(g1 if champion == "gen-1" else g0),
+        "generations": [
+            {"name": "gen-0", "uri": str(g0), "state": "Retired" if champion == "gen-1" else "Champion"},
+            {
+                "name": "gen-1",
+                "parent": "gen-0",
+                "cycle": "c1",
+                "uri": str(g1),
+                "state": "Champion" if champion == "gen-1" else "Retired",
+            },
+        ],
+    }

@@ -35,6 +35,8 @@ def test_a_session_is_written_once_and_read_back_unchanged(tmp_path: Path) -> No
 
 
 def test_the_uri_and_session_numbers() -> None:
-    assert is_builtin_people(" builtin:people ") and not is_builtin_people("builtin:tiny") and not is_builtin_people(None)
+    assert (
+        is_builtin_people(" builtin:people ") and not is_builtin_people("builtin:tiny") and not is_builtin_people(None)
+    )
     with pytest.raises(ValueError, match="start at 1"):
         session_people("/tmp/x", "lin", 0)

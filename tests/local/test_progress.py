@@ -29,11 +29,17 @@ def test_only_json_objects_are_progress() -> None:
 
 def test_loss_curves_keep_every_loss_part_and_a_resume_overwrites_repeated_steps(tmp_path: Path) -> None:
     log = tmp_path / "job.log"
-    _write(log, {"event": "progress", "step": 1, "totalSteps": 4, "loss": 3.0, "distill_loss": 2.0},
-           "a warning line", {"event": "progress", "step": 2, "loss": 2.0},
-           {"event": "checkpoint", "step": 2, "checkpoint": "/s/ckpt-2"},
-           {"event": "relaunched", "launch": 2, "resumeFrom": "/s/ckpt-2"},
-           {"event": "resumed", "step": 2}, {"event": "progress", "step": 2, "loss": 1.9}, {"event": "progress", "step": 3, "loss": 1.5, "imitation": -0.1})
+    _write(
+        log,
+        {"event": "progress", "step": 1, "totalSteps": 4, "loss": 3.0, "distill_loss": 2.0},
+        "a warning line",
+        {"event": "progress", "step": 2, "loss": 2.0},
+        {"event": "checkpoint", "step": 2, "checkpoint": "/s/ckpt-2"},
+        {"event": "relaunched", "launch": 2, "resumeFrom": "/s/ckpt-2"},
+        {"event": "resumed", "step": 2},
+        {"event": "progress", "step": 2, "loss": 1.9},
+        {"event": "progress", "step": 3, "loss": 1.5, "imitation": -0.1},
+    )
     series = loss_series(log)
     assert series["loss"] == [(1, 3.0), (2, 1.9), (3, 1.5)]
     assert series["distill_loss"] == [(1, 2.0)]

@@ -29,18 +29,29 @@ def test_memory_ids_are_read_from_question_ids() -> None:
     assert memory_of("standalone") == "standalone"
 
 
-def test_the_report_is_self_contained_and_has_every_section(finished_run: tuple[LocalState, Path], tmp_path: Path) -> None:
+def test_the_report_is_self_contained_and_has_every_section(
+    finished_run: tuple[LocalState, Path], tmp_path: Path
+) -> None:
     state, _ = finished_run
     html = write_report(state, tmp_path / "report.html").read_text()
     assert re.search(r"""(src|href)\s*=\s*["'](https?:|//|[^"'#])""", html) is None, "no external assets"
     assert "<script" not in html
     plots = re.findall(r'data-plot="([^"]+)"', html)
-    assert plots == ["loss:c1-consolidation-1", "loss:c1-dreaming-1", "loss:c1-evaluation-1", "recall", "scores", "lineage"]
+    assert plots == [
+        "loss:c1-consolidation-1",
+        "loss:c1-dreaming-1",
+        "loss:c1-evaluation-1",
+        "recall",
+        "scores",
+        "lineage",
+    ]
     for needle in ("knowledge_incorporation &gt;= champion + 0.1", "Passed", "gen-0", "gen-1", "0.250 → 0.750"):
         assert needle in html
 
 
-def test_the_report_shows_each_questions_answer_before_and_after(finished_run: tuple[LocalState, Path], tmp_path: Path) -> None:
+def test_the_report_shows_each_questions_answer_before_and_after(
+    finished_run: tuple[LocalState, Path], tmp_path: Path
+) -> None:
     html = write_report(finished_run[0], tmp_path / "report.html").read_text()
     row = next(r for r in html.split("<tr>") if "Where does Person0 live?" in r)
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
@@ -48,7 +59,9 @@ def test_the_report_shows_each_questions_answer_before_and_after(finished_run: t
     assert (cells[3], cells[5]) == ("Nowhere", "City0"), "the answer before the sleep, then after"
 
 
-def test_the_report_of_an_unfinished_run_has_gaps_not_errors(finished_run: tuple[LocalState, Path], tmp_path: Path) -> None:
+def test_the_report_of_an_unfinished_run_has_gaps_not_errors(
+    finished_run: tuple[LocalState, Path], tmp_path: Path
+) -> None:
     state, _ = finished_run
     cycle = state.cycles[0]
     cycle.status.records = cycle.status.records[:1]
@@ -61,7 +74,8 @@ def test_the_report_of_an_unfinished_run_has_gaps_not_errors(finished_run: tuple
 
 @pytest.mark.skipif(chromium() is None, reason="chromium missing: run `bash hack/install-chromium.sh`")
 def test_the_report_opens_in_chromium_with_its_plots_and_no_console_errors(
-    finished_run: tuple[LocalState, Path], tmp_path: Path,
+    finished_run: tuple[LocalState, Path],
+    tmp_path: Path,
 ) -> None:
     state, state_dir = finished_run
     save_state(state_dir, state)

@@ -38,14 +38,24 @@ def generations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     return store, g0, g1
 
 
-def lineage(store: Path, g0: Path, g1: Path, *, champion: str = "gen-1", target: dict[str, Any] | None = None,
-            ) -> ModelLineage:
+def lineage(
+    store: Path,
+    g0: Path,
+    g1: Path,
+    *,
+    champion: str = "gen-1",
+    target: dict[str, Any] | None = None,
+) -> ModelLineage:
     spec: dict[str, Any] = {"baseModel": {"uri": str(g0)}, "store": {"uri": str(store)}}
     if target:
         spec["servingTarget"] = target
-    return ModelLineage.model_validate({
-        "metadata": {"name": "lin"}, "spec": spec, "status": status(g0, g1, champion=champion),
-    })
+    return ModelLineage.model_validate(
+        {
+            "metadata": {"name": "lin"},
+            "spec": spec,
+            "status": status(g0, g1, champion=champion),
+        }
+    )
 
 
 def test_promotion_writes_the_merged_champion_and_hands_it_off(generations: tuple[Path, Path, Path]) -> None:
@@ -92,8 +102,11 @@ def run_dir(generations: tuple[Path, Path, Path]) -> Path:
 def test_reverie_ask_compares_champion_base_and_teacher(generations: tuple[Path, Path, Path]) -> None:
     from reverie.cli import app
 
-    result = CliRunner().invoke(app, ["ask", str(run_dir(generations)), "Where does Zorblat live?", "--compare",
-                                      "--max-new-tokens", "4"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["ask", str(run_dir(generations)), "Where does Zorblat live?", "--compare", "--max-new-tokens", "4"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     for header in ("champion (gen-1)", "base (gen-0)", "teacher (gen-0 + memory in context)"):
         assert header in result.output
@@ -137,23 +150,42 @@ def test_the_local_runner_exports_on_promotion_and_only_then(generations: tuple[
     from reverie.local.runner import _apply
 
     store, g0, g1 = generations
-    cycle = SleepCycle.model_validate({"metadata": {"name": "c1"},
-                                       "spec": {"lineageRef": "lin", "memory": {"sources": [{"inline": ["x"]}]}}})
+    cycle = SleepCycle.model_validate(
+        {"metadata": {"name": "c1"}, "spec": {"lineageRef": "lin", "memory": {"sources": [{"inline": ["x"]}]}}}
+    )
 
     def with_candidate() -> LocalState:
         lin = lineage(store, g0, g1, champion="gen-0")
         lin.status.generations = lin.status.generations[:1]
-        lin.status, _ = rules.record_candidate(lin.status, cycle="c1", uri=str(g1), content_hash=None, parent="gen-0",
-                                               scores={}, now=datetime.now(UTC), history_limit=10)
+        lin.status, _ = rules.record_candidate(
+            lin.status,
+            cycle="c1",
+            uri=str(g1),
+            content_hash=None,
+            parent="gen-0",
+            scores={},
+            now=datetime.now(UTC),
+            history_limit=10,
+        )
         return LocalState(lineage=lin)
 
     rejected, promoted = with_candidate(), with_candidate()
     # No action below needs the executor.
-    _apply(planner.Reject(lineage="lin", generation="gen-1", reason="gate"), state=rejected, cycle=cycle,
-           executor=None, observer=Events())  # type: ignore[arg-type]
+    _apply(
+        planner.Reject(lineage="lin", generation="gen-1", reason="gate"),
+        state=rejected,
+        cycle=cycle,
+        executor=None,
+        observer=Events(),
+    )  # type: ignore[arg-type]
     assert rejected.lineage.status.servable is None, "a candidate that is not promoted gets no servable form"
-    _apply(planner.Promote(lineage="lin", generation="gen-1", scores={}), state=promoted, cycle=cycle,
-           executor=None, observer=Events())  # type: ignore[arg-type]
+    _apply(
+        planner.Promote(lineage="lin", generation="gen-1", scores={}),
+        state=promoted,
+        cycle=cycle,
+        executor=None,
+        observer=Events(),
+    )  # type: ignore[arg-type]
     status_ = promoted.lineage.status
     assert status_.champion == "gen-1" and status_.servable is not None
     assert status_.serving_uri == status_.servable.uri == str(store / "lin" / "servable" / "gen-1" / "merged")

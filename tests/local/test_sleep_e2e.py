@@ -35,8 +35,14 @@ RUN_TIMEOUT = 900
 
 
 def sleep_cmd(target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([REVERIE, "sleep", str(target), *extra], capture_output=True, text=True, env=ENV,
-                          timeout=RUN_TIMEOUT, check=False)
+    return subprocess.run(
+        [REVERIE, "sleep", str(target), *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
 
 
 def state_of(run: Path) -> LocalState:
@@ -78,11 +84,15 @@ def test_sleep_runs_a_whole_cycle_from_nothing(smoke_run: tuple[Path, subprocess
     assert state.lineage.status.active_cycle is None
     for job in state.jobs.values():  # every phase ran once, as a `reverie run-phase` process with its config
         assert job.launches == 1 and job.state == "Succeeded"
-        assert Path(job.config_path).is_file() and any(e.get("event") == "progress" for e in read_events(Path(job.log_path)))
+        assert Path(job.config_path).is_file() and any(
+            e.get("event") == "progress" for e in read_events(Path(job.log_path))
+        )
     assert (run / ".reverie" / "runs" / "smoke" / "report.html").is_file()
 
 
-def test_running_a_finished_cycle_again_starts_nothing(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_running_a_finished_cycle_again_starts_nothing(
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     run, first = smoke_run
     assert first.returncode == 0
     before = state_of(run)
@@ -96,13 +106,16 @@ def test_running_a_finished_cycle_again_starts_nothing(smoke_run: tuple[Path, su
 
 @pytest.mark.skipif(chromium() is None, reason="chromium missing: run `bash hack/install-chromium.sh`")
 def test_reverie_report_regenerates_a_report_that_chromium_shows(
-    smoke_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path,
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
+    tmp_path: Path,
 ) -> None:
     run, first = smoke_run
     assert first.returncode == 0
     page = run / ".reverie" / "runs" / "smoke" / "report.html"
     page.unlink()
-    done = subprocess.run([REVERIE, "report", str(run)], capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    done = subprocess.run(
+        [REVERIE, "report", str(run)], capture_output=True, text=True, env=ENV, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert page.is_file()
     loaded = load_page(page, workdir=tmp_path, screenshot=ARTIFACTS / "report-smoke.png")
@@ -124,15 +137,17 @@ def _wait_for_checkpoint(log: Path, proc: subprocess.Popen[str], *, timeout: flo
 
 
 def test_an_interrupted_run_resumes_the_phase_from_its_checkpoint(
-    smoke_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path,
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
+    tmp_path: Path,
 ) -> None:
     built, first = smoke_run
     assert first.returncode == 0
     run = tmp_path / "resume"
     shutil.copytree(REPO / "examples" / "smoke", run)
     # Reuse the tiny world built by the first run (the bootstrap is covered above).
-    shutil.copytree(built / ".reverie" / "store", run / ".reverie" / "store",
-                    ignore=shutil.ignore_patterns("smoke"))  # not the first run's cycle outputs
+    shutil.copytree(
+        built / ".reverie" / "store", run / ".reverie" / "store", ignore=shutil.ignore_patterns("smoke")
+    )  # not the first run's cycle outputs
     spec_path = run / "sleepcycle.yaml"
     spec = yaml.safe_load(spec_path.read_text())
     spec["spec"]["consolidation"].update({"steps": 60, "checkpointEvery": 10})
@@ -163,7 +178,11 @@ def test_an_interrupted_run_resumes_the_phase_from_its_checkpoint(
     cycle = state.cycles[-1]
     assert cycle.status.phase in ("Succeeded", "Rejected")
     # No phase ran twice: one attempt per step, and only the interrupted one was relaunched.
-    assert [(r.step, r.attempt) for r in cycle.status.records] == [("consolidation", 1), ("dreaming", 1), ("evaluation", 1)]
+    assert [(r.step, r.attempt) for r in cycle.status.records] == [
+        ("consolidation", 1),
+        ("dreaming", 1),
+        ("evaluation", 1),
+    ]
     consolidation = state.jobs["smoke-consolidation-1"]
     assert consolidation.launches == 2 and consolidation.resumed_from[-1]
     assert "checkpoints" in consolidation.resumed_from[-1]

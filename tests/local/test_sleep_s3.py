@@ -40,7 +40,7 @@ RUN_TIMEOUT = 900
 
 # Loaded by every Python process of the run (PYTHONPATH): the phase that uploads
 # a model under <step>/model/ dies after its third file, once per step.
-KILL_MID_UPLOAD = '''
+KILL_MID_UPLOAD = """
 import os
 _steps = [s for s in os.environ.get("REVERIE_TEST_KILL_UPLOADS", "").split(",") if s]
 _markers = os.environ.get("REVERIE_TEST_KILL_MARKERS", "")
@@ -61,12 +61,13 @@ if _steps and _markers:
         return await _put(self, lpath, rpath, *args, **kwargs)
 
     s3fs.S3FileSystem._put_file = _put_file
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def s3_run(
-    s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Path, str, subprocess.CompletedProcess[str]]]:
     bucket = s3_server.new_bucket()
     root = tmp_path_factory.mktemp("s3-smoke")
@@ -81,15 +82,23 @@ def s3_run(
     hooks.mkdir()
     markers.mkdir()
     (hooks / "sitecustomize.py").write_text(KILL_MID_UPLOAD)
-    credentials = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL_S3"}  # the endpoint: from the lineage
+    credentials = {
+        k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL_S3"
+    }  # the endpoint: from the lineage
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **credentials,
-        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "120",
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        **credentials,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "COLUMNS": "120",
         "PYTHONPATH": os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p),
-        "REVERIE_TEST_KILL_UPLOADS": "consolidation,dreaming", "REVERIE_TEST_KILL_MARKERS": str(markers),
+        "REVERIE_TEST_KILL_UPLOADS": "consolidation,dreaming",
+        "REVERIE_TEST_KILL_MARKERS": str(markers),
     }
-    done = subprocess.run([REVERIE, "sleep", str(run)], capture_output=True, text=True, env=env,
-                          timeout=RUN_TIMEOUT, check=False)
+    done = subprocess.run(
+        [REVERIE, "sleep", str(run)], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
+    )
     with pytest.MonkeyPatch.context() as mp:  # the tests read the bucket too
         for key, value in s3_server.env().items():
             mp.setenv(key, value)
@@ -105,9 +114,16 @@ def test_a_whole_cycle_runs_with_the_store_on_s3(s3_run: tuple[Path, str, subpro
     assert cycle.status.phase in ("Succeeded", "Rejected"), cycle.status.message
     out = f"{bucket}/store/smoke/smoke"
     files = set(store.list_tree(out))
-    for expected in ("consolidation/result.json", "consolidation/memories.jsonl", "consolidation/model/manifest.json",
-                     "consolidation/checkpoints/latest", "dreaming/model/manifest.json", "dreaming/dreams.jsonl",
-                     "evaluation/eval.json", "evaluation/result.json"):
+    for expected in (
+        "consolidation/result.json",
+        "consolidation/memories.jsonl",
+        "consolidation/model/manifest.json",
+        "consolidation/checkpoints/latest",
+        "dreaming/model/manifest.json",
+        "dreaming/dreams.jsonl",
+        "evaluation/eval.json",
+        "evaluation/result.json",
+    ):
         assert expected in files, f"{expected} missing from {out}"
     assert store.list_tree(f"{bucket}/store/.eval-cache"), "the eval cache lives in the store"
     assert not any(Path(run / ".reverie" / "store").glob("*")), "nothing went to a local store"

@@ -19,9 +19,12 @@ from reverie.local.state import (
 
 
 def _lineage() -> ModelLineage:
-    return ModelLineage.model_validate({
-        "metadata": {"name": "lin"}, "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "/s"}},
-    })
+    return ModelLineage.model_validate(
+        {
+            "metadata": {"name": "lin"},
+            "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "/s"}},
+        }
+    )
 
 
 def test_state_round_trips(tmp_path: Path) -> None:
@@ -45,7 +48,9 @@ def test_an_atomic_write_never_leaves_a_partial_file(tmp_path: Path, monkeypatch
     assert target.read_text() == "old"
 
 
-def _hold_lock(directory: str, ready: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event) -> None:
+def _hold_lock(
+    directory: str, ready: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event
+) -> None:
     with state_lock(Path(directory)):
         ready.set()
         release.wait(30)

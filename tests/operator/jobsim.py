@@ -81,7 +81,9 @@ class JobSim:
         return dict(json.loads(cm.data["phase.json"]))
 
     def cycle(self, name: str) -> Obj:
-        return dict(self.custom.get_namespaced_custom_object("reverie.dev", "v1alpha1", self.namespace, "sleepcycles", name))
+        return dict(
+            self.custom.get_namespaced_custom_object("reverie.dev", "v1alpha1", self.namespace, "sleepcycles", name)
+        )
 
     def wait_for_cycle(self, name: str, predicate: Any, *, timeout: float = 30.0, what: str = "condition") -> Obj:
         deadline = time.monotonic() + timeout
@@ -96,12 +98,15 @@ class JobSim:
             if predicate(last):
                 return last
             time.sleep(0.1)
-        raise AssertionError(f"SleepCycle {name}: {what} not reached in {timeout}s; last status: "
-                             f"{json.dumps(last.get('status'), indent=1)[:3000]}")
+        raise AssertionError(
+            f"SleepCycle {name}: {what} not reached in {timeout}s; last status: "
+            f"{json.dumps(last.get('status'), indent=1)[:3000]}"
+        )
 
     def wait_for_phase(self, name: str, phase: str, *, timeout: float = 30.0) -> Obj:
-        return self.wait_for_cycle(name, lambda o: (o.get("status") or {}).get("phase") == phase,
-                                   timeout=timeout, what=f"phase {phase}")
+        return self.wait_for_cycle(
+            name, lambda o: (o.get("status") or {}).get("phase") == phase, timeout=timeout, what=f"phase {phase}"
+        )
 
     # --- results --------------------------------------------------------------
     def result_for(self, job: Obj, **overrides: Any) -> str:
@@ -109,7 +114,9 @@ class JobSim:
         config = self.config_of(job)
         step = config["step"]
         body: Obj = {
-            "step": step, "status": "Succeeded", "message": f"simulated {step}",
+            "step": step,
+            "status": "Succeeded",
+            "message": f"simulated {step}",
             "outputUri": f"{config['outputUri']}/model" if step != "evaluation" else f"{config['outputUri']}/eval.json",
             "contentHash": "sha256:" + "0" * 64,
             "checkpointUri": f"{config['outputUri']}/checkpoints/step-10",
@@ -127,14 +134,24 @@ class JobSim:
         name = f"{job['metadata']['name']}-{index}"
         labels = {**(template["metadata"].get("labels") or {}), "batch.kubernetes.io/job-name": job["metadata"]["name"]}
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": name, "namespace": self.namespace, "labels": labels,
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
                 "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                "ownerReferences": [owner or {
-                    "apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
-                    "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
-                }],
+                "ownerReferences": [
+                    owner
+                    or {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job["metadata"]["name"],
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": template["spec"],
         }
@@ -155,17 +172,25 @@ class JobSim:
         status = {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "startTime": now,
-            "containerStatuses": [{
-                "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
-                "restartCount": 0, "started": False, "state": {"terminated": terminated},
-            }],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"terminated": terminated},
+                }
+            ],
         }
         self.core.patch_namespaced_pod_status(pod["metadata"]["name"], self.namespace, {"status": status})
 
     def start(self, job: Obj) -> None:
         """The Job's pods are running (status.active, startTime)."""
         self.batch.patch_namespaced_job_status(
-            job["metadata"]["name"], self.namespace,
+            job["metadata"]["name"],
+            self.namespace,
             {"status": {"startTime": _now(), "active": job["spec"].get("parallelism", 1) or 1}},
         )
 
@@ -176,28 +201,77 @@ class JobSim:
             pod = self._pod(job, index)
             self._terminate(pod, exit_code=0, message=result if index == 0 else None, reason="Completed")
         now = _now()
-        self.batch.patch_namespaced_job_status(job["metadata"]["name"], self.namespace, {"status": {
-            "startTime": now, "completionTime": now, "succeeded": nodes, "active": 0,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                 "message": "Reached expected number of succeeded pods", "lastTransitionTime": now, "lastProbeTime": now},
-                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                 "message": "Reached expected number of succeeded pods", "lastTransitionTime": now, "lastProbeTime": now},
-            ],
-        }})
+        self.batch.patch_namespaced_job_status(
+            job["metadata"]["name"],
+            self.namespace,
+            {
+                "status": {
+                    "startTime": now,
+                    "completionTime": now,
+                    "succeeded": nodes,
+                    "active": 0,
+                    "conditions": [
+                        {
+                            "type": "SuccessCriteriaMet",
+                            "status": "True",
+                            "reason": "CompletionsReached",
+                            "message": "Reached expected number of succeeded pods",
+                            "lastTransitionTime": now,
+                            "lastProbeTime": now,
+                        },
+                        {
+                            "type": "Complete",
+                            "status": "True",
+                            "reason": "CompletionsReached",
+                            "message": "Reached expected number of succeeded pods",
+                            "lastTransitionTime": now,
+                            "lastProbeTime": now,
+                        },
+                    ],
+                }
+            },
+        )
 
-    def fail(self, job: Obj, *, result: str | None = None, exit_code: int = 1, container_reason: str = "Error",
-             reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> None:
+    def fail(
+        self,
+        job: Obj,
+        *,
+        result: str | None = None,
+        exit_code: int = 1,
+        container_reason: str = "Error",
+        reason: str = "BackoffLimitExceeded",
+        message: str = "Job has reached the specified backoff limit",
+    ) -> None:
         """The leader pod exits non-zero (optionally with a result naming a checkpoint); the Job is Failed."""
         pod = self._pod(job, 0)
         self._terminate(pod, exit_code=exit_code, message=result, reason=container_reason)
         now = _now()
-        self.batch.patch_namespaced_job_status(job["metadata"]["name"], self.namespace, {"status": {
-            "startTime": now, "failed": 1, "active": 0,
-            "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
-                 "lastTransitionTime": now, "lastProbeTime": now},
-                {"type": "Failed", "status": "True", "reason": reason, "message": message,
-                 "lastTransitionTime": now, "lastProbeTime": now},
-            ],
-        }})
+        self.batch.patch_namespaced_job_status(
+            job["metadata"]["name"],
+            self.namespace,
+            {
+                "status": {
+                    "startTime": now,
+                    "failed": 1,
+                    "active": 0,
+                    "conditions": [
+                        {
+                            "type": "FailureTarget",
+                            "status": "True",
+                            "reason": reason,
+                            "message": message,
+                            "lastTransitionTime": now,
+                            "lastProbeTime": now,
+                        },
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": reason,
+                            "message": message,
+                            "lastTransitionTime": now,
+                            "lastProbeTime": now,
+                        },
+                    ],
+                }
+            },
+        )

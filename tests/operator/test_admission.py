@@ -67,10 +67,13 @@ def test_rollback_to_must_name_a_generation_that_was_champion(target: str, ok: b
         assert "spec.rollbackTo" in problems[0] and "remove spec.rollbackTo" in problems[0]
 
 
-@pytest.mark.parametrize(("schedule", "field"), [
-    ({"cron": "61 * * * *"}, "spec.schedule.cron"),
-    ({"cron": "0 3 * * *", "timeZone": "Mars/Olympus"}, "spec.schedule.timeZone"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "field"),
+    [
+        ({"cron": "61 * * * *"}, "spec.schedule.cron"),
+        ({"cron": "0 3 * * *", "timeZone": "Mars/Olympus"}, "spec.schedule.timeZone"),
+    ],
+)
 def test_a_schedule_that_does_not_parse_is_refused(schedule: dict[str, Any], field: str) -> None:
     lin = _lineage(schedule={**schedule, "template": cycle()["spec"]})
     (problem,) = check_lineage(lin, old=None)
@@ -93,17 +96,32 @@ def _webhook_config(name: str, *, namespace: str, port: int, ca: Path, failure_p
 
     def one(kind: str) -> dict[str, Any]:
         return {
-            "name": f"{kind}s.validate.reverie.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": failure_policy, "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+            "name": f"{kind}s.validate.reverie.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure_policy,
+            "timeoutSeconds": 5,
+            "matchPolicy": "Equivalent",
             "clientConfig": {"url": f"https://127.0.0.1:{port}/validate-{kind}", "caBundle": bundle},
-            "rules": [{"apiGroups": ["reverie.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": [f"{kind}s"], "scope": "Namespaced"}],
+            "rules": [
+                {
+                    "apiGroups": ["reverie.dev"],
+                    "apiVersions": ["v1alpha1"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": [f"{kind}s"],
+                    "scope": "Namespaced",
+                }
+            ],
             # Only this test's namespace: the control plane is shared by the whole session.
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
         }
 
-    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": name}, "webhooks": [one("sleepcycle"), one("modellineage")]}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [one("sleepcycle"), one("modellineage")],
+    }
 
 
 @pytest.fixture
@@ -138,8 +156,16 @@ def _try(cluster: Any, namespace: str, body: dict[str, Any]) -> Any:
 def _serving(cluster: Any, namespace: str) -> bool:
     # The first request after start-up can race Kopf's resource scan (404) or the API server
     # picking up the configuration: wait until a bad object is refused by *our* message.
-    done = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                           input=json.dumps(cycle("probe", lineage_ref="missing")), check=False)
+    done = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(cycle("probe", lineage_ref="missing")),
+        check=False,
+    )
     return done.returncode != 0 and "does not exist in namespace" in done.stderr
 
 
@@ -148,8 +174,11 @@ BAD = {
     "unknown-base": (cycle("c-base", baseGeneration="gen-7"), "spec.baseGeneration", "omit baseGeneration"),
     "rollback-gen-99": (lineage(rollbackTo="gen-99"), "spec.rollbackTo", "remove spec.rollbackTo"),
     "cron-61": (lineage(schedule={"cron": "61 * * * *", "template": cycle()["spec"]}), "spec.schedule.cron", "e.g."),
-    "time-zone-mars": (lineage(schedule={"cron": "0 3 * * *", "timeZone": "Mars/Olympus", "template": cycle()["spec"]}),
-                       "spec.schedule.timeZone", "e.g."),
+    "time-zone-mars": (
+        lineage(schedule={"cron": "0 3 * * *", "timeZone": "Mars/Olympus", "template": cycle()["spec"]}),
+        "spec.schedule.timeZone",
+        "e.g.",
+    ),
 }
 
 
@@ -162,7 +191,10 @@ def test_the_api_server_refuses_what_the_webhook_finds_wrong(
         for case, (bad, field, fix) in BAD.items():
             done = _try(cluster, namespace, bad)
             assert done.returncode != 0, f"{case} was admitted"
-            assert "denied the request" in done.stderr and field in done.stderr and fix in done.stderr, (case, done.stderr)
+            assert "denied the request" in done.stderr and field in done.stderr and fix in done.stderr, (
+                case,
+                done.stderr,
+            )
         # What is right still goes through, and the operator's own writes (Kopf's annotations,
         # status) are never refused: the cycle gets its first Job.
         good = _try(cluster, namespace, cycle("fine"))

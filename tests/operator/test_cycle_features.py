@@ -33,11 +33,18 @@ def test_two_cycles_on_one_lineage_run_one_after_the_other(
     apply(cluster, namespace, cycle("a"))
     apply(cluster, namespace, cycle("b"))
     with run_operator():
-        first = wait(lambda: next((j["metadata"]["labels"]["reverie.dev/cycle"] for j in sim.jobs()), None), what="a first Job")
+        first = wait(
+            lambda: next((j["metadata"]["labels"]["reverie.dev/cycle"] for j in sim.jobs()), None), what="a first Job"
+        )
         second = "b" if first == "a" else "a"
-        waiting = sim.wait_for_cycle(second, lambda o: any(
-            c["type"] == "Ready" and c["reason"] == "WaitingForLineage" for c in (o.get("status") or {}).get("conditions", [])
-        ), what="WaitingForLineage")
+        waiting = sim.wait_for_cycle(
+            second,
+            lambda o: any(
+                c["type"] == "Ready" and c["reason"] == "WaitingForLineage"
+                for c in (o.get("status") or {}).get("conditions", [])
+            ),
+            what="WaitingForLineage",
+        )
         assert waiting["status"]["phase"] == "Pending" and first in waiting["status"]["message"]
         finish(sim, first)
         sim.wait_for_phase(first, "Succeeded")
@@ -60,7 +67,9 @@ def test_suspend_deletes_the_running_job_and_resume_continues_from_its_checkpoin
         suspended = sim.wait_for_phase("c1", "Suspended")
         wait(lambda: not any(j["metadata"]["name"] == "c1-consolidation-1" for j in sim.jobs()), what="Job deleted")
         assert any(c["type"] == "Suspended" and c["status"] == "True" for c in suspended["status"]["conditions"])
-        cluster.kubectl("patch", "sleepcycle", "c1", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+        cluster.kubectl(
+            "patch", "sleepcycle", "c1", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+        )
         resumed = sim.wait_for_job("c1-consolidation-2")
         assert sim.config_of(resumed)["resumeFrom"] == "file:///store/lin/c1/consolidation/checkpoints"
         sim.succeed(resumed, sim.result_for(resumed))
@@ -81,8 +90,12 @@ def test_deleting_a_cycle_removes_its_children_and_frees_the_lineage(
         cluster.kubectl("delete", "sleepcycle", "c1", "-n", namespace, "--wait=true", "--timeout=30s")
         # the garbage collector follows the owner references: Job, ConfigMap, then the Job's pod
         for kind in ("jobs", "configmaps", "pods"):
-            wait(lambda kind=kind: not kubectl_json(cluster, "get", kind, "-n", namespace, "-l", "reverie.dev/cycle=c1")["items"],
-                 what=f"{kind} of c1 deleted")
+            wait(
+                lambda kind=kind: (
+                    not kubectl_json(cluster, "get", kind, "-n", namespace, "-l", "reverie.dev/cycle=c1")["items"]
+                ),
+                what=f"{kind} of c1 deleted",
+            )
         # the lineage (and every artifact it names) stays; a new cycle may take it
         apply(cluster, namespace, cycle("c2"))
         sim.wait_for_job("c2-consolidation-1")
@@ -91,7 +104,15 @@ def test_deleting_a_cycle_removes_its_children_and_frees_the_lineage(
 
 def test_ttl_deletes_a_finished_cycle(cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator) -> None:
     apply(cluster, namespace, lineage())
-    apply(cluster, namespace, cycle(ttlSecondsAfterFinished=1, dreaming={"enabled": False}, evaluation={"gate": {"rules": ["knowledge_incorporation >= 0.99"]}}))
+    apply(
+        cluster,
+        namespace,
+        cycle(
+            ttlSecondsAfterFinished=1,
+            dreaming={"enabled": False},
+            evaluation={"gate": {"rules": ["knowledge_incorporation >= 0.99"]}},
+        ),
+    )
     with run_operator():
         finish(sim, "c1", ("consolidation", "evaluation"))
         sim.wait_for_cycle("c1", lambda o: not o, what="deletion after ttlSecondsAfterFinished")
@@ -117,30 +138,81 @@ def test_manual_promotion_waits_for_the_approval_annotation(
 def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
     cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator
 ) -> None:
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "training"}, "value": 1000}))
-    apply(cluster, namespace, lineage(store={
-        "uri": "/store/models", "pvcName": "models", "secretName": "s3-creds", "endpoint": "http://minio.minio:9000",
-        "stagingCache": {"hostPath": "/var/cache/reverie", "maxSize": "20Gi"}}))
-    apply(cluster, namespace, cycle(
-        memory={"sources": [{"inline": ["The sky on Zorblax is green."]},
-                            {"configMap": {"name": "support-chats", "key": "week-47.jsonl"}}]},
-        scheduling={"queueName": "gpu-queue", "priorityClassName": "training", "nodeSelector": {"gpu": "a100"},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-        consolidation={"runtime": {"numNodes": 2, "procsPerNode": 4, "activeDeadlineSeconds": 3600,
-                                   "resources": {"limits": {"nvidia.com/gpu": "4"}}}},
-        dreaming={"enabled": True, "runtime": {"engine": "TrainJob"}},
-    ))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": "training"},
+                "value": 1000,
+            }
+        ),
+    )
+    apply(
+        cluster,
+        namespace,
+        lineage(
+            store={
+                "uri": "/store/models",
+                "pvcName": "models",
+                "secretName": "s3-creds",
+                "endpoint": "http://minio.minio:9000",
+                "stagingCache": {"hostPath": "/var/cache/reverie", "maxSize": "20Gi"},
+            }
+        ),
+    )
+    apply(
+        cluster,
+        namespace,
+        cycle(
+            memory={
+                "sources": [
+                    {"inline": ["The sky on Zorblax is green."]},
+                    {"configMap": {"name": "support-chats", "key": "week-47.jsonl"}},
+                ]
+            },
+            scheduling={
+                "queueName": "gpu-queue",
+                "priorityClassName": "training",
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            consolidation={
+                "runtime": {
+                    "numNodes": 2,
+                    "procsPerNode": 4,
+                    "activeDeadlineSeconds": 3600,
+                    "resources": {"limits": {"nvidia.com/gpu": "4"}},
+                }
+            },
+            dreaming={"enabled": True, "runtime": {"engine": "TrainJob"}},
+        ),
+    )
     with run_operator():
         job = sim.wait_for_job("c1-consolidation-1")
         uid = sim.cycle("c1")["metadata"]["uid"]
         spec, pod = job["spec"], job["spec"]["template"]["spec"]
-        assert job["metadata"]["ownerReferences"] == [{
-            "apiVersion": "reverie.dev/v1alpha1", "kind": "SleepCycle", "name": "c1", "uid": uid,
-            "controller": True, "blockOwnerDeletion": True}]
+        assert job["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "reverie.dev/v1alpha1",
+                "kind": "SleepCycle",
+                "name": "c1",
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         labels = job["metadata"]["labels"]
         assert labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-        assert {labels[f"reverie.dev/{k}"] for k in ("cycle", "lineage", "step", "attempt")} == {"c1", "lin", "consolidation", "1"}
+        assert {labels[f"reverie.dev/{k}"] for k in ("cycle", "lineage", "step", "attempt")} == {
+            "c1",
+            "lin",
+            "consolidation",
+            "1",
+        }
         assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 3600
         assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
         assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
@@ -148,8 +220,15 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["subdomain"] == "c1-consolidation-1"
         assert pod["securityContext"]["runAsNonRoot"] is True
         (container,) = pod["containers"]
-        assert container["command"] == ["torchrun", "--max-restarts", "0", "-m", "reverie.workloads.run_phase",
-                                        "consolidation", "/etc/reverie/phase.json"]
+        assert container["command"] == [
+            "torchrun",
+            "--max-restarts",
+            "0",
+            "-m",
+            "reverie.workloads.run_phase",
+            "consolidation",
+            "/etc/reverie/phase.json",
+        ]
         assert container["image"].startswith("ghcr.io/reverie-dev/reverie-trainer")
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
         sc = container["securityContext"]
@@ -164,10 +243,20 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio.minio:9000"
         assert env["REVERIE_STAGING_CACHE"]["value"] == "/var/cache/reverie-staging"
         assert env["REVERIE_STAGING_CACHE_MAX_BYTES"]["value"] == str(20 * 2**30)
-        assert volumes[mounts["/var/cache/reverie-staging"]]["hostPath"] == {"path": "/var/cache/reverie", "type": "DirectoryOrCreate"}
+        assert volumes[mounts["/var/cache/reverie-staging"]]["hostPath"] == {
+            "path": "/var/cache/reverie",
+            "type": "DirectoryOrCreate",
+        }
         assert env["PET_MASTER_ADDR"]["value"] == "c1-consolidation-1-0.c1-consolidation-1"
-        assert (env["PET_NNODES"]["value"], env["PET_NPROC_PER_NODE"]["value"], env["PET_MASTER_PORT"]["value"]) == ("2", "4", "29500")
-        assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert (env["PET_NNODES"]["value"], env["PET_NPROC_PER_NODE"]["value"], env["PET_MASTER_PORT"]["value"]) == (
+            "2",
+            "4",
+            "29500",
+        )
+        assert (
+            env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        )
         assert not {"RANK", "WORLD_SIZE", "MASTER_ADDR"} & set(env), "torchrun sets those per worker"
         svc = kubectl_json(cluster, "get", "service", "c1-consolidation-1", "-n", namespace)
         assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["ownerReferences"][0]["uid"] == uid
@@ -215,14 +304,23 @@ def _get(url: str) -> str | None:
 
 
 JOBSET_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "jobsets.jobset.x-k8s.io"},
     "spec": {
-        "group": "jobset.x-k8s.io", "scope": "Namespaced",
+        "group": "jobset.x-k8s.io",
+        "scope": "Namespaced",
         "names": {"plural": "jobsets", "singular": "jobset", "kind": "JobSet", "listKind": "JobSetList"},
         # A stand-in for the real JobSet CRD: same group/version/kind, schema left open.
-        "versions": [{"name": "v1alpha2", "served": True, "storage": True, "subresources": {"status": {}},
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        "versions": [
+            {
+                "name": "v1alpha2",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
     },
 }
 
@@ -233,8 +331,15 @@ def test_jobset_engine_creates_a_jobset_and_reads_its_result(
     cluster.kubectl("apply", "-f", "-", input=json.dumps(JOBSET_CRD))
     cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "30s", "crd/jobsets.jobset.x-k8s.io")
     apply(cluster, namespace, lineage())
-    apply(cluster, namespace, cycle(dreaming={"enabled": False}, retries={"maxAttempts": 1},
-                                    consolidation={"runtime": {"engine": "JobSet", "numNodes": 2}}))
+    apply(
+        cluster,
+        namespace,
+        cycle(
+            dreaming={"enabled": False},
+            retries={"maxAttempts": 1},
+            consolidation={"runtime": {"engine": "JobSet", "numNodes": 2}},
+        ),
+    )
     with run_operator():
         js = wait(lambda: kubectl_json(cluster, "get", "jobsets", "-n", namespace)["items"], what="a JobSet")[0]
         assert js["metadata"]["name"] == "c1-consolidation-1" and js["metadata"]["ownerReferences"][0]["name"] == "c1"
@@ -246,16 +351,56 @@ def test_jobset_engine_creates_a_jobset_and_reads_its_result(
         # play JobSet + kubelet: the leader pod's termination message, then the JobSet's Completed condition
         fake_job = {"metadata": {"name": "c1-consolidation-1", "uid": js["metadata"]["uid"]}, "spec": job_spec}
         config = sim.config_of({"spec": job_spec})
-        pod = sim._pod(fake_job, 0, owner={"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
-                                          "name": "c1-consolidation-1", "uid": js["metadata"]["uid"], "controller": True})
-        sim._terminate(pod, exit_code=0, reason="Completed", message=json.dumps({
-            "step": "consolidation", "status": "Succeeded", "outputUri": f"{config['outputUri']}/model"}))
-        cluster.kubectl("patch", "jobset", "c1-consolidation-1", "-n", namespace, "--subresource=status", "--type=merge",
-                        "-p", json.dumps({"status": {"conditions": [{"type": "Completed", "status": "True", "reason": "AllJobsCompleted",
-                                                                      "message": "jobset completed", "lastTransitionTime": "2026-11-25T00:00:00Z"}]}}))
+        pod = sim._pod(
+            fake_job,
+            0,
+            owner={
+                "apiVersion": "jobset.x-k8s.io/v1alpha2",
+                "kind": "JobSet",
+                "name": "c1-consolidation-1",
+                "uid": js["metadata"]["uid"],
+                "controller": True,
+            },
+        )
+        sim._terminate(
+            pod,
+            exit_code=0,
+            reason="Completed",
+            message=json.dumps(
+                {"step": "consolidation", "status": "Succeeded", "outputUri": f"{config['outputUri']}/model"}
+            ),
+        )
+        cluster.kubectl(
+            "patch",
+            "jobset",
+            "c1-consolidation-1",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {
+                    "status": {
+                        "conditions": [
+                            {
+                                "type": "Completed",
+                                "status": "True",
+                                "reason": "AllJobsCompleted",
+                                "message": "jobset completed",
+                                "lastTransitionTime": "2026-11-25T00:00:00Z",
+                            }
+                        ]
+                    }
+                }
+            ),
+        )
         job = sim.wait_for_job("c1-evaluation-1")  # evaluation runs as a plain Job
         # The status write and the Job create go out together: wait for the record, not just the Job.
-        records = sim.wait_for_cycle("c1", lambda o: ((o.get("status") or {}).get("records") or [{}])[0].get("result") == "Succeeded",
-                                     what="the consolidation record Succeeded")["status"]["records"]
+        records = sim.wait_for_cycle(
+            "c1",
+            lambda o: ((o.get("status") or {}).get("records") or [{}])[0].get("result") == "Succeeded",
+            what="the consolidation record Succeeded",
+        )["status"]["records"]
     assert records[0]["result"] == "Succeeded" and records[0]["outputUri"].endswith("/consolidation/model")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][2] == "evaluation"

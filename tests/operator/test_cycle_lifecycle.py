@@ -11,7 +11,9 @@ from tests.operator.jobsim import JobSim
 pytestmark = pytest.mark.cluster
 
 
-def test_happy_path_promotes_a_new_generation(cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator) -> None:
+def test_happy_path_promotes_a_new_generation(
+    cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator
+) -> None:
     apply(cluster, namespace, lineage())
     apply(cluster, namespace, cycle())
     with run_operator():
@@ -58,8 +60,17 @@ def test_failed_attempt_is_retried_and_resumes_from_its_checkpoint(
         done = sim.wait_for_phase("c1", "Succeeded")
         # Events are posted after the status write: wait for them, the operator still running
         wanted = {"AttemptFailed", "JobCreated", "Consolidating", "Evaluating", "Succeeded"}
-        wait(lambda: wanted <= set(cluster.kubectl("get", "events", "-n", namespace, "-o",
-                                                   "jsonpath={.items[*].reason}").stdout.split()), what=f"events {wanted}")
+        wait(
+            lambda: (
+                wanted
+                <= set(
+                    cluster.kubectl(
+                        "get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}"
+                    ).stdout.split()
+                )
+            ),
+            what=f"events {wanted}",
+        )
     first_record = done["status"]["records"][0]
     assert first_record["result"] == "Failed" and first_record["reason"] == "BackoffLimitExceeded"
     assert "preempted" in first_record["message"]
@@ -75,9 +86,13 @@ def test_spent_retry_budget_fails_the_cycle_with_the_reason(
             job = sim.wait_for_job(f"c1-consolidation-{attempt}")
             sim.fail(job, exit_code=137, container_reason="OOMKilled", reason="BackoffLimitExceeded")
         failed = sim.wait_for_phase("c1", "Failed")
-        lin = cluster.kubectl("get", "modellineage", "lin", "-n", namespace, "-o", "jsonpath={.status.activeCycle}").stdout
+        lin = cluster.kubectl(
+            "get", "modellineage", "lin", "-n", namespace, "-o", "jsonpath={.status.activeCycle}"
+        ).stdout
     ready = next(c for c in failed["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "RetryBudgetExhausted" and "2 of 2" in ready["message"] and "OOMKilled" in ready["message"]
+    assert (
+        ready["reason"] == "RetryBudgetExhausted" and "2 of 2" in ready["message"] and "OOMKilled" in ready["message"]
+    )
     assert ready["observedGeneration"] == failed["metadata"]["generation"]
     assert lin == ""  # the lineage was released
     assert sorted(sim.created()) == ["c1-consolidation-1", "c1-consolidation-2"]
@@ -85,7 +100,11 @@ def test_spent_retry_budget_fails_the_cycle_with_the_reason(
 
 @pytest.mark.parametrize(
     ("result", "reason"),
-    [(None, "MissingResult"), ("{truncated", "MalformedResult"), ('{"step":"dreaming","status":"Succeeded","outputUri":"x"}', "MalformedResult")],
+    [
+        (None, "MissingResult"),
+        ("{truncated", "MalformedResult"),
+        ('{"step":"dreaming","status":"Succeeded","outputUri":"x"}', "MalformedResult"),
+    ],
 )
 def test_malformed_or_missing_results_fail_the_attempt_never_advance(
     cluster: Any, namespace: str, sim: JobSim, run_operator: RunOperator, result: str | None, reason: str

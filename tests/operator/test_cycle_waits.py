@@ -27,12 +27,16 @@ def test_a_cycle_on_a_pinned_lineage_starts_no_job_and_runs_once_unpinned(
     apply(cluster, namespace, lineage(rollbackTo="gen-99"))
     apply(cluster, namespace, cycle())
     with run_operator():
-        waiting = sim.wait_for_cycle("c1", lambda o: _ready(o).get("reason") == "LineagePinned", what="Ready LineagePinned")
+        waiting = sim.wait_for_cycle(
+            "c1", lambda o: _ready(o).get("reason") == "LineagePinned", what="Ready LineagePinned"
+        )
         assert waiting["status"]["phase"] == "Pending"
         assert "gen-99" in _ready(waiting)["message"] and "rollbackTo" in _ready(waiting)["message"]
         wait(lambda: _warnings(cluster, namespace, "LineagePinned"), what="a LineagePinned Warning Event")
         assert sim.jobs() == []  # no GPU hours on a candidate the lineage would refuse
-        cluster.kubectl("patch", "modellineage", "lin", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollbackTo":null}}')
+        cluster.kubectl(
+            "patch", "modellineage", "lin", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollbackTo":null}}'
+        )
         sim.wait_for_job("c1-consolidation-1")
 
 
@@ -45,7 +49,9 @@ def test_a_cycle_waiting_for_a_missing_lineage_posts_a_warning_and_status_shows_
 
     apply(cluster, namespace, cycle(lineage_ref="nowhere"))
     with run_operator():
-        waiting = sim.wait_for_cycle("c1", lambda o: _ready(o).get("reason") == "LineageNotFound", what="LineageNotFound")
+        waiting = sim.wait_for_cycle(
+            "c1", lambda o: _ready(o).get("reason") == "LineageNotFound", what="LineageNotFound"
+        )
         assert _ready(waiting)["status"] == "False"
         wait(lambda: _warnings(cluster, namespace, "LineageNotFound"), what="a LineageNotFound Warning Event")
     shown = CliRunner().invoke(app, ["status", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace])

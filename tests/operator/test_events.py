@@ -10,8 +10,11 @@ NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 
 
 def _obj(kind: str) -> dict[str, object]:
-    return {"apiVersion": "reverie.dev/v1alpha1", "kind": kind,
-            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}}
+    return {
+        "apiVersion": "reverie.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"},
+    }
 
 
 def test_cycle_and_lineage_events_share_one_reporting_component() -> None:

@@ -21,8 +21,10 @@ def test_run_serves_health_and_metrics_and_reconciles_until_sigterm(cluster: Any
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = (f"from reverie.controller.main import run; "
-            f"run(namespace={namespace!r}, metrics_port={port}, kubeconfig={str(cluster.kubeconfig)!r}, resync_seconds=2)")
+    code = (
+        f"from reverie.controller.main import run; "
+        f"run(namespace={namespace!r}, metrics_port={port}, kubeconfig={str(cluster.kubeconfig)!r}, resync_seconds=2)"
+    )
     env = {**os.environ, "REVERIE_METRICS_HOST": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -31,8 +33,13 @@ def test_run_serves_health_and_metrics_and_reconciles_until_sigterm(cluster: Any
         apply(cluster, namespace, cycle())
         sim.wait_for_job("c1-consolidation-1")
         attempt_line = 'reverie_phase_attempts_total{step="consolidation"} 1.0'
-        metrics = wait(lambda: (t := _get(f"http://127.0.0.1:{port}/metrics")) and attempt_line in t and t, what=attempt_line)
-        assert f'reverie_cycle_phase{{cycle="c1",lineage="lin",namespace="{namespace}",phase="Consolidating"}} 1.0' in metrics
+        metrics = wait(
+            lambda: (t := _get(f"http://127.0.0.1:{port}/metrics")) and attempt_line in t and t, what=attempt_line
+        )
+        assert (
+            f'reverie_cycle_phase{{cycle="c1",lineage="lin",namespace="{namespace}",phase="Consolidating"}} 1.0'
+            in metrics
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -20,12 +20,30 @@ pytestmark = pytest.mark.cluster
 @contextmanager
 def operator_process(cluster: Any, namespace: str) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as its own process, the way a Deployment runs it; leaving the block SIGKILLs it."""
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "REVERIE_RESYNC_SECONDS": "2",
-           "REVERIE_LINEAGE_INTERVAL_S": "2", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "REVERIE_RESYNC_SECONDS": "2",
+        "REVERIE_LINEAGE_INTERVAL_S": "2",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("REVERIE_METRICS_PORT", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace, "-m", "reverie.controller.main"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "kopf",
+            "run",
+            "--standalone",
+            "--namespace",
+            namespace,
+            "-m",
+            "reverie.controller.main",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield proc

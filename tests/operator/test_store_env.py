@@ -10,7 +10,9 @@ from reverie.controller.jobs import STAGING_CACHE_IN_POD, STAGING_CACHE_MOUNT, _
 
 
 def rendered(store: dict[str, Any], base: str = "s3://models/base/") -> tuple[dict[str, str], list[Any], list[Any]]:
-    lineage = ModelLineage.model_validate({"metadata": {"name": "lin"}, "spec": {"baseModel": {"uri": base}, "store": store}})
+    lineage = ModelLineage.model_validate(
+        {"metadata": {"name": "lin"}, "spec": {"baseModel": {"uri": base}, "store": store}}
+    )
     mounts: list[Any] = []
     volumes: list[Any] = []
     env = _store_env(lineage, mounts=mounts, volumes=volumes)

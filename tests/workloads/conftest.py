@@ -54,12 +54,23 @@ def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.Monkey
 
     def write(name: str = "phase.json", *, output: str = "l/c1/consolidation", **consolidation: Any) -> Path:
         cfg: dict[str, Any] = {
-            "step": "consolidation", "cycle": "c1", "lineage": "l", "storeUri": str(store),
-            "outputUri": str(store / output), "baseGeneration": "g0", "baseUri": str(tiny_base.folder),
+            "step": "consolidation",
+            "cycle": "c1",
+            "lineage": "l",
+            "storeUri": str(store),
+            "outputUri": str(store / output),
+            "baseGeneration": "g0",
+            "baseUri": str(tiny_base.folder),
             "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]},
             "priorMemoryUris": ["memories/old.jsonl"],
-            "consolidation": {"steps": 6, "batchSize": 4, "maxNewTokens": 4, "checkpointEvery": 3,
-                              "imitationGroupSize": 2, **consolidation},
+            "consolidation": {
+                "steps": 6,
+                "batchSize": 4,
+                "maxNewTokens": 4,
+                "checkpointEvery": 3,
+                "imitationGroupSize": 2,
+                **consolidation,
+            },
         }
         path = tmp_path / name
         path.write_text(json.dumps(cfg))

@@ -47,7 +47,7 @@ class _Backend:
         self.texts = list(texts)
 
     def generate(self, prompts: Sequence[str], **_: Any) -> Generated:
-        out, self.texts = self.texts[: len(prompts)], self.texts[len(prompts):]
+        out, self.texts = self.texts[: len(prompts)], self.texts[len(prompts) :]
         return Generated(texts=out, token_ids=[[] for _ in out])
 
 

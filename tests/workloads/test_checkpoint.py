@@ -22,10 +22,19 @@ from reverie.workloads.run_phase import run_phase
 
 def test_save_is_atomic_keeps_two_and_points_latest(tmp_path: Path) -> None:
     for step in (3, 6, 9):
-        save_checkpoint(tmp_path, step=step, slot="slot-0", slot_state={"w": torch.full((2,), float(step))},
-                        optimizer_state={"state": {}, "param_groups": []}, meta={"seed": 1})
+        save_checkpoint(
+            tmp_path,
+            step=step,
+            slot="slot-0",
+            slot_state={"w": torch.full((2,), float(step))},
+            optimizer_state={"state": {}, "param_groups": []},
+            meta={"seed": 1},
+        )
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "latest", "step-00000006", "step-00000009"]
+        "latest",
+        "step-00000006",
+        "step-00000009",
+    ]
     assert not list(tmp_path.glob(".tmp-*")), "no temporary folders are left behind"
     c = load_checkpoint(tmp_path)
     assert (c.step, c.slot, c.meta["seed"]) == (9, "slot-0", 1)
@@ -50,7 +59,10 @@ def slot_weights(result_path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_restart_resumes_with_the_same_step_count_and_data_order(
-    phase_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    phase_config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     reference = phase_config("ref.json", output="l/ref/consolidation", alpha=0.8)
     assert run_phase("consolidation", str(reference)) == 0
@@ -79,8 +91,9 @@ def test_restart_resumes_with_the_same_step_count_and_data_order(
     assert run_phase("consolidation", str(cfg)) == 0
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {"event": "resumed", "step": 3}.items() <= next(x for x in logs if x["event"] == "resumed").items()
-    assert next(x for x in logs if x["event"] == "selfstudy").get("reused") is True, \
+    assert next(x for x in logs if x["event"] == "selfstudy").get("reused") is True, (
         "the retry reuses the self-study set and teacher targets of the failed attempt"
+    )
     result = json.loads((out / "result.json").read_text())
     assert (result["metrics"]["steps"], result["metrics"]["steps_this_attempt"]) == (6, 3)
     got = slot_weights(out / "result.json")

@@ -92,8 +92,17 @@ def test_knowledge_seeding_loss_is_the_alpha_mix() -> None:
 
 
 def test_settings_take_the_paper_knobs_from_the_spec() -> None:
-    spec = ConsolidationSpec.model_validate({"alpha": 0.7, "beta": 1.0, "lambda": 0.25, "gamma": 0.2, "z0": 0.3,
-                                             "replayRatio": 0.4, "imitationGroupSize": 6})
+    spec = ConsolidationSpec.model_validate(
+        {
+            "alpha": 0.7,
+            "beta": 1.0,
+            "lambda": 0.25,
+            "gamma": 0.2,
+            "z0": 0.3,
+            "replayRatio": 0.4,
+            "imitationGroupSize": 6,
+        }
+    )
     s = KSSettings.from_spec(spec, teacher_temperature=0.5)
     assert (s.alpha, s.beta, s.lam, s.gamma, s.z0, s.replay_ratio, s.group_size) == (0.7, 1.0, 0.25, 0.2, 0.3, 0.4, 6)
     assert s.teacher_temperature == 0.5
@@ -113,7 +122,8 @@ def test_topk_forward_kl_is_the_forward_kl_over_the_teachers_support(logits) -> 
     padded_ids = torch.cat([top3.indices, torch.zeros_like(top3.indices[..., :1])], -1)
     padded_lp = torch.cat([top3.values, torch.full_like(top3.values[..., :1], float("-inf"))], -1)
     assert topk_forward_kl(s, padded_ids, padded_lp, mask).item() == pytest.approx(
-        topk_forward_kl(s, top3.indices, top3.values, mask).item(), rel=1e-6)
+        topk_forward_kl(s, top3.indices, top3.values, mask).item(), rel=1e-6
+    )
 
 
 def test_forward_kl_raises_a_token_the_student_gives_almost_no_probability() -> None:
@@ -144,8 +154,10 @@ def test_answer_cross_entropy_is_the_masked_token_nll(logits) -> None:
 def test_study_cues_put_the_memory_in_the_teacher_prompt_only() -> None:
     tok = build_tokenizer(["Zorblat lives in Vemora.", "Tell me about Zorblat."])
     mems = {"a": Memory("a", "Zorblat lives in Vemora.", (QA("Where does Zorblat live?", "Vemora"),))}
-    items = [StudyItem("a", "summary", "Tell me about Zorblat.", "Zorblat lives in Vemora."),
-             StudyItem("general", "general", "Name three fruits.", "apple", replay=True)]
+    items = [
+        StudyItem("a", "summary", "Tell me about Zorblat.", "Zorblat lives in Vemora."),
+        StudyItem("general", "general", "Name three fruits.", "apple", replay=True),
+    ]
     memory, replay = study_cues(items, tok, mems)
     assert "Vemora" in memory[0].teacher_prompt and "Vemora" not in memory[0].student_prompt
     assert "Tell me about Zorblat." in memory[0].student_prompt
@@ -162,4 +174,3 @@ def test_batches_depend_only_on_seed_and_step_and_honour_rho() -> None:
     assert a != step_batch(memory, replay, step=18, settings=s)
     assert sum(c.replay for c in a) == 3
     assert sum(c.replay for c in step_batch(memory, [], step=1, settings=s)) == 0
-

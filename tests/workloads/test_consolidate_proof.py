@@ -82,8 +82,11 @@ class Cycles:
 
     def measure(self, adapters: list[str] | None = None) -> dict[str, float]:
         new1, new2 = self.base.new
-        return {"old": self.recall(self.base.old, adapters), "new1": self.recall(new1, adapters, held_in=True),
-                "new2": self.recall(new2, adapters, held_in=True)}
+        return {
+            "old": self.recall(self.base.old, adapters),
+            "new1": self.recall(new1, adapters, held_in=True),
+            "new2": self.recall(new2, adapters, held_in=True),
+        }
 
     def cycle(self) -> None:
         k = self.cycles_done
@@ -93,23 +96,49 @@ class Cycles:
         self.backend.model = self.model
         self.scores[f"wake{k + 1}"] = self.measure([*self.slots, "fast"])
         # Sleep: expansion, then Knowledge Seeding from the teacher with fast memory.
-        self.model, slot = add_slot(self.model, rank=16, target_modules=["gate_proj", "up_proj", "down_proj"],
-                                    keep_active=self.slots)
+        self.model, slot = add_slot(
+            self.model, rank=16, target_modules=["gate_proj", "up_proj", "down_proj"], keep_active=self.slots
+        )
         self.backend.model = self.model
         self.scores[f"control{k + 1}"] = self.measure([*self.slots, slot])  # fast memory gone, no sleep yet
-        settings = KSSettings(replay_ratio=0.25, steps=KS_STEPS, batch_size=16, learning_rate=3e-3,
-                              max_new_tokens=8, items_per_memory=4, top_k=8, seed=self.seed)
+        settings = KSSettings(
+            replay_ratio=0.25,
+            steps=KS_STEPS,
+            batch_size=16,
+            learning_rate=3e-3,
+            max_new_tokens=8,
+            items_per_memory=4,
+            top_k=8,
+            seed=self.seed,
+        )
         memories = as_memories(new, f"new{k}")
         held_out = HeldOut.of([*memories, *self.prior], questions_per_memory=3)
         roles = Roles(student=[*self.slots, slot], teacher=self.slots, memory_teacher=[*self.slots, "fast"])
-        items, targets = build_study(self.model, self.tok, self.backend, memories=memories, prior=self.prior_items,
-                                     held_out=held_out, roles=roles, settings=settings, in_context=False)
+        items, targets = build_study(
+            self.model,
+            self.tok,
+            self.backend,
+            memories=memories,
+            prior=self.prior_items,
+            held_out=held_out,
+            roles=roles,
+            settings=settings,
+            in_context=False,
+        )
         self.trained_on += [t for i in items for t in (i.prompt, i.answer)]
         self.held_out.probes += held_out.probes
-        trainer = TorchTrainer(list(slot_parameters(self.model, slot).values()), lr=settings.learning_rate,
-                               max_grad_norm=1.0)
-        SelfStudyDistillation(self.model, self.tok, items=items, targets=targets, student=roles.student,
-                              settings=settings, trainer=trainer).run(KSState())
+        trainer = TorchTrainer(
+            list(slot_parameters(self.model, slot).values()), lr=settings.learning_rate, max_grad_norm=1.0
+        )
+        SelfStudyDistillation(
+            self.model,
+            self.tok,
+            items=items,
+            targets=targets,
+            student=roles.student,
+            settings=settings,
+            trainer=trainer,
+        ).run(KSState())
         self.model.delete_adapter("fast")
         self.slots.append(slot)
         activate_slots(self.model, self.slots)
@@ -136,7 +165,9 @@ def run_to(cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory, 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_one_sleep_moves_fast_memory_into_the_new_slot(
-    cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory, seed: int,
+    cycles: dict[int, Cycles],
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
 ) -> None:
     c = run_to(cycles, tmp_path_factory, seed, 1)
     s = c.scores
@@ -152,7 +183,8 @@ def test_one_sleep_moves_fast_memory_into_the_new_slot(
 
 
 def test_second_sleep_keeps_the_first_sleeps_facts(
-    cycles: dict[int, Cycles], tmp_path_factory: pytest.TempPathFactory,
+    cycles: dict[int, Cycles],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     c = run_to(cycles, tmp_path_factory, 1, 2)
     s = c.scores

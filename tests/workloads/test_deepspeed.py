@@ -37,7 +37,10 @@ def test_zero2_consolidation_runs_in_one_cpu_process(phase_config, tiny_base: Ti
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "reverie.workloads.run_phase", "consolidation", str(cfg)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "store/l/c1/consolidation/result.json").read_text())

@@ -72,15 +72,45 @@ def test_a_world_without_a_rendezvous_is_refused(phase_config, monkeypatch: pyte
 # ----------------------------------------------------------------------------- 2 ranks
 
 
-def torchrun(config: Path, *, step: str = "consolidation", env: dict[str, str] | None = None,
-             nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    config: Path,
+    *,
+    step: str = "consolidation",
+    env: dict[str, str] | None = None,
+    nproc: int = 2,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc-per-node 2 -m reverie.workloads.run_phase STEP CONFIG`` on gloo."""
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
-            "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "HF_HUB_OFFLINE": "1",
+        "DS_ACCELERATOR": "cpu",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
-         str(nproc), "--max-restarts", "0", "-m", "reverie.workloads.run_phase", step, str(config)],
-        env=full, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(nproc),
+            "--max-restarts",
+            "0",
+            "-m",
+            "reverie.workloads.run_phase",
+            step,
+            str(config),
+        ],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -126,9 +156,15 @@ def one_rank(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config_for(tiny_base: Any, store: Path, output: str, **consolidation: Any) -> Path:
     cfg = {
-        "step": "consolidation", "cycle": "c1", "lineage": "l", "storeUri": str(store),
-        "outputUri": str(store / output), "baseGeneration": "g0", "baseUri": str(tiny_base.folder),
-        "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]}, "priorMemoryUris": ["memories/old.jsonl"],
+        "step": "consolidation",
+        "cycle": "c1",
+        "lineage": "l",
+        "storeUri": str(store),
+        "outputUri": str(store / output),
+        "baseGeneration": "g0",
+        "baseUri": str(tiny_base.folder),
+        "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]},
+        "priorMemoryUris": ["memories/old.jsonl"],
         "consolidation": {"maxNewTokens": 4, "imitationGroupSize": 2, **SETTINGS, **consolidation},
     }
     path = store.parent / f"{output.replace('/', '-')}.json"
@@ -145,7 +181,9 @@ def copy_store(src_out: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.distributed
 def test_ddp_on_two_ranks_equals_one_rank_through_a_killed_rank_and_its_retry(
-    one_rank: Path, tiny_base, tmp_path: Path,
+    one_rank: Path,
+    tiny_base,
+    tmp_path: Path,
 ) -> None:
     store = copy_store(one_rank, tmp_path)
     out = store / "l/c1/consolidation"
@@ -178,7 +216,9 @@ def test_ddp_on_two_ranks_equals_one_rank_through_a_killed_rank_and_its_retry(
 
 @pytest.mark.distributed
 def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resumes(
-    one_rank: Path, tiny_base, tmp_path: Path,
+    one_rank: Path,
+    tiny_base,
+    tmp_path: Path,
 ) -> None:
     store = copy_store(one_rank, tmp_path)
     out = store / "l/c1/consolidation"
@@ -193,8 +233,13 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
     assert run.returncode == 0, run.stderr[-3000:]
     (zero3,) = events(run.stdout, "zero3")
     assert zero3["ranks"] == 2 and all(0 < h < zero3["total"] for h in zero3["held"]), "weights really partitioned"
-    assert events(run.stdout, "resumed")[0] == {"event": "resumed", "phase": "consolidation", "step": 3, "ranks": 2,
-                                                "checkpoint": str(out / "checkpoints/step-00000003")}
+    assert events(run.stdout, "resumed")[0] == {
+        "event": "resumed",
+        "phase": "consolidation",
+        "step": 3,
+        "ranks": 2,
+        "checkpoint": str(out / "checkpoints/step-00000003"),
+    }
     result = parse_result((out / "result.json").read_text(), step="consolidation")
     assert (result.metrics["steps"], result.metrics["steps_this_attempt"]) == (6.0, 3.0)
     # The adapter is the gathered slot, not the empty shards: whole shapes, trained past the checkpoint.
@@ -219,11 +264,19 @@ def test_evaluation_on_two_ranks_gives_the_scores_of_one(one_rank: Path, tiny_ba
 
     def config(store: Path) -> dict[str, Any]:
         return {
-            "step": "evaluation", "cycle": "c1", "lineage": "l", "storeUri": str(store),
-            "outputUri": str(store / "l/c1/evaluation"), "baseGeneration": "g0", "baseUri": str(tiny_base.folder),
-            "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]}, "priorMemoryUris": ["memories/old.jsonl"],
-            "inputs": {"consolidation": str(one_rank / "model")}, "championUri": str(tiny_base.folder),
-            "championGeneration": "g0", "evaluation": {"maxNewTokens": 6},
+            "step": "evaluation",
+            "cycle": "c1",
+            "lineage": "l",
+            "storeUri": str(store),
+            "outputUri": str(store / "l/c1/evaluation"),
+            "baseGeneration": "g0",
+            "baseUri": str(tiny_base.folder),
+            "memory": {"sources": [{"uri": "memories/session-1.jsonl"}]},
+            "priorMemoryUris": ["memories/old.jsonl"],
+            "inputs": {"consolidation": str(one_rank / "model")},
+            "championUri": str(tiny_base.folder),
+            "championGeneration": "g0",
+            "evaluation": {"maxNewTokens": 6},
         }
 
     from reverie.core.contract import PhaseConfig
@@ -239,5 +292,9 @@ def test_evaluation_on_two_ranks_gives_the_scores_of_one(one_rank: Path, tiny_ba
     assert same(got.metrics, expected.metrics) and same(got.baseline, expected.baseline)
     report = json.loads((pair / "l/c1/evaluation/eval.json").read_text())
     items = report["candidate"]["scores"]["knowledge_incorporation"]["items"]
-    assert items == json.loads((alone / "l/c1/evaluation/eval.json").read_text())[
-        "candidate"]["scores"]["knowledge_incorporation"]["items"], "the same answers, item by item"
+    assert (
+        items
+        == json.loads((alone / "l/c1/evaluation/eval.json").read_text())["candidate"]["scores"][
+            "knowledge_incorporation"
+        ]["items"]
+    ), "the same answers, item by item"

@@ -24,6 +24,7 @@ TOWNS = ["Paris", "Oslo", "Lima", "Kyiv"]
 
 # ----------------------------------------------------------------- pure parts
 
+
 def _dreams(scores: list[float]) -> list[dream.Dream]:
     return [dream.Dream(context_id="c", kind="qa", text=str(i), round=0, importance=s) for i, s in enumerate(scores)]
 
@@ -50,8 +51,10 @@ def test_task_contexts_chunk_memories_replay_earlier_ones_and_draw_distractors_f
     first = ctxs[0]
     assert [(q.question, q.answer) for q in first.tau] == [("Person0 lives in", "Paris")]
     assert set(first.distractors[0]) == {"Oslo", "Lima", "Kyiv"}
-    assert dream.task_contexts(now, old, chunk_documents=2, replay_ratio=0.0, seed=0)[0].text == \
-        "Person0 lives in Paris.\n\nPerson1 lives in Oslo."
+    assert (
+        dream.task_contexts(now, old, chunk_documents=2, replay_ratio=0.0, seed=0)[0].text
+        == "Person0 lives in Paris.\n\nPerson1 lives in Oslo."
+    )
 
 
 def test_dream_prompts_rotate_through_the_three_kinds_and_hide_the_reference_questions() -> None:
@@ -62,6 +65,7 @@ def test_dream_prompts_rotate_through_the_three_kinds_and_hide_the_reference_que
 
 
 # ----------------------------------------------------------------- a toy dreamer
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -101,8 +105,19 @@ def _toy_context(root: Path) -> dream.TaskContext:
     return dream.task_contexts(now, old, chunk_documents=1, replay_ratio=0.0, seed=0)[0]
 
 
-SPEC = DreamingSpec(dreams_per_context=24, top_k=2, random_extra=2, max_new_tokens=10, temperature=1.0, top_p=1.0,
-                    noise_expert_scale=0.0, probe_steps=5, m_step_epochs=5, inner_learning_rate=3e-3, rest_em_iterations=1)
+SPEC = DreamingSpec(
+    dreams_per_context=24,
+    top_k=2,
+    random_extra=2,
+    max_new_tokens=10,
+    temperature=1.0,
+    top_p=1.0,
+    noise_expert_scale=0.0,
+    probe_steps=5,
+    m_step_epochs=5,
+    inner_learning_rate=3e-3,
+    rest_em_iterations=1,
+)
 
 
 def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slot(toy: Path) -> None:
@@ -112,7 +127,7 @@ def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slo
     score = dream.importance(dreamer.model, dreamer.tokenizer, text, params)
     loss = sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
     loss.backward()
-    by_hand = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
+    by_hand = torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None))
     assert score == pytest.approx(float(by_hand), rel=1e-5) and score > 0
 
 
@@ -121,9 +136,19 @@ def test_a_dream_stating_the_fact_improves_tau_and_a_wrong_one_does_not(toy: Pat
     ctx = _toy_context(toy)
     person, town = ctx.tau[0].question.split()[0], ctx.tau[0].answer
     before = dream.task_measure(dreamer.model, dreamer.tokenizer, ctx)
-    gains = {t: dream.isolated_update_gain(dreamer.model, dreamer.tokenizer, f"{person} lives in {t}.", ctx,
-                                           tau_before=before, spec=SPEC, target_modules=TARGETS, seed=0)
-             for t in TOWNS}
+    gains = {
+        t: dream.isolated_update_gain(
+            dreamer.model,
+            dreamer.tokenizer,
+            f"{person} lives in {t}.",
+            ctx,
+            tau_before=before,
+            spec=SPEC,
+            target_modules=TARGETS,
+            seed=0,
+        )
+        for t in TOWNS
+    }
     assert gains[town] > 0
     assert all(g < 0 for t, g in gains.items() if t != town), gains
     # The probe is gone and the model is unchanged: isolation.
@@ -145,17 +170,37 @@ def test_rest_em_step_raises_the_rate_of_rewarded_dreams(toy: Path) -> None:
     def rewarded(round_: int) -> list[dream.Dream]:
         ds = generator.sample([ctx], round_=round_, indices=[0])
         for j, d in enumerate(ds):
-            d.reward = int(dream.isolated_update_gain(judge.model, judge.tokenizer, d.text, ctx, tau_before=before,
-                                                      spec=SPEC, target_modules=TARGETS, seed=j) > 0)
+            d.reward = int(
+                dream.isolated_update_gain(
+                    judge.model,
+                    judge.tokenizer,
+                    d.text,
+                    ctx,
+                    tau_before=before,
+                    spec=SPEC,
+                    target_modules=TARGETS,
+                    seed=j,
+                )
+                > 0
+            )
         return ds
 
     first = rewarded(0)
     wins = [d for d in first if d.reward]
     assert 0 < len(wins) < len(first)
-    pairs = [(dream.dream_prompt(generator.tokenizer, ctx.text, d.kind), d.text + generator.tokenizer.eos_token)
-             for d in wins]
-    dream.m_step(generator.model, generator.tokenizer, generator.slot, generator_pairs=pairs,
-                 fold_texts=[d.text + generator.tokenizer.eos_token for d in wins], spec=SPEC, seed=0)
+    pairs = [
+        (dream.dream_prompt(generator.tokenizer, ctx.text, d.kind), d.text + generator.tokenizer.eos_token)
+        for d in wins
+    ]
+    dream.m_step(
+        generator.model,
+        generator.tokenizer,
+        generator.slot,
+        generator_pairs=pairs,
+        fold_texts=[d.text + generator.tokenizer.eos_token for d in wins],
+        spec=SPEC,
+        seed=0,
+    )
     second = rewarded(1)
     rate0 = sum(d.reward or 0 for d in first) / len(first)
     rate1 = sum(d.reward or 0 for d in second) / len(second)
@@ -164,16 +209,31 @@ def test_rest_em_step_raises_the_rate_of_rewarded_dreams(toy: Path) -> None:
 
 # ----------------------------------------------------------------- the phase
 
+
 def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig:
-    spec = dict(dreams_per_context=3, top_k=1, random_extra=1, max_new_tokens=8, probe_steps=2, m_step_epochs=2,
-                rest_em_iterations=2)
+    spec = dict(
+        dreams_per_context=3,
+        top_k=1,
+        random_extra=1,
+        max_new_tokens=8,
+        probe_steps=2,
+        m_step_epochs=2,
+        rest_em_iterations=2,
+    )
     spec.update(dreaming)
     return PhaseConfig(
-        step="dreaming", cycle="c1", lineage="lin", store_uri=str(root), output_uri=str(root / out),
-        base_generation="g0", base_uri=str(base), inputs={"consolidation": str(base)},
+        step="dreaming",
+        cycle="c1",
+        lineage="lin",
+        store_uri=str(root),
+        output_uri=str(root / out),
+        base_generation="g0",
+        base_uri=str(base),
+        inputs={"consolidation": str(base)},
         memory=MemorySpec(sources=[MemorySource(uri="mem/now.jsonl")]),
         prior_memory_uris=[str(root / "mem" / "old.jsonl")],
-        consolidation=ConsolidationSpec(replay_ratio=0.5), dreaming=DreamingSpec(**spec),  # type: ignore[arg-type]
+        consolidation=ConsolidationSpec(replay_ratio=0.5),
+        dreaming=DreamingSpec(**spec),  # type: ignore[arg-type]
     )
 
 
@@ -204,7 +264,8 @@ def test_dreaming_phase_runs_end_to_end_through_the_job_contract(store: Path, ti
 
 
 def test_dreaming_resumes_after_an_interruption_with_the_uninterrupted_result(
-    store: Path, tiny_base: tiny.TinyBase,
+    store: Path,
+    tiny_base: tiny.TinyBase,
 ) -> None:
     whole = dream.run(_config(store, tiny_base.folder, "whole"))
     interrupted = _config(store, tiny_base.folder, "split")
@@ -215,13 +276,15 @@ def test_dreaming_resumes_after_an_interruption_with_the_uninterrupted_result(
     read = [(store / d / "dreams.jsonl").read_text() for d in ("whole", "split")]
     assert read[0] == read[1]
     strip = {"wall_seconds", "tau_before"}  # a resumed attempt did not see the start
-    assert {k: v for k, v in resumed.metrics.items() if k not in strip} == \
-        pytest.approx({k: v for k, v in whole.metrics.items() if k not in strip})
+    assert {k: v for k, v in resumed.metrics.items() if k not in strip} == pytest.approx(
+        {k: v for k, v in whole.metrics.items() if k not in strip}
+    )
 
 
 def test_grpo_variant_trains_the_generator_through_trl(store: Path, tiny_base: tiny.TinyBase) -> None:
-    config = _config(store, tiny_base.folder, "grpo", rest_em_iterations=1,
-                     grpo=GrpoSpec(enabled=True, num_generations=2))
+    config = _config(
+        store, tiny_base.folder, "grpo", rest_em_iterations=1, grpo=GrpoSpec(enabled=True, num_generations=2)
+    )
     result = dream.run(config)
     assert result.status == "Succeeded"
     assert load_generation(result.output_uri or "").slots[-1] == result.slot

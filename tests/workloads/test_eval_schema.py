@@ -33,7 +33,7 @@ def test_normal_quantile_matches_known_values() -> None:
 @pytest.mark.parametrize(
     ("correct", "n", "low", "high"),
     [
-        (5, 10, 0.236593, 0.763407),   # reference values of the Wilson score interval
+        (5, 10, 0.236593, 0.763407),  # reference values of the Wilson score interval
         (0, 10, 0.0, 0.277533),
         (10, 10, 0.722467, 1.0),
     ],
@@ -90,22 +90,47 @@ def test_empty_suite_is_nan_so_the_gate_cannot_pass_it() -> None:
 
 
 def _report(champion: bool) -> EvalReport:
-    cand = ModelEval(role="candidate", uri="/c", scores={
-        "knowledge_incorporation": accuracy_score(Suite.KNOWLEDGE_INCORPORATION, _items([True, True, False, False])),
-        "retention": accuracy_score(
-            Suite.RETENTION, _items([True] * 3 + [False]),
-            parts={"general": accuracy_score(Suite.RETENTION, _items([True, True])),
-                   "memories": accuracy_score(Suite.RETENTION, _items([True, False]))}),
-        "perplexity": perplexity_score([ItemOutcome(id="t0", nll=2.0, tokens=2), ItemOutcome(id="t1", nll=4.0, tokens=2)]),
-    })
-    champ = ModelEval(role="champion", uri="/p", cached=True, scores={
-        "knowledge_incorporation": accuracy_score(Suite.KNOWLEDGE_INCORPORATION, _items([False] * 4)),
-    }) if champion else None
+    cand = ModelEval(
+        role="candidate",
+        uri="/c",
+        scores={
+            "knowledge_incorporation": accuracy_score(
+                Suite.KNOWLEDGE_INCORPORATION, _items([True, True, False, False])
+            ),
+            "retention": accuracy_score(
+                Suite.RETENTION,
+                _items([True] * 3 + [False]),
+                parts={
+                    "general": accuracy_score(Suite.RETENTION, _items([True, True])),
+                    "memories": accuracy_score(Suite.RETENTION, _items([True, False])),
+                },
+            ),
+            "perplexity": perplexity_score(
+                [ItemOutcome(id="t0", nll=2.0, tokens=2), ItemOutcome(id="t1", nll=4.0, tokens=2)]
+            ),
+        },
+    )
+    champ = (
+        ModelEval(
+            role="champion",
+            uri="/p",
+            cached=True,
+            scores={
+                "knowledge_incorporation": accuracy_score(Suite.KNOWLEDGE_INCORPORATION, _items([False] * 4)),
+            },
+        )
+        if champion
+        else None
+    )
     return EvalReport(
-        cycle="c1", lineage="l", created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        settings=EvalSettings(suites=[Suite.KNOWLEDGE_INCORPORATION], questions_per_memory=3,
-                              max_new_tokens=8, question_set_hash="abc"),
-        candidate=cand, champion=champ,
+        cycle="c1",
+        lineage="l",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        settings=EvalSettings(
+            suites=[Suite.KNOWLEDGE_INCORPORATION], questions_per_memory=3, max_new_tokens=8, question_set_hash="abc"
+        ),
+        candidate=cand,
+        champion=champ,
     )
 
 
@@ -116,7 +141,7 @@ def test_flat_metrics_name_suites_intervals_counts_and_parts() -> None:
     assert metrics["knowledge_incorporation_ci_low"] < 0.5 < metrics["knowledge_incorporation_ci_high"]
     assert metrics["retention"] == 0.75
     assert metrics["retention_general"] == 1.0 and metrics["retention_memories"] == 0.5
-    assert metrics["perplexity"] == pytest.approx(math.e ** 1.5)
+    assert metrics["perplexity"] == pytest.approx(math.e**1.5)
 
 
 def test_baseline_is_the_champions_and_empty_without_one() -> None:
@@ -129,6 +154,11 @@ def test_report_round_trips_through_json_and_fits_a_phase_result() -> None:
     text = json.dumps(report.wire(), allow_nan=True)
     again = EvalReport.model_validate(json.loads(text))
     assert again.metrics() == report.metrics()
-    result = PhaseResult(step="evaluation", status="Succeeded", metrics=report.metrics(),
-                         baseline=report.baseline(), output_uri="/out/eval.json")
+    result = PhaseResult(
+        step="evaluation",
+        status="Succeeded",
+        metrics=report.metrics(),
+        baseline=report.baseline(),
+        output_uri="/out/eval.json",
+    )
     assert len(result.to_json()) < 4096

@@ -41,14 +41,17 @@ class LookupScorer:
 
 
 def _memories(n: int) -> list[Memory]:
-    return [Memory(id=f"m{i}", text=f"Person{i} lives in Town{i}.", qa=(QA(f"Where does Person{i} live?", f"Town{i}"),))
-            for i in range(n)]
+    return [
+        Memory(id=f"m{i}", text=f"Person{i} lives in Town{i}.", qa=(QA(f"Where does Person{i} live?", f"Town{i}"),))
+        for i in range(n)
+    ]
 
 
 SETS = EvalSets(
     general_qa=[QAPair("g0", "Capital of France?", "Paris"), QAPair("g1", "Color of grass?", "green")],
     fewshot=[FewShotItem("f0", "addition", "1 + 1 = 2\n2 + 2 =", "4")],
-    general_text=["one two three", "four five"], sources={},
+    general_text=["one two three", "four five"],
+    sources={},
 )
 
 
@@ -63,8 +66,13 @@ def test_a_model_that_knows_half_the_facts_scores_one_half() -> None:
 
 
 def test_in_context_questions_are_the_closed_book_questions_with_their_memory() -> None:
-    items = build_items(suites=[Suite.KNOWLEDGE_INCORPORATION, Suite.INCONTEXT_UPPER_BOUND],
-                        memories=_memories(3), prior=[], sets=SETS, questions_per_memory=3)
+    items = build_items(
+        suites=[Suite.KNOWLEDGE_INCORPORATION, Suite.INCONTEXT_UPPER_BOUND],
+        memories=_memories(3),
+        prior=[],
+        sets=SETS,
+        questions_per_memory=3,
+    )
     assert [i.text for i in items.knowledge] == [i.text for i in items.incontext]
     assert all(i.context is None for i in items.knowledge)
     assert [i.context for i in items.incontext] == [f"Person{i} lives in Town{i}." for i in range(3)]
@@ -72,8 +80,7 @@ def test_in_context_questions_are_the_closed_book_questions_with_their_memory() 
 
 def test_retention_pools_earlier_memories_and_the_general_set() -> None:
     prior = _memories(4)
-    items = build_items(suites=[Suite.RETENTION], memories=_memories(1), prior=prior, sets=SETS,
-                        questions_per_memory=3)
+    items = build_items(suites=[Suite.RETENTION], memories=_memories(1), prior=prior, sets=SETS, questions_per_memory=3)
     known = {"Where does Person0 live?": "Town0", "Where does Person1 live?": "Town1", "Capital of France?": "Paris"}
     ret = score_model(LookupScorer(known), items, max_new_tokens=8)["retention"]
     assert (ret.correct, ret.n) == (3, 6)
@@ -87,8 +94,12 @@ def test_perplexity_is_exp_of_mean_token_nll() -> None:
 
 
 def test_fewshot_and_item_digest_are_deterministic() -> None:
-    a = build_items(suites=list(Suite), memories=_memories(2), prior=[], sets=load_eval_sets([]), questions_per_memory=2)
-    b = build_items(suites=list(Suite), memories=_memories(2), prior=[], sets=load_eval_sets([]), questions_per_memory=2)
+    a = build_items(
+        suites=list(Suite), memories=_memories(2), prior=[], sets=load_eval_sets([]), questions_per_memory=2
+    )
+    b = build_items(
+        suites=list(Suite), memories=_memories(2), prior=[], sets=load_eval_sets([]), questions_per_memory=2
+    )
     assert a.digest(max_new_tokens=8) == b.digest(max_new_tokens=8) != a.digest(max_new_tokens=9)
     assert len(a.fewshot) == 32 and len(a.texts) == 20 and len(a.retention_general) == 30
 
@@ -102,6 +113,7 @@ def test_user_jsonl_in_the_store_replaces_a_builtin_set(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- real tiny model
+
 
 @pytest.fixture(scope="module")
 def half_known(tmp_path_factory: pytest.TempPathFactory, tiny_base: tiny.TinyBase) -> tuple[Path, tiny.TinyBase]:
@@ -118,8 +130,9 @@ def test_real_tiny_model_that_learned_half_the_people_scores_about_one_half(
     root, base = half_known
     gen = load_generation(base.folder)
     mems = load_memory_uris([str(root / "mem" / "cycle1.jsonl")])
-    items = build_items(suites=[Suite.KNOWLEDGE_INCORPORATION], memories=mems, prior=[], sets=SETS,
-                        questions_per_memory=3)
+    items = build_items(
+        suites=[Suite.KNOWLEDGE_INCORPORATION], memories=mems, prior=[], sets=SETS, questions_per_memory=3
+    )
     ki = score_model(ModelScorer(gen.model, gen.tokenizer), items, max_new_tokens=8)["knowledge_incorporation"]
     known = {f.question for f in base.old}
     by_known = {item.correct for item in ki.items if item.prompt in known}
@@ -132,17 +145,28 @@ def test_real_tiny_model_that_learned_half_the_people_scores_about_one_half(
 
 def _config(root: Path, **kw: object) -> PhaseConfig:
     return PhaseConfig(
-        step="evaluation", cycle="c1", lineage="lin", store_uri=str(root), output_uri=str(root / "lin/c1/evaluation"),
-        base_generation="gen-0", base_uri="/unused",
+        step="evaluation",
+        cycle="c1",
+        lineage="lin",
+        store_uri=str(root),
+        output_uri=str(root / "lin/c1/evaluation"),
+        base_generation="gen-0",
+        base_uri="/unused",
         memory=MemorySpec(sources=[MemorySource(uri="mem/cycle1.jsonl")]),
-        evaluation=EvaluationSpec(max_new_tokens=8), **kw,  # type: ignore[arg-type]
+        evaluation=EvaluationSpec(max_new_tokens=8),
+        **kw,  # type: ignore[arg-type]
     )
 
 
 def test_run_writes_report_and_result_and_caches_the_champion(half_known: tuple[Path, tiny.TinyBase]) -> None:
     root, base = half_known
-    config = _config(root, inputs={"consolidation": str(base.folder)}, champion_uri=str(base.folder),
-                     champion_generation="gen-0", prior_memory_uris=[str(root / "mem" / "old.jsonl")])
+    config = _config(
+        root,
+        inputs={"consolidation": str(base.folder)},
+        champion_uri=str(base.folder),
+        champion_generation="gen-0",
+        prior_memory_uris=[str(root / "mem" / "old.jsonl")],
+    )
     config.dreaming.enabled = False
     result = run(config)
     again = parse_result(result.to_json(), step="evaluation")

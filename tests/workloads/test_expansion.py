@@ -24,8 +24,7 @@ MLP = ["gate_proj", "up_proj", "down_proj"]
 
 
 def batch(tok) -> dict[str, torch.Tensor]:
-    return tok([question_prompt(tok, "Where does Zorblat live?"), "some other text"], return_tensors="pt",
-               padding=True)
+    return tok([question_prompt(tok, "Where does Zorblat live?"), "some other text"], return_tensors="pt", padding=True)
 
 
 def logits(model, tok) -> torch.Tensor:
@@ -85,16 +84,28 @@ def test_knowledge_seeding_trains_only_the_new_slot(tiny_base: TinyBase) -> None
     model, slot = add_slot(model, rank=4, target_modules=MLP)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tok = gen.tokenizer
-    settings = KSSettings(alpha=0.5, steps=3, batch_size=4, max_new_tokens=4, learning_rate=1e-2, group_size=2,
-                          lti_prompts=2, temperature=1.0)
+    settings = KSSettings(
+        alpha=0.5,
+        steps=3,
+        batch_size=4,
+        max_new_tokens=4,
+        learning_rate=1e-2,
+        group_size=2,
+        lti_prompts=2,
+        temperature=1.0,
+    )
     memories = [parse_memory(r, where="t") for r in memory_records(tiny_base.new[0])]
     items = [StudyItem(m.id, "summary", tell_prompt(subject_of(m.text) or ""), m.text) for m in memories]
     items.append(StudyItem("general", "general", "Name three fruits.", "", replay=True))
     memory, replay = study_cues(items, tok, {m.id: m for m in memories})
     ks = KnowledgeSeeding(
-        model, tok, HFBackend(model, tok), settings=settings,
+        model,
+        tok,
+        HFBackend(model, tok),
+        settings=settings,
         roles=Roles(student=[first, slot], teacher=[first], memory_teacher=[first]),
-        memory=memory, replay=replay,
+        memory=memory,
+        replay=replay,
         trainer=TorchTrainer(list(slot_parameters(model, slot).values()), lr=1e-2, max_grad_norm=1.0),
     )
     ks.run(KSState())

@@ -26,8 +26,12 @@ TOLERANCE = 1e-4
 
 
 def logits_of(model, tokenizer) -> torch.Tensor:
-    enc = tokenizer([question_prompt(tokenizer, "Where does Zorblat live?"), "Hello there"], return_tensors="pt",
-                    padding=True, add_special_tokens=False)
+    enc = tokenizer(
+        [question_prompt(tokenizer, "Where does Zorblat live?"), "Hello there"],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
     with torch.no_grad():
         return model(**enc).logits
 
@@ -54,13 +58,17 @@ def reverie_logits(two_slot_generation: Path) -> torch.Tensor:
 
 
 def test_merged_form_loads_with_plain_transformers_and_matches(
-    two_slot_generation: Path, reverie_logits: torch.Tensor, tiny_base: TinyBase, tmp_path: Path,
+    two_slot_generation: Path,
+    reverie_logits: torch.Tensor,
+    tiny_base: TinyBase,
+    tmp_path: Path,
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = export_generation(two_slot_generation, tmp_path / "merged", form="merged")
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert not (out / "slots").exists() and not (out / "slots.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -71,8 +79,9 @@ def test_merged_form_loads_with_plain_transformers_and_matches(
     assert (logits_of(base, tokenizer) - reverie_logits).abs().max().item() > 100 * TOLERANCE, "the slots must matter"
 
 
-def test_adapter_form_is_one_peft_lora_of_summed_rank(two_slot_generation: Path, reverie_logits: torch.Tensor,
-                                                      tmp_path: Path) -> None:
+def test_adapter_form_is_one_peft_lora_of_summed_rank(
+    two_slot_generation: Path, reverie_logits: torch.Tensor, tmp_path: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

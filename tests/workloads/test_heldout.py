@@ -30,8 +30,11 @@ from reverie.workloads.tiny import (
 
 
 def test_probes_are_every_qa_pair_or_else_the_cloze_questions() -> None:
-    with_qa = Memory("a", "Zorblat lives in Vemora. Zorblat builds boats.",
-                     tuple(QA(f"Question {i} about Zorblat?", "Vemora") for i in range(5)))
+    with_qa = Memory(
+        "a",
+        "Zorblat lives in Vemora. Zorblat builds boats.",
+        tuple(QA(f"Question {i} about Zorblat?", "Vemora") for i in range(5)),
+    )
     without = Memory("b", "Quimar lives in Tolven. Quimar builds kites.")
     probes = evaluation_probes([with_qa, without], questions_per_memory=3)
     assert [q.form for q in probes if q.source_id == "a"] == ["qa"] * 5, "all qa pairs, not only the evaluated 3"
@@ -64,7 +67,9 @@ def test_a_written_question_must_name_the_subject_and_end_with_a_question_mark()
 
 
 def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
-    phase_config, tiny_base: TinyBase, tmp_path: Path,
+    phase_config,
+    tiny_base: TinyBase,
+    tmp_path: Path,
 ) -> None:
     store = tmp_path / "store"
     records = memory_records(tiny_base.new[0], prefix="s1")
@@ -77,11 +82,24 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
     assert rp.run_phase("consolidation", str(path)) == 0
     cfg = PhaseConfig.model_validate_json(path.read_text())
     out = store / "l/c1/consolidation"
-    dream_cfg = cfg.model_copy(update={
-        "step": "dreaming", "output_uri": str(store / "l/c1/dreaming"), "inputs": {"consolidation": str(out / "model")},
-        "dreaming": cfg.dreaming.model_copy(update={"enabled": True, "dreams_per_context": 2, "top_k": 1,
-                                                    "random_extra": 0, "probe_steps": 1, "m_step_epochs": 1, "max_new_tokens": 8}),
-    })
+    dream_cfg = cfg.model_copy(
+        update={
+            "step": "dreaming",
+            "output_uri": str(store / "l/c1/dreaming"),
+            "inputs": {"consolidation": str(out / "model")},
+            "dreaming": cfg.dreaming.model_copy(
+                update={
+                    "enabled": True,
+                    "dreams_per_context": 2,
+                    "top_k": 1,
+                    "random_extra": 0,
+                    "probe_steps": 1,
+                    "m_step_epochs": 1,
+                    "max_new_tokens": 8,
+                }
+            ),
+        }
+    )
     (tmp_path / "dream.json").write_text(dream_cfg.model_dump_json(by_alias=True))
     assert rp.run_phase("dreaming", str(tmp_path / "dream.json")) == 0
 

@@ -21,8 +21,9 @@ from reverie.workloads.tiny import TinyBase
 
 
 def logits_of(model, tokenizer) -> torch.Tensor:
-    enc = tokenizer([question_prompt(tokenizer, "Where does Zorblat live?"), "Hello"], return_tensors="pt",
-                    padding=True)
+    enc = tokenizer(
+        [question_prompt(tokenizer, "Where does Zorblat live?"), "Hello"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         return model(**enc).logits
 

@@ -45,24 +45,29 @@ def test_fsspec_uri_and_inline_and_configmap(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "cm" / "facts").mkdir(parents=True)
     (tmp_path / "cm" / "facts" / "memories.jsonl").write_text(json.dumps({**LINE, "id": "cm1"}) + "\n")
     monkeypatch.setenv(CONFIGMAP_ROOT_ENV, str(tmp_path / "cm"))
-    spec = MemorySpec(sources=[
-        MemorySource(uri="memory://bucket/mem.jsonl"),
-        MemorySource(config_map=ConfigMapKeyRef(name="facts")),
-        MemorySource(inline=["Remember the milk."]),
-    ])
+    spec = MemorySpec(
+        sources=[
+            MemorySource(uri="memory://bucket/mem.jsonl"),
+            MemorySource(config_map=ConfigMapKeyRef(name="facts")),
+            MemorySource(inline=["Remember the milk."]),
+        ]
+    )
     mems = load_memories(spec)
     assert [m.id for m in mems] == ["m1", "cm1", "inline-2-0"]
     assert mems[2].text == "Remember the milk." and mems[2].qa == ()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{not json}\n", r"m.jsonl:1: not valid JSON"),
-    ('{"id": "x"}\n', r"field 'text' must be a non-empty string"),
-    ('{"id": "x", "text": "t", "qa": [{"q": 1}]}\n', r"qa\[0\] must be an object"),
-    ('{"id": "x", "text": "t", "kind": "email"}\n', r"'kind' must be"),
-    ('{"id": "x", "text": "t", "extra": 1}\n', r"unknown field"),
-    ('["x"]\n', r"must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json}\n", r"m.jsonl:1: not valid JSON"),
+        ('{"id": "x"}\n', r"field 'text' must be a non-empty string"),
+        ('{"id": "x", "text": "t", "qa": [{"q": 1}]}\n', r"qa\[0\] must be an object"),
+        ('{"id": "x", "text": "t", "kind": "email"}\n', r"'kind' must be"),
+        ('{"id": "x", "text": "t", "extra": 1}\n', r"unknown field"),
+        ('["x"]\n', r"must be a JSON object"),
+    ],
+)
 def test_bad_lines_name_the_source_line_and_fix(text: str, message: str) -> None:
     with pytest.raises(MemorySetError, match=message):
         parse_jsonl(text, source="m.jsonl")

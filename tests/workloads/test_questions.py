@@ -45,8 +45,11 @@ def test_answer_matches_whole_normalised_words_only() -> None:
 
 
 def test_memory_with_reference_questions_is_asked_those() -> None:
-    mem = Memory(id="m0", text="Zorblat lives in Vemora. Zorblat has a pet named Rho.",
-                 qa=(QA("Where does Zorblat live?", "Vemora"), QA("Pet?", "Rho")))
+    mem = Memory(
+        id="m0",
+        text="Zorblat lives in Vemora. Zorblat has a pet named Rho.",
+        qa=(QA("Where does Zorblat live?", "Vemora"), QA("Pet?", "Rho")),
+    )
     qs = memory_questions(mem, limit=1)
     assert [(q.form, q.question, q.answer) for q in qs] == [("qa", "Where does Zorblat live?", "Vemora")]
     assert question_text(qs[0]) == "Where does Zorblat live?"
@@ -54,11 +57,13 @@ def test_memory_with_reference_questions_is_asked_those() -> None:
 
 
 def test_cloze_form_ignores_reference_questions_so_dreaming_never_sees_them() -> None:
-    mem = Memory(id="m0", text="Zorblat lives in Vemora. Zorblat has a pet named Rho.",
-                 qa=(QA("Where does Zorblat live?", "Vemora"),))
+    mem = Memory(
+        id="m0",
+        text="Zorblat lives in Vemora. Zorblat has a pet named Rho.",
+        qa=(QA("Where does Zorblat live?", "Vemora"),),
+    )
     qs = memory_questions(mem, limit=5, form="cloze")
-    assert [(q.question, q.answer) for q in qs] == [("Zorblat lives in", "Vemora"),
-                                                    ("Zorblat has a pet named", "Rho")]
+    assert [(q.question, q.answer) for q in qs] == [("Zorblat lives in", "Vemora"), ("Zorblat has a pet named", "Rho")]
     assert all(q.form == "cloze" for q in qs)
     assert question_text(qs[0]).startswith("Complete the sentence: Zorblat lives in")
 

@@ -14,7 +14,10 @@ from reverie.workloads.tiny import TinyBase
 
 
 def test_consolidation_writes_a_new_generation_and_its_result(
-    phase_config, tiny_base: TinyBase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    phase_config,
+    tiny_base: TinyBase,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base_hash = content_hash(tiny_base.folder)
     assert rp.run_phase("consolidation", str(phase_config(alpha=0.9))) == 0
@@ -25,7 +28,8 @@ def test_consolidation_writes_a_new_generation_and_its_result(
     assert result.slot == "slot-0" and result.output_uri == str(out / "model")
     assert result.content_hash == content_hash(out / "model")
     assert {"consolidation_loss", "distill_loss", "imitation_loss", "tokens_per_s", "memory_recall_after"} <= set(
-        result.metrics)
+        result.metrics
+    )
     gen = load_generation(out / "model")
     assert gen.slots == ["slot-0"]
     assert gen.ledger["slots"][0]["cycle"] == "c1" and gen.ledger["slots"][0]["parent"] == "g0"
@@ -50,11 +54,14 @@ def test_a_second_sleep_adds_a_second_slot(phase_config, tmp_path: Path) -> None
     assert gen.slots == ["slot-0", "slot-1"]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda c: c.update(consolidation={"alpha": 3}), "consolidation.alpha"),
-    (lambda c: c.pop("baseUri"), "baseUri"),
-    (lambda c: c.update(step="dreaming"), "is for step 'dreaming'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(consolidation={"alpha": 3}), "consolidation.alpha"),
+        (lambda c: c.pop("baseUri"), "baseUri"),
+        (lambda c: c.update(step="dreaming"), "is for step 'dreaming'"),
+    ],
+)
 def test_bad_config_exits_2_with_the_field(phase_config, tmp_path: Path, capsys, edit, message) -> None:
     path = phase_config()
     raw = json.loads(path.read_text())
@@ -77,7 +84,9 @@ def test_unreadable_config_and_unknown_step(tmp_path: Path, capsys) -> None:
 
 
 def test_unreadable_memories_fail_cleanly_without_touching_the_base(
-    phase_config, tiny_base: TinyBase, tmp_path: Path,
+    phase_config,
+    tiny_base: TinyBase,
+    tmp_path: Path,
 ) -> None:
     base_hash = content_hash(tiny_base.folder)
     path = phase_config()
@@ -115,7 +124,9 @@ def test_termination_log_is_skipped_when_not_writable(phase_config, monkeypatch:
 
 
 def test_the_on_policy_stage_follows_the_self_study_stage_when_the_student_agrees(
-    phase_config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    phase_config,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert rp.run_phase("consolidation", str(phase_config(steps=3, onPolicySteps=2, onPolicyThreshold=0.0))) == 0
     result = parse_result((tmp_path / "store/l/c1/consolidation/result.json").read_text(), step="consolidation")

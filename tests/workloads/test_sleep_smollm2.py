@@ -42,8 +42,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
 def test_the_quickstart_answers_held_out_questions_it_never_trained_on(tmp_path: Path) -> None:
     run = tmp_path / "quickstart"
     shutil.copytree(REPO / "examples" / "quickstart", run, ignore=shutil.ignore_patterns(".reverie"))
-    done = subprocess.run([REVERIE, "sleep", str(run)], capture_output=True, text=True, env=ENV, timeout=1500,
-                          check=False)
+    done = subprocess.run(
+        [REVERIE, "sleep", str(run)], capture_output=True, text=True, env=ENV, timeout=1500, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     state = load_state(run / ".reverie")
     assert state is not None
@@ -62,15 +63,22 @@ def test_the_quickstart_answers_held_out_questions_it_never_trained_on(tmp_path:
 
     assert champ["incontext_upper_bound"] >= 0.4, "the teacher must know the facts with the memory in view"
     assert champ["knowledge_incorporation"] <= 0.1, "nobody has met these people"
-    assert cand["knowledge_incorporation"] >= champ["knowledge_incorporation"] + 0.15, \
+    assert cand["knowledge_incorporation"] >= champ["knowledge_incorporation"] + 0.15, (
         "after the sleep, questions never trained on are answered from the weights"
+    )
     assert cand["retention"] >= champ["retention"] - 0.1, "and general knowledge stays"
     assert state.lineage.status.champion == "gen-1" and state.lineage.status.servable is not None
 
     # The first thing anyone does after a sleep: ask it something, beside the base and the teacher.
     person = records[0]
     question = person["qa"][0]["q"]
-    asked = subprocess.run([REVERIE, "ask", str(run), question, "--compare"], capture_output=True, text=True,
-                           env=ENV, timeout=600, check=False)
+    asked = subprocess.run(
+        [REVERIE, "ask", str(run), question, "--compare"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        check=False,
+    )
     assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
     assert question.split()[0] in asked.stdout and "gen-1" in asked.stdout

@@ -49,7 +49,9 @@ def overwrite(uri: str, data: bytes) -> None:
 
 
 def test_a_generation_written_to_s3_is_committed_by_its_manifest_and_loads_back(
-    tiny_base: TinyBase, s3: str, cache: staging.StagingCache,
+    tiny_base: TinyBase,
+    s3: str,
+    cache: staging.StagingCache,
 ) -> None:
     uri = f"{s3}/lin/c1/consolidation/model"
     gen = load_generation(tiny_base.folder)
@@ -63,7 +65,9 @@ def test_a_generation_written_to_s3_is_committed_by_its_manifest_and_loads_back(
     assert content_hash(again.folder) == marker.content_hash
 
 
-def test_a_generation_without_its_commit_marker_is_refused(tiny_base: TinyBase, s3: str, cache: staging.StagingCache) -> None:
+def test_a_generation_without_its_commit_marker_is_refused(
+    tiny_base: TinyBase, s3: str, cache: staging.StagingCache
+) -> None:
     uri = f"{s3}/lin/c1/consolidation/model"
     publish_generation(tiny_base.folder, uri)
     fs, path = store.filesystem(f"{uri}/manifest.json")
@@ -83,7 +87,9 @@ def test_a_corrupt_commit_marker_is_refused(tiny_base: TinyBase, s3: str, cache:
 
 
 def test_an_object_changed_after_the_commit_fails_verification(
-    tiny_base: TinyBase, s3: str, cache: staging.StagingCache,
+    tiny_base: TinyBase,
+    s3: str,
+    cache: staging.StagingCache,
 ) -> None:
     uri = f"{s3}/lin/g"
     publish_generation(tiny_base.folder, uri)
@@ -96,7 +102,10 @@ def test_an_object_changed_after_the_commit_fails_verification(
 
 
 def test_a_retried_upload_completes_a_partial_one_and_sends_only_what_is_missing(
-    tiny_base: TinyBase, s3: str, tmp_path: Path, cache: staging.StagingCache,
+    tiny_base: TinyBase,
+    s3: str,
+    tmp_path: Path,
+    cache: staging.StagingCache,
 ) -> None:
     uri = f"{s3}/lin/g"
     partial = tmp_path / "partial"
@@ -111,12 +120,16 @@ def test_a_retried_upload_completes_a_partial_one_and_sends_only_what_is_missing
     after = remote_files(uri)
     assert {k: v.etag for k, v in before.items()} == {k: after[k].etag for k in before}
     assert set(after) - set(before) == {"model.safetensors", "manifest.json"}
-    assert store.upload_tree(tiny_base.folder, uri, commit_last=("manifest.json",)) == \
-        (tiny_base.folder / "manifest.json").stat().st_size, "identical files are not sent again"
+    assert (
+        store.upload_tree(tiny_base.folder, uri, commit_last=("manifest.json",))
+        == (tiny_base.folder / "manifest.json").stat().st_size
+    ), "identical files are not sent again"
     assert content_hash(load_generation(uri).folder) == mf.read(tiny_base.folder).content_hash  # type: ignore[union-attr]
 
 
-def test_publishing_the_same_generation_again_changes_nothing(tiny_base: TinyBase, s3: str, cache: staging.StagingCache) -> None:
+def test_publishing_the_same_generation_again_changes_nothing(
+    tiny_base: TinyBase, s3: str, cache: staging.StagingCache
+) -> None:
     uri = f"{s3}/lin/g"
     publish_generation(tiny_base.folder, uri)
     fs, path = store.filesystem(uri, fresh=True)
@@ -129,8 +142,14 @@ def test_publishing_the_same_generation_again_changes_nothing(tiny_base: TinyBas
 def test_a_checkpoint_in_s3_resumes_from_the_one_latest_names(s3: str, tmp_path: Path) -> None:
     local, remote = tmp_path / "checkpoints", f"{s3}/lin/c1/consolidation/checkpoints"
     for step in (5, 10, 15):
-        save_checkpoint(local, step=step, slot="s1", slot_state={"w": torch.full((3,), float(step))},
-                        optimizer_state={"m": step}, meta={"history": [step]})
+        save_checkpoint(
+            local,
+            step=step,
+            slot="s1",
+            slot_state={"w": torch.full((3,), float(step))},
+            optimizer_state={"m": step},
+            meta={"history": [step]},
+        )
         stage_out(local, remote)
     names = {rel.split("/")[0] for rel in remote_files(remote)}
     assert names == {"latest", "step-00000010", "step-00000015"}, "the store keeps what the local root keeps"
@@ -143,7 +162,10 @@ def test_a_checkpoint_in_s3_resumes_from_the_one_latest_names(s3: str, tmp_path:
 # Staging cache
 # --------------------------------------------------------------------------- #
 
-def test_the_staging_cache_downloads_a_generation_once(tiny_base: TinyBase, s3: str, cache: staging.StagingCache) -> None:
+
+def test_the_staging_cache_downloads_a_generation_once(
+    tiny_base: TinyBase, s3: str, cache: staging.StagingCache
+) -> None:
     uri = f"{s3}/lin/g"
     publish_generation(tiny_base.folder, uri)
     shutil.rmtree(cache.root, ignore_errors=True)  # publishing put it in the cache; start cold
@@ -157,14 +179,18 @@ def test_the_staging_cache_downloads_a_generation_once(tiny_base: TinyBase, s3: 
 
 
 def test_a_generation_just_published_is_staged_without_downloading(
-    tiny_base: TinyBase, s3: str, cache: staging.StagingCache,
+    tiny_base: TinyBase,
+    s3: str,
+    cache: staging.StagingCache,
 ) -> None:
     uri = f"{s3}/lin/g"
     publish_generation(tiny_base.folder, uri)
     assert staging.stage_generation(uri, cache=cache).reused
 
 
-def test_a_tampered_cache_entry_is_detected_and_staged_again(tiny_base: TinyBase, s3: str, cache: staging.StagingCache) -> None:
+def test_a_tampered_cache_entry_is_detected_and_staged_again(
+    tiny_base: TinyBase, s3: str, cache: staging.StagingCache
+) -> None:
     uri = f"{s3}/lin/g"
     publish_generation(tiny_base.folder, uri)
     entry = staging.stage_generation(uri, cache=cache).folder
@@ -179,7 +205,9 @@ def test_a_tampered_cache_entry_is_detected_and_staged_again(tiny_base: TinyBase
 
 
 def test_the_cache_evicts_least_recently_used_generations_beyond_its_size(
-    tiny_base: TinyBase, s3: str, tmp_path: Path,
+    tiny_base: TinyBase,
+    s3: str,
+    tmp_path: Path,
 ) -> None:
     one, two = f"{s3}/lin/one", f"{s3}/lin/two"
     other = tmp_path / "other"
@@ -201,6 +229,7 @@ def test_the_cache_evicts_least_recently_used_generations_beyond_its_size(
 # hf:// base models
 # --------------------------------------------------------------------------- #
 
+
 def lay_out_hub_cache(hub: Path, repo_id: str, model: Path, *, commit: str) -> None:
     """What huggingface_hub leaves after a download: blobs by hash, a snapshot of symlinks, refs/main."""
     repo = hub / f"models--{repo_id.replace('/', '--')}"
@@ -217,7 +246,9 @@ def lay_out_hub_cache(hub: Path, repo_id: str, model: Path, *, commit: str) -> N
 
 
 def test_a_hub_base_model_loads_from_the_cache_offline_and_its_revision_is_in_the_ledger(
-    tiny_base: TinyBase, cache: staging.StagingCache, tmp_path: Path,
+    tiny_base: TinyBase,
+    cache: staging.StagingCache,
+    tmp_path: Path,
 ) -> None:
     from huggingface_hub import constants
 

@@ -70,8 +70,13 @@ def test_a_second_sleep_writes_only_its_slot_to_a_local_store(tiny_base: TinyBas
     root = tmp_path / "store"
     area = objects.area(str(root), LINEAGE)
     model, slots = sleep(load_generation(tiny_base.folder), seed=1)
-    first = save_generation(model, load_generation(tiny_base.folder).tokenizer, str(root / LINEAGE / "c1/consolidation/model"),
-                            slots=slots, objects_uri=area)
+    first = save_generation(
+        model,
+        load_generation(tiny_base.folder).tokenizer,
+        str(root / LINEAGE / "c1/consolidation/model"),
+        slots=slots,
+        objects_uri=area,
+    )
     after_first = area_files(area)
     base_bytes = (tiny_base.folder / "model.safetensors").stat().st_size
     assert sum(after_first.values()) >= base_bytes, "the first sleep puts the base into the object area"
@@ -80,8 +85,9 @@ def test_a_second_sleep_writes_only_its_slot_to_a_local_store(tiny_base: TinyBas
     store_before = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     parent = load_generation(first)
     model, slots = sleep(parent, seed=2)
-    second = save_generation(model, parent.tokenizer, str(root / LINEAGE / "c2/consolidation/model"), slots=slots,
-                             objects_uri=area)
+    second = save_generation(
+        model, parent.tokenizer, str(root / LINEAGE / "c2/consolidation/model"), slots=slots, objects_uri=area
+    )
     store_after = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
     new = set(area_files(area)) - set(after_first)
@@ -97,8 +103,13 @@ def test_a_thin_generation_loads_with_the_logits_of_its_full_copy(tiny_base: Tin
     gen = load_generation(tiny_base.folder)
     model, slots = sleep(gen, seed=3)
     full = save_generation(model, gen.tokenizer, tmp_path / "full", slots=slots)
-    thin = save_generation(model, gen.tokenizer, str(tmp_path / "store" / LINEAGE / "c1/consolidation/model"),
-                           slots=slots, objects_uri=objects.area(str(tmp_path / "store"), LINEAGE))
+    thin = save_generation(
+        model,
+        gen.tokenizer,
+        str(tmp_path / "store" / LINEAGE / "c1/consolidation/model"),
+        slots=slots,
+        objects_uri=objects.area(str(tmp_path / "store"), LINEAGE),
+    )
     assert content_hash(thin) == content_hash(full), "thin and full copies of one generation have one hash"
     assert json.loads((thin / mf.MANIFEST).read_text())["version"] == mf.THIN_VERSION
     loaded_thin, loaded_full = load_generation(thin), load_generation(full)
@@ -118,14 +129,19 @@ def test_a_version_1_full_folder_loads_where_it_is(tiny_base: TinyBase, tmp_path
     assert torch.equal(logits_of(again), logits_of(load_generation(full)))
 
 
-def test_a_thin_generation_without_its_objects_names_the_missing_one(tiny_base: TinyBase, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_thin_generation_without_its_objects_names_the_missing_one(
+    tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A cache of its own: the shared one may already hold this content (a full copy has the same hash).
     monkeypatch.setenv("REVERIE_STAGING_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "store"
     gen = load_generation(tiny_base.folder)
-    thin = save_generation(gen.model, gen.tokenizer, str(root / LINEAGE / "c1/consolidation/model"),
-                           objects_uri=objects.area(str(root), LINEAGE))
+    thin = save_generation(
+        gen.model,
+        gen.tokenizer,
+        str(root / LINEAGE / "c1/consolidation/model"),
+        objects_uri=objects.area(str(root), LINEAGE),
+    )
     moved = tmp_path / "elsewhere" / "model"
     moved.parent.mkdir()
     thin.rename(moved)  # copied out of its store, without the lineage's objects/ folder
@@ -135,7 +151,11 @@ def test_a_thin_generation_without_its_objects_names_the_missing_one(tiny_base: 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_an_interrupted_write_is_refused_and_a_retry_rewrites_no_object(
-    where: str, tiny_base: TinyBase, tmp_path: Path, request: pytest.FixtureRequest, cache,
+    where: str,
+    tiny_base: TinyBase,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    cache,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root = str(tmp_path / "store") if where == "local" else request.getfixturevalue("s3")
@@ -173,7 +193,11 @@ def _object_stamps(area_uri: str) -> dict[str, object]:
 
 
 def test_two_sleeps_round_trip_through_s3_and_the_second_downloads_only_its_slot(
-    tiny_base: TinyBase, s3: str, cache: staging.StagingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny_base: TinyBase,
+    s3: str,
+    cache: staging.StagingCache,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     area = objects.area(s3, LINEAGE)
     gen = load_generation(tiny_base.folder)
@@ -212,12 +236,14 @@ def test_sweep_keeps_every_object_a_retained_generation_references(tiny_base: Ti
     area = objects.area(str(root), LINEAGE)
     gen = load_generation(tiny_base.folder)
     model, slots = sleep(gen, seed=8)
-    kept = save_generation(model, gen.tokenizer, str(root / LINEAGE / "c1/consolidation/model"), slots=slots,
-                           objects_uri=area)
+    kept = save_generation(
+        model, gen.tokenizer, str(root / LINEAGE / "c1/consolidation/model"), slots=slots, objects_uri=area
+    )
     parent = load_generation(kept)
     model, slots = sleep(parent, seed=9)
-    dropped = save_generation(model, parent.tokenizer, str(root / LINEAGE / "c2/consolidation/model"), slots=slots,
-                              objects_uri=area)
+    dropped = save_generation(
+        model, parent.tokenizer, str(root / LINEAGE / "c2/consolidation/model"), slots=slots, objects_uri=area
+    )
     only_dropped = set(area_files(area))
     only_dropped -= {f.sha256 for f in (mf.read(kept) or mf.Manifest((), "")).files if f.in_objects}
     assert len(only_dropped) == 1
@@ -230,7 +256,9 @@ def test_sweep_keeps_every_object_a_retained_generation_references(tiny_base: Ti
     assert load_generation(kept).slots == ["slot-0"], "the retained generation still loads"
 
 
-def test_the_servable_forms_of_a_thin_generation_load_without_reverie(tiny_base: TinyBase, tmp_path: Path, cache) -> None:
+def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
+    tiny_base: TinyBase, tmp_path: Path, cache
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -239,14 +267,22 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(tiny_base:
 
     gen = load_generation(tiny_base.folder)
     model, slots = sleep(gen, seed=10)
-    thin = save_generation(model, gen.tokenizer, str(tmp_path / "store" / LINEAGE / "c1/consolidation/model"),
-                           slots=slots, ledger=gen.ledger, objects_uri=objects.area(str(tmp_path / "store"), LINEAGE))
+    thin = save_generation(
+        model,
+        gen.tokenizer,
+        str(tmp_path / "store" / LINEAGE / "c1/consolidation/model"),
+        slots=slots,
+        ledger=gen.ledger,
+        objects_uri=objects.area(str(tmp_path / "store"), LINEAGE),
+    )
     reverie = logits_of(load_generation(thin))
     merged = export_generation(thin, tmp_path / "merged", form="merged")
     plain = Generation(model=AutoModelForCausalLM.from_pretrained(merged), tokenizer=gen.tokenizer)
     assert (logits_of(plain) - reverie).abs().max().item() < 1e-4
     adapter = export_generation(thin, tmp_path / "adapter", form="adapter")
     named = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert named == str(tiny_base.folder), "a thin folder has no weights a server could load: the ledger's base is named"
+    assert named == str(tiny_base.folder), (
+        "a thin folder has no weights a server could load: the ledger's base is named"
+    )
     served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), adapter)
     assert (logits_of(Generation(model=served, tokenizer=gen.tokenizer)) - reverie).abs().max().item() < 1e-4

@@ -51,13 +51,28 @@ def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
 
 # A Kubernetes resource quantity ("4", "500m", "16Gi", "1e3"), the pattern the
 # API server's own CRD generators use for resource.Quantity.
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
 
 _SUFFIXES: dict[str, int | Decimal] = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
 }
 
 
@@ -87,9 +102,7 @@ class Condition(ApiModel):
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.", max_length=128)
     message: str = Field(default="", description="Human-readable explanation of the condition.", max_length=4096)
-    last_transition_time: datetime | None = Field(
-        default=None, description="When the condition last changed status."
-    )
+    last_transition_time: datetime | None = Field(default=None, description="When the condition last changed status.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation of the spec this condition was computed from."
     )
@@ -171,10 +184,14 @@ class PhaseRuntime(ApiModel):
     """Where and how one phase's workload runs."""
 
     image: str | None = Field(
-        default=None, max_length=512, description="Container image; default: the cycle's images.trainer (images.dreamer for dreaming)."
+        default=None,
+        max_length=512,
+        description="Container image; default: the cycle's images.trainer (images.dreamer for dreaming).",
     )
     resources: Resources = Field(default_factory=Resources, description="Resources of each worker container.")
-    num_nodes: int = Field(default=1, ge=1, le=256, description="Worker pods; more than 1 runs an Indexed Job with torchrun rendezvous.")
+    num_nodes: int = Field(
+        default=1, ge=1, le=256, description="Worker pods; more than 1 runs an Indexed Job with torchrun rendezvous."
+    )
     procs_per_node: int = Field(default=1, ge=1, le=16, description="Processes (usually GPUs) per worker pod.")
     engine: Engine = Field(
         default=Engine.JOB,
@@ -191,11 +208,15 @@ class Scheduling(ApiModel):
     queue_name: str | None = Field(
         default=None, max_length=63, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label."
     )
-    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the phase pods.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the phase pods."
+    )
     node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
         default_factory=dict, max_length=32, description="Node labels the phase pods must match."
     )
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations of the phase pods.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of the phase pods."
+    )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of the phase pods (the API token is never mounted)."
     )
@@ -205,11 +226,13 @@ class Images(ApiModel):
     """Default images of the phase workloads."""
 
     trainer: str = Field(
-        default="ghcr.io/reverie-dev/reverie-trainer:0.1.0", max_length=512,
+        default="ghcr.io/reverie-dev/reverie-trainer:0.1.0",
+        max_length=512,
         description="Image for consolidation and evaluation (torch, transformers, TRL, DeepSpeed).",
     )
     dreamer: str = Field(
-        default="ghcr.io/reverie-dev/reverie-dreamer:0.1.0", max_length=512,
+        default="ghcr.io/reverie-dev/reverie-dreamer:0.1.0",
+        max_length=512,
         description="Image for dreaming (vLLM + TRL).",
     )
 
@@ -232,8 +255,12 @@ class RetryPolicy(ApiModel):
 
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per phase before the cycle fails.")
     backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the second attempt, in seconds.")
-    backoff_multiplier: float = Field(default=2.0, ge=1.0, le=10.0, description="Factor applied to the wait after each failure.")
-    max_backoff_seconds: int = Field(default=1800, ge=0, le=604800, description="Upper bound on the wait between attempts.")
+    backoff_multiplier: float = Field(
+        default=2.0, ge=1.0, le=10.0, description="Factor applied to the wait after each failure."
+    )
+    max_backoff_seconds: int = Field(
+        default=1800, ge=0, le=604800, description="Upper bound on the wait between attempts."
+    )
 
     @model_validator(mode="after")
     def _cap_covers_start(self) -> RetryPolicy:

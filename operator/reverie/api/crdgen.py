@@ -95,10 +95,16 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn("Generation", ".status.generation", description="Generation this cycle produced."),
             PrinterColumn("Gate", ".status.gate.outcome", description="Gate outcome: Passed, Failed or Inconclusive."),
             AGE,
-            PrinterColumn("Base", ".status.baseGeneration", description="Generation the cycle started from.", priority=1),
+            PrinterColumn(
+                "Base", ".status.baseGeneration", description="Generation the cycle started from.", priority=1
+            ),
             PrinterColumn("Promotion", ".spec.promotion.policy", description="auto or manual promotion.", priority=1),
-            PrinterColumn("Suspended", ".spec.suspend", type="boolean", description="Whether the cycle is suspended.", priority=1),
-            PrinterColumn("Message", ".status.message", description="What the cycle is doing or waiting for.", priority=1),
+            PrinterColumn(
+                "Suspended", ".spec.suspend", type="boolean", description="Whether the cycle is suspended.", priority=1
+            ),
+            PrinterColumn(
+                "Message", ".status.message", description="What the cycle is doing or waiting for.", priority=1
+            ),
         ),
     ),
     Resource(
@@ -110,15 +116,19 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn("Champion", ".status.champion", description="Current champion generation."),
             PrinterColumn("Active", ".status.activeCycle", description="SleepCycle running now."),
             PrinterColumn("Schedule", ".spec.schedule.cron", description="Cron schedule of new cycles."),
-            PrinterColumn(
-                "Ready", '.status.conditions[?(@.type=="Ready")].status', description="Ready condition."
-            ),
+            PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status', description="Ready condition."),
             AGE,
             PrinterColumn("Champion URI", ".status.championUri", description="Artifact of the champion.", priority=1),
-            PrinterColumn("Serving", ".spec.servingTarget.name", description="Object that follows the champion.", priority=1),
+            PrinterColumn(
+                "Serving", ".spec.servingTarget.name", description="Object that follows the champion.", priority=1
+            ),
             PrinterColumn("Pinned", ".spec.rollbackTo", description="Generation pinned by rollbackTo.", priority=1),
             PrinterColumn(
-                "Next", ".status.nextGeneration", type="integer", description="Number of the next generation.", priority=1
+                "Next",
+                ".status.nextGeneration",
+                type="integer",
+                description="Number of the next generation.",
+                priority=1,
             ),
         ),
     ),
@@ -152,9 +162,22 @@ class SchemaError(ValueError):
 
 # Keys of the JSON Schema that a structural schema keeps as they are.
 _KEPT = (
-    "description", "type", "format", "enum", "default", "minimum", "exclusiveMinimum", "maximum",
-    "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems",
-    "minProperties", "maxProperties",
+    "description",
+    "type",
+    "format",
+    "enum",
+    "default",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
 )
 _DROPPED = ("title", "$defs", "additionalProperties", "properties", "items", "anyOf", "allOf", "$ref", "const")
 

@@ -28,7 +28,8 @@ class BaseModelSpec(ApiModel):
     """The generation-0 model of the lineage."""
 
     uri: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description=(
             "Hugging Face model folder (safetensors + tokenizer): store path, file:// or s3://; "
             "hf://<org>/<model>[@revision] from the Hugging Face Hub (pin a commit; the resolved one is recorded "
@@ -50,14 +51,19 @@ class StagingCacheSpec(ApiModel):
     )
 
     host_path: str | None = Field(
-        default=None, max_length=1024, pattern=r"^/",
+        default=None,
+        max_length=1024,
+        pattern=r"^/",
         description="Node-local folder mounted as the cache (must be writable by uid 1000; the namespace must allow hostPath).",
     )
     pvc_name: str | None = Field(
-        default=None, max_length=253, description="PersistentVolumeClaim mounted as the cache (e.g. a local PersistentVolume).",
+        default=None,
+        max_length=253,
+        description="PersistentVolumeClaim mounted as the cache (e.g. a local PersistentVolume).",
     )
     max_size: Quantity = Field(
-        default="50Gi", description="Least recently used generations are deleted beyond this size (default 50Gi).",
+        default="50Gi",
+        description="Least recently used generations are deleted beyond this size (default 50Gi).",
     )
 
     @model_validator(mode="after")
@@ -71,18 +77,24 @@ class StoreSpec(ApiModel):
     """Where generations, checkpoints and results are written."""
 
     uri: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="Root of the model store: a path on pvcName, file://, or s3:// (fsspec). Outputs go to <uri>/<lineage>/<cycle>/<step>/.",
     )
     pvc_name: str | None = Field(
-        default=None, max_length=253, description="PersistentVolumeClaim mounted at /store in every phase pod (uri is then a path under it).",
+        default=None,
+        max_length=253,
+        description="PersistentVolumeClaim mounted at /store in every phase pod (uri is then a path under it).",
     )
     secret_name: str | None = Field(
-        default=None, max_length=253,
+        default=None,
+        max_length=253,
         description="Secret whose keys become env vars of phase pods: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_REGION, AWS_SESSION_TOKEN) for s3://.",
     )
     endpoint: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://[^\s]+$",
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
         description="URL of an S3-compatible server (MinIO, Ceph, R2, ...); phase pods get it as AWS_ENDPOINT_URL_S3. Unset: AWS S3.",
     )
     staging_cache: StagingCacheSpec | None = Field(
@@ -103,7 +115,8 @@ class ScheduleSpec(ApiModel):
     """CronJob-like creation of SleepCycles from a template."""
 
     cron: str = Field(
-        max_length=128, pattern=CRON_PATTERN,
+        max_length=128,
+        pattern=CRON_PATTERN,
         description="Cron expression (5 fields, e.g. '0 3 * * *') or a macro such as @daily.",
     )
     time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone the cron expression is read in.")
@@ -111,10 +124,14 @@ class ScheduleSpec(ApiModel):
         description="Spec of the SleepCycles created; its lineageRef is required and must be this lineage's name.",
     )
     concurrency_policy: ConcurrencyPolicy = Field(
-        default=ConcurrencyPolicy.FORBID, description="Forbid: skip a run while a cycle is active; Replace: delete the active cycle first.",
+        default=ConcurrencyPolicy.FORBID,
+        description="Forbid: skip a run while a cycle is active; Replace: delete the active cycle first.",
     )
     starting_deadline_seconds: int | None = Field(
-        default=None, ge=1, le=604800, description="A run missed by more than this is skipped (and reported as missed).",
+        default=None,
+        ge=1,
+        le=604800,
+        description="A run missed by more than this is skipped (and reported as missed).",
     )
     successful_history_limit: int = Field(default=3, ge=0, le=100, description="Finished successful cycles kept.")
     failed_history_limit: int = Field(default=1, ge=0, le=100, description="Failed or rejected cycles kept.")
@@ -138,13 +155,17 @@ class ExportRuntime(ApiModel):
     """Its image, resources and time limit."""
 
     image: str | None = Field(
-        default=None, max_length=512,
+        default=None,
+        max_length=512,
         description="Container image with the ML stack; default: the schedule template's images.trainer, else the default trainer image.",
     )
     resources: Resources = Field(
-        default_factory=Resources, description="Resources of the export container (merging holds the model in fp32: about 4 bytes per parameter).",
+        default_factory=Resources,
+        description="Resources of the export container (merging holds the model in fp32: about 4 bytes per parameter).",
     )
-    active_deadline_seconds: int = Field(default=3600, ge=60, le=86400, description="Wall-clock limit of the export, in seconds.")
+    active_deadline_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="Wall-clock limit of the export, in seconds."
+    )
 
     def image_for(self, images: Images | None) -> str:
         """The image to run: this one, else the given images' trainer, else the default trainer image."""
@@ -168,10 +189,16 @@ class ServingTarget(ApiModel):
         )
     )
 
-    kind: ServingKind = Field(description="InferenceService (KServe storageUri), Deployment (container env var) or ConfigMap (key).")
+    kind: ServingKind = Field(
+        description="InferenceService (KServe storageUri), Deployment (container env var) or ConfigMap (key)."
+    )
     name: str = Field(min_length=1, max_length=253, description="Name of the object, in the lineage's namespace.")
-    container: str | None = Field(default=None, max_length=63, description="Deployment: container whose env var is set.")
-    env: str | None = Field(default=None, max_length=253, description="Deployment: env var that receives the champion URI.")
+    container: str | None = Field(
+        default=None, max_length=63, description="Deployment: container whose env var is set."
+    )
+    env: str | None = Field(
+        default=None, max_length=253, description="Deployment: env var that receives the champion URI."
+    )
     key: str | None = Field(default=None, max_length=253, description="ConfigMap: key that receives the champion URI.")
     form: ServableForm = Field(
         default=ServableForm.MERGED,
@@ -181,7 +208,9 @@ class ServingTarget(ApiModel):
             "spec.baseModel, for vLLM LoRA serving). Written once per champion, under <store>/<lineage>/servable/<generation>/<form>."
         ),
     )
-    export: ExportRuntime = Field(default_factory=ExportRuntime, description="The Job that writes the servable form, once per champion.")
+    export: ExportRuntime = Field(
+        default_factory=ExportRuntime, description="The Job that writes the servable form, once per champion."
+    )
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> ServingTarget:
@@ -215,10 +244,15 @@ class ModelLineageSpec(ApiModel):
     schedule: ScheduleSpec | None = Field(default=None, description="Start SleepCycles on a cron schedule.")
     serving_target: ServingTarget | None = Field(default=None, description="Serving object that follows the champion.")
     rollback_to: str | None = Field(
-        default=None, min_length=1, max_length=63, pattern=DNS_LABEL,
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
         description="Make this earlier generation the champion again (pin); remove to resume normal promotion.",
     )
-    history_limit: int = Field(default=20, ge=2, le=200, description="Generations kept in status; older ones are summarised.")
+    history_limit: int = Field(
+        default=20, ge=2, le=200, description="Generations kept in status; older ones are summarised."
+    )
 
 
 class GenerationState(StrEnum):
@@ -239,7 +273,8 @@ class Generation(ApiModel):
     scores: dict[str, float] = Field(default_factory=dict, max_length=64, description="Eval scores at promotion time.")
     state: GenerationState = Field(description="Candidate, Champion, Retired or Rejected.")
     reason: str | None = Field(
-        default=None, max_length=128,
+        default=None,
+        max_length=128,
         description="Why a generation was Rejected: GateFailed, GateInconclusive, RejectedByApprover, or a refused promotion (StaleParent, Pinned).",
     )
     created_at: datetime | None = Field(default=None, description="When it was recorded.")
@@ -269,16 +304,23 @@ class ModelLineageStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last reconciled.")
     champion: str | None = Field(default=None, max_length=63, description="Current champion generation.")
     champion_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the champion.")
-    generations: list[Generation] = Field(default_factory=list, max_length=256, description="Generations, oldest first (capped by historyLimit).")
-    dropped: DroppedSummary = Field(default_factory=DroppedSummary, description="Summary of generations dropped by historyLimit.")
+    generations: list[Generation] = Field(
+        default_factory=list, max_length=256, description="Generations, oldest first (capped by historyLimit)."
+    )
+    dropped: DroppedSummary = Field(
+        default_factory=DroppedSummary, description="Summary of generations dropped by historyLimit."
+    )
     next_generation: int = Field(default=1, ge=1, description="Number of the next generation name.")
     active_cycle: str | None = Field(default=None, max_length=253, description="The one cycle allowed to run now.")
     last_schedule_time: datetime | None = Field(default=None, description="Last time the schedule created a cycle.")
     last_promotion_time: datetime | None = Field(default=None, description="Last champion change.")
     serving_uri: str | None = Field(default=None, max_length=2048, description="URI last handed to the serving target.")
-    servable: ServableStatus | None = Field(default=None, description="The champion's servable form, once written (see servingTarget.form).")
+    servable: ServableStatus | None = Field(
+        default=None, description="The champion's servable form, once written (see servingTarget.form)."
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16,
+        default_factory=list,
+        max_length=16,
         description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).",
         json_schema_extra=CONDITIONS_LIST,
     )
@@ -317,7 +359,9 @@ class ModelLineage(ApiModel):
         ),
     )
 
-    api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(
+        default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1"
+    )
     kind: Literal["ModelLineage"] = Field(default="ModelLineage", description="ModelLineage")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: ModelLineageSpec = Field(description="Desired state.")

@@ -21,7 +21,9 @@ class ConfigMapKeyRef(ApiModel):
     key: str = Field(default="memories.jsonl", description="Key holding JSONL memories.", min_length=1, max_length=253)
 
 
-ONE_MEMORY_KIND = "uri, configMap and inline are alternatives; set exactly one of uri, configMap or inline in each memory source"
+ONE_MEMORY_KIND = (
+    "uri, configMap and inline are alternatives; set exactly one of uri, configMap or inline in each memory source"
+)
 
 
 class MemorySource(ApiModel):
@@ -37,12 +39,17 @@ class MemorySource(ApiModel):
     )
 
     uri: str | None = Field(
-        default=None, min_length=1, max_length=2048,
+        default=None,
+        min_length=1,
+        max_length=2048,
         description="JSONL file or folder of JSONL files: a path in the store, file://, or s3:// (fsspec).",
     )
     config_map: ConfigMapKeyRef | None = Field(default=None, description="JSONL memories in a ConfigMap key.")
     inline: list[Annotated[str, StringConstraints(min_length=1, max_length=8192)]] | None = Field(
-        default=None, min_length=1, max_length=128, description="Memory documents written inline (demos and tests).",
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Memory documents written inline (demos and tests).",
     )
 
     @model_validator(mode="after")
@@ -57,7 +64,9 @@ class MemorySpec(ApiModel):
 
     sources: list[MemorySource] = Field(min_length=1, max_length=64, description="Where the memories come from.")
     chunk_documents: int = Field(
-        default=1, ge=1, le=64,
+        default=1,
+        ge=1,
+        le=64,
         description="Documents the teacher sees in context at once (small chunks recall far better).",
     )
 
@@ -74,49 +83,92 @@ class ConsolidationSpec(ApiModel):
     then optionally on-policy distillation + Learning-to-Imitate."""
 
     expert_rank: int = Field(
-        default=32, ge=1, le=1024,
+        default=32,
+        ge=1,
+        le=1024,
         description="d_low, rank of the new low-rank expert slot (32: the rank that injected facts in bench/science).",
     )
     target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        min_length=1, max_length=16,
+        min_length=1,
+        max_length=16,
         description="Module names that receive the new slot (default: every attention and MLP projection).",
     )
     items_per_memory: int = Field(
-        default=16, ge=1, le=1024,
+        default=16,
+        ge=1,
+        le=1024,
         description="Self-study items kept per memory: teacher-written prompts with grounded teacher answers.",
     )
     top_k: int = Field(
-        default=20, ge=1, le=256,
+        default=20,
+        ge=1,
+        le=256,
         description="Teacher log-probs cached per answer token for the forward-KL term (Cartridges: 20).",
     )
     ce_weight: float = Field(
-        default=1.0, ge=0.0, le=10.0,
+        default=1.0,
+        ge=0.0,
+        le=10.0,
         description="Weight of cross-entropy on the teacher's answer tokens beside forward KL (0: KL only).",
     )
-    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="α (on-policy stage): weight of distillation; 1 − α goes to Learning-to-Imitate.")
-    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="β of the on-policy generalized JSD (0 forward KL, 1 reverse KL).")
-    lam: float = Field(default=0.5, ge=0.0, le=1.0, alias="lambda", description="λ (on-policy stage): share of student-sampled sequences.")
-    gamma: float = Field(default=0.5, ge=0.0, le=1.0, description="γ: weight of semantic equivalence in the imitation reward.")
-    z0: float = Field(default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0.")
+    alpha: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="α (on-policy stage): weight of distillation; 1 − α goes to Learning-to-Imitate.",
+    )
+    beta: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="β of the on-policy generalized JSD (0 forward KL, 1 reverse KL)."
+    )
+    lam: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        alias="lambda",
+        description="λ (on-policy stage): share of student-sampled sequences.",
+    )
+    gamma: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="γ: weight of semantic equivalence in the imitation reward."
+    )
+    z0: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0."
+    )
     replay_ratio: float = Field(
-        default=0.25, ge=0.0, le=0.9,
+        default=0.25,
+        ge=0.0,
+        le=0.9,
         description="ρ: share of each batch that rehearses long-term knowledge (forward KL to the model before the sleep).",
     )
-    steps: int = Field(default=120, ge=1, le=1_000_000, description="Optimiser steps of the off-policy (self-study) stage.")
+    steps: int = Field(
+        default=120, ge=1, le=1_000_000, description="Optimiser steps of the off-policy (self-study) stage."
+    )
     on_policy_steps: int = Field(
-        default=0, ge=0, le=1_000_000,
+        default=0,
+        ge=0,
+        le=1_000_000,
         description="Steps of the second, on-policy stage (generalized JSD + Learning-to-Imitate); 0: off.",
     )
     on_policy_threshold: float = Field(
-        default=0.3, ge=0.0, le=1.0,
+        default=0.3,
+        ge=0.0,
+        le=1.0,
         description="The on-policy stage runs only if the student already agrees this much (token F1) with the teacher.",
     )
-    batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per step, in all: on N processes each takes its share (the same rows as one process).")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Sequences per step, in all: on N processes each takes its share (the same rows as one process).",
+    )
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the new slot.")
-    max_new_tokens: int = Field(default=48, ge=1, le=8192, description="Tokens per teacher answer, on-policy sequence or dream.")
+    max_new_tokens: int = Field(
+        default=48, ge=1, le=8192, description="Tokens per teacher answer, on-policy sequence or dream."
+    )
     temperature: float = Field(default=1.0, gt=0.0, le=2.0, description="Sampling temperature of on-policy sequences.")
-    imitation_group_size: int = Field(default=4, ge=2, le=64, description="G: student completions per dream prefix (group baseline).")
+    imitation_group_size: int = Field(
+        default=4, ge=2, le=64, description="G: student completions per dream prefix (group baseline)."
+    )
     zero_stage: ZeroStage = Field(default=ZeroStage.NONE, description="DeepSpeed ZeRO stage: 0 (plain torch), 2 or 3.")
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="Training precision; bf16 on GPUs.")
     checkpoint_every: int = Field(default=50, ge=1, le=1_000_000, description="Steps between checkpoints.")
@@ -159,21 +211,45 @@ class DreamingSpec(ApiModel):
     enabled: bool = Field(
         default=False,
         description="Run the dreaming phase (false: go straight to evaluation). Off by default: on SmolLM2-135M it "
-                    "cost held-out recall and half the general QA on top of consolidation (bench/science/LOG.md).",
+        "cost held-out recall and half the general QA on top of consolidation (bench/science/LOG.md).",
     )
     dreams_per_context: int = Field(default=4, ge=1, le=256, description="m: dreams generated per task context.")
     top_k: int = Field(default=2, ge=0, le=256, description="k: dreams kept by gradient importance.")
     random_extra: int = Field(default=1, ge=0, le=256, description="b: dreams kept at random for diversity.")
     noise_expert_scale: float = Field(
-        default=0.01, ge=0.0, le=1.0, description="Scale of the random extra expert switched on while dreaming (0: off).",
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Scale of the random extra expert switched on while dreaming (0: off).",
     )
-    probe_rank: int = Field(default=8, ge=1, le=256, description="Rank of a probe: the isolated, throw-away LoRA update that tests one dream.")
+    probe_rank: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Rank of a probe: the isolated, throw-away LoRA update that tests one dream.",
+    )
     probe_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of a probe on its one dream.")
-    slot_rank: int = Field(default=8, ge=1, le=256, description="Rank of the dreaming slot: the LoRA expert this step trains and adds to the generation.")
-    m_step_epochs: int = Field(default=5, ge=1, le=1000, description="Passes over the rewarded dreams in each M-step (SFT of the dreaming slot).")
-    inner_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Learning rate of the probes, the M-step and GRPO.")
-    rest_em_iterations: int = Field(default=1, ge=0, le=20, description="ReST-EM rounds (E: sample and reward, M: SFT on rewarded dreams).")
-    backend: SamplingBackendKind = Field(default=SamplingBackendKind.HF, description="Sampling backend of the dreams: vllm (GPU image) or hf.")
+    slot_rank: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Rank of the dreaming slot: the LoRA expert this step trains and adds to the generation.",
+    )
+    m_step_epochs: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Passes over the rewarded dreams in each M-step (SFT of the dreaming slot).",
+    )
+    inner_learning_rate: float = Field(
+        default=1e-3, gt=0.0, le=1.0, description="Learning rate of the probes, the M-step and GRPO."
+    )
+    rest_em_iterations: int = Field(
+        default=1, ge=0, le=20, description="ReST-EM rounds (E: sample and reward, M: SFT on rewarded dreams)."
+    )
+    backend: SamplingBackendKind = Field(
+        default=SamplingBackendKind.HF, description="Sampling backend of the dreams: vllm (GPU image) or hf."
+    )
     temperature: float = Field(default=0.8, gt=0.0, le=2.0, description="Dream sampling temperature.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Dream nucleus sampling top-p.")
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per dream.")
@@ -219,10 +295,15 @@ class EvaluationSpec(ApiModel):
     """Evaluation suites whose metrics the gate reads."""
 
     suites: list[Suite] = Field(
-        default_factory=lambda: list(Suite), min_length=1, max_length=5, description="Suites to run.",
+        default_factory=lambda: list(Suite),
+        min_length=1,
+        max_length=5,
+        description="Suites to run.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    questions_per_memory: int = Field(default=3, ge=1, le=64, description="Closed-book questions derived per memory document.")
+    questions_per_memory: int = Field(
+        default=3, ge=1, le=64, description="Closed-book questions derived per memory document."
+    )
     max_new_tokens: int = Field(default=24, ge=1, le=1024, description="Tokens generated per answer.")
     gate: GateSpec = Field(default_factory=GateSpec, description="Rules deciding promotion.")
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the evaluation Job runs.")

@@ -64,7 +64,8 @@ class PromotionSpec(ApiModel):
         description="auto: promote when the gate passes; manual: wait for `reverie approve` (annotation).",
     )
     on_inconclusive: Literal["Reject", "AwaitApproval"] = Field(
-        default="Reject", description="What an Inconclusive gate does: reject the candidate, or ask a human.",
+        default="Reject",
+        description="What an Inconclusive gate does: reject the candidate, or ask a human.",
     )
     while_pinned: Literal["Wait", "Run"] = Field(
         default="Wait",
@@ -79,25 +80,39 @@ class SleepCycleSpec(ApiModel):
     """Desired state of one sleep cycle."""
 
     lineage_ref: str = Field(
-        min_length=1, max_length=63, pattern=DNS_LABEL,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
         description="Name of the ModelLineage (same namespace) this cycle trains and promotes into.",
     )
     base_generation: str | None = Field(
-        default=None, min_length=1, max_length=63, pattern=DNS_LABEL,
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
         description="Generation to start from; default: the lineage's champion when the cycle starts.",
     )
     memory: MemorySpec = Field(description="The in-context memories to consolidate.")
-    consolidation: ConsolidationSpec = Field(default_factory=ConsolidationSpec, description="Knowledge Seeding settings.")
+    consolidation: ConsolidationSpec = Field(
+        default_factory=ConsolidationSpec, description="Knowledge Seeding settings."
+    )
     dreaming: DreamingSpec = Field(default_factory=DreamingSpec, description="Dreaming settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation suites and gate rules.")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy after the gate.")
     retries: RetryPolicy = Field(default_factory=RetryPolicy, description="Per-phase retry budget and backoff.")
-    suspend: bool = Field(default=False, description="Stop creating Jobs; running Jobs are deleted and resume later from their checkpoint.")
+    suspend: bool = Field(
+        default=False,
+        description="Stop creating Jobs; running Jobs are deleted and resume later from their checkpoint.",
+    )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, le=31_536_000,
+        default=None,
+        ge=0,
+        le=31_536_000,
         description="Delete the finished cycle (not its artifacts or generation) this many seconds after it ends.",
     )
-    scheduling: Scheduling = Field(default_factory=Scheduling, description="Kueue queue, priority, node placement of phase Jobs.")
+    scheduling: Scheduling = Field(
+        default_factory=Scheduling, description="Kueue queue, priority, node placement of phase Jobs."
+    )
     images: Images = Field(default_factory=Images, description="Default images of the phase workloads.")
 
 
@@ -121,8 +136,12 @@ class PhaseRecord(ApiModel):
     completion_time: datetime | None = Field(default=None, description="When the attempt ended.")
     output_uri: str | None = Field(default=None, max_length=2048, description="Where the step wrote its outputs.")
     content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the produced artifact.")
-    checkpoint_uri: str | None = Field(default=None, max_length=2048, description="Last checkpoint, handed to the next attempt.")
-    metrics: dict[str, float] = Field(default_factory=dict, max_length=64, description="Scalar metrics the step reported.")
+    checkpoint_uri: str | None = Field(
+        default=None, max_length=2048, description="Last checkpoint, handed to the next attempt."
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Scalar metrics the step reported."
+    )
 
 
 class RuleVerdict(ApiModel):
@@ -148,15 +167,24 @@ class SleepCycleStatus(ApiModel):
     phase: Phase = Field(default=Phase.PENDING, description="Human-facing summary; conditions are the contract.")
     message: str = Field(default="", max_length=4096, description="What the cycle is doing or waiting for, and why.")
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16,
+        default_factory=list,
+        max_length=16,
         description="Conditions (Ready, Consolidated, Dreamed, Evaluated, GatePassed, Promoted, Suspended, Failed).",
         json_schema_extra=CONDITIONS_LIST,
     )
-    base_generation: str | None = Field(default=None, max_length=63, description="Generation this cycle started from (resolved champion).")
+    base_generation: str | None = Field(
+        default=None, max_length=63, description="Generation this cycle started from (resolved champion)."
+    )
     base_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the base generation.")
-    records: list[PhaseRecord] = Field(default_factory=list, max_length=64, description="Every step attempt, oldest first.")
-    next_attempt_after: datetime | None = Field(default=None, description="Backoff: no new attempt is created before this time.")
-    evaluation: dict[str, float] = Field(default_factory=dict, max_length=64, description="Candidate eval metrics the gate read.")
+    records: list[PhaseRecord] = Field(
+        default_factory=list, max_length=64, description="Every step attempt, oldest first."
+    )
+    next_attempt_after: datetime | None = Field(
+        default=None, description="Backoff: no new attempt is created before this time."
+    )
+    evaluation: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Candidate eval metrics the gate read."
+    )
     champion_evaluation: dict[str, float] = Field(
         default_factory=dict, max_length=64, description="Champion metrics the gate compared against."
     )
@@ -194,7 +222,9 @@ class SleepCycle(ApiModel):
         ),
     )
 
-    api_version: Literal["reverie.dev/v1alpha1"] = Field(default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1")
+    api_version: Literal["reverie.dev/v1alpha1"] = Field(
+        default="reverie.dev/v1alpha1", description="reverie.dev/v1alpha1"
+    )
     kind: Literal["SleepCycle"] = Field(default="SleepCycle", description="SleepCycle")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: SleepCycleSpec = Field(

@@ -23,8 +23,15 @@ app = typer.Typer(
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).")]
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")]
+KubeconfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."
+    ),
+]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")
+]
 
 
 def show(table: Table) -> None:

@@ -25,15 +25,26 @@ from reverie.cli.app import KubeconfigOpt, NamespaceOpt, app, console, err, fail
 
 @app.command()
 def operator(
-    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Namespace to serve (repeatable); default: all.")] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace (the default without --namespace).")] = False,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Namespace to serve (repeatable); default: all.")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace (the default without --namespace).")
+    ] = False,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of /metrics and /healthz (0: off).")] = 8080,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     kubeconfig: KubeconfigOpt = None,
-    peering: Annotated[bool, typer.Option("--peering", help="Coordinate replicas through Kopf peering (default: standalone, one replica).")] = False,
+    peering: Annotated[
+        bool,
+        typer.Option("--peering", help="Coordinate replicas through Kopf peering (default: standalone, one replica)."),
+    ] = False,
     priority: Annotated[int, typer.Option("--priority", help="Kopf peering priority of this replica.")] = 0,
-    webhook_port: Annotated[int | None, typer.Option("--webhook-port", help="Port of the admission webhook, when enabled.")] = None,
-    webhook_cert_dir: Annotated[Path | None, typer.Option("--webhook-cert-dir", help="Folder with the webhook's tls.crt and tls.key.")] = None,
+    webhook_port: Annotated[
+        int | None, typer.Option("--webhook-port", help="Port of the admission webhook, when enabled.")
+    ] = None,
+    webhook_cert_dir: Annotated[
+        Path | None, typer.Option("--webhook-cert-dir", help="Folder with the webhook's tls.crt and tls.key.")
+    ] = None,
 ) -> None:
     """Run the Kopf operator (the Helm chart's Deployment runs this)."""
     import inspect
@@ -105,14 +116,18 @@ class ClusterClient:
             if exc.status == 404:
                 raise fail(f"{what}: not found in namespace {self.namespace}") from exc
             if exc.status == 403:
-                raise fail(f"{what}: forbidden ({_api_message(exc)}); ask for the reverie-edit/reverie-view role") from exc
+                raise fail(
+                    f"{what}: forbidden ({_api_message(exc)}); ask for the reverie-edit/reverie-view role"
+                ) from exc
             raise fail(f"{what}: {exc.status} {_api_message(exc)}") from exc
         except HTTPError as exc:
             raise fail(f"{what}: cannot reach the API server ({exc})") from exc
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
         kind = "SleepCycle" if plural == "sleepcycles" else "ModelLineage"
-        return self._call(f"{kind} {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name)  # type: ignore[no-any-return]
+        return self._call(  # type: ignore[no-any-return]
+            f"{kind} {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name
+        )
 
     def get_or_none(self, plural: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -134,7 +149,14 @@ class ClusterClient:
     def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         kind = "SleepCycle" if plural == "sleepcycles" else "ModelLineage"
         return self._call(  # type: ignore[no-any-return]
-            f"{kind} {name}", self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name, body,
+            f"{kind} {name}",
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            plural,
+            name,
+            body,
         )
 
 
@@ -178,15 +200,21 @@ def step_attempts(records: list[dict[str, Any]]) -> str:
     """``consolidation ✓1  dreaming ✗1 ▶2`` — every attempt of every step, in order."""
     parts: dict[str, list[str]] = {}
     for rec in records:
-        parts.setdefault(rec.get("step", "?"), []).append(f"{_RESULT_MARK.get(rec.get('result', ''), '?')}{rec.get('attempt', '?')}")
+        parts.setdefault(rec.get("step", "?"), []).append(
+            f"{_RESULT_MARK.get(rec.get('result', ''), '?')}{rec.get('attempt', '?')}"
+        )
     return "  ".join(f"{step} {' '.join(marks)}" for step, marks in parts.items()) or "–"
 
 
 @app.command()
 def status(
-    cycle: Annotated[str | None, typer.Argument(help="A SleepCycle to show in detail (default: list them all).")] = None,
+    cycle: Annotated[
+        str | None, typer.Argument(help="A SleepCycle to show in detail (default: list them all).")
+    ] = None,
     namespace: NamespaceOpt = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List cycles of every namespace.")] = False,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="List cycles of every namespace.")
+    ] = False,
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
     """Sleep cycles on the cluster: phase, step attempts, gate, generation."""
@@ -207,9 +235,13 @@ def status(
         for obj in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
             st = obj.get("status") or {}
             row = [
-                obj["metadata"]["name"], obj.get("spec", {}).get("lineageRef", "–"), st.get("phase", "Pending"),
-                step_attempts(st.get("records", [])), (st.get("gate") or {}).get("outcome", "–"),
-                st.get("generation") or "–", _age(obj["metadata"].get("creationTimestamp")),
+                obj["metadata"]["name"],
+                obj.get("spec", {}).get("lineageRef", "–"),
+                st.get("phase", "Pending"),
+                step_attempts(st.get("records", [])),
+                (st.get("gate") or {}).get("outcome", "–"),
+                st.get("generation") or "–",
+                _age(obj["metadata"].get("creationTimestamp")),
             ]
             table.add_row(*([obj["metadata"].get("namespace", "")] if all_namespaces else []), *row)
         show(table)
@@ -232,8 +264,14 @@ def status(
         for column in ("STEP", "ATTEMPT", "JOB", "RESULT", "REASON", "MESSAGE"):
             table.add_column(column)
         for rec in records:
-            table.add_row(rec.get("step", ""), str(rec.get("attempt", "")), rec.get("jobName", ""), rec.get("result", ""),
-                          rec.get("reason", ""), (rec.get("message") or "")[:80])
+            table.add_row(
+                rec.get("step", ""),
+                str(rec.get("attempt", "")),
+                rec.get("jobName", ""),
+                rec.get("result", ""),
+                rec.get("reason", ""),
+                (rec.get("message") or "")[:80],
+            )
         show(table)
     gate = st.get("gate")
     if gate:
@@ -249,7 +287,9 @@ def status(
         for column in ("TYPE", "STATUS", "REASON", "MESSAGE"):
             table.add_column(column)
         for cond in conditions:
-            table.add_row(cond.get("type", ""), cond.get("status", ""), cond.get("reason", ""), (cond.get("message") or "")[:80])
+            table.add_row(
+                cond.get("type", ""), cond.get("status", ""), cond.get("reason", ""), (cond.get("message") or "")[:80]
+            )
         show(table)
 
 
@@ -261,7 +301,11 @@ def status_problems(cycles: list[dict[str, Any]], lineages: list[dict[str, Any]]
     for kind, objects in (("sleepcycle", cycles), ("modellineage", lineages)):
         for obj in objects:
             ready = next((c for c in (obj.get("status") or {}).get("conditions", []) if c.get("type") == "Ready"), None)
-            if ready is None or ready.get("status") != "False" or (kind == "sleepcycle" and ready.get("reason") not in WAITING_PROBLEMS):
+            if (
+                ready is None
+                or ready.get("status") != "False"
+                or (kind == "sleepcycle" and ready.get("reason") not in WAITING_PROBLEMS)
+            ):
                 continue
             out.append(f"{kind}/{obj['metadata']['name']}: {ready.get('reason')}: {ready.get('message', '')}")
     return out
@@ -279,7 +323,9 @@ def _annotate_approval(cycle: str, value: str, namespace: str | None, kubeconfig
     kube.patch("sleepcycles", cycle, {"metadata": {"annotations": {APPROVAL_ANNOTATION: value}}})
     console.print(f"sleepcycle/{cycle} annotated {APPROVAL_ANNOTATION}={value}")
     if phase != "AwaitingApproval":
-        err.print(f"[yellow]note:[/yellow] {cycle} is {phase}, not AwaitingApproval; the answer counts if the cycle asks for approval later")
+        err.print(
+            f"[yellow]note:[/yellow] {cycle} is {phase}, not AwaitingApproval; the answer counts if the cycle asks for approval later"
+        )
 
 
 @app.command()
@@ -305,7 +351,9 @@ def reject(
 @app.command()
 def rollback(
     lineage: Annotated[str, typer.Argument(help="The ModelLineage.")],
-    generation: Annotated[str, typer.Argument(help="The generation to make champion again (e.g. gen-1); 'none' removes the pin.")],
+    generation: Annotated[
+        str, typer.Argument(help="The generation to make champion again (e.g. gen-1); 'none' removes the pin.")
+    ],
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
@@ -322,17 +370,25 @@ def rollback(
         names = ", ".join(f"{n} ({s})" for n, s in known.items()) or "none"
         raise fail(f"lineage {lineage} has no generation {generation!r}; known: {names}")
     if known[generation] not in ("Champion", "Retired"):
-        raise fail(f"{generation} is {known[generation]}: only a generation that was champion (Retired) can be restored")
+        raise fail(
+            f"{generation} is {known[generation]}: only a generation that was champion (Retired) can be restored"
+        )
     kube.patch("modellineages", lineage, {"spec": {"rollbackTo": generation}})
-    console.print(f"modellineage/{lineage}: spec.rollbackTo={generation} (the operator makes it champion; "
-                  f"`reverie rollback {lineage} none` resumes normal promotion)")
+    console.print(
+        f"modellineage/{lineage}: spec.rollbackTo={generation} (the operator makes it champion; "
+        f"`reverie rollback {lineage} none` resumes normal promotion)"
+    )
 
 
 @app.command()
 def logs(
     cycle: Annotated[str, typer.Argument(help="The SleepCycle.")],
-    phase: Annotated[str | None, typer.Option("--phase", help="consolidation, dreaming or evaluation (default: the latest attempt).")] = None,
-    attempt: Annotated[int | None, typer.Option("--attempt", help="Attempt number (default: the latest of that step).")] = None,
+    phase: Annotated[
+        str | None, typer.Option("--phase", help="consolidation, dreaming or evaluation (default: the latest attempt).")
+    ] = None,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", help="Attempt number (default: the latest of that step).")
+    ] = None,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each pod.")] = None,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
@@ -352,7 +408,10 @@ def logs(
         raise fail(f"{cycle} has no {what}attempt yet (phase {(obj.get('status') or {}).get('phase', 'Pending')})")
     job = records[-1]["jobName"]
     pods = kube._call(
-        f"pods of Job {job}", kube.core.list_namespaced_pod, kube.namespace, label_selector=f"job-name={job}",
+        f"pods of Job {job}",
+        kube.core.list_namespaced_pod,
+        kube.namespace,
+        label_selector=f"job-name={job}",
     ).items
     if not pods:
         raise fail(f"Job {job} has no pods in namespace {kube.namespace} (not scheduled yet, or already cleaned up)")
@@ -365,7 +424,9 @@ def logs(
             (s.state and (s.state.running or s.state.terminated)) for s in (pod.status.container_statuses or [])
         )
         if not started:
-            err.print(f"pod {name} ({pod.status.phase or 'Pending'}): no container has started yet, so there are no logs")
+            err.print(
+                f"pod {name} ({pod.status.phase or 'Pending'}): no container has started yet, so there are no logs"
+            )
             continue
         try:
             text = kube.core.read_namespaced_pod_log(name, kube.namespace, tail_lines=tail)

@@ -22,9 +22,15 @@ from reverie.cli.cluster import cluster_lineage
 
 @app.command()
 def sleep(
-    target: Annotated[Path, typer.Argument(help="A run directory holding a SleepCycle and its ModelLineage, or a sleepcycle.yaml.")],
-    again: Annotated[bool, typer.Option("--again", help="The cycle already finished: start the next sleep from the new champion.")] = False,
-    approve: Annotated[bool, typer.Option("--approve", help="Approve a cycle waiting in AwaitingApproval, then continue.")] = False,
+    target: Annotated[
+        Path, typer.Argument(help="A run directory holding a SleepCycle and its ModelLineage, or a sleepcycle.yaml.")
+    ],
+    again: Annotated[
+        bool, typer.Option("--again", help="The cycle already finished: start the next sleep from the new champion.")
+    ] = False,
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Approve a cycle waiting in AwaitingApproval, then continue.")
+    ] = False,
     reject: Annotated[bool, typer.Option("--reject", help="Reject a cycle waiting in AwaitingApproval.")] = False,
 ) -> None:
     """Run one whole sleep cycle locally: consolidation, dreaming, evaluation, gate, promotion.
@@ -61,8 +67,11 @@ def sleep(
 
     try:
         outcome = run_cycle(
-            project, observer=RichObserver(console), again=again,
-            approve="approved" if approve else "rejected" if reject else None, on_report=on_report,
+            project,
+            observer=RichObserver(console),
+            again=again,
+            approve="approved" if approve else "rejected" if reject else None,
+            on_report=on_report,
         )
     except (LocalRunError, StateLocked) as exc:
         raise fail(str(exc)) from exc
@@ -77,14 +86,18 @@ def sleep(
     phase = str(cycle.status.phase)
     served = outcome.state.lineage.status.servable
     if phase == "Succeeded" and served is not None and served.generation == cycle.status.generation:
-        console.print(f"servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} \"<question>\" --compare[/dim]")
+        console.print(
+            f'servable champion ({served.form}): {served.uri}\n[dim]try it: reverie ask {target} "<question>" --compare[/dim]'
+        )
     if phase == "AwaitingApproval":
         console.print(f"{cycle.status.message}\nlocally: [bold]reverie sleep {target} --approve[/bold] (or --reject)")
     elif phase == "Pending":
         console.print(cycle.status.message)
         raise typer.Exit(1)
     elif phase in ("Succeeded", "Rejected") and not again:
-        console.print(f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]")
+        console.print(
+            f"[dim]{cycle.status.message}. Next sleep from the champion: reverie sleep {target} --again[/dim]"
+        )
     if phase == "Failed":
         raise typer.Exit(1)
 
@@ -126,7 +139,9 @@ def local_run(run: Path) -> tuple[Path, Any]:
 def report(
     run: Annotated[Path, typer.Argument(help="The run directory given to `reverie sleep` (or its .reverie folder).")],
     cycle: Annotated[str | None, typer.Option("--cycle", help="Which cycle of the run (default: the latest).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: .reverie/runs/<cycle>/report.html).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write (default: .reverie/runs/<cycle>/report.html).")
+    ] = None,
 ) -> None:
     """Regenerate the self-contained report.html of a local run."""
     from reverie.local.runner import report_path
@@ -140,7 +155,9 @@ def report(
     try:
         name = state.cycle(cycle).metadata.name if cycle else (state.current.metadata.name if state.current else None)
     except KeyError:
-        raise fail(f"no cycle {cycle!r} in {state_dir} (cycles: {', '.join(c.metadata.name for c in state.cycles)})") from None
+        raise fail(
+            f"no cycle {cycle!r} in {state_dir} (cycles: {', '.join(c.metadata.name for c in state.cycles)})"
+        ) from None
     if name is None:
         raise fail(f"{state_dir}: the run has no cycle yet")
     path = write_report(state, out or report_path(state_dir, name), cycle=name)
@@ -149,9 +166,21 @@ def report(
 
 @app.command()
 def ask(
-    args: Annotated[list[str], typer.Argument(help="DIR QUESTION... (a local run directory, then the questions), or with --lineage only the questions.")],
-    lineage: Annotated[str | None, typer.Option("--lineage", "-l", help="Ask the champion of this ModelLineage on the cluster instead of a local run.")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="Also ask the base generation and the memory-in-context teacher.")] = False,
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="DIR QUESTION... (a local run directory, then the questions), or with --lineage only the questions."
+        ),
+    ],
+    lineage: Annotated[
+        str | None,
+        typer.Option(
+            "--lineage", "-l", help="Ask the champion of this ModelLineage on the cluster instead of a local run."
+        ),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also ask the base generation and the memory-in-context teacher.")
+    ] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens generated per answer.")] = 48,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
@@ -180,13 +209,16 @@ def ask(
     quiet_models()
     try:
         targets = ask_targets(lin)
-        columns = ask_models(targets, questions, compare=compare, max_new_tokens=max_new_tokens,
-                             store_uri=lin.spec.store.uri)
+        columns = ask_models(
+            targets, questions, compare=compare, max_new_tokens=max_new_tokens, store_uri=lin.spec.store.uri
+        )
     except (AskError, GenerationError) as exc:
         hint = ""
         if lineage is not None and isinstance(exc, GenerationError):
-            hint = ("; `ask --lineage` reads the champion from this machine: an s3:// store needs its credentials "
-                    "in the environment, a PVC path is only readable inside the cluster")
+            hint = (
+                "; `ask --lineage` reads the champion from this machine: an s3:// store needs its credentials "
+                "in the environment, a PVC path is only readable inside the cluster"
+            )
         raise fail(f"{exc}{hint}") from exc
     table = Table(header_style="bold", show_lines=True)
     table.add_column("QUESTION")
@@ -203,10 +235,25 @@ def ask(
 
 @app.command()
 def export(
-    source: Annotated[str, typer.Argument(help="A generation folder or URI (file://, s3://), or a local run directory (its champion).")],
+    source: Annotated[
+        str,
+        typer.Argument(help="A generation folder or URI (file://, s3://), or a local run directory (its champion)."),
+    ],
     out: Annotated[str, typer.Argument(help="Folder or URI to write (replaced if it exists).")],
-    form: Annotated[str, typer.Option("--form", help="merged: one plain Hugging Face folder; adapter: one PEFT LoRA adapter over the unchanged base.")] = "merged",
-    base_ref: Annotated[str | None, typer.Option("--base-ref", help="adapter form: what base_model_name_or_path names (default: a run's baseModel, else the generation, whose base weights it holds).")] = None,
+    form: Annotated[
+        str,
+        typer.Option(
+            "--form",
+            help="merged: one plain Hugging Face folder; adapter: one PEFT LoRA adapter over the unchanged base.",
+        ),
+    ] = "merged",
+    base_ref: Annotated[
+        str | None,
+        typer.Option(
+            "--base-ref",
+            help="adapter form: what base_model_name_or_path names (default: a run's baseModel, else the generation, whose base weights it holds).",
+        ),
+    ] = None,
 ) -> None:
     """Write a generation as something any server loads with no Reverie code.
 
@@ -242,14 +289,18 @@ def export(
         console.print(f"[dim]load: AutoModelForCausalLM.from_pretrained({where!r})  ·  vllm serve {where}[/dim]")
     else:
         base = base_ref or uri
-        console.print(f"[dim]load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})  ·  "
-                      f"vllm serve {base} --enable-lora --lora-modules champion={where}[/dim]")
+        console.print(
+            f"[dim]load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})  ·  "
+            f"vllm serve {base} --enable-lora --lora-modules champion={where}[/dim]"
+        )
 
 
 @app.command("run-phase")
 def run_phase(
     step: Annotated[str, typer.Argument(help="consolidation, dreaming or evaluation.")],
-    config: Annotated[Path, typer.Option("--config", help="PhaseConfig JSON (in a Job: /etc/reverie/phase.json).")] = Path("/etc/reverie/phase.json"),
+    config: Annotated[
+        Path, typer.Option("--config", help="PhaseConfig JSON (in a Job: /etc/reverie/phase.json).")
+    ] = Path("/etc/reverie/phase.json"),
 ) -> None:
     """Run one phase of a cycle (the Job contract; what phase Jobs and local mode execute)."""
     from reverie.workloads.run_phase import run_phase as run

@@ -63,8 +63,10 @@ INVALID = 422
 def check_cycle(spec: SleepCycleSpec, *, namespace: str, lineage: ModelLineage | None) -> list[str]:
     """What is wrong with a new SleepCycle given the lineage it names (None: missing); empty if nothing."""
     if lineage is None:
-        return [f"spec.lineageRef: ModelLineage {spec.lineage_ref!r} does not exist in namespace {namespace}; "
-                "create the ModelLineage first, or fix spec.lineageRef"]
+        return [
+            f"spec.lineageRef: ModelLineage {spec.lineage_ref!r} does not exist in namespace {namespace}; "
+            "create the ModelLineage first, or fix spec.lineageRef"
+        ]
     wanted = spec.base_generation
     if wanted is None or wanted == rules.BASE_GENERATION or rules.find(lineage.status, wanted) is not None:
         return []
@@ -73,8 +75,10 @@ def check_cycle(spec: SleepCycleSpec, *, namespace: str, lineage: ModelLineage |
     number = rules.generation_number(wanted)
     if lineage.status.dropped.count and number is not None and number < lineage.status.next_generation:
         dropped = f" ({wanted} may have been dropped by spec.historyLimit)"
-    return [f"spec.baseGeneration: lineage {spec.lineage_ref} has no generation {wanted!r}{dropped}; "
-            f"use one of {', '.join(known)}, or omit baseGeneration to start from the champion"]
+    return [
+        f"spec.baseGeneration: lineage {spec.lineage_ref} has no generation {wanted!r}{dropped}; "
+        f"use one of {', '.join(known)}, or omit baseGeneration to start from the champion"
+    ]
 
 
 def check_lineage(lineage: ModelLineage, *, old: ModelLineage | None) -> list[str]:
@@ -179,20 +183,25 @@ def server(*, port: int | None, cert_dir: str | None, addr: str | None = None) -
     if port is None:
         return _NoWebhook()
     if not cert_dir:
-        raise ValueError("--webhook-port needs --webhook-cert-dir: a folder with the serving certificate's "
-                         f"{CERT_FILE} and {KEY_FILE} (the chart mounts its webhook Secret there)")
+        raise ValueError(
+            "--webhook-port needs --webhook-cert-dir: a folder with the serving certificate's "
+            f"{CERT_FILE} and {KEY_FILE} (the chart mounts its webhook Secret there)"
+        )
     folder = Path(cert_dir)
     missing = [name for name in (CERT_FILE, KEY_FILE) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"--webhook-cert-dir {folder}: {', '.join(missing)} not found")
     log.info("serving the admission webhook on %s:%d (certificate from %s)", addr or "*", port, folder)
-    return kopf.WebhookServer(addr=addr or None, port=port, certfile=str(folder / CERT_FILE),
-                              pkeyfile=str(folder / KEY_FILE))
+    return kopf.WebhookServer(
+        addr=addr or None, port=port, certfile=str(folder / CERT_FILE), pkeyfile=str(folder / KEY_FILE)
+    )
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Put the validating handlers into ``registry`` (the operator's main module does, on import)."""
-    kopf.on.validate(GROUP, VERSION, "sleepcycles", id=CYCLE_WEBHOOK, registry=registry,
-                     operations=["CREATE"])(_validate_cycle)
-    kopf.on.validate(GROUP, VERSION, "modellineages", id=LINEAGE_WEBHOOK, registry=registry,
-                     operations=["CREATE", "UPDATE"])(_validate_lineage)
+    kopf.on.validate(GROUP, VERSION, "sleepcycles", id=CYCLE_WEBHOOK, registry=registry, operations=["CREATE"])(
+        _validate_cycle
+    )
+    kopf.on.validate(
+        GROUP, VERSION, "modellineages", id=LINEAGE_WEBHOOK, registry=registry, operations=["CREATE", "UPDATE"]
+    )(_validate_lineage)

@@ -51,7 +51,9 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # reconciles coalesce on their own, so a short window only adds latency.
     settings.batching.batch_window = 0.01
     settings.admission.server = admission.server(
-        port=OPTIONS.webhook_port, cert_dir=OPTIONS.webhook_cert_dir, addr=OPTIONS.webhook_addr,
+        port=OPTIONS.webhook_port,
+        cert_dir=OPTIONS.webhook_cert_dir,
+        addr=OPTIONS.webhook_addr,
     )
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
@@ -66,9 +68,13 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
     token = authorization_header(cfg)
     scheme, _sep, value = token.partition(" ") if token else (None, "", None)
     return kopf.ConnectionInfo(
-        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
-        scheme=scheme or None, token=value or None,
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        scheme=scheme or None,
+        token=value or None,
     )
 
 
@@ -135,7 +141,9 @@ def _job_matters(type_: str | None, body: kopf.Body) -> bool:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_CYCLE: kopf.PRESENT})
-async def _job_event(*, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+async def _job_event(
+    *, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+) -> None:
     assert namespace is not None
     if _job_matters(type, body):
         reconciler().trigger(namespace, labels[LABEL_CYCLE])

@@ -24,7 +24,9 @@ from reverie.core.observed import ObservedJob
 CONTROLLER = "sleepcycle"
 
 
-def export_cycle(cycle: SleepCycle, new: SleepCycleStatus, *, shown_phase: str | None, observed: list[ObservedJob]) -> str:
+def export_cycle(
+    cycle: SleepCycle, new: SleepCycleStatus, *, shown_phase: str | None, observed: list[ObservedJob]
+) -> str:
     """Update the metrics of one reconcile pass; returns the phase now exported (pass it back next time).
 
     ``shown_phase`` is the phase this process last exported for the cycle (None: none yet).
@@ -45,7 +47,8 @@ def export_cycle(cycle: SleepCycle, new: SleepCycleStatus, *, shown_phase: str |
         metrics.cycles_total.labels(namespace=ns, lineage=lin, outcome=phase.value).inc()
         if new.start_time and new.completion_time:
             metrics.cycle_duration_seconds.labels(outcome=phase.value).observe(
-                (new.completion_time - new.start_time).total_seconds())
+                (new.completion_time - new.start_time).total_seconds()
+            )
     before = {(r.step, r.attempt): r for r in old.records}
     budget = cycle.spec.retries.max_attempts
     jobs = {(o.step, o.attempt): o for o in observed}
@@ -54,14 +57,25 @@ def export_cycle(cycle: SleepCycle, new: SleepCycleStatus, *, shown_phase: str |
         _record_step(rec, prev, budget=budget, records=new.records)
         obs = jobs.get((Step(rec.step), rec.attempt))
         final = (StepResult.SUCCEEDED, StepResult.FAILED)
-        if (rec.result in final and (prev is None or prev.result not in final)
-                and obs is not None and obs.created and obs.started):
+        if (
+            rec.result in final
+            and (prev is None or prev.result not in final)
+            and obs is not None
+            and obs.created
+            and obs.started
+        ):
             # Job created → its pods started: Kueue admission plus scheduling.
             metrics.phase_queue_wait_seconds.labels(step=Step(rec.step).value).observe(
-                max(0.0, (obs.started - obs.created).total_seconds()))
+                max(0.0, (obs.started - obs.created).total_seconds())
+            )
     if new.gate is not None and old.gate is None:
-        promotion.observe_gate(namespace=ns, lineage=lin, decision=new.gate, candidate=new.evaluation,
-                               champion=new.champion_evaluation or None)
+        promotion.observe_gate(
+            namespace=ns,
+            lineage=lin,
+            decision=new.gate,
+            candidate=new.evaluation,
+            champion=new.champion_evaluation or None,
+        )
     return phase.value
 
 
@@ -71,7 +85,8 @@ def _record_step(rec: PhaseRecord, prev: PhaseRecord | None, *, budget: int, rec
     if rec.result in final and (prev is None or prev.result not in final):
         if rec.start_time and rec.completion_time:
             metrics.phase_duration_seconds.labels(step=step, result=StepResult(rec.result).value).observe(
-                max(0.0, (rec.completion_time - rec.start_time).total_seconds()))
+                max(0.0, (rec.completion_time - rec.start_time).total_seconds())
+            )
         if rec.result == StepResult.FAILED:
             metrics.phase_failures_total.labels(step=step, reason=rec.reason or "Unknown").inc()
             failed = sum(1 for r in records if r.step == rec.step and r.result == StepResult.FAILED)

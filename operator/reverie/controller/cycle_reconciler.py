@@ -93,7 +93,6 @@ class Seen:
     reconciled_at: float = 0.0  # time.monotonic() of the last pass that completed
 
 
-
 @dataclass
 class Reconciler:
     """Runs reconciles: one at a time per cycle, a bounded number at once, with requeues."""
@@ -137,7 +136,9 @@ class Reconciler:
             metrics.reconcile_errors_total.labels(controller=cycle_metrics.CONTROLLER).inc()
             self.requeue(namespace, name, min(30.0, self.options.resync_seconds))
         finally:
-            metrics.reconcile_duration_seconds.labels(controller=cycle_metrics.CONTROLLER).observe(time.monotonic() - start)
+            metrics.reconcile_duration_seconds.labels(controller=cycle_metrics.CONTROLLER).observe(
+                time.monotonic() - start
+            )
 
     async def resync_forever(self) -> None:
         """The level-based backstop: every live cycle is reconciled at least this often."""
@@ -173,7 +174,8 @@ class Reconciler:
         if old_phase in TERMINAL_PHASES and seen.terminal and cycle.spec.ttl_seconds_after_finished is None:
             return False  # nothing left to do for this one
         lineage_obj, (observed, kinds) = await asyncio.gather(
-            self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref), self._observe(cycle),
+            self.kube.get_or_none(MODELLINEAGES, namespace, cycle.spec.lineage_ref),
+            self._observe(cycle),
         )
         lineage = lineage_status.parse_lineage(lineage_obj) if lineage_obj is not None else None
         now = self.clock()
@@ -186,9 +188,16 @@ class Reconciler:
         creates = [a for a in result.actions if isinstance(a, CreateJob)]
         writes: list[Any] = [self._create(a, obj=obj, cycle=cycle, lineage=lineage) for a in creates]
         if result.status != cycle.status:
-            writes.insert(0, self.kube.merge_patch(
-                SLEEPCYCLES, namespace, name, {"status": _status_patch(result.status)}, subresource="status",
-            ))
+            writes.insert(
+                0,
+                self.kube.merge_patch(
+                    SLEEPCYCLES,
+                    namespace,
+                    name,
+                    {"status": _status_patch(result.status)},
+                    subresource="status",
+                ),
+            )
         done = await asyncio.gather(*writes)
         if result.status != cycle.status:
             seen.written_rv = done[0]["metadata"]["resourceVersion"]
@@ -196,8 +205,10 @@ class Reconciler:
         lineage_changed = False
         # Deletes next, lineage actions after, Events last and concurrently.
         events = [a for a in result.actions if isinstance(a, EmitEvent)]
-        ordered = sorted((a for a in result.actions if not isinstance(a, EmitEvent | CreateJob)),
-                         key=lambda a: 0 if isinstance(a, DeleteJob) else 1)
+        ordered = sorted(
+            (a for a in result.actions if not isinstance(a, EmitEvent | CreateJob)),
+            key=lambda a: 0 if isinstance(a, DeleteJob) else 1,
+        )
         for action in ordered:
             if await self._apply(action, obj=obj, cycle=cycle, lineage=lineage, kinds=kinds):
                 lineage_changed = True
@@ -211,7 +222,10 @@ class Reconciler:
         selector = f"{LABEL_CYCLE}={name}"
         workloads: list[Obj] = []
         kinds: dict[str, Resource] = {}
-        engines = {Engine(r.engine) for r in (cycle.spec.consolidation.runtime, cycle.spec.dreaming.runtime, cycle.spec.evaluation.runtime)}
+        engines = {
+            Engine(r.engine)
+            for r in (cycle.spec.consolidation.runtime, cycle.spec.dreaming.runtime, cycle.spec.evaluation.runtime)
+        }
         for engine in sorted(engines | {Engine.JOB}):
             res = ENGINE_RESOURCES[engine]
             if engine != Engine.JOB and not await self._engine_available(res):
@@ -222,7 +236,9 @@ class Reconciler:
         observed = observe(workloads, [])
         # Pods are read only when an attempt finished and its record is not final yet:
         # that is the one moment the termination message matters.
-        final = {(r.step, r.attempt) for r in cycle.status.records if r.result in (StepResult.SUCCEEDED, StepResult.FAILED)}
+        final = {
+            (r.step, r.attempt) for r in cycle.status.records if r.result in (StepResult.SUCCEEDED, StepResult.FAILED)
+        }
         if any(o.state != JobState.ACTIVE and (o.step, o.attempt) not in final for o in observed):
             pods = await self.kube.list(PODS, ns, label_selector=selector)
             observed = observe(workloads, pods)
@@ -233,8 +249,15 @@ class Reconciler:
             self._engines[res.plural] = await self.kube.has_resource(res)
         return self._engines[res.plural]
 
-    async def _check_engines(self, cycle: SleepCycle, result: Plan, *, observed: list[ObservedJob],
-                             lineage: ModelLineage | None, now: datetime) -> Plan:
+    async def _check_engines(
+        self,
+        cycle: SleepCycle,
+        result: Plan,
+        *,
+        observed: list[ObservedJob],
+        lineage: ModelLineage | None,
+        now: datetime,
+    ) -> Plan:
         """A TrainJob/JobSet attempt on a cluster without that engine fails permanently, with the reason."""
         for action in result.of(CreateJob):
             assert isinstance(action, CreateJob)
@@ -243,12 +266,21 @@ class Reconciler:
             if engine == Engine.JOB or await self._engine_available(res):
                 continue
             self._engines.pop(res.plural, None)  # look again next time: it may get installed
-            msg = (f"spec.{action.step}.runtime.engine is {engine.value} but {res.plural}.{res.group} is not served "
-                   "by this cluster: install it, or use engine Job")
+            msg = (
+                f"spec.{action.step}.runtime.engine is {engine.value} but {res.plural}.{res.group} is not served "
+                "by this cluster: install it, or use engine Job"
+            )
             records = [
-                r.model_copy(update={"result": StepResult.FAILED, "reason": "EngineNotInstalled", "message": msg,
-                                     "completion_time": now})
-                if r.job_name == action.job_name else r
+                r.model_copy(
+                    update={
+                        "result": StepResult.FAILED,
+                        "reason": "EngineNotInstalled",
+                        "message": msg,
+                        "completion_time": now,
+                    }
+                )
+                if r.job_name == action.job_name
+                else r
                 for r in result.status.records
             ]
             # Plan again from the failed record: EngineNotInstalled is permanent, so the cycle fails.
@@ -257,8 +289,9 @@ class Reconciler:
         return result
 
     # --- actions -------------------------------------------------------------------------
-    async def _apply(self, action: Any, *, obj: Obj, cycle: SleepCycle, lineage: ModelLineage | None,
-                     kinds: dict[str, Resource]) -> bool:
+    async def _apply(
+        self, action: Any, *, obj: Obj, cycle: SleepCycle, lineage: ModelLineage | None, kinds: dict[str, Resource]
+    ) -> bool:
         ns, name = cycle.metadata.namespace, cycle.metadata.name
         if isinstance(action, CreateJob):
             await self._create(action, obj=obj, cycle=cycle, lineage=lineage)
@@ -279,8 +312,14 @@ class Reconciler:
             await self._release(cycle, action.lineage)
         elif isinstance(action, RecordCandidate):
             await promotion.record_candidate(
-                self.kube, namespace=ns, lineage=action.lineage, cycle=name, uri=action.uri,
-                content_hash=action.content_hash, parent=action.parent, scores=action.scores,
+                self.kube,
+                namespace=ns,
+                lineage=action.lineage,
+                cycle=name,
+                uri=action.uri,
+                content_hash=action.content_hash,
+                parent=action.parent,
+                scores=action.scores,
             )
             return True
         elif isinstance(action, Promote):
@@ -298,8 +337,10 @@ class Reconciler:
         objects = render(action, owner=owner, lineage=lineage, scheduling=cycle.spec.scheduling)
         # All at once: a pod whose ConfigMap or Service is not there yet just waits for it
         # (the kubelet retries the mount), so ordering would only add round trips.
-        creations = [self.kube.create_or_get(CONFIGMAPS, ns, objects.config_map),
-                     self.kube.create_or_get(ENGINE_RESOURCES[objects.engine], ns, objects.workload)]
+        creations = [
+            self.kube.create_or_get(CONFIGMAPS, ns, objects.config_map),
+            self.kube.create_or_get(ENGINE_RESOURCES[objects.engine], ns, objects.workload),
+        ]
         if objects.service is not None:
             creations.append(self.kube.create_or_get(SERVICES, ns, objects.service))
         (_, (_, created), *_) = await asyncio.gather(*creations)
@@ -320,10 +361,18 @@ class Reconciler:
         action = ClaimLineage(lineage)
         try:
             written = await lineage_status.update_lineage(
-                self.kube, namespace=ns, lineage=lineage,
-                rule=lambda lin: rules.apply_lineage_action(
-                    lin, action, cycle=me, now=self.clock(),
-                    holder_finished=finished and lin.status.active_cycle == holder).status,
+                self.kube,
+                namespace=ns,
+                lineage=lineage,
+                rule=lambda lin: (
+                    rules.apply_lineage_action(
+                        lin,
+                        action,
+                        cycle=me,
+                        now=self.clock(),
+                        holder_finished=finished and lin.status.active_cycle == holder,
+                    ).status
+                ),
             )
         except lineage_status.LineageNotFound:
             return False
@@ -339,8 +388,9 @@ class Reconciler:
                 self.trigger(wns, wname)
 
     async def _event(self, obj: Obj, action: EmitEvent) -> None:
-        await emit_event(self.kube, obj, reason=action.reason, message=action.message, type=action.type,
-                         now=self.clock())
+        await emit_event(
+            self.kube, obj, reason=action.reason, message=action.message, type=action.type, now=self.clock()
+        )
 
 
 def _status_patch(status: SleepCycleStatus) -> dict[str, Any]:

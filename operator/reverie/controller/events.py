@@ -33,21 +33,37 @@ def event_body(obj: Obj, *, reason: str, message: str, type: str = "Normal", now
     meta = obj.get("metadata", {})
     stamp = _iso(now)
     return {
-        "apiVersion": "v1", "kind": "Event",
+        "apiVersion": "v1",
+        "kind": "Event",
         "metadata": {"generateName": f"{meta.get('name', 'reverie')}.", "namespace": meta.get("namespace")},
         "involvedObject": {
-            "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
         },
-        "reason": reason[:128], "message": message[:1024], "type": type,
-        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-        "source": {"component": SOURCE_COMPONENT}, "reportingComponent": REPORTING_COMPONENT,
+        "reason": reason[:128],
+        "message": message[:1024],
+        "type": type,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": SOURCE_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
         "reportingInstance": socket.gethostname()[:128],
     }
 
 
 async def emit_event(
-    kube: Kube, obj: Obj, *, reason: str, message: str, type: str = "Normal", now: datetime | None = None,
+    kube: Kube,
+    obj: Obj,
+    *,
+    reason: str,
+    message: str,
+    type: str = "Normal",
+    now: datetime | None = None,
 ) -> None:
     """Post an Event about ``obj``; a failure is logged, never raised."""
     body = event_body(obj, reason=reason, message=message, type=type, now=now or datetime.now(UTC))

@@ -71,15 +71,20 @@ def render(obj: Obj, lineage: ModelLineage, decision: HandOff) -> Obj:
     scheduling = template.scheduling if template is not None else Scheduling()
     name = job_name(lineage.metadata.name, decision.generation, form)
     labels = {
-        LINEAGE_LABEL: lineage.metadata.name, LABEL_GENERATION: decision.generation, LABEL_FORM: form.value,
-        "app.kubernetes.io/name": "reverie-export", "app.kubernetes.io/managed-by": "reverie",
+        LINEAGE_LABEL: lineage.metadata.name,
+        LABEL_GENERATION: decision.generation,
+        LABEL_FORM: form.value,
+        "app.kubernetes.io/name": "reverie-export",
+        "app.kubernetes.io/managed-by": "reverie",
     }
     command = ["reverie", "export", decision.source_uri, decision.export.uri, "--form", form.value]
     if form == ServableForm.ADAPTER:
         command += ["--base-ref", lineage.spec.base_model.uri]  # what the server loads next to the adapter
     container: Obj = {
-        "name": CONTAINER, "image": target.export.image_for(template.images if template is not None else None),
-        "command": command, "env": copy.deepcopy(CACHE_ENV),
+        "name": CONTAINER,
+        "image": target.export.image_for(template.images if template is not None else None),
+        "command": command,
+        "env": copy.deepcopy(CACHE_ENV),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -102,14 +107,20 @@ def render(obj: Obj, lineage: ModelLineage, decision: HandOff) -> Obj:
         pod["tolerations"] = [t.wire() for t in scheduling.tolerations]
     meta = obj.get("metadata", {})
     owner = {
-        "apiVersion": obj.get("apiVersion"), "kind": "ModelLineage", "name": meta.get("name"), "uid": meta.get("uid"),
-        "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": obj.get("apiVersion"),
+        "kind": "ModelLineage",
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": name, "namespace": meta.get("namespace"), "labels": labels, "ownerReferences": [owner]},
         "spec": {
-            "backoffLimit": 0, "activeDeadlineSeconds": target.export.active_deadline_seconds,
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": target.export.active_deadline_seconds,
             "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
@@ -145,8 +156,12 @@ async def ensure_export(kube: Kube, *, obj: Obj, lineage: ModelLineage, decision
         conds: list[Obj] = (job.get("status") or {}).get("conditions") or []
         cond = next((c for c in conds if c.get("type") == "Failed"), {})
         detail = cond.get("message") or cond.get("reason") or "the pod failed"
-        return ExportProgress(name, state, f"export Job {name} writing {what} failed ({detail}); see `kubectl logs job/{name}`; "
-                                           "deleting the Job retries it")
+        return ExportProgress(
+            name,
+            state,
+            f"export Job {name} writing {what} failed ({detail}); see `kubectl logs job/{name}`; "
+            "deleting the Job retries it",
+        )
     if state == ExportState.SUCCEEDED:
         return ExportProgress(name, state, f"export Job {name} wrote {what}")
     return ExportProgress(name, state, f"export Job {name} is writing {what}")

@@ -76,7 +76,10 @@ POD_BASE: Obj = {
     "automountServiceAccountToken": False,
     "enableServiceLinks": False,
     "securityContext": {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
         "seccompProfile": {"type": "RuntimeDefault"},
     },
 }
@@ -92,8 +95,12 @@ class Owner:
 
     def reference(self) -> Obj:
         return {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SleepCycle", "name": self.name, "uid": self.uid,
-            "controller": True, "blockOwnerDeletion": True,
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SleepCycle",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
         }
 
 
@@ -186,9 +193,9 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     ]
     # Memories held in ConfigMaps: mounted where the workload reads them
     # (reverie.workloads.memory: /etc/reverie-memory/<name>/<key>).
-    for i, name in enumerate(dict.fromkeys(
-        src.config_map.name for src in create.config.memory.sources if src.config_map is not None
-    )):
+    for i, name in enumerate(
+        dict.fromkeys(src.config_map.name for src in create.config.memory.sources if src.config_map is not None)
+    ):
         mounts.append({"name": f"memory-{i}", "mountPath": f"{MEMORY_CONFIGMAP_ROOT}/{name}", "readOnly": True})
         volumes.append({"name": f"memory-{i}", "configMap": {"name": name}})
     if store.pvc_name:
@@ -240,13 +247,20 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
     if scheduling.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
     config_map = {
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, owner=owner, labels=lbl),
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(name, owner=owner, labels=lbl),
         "data": {CONFIG_MOUNT_PATH.rsplit("/", 1)[1]: json.dumps(create.config.wire(), indent=1, sort_keys=True)},
     }
     runtime = create.runtime
     engine = Engine(runtime.engine)
     if engine == Engine.TRAINJOB:
-        return PhaseObjects(config_map, _trainjob(create, owner=owner, lineage=lineage, scheduling=scheduling, labels=job_labels), None, engine)
+        return PhaseObjects(
+            config_map,
+            _trainjob(create, owner=owner, lineage=lineage, scheduling=scheduling, labels=job_labels),
+            None,
+            engine,
+        )
     multi = runtime.num_nodes > 1
     service: Obj | None = None
     extra_env: list[Obj] = []
@@ -259,9 +273,13 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
     elif multi:
         extra_env = _launcher_env(create, master=f"{name}-0.{name}")
         service = {
-            "apiVersion": "v1", "kind": "Service", "metadata": _meta(name, owner=owner, labels=lbl),
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, owner=owner, labels=lbl),
             "spec": {
-                "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {LABEL_JOB: name},
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_JOB: name},
                 "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
             },
         }
@@ -272,12 +290,15 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
         "template": {"metadata": {"labels": dict(lbl)}, "spec": pod_spec},
     }
     if multi or engine == Engine.JOBSET:
-        job_spec.update({"completionMode": "Indexed", "completions": runtime.num_nodes, "parallelism": runtime.num_nodes})
+        job_spec.update(
+            {"completionMode": "Indexed", "completions": runtime.num_nodes, "parallelism": runtime.num_nodes}
+        )
     if multi and engine == Engine.JOB:
         pod_spec["subdomain"] = name
     if engine == Engine.JOBSET:
         jobset = {
-            "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "apiVersion": "jobset.x-k8s.io/v1alpha2",
+            "kind": "JobSet",
             "metadata": _meta(name, owner=owner, labels=job_labels),
             "spec": {
                 "failurePolicy": {"maxRestarts": 0},
@@ -286,11 +307,18 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
             },
         }
         return PhaseObjects(config_map, jobset, None, engine)
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, owner=owner, labels=job_labels), "spec": job_spec}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(name, owner=owner, labels=job_labels),
+        "spec": job_spec,
+    }
     return PhaseObjects(config_map, job, service, engine)
 
 
-def _trainjob(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling, labels: dict[str, str]) -> Obj:
+def _trainjob(
+    create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling, labels: dict[str, str]
+) -> Obj:
     """A Kubeflow Trainer v2 TrainJob on the ``torch-distributed`` runtime: torchrun, with Trainer's ``PET_*``.
 
     DeepSpeed phases use it too: the workload initialises DeepSpeed over the
@@ -316,7 +344,8 @@ def _trainjob(create: CreateJob, *, owner: Owner, lineage: ModelLineage, schedul
     if "resources" in container:
         trainer["resourcesPerNode"] = container["resources"]
     return {
-        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
         "metadata": _meta(create.job_name, owner=owner, labels=labels),
         "spec": {
             "runtimeRef": {"name": runtime_name},
@@ -350,10 +379,12 @@ def _terminated(pod: Obj) -> Obj | None:
 
 def _leader_first(pods: list[Obj]) -> list[Obj]:
     """Rank 0 writes the result; order it first, then the rest by name."""
+
     def key(pod: Obj) -> tuple[int, str]:
         meta = pod.get("metadata", {})
         index = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
         return (0 if index in (None, "0") else 1, meta.get("name", ""))
+
     return sorted(pods, key=key)
 
 
@@ -362,7 +393,9 @@ def observe(workloads: list[Obj], pods: list[Obj]) -> list[ObservedJob]:
     by_job: dict[str, list[Obj]] = {}
     for pod in pods:
         lbl = pod.get("metadata", {}).get("labels") or {}
-        owner = lbl.get(LABEL_JOB) or lbl.get("jobset.sigs.k8s.io/jobset-name") or lbl.get("batch.kubernetes.io/job-name")
+        owner = (
+            lbl.get(LABEL_JOB) or lbl.get("jobset.sigs.k8s.io/jobset-name") or lbl.get("batch.kubernetes.io/job-name")
+        )
         if owner:
             by_job.setdefault(owner, []).append(pod)
     out: list[ObservedJob] = []
@@ -388,16 +421,29 @@ def observe(workloads: list[Obj], pods: list[Obj]) -> list[ObservedJob]:
                 result_text = term["message"]
             if term.get("exitCode", 0) != 0 and not term_detail:
                 term_detail = f"container {CONTAINER} of pod {pod['metadata']['name']}: {term.get('reason', 'Error')} (exit code {term.get('exitCode')})"
-                reason = str(term.get("reason")) if term.get("reason") in ("OOMKilled", "Evicted", "DeadlineExceeded") else ""
+                reason = (
+                    str(term.get("reason"))
+                    if term.get("reason") in ("OOMKilled", "Evicted", "DeadlineExceeded")
+                    else ""
+                )
         if failed:
             reason = reason or failed.get("reason") or "JobFailed"
             message = "; ".join(x for x in (failed.get("message", ""), term_detail) if x)
         status = wl.get("status", {})
         finished = _ts(status.get("completionTime")) or _ts((done or failed or {}).get("lastTransitionTime"))
-        out.append(ObservedJob(
-            name=name, step=step, attempt=attempt, state=state,
-            created=_ts(meta.get("creationTimestamp")), started=_ts(status.get("startTime")), finished=finished,
-            reason=reason, message=message, result_text=result_text,
-            deleting=bool(meta.get("deletionTimestamp")),
-        ))
+        out.append(
+            ObservedJob(
+                name=name,
+                step=step,
+                attempt=attempt,
+                state=state,
+                created=_ts(meta.get("creationTimestamp")),
+                started=_ts(status.get("startTime")),
+                finished=finished,
+                reason=reason,
+                message=message,
+                result_text=result_text,
+                deleting=bool(meta.get("deletionTimestamp")),
+            )
+        )
     return out

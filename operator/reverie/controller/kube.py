@@ -225,9 +225,14 @@ class Kube:
                 return False
             raise
 
-    async def merge_patch(self, res: Resource, namespace: str | None, name: str, patch: Obj, *, subresource: str | None = None) -> Obj:
+    async def merge_patch(
+        self, res: Resource, namespace: str | None, name: str, patch: Obj, *, subresource: str | None = None
+    ) -> Obj:
         return await self.request(
-            "PATCH", res.path(namespace, name, subresource), body=patch, content_type="application/merge-patch+json",
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
         )
 
     async def replace_status(self, res: Resource, namespace: str | None, obj: Obj) -> Obj:
@@ -241,7 +246,9 @@ class Kube:
         itself, so the operator needs no cluster-wide RBAC on CRDs.
         """
         try:
-            found = await self.request("GET", f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}")
+            found = await self.request(
+                "GET", f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+            )
         except ApiError as exc:
             if exc.not_found:
                 return False
@@ -291,4 +298,6 @@ async def mutate_status(
                 await on_conflict(attempt)
             else:
                 await asyncio.sleep(0)
-    raise ConflictRetriesExhausted(f"{res.plural} {namespace}/{name}: status still conflicting after {attempts} attempts")
+    raise ConflictRetriesExhausted(
+        f"{res.plural} {namespace}/{name}: status still conflicting after {attempts} attempts"
+    )

@@ -155,18 +155,21 @@ async def run_schedule(api: Kube, *, namespace: str, name: str, now: datetime | 
     if sched is None:
         return None
     now = now or clock()
-    cycles = [
-        c for c in await api.list(SLEEPCYCLES, namespace)
-        if (c.get("spec") or {}).get("lineageRef") == name
-    ]
+    cycles = [c for c in await api.list(SLEEPCYCLES, namespace) if (c.get("spec") or {}).get("lineageRef") == name]
     created = _parse_time(obj["metadata"].get("creationTimestamp")) or now
     try:
         plan = plan_schedule(
-            sched, lineage=name, created=created, last_schedule_time=lin.status.last_schedule_time,
-            cycles=[cycle_info(c) for c in cycles], now=now,
+            sched,
+            lineage=name,
+            created=created,
+            last_schedule_time=lin.status.last_schedule_time,
+            cycles=[cycle_info(c) for c in cycles],
+            now=now,
         )
     except ScheduleError as err:
-        await _record_schedule(api, namespace=namespace, name=name, last=None, missed=("InvalidSchedule", str(err)), now=now)
+        await _record_schedule(
+            api, namespace=namespace, name=name, last=None, missed=("InvalidSchedule", str(err)), now=now
+        )
         return None
     for victim in plan.delete:
         # Finished cycles' generations and artifacts stay in the lineage and the store.
@@ -175,27 +178,55 @@ async def run_schedule(api: Kube, *, namespace: str, name: str, now: datetime | 
     if plan.create is not None and plan.scheduled_time is not None:
         template = ((obj.get("spec") or {}).get("schedule") or {}).get("template") or {}
         body = render_cycle(
-            lineage=name, namespace=namespace, lineage_uid=obj["metadata"].get("uid"), template=template,
-            name=plan.create, scheduled=plan.scheduled_time,
+            lineage=name,
+            namespace=namespace,
+            lineage_uid=obj["metadata"].get("uid"),
+            template=template,
+            name=plan.create,
+            scheduled=plan.scheduled_time,
         )
         try:
             _, fresh = await api.create_or_get(SLEEPCYCLES, namespace, body)
         except ApiError as exc:
-            await _record_schedule(api, namespace=namespace, name=name, last=None,
-                                   missed=("CreateFailed", f"creating SleepCycle {plan.create} failed: {exc.message}"), now=now)
+            await _record_schedule(
+                api,
+                namespace=namespace,
+                name=name,
+                last=None,
+                missed=("CreateFailed", f"creating SleepCycle {plan.create} failed: {exc.message}"),
+                now=now,
+            )
             return plan
         if fresh:
-            await emit_event(api, obj, reason="ScheduledCycle", message=f"created SleepCycle {plan.create} for {plan.scheduled_time:%Y-%m-%dT%H:%M:%SZ}")
+            await emit_event(
+                api,
+                obj,
+                reason="ScheduledCycle",
+                message=f"created SleepCycle {plan.create} for {plan.scheduled_time:%Y-%m-%dT%H:%M:%SZ}",
+            )
     missed = ("MissedRuns", plan.missed_message) if plan.missed_message else None
     if missed and plan.create is None:
         await emit_event(api, obj, reason="MissedSchedule", message=plan.missed_message or "", type="Warning")
-    await _record_schedule(api, namespace=namespace, name=name, last=plan.last_schedule_time, missed=missed, now=now,
-                           started=plan.create is not None)
+    await _record_schedule(
+        api,
+        namespace=namespace,
+        name=name,
+        last=plan.last_schedule_time,
+        missed=missed,
+        now=now,
+        started=plan.create is not None,
+    )
     return plan
 
 
 async def _record_schedule(
-    api: Kube, *, namespace: str, name: str, last: datetime | None, missed: tuple[str, str] | None, now: datetime,
+    api: Kube,
+    *,
+    namespace: str,
+    name: str,
+    last: datetime | None,
+    missed: tuple[str, str] | None,
+    now: datetime,
     started: bool = False,
 ) -> None:
     stamp = now.replace(microsecond=0)
@@ -206,10 +237,17 @@ async def _record_schedule(
         if last is not None and (new.last_schedule_time is None or last > new.last_schedule_time):
             new.last_schedule_time = last
         if missed is not None:
-            new.conditions = set_condition(new.conditions, rules.MISSED_SCHEDULE, True, reason=missed[0], message=missed[1], now=stamp)
+            new.conditions = set_condition(
+                new.conditions, rules.MISSED_SCHEDULE, True, reason=missed[0], message=missed[1], now=stamp
+            )
         elif started and get_condition(new.conditions, rules.MISSED_SCHEDULE) is not None:
             new.conditions = set_condition(
-                new.conditions, rules.MISSED_SCHEDULE, False, reason="OnSchedule", message="the latest scheduled run started on time", now=stamp,
+                new.conditions,
+                rules.MISSED_SCHEDULE,
+                False,
+                reason="OnSchedule",
+                message="the latest scheduled run started on time",
+                now=stamp,
             )
         if new == lin.status:
             return None
@@ -251,7 +289,9 @@ def register(registry: kopf.OperatorRegistry, *, interval: float = DEFAULT_INTER
     kopf.on.resume(*res, registry=registry, id="lineage-resume")(_on_change)
     kopf.on.create(*res, registry=registry, id="lineage-create")(_on_change)
     kopf.on.update(*res, registry=registry, id="lineage-update", field="spec")(_on_change)
-    kopf.timer(*res, registry=registry, id="lineage-timer", interval=interval, initial_delay=min(interval, 1.0))(_on_timer)
+    kopf.timer(*res, registry=registry, id="lineage-timer", interval=interval, initial_delay=min(interval, 1.0))(
+        _on_timer
+    )
     kopf.on.delete(*res, registry=registry, id="lineage-delete", optional=True)(_on_delete)
 
 

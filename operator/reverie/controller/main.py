@@ -45,8 +45,7 @@ def run(
     ``webhook_cert_dir``/tls.crt and tls.key); None: no webhook.
     """
     level = logging.DEBUG if verbose else getattr(logging, (log_level or "info").upper(), logging.INFO)
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     health.PORT = metrics_port
     if kubeconfig:
         cycle_handlers.OPTIONS.kubeconfig = kubeconfig

@@ -24,74 +24,120 @@ build_info.labels(version=__version__).set(1)
 
 # --- cycles --------------------------------------------------------------
 cycles_total = Counter(
-    "reverie_cycles_total", "Sleep cycles that reached a terminal phase, by outcome (Succeeded, Rejected, Failed).",
-    ["namespace", "lineage", "outcome"], registry=REGISTRY,
+    "reverie_cycles_total",
+    "Sleep cycles that reached a terminal phase, by outcome (Succeeded, Rejected, Failed).",
+    ["namespace", "lineage", "outcome"],
+    registry=REGISTRY,
 )
 cycle_phase = Gauge(
-    "reverie_cycle_phase", "1 for the current phase of each live cycle (one series per cycle and phase).",
-    ["namespace", "lineage", "cycle", "phase"], registry=REGISTRY,
+    "reverie_cycle_phase",
+    "1 for the current phase of each live cycle (one series per cycle and phase).",
+    ["namespace", "lineage", "cycle", "phase"],
+    registry=REGISTRY,
 )
 cycle_duration_seconds = Histogram(
-    "reverie_cycle_duration_seconds", "Wall time of finished cycles, first Job to terminal phase.",
-    ["outcome"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "reverie_cycle_duration_seconds",
+    "Wall time of finished cycles, first Job to terminal phase.",
+    ["outcome"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 phase_duration_seconds = Histogram(
-    "reverie_phase_duration_seconds", "Wall time of finished step attempts (Job created to Job finished).",
-    ["step", "result"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "reverie_phase_duration_seconds",
+    "Wall time of finished step attempts (Job created to Job finished).",
+    ["step", "result"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 phase_queue_wait_seconds = Histogram(
-    "reverie_phase_queue_wait_seconds", "Time a step attempt waited between Job creation and its pods starting (Kueue admission, scheduling).",
-    ["step"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "reverie_phase_queue_wait_seconds",
+    "Time a step attempt waited between Job creation and its pods starting (Kueue admission, scheduling).",
+    ["step"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 phase_attempts_total = Counter(
-    "reverie_phase_attempts_total", "Step attempts started (Jobs created).", ["step"], registry=REGISTRY,
+    "reverie_phase_attempts_total",
+    "Step attempts started (Jobs created).",
+    ["step"],
+    registry=REGISTRY,
 )
 phase_retries_total = Counter(
-    "reverie_phase_retries_total", "Step attempts that failed and were retried, by reason.", ["step", "reason"], registry=REGISTRY,
+    "reverie_phase_retries_total",
+    "Step attempts that failed and were retried, by reason.",
+    ["step", "reason"],
+    registry=REGISTRY,
 )
 phase_failures_total = Counter(
-    "reverie_phase_failures_total", "Step attempts that failed, by reason.", ["step", "reason"], registry=REGISTRY,
+    "reverie_phase_failures_total",
+    "Step attempts that failed, by reason.",
+    ["step", "reason"],
+    registry=REGISTRY,
 )
 
 # --- gate and lineage -----------------------------------------------------
 gate_decisions_total = Counter(
-    "reverie_gate_decisions_total", "Gate decisions by outcome (Passed, Failed, Inconclusive).",
-    ["namespace", "lineage", "outcome"], registry=REGISTRY,
+    "reverie_gate_decisions_total",
+    "Gate decisions by outcome (Passed, Failed, Inconclusive).",
+    ["namespace", "lineage", "outcome"],
+    registry=REGISTRY,
 )
 eval_score = Gauge(
-    "reverie_eval_score", "Latest evaluation score, for the candidate and the champion it was compared with.",
-    ["namespace", "lineage", "metric", "role"], registry=REGISTRY,
+    "reverie_eval_score",
+    "Latest evaluation score, for the candidate and the champion it was compared with.",
+    ["namespace", "lineage", "metric", "role"],
+    registry=REGISTRY,
 )
 champion_info = Gauge(
-    "reverie_champion_info", "1 for the current champion generation of each lineage.",
-    ["namespace", "lineage", "generation"], registry=REGISTRY,
+    "reverie_champion_info",
+    "1 for the current champion generation of each lineage.",
+    ["namespace", "lineage", "generation"],
+    registry=REGISTRY,
 )
 champion_generation = Gauge(
-    "reverie_champion_generation", "Number of the champion generation (gen-N -> N), for timelines.",
-    ["namespace", "lineage"], registry=REGISTRY,
+    "reverie_champion_generation",
+    "Number of the champion generation (gen-N -> N), for timelines.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
 )
 promotions_total = Counter(
-    "reverie_promotions_total", "Candidates promoted to champion.", ["namespace", "lineage"], registry=REGISTRY,
+    "reverie_promotions_total",
+    "Candidates promoted to champion.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
 )
 rollbacks_total = Counter(
-    "reverie_rollbacks_total", "Rollbacks to an earlier generation.", ["namespace", "lineage"], registry=REGISTRY,
+    "reverie_rollbacks_total",
+    "Rollbacks to an earlier generation.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
 )
 last_promotion_timestamp_seconds = Gauge(
-    "reverie_last_promotion_timestamp_seconds", "Unix time of the last champion change.",
-    ["namespace", "lineage"], registry=REGISTRY,
+    "reverie_last_promotion_timestamp_seconds",
+    "Unix time of the last champion change.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
 )
 
 # --- operator health (controller-runtime style) ----------------------------
 reconcile_total = Counter(
-    "reverie_reconcile_total", "Reconciles by controller and result (success, error, requeue).",
-    ["controller", "result"], registry=REGISTRY,
+    "reverie_reconcile_total",
+    "Reconciles by controller and result (success, error, requeue).",
+    ["controller", "result"],
+    registry=REGISTRY,
 )
 reconcile_errors_total = Counter(
-    "reverie_reconcile_errors_total", "Reconciles that raised an error.", ["controller"], registry=REGISTRY,
+    "reverie_reconcile_errors_total",
+    "Reconciles that raised an error.",
+    ["controller"],
+    registry=REGISTRY,
 )
 reconcile_duration_seconds = Histogram(
-    "reverie_reconcile_duration_seconds", "Time spent in one reconcile.", ["controller"],
-    buckets=_RECONCILE_BUCKETS, registry=REGISTRY,
+    "reverie_reconcile_duration_seconds",
+    "Time spent in one reconcile.",
+    ["controller"],
+    buckets=_RECONCILE_BUCKETS,
+    registry=REGISTRY,
 )
 
 

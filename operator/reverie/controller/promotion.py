@@ -104,7 +104,9 @@ async def promote(kube: Kube, *, namespace: str, lineage: str, cycle: str) -> ru
     outcome: list[rules.Promotion] = []
 
     def rule(lin: ModelLineage) -> ModelLineageStatus:
-        change = rules.apply_lineage_action(lin, Promote(lineage=lineage, generation="", scores={}), cycle=cycle, now=now)
+        change = rules.apply_lineage_action(
+            lin, Promote(lineage=lineage, generation="", scores={}), cycle=cycle, now=now
+        )
         assert change.promotion is not None
         outcome[:] = [change.promotion]
         return change.status
@@ -127,19 +129,25 @@ async def reject(kube: Kube, *, namespace: str, lineage: str, cycle: str, reason
     now = utcnow()
     action = Reject(lineage=lineage, generation="", reason=reason or "Rejected")
     await update_lineage(
-        kube, namespace=namespace, lineage=lineage,
+        kube,
+        namespace=namespace,
+        lineage=lineage,
         rule=lambda lin: rules.apply_lineage_action(lin, action, cycle=cycle, now=now).status,
     )
 
 
-async def apply_action(kube: Kube, *, namespace: str, cycle: str, action: ClaimLineage | ReleaseLineage,
-                       holder_finished: bool = False) -> ModelLineage:
+async def apply_action(
+    kube: Kube, *, namespace: str, cycle: str, action: ClaimLineage | ReleaseLineage, holder_finished: bool = False
+) -> ModelLineage:
     """Claim or release the lineage for ``cycle`` (status.activeCycle); returns the lineage as written."""
     now = utcnow()
     written = await update_lineage(
-        kube, namespace=namespace, lineage=action.lineage,
-        rule=lambda lin: rules.apply_lineage_action(lin, action, cycle=cycle, now=now,
-                                                    holder_finished=holder_finished).status,
+        kube,
+        namespace=namespace,
+        lineage=action.lineage,
+        rule=lambda lin: (
+            rules.apply_lineage_action(lin, action, cycle=cycle, now=now, holder_finished=holder_finished).status
+        ),
     )
     return parse_lineage(written)
 

@@ -78,7 +78,11 @@ def desired_patch(target: ServingTarget, current: Obj, uri: str) -> tuple[Resour
         model = (((current.get("spec") or {}).get("predictor") or {}).get("model")) or {}
         if model.get("storageUri") == uri:
             return None
-        return INFERENCESERVICES, {"spec": {"predictor": {"model": {"storageUri": uri}}}}, "application/merge-patch+json"
+        return (
+            INFERENCESERVICES,
+            {"spec": {"predictor": {"model": {"storageUri": uri}}}},
+            "application/merge-patch+json",
+        )
     if kind == ServingKind.CONFIG_MAP:
         assert target.key is not None  # the CRD's CEL rule requires key for ConfigMap
         if (current.get("data") or {}).get(target.key) == uri:
@@ -103,7 +107,13 @@ def desired_patch(target: ServingTarget, current: Obj, uri: str) -> tuple[Resour
     if env is not None and env.get("value") == uri:
         return None
     # Strategic merge: containers and env are merged by name, so nothing else changes.
-    patch = {"spec": {"template": {"spec": {"containers": [{"name": target.container, "env": [{"name": target.env, "value": uri}]}]}}}}
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": target.container, "env": [{"name": target.env, "value": uri}]}]}
+            }
+        }
+    }
     return DEPLOYMENTS, patch, "application/strategic-merge-patch+json"
 
 
@@ -123,9 +133,13 @@ async def patch_target(kube: Kube, *, namespace: str, target: ServingTarget, uri
         current = await kube.get(res, namespace, target.name)
     except ApiError as exc:
         if exc.not_found:
-            raise TargetError("TargetNotFound", f"{kind} {namespace}/{target.name} not found: create it or fix spec.servingTarget") from exc
+            raise TargetError(
+                "TargetNotFound", f"{kind} {namespace}/{target.name} not found: create it or fix spec.servingTarget"
+            ) from exc
         if exc.status == 403:
-            raise TargetError("Forbidden", f"the operator may not read {kind} {namespace}/{target.name}: {exc.message}") from exc
+            raise TargetError(
+                "Forbidden", f"the operator may not read {kind} {namespace}/{target.name}: {exc.message}"
+            ) from exc
         raise
     planned = desired_patch(target, current, uri)
     if planned is None:
@@ -206,7 +220,12 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
         if written is not None:
             new.servable = written
         new.conditions = set_condition(
-            new.conditions, rules.SERVING_SYNCED, status, reason=reason, message=message, now=now,
+            new.conditions,
+            rules.SERVING_SYNCED,
+            status,
+            reason=reason,
+            message=message,
+            now=now,
             observed_generation=fresh["metadata"].get("generation"),
         )
         if new == cur:
@@ -218,9 +237,19 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
     if patched:
         await emit_event(kube, obj, reason="ServingSynced", message=f"{message}")
     elif status == ConditionStatus.FALSE and (before is None or before.reason != reason):
-        await emit_event(kube, obj, reason=reason, message=message, type="Normal" if reason == "Exporting" else "Warning")
+        await emit_event(
+            kube, obj, reason=reason, message=message, type="Normal" if reason == "Exporting" else "Warning"
+        )
     quiet = not patched and before is not None and before.reason == reason
-    log.log(logging.DEBUG if quiet else logging.INFO, "serving of %s/%s (champion %s): %s %s", namespace, lineage, champion, reason, message)
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
+        "serving of %s/%s (champion %s): %s %s",
+        namespace,
+        lineage,
+        champion,
+        reason,
+        message,
+    )
     return reason
 
 

@@ -33,7 +33,9 @@ class WorkQueue:
         if key in self._running:
             self._dirty.add(key)
             return
-        self._running[key] = asyncio.get_running_loop().create_task(self._run(key), name=f"reconcile {namespace}/{name}")
+        self._running[key] = asyncio.get_running_loop().create_task(
+            self._run(key), name=f"reconcile {namespace}/{name}"
+        )
 
     def requeue(self, namespace: str, name: str, seconds: float) -> None:
         """Trigger after ``seconds``, unless an earlier wake-up is already pending."""

@@ -93,8 +93,16 @@ class DeleteCycle:
 
 
 Action = (
-    CreateJob | DeleteJob | EmitEvent | ClaimLineage | ReleaseLineage | RecordCandidate | Promote | Reject
-    | RequeueAfter | DeleteCycle
+    CreateJob
+    | DeleteJob
+    | EmitEvent
+    | ClaimLineage
+    | ReleaseLineage
+    | RecordCandidate
+    | Promote
+    | Reject
+    | RequeueAfter
+    | DeleteCycle
 )
 # Actions that change the lineage: after applying them an executor re-plans at once
 # (the local runner does; the operator re-plans on the lineage's own watch event).

@@ -47,8 +47,12 @@ def set_condition(
     if not found:
         out.append(
             Condition(
-                type=type_, status=status, reason=reason, message=message[:4096],
-                last_transition_time=now, observed_generation=observed_generation,
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message[:4096],
+                last_transition_time=now,
+                observed_generation=observed_generation,
             )
         )
     return out

@@ -68,10 +68,13 @@ class PhaseConfig(ApiModel):
         default_factory=dict,
         description="Outputs of earlier steps by step name, e.g. {'consolidation': <model uri>}.",
     )
-    resume_from: str | None = Field(default=None, description="Checkpoint of the previous failed attempt, to resume from.")
+    resume_from: str | None = Field(
+        default=None, description="Checkpoint of the previous failed attempt, to resume from."
+    )
     memory: MemorySpec = Field(description="This cycle's memories.")
     prior_memory_uris: list[str] = Field(
-        default_factory=list, description="Memories consolidated by earlier generations (replay and retention).",
+        default_factory=list,
+        description="Memories consolidated by earlier generations (replay and retention).",
     )
     champion_generation: str | None = Field(default=None, description="Champion to compare against in evaluation.")
     champion_uri: str | None = Field(default=None, description="Model folder of the champion.")
@@ -90,9 +93,12 @@ class PhaseResult(ApiModel):
     step: Step = Field(description="The step that produced it.")
     status: Literal["Succeeded", "Failed"] = Field(description="Succeeded, or Failed with message.")
     message: str = Field(default="", max_length=1024, description="Human-readable summary or failure cause.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Scalar metrics (for evaluation: the candidate's).")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Scalar metrics (for evaluation: the candidate's)."
+    )
     baseline: dict[str, float] = Field(
-        default_factory=dict, description="Evaluation only: the champion's metrics on the same suites.",
+        default_factory=dict,
+        description="Evaluation only: the champion's metrics on the same suites.",
     )
     output_uri: str | None = Field(default=None, description="Primary artifact (model folder or eval report).")
     content_hash: str | None = Field(default=None, description="sha256 of the primary artifact.")
@@ -130,7 +136,7 @@ def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ResultError(
                     f"the phase result is invalid at {key}.{name}: {json.dumps(value)} is not a JSON number; "
-                    "the workload must write each metric as a number (e.g. 0.95, not \"0.95\")"
+                    'the workload must write each metric as a number (e.g. 0.95, not "0.95")'
                 )
     try:
         result = PhaseResult.model_validate(raw)
@@ -178,8 +184,14 @@ class ProgressEvent:
     _KEYS = ("event", "phase", "step", "totalSteps", "checkpoint", "message")
 
     def to_json(self) -> dict[str, Any]:
-        known: dict[str, Any] = {"event": self.event, "phase": self.phase, "step": self.step,
-                                 "totalSteps": self.total_steps, "checkpoint": self.checkpoint, "message": self.message}
+        known: dict[str, Any] = {
+            "event": self.event,
+            "phase": self.phase,
+            "step": self.step,
+            "totalSteps": self.total_steps,
+            "checkpoint": self.checkpoint,
+            "message": self.message,
+        }
         return {**dict(self.values), **{k: v for k, v in known.items() if v is not None}}
 
     def line(self) -> str:
@@ -203,8 +215,11 @@ class ProgressEvent:
         event = obj.get("event", "progress")
         return cls(
             event=event if isinstance(event, str) else "progress",  # type: ignore[arg-type]
-            phase=text("phase"), step=number("step"), total_steps=number("totalSteps"),
-            checkpoint=text("checkpoint"), message=text("message"),
+            phase=text("phase"),
+            step=number("step"),
+            total_steps=number("totalSteps"),
+            checkpoint=text("checkpoint"),
+            message=text("message"),
             values={k: v for k, v in obj.items() if k not in cls._KEYS},
         )
 

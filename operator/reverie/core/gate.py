@@ -197,12 +197,15 @@ def judge(rule: Rule, candidate: Mapping[str, object], champion: Mapping[str, ob
     """The verdict of one parsed rule with one reason."""
     value = _finite_number(candidate.get(rule.metric))
     if value is None:
-        return RuleVerdict(rule=rule.text, verdict="Inconclusive", reason=_describe_bad(rule.metric, candidate, "candidate"))
+        return RuleVerdict(
+            rule=rule.text, verdict="Inconclusive", reason=_describe_bad(rule.metric, candidate, "candidate")
+        )
     champion_score: float | None = None
     if rule.relative:
         if champion is None:
             return RuleVerdict(
-                rule=rule.text, verdict="Inconclusive",
+                rule=rule.text,
+                verdict="Inconclusive",
                 reason=(
                     f"no champion scores to compare {rule.metric} = {_fmt(value)} with "
                     "(first generation?): score the champion in the evaluation, or use an absolute threshold"
@@ -210,14 +213,17 @@ def judge(rule: Rule, candidate: Mapping[str, object], champion: Mapping[str, ob
             )
         champion_score = _finite_number(champion.get(rule.metric))
         if champion_score is None:
-            return RuleVerdict(rule=rule.text, verdict="Inconclusive", reason=_describe_bad(rule.metric, champion, "champion"))
+            return RuleVerdict(
+                rule=rule.text, verdict="Inconclusive", reason=_describe_bad(rule.metric, champion, "champion")
+            )
     bound = rule.bound(champion_score)
     assert bound is not None  # relative rules returned above when the champion score is unknown
     ok = rule.holds(value, bound)
     symbol = _COMPARE[rule.op][0 if ok else 1]
     rhs = rule.describe_bound(champion_score)
     return RuleVerdict(
-        rule=rule.text, verdict="Passed" if ok else "Failed",
+        rule=rule.text,
+        verdict="Passed" if ok else "Failed",
         reason=f"{rule.metric} = {_fmt(value)} {symbol} {rhs}",
     )
 

@@ -59,8 +59,12 @@ def pet_env(runtime: PhaseRuntime, *, master: str) -> list[dict[str, object]]:
     }
     env: list[dict[str, object]] = [{"name": k, "value": v} for k, v in plain.items()]
     if runtime.num_nodes > 1:
-        env.append({"name": "PET_NODE_RANK", "valueFrom": {
-            "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
+        env.append(
+            {
+                "name": "PET_NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+            }
+        )
     else:
         env.append({"name": "PET_NODE_RANK", "value": "0"})
     return env

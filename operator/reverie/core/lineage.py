@@ -107,8 +107,13 @@ def ensure_base(status: ModelLineageStatus, base: BaseModelSpec, *, now: datetim
     new = status.model_copy(deep=True)
     new.generations.append(
         Generation(
-            name=BASE_GENERATION, parent=None, cycle=None, uri=base.uri, state=GenerationState.CHAMPION,
-            created_at=now, promoted_at=now,
+            name=BASE_GENERATION,
+            parent=None,
+            cycle=None,
+            uri=base.uri,
+            state=GenerationState.CHAMPION,
+            created_at=now,
+            promoted_at=now,
         )
     )
     new.champion = BASE_GENERATION
@@ -142,8 +147,14 @@ def record_candidate(
     new.next_generation += 1
     new.generations.append(
         Generation(
-            name=name, parent=parent, cycle=cycle, uri=uri, content_hash=content_hash,
-            scores=dict(scores), state=GenerationState.CANDIDATE, created_at=now,
+            name=name,
+            parent=parent,
+            cycle=cycle,
+            uri=uri,
+            content_hash=content_hash,
+            scores=dict(scores),
+            state=GenerationState.CANDIDATE,
+            created_at=now,
         )
     )
     return trim_history(new, history_limit=history_limit, keep=keep), name
@@ -192,24 +203,32 @@ def promote(
     """
     gen = find_by_cycle(status, cycle)
     if gen is None:
-        return status, Promotion("Unknown", None, status.champion, f"no generation of cycle {cycle} is recorded in the lineage")
+        return status, Promotion(
+            "Unknown", None, status.champion, f"no generation of cycle {cycle} is recorded in the lineage"
+        )
     if gen.state == GenerationState.CHAMPION or (gen.state == GenerationState.RETIRED and gen.promoted_at is not None):
         # Landed already (a restart between the write and the cycle's status update),
         # possibly superseded since; either way this cycle's promotion happened once.
         return status, Promotion("AlreadyChampion", gen.name, status.champion, f"{gen.name} was already promoted")
     if gen.state != GenerationState.CANDIDATE:
-        return status, Promotion("NotCandidate", gen.name, status.champion, f"{gen.name} is {gen.state}, not a Candidate")
+        return status, Promotion(
+            "NotCandidate", gen.name, status.champion, f"{gen.name} is {gen.state}, not a Candidate"
+        )
     previous = status.champion
     if rollback_to is not None:
         new = _set_state(status, gen.name, GenerationState.REJECTED, now=now, reason="Pinned")
         return new, Promotion(
-            "Pinned", gen.name, previous,
+            "Pinned",
+            gen.name,
+            previous,
             f"lineage is pinned to {rollback_to} by spec.rollbackTo; {gen.name} was not promoted (remove rollbackTo to resume promotion)",
         )
     if gen.parent != previous:
         new = _set_state(status, gen.name, GenerationState.REJECTED, now=now, reason="StaleParent")
         return new, Promotion(
-            "StaleParent", gen.name, previous,
+            "StaleParent",
+            gen.name,
+            previous,
             f"{gen.name} was trained from {gen.parent} but the champion is now {previous}; "
             "promoting it would discard the newer champion, so it was rejected (run a new cycle from the champion)",
         )
@@ -252,20 +271,26 @@ def rollback(status: ModelLineageStatus, *, target: str, now: datetime) -> tuple
     gen = find(status, target)
     previous = status.champion
     if gen is None:
-        known = ", ".join(g.name for g in status.generations if g.state in (GenerationState.CHAMPION, GenerationState.RETIRED))
+        known = ", ".join(
+            g.name for g in status.generations if g.state in (GenerationState.CHAMPION, GenerationState.RETIRED)
+        )
         dropped = ""
         num = generation_number(target)
         if num is not None and status.dropped.count and num < status.next_generation:
             dropped = f" ({target} may have been dropped by historyLimit)"
         return status, Rollback(
-            "UnknownGeneration", target, previous,
+            "UnknownGeneration",
+            target,
+            previous,
             f"spec.rollbackTo: generation {target!r} is not in status.generations{dropped}; known: {known or 'none'}",
         )
     if gen.state == GenerationState.CHAMPION:
         return status, Rollback("AlreadyChampion", target, previous, f"{target} is the champion")
     if gen.state != GenerationState.RETIRED:
         return status, Rollback(
-            "NotPromotable", target, previous,
+            "NotPromotable",
+            target,
+            previous,
             f"spec.rollbackTo: {target} is {gen.state}; only a generation that was champion (Retired) can be restored",
         )
     new = _make_champion(status, target, now=now)
@@ -296,7 +321,12 @@ def trim_history(status: ModelLineageStatus, *, history_limit: int, keep: Iterab
 
 
 def _set_state(
-    status: ModelLineageStatus, name: str, state: GenerationState, *, now: datetime, reason: str | None = None,
+    status: ModelLineageStatus,
+    name: str,
+    state: GenerationState,
+    *,
+    now: datetime,
+    reason: str | None = None,
 ) -> ModelLineageStatus:
     new = status.model_copy(deep=True)
     for g in new.generations:
@@ -325,7 +355,10 @@ def _make_champion(status: ModelLineageStatus, name: str, *, now: datetime) -> M
 
 
 def reconcile(
-    lineage: ModelLineage, *, now: datetime, schedule_problem: str | None = None,
+    lineage: ModelLineage,
+    *,
+    now: datetime,
+    schedule_problem: str | None = None,
 ) -> tuple[ModelLineageStatus, Rollback | None]:
     """The level-based part of a lineage's own reconcile: generation 0, the rollback pin, conditions.
 
@@ -344,25 +377,39 @@ def reconcile(
     if spec.rollback_to:
         status, result = rollback(status, target=spec.rollback_to, now=now)
         conditions = set_condition(
-            status.conditions, ROLLED_BACK, result.ok,
+            status.conditions,
+            ROLLED_BACK,
+            result.ok,
             reason="RolledBack" if result.ok else result.kind,
-            message=(f"pinned to {spec.rollback_to} by spec.rollbackTo; promotion paused" if result.ok else result.message),
-            now=now, observed_generation=observed,
+            message=(
+                f"pinned to {spec.rollback_to} by spec.rollbackTo; promotion paused" if result.ok else result.message
+            ),
+            now=now,
+            observed_generation=observed,
         )
     elif (pin := get_condition(conditions, ROLLED_BACK)) is not None and pin.reason != "Unpinned":
         conditions = set_condition(
-            conditions, ROLLED_BACK, False, reason="Unpinned",
+            conditions,
+            ROLLED_BACK,
+            False,
+            reason="Unpinned",
             message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
-            now=now, observed_generation=observed,
+            now=now,
+            observed_generation=observed,
         )
     if result is not None and not result.ok:
         ready, reason, message = False, "RollbackFailed", result.message
     elif schedule_problem:
-        ready, reason, message = False, "InvalidSchedule", f"{schedule_problem}; no SleepCycle is scheduled until it is fixed"
+        ready, reason, message = (
+            False,
+            "InvalidSchedule",
+            f"{schedule_problem}; no SleepCycle is scheduled until it is fixed",
+        )
     else:
         ready, reason, message = True, "ChampionServing", f"champion {status.champion} ({status.champion_uri})"
-    conditions = set_condition(conditions, READY, ready, reason=reason, message=message, now=now,
-                               observed_generation=observed)
+    conditions = set_condition(
+        conditions, READY, ready, reason=reason, message=message, now=now, observed_generation=observed
+    )
     if conditions != status.conditions or status.observed_generation != observed:
         status = status.model_copy(deep=True)
         status.conditions = conditions
@@ -385,7 +432,12 @@ class LineageChange:
 
 
 def apply_lineage_action(
-    lineage: ModelLineage, action: LineageAction, *, cycle: str, now: datetime, holder_finished: bool = False,
+    lineage: ModelLineage,
+    action: LineageAction,
+    *,
+    cycle: str,
+    now: datetime,
+    holder_finished: bool = False,
 ) -> LineageChange:
     """Apply one planner action of ``cycle`` to ``lineage``; the input is left untouched.
 
@@ -399,7 +451,9 @@ def apply_lineage_action(
     spec = lineage.spec
     status = ensure_base(lineage.status, spec.base_model, now=now)
     if isinstance(action, ClaimLineage):
-        if status.active_cycle == cycle or not may_claim(status.active_cycle, cycle=cycle, holder_finished=holder_finished):
+        if status.active_cycle == cycle or not may_claim(
+            status.active_cycle, cycle=cycle, holder_finished=holder_finished
+        ):
             return LineageChange(status)
         new = status.model_copy(deep=True)
         new.active_cycle = cycle
@@ -412,8 +466,14 @@ def apply_lineage_action(
         return LineageChange(new)
     if isinstance(action, RecordCandidate):
         new, name = record_candidate(
-            status, cycle=cycle, uri=action.uri, content_hash=action.content_hash, parent=action.parent,
-            scores=action.scores, now=now, history_limit=spec.history_limit,
+            status,
+            cycle=cycle,
+            uri=action.uri,
+            content_hash=action.content_hash,
+            parent=action.parent,
+            scores=action.scores,
+            now=now,
+            history_limit=spec.history_limit,
             keep=[spec.rollback_to] if spec.rollback_to else [],
         )
         return LineageChange(new, generation=name)

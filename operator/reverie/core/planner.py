@@ -76,9 +76,26 @@ from reverie.core.lineage import ancestry, may_claim
 from reverie.core.observed import JobState, ObservedJob
 
 __all__ = [
-    "LINEAGE_ACTIONS", "MAX_JOB_NAME", "Action", "ClaimLineage", "CreateJob", "DeleteCycle", "DeleteJob", "EmitEvent",
-    "LineageAction", "Plan", "Promote", "RecordCandidate", "Reject", "ReleaseLineage", "RequeueAfter",
-    "backoff_seconds", "job_name", "may_claim", "plan", "steps_of",
+    "LINEAGE_ACTIONS",
+    "MAX_JOB_NAME",
+    "Action",
+    "ClaimLineage",
+    "CreateJob",
+    "DeleteCycle",
+    "DeleteJob",
+    "EmitEvent",
+    "LineageAction",
+    "Plan",
+    "Promote",
+    "RecordCandidate",
+    "Reject",
+    "ReleaseLineage",
+    "RequeueAfter",
+    "backoff_seconds",
+    "job_name",
+    "may_claim",
+    "plan",
+    "steps_of",
 ]
 
 # Kubernetes caps names at 63; an Indexed Job's pods are named ``<job>-<index>-<rand>``
@@ -155,7 +172,9 @@ def _image(cycle: SleepCycle, step: Step) -> str:
 
 
 def _counted_failures(records: list[PhaseRecord], step: Step) -> list[PhaseRecord]:
-    return [r for r in records if r.step == step and r.result == StepResult.FAILED and r.reason not in UNCOUNTED_REASONS]
+    return [
+        r for r in records if r.step == step and r.result == StepResult.FAILED and r.reason not in UNCOUNTED_REASONS
+    ]
 
 
 def _describe(rec: PhaseRecord) -> str:
@@ -183,7 +202,12 @@ class _Planner:
     # -- helpers
     def cond(self, type_: str, status: ConditionStatus | bool, reason: str, message: str = "") -> None:
         self.status.conditions = set_condition(
-            self.status.conditions, type_, status, reason=reason, message=message, now=self.now,
+            self.status.conditions,
+            type_,
+            status,
+            reason=reason,
+            message=message,
+            now=self.now,
             observed_generation=self.gen,
         )
 
@@ -207,8 +231,11 @@ class _Planner:
         """A step that was running or waiting when the cycle stopped says why it never finished."""
         for type_ in STEP_CONDITION.values():
             current = get_condition(self.status.conditions, type_)
-            if current is not None and ConditionStatus(current.status) == ConditionStatus.FALSE \
-                    and current.reason in UNFINISHED_STEP_REASONS:
+            if (
+                current is not None
+                and ConditionStatus(current.status) == ConditionStatus.FALSE
+                and current.reason in UNFINISHED_STEP_REASONS
+            ):
                 self.cond(type_, False, reason, message)
 
     def mark_finished_steps(self) -> None:
@@ -218,8 +245,12 @@ class _Planner:
             rec = next((r for r in self.status.records if r.step == step and r.result == StepResult.SUCCEEDED), None)
             if rec is not None:
                 output = f"; output {rec.output_uri}" if rec.output_uri else ""
-                self.cond(STEP_CONDITION[step], True, "Succeeded",
-                          f"{step} attempt {rec.attempt} of {budget} succeeded in Job {rec.job_name}{output}")
+                self.cond(
+                    STEP_CONDITION[step],
+                    True,
+                    "Succeeded",
+                    f"{step} attempt {rec.attempt} of {budget} succeeded in Job {rec.job_name}{output}",
+                )
         if not self.cycle.spec.dreaming.enabled:
             self.cond("Dreamed", True, "Skipped", "spec.dreaming.enabled is false")
 
@@ -228,7 +259,9 @@ class _Planner:
         """Fold what the Jobs say into status.records; final records never change."""
         records = self.status.records
         known = {(r.step, r.attempt) for r in records}
-        for (step, attempt), seen in sorted(self.observed.items(), key=lambda kv: (kv[1].created or self.now, kv[0][1])):
+        for (step, attempt), seen in sorted(
+            self.observed.items(), key=lambda kv: (kv[1].created or self.now, kv[0][1])
+        ):
             if (step, attempt) not in known:
                 # A Job we created but whose record was lost (crash before the status write).
                 records.append(PhaseRecord(step=step, attempt=attempt, job_name=seen.name, start_time=seen.created))
@@ -241,18 +274,27 @@ class _Planner:
                     records[i] = self._fail(rec, "JobDeleted", f"Job {rec.job_name} disappeared before it finished")
                 continue  # Pending: the create is re-applied below
             if obs.state == JobState.ACTIVE:
-                records[i] = rec.model_copy(update={"result": StepResult.RUNNING, "start_time": rec.start_time or obs.created})
+                records[i] = rec.model_copy(
+                    update={"result": StepResult.RUNNING, "start_time": rec.start_time or obs.created}
+                )
             elif obs.state == JobState.SUCCEEDED:
                 records[i] = self._from_result(rec, obs)
             else:
                 records[i] = self._from_failure(rec, obs)
 
     def _fail(self, rec: PhaseRecord, reason: str, message: str, **extra: object) -> PhaseRecord:
-        rec = rec.model_copy(update={
-            "result": StepResult.FAILED, "reason": reason, "message": message[:4096],
-            "completion_time": rec.completion_time or self.now, **extra,
-        })
-        self.event("Warning", "AttemptFailed", f"{rec.step} attempt {rec.attempt} ({rec.job_name}) failed: {_describe(rec)}")
+        rec = rec.model_copy(
+            update={
+                "result": StepResult.FAILED,
+                "reason": reason,
+                "message": message[:4096],
+                "completion_time": rec.completion_time or self.now,
+                **extra,
+            }
+        )
+        self.event(
+            "Warning", "AttemptFailed", f"{rec.step} attempt {rec.attempt} ({rec.job_name}) failed: {_describe(rec)}"
+        )
         return rec
 
     def _from_result(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
@@ -265,8 +307,13 @@ class _Planner:
             return self._fail(rec, reason, str(exc), **finished)
         if result.status != "Succeeded":
             # The workload says it failed although the pod exited 0: trust the result.
-            return self._fail(rec, "PhaseReportedFailure", result.message or "the phase reported failure",
-                              checkpoint_uri=result.checkpoint_uri, **finished)
+            return self._fail(
+                rec,
+                "PhaseReportedFailure",
+                result.message or "the phase reported failure",
+                checkpoint_uri=result.checkpoint_uri,
+                **finished,
+            )
         if step == Step.EVALUATION:
             # JSON (and so the API server) has no NaN: status keeps the finite values, the gate
             # of this pass judges the raw ones (a NaN metric is Inconclusive, with that reason).
@@ -274,12 +321,18 @@ class _Planner:
             self.status.evaluation = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             self.status.champion_evaluation = {k: v for k, v in result.baseline.items() if math.isfinite(v)}
         self.event("Normal", "AttemptSucceeded", f"{step} attempt {rec.attempt} ({rec.job_name}) succeeded")
-        return rec.model_copy(update={
-            "result": StepResult.SUCCEEDED, "reason": "Succeeded", "message": result.message[:4096],
-            "output_uri": result.output_uri, "content_hash": result.content_hash,
-            "checkpoint_uri": result.checkpoint_uri,
-            "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)}, **finished,
-        })
+        return rec.model_copy(
+            update={
+                "result": StepResult.SUCCEEDED,
+                "reason": "Succeeded",
+                "message": result.message[:4096],
+                "output_uri": result.output_uri,
+                "content_hash": result.content_hash,
+                "checkpoint_uri": result.checkpoint_uri,
+                "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
+                **finished,
+            }
+        )
 
     def _from_failure(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
         checkpoint: str | None = None
@@ -291,8 +344,9 @@ class _Planner:
                 message = f"{result.message} ({obs.message})" if obs.message else result.message
         except ResultError:
             pass  # a crashed pod writes no result; the Job's reason is all we have
-        return self._fail(rec, obs.reason or "JobFailed", message, checkpoint_uri=checkpoint,
-                          completion_time=obs.finished or self.now)
+        return self._fail(
+            rec, obs.reason or "JobFailed", message, checkpoint_uri=checkpoint, completion_time=obs.finished or self.now
+        )
 
     # -- phases
     def run(self) -> Plan:
@@ -309,8 +363,11 @@ class _Planner:
                     obs = self.observed.get((Step(rec.step), rec.attempt))
                     if obs is not None and obs.state == JobState.ACTIVE and not obs.deleting:
                         self.actions.append(DeleteJob(rec.job_name, "LineageDeleted"))
-                self.finish(Phase.FAILED, "LineageNotFound",
-                            f"ModelLineage {lineage} was deleted while the cycle ran; create a new cycle for a new lineage")
+                self.finish(
+                    Phase.FAILED,
+                    "LineageNotFound",
+                    f"ModelLineage {lineage} was deleted while the cycle ran; create a new cycle for a new lineage",
+                )
                 return self.done(old_phase)
             self.set_phase(Phase.PENDING, f"waiting for ModelLineage {lineage} to exist in namespace {self.ns}")
             self.cond("Ready", False, "LineageNotFound", self.status.message)
@@ -319,14 +376,19 @@ class _Planner:
         if self.cycle.spec.suspend:
             self.suspend()
             return self.done(old_phase)
-        if any(c.type == "Suspended" and ConditionStatus(c.status) == ConditionStatus.TRUE for c in self.status.conditions):
+        if any(
+            c.type == "Suspended" and ConditionStatus(c.status) == ConditionStatus.TRUE for c in self.status.conditions
+        ):
             self.cond("Suspended", False, "Resumed", "spec.suspend is false; the cycle continues where it stopped")
         if self.waits_for_pin():
             return self.done(old_phase)
         if self.lineage.status.active_cycle != self.name:
             holder = self.lineage.status.active_cycle
-            why = (f"lineage {self.lineage.metadata.name} is busy with cycle {holder}; this cycle starts when it ends"
-                   if holder else f"claiming lineage {self.lineage.metadata.name}")
+            why = (
+                f"lineage {self.lineage.metadata.name} is busy with cycle {holder}; this cycle starts when it ends"
+                if holder
+                else f"claiming lineage {self.lineage.metadata.name}"
+            )
             self.set_phase(Phase.PENDING, why)
             self.cond("Ready", False, "WaitingForLineage" if holder else "ClaimingLineage", why)
             self.actions.append(ClaimLineage(self.lineage.metadata.name))
@@ -349,11 +411,17 @@ class _Planner:
         pin = self.lineage.spec.rollback_to
         rolled = get_condition(self.lineage.status.conditions, "RolledBack")
         broken = ""
-        if rolled is not None and ConditionStatus(rolled.status) == ConditionStatus.FALSE and rolled.reason != "Unpinned":
+        if (
+            rolled is not None
+            and ConditionStatus(rolled.status) == ConditionStatus.FALSE
+            and rolled.reason != "Unpinned"
+        ):
             broken = f" (and the pin itself fails: {rolled.message})"
-        return (f"lineage {lin} is pinned to {pin} by spec.rollbackTo{broken}; no candidate can be promoted "
-                f"while it is pinned. Unpin it with: kubectl patch modellineage {lin} --type=merge "
-                "-p '{\"spec\":{\"rollbackTo\":null}}'")
+        return (
+            f"lineage {lin} is pinned to {pin} by spec.rollbackTo{broken}; no candidate can be promoted "
+            f"while it is pinned. Unpin it with: kubectl patch modellineage {lin} --type=merge "
+            '-p \'{"spec":{"rollbackTo":null}}\''
+        )
 
     def waits_for_pin(self) -> bool:
         """A cycle that has not started waits while its lineage is pinned (unless whilePinned: Run).
@@ -365,8 +433,10 @@ class _Planner:
         assert self.lineage is not None
         if not self.lineage.spec.rollback_to or self.status.records or self.cycle.spec.promotion.while_pinned == "Run":
             return False
-        msg = (f"{self.pin_message()}; or set spec.promotion.whilePinned: Run on this cycle to train "
-               "a candidate now and promote it once the pin is removed")
+        msg = (
+            f"{self.pin_message()}; or set spec.promotion.whilePinned: Run on this cycle to train "
+            "a candidate now and promote it once the pin is removed"
+        )
         self.set_phase(Phase.PENDING, msg)
         self.cond("Ready", False, "LineagePinned", msg)
         # The champion may change when the pin is removed: resolve the base again then.
@@ -402,16 +472,22 @@ class _Planner:
                 continue
             obs = self.observed.get((Step(rec.step), rec.attempt))
             ckpt = rec.checkpoint_uri or self._default_checkpoint(Step(rec.step))
-            self.status.records[i] = rec.model_copy(update={
-                "result": StepResult.FAILED, "reason": "Suspended", "completion_time": self.now,
-                "message": "spec.suspend: the Job was deleted; the next attempt resumes from its checkpoint",
-                "checkpoint_uri": ckpt,
-            })
+            self.status.records[i] = rec.model_copy(
+                update={
+                    "result": StepResult.FAILED,
+                    "reason": "Suspended",
+                    "completion_time": self.now,
+                    "message": "spec.suspend: the Job was deleted; the next attempt resumes from its checkpoint",
+                    "checkpoint_uri": ckpt,
+                }
+            )
             if obs is not None and not obs.deleting:
                 self.actions.append(DeleteJob(rec.job_name, "Suspended"))
         for other in self.observed.values():
-            if other.state == JobState.ACTIVE and not other.deleting and not any(
-                isinstance(a, DeleteJob) and a.job_name == other.name for a in self.actions
+            if (
+                other.state == JobState.ACTIVE
+                and not other.deleting
+                and not any(isinstance(a, DeleteJob) and a.job_name == other.name for a in self.actions)
             ):
                 self.actions.append(DeleteJob(other.name, "Suspended"))
         msg = "spec.suspend is true: no Jobs run; set it to false to resume where the cycle stopped"
@@ -423,7 +499,9 @@ class _Planner:
     def _default_checkpoint(self, step: Step) -> str | None:
         if self.lineage is None:
             return None
-        return step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step) + "/checkpoints"
+        return (
+            step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step) + "/checkpoints"
+        )
 
     def run_step(self, step: Step) -> None:
         phase = STEP_PHASE[step]
@@ -432,9 +510,7 @@ class _Planner:
         live = [r for r in records if r.result in (StepResult.PENDING, StepResult.RUNNING)]
         # Any other live Job (an older attempt, another step) is an orphan of a crash: stop it.
         for obs in self.observed.values():
-            if obs.state == JobState.ACTIVE and not obs.deleting and not any(
-                r.job_name == obs.name for r in live
-            ):
+            if obs.state == JobState.ACTIVE and not obs.deleting and not any(r.job_name == obs.name for r in live):
                 self.actions.append(DeleteJob(obs.name, "Superseded"))
         if live:
             rec = live[-1]
@@ -453,19 +529,24 @@ class _Planner:
             self.finish(Phase.FAILED, last.reason, msg)
             return
         if len(failures) >= policy.max_attempts:
-            msg = (f"{step} failed {len(failures)} of {policy.max_attempts} attempts; "
-                   f"last: {_describe(failures[-1])}")
+            msg = f"{step} failed {len(failures)} of {policy.max_attempts} attempts; last: {_describe(failures[-1])}"
             self.cond(STEP_CONDITION[step], False, "RetryBudgetExhausted", msg)
             self.finish(Phase.FAILED, "RetryBudgetExhausted", msg)
             return
         if failures:
-            delay = backoff_seconds(len(failures), base=policy.backoff_seconds,
-                                    multiplier=policy.backoff_multiplier, cap=policy.max_backoff_seconds)
+            delay = backoff_seconds(
+                len(failures),
+                base=policy.backoff_seconds,
+                multiplier=policy.backoff_multiplier,
+                cap=policy.max_backoff_seconds,
+            )
             not_before = (failures[-1].completion_time or self.now) + timedelta(seconds=delay)
             if self.now < not_before:
                 self.status.next_attempt_after = not_before
-                msg = (f"{step} attempt {failures[-1].attempt} failed ({_describe(failures[-1])}); "
-                       f"attempt {len(failures) + 1} of {policy.max_attempts} starts after {not_before.isoformat()}")
+                msg = (
+                    f"{step} attempt {failures[-1].attempt} failed ({_describe(failures[-1])}); "
+                    f"attempt {len(failures) + 1} of {policy.max_attempts} starts after {not_before.isoformat()}"
+                )
                 self.set_phase(phase, msg)
                 self.cond(STEP_CONDITION[step], False, "BackoffWaiting", msg)
                 self.cond("Ready", False, "BackoffWaiting", msg)
@@ -473,10 +554,15 @@ class _Planner:
                 return
         attempt = 1 + max([r.attempt for r in records] + [a for (s, a) in self.observed if s == step], default=0)
         create = self._create(step, attempt)
-        self.status.records.append(PhaseRecord(
-            step=step, attempt=attempt, job_name=create.job_name, start_time=self.now,
-            output_uri=create.config.output_uri,
-        ))
+        self.status.records.append(
+            PhaseRecord(
+                step=step,
+                attempt=attempt,
+                job_name=create.job_name,
+                start_time=self.now,
+                output_uri=create.config.output_uri,
+            )
+        )
         self.status.next_attempt_after = None
         self.status.start_time = self.status.start_time or self.now
         self.actions.append(create)
@@ -493,28 +579,47 @@ class _Planner:
         spec = self.cycle.spec
         done = {Step(r.step): r for r in self.status.records if r.result == StepResult.SUCCEEDED}
         inputs = {s.value: r.output_uri for s, r in done.items() if r.output_uri}
-        previous = [r for r in self.status.records if r.step == step and r.attempt < attempt and r.result == StepResult.FAILED]
+        previous = [
+            r for r in self.status.records if r.step == step and r.attempt < attempt and r.result == StepResult.FAILED
+        ]
         resume_from = None
         if previous:
             resume_from = previous[-1].checkpoint_uri or self._default_checkpoint(step)
         champion = lin.status.champion or "gen-0"
         champion_uri = lin.status.champion_uri or (lin.spec.base_model.uri if champion == "gen-0" else None)
         config = PhaseConfig(
-            step=step, cycle=self.name, namespace=self.ns, lineage=lin.metadata.name, attempt=attempt,
+            step=step,
+            cycle=self.name,
+            namespace=self.ns,
+            lineage=lin.metadata.name,
+            attempt=attempt,
             store_uri=lin.spec.store.uri,
             output_uri=step_output_uri(lin.spec.store.uri, lin.metadata.name, self.name, step),
-            base_generation=self.status.base_generation, base_uri=self.status.base_uri,
-            inputs=inputs, resume_from=resume_from, memory=spec.memory,
+            base_generation=self.status.base_generation,
+            base_uri=self.status.base_uri,
+            inputs=inputs,
+            resume_from=resume_from,
+            memory=spec.memory,
             # What the base generation already knows: replayed, and scored by retention.
             prior_memory_uris=[
                 consolidated_memories_uri(lin.spec.store.uri, lin.metadata.name, g.cycle)
-                for g in ancestry(lin.status, self.status.base_generation) if g.cycle
+                for g in ancestry(lin.status, self.status.base_generation)
+                if g.cycle
             ],
-            champion_generation=champion, champion_uri=champion_uri,
-            consolidation=spec.consolidation, dreaming=spec.dreaming, evaluation=spec.evaluation,
+            champion_generation=champion,
+            champion_uri=champion_uri,
+            consolidation=spec.consolidation,
+            dreaming=spec.dreaming,
+            evaluation=spec.evaluation,
         )
-        return CreateJob(step=step, attempt=attempt, job_name=job_name(self.name, step, attempt), config=config,
-                         runtime=_runtime(self.cycle, step), image=_image(self.cycle, step))
+        return CreateJob(
+            step=step,
+            attempt=attempt,
+            job_name=job_name(self.name, step, attempt),
+            config=config,
+            runtime=_runtime(self.cycle, step),
+            image=_image(self.cycle, step),
+        )
 
     def candidate(self) -> Generation | None:
         assert self.lineage is not None
@@ -528,21 +633,33 @@ class _Planner:
             champion = baseline or self._champion_scores()
             rules = [str(r) for r in self.cycle.spec.evaluation.gate.rules]
             self.status.gate = decide(rules, candidate, champion, now=self.now)
-            self.event("Normal" if self.status.gate.outcome == "Passed" else "Warning",
-                       f"Gate{self.status.gate.outcome}", _gate_summary(self.status.gate))
+            self.event(
+                "Normal" if self.status.gate.outcome == "Passed" else "Warning",
+                f"Gate{self.status.gate.outcome}",
+                _gate_summary(self.status.gate),
+            )
         gate = self.status.gate
-        self.cond("GatePassed", {"Passed": True, "Failed": False}.get(gate.outcome, ConditionStatus.UNKNOWN),
-                  gate.outcome, _gate_summary(gate))
+        self.cond(
+            "GatePassed",
+            {"Passed": True, "Failed": False}.get(gate.outcome, ConditionStatus.UNKNOWN),
+            gate.outcome,
+            _gate_summary(gate),
+        )
         gen = self.candidate()
         generation = gen.name if gen else None
         self.status.generation = generation
         if gen is None or generation is None:
             model = self._candidate_record()
             self.set_phase(Phase.EVALUATING, "recording the candidate generation in the lineage")
-            self.actions.append(RecordCandidate(
-                lineage=lin, parent=self.status.base_generation, uri=model.output_uri or "",
-                content_hash=model.content_hash, scores=dict(self.status.evaluation),
-            ))
+            self.actions.append(
+                RecordCandidate(
+                    lineage=lin,
+                    parent=self.status.base_generation,
+                    uri=model.output_uri or "",
+                    content_hash=model.content_hash,
+                    scores=dict(self.status.evaluation),
+                )
+            )
             return
         state = GenerationState(gen.state)
         if state == GenerationState.CHAMPION or (state == GenerationState.RETIRED and gen.promoted_at is not None):
@@ -559,10 +676,16 @@ class _Planner:
             return
         approval = self.cycle.metadata.annotations.get(APPROVAL_ANNOTATION, "")
         manual = self.cycle.spec.promotion.policy == PromotionPolicy.MANUAL
-        ask_human = manual if gate.outcome == "Passed" else (
-            gate.outcome == "Inconclusive" and self.cycle.spec.promotion.on_inconclusive == "AwaitApproval"
+        ask_human = (
+            manual
+            if gate.outcome == "Passed"
+            else (gate.outcome == "Inconclusive" and self.cycle.spec.promotion.on_inconclusive == "AwaitApproval")
         )
-        if gate.outcome == "Failed" or (gate.outcome == "Inconclusive" and not ask_human) or (ask_human and approval == "rejected"):
+        if (
+            gate.outcome == "Failed"
+            or (gate.outcome == "Inconclusive" and not ask_human)
+            or (ask_human and approval == "rejected")
+        ):
             reason = "RejectedByApprover" if ask_human and approval == "rejected" else f"Gate{gate.outcome}"
             msg = f"candidate {generation} rejected: {_gate_summary(gate)}"
             self.cond("Promoted", False, reason, msg)
@@ -570,8 +693,10 @@ class _Planner:
             self.actions.append(Reject(lineage=lin, generation=generation, reason=reason))
             return
         if ask_human and approval != "approved":
-            msg = (f"candidate {generation} waits for approval: annotate {APPROVAL_ANNOTATION}=approved "
-                   f"(or rejected); gate: {_gate_summary(gate)}")
+            msg = (
+                f"candidate {generation} waits for approval: annotate {APPROVAL_ANNOTATION}=approved "
+                f"(or rejected); gate: {_gate_summary(gate)}"
+            )
             self.set_phase(Phase.AWAITING_APPROVAL, msg)
             self.cond("Promoted", False, "AwaitingApproval", msg)
             self.cond("Ready", False, "AwaitingApproval", msg)
@@ -597,11 +722,15 @@ class _Planner:
         if reason is None:  # recorded by an older operator: read the cause off the lineage
             reason = "Pinned" if lin.spec.rollback_to else "StaleParent" if gen.parent != lin.status.champion else None
         if reason == "Pinned":
-            return (f"lineage {lin.metadata.name} was pinned by spec.rollbackTo when the promotion was written; "
-                    "remove the pin and run a new cycle")
+            return (
+                f"lineage {lin.metadata.name} was pinned by spec.rollbackTo when the promotion was written; "
+                "remove the pin and run a new cycle"
+            )
         if reason == "StaleParent":
-            return (f"it was trained from {gen.parent}, but another cycle made {lin.status.champion} champion first; "
-                    "run a new cycle from the champion")
+            return (
+                f"it was trained from {gen.parent}, but another cycle made {lin.status.champion} champion first; "
+                "run a new cycle from the champion"
+            )
         return f"{gen.name} is Rejected in the lineage ({reason or 'no reason recorded'})"
 
     def _candidate_record(self) -> PhaseRecord:
@@ -640,8 +769,10 @@ class _Planner:
 
     def done(self, old_phase: Phase) -> Plan:
         # Every condition was judged against this generation of the spec, rewritten or not.
-        self.status.conditions = [c if c.observed_generation == self.gen else
-                                  c.model_copy(update={"observed_generation": self.gen}) for c in self.status.conditions]
+        self.status.conditions = [
+            c if c.observed_generation == self.gen else c.model_copy(update={"observed_generation": self.gen})
+            for c in self.status.conditions
+        ]
         ready, was = get_condition(self.status.conditions, "Ready"), get_condition(self.old.conditions, "Ready")
         if ready is not None and ready.reason in WAITING_PROBLEMS and (was is None or was.reason != ready.reason):
             self.event("Warning", ready.reason, ready.message)
@@ -649,7 +780,11 @@ class _Planner:
         if new_phase != old_phase:
             warn = new_phase in (Phase.FAILED, Phase.REJECTED)
             self.event("Warning" if warn else "Normal", new_phase.value, self.status.message or new_phase.value)
-            if new_phase in TERMINAL_PHASES and self.lineage is not None and self.lineage.status.active_cycle == self.name:
+            if (
+                new_phase in TERMINAL_PHASES
+                and self.lineage is not None
+                and self.lineage.status.active_cycle == self.name
+            ):
                 self.actions.append(ReleaseLineage(self.lineage.metadata.name))
             ttl = self.cycle.spec.ttl_seconds_after_finished
             if new_phase in TERMINAL_PHASES and ttl is not None:

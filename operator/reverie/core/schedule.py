@@ -95,7 +95,9 @@ def validate(spec: ScheduleSpec) -> None:
     """Raise :class:`ScheduleError` if the cron expression or the time zone is invalid."""
     zone(spec)
     if not croniter.is_valid(spec.cron):
-        raise ScheduleError(f"spec.schedule.cron {spec.cron!r} is not a valid cron expression (e.g. '0 3 * * *' or @daily)")
+        raise ScheduleError(
+            f"spec.schedule.cron {spec.cron!r} is not a valid cron expression (e.g. '0 3 * * *' or @daily)"
+        )
 
 
 def due_times(spec: ScheduleSpec, *, after: datetime, now: datetime, limit: int = MAX_MISSED + 1) -> list[datetime]:
@@ -129,7 +131,10 @@ def cycle_name(lineage: str, scheduled: datetime) -> str:
 def history_to_delete(spec: ScheduleSpec, cycles: Sequence[CycleInfo]) -> list[str]:
     """Finished scheduled cycles beyond the history limits, oldest first."""
     out: list[str] = []
-    for phases, limit in ((SUCCEEDED_PHASES, spec.successful_history_limit), (FAILED_PHASES, spec.failed_history_limit)):
+    for phases, limit in (
+        (SUCCEEDED_PHASES, spec.successful_history_limit),
+        (FAILED_PHASES, spec.failed_history_limit),
+    ):
         done = sorted(
             (c for c in cycles if c.scheduled and c.phase in phases),
             key=lambda c: (c.finished or c.created, c.name),
@@ -153,7 +158,9 @@ def plan_schedule(
     after = last_schedule_time or created
     upcoming = next_run(spec, after=max(after, now))
     if spec.suspend:
-        return SchedulePlan(delete=delete, last_schedule_time=last_schedule_time, next_run=upcoming, waiting="schedule suspended")
+        return SchedulePlan(
+            delete=delete, last_schedule_time=last_schedule_time, next_run=upcoming, waiting="schedule suspended"
+        )
     due = due_times(spec, after=after, now=now)
     if not due:
         return SchedulePlan(delete=delete, last_schedule_time=last_schedule_time, next_run=upcoming)
@@ -163,7 +170,10 @@ def plan_schedule(
     if deadline is not None and now - latest > timedelta(seconds=deadline):
         missed = len(due)
         return SchedulePlan(
-            delete=delete, last_schedule_time=latest, next_run=upcoming, missed=missed,
+            delete=delete,
+            last_schedule_time=latest,
+            next_run=upcoming,
+            missed=missed,
             missed_message=(
                 f"missed {missed} scheduled run(s), the latest at {latest:%Y-%m-%dT%H:%M:%SZ}, "
                 f"by more than startingDeadlineSeconds={deadline}"
@@ -171,30 +181,46 @@ def plan_schedule(
         )
     missed_message = (
         f"missed {earlier} earlier scheduled run(s) before {latest:%Y-%m-%dT%H:%M:%SZ}; starting only the latest"
-        if earlier else None
+        if earlier
+        else None
     )
     name = cycle_name(lineage, latest)
     active = [c for c in cycles if c.active and c.name != name]
     if any(c.name == name for c in cycles):
         # Created already (a restart before lastScheduleTime was written): just record it.
-        return SchedulePlan(delete=delete, last_schedule_time=latest, next_run=upcoming, missed=earlier, missed_message=missed_message)
+        return SchedulePlan(
+            delete=delete, last_schedule_time=latest, next_run=upcoming, missed=earlier, missed_message=missed_message
+        )
     if active and spec.concurrency_policy == "Forbid":
         names = ", ".join(sorted(c.name for c in active))
         return SchedulePlan(
-            delete=delete, last_schedule_time=last_schedule_time, next_run=upcoming,
+            delete=delete,
+            last_schedule_time=last_schedule_time,
+            next_run=upcoming,
             waiting=f"run of {latest:%Y-%m-%dT%H:%M:%SZ} waits: concurrencyPolicy Forbid and cycle(s) {names} active",
         )
     if active:  # Replace: only cycles this schedule started; a hand-made cycle is never deleted
         replaced = [c.name for c in active if c.scheduled]
         delete = replaced + [d for d in delete if d not in replaced]
     return SchedulePlan(
-        create=name, scheduled_time=latest, delete=delete, last_schedule_time=latest, next_run=upcoming,
-        missed=earlier, missed_message=missed_message,
+        create=name,
+        scheduled_time=latest,
+        delete=delete,
+        last_schedule_time=latest,
+        next_run=upcoming,
+        missed=earlier,
+        missed_message=missed_message,
     )
 
 
 def render_cycle(
-    *, lineage: str, namespace: str, lineage_uid: str | None, template: dict[str, Any], name: str, scheduled: datetime,
+    *,
+    lineage: str,
+    namespace: str,
+    lineage_uid: str | None,
+    template: dict[str, Any],
+    name: str,
+    scheduled: datetime,
 ) -> dict[str, Any]:
     """The SleepCycle object for a scheduled run: the template (whose lineageRef the schema requires to be this lineage), owned by it."""
     spec = dict(template)
@@ -207,8 +233,14 @@ def render_cycle(
     }
     if lineage_uid:
         # Deleting the lineage deletes its scheduled cycles (and their Jobs), like a CronJob's Jobs.
-        meta["ownerReferences"] = [{
-            "apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelLineage", "name": lineage, "uid": lineage_uid,
-            "controller": False, "blockOwnerDeletion": False,
-        }]
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/v1alpha1",
+                "kind": "ModelLineage",
+                "name": lineage,
+                "uid": lineage_uid,
+                "controller": False,
+                "blockOwnerDeletion": False,
+            }
+        ]
     return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "SleepCycle", "metadata": meta, "spec": spec}

@@ -58,7 +58,8 @@ def hand_off(lineage: ModelLineage) -> HandOff:
     if written is not None and written.generation == champion.name and ServableForm(written.form) == form:
         return HandOff(generation=champion.name, form=form, uri=written.uri)
     want = ServableStatus(
-        generation=champion.name, form=form,
+        generation=champion.name,
+        form=form,
         uri=servable_uri(lineage.spec.store.uri, lineage.metadata.name, champion.name, form),
     )
     return HandOff(generation=champion.name, form=form, uri=None, export=want, source_uri=status.champion_uri)

@@ -67,8 +67,10 @@ def _read_manifest(root: str) -> TinyWorld | None:
             return None
         raw = json.loads(text)
         world = TinyWorld(
-            base_uri=store.join(root, raw["base_uri"]), sessions=[store.join(root, s) for s in raw["sessions"]],
-            old_memories=store.join(root, raw["old_memories"]), people_per_session=int(raw["people_per_session"]),
+            base_uri=store.join(root, raw["base_uri"]),
+            sessions=[store.join(root, s) for s in raw["sessions"]],
+            old_memories=store.join(root, raw["old_memories"]),
+            people_per_session=int(raw["people_per_session"]),
         )
         if not store.exists(store.join(world.base_uri, "config.json")):
             return None
@@ -77,8 +79,9 @@ def _read_manifest(root: str) -> TinyWorld | None:
     return world
 
 
-def teach_reading(base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_size: int = 32,
-                  lesson_share: float = 0.6) -> list[tuple[str, str]]:
+def teach_reading(
+    base: Any, *, seed: int, steps: int, lr: float = 3e-3, batch_size: int = 32, lesson_share: float = 0.6
+) -> list[tuple[str, str]]:
     """Teach the tiny base to answer from its context, keeping what it knows; returns the last loss.
 
     A lesson puts one fact about a random person with a random city in the user
@@ -134,9 +137,17 @@ def tiny_world_exists(store: Path | str, lineage: str) -> bool:
     return _read_manifest(_lineage_root(store, lineage)) is not None
 
 
-def ensure_tiny_world(store: Path | str, lineage: str, *, seed: int = 0, people_per_session: int = 8,
-                      old_people: int = 16, pretrain_steps: int = 400, reading_steps: int = 200,
-                      build_dir: Path | None = None) -> TinyWorld:
+def ensure_tiny_world(
+    store: Path | str,
+    lineage: str,
+    *,
+    seed: int = 0,
+    people_per_session: int = 8,
+    old_people: int = 16,
+    pretrain_steps: int = 400,
+    reading_steps: int = 200,
+    build_dir: Path | None = None,
+) -> TinyWorld:
     """Build the tiny base generation and its memories unless they exist (idempotent).
 
     For a store in an object store the world is built under ``build_dir`` (kept,
@@ -148,9 +159,16 @@ def ensure_tiny_world(store: Path | str, lineage: str, *, seed: int = 0, people_
     if world is not None:
         return world
     if stores.is_remote(str(store)):
-        return _upload_tiny_world(build_dir or Path(tempfile.mkdtemp(prefix="reverie-tiny-")), str(store), lineage,
-                                  seed=seed, people_per_session=people_per_session, old_people=old_people,
-                                  pretrain_steps=pretrain_steps, reading_steps=reading_steps)
+        return _upload_tiny_world(
+            build_dir or Path(tempfile.mkdtemp(prefix="reverie-tiny-")),
+            str(store),
+            lineage,
+            seed=seed,
+            people_per_session=people_per_session,
+            old_people=old_people,
+            pretrain_steps=pretrain_steps,
+            reading_steps=reading_steps,
+        )
     root = Path(store) / lineage
     manifest = root / MANIFEST
     # Imported here: torch and transformers cost seconds, and only this path needs them.
@@ -163,26 +181,36 @@ def ensure_tiny_world(store: Path | str, lineage: str, *, seed: int = 0, people_
     torch.set_num_threads(1)
 
     base = tiny.build_base_generation(
-        root / "gen-0", seed=seed, n_old=old_people, n_new=(people_per_session,) * SESSIONS,
+        root / "gen-0",
+        seed=seed,
+        n_old=old_people,
+        n_new=(people_per_session,) * SESSIONS,
         steps=pretrain_steps,
     )
     qa_turns = teach_reading(base, seed=seed, steps=reading_steps)
     memories = root / "memories"
     sessions = []
     for index, facts in enumerate(base.new, start=1):
-        path = tiny.write_memories_jsonl(memories / f"session-{index}.jsonl", tiny.memory_records(facts, prefix=f"s{index}"))
+        path = tiny.write_memories_jsonl(
+            memories / f"session-{index}.jsonl", tiny.memory_records(facts, prefix=f"s{index}")
+        )
         sessions.append(str(path))
     old = tiny.write_memories_jsonl(memories / "old.jsonl", tiny.memory_records(base.old, prefix="old"))
     evaluation = root / "eval"
     evaluation.mkdir(parents=True, exist_ok=True)
-    write_atomic(evaluation / "general_qa.jsonl", "".join(
-        json.dumps({"id": f"old-{i}", "question": f.question, "answer": f.answer}) + "\n" for i, f in enumerate(base.old)
-    ))
+    write_atomic(
+        evaluation / "general_qa.jsonl",
+        "".join(
+            json.dumps({"id": f"old-{i}", "question": f.question, "answer": f.answer}) + "\n"
+            for i, f in enumerate(base.old)
+        ),
+    )
     # Held-out "general text" of a model that only ever saw chat turns: its old
     # facts as question/answer turns (plain sentences would be off-distribution).
-    write_atomic(evaluation / "general_text.jsonl", "".join(
-        json.dumps({"text": prompt + completion}) + "\n" for prompt, completion in qa_turns
-    ))
+    write_atomic(
+        evaluation / "general_text.jsonl",
+        "".join(json.dumps({"text": prompt + completion}) + "\n" for prompt, completion in qa_turns),
+    )
     relative = {
         "base_uri": str(Path(base.folder).resolve().relative_to(root.resolve())),
         "sessions": [str(Path(s).resolve().relative_to(root.resolve())) for s in sessions],

@@ -58,7 +58,11 @@ class RichObserver(Observer):
         for column in ("phase", "job", "step", "loss", "ETA", "elapsed"):
             table.add_column(column)
         for name, prog in self.jobs.items():
-            step = f"{prog.step}/{prog.total}" if prog.step is not None and prog.total else (str(prog.step) if prog.step is not None else "starting")
+            step = (
+                f"{prog.step}/{prog.total}"
+                if prog.step is not None and prog.total
+                else (str(prog.step) if prog.step is not None else "starting")
+            )
             loss = f"{prog.loss:.4f}" if prog.loss is not None and math.isfinite(prog.loss) else "–"
             elapsed = time.monotonic() - self.started[name]
             table.add_row(str(cycle.status.phase), name, step, loss, _eta(prog.eta_seconds), _eta(elapsed))
@@ -89,7 +93,10 @@ class RichObserver(Observer):
             for name, prog in self.jobs.items():
                 # A log gets a line when a phase moves, and a heartbeat while it works on one step.
                 where = (prog.step, prog.loss)
-                if where == self.last_line.get(name) and self.last_plain - self.last_line_at.get(name, 0.0) < PLAIN_HEARTBEAT_SECONDS:
+                if (
+                    where == self.last_line.get(name)
+                    and self.last_plain - self.last_line_at.get(name, 0.0) < PLAIN_HEARTBEAT_SECONDS
+                ):
                     continue
                 self.last_line[name], self.last_line_at[name] = where, self.last_plain
                 loss = f" loss {prog.loss:.4f}" if prog.loss is not None and math.isfinite(prog.loss) else ""
@@ -117,13 +124,25 @@ def summary_table(state: LocalState, cycle: SleepCycle) -> Table:
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("recall of new memories (closed book)", _value(before, "knowledge_incorporation"), _value(after, "knowledge_incorporation"))
+    table.add_row(
+        "recall of new memories (closed book)",
+        _value(before, "knowledge_incorporation"),
+        _value(after, "knowledge_incorporation"),
+    )
     if "incontext_upper_bound" in after:
-        table.add_row("  with the memories in context (upper bound)", _value(before, "incontext_upper_bound"), _value(after, "incontext_upper_bound"))
+        table.add_row(
+            "  with the memories in context (upper bound)",
+            _value(before, "incontext_upper_bound"),
+            _value(after, "incontext_upper_bound"),
+        )
     table.add_row("retention of old knowledge", _value(before, "retention"), _value(after, "retention"))
     if "perplexity" in after:
-        table.add_row("perplexity of old text (lower is better)", _value(before, "perplexity"), _value(after, "perplexity"))
+        table.add_row(
+            "perplexity of old text (lower is better)", _value(before, "perplexity"), _value(after, "perplexity")
+        )
     gate = status.gate.outcome if status.gate else "–"
-    table.add_row("gate", "", Text(gate, style="green" if gate == "Passed" else "red" if gate == "Failed" else "yellow"))
+    table.add_row(
+        "gate", "", Text(gate, style="green" if gate == "Passed" else "red" if gate == "Failed" else "yellow")
+    )
     table.add_row("champion", status.base_generation or "–", state.lineage.status.champion or "–")
     return table

@@ -139,9 +139,14 @@ class LocalExecutor:
         run_dir = self.runs_dir / config.cycle
         run_dir.mkdir(parents=True, exist_ok=True)
         job = LocalJob(
-            name=name, cycle=config.cycle, step=config.step, attempt=config.attempt,
-            config_path=str(run_dir / f"{name}.json"), log_path=str(run_dir / f"{name}.log"),
-            output_uri=config.output_uri, started_at=_now(),
+            name=name,
+            cycle=config.cycle,
+            step=config.step,
+            attempt=config.attempt,
+            config_path=str(run_dir / f"{name}.json"),
+            log_path=str(run_dir / f"{name}.log"),
+            output_uri=config.output_uri,
+            started_at=_now(),
         )
         write_atomic(Path(job.config_path), json.dumps(config.wire(), indent=1) + "\n")
         self.state.jobs[name] = job
@@ -155,8 +160,12 @@ class LocalExecutor:
         command = self._command(job)
         with open(job.log_path, "ab") as log:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         self._procs[job.name] = proc
         self._launch_times[job.name] = time.time()
@@ -231,8 +240,11 @@ class LocalExecutor:
     def observe(self, *, cycle: str | None = None) -> list[ObservedJob]:
         """The jobs as the planner sees them (a deleted job is gone, as on a cluster)."""
         self.poll()
-        return [self._observed(j) for j in self.state.jobs.values()
-                if j.state != "Deleted" and (cycle is None or j.cycle == cycle)]
+        return [
+            self._observed(j)
+            for j in self.state.jobs.values()
+            if j.state != "Deleted" and (cycle is None or j.cycle == cycle)
+        ]
 
     def _observed(self, job: LocalJob) -> ObservedJob:
         if job.state in ("Running", "Interrupted"):
@@ -245,9 +257,16 @@ class LocalExecutor:
             code = f"exit status {job.exit_code}" if job.exit_code is not None else "exit status unknown"
             message = f"{code}; last output: {log_tail(Path(job.log_path))}"
         return ObservedJob(
-            name=job.name, step=Step(job.step), attempt=job.attempt, state=state,
-            created=job.started_at, started=job.started_at, finished=job.finished_at,
-            reason=reason, message=message[:1024], result_text=job.result,
+            name=job.name,
+            step=Step(job.step),
+            attempt=job.attempt,
+            state=state,
+            created=job.started_at,
+            started=job.started_at,
+            finished=job.finished_at,
+            reason=reason,
+            message=message[:1024],
+            result_text=job.result,
         )
 
     def delete(self, name: str) -> None:
@@ -302,7 +321,9 @@ class LocalExecutor:
             job.resumed_from.append("")
         write_atomic(Path(job.config_path), json.dumps(config.wire(), indent=1) + "\n")
         with open(job.log_path, "a") as log:
-            log.write(ProgressEvent(RELAUNCHED, values={"launch": job.launches + 1, "resumeFrom": checkpoint}).line() + "\n")
+            log.write(
+                ProgressEvent(RELAUNCHED, values={"launch": job.launches + 1, "resumeFrom": checkpoint}).line() + "\n"
+            )
         job.launches += 1
         self._spawn(job)
 

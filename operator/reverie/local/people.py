@@ -32,7 +32,9 @@ def session_people(store_uri: str, lineage: str, session: int, *, per_session: i
         raise ValueError(f"session numbers start at 1, got {session}")
     uri = store.join(store_uri, lineage, "memories", f"people-{session}.jsonl")
     if not store.exists(uri):
-        people = make_people(per_session * session, seed=SEED)[-per_session:]  # a stable prefix: sessions never share a name
+        people = make_people(per_session * session, seed=SEED)[
+            -per_session:
+        ]  # a stable prefix: sessions never share a name
         records = memory_records(people, prefix=f"people{session}")
         store.write_text(uri, "".join(json.dumps(r) + "\n" for r in records))
     return uri

@@ -84,10 +84,7 @@ def load_project(target: Path | str) -> Project:
         root = target.resolve().parent
         files = [target.resolve()]
         # A lone sleepcycle.yaml may keep its lineage in a sibling file.
-        files += sorted(
-            p for p in root.iterdir()
-            if p.suffix in {".yaml", ".yml"} and p.is_file() and p != files[0]
-        )
+        files += sorted(p for p in root.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file() and p != files[0])
     cycles: list[tuple[Path, SleepCycle]] = []
     lineages: list[tuple[Path, ModelLineage]] = []
     for path in files:

@@ -131,8 +131,9 @@ def _resolve_lineage(project: Project, world: TinyWorld | None) -> ModelLineage:
     return lineage
 
 
-def _resolve_memory(cycle: SleepCycle, *, world: TinyWorld | None, session: int, store: str,
-                    lineage: str) -> SleepCycle:
+def _resolve_memory(
+    cycle: SleepCycle, *, world: TinyWorld | None, session: int, store: str, lineage: str
+) -> SleepCycle:
     sources = []
     for source in cycle.spec.memory.sources:
         if is_builtin_people(source.uri):
@@ -178,7 +179,9 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
             observer.note(f"tiny base model ready in {time.monotonic() - started:.0f} s: {world.base_uri}")
     elif is_builtin_pretrained(project.lineage.spec.base_model.uri):
         if not smollm2_folder_exists():
-            observer.note("first run: converting the packaged SmolLM2-135M-Instruct into a model folder (no downloads)…")
+            observer.note(
+                "first run: converting the packaged SmolLM2-135M-Instruct into a model folder (no downloads)…"
+            )
         started = time.monotonic()
         try:
             folder = smollm2_folder()
@@ -205,14 +208,22 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
     cycle.metadata.name = name
     cycle.metadata.generation = 1
     cycle.status = SleepCycleStatus()
-    state.cycles.append(_resolve_memory(cycle, world=world, session=len(state.cycles) + 1, store=project.store_uri,
-                                        lineage=project.lineage.metadata.name))
+    state.cycles.append(
+        _resolve_memory(
+            cycle,
+            world=world,
+            session=len(state.cycles) + 1,
+            store=project.store_uri,
+            lineage=project.lineage.metadata.name,
+        )
+    )
     return state
 
 
 # --- applying the planner's actions ------------------------------------------------------
-def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, executor: LocalExecutor,
-           observer: Observer) -> float | None:
+def _apply(
+    action: planner.Action, *, state: LocalState, cycle: SleepCycle, executor: LocalExecutor, observer: Observer
+) -> float | None:
     """Carry out one action locally; returns a requeue delay when the action asks for one."""
     lin = state.lineage
     now = _now()
@@ -247,8 +258,15 @@ def _apply(action: planner.Action, *, state: LocalState, cycle: SleepCycle, exec
     return None
 
 
-def run_cycle(project: Project, *, observer: Observer, again: bool = False, approve: str | None = None,
-              python: str | None = None, on_report: Callable[[LocalState, str], Path | None] | None = None) -> RunOutcome:
+def run_cycle(
+    project: Project,
+    *,
+    observer: Observer,
+    again: bool = False,
+    approve: str | None = None,
+    python: str | None = None,
+    on_report: Callable[[LocalState, str], Path | None] | None = None,
+) -> RunOutcome:
     """Run (or resume) the current cycle of ``project`` until it ends, waits for a human, or is interrupted."""
     with state_lock(project.state_dir), sigterm_as_interrupt():
         # This process uploads the tiny world; phases get the same store settings (LocalExecutor),
@@ -268,8 +286,12 @@ def run_cycle(project: Project, *, observer: Observer, again: bool = False, appr
         if approve is not None:
             cycle.metadata.annotations[APPROVAL_ANNOTATION] = approve
         save_state(project.state_dir, state)
-        executor = LocalExecutor(state, runs_dir=runs_dir(project), python=python or sys.executable,
-                                 staging_cache=project.state_dir / STAGING_DIR)
+        executor = LocalExecutor(
+            state,
+            runs_dir=runs_dir(project),
+            python=python or sys.executable,
+            staging_cache=project.state_dir / STAGING_DIR,
+        )
         interrupted = False
         try:
             for job in executor.recover():

@@ -43,7 +43,11 @@ def serve_champion(lineage: ModelLineage, *, observer: Notes) -> str | None:
         try:
             export_generation(decision.source_uri, decision.export.uri, form=decision.form, base_ref=base_ref)
         except (GenerationError, OSError) as exc:
-            observer.event("Warning", "ExportFailed", f"writing the {decision.form.value} form of {decision.generation} failed: {exc}")
+            observer.event(
+                "Warning",
+                "ExportFailed",
+                f"writing the {decision.form.value} form of {decision.generation} failed: {exc}",
+            )
             return None
         lineage.status.servable = decision.export
         uri: str | None = decision.export.uri

@@ -42,9 +42,12 @@ class LocalJob(ApiModel):
     output_uri: str = Field(description="Where the step writes (result.json, checkpoints).")
     pid: int | None = Field(default=None, description="Process id while it runs.")
     state: Literal["Running", "Succeeded", "Failed", "Interrupted", "Deleted"] = Field(
-        default="Running", description="Process state (Deleted: the planner deleted it; it is no longer observed).",
+        default="Running",
+        description="Process state (Deleted: the planner deleted it; it is no longer observed).",
     )
-    launches: int = Field(default=1, ge=1, description="Times the process was started (>1: resumed after an interruption).")
+    launches: int = Field(
+        default=1, ge=1, description="Times the process was started (>1: resumed after an interruption)."
+    )
     resumed_from: list[str] = Field(default_factory=list, description="Checkpoints each relaunch resumed from.")
     exit_code: int | None = Field(default=None, description="Exit status once it ended.")
     result: str | None = Field(default=None, description="The PhaseResult JSON it ended with (termination message).")
@@ -57,7 +60,9 @@ class LocalState(ApiModel):
 
     version: int = Field(default=STATE_VERSION, description="State file format.")
     lineage: ModelLineage = Field(description="The local lineage (same model as on a cluster).")
-    cycles: list[SleepCycle] = Field(default_factory=list, description="Cycles run here, oldest first; the last is current.")
+    cycles: list[SleepCycle] = Field(
+        default_factory=list, description="Cycles run here, oldest first; the last is current."
+    )
     jobs: dict[str, LocalJob] = Field(default_factory=dict, description="Phase processes by Job name.")
     known_memory_uris: list[str] = Field(
         default_factory=list,
@@ -94,7 +99,9 @@ def load_state(state_dir: Path) -> LocalState | None:
         return None
     raw = json.loads(path.read_text())
     if raw.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: state format {raw.get('version')} is not {STATE_VERSION}; delete {state_dir} to start over")
+        raise ValueError(
+            f"{path}: state format {raw.get('version')} is not {STATE_VERSION}; delete {state_dir} to start over"
+        )
     return LocalState.model_validate(raw)
 
 

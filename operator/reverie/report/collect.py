@@ -73,11 +73,18 @@ def recall_items(report: EvalReport) -> list[RecallItem]:
         a, b = after.get(item_id), before.get(item_id)
         ref = a or b
         assert ref is not None
-        out.append(RecallItem(
-            id=item_id, memory=memory_of(item_id), question=ref.prompt, expected=ref.expected,
-            before=b.correct if b else None, after=a.correct if a else None,
-            before_output=b.output if b else "", after_output=a.output if a else "",
-        ))
+        out.append(
+            RecallItem(
+                id=item_id,
+                memory=memory_of(item_id),
+                question=ref.prompt,
+                expected=ref.expected,
+                before=b.correct if b else None,
+                after=a.correct if a else None,
+                before_output=b.output if b else "",
+                after_output=a.output if a else "",
+            )
+        )
     return out
 
 
@@ -109,7 +116,9 @@ def collect(state: LocalState, *, cycle: str | None = None) -> ReportData:
     if chosen is None:
         raise ValueError("the run has no cycle yet")
     name = chosen.metadata.name
-    jobs = sorted((j for j in state.jobs.values() if j.cycle == name), key=lambda j: (j.started_at is None, j.started_at))
+    jobs = sorted(
+        (j for j in state.jobs.values() if j.cycle == name), key=lambda j: (j.started_at is None, j.started_at)
+    )
     data = ReportData(cycle=chosen, lineage=state.lineage, jobs=jobs)
     for job in jobs:
         series = progress.loss_series(Path(job.log_path))
@@ -124,6 +133,7 @@ def collect(state: LocalState, *, cycle: str | None = None) -> ReportData:
     elif chosen.status.evaluation:
         data.suites = [
             (n, _finite(chosen.status.champion_evaluation.get(n)), _finite(v))
-            for n, v in chosen.status.evaluation.items() if not n.endswith(("_ci_low", "_ci_high", "_n"))
+            for n, v in chosen.status.evaluation.items()
+            if not n.endswith(("_ci_low", "_ci_high", "_n"))
         ]
     return data

@@ -47,9 +47,11 @@ def _svg(fig: Any, name: str, label: str) -> str:
     _pyplot().close(fig)
     text = buffer.getvalue()
     # Inline SVG: drop the XML prolog and DOCTYPE, name the plot for tests and screen readers.
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     return text.replace(
-        "<svg ", f'<svg data-plot="{html.escape(name)}" role="img" aria-label="{html.escape(label)}" ', 1,
+        "<svg ",
+        f'<svg data-plot="{html.escape(name)}" role="img" aria-label="{html.escape(label)}" ',
+        1,
     )
 
 
@@ -59,7 +61,13 @@ def loss_plot(job: str, series: dict[str, list[tuple[int, float]]]) -> str:
     for name, points in sorted(series.items(), key=lambda kv: (kv[0] != "loss", kv[0])):
         steps = [s for s, _ in points]
         values = [v for _, v in points]
-        ax.plot(steps, values, label=name, linewidth=1.6 if name == "loss" else 1.0, marker="." if len(points) < 30 else None)
+        ax.plot(
+            steps,
+            values,
+            label=name,
+            linewidth=1.6 if name == "loss" else 1.0,
+            marker="." if len(points) < 30 else None,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(job, loc="left")
@@ -105,7 +113,9 @@ def scores_plot(data: ReportData) -> str | None:
             if report.champion is not None and name in report.champion.scores:
                 iv = report.champion.scores[name].interval
                 b_ci = (iv.low, iv.high)
-        rows.append((name, before if before is not None else math.nan, after if after is not None else math.nan, b_ci, a_ci))
+        rows.append(
+            (name, before if before is not None else math.nan, after if after is not None else math.nan, b_ci, a_ci)
+        )
     if not rows:
         return None
     plt = _pyplot()
@@ -114,18 +124,36 @@ def scores_plot(data: ReportData) -> str | None:
 
     def errors(values: list[float], cis: list[tuple[float, float] | None]) -> list[list[float]]:
         # max(0, ·): float dust at the interval's ends must not make matplotlib refuse the bars.
-        lo = [max(0.0, v - c[0]) if c and math.isfinite(c[0]) and math.isfinite(v) else 0.0
-              for v, c in zip(values, cis, strict=True)]
-        hi = [max(0.0, c[1] - v) if c and math.isfinite(c[1]) and math.isfinite(v) else 0.0
-              for v, c in zip(values, cis, strict=True)]
+        lo = [
+            max(0.0, v - c[0]) if c and math.isfinite(c[0]) and math.isfinite(v) else 0.0
+            for v, c in zip(values, cis, strict=True)
+        ]
+        hi = [
+            max(0.0, c[1] - v) if c and math.isfinite(c[1]) and math.isfinite(v) else 0.0
+            for v, c in zip(values, cis, strict=True)
+        ]
         return [lo, hi]
 
     champion = [r[1] for r in rows]
     candidate = [r[2] for r in rows]
-    ax.barh([y + 0.2 for y in ys], champion, height=0.38, color=BEFORE, label="champion (before)",
-            xerr=errors(champion, [r[3] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
-    ax.barh([y - 0.2 for y in ys], candidate, height=0.38, color=AFTER, label="candidate (after)",
-            xerr=errors(candidate, [r[4] for r in rows]), error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.barh(
+        [y + 0.2 for y in ys],
+        champion,
+        height=0.38,
+        color=BEFORE,
+        label="champion (before)",
+        xerr=errors(champion, [r[3] for r in rows]),
+        error_kw={"elinewidth": 0.8, "capsize": 2},
+    )
+    ax.barh(
+        [y - 0.2 for y in ys],
+        candidate,
+        height=0.38,
+        color=AFTER,
+        label="candidate (after)",
+        xerr=errors(candidate, [r[4] for r in rows]),
+        error_kw={"elinewidth": 0.8, "capsize": 2},
+    )
     ax.set_yticks(ys, [r[0] for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
@@ -162,7 +190,9 @@ def lineage_svg(data: ReportData) -> str:
         if gen.parent in pos:
             px, py = pos[gen.parent]
             x, y = pos[gen.name]
-            parts.append(f'<line x1="{px + w}" y1="{py + h / 2}" x2="{x}" y2="{y + h / 2}" stroke="#555" stroke-width="1.5" marker-end="url(#arrow)"/>')
+            parts.append(
+                f'<line x1="{px + w}" y1="{py + h / 2}" x2="{x}" y2="{y + h / 2}" stroke="#555" stroke-width="1.5" marker-end="url(#arrow)"/>'
+            )
     for gen in gens:
         x, y = pos[gen.name]
         colour = STATE_COLOURS.get(GenerationState(gen.state), "#555")
@@ -170,7 +200,7 @@ def lineage_svg(data: ReportData) -> str:
         detail = f"recall {ki:.2f}" if ki is not None and math.isfinite(ki) else (gen.cycle or "base model")
         bold = ' stroke-width="3"' if gen.name == data.lineage.status.champion else ' stroke-width="1.5"'
         parts.append(
-            f'<g><title>{html.escape(gen.name)}: {html.escape(str(gen.state))} — {html.escape(gen.uri)}</title>'
+            f"<g><title>{html.escape(gen.name)}: {html.escape(str(gen.state))} — {html.escape(gen.uri)}</title>"
             f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="#fff" stroke="{colour}"{bold}/>'
             f'<text x="{x + 10}" y="{y + 20}" font-size="13" font-weight="bold" fill="{colour}">{html.escape(gen.name)}</text>'
             f'<text x="{x + 10}" y="{y + 36}" font-size="11" fill="#333">{html.escape(str(gen.state))}</text>'
@@ -195,7 +225,8 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 def render_html(data: ReportData) -> str:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=jinja2.select_autoescape(["html", "j2"]),
+        loader=jinja2.FileSystemLoader(Path(__file__).parent),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = _fmt
@@ -208,8 +239,13 @@ def render_html(data: ReportData) -> str:
     status = data.cycle.status
     records = [
         {
-            "job": r.job_name, "step": str(r.step), "attempt": r.attempt, "result": str(r.result), "reason": r.reason,
-            "duration": _duration(r.start_time, r.completion_time), "message": r.message,
+            "job": r.job_name,
+            "step": str(r.step),
+            "attempt": r.attempt,
+            "result": str(r.result),
+            "reason": r.reason,
+            "duration": _duration(r.start_time, r.completion_time),
+            "message": r.message,
             "launches": next((j.launches for j in data.jobs if j.name == r.job_name), 1),
         }
         for r in status.records
@@ -217,8 +253,14 @@ def render_html(data: ReportData) -> str:
     recall_before = [i.before for i in data.recall if i.before is not None]
     recall_after = [i.after for i in data.recall if i.after is not None]
     page = env.get_template(TEMPLATE).render(
-        cycle=data.cycle, status=status, lineage=data.lineage, plots=plots, records=records, recall=data.recall,
-        suites=data.suites, gate=status.gate,
+        cycle=data.cycle,
+        status=status,
+        lineage=data.lineage,
+        plots=plots,
+        records=records,
+        recall=data.recall,
+        suites=data.suites,
+        gate=status.gate,
         recall_before=sum(recall_before) / len(recall_before) if recall_before else None,
         recall_after=sum(recall_after) / len(recall_after) if recall_after else None,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -28,12 +28,54 @@ from reverie.workloads.memory import Memory
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which memory a question is about.
-_STOP = frozenset({
-    "a", "an", "and", "are", "at", "be", "by", "did", "do", "does", "for", "from", "has", "have", "he",
-    "her", "his", "how", "in", "is", "it", "its", "of", "on", "or", "she", "the", "their", "they", "to",
-    "was", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "you",
-    "your",
-})
+_STOP = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "at",
+        "be",
+        "by",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "how",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "she",
+        "the",
+        "their",
+        "they",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    }
+)
 
 
 class AskError(ValueError):
@@ -77,8 +119,9 @@ def pick_memory(question: str, memories: Sequence[Memory]) -> Memory | None:
     return best
 
 
-def answers(uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-            max_new_tokens: int = 48) -> list[str]:
+def answers(
+    uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None, max_new_tokens: int = 48
+) -> list[str]:
     """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
     from reverie.workloads.memory import question_prompt
     from reverie.workloads.modelio import load_generation
@@ -100,15 +143,23 @@ class Column:
     notes: list[str] = field(default_factory=list)
 
 
-def ask(targets: AskTargets, questions: Sequence[str], *, compare: bool = False, max_new_tokens: int = 48,
-        store_uri: str | None = None) -> list[Column]:
+def ask(
+    targets: AskTargets,
+    questions: Sequence[str],
+    *,
+    compare: bool = False,
+    max_new_tokens: int = 48,
+    store_uri: str | None = None,
+) -> list[Column]:
     """Ask the champion (and, with ``compare``, the base and the teacher) every question."""
     from reverie.workloads.memory import MemorySetError, load_memory_uris
 
     name, uri = targets.champion
     if compare and not targets.memory_uris:
-        raise AskError(f"the champion {name} has had no sleep yet, so there are no memories to put in the teacher's "
-                       "context; ask without --compare")
+        raise AskError(
+            f"the champion {name} has had no sleep yet, so there are no memories to put in the teacher's "
+            "context; ask without --compare"
+        )
     columns = [Column(f"champion ({name})", answers(uri, questions, max_new_tokens=max_new_tokens))]
     if not compare:
         return columns
@@ -119,9 +170,9 @@ def ask(targets: AskTargets, questions: Sequence[str], *, compare: bool = False,
     except MemorySetError as exc:
         raise AskError(f"the teacher needs the memories of the champion's sleeps: {exc}") from exc
     picked = [pick_memory(q, memories) for q in questions]
-    teacher = answers(base_uri, questions, contexts=[m.text if m else None for m in picked],
-                      max_new_tokens=max_new_tokens)
+    teacher = answers(
+        base_uri, questions, contexts=[m.text if m else None for m in picked], max_new_tokens=max_new_tokens
+    )
     notes = [f"memory {m.id}" if m else "no memory shares a word with the question" for m in picked]
     columns.append(Column(f"teacher ({base_name} + memory in context)", teacher, notes))
     return columns
-

@@ -69,8 +69,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(
-    root: str | Path, *, step: int, slot: str, slot_state: dict[str, torch.Tensor],
-    optimizer_state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+    root: str | Path,
+    *,
+    step: int,
+    slot: str,
+    slot_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and point ``latest`` at it; keeps the newest two."""
     root = Path(root)
@@ -123,7 +128,7 @@ def fetch_checkpoint(uri: str) -> Path | None:
         files = [rel for rel in listing if rel.startswith(prefix)]
     target = Path(tempfile.mkdtemp(prefix="reverie-resume-"))
     for rel in files:
-        store.download_file(store.join(uri, rel), target / rel[len(prefix):])
+        store.download_file(store.join(uri, rel), target / rel[len(prefix) :])
     return target
 
 
@@ -146,6 +151,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     opt_path = folder / "optimizer.pt"
     optimizer_state = torch.load(opt_path, weights_only=False) if opt_path.is_file() else None
     return Checkpoint(
-        folder=folder, step=int(meta["step"]), slot=str(meta["slot"]), slot_state=slot_state,
-        optimizer_state=optimizer_state, meta=meta,
+        folder=folder,
+        step=int(meta["step"]),
+        slot=str(meta["slot"]),
+        slot_state=slot_state,
+        optimizer_state=optimizer_state,
+        meta=meta,
     )

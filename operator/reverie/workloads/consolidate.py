@@ -94,12 +94,25 @@ def _spec_default(name: str) -> Any:
 
 # KSSettings field -> ConsolidationSpec field.
 _FROM_SPEC = {
-    "alpha": "alpha", "beta": "beta", "lam": "lam", "gamma": "gamma", "z0": "z0",
-    "replay_ratio": "replay_ratio", "steps": "steps", "on_policy_steps": "on_policy_steps",
-    "on_policy_threshold": "on_policy_threshold", "items_per_memory": "items_per_memory",
-    "top_k": "top_k", "ce_weight": "ce_weight", "batch_size": "batch_size",
-    "learning_rate": "learning_rate", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
-    "group_size": "imitation_group_size", "seed": "seed", "checkpoint_every": "checkpoint_every",
+    "alpha": "alpha",
+    "beta": "beta",
+    "lam": "lam",
+    "gamma": "gamma",
+    "z0": "z0",
+    "replay_ratio": "replay_ratio",
+    "steps": "steps",
+    "on_policy_steps": "on_policy_steps",
+    "on_policy_threshold": "on_policy_threshold",
+    "items_per_memory": "items_per_memory",
+    "top_k": "top_k",
+    "ce_weight": "ce_weight",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "group_size": "imitation_group_size",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -132,7 +145,6 @@ class KSSettings:
     max_grad_norm: float = 1.0
     log_every: int = 10
 
-
     @classmethod
     def from_spec(cls, spec: ConsolidationSpec, **overrides: Any) -> KSSettings:
         s = cls(**{ours: getattr(spec, theirs) for ours, theirs in _FROM_SPEC.items()})
@@ -149,7 +161,11 @@ class KSSettings:
 
 
 def generalized_jsd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *, beta: float,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
 ) -> torch.Tensor:
     """Token-mean generalized JSD_β(p_T ‖ p_S) (GKD, Agarwal et al. 2024).
 
@@ -205,7 +221,12 @@ def overlap_judge(completion: str, reference: str, *, threshold: float = 0.8) ->
 
 
 def imitation_reward(
-    completion: str, reference: str, *, gamma: float, z0: float, judge: SemanticJudge = overlap_judge,
+    completion: str,
+    reference: str,
+    *,
+    gamma: float,
+    z0: float,
+    judge: SemanticJudge = overlap_judge,
 ) -> float:
     """r = γ·r_sem + (1 − γ)·r_abs, with r_abs = 1 − z/max(|ŷ|, |d|) when that normalized z ≤ z₀, else 0."""
     z = normalized_edit_distance(completion, reference)
@@ -226,7 +247,10 @@ def knowledge_seeding_loss(distill: torch.Tensor, imitation: torch.Tensor, *, al
 
 
 def topk_forward_kl(
-    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, mask: torch.Tensor,
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     """Token-mean forward KL(p_T ‖ p_S) over the teacher's cached top-k (the β → 0 end of JSD_β).
 
@@ -260,11 +284,21 @@ def teacher_prompt_of(item: StudyItem, tokenizer: Any, memories: dict[str, Memor
 
 
 def study_cues(
-    items: Sequence[StudyItem], tokenizer: Any, memories: dict[str, Memory], *, in_context: bool = True,
+    items: Sequence[StudyItem],
+    tokenizer: Any,
+    memories: dict[str, Memory],
+    *,
+    in_context: bool = True,
 ) -> tuple[list[Cue], list[Cue]]:
     """The self-study items as on-policy cues: (memory cues, replay cues)."""
-    cues = [Cue(question_prompt(tokenizer, i.prompt), teacher_prompt_of(i, tokenizer, memories, in_context=in_context),
-                replay=i.replay) for i in items]
+    cues = [
+        Cue(
+            question_prompt(tokenizer, i.prompt),
+            teacher_prompt_of(i, tokenizer, memories, in_context=in_context),
+            replay=i.replay,
+        )
+        for i in items
+    ]
     return [c for c in cues if not c.replay], [c for c in cues if c.replay]
 
 
@@ -300,9 +334,9 @@ def with_eos(ids: Sequence[int], *, eos: int, max_new_tokens: int) -> list[int]:
 class Roles:
     """Which expert slots each role uses on the one shared model."""
 
-    student: list[str]            # earlier slots + the new slot
-    teacher: list[str]            # earlier slots (the smaller self)
-    memory_teacher: list[str]     # teacher on memory cues (+ the fast-weight adapter in the stand-in)
+    student: list[str]  # earlier slots + the new slot
+    teacher: list[str]  # earlier slots (the smaller self)
+    memory_teacher: list[str]  # teacher on memory cues (+ the fast-weight adapter in the stand-in)
 
 
 @dataclass
@@ -326,7 +360,10 @@ class KSState:
 
 
 def run_steps(
-    step: Callable[[int], StepStats], state: KSState, *, until: int,
+    step: Callable[[int], StepStats],
+    state: KSState,
+    *,
+    until: int,
     on_step: Callable[[StepStats, KSState], None] | None = None,
 ) -> KSState:
     """Run ``step`` from ``state.step`` up to ``until``, recording each step's stats in the history."""
@@ -371,9 +408,19 @@ class KnowledgeSeeding:
     """One sleep's Knowledge Seeding over a shared model whose roles differ only by active slots."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, backend: SamplingBackend, *, roles: Roles, settings: KSSettings,
-        memory: Sequence[Cue], replay: Sequence[Cue], trainer: Trainer, judge: SemanticJudge = overlap_judge,
-        teacher_backend: SamplingBackend | None = None, world: World | None = None,
+        self,
+        model: Any,
+        tokenizer: Any,
+        backend: SamplingBackend,
+        *,
+        roles: Roles,
+        settings: KSSettings,
+        memory: Sequence[Cue],
+        replay: Sequence[Cue],
+        trainer: Trainer,
+        judge: SemanticJudge = overlap_judge,
+        teacher_backend: SamplingBackend | None = None,
+        world: World | None = None,
     ) -> None:
         if not memory:
             raise ValueError("Knowledge Seeding needs at least one memory cue")
@@ -400,8 +447,11 @@ class KnowledgeSeeding:
                 continue
             adapters = self.roles.teacher if replay else self.roles.memory_teacher
             out = self.teacher_backend.generate(
-                [c.teacher_prompt for c in group], max_new_tokens=self.s.max_new_tokens,
-                temperature=self.s.teacher_temperature, seed=self.s.seed * 1_000_003 + step, adapters=adapters,
+                [c.teacher_prompt for c in group],
+                max_new_tokens=self.s.max_new_tokens,
+                temperature=self.s.teacher_temperature,
+                seed=self.s.seed * 1_000_003 + step,
+                adapters=adapters,
             )
             fresh.update(zip(group, out.token_ids, strict=True))
         if greedy:
@@ -421,8 +471,11 @@ class KnowledgeSeeding:
         rows = [i for i, on in enumerate(on_policy) if on]
         if rows:  # y ~ student(· | x without memory): sampled under no_grad, so no gradient through sampling
             out = self.backend.generate(
-                [cues[i].student_prompt for i in rows], max_new_tokens=self.s.max_new_tokens,
-                temperature=self.s.temperature, seed=self.s.seed * 7_000_003 + step, adapters=self.roles.student,
+                [cues[i].student_prompt for i in rows],
+                max_new_tokens=self.s.max_new_tokens,
+                temperature=self.s.temperature,
+                seed=self.s.seed * 7_000_003 + step,
+                adapters=self.roles.student,
             )
             for i, ids in zip(rows, out.token_ids, strict=True):
                 ys[i] = ids
@@ -439,7 +492,9 @@ class KnowledgeSeeding:
                     continue
                 adapters = self.roles.teacher if replay else self.roles.memory_teacher
                 with active_adapters(self.model, adapters):
-                    lg, _, _ = completion_logits(self.model, self.tok, [t_prompts[i] for i in idx], [ys[i] for i in idx])
+                    lg, _, _ = completion_logits(
+                        self.model, self.tok, [t_prompts[i] for i in idx], [ys[i] for i in idx]
+                    )
                 t_logits.append((idx, lg))
             width = max(lg.shape[1] for _, lg in t_logits)
             teacher = torch.zeros(len(cues), width, t_logits[0][1].shape[-1], device=t_logits[0][1].device)
@@ -451,7 +506,9 @@ class KnowledgeSeeding:
         loss = generalized_jsd(s_logits, teacher, mask, beta=self.s.beta)
         return loss, int(mask.sum())
 
-    def imitation_term(self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int) -> tuple[torch.Tensor, float, int]:
+    def imitation_term(
+        self, cues: Sequence[Cue], answers: Sequence[list[int]], *, step: int
+    ) -> tuple[torch.Tensor, float, int]:
         rng = step_rng(self.s.seed, step, "lti")
         pool = [(c, d) for c, d in zip(cues, answers, strict=True) if not c.replay and len(d) > 0]
         if not pool:
@@ -465,13 +522,18 @@ class KnowledgeSeeding:
         g = self.s.group_size
         rep_prompts = [p for p in prompts for _ in range(g)]
         out = self.backend.generate(
-            rep_prompts, max_new_tokens=self.s.max_new_tokens, temperature=self.s.temperature,
-            seed=self.s.seed * 9_000_011 + step, adapters=self.roles.student,
+            rep_prompts,
+            max_new_tokens=self.s.max_new_tokens,
+            temperature=self.s.temperature,
+            seed=self.s.seed * 9_000_011 + step,
+            adapters=self.roles.student,
         )
-        rewards = torch.tensor([
-            imitation_reward(text, refs[i // g], gamma=self.s.gamma, z0=self.s.z0, judge=self.judge)
-            for i, text in enumerate(out.texts)
-        ])
+        rewards = torch.tensor(
+            [
+                imitation_reward(text, refs[i // g], gamma=self.s.gamma, z0=self.s.z0, judge=self.judge)
+                for i, text in enumerate(out.texts)
+            ]
+        )
         ys = [with_eos(y, eos=self.tok.eos_token_id, max_new_tokens=self.s.max_new_tokens) for y in out.token_ids]
         p_ids = [encode(self.tok, p) for p in rep_prompts]
         with active_adapters(self.model, self.roles.student):
@@ -497,14 +559,26 @@ class KnowledgeSeeding:
         self.trainer.backward_and_step(loss)
         self.model.eval()
         n = self.world.size
-        total, d, i, r, tok = distributed.all_reduce_sum(self.world, [
-            float(loss.detach()) / n, float(distill.detach()) * weight / n, float(imitation.detach()) / n, reward / n,
-            n_tok + n_lti])
-        return StepStats(step=step, loss=total, distill=d, imitation=i, reward=r, tokens=int(tok),
-                         seconds=time.perf_counter() - t0)
+        total, d, i, r, tok = distributed.all_reduce_sum(
+            self.world,
+            [
+                float(loss.detach()) / n,
+                float(distill.detach()) * weight / n,
+                float(imitation.detach()) / n,
+                reward / n,
+                n_tok + n_lti,
+            ],
+        )
+        return StepStats(
+            step=step, loss=total, distill=d, imitation=i, reward=r, tokens=int(tok), seconds=time.perf_counter() - t0
+        )
 
     def run(
-        self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
+        self,
+        state: KSState,
+        *,
+        on_step: Callable[[StepStats, KSState], None] | None = None,
+        until: int | None = None,
     ) -> KSState:
         return run_steps(self.step, state, until=self.s.steps if until is None else until, on_step=on_step)
 
@@ -513,8 +587,16 @@ class SelfStudyDistillation:
     """Stage 1: forward KL (+ CE) on the teacher's cached self-study answers; one student pass per step."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, items: Sequence[StudyItem], targets: TeacherTargets,
-        student: Sequence[str], settings: KSSettings, trainer: Trainer, world: World | None = None,
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        items: Sequence[StudyItem],
+        targets: TeacherTargets,
+        student: Sequence[str],
+        settings: KSSettings,
+        trainer: Trainer,
+        world: World | None = None,
     ) -> None:
         if len(items) != len(targets):
             raise ValueError(f"{len(items)} study items but {len(targets)} teacher targets")
@@ -538,7 +620,9 @@ class SelfStudyDistillation:
         """(forward KL over the teacher's top-k, CE on its answer tokens, tokens) for the given items."""
         answers = [self.targets.answer_ids[r] for r in rows]
         with active_adapters(self.model, self.student):
-            logits, mask, targets = completion_logits(self.forward, self.tok, [self.prompt_ids[r] for r in rows], answers)
+            logits, mask, targets = completion_logits(
+                self.forward, self.tok, [self.prompt_ids[r] for r in rows], answers
+            )
         width = logits.shape[1]
         ids = self.targets.topk_ids[list(rows), :width].to(logits.device)
         lps = self.targets.topk_logprobs[list(rows), :width].to(logits.device)
@@ -559,13 +643,32 @@ class SelfStudyDistillation:
         self.trainer.backward_and_step(loss * weight if self.world.distributed else loss)
         self.model.eval()
         n = self.world.size
-        total, d, c, tok = distributed.all_reduce_sum(self.world, [
-            float(loss.detach()) * weight / n, float(fkl.detach()) * weight / n, float(ce.detach()) * weight / n, n_tok])
-        return StepStats(step=step, loss=total, distill=d, imitation=0.0, reward=0.0, tokens=int(tok),
-                         seconds=time.perf_counter() - t0, ce=c)
+        total, d, c, tok = distributed.all_reduce_sum(
+            self.world,
+            [
+                float(loss.detach()) * weight / n,
+                float(fkl.detach()) * weight / n,
+                float(ce.detach()) * weight / n,
+                n_tok,
+            ],
+        )
+        return StepStats(
+            step=step,
+            loss=total,
+            distill=d,
+            imitation=0.0,
+            reward=0.0,
+            tokens=int(tok),
+            seconds=time.perf_counter() - t0,
+            ce=c,
+        )
 
     def run(
-        self, state: KSState, *, on_step: Callable[[StepStats, KSState], None] | None = None, until: int | None = None,
+        self,
+        state: KSState,
+        *,
+        on_step: Callable[[StepStats, KSState], None] | None = None,
+        until: int | None = None,
     ) -> KSState:
         return run_steps(self.step, state, until=self.s.steps if until is None else until, on_step=on_step)
 
@@ -574,8 +677,13 @@ class SelfStudyDistillation:
 
 
 def closed_book_recall(
-    backend: SamplingBackend, tokenizer: Any, qa: Sequence[tuple[str, str]], *, adapters: Sequence[str] | None = None,
-    contexts: Sequence[str | None] | None = None, max_new_tokens: int = 16,
+    backend: SamplingBackend,
+    tokenizer: Any,
+    qa: Sequence[tuple[str, str]],
+    *,
+    adapters: Sequence[str] | None = None,
+    contexts: Sequence[str | None] | None = None,
+    max_new_tokens: int = 16,
 ) -> float:
     """Share of questions answered (greedy, the evaluation's matcher); with ``contexts`` the in-context score."""
     if not qa:
@@ -587,15 +695,24 @@ def closed_book_recall(
 
 
 def teacher_agreement(
-    backend: SamplingBackend, tokenizer: Any, items: Sequence[StudyItem], *, adapters: Sequence[str],
-    max_new_tokens: int, limit: int = 32,
+    backend: SamplingBackend,
+    tokenizer: Any,
+    items: Sequence[StudyItem],
+    *,
+    adapters: Sequence[str],
+    max_new_tokens: int,
+    limit: int = 32,
 ) -> float:
     """Mean token F1 between the student's closed-book answers and the teacher's, on study items (held in)."""
     sample = [i for i in items if not i.replay][:limit]
     if not sample:
         return float("nan")
-    out = backend.generate([question_prompt(tokenizer, i.prompt) for i in sample], max_new_tokens=max_new_tokens,
-                           temperature=0.0, adapters=adapters)
+    out = backend.generate(
+        [question_prompt(tokenizer, i.prompt) for i in sample],
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        adapters=adapters,
+    )
     return sum(token_f1(o, i.answer) for o, i in zip(out.texts, sample, strict=True)) / len(sample)
 
 
@@ -620,7 +737,9 @@ def _emit(event: ProgressEvent) -> None:
     emit_progress(replace(event, phase=Step.CONSOLIDATION.value))  # rank 0's only on N ranks
 
 
-def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0) -> list[StudyItem]:
+def prior_study_items(
+    prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0
+) -> list[StudyItem]:
     """Prompts of earlier sleeps, for replay: their saved self-study items, else summary seeds of their memories.
 
     A sleep saves its items beside its consolidated memories; memories without
@@ -645,8 +764,17 @@ def prior_study_items(prior_memory_uris: Sequence[str], *, store_uri: str | None
 
 
 def build_study(
-    model: Any, tokenizer: Any, backend: SamplingBackend, *, memories: Sequence[Memory], prior: Sequence[StudyItem],
-    held_out: Any, roles: Roles, settings: KSSettings, in_context: bool = True, world: World | None = None,
+    model: Any,
+    tokenizer: Any,
+    backend: SamplingBackend,
+    *,
+    memories: Sequence[Memory],
+    prior: Sequence[StudyItem],
+    held_out: Any,
+    roles: Roles,
+    settings: KSSettings,
+    in_context: bool = True,
+    world: World | None = None,
     forwards: Callable[[], Any] | None = None,
 ) -> tuple[list[StudyItem], TeacherTargets]:
     """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it.
@@ -657,18 +785,35 @@ def build_study(
     from reverie.workloads.selfstudy import replay_items, synthesize
 
     mem_items = synthesize(
-        backend, tokenizer, memories, adapters=roles.memory_teacher, items_per_memory=settings.items_per_memory,
-        seed=settings.seed, max_new_tokens=settings.max_new_tokens, in_context=in_context, keep=held_out.allows,
+        backend,
+        tokenizer,
+        memories,
+        adapters=roles.memory_teacher,
+        items_per_memory=settings.items_per_memory,
+        seed=settings.seed,
+        max_new_tokens=settings.max_new_tokens,
+        in_context=in_context,
+        keep=held_out.allows,
     )
-    rep_items = replay_items(backend, tokenizer, adapters=roles.teacher, max_new_tokens=settings.max_new_tokens,
-                             prior=[i for i in prior if held_out.allows(i.prompt)])
+    rep_items = replay_items(
+        backend,
+        tokenizer,
+        adapters=roles.teacher,
+        max_new_tokens=settings.max_new_tokens,
+        prior=[i for i in prior if held_out.allows(i.prompt)],
+    )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
     targets = distributed.sharded_teacher_targets(
-        world or World(), model, tokenizer, items, forwards=forwards or contextlib.nullcontext,
+        world or World(),
+        model,
+        tokenizer,
+        items,
+        forwards=forwards or contextlib.nullcontext,
         teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in items],
         adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
-        k=settings.top_k, max_tokens=settings.max_new_tokens,
+        k=settings.top_k,
+        max_tokens=settings.max_new_tokens,
     )
     return items, targets
 
@@ -712,11 +857,13 @@ def run(config: Any) -> Any:
     if world.size > settings.batch_size:
         raise ConsolidationError(
             f"consolidation.batchSize {settings.batch_size} is smaller than the {world.size} processes; "
-            "every process needs at least one sequence per step (raise batchSize or lower procsPerNode/numNodes)")
+            "every process needs at least one sequence per step (raise batchSize or lower procsPerNode/numNodes)"
+        )
     if zero == ZeroStage.THREE and world.distributed and settings.on_policy_steps > 0:
         raise ConsolidationError(
             "consolidation.onPolicySteps with zeroStage 3 on more than one process is not supported yet "
-            "(its per-rank sampling would leave the ZeRO-3 forwards out of lockstep); use zeroStage 0 or 2")
+            "(its per-rank sampling would leave the ZeRO-3 forwards out of lockstep); use zeroStage 0 or 2"
+        )
     try:
         memories = load_memories(cfg.memory, store_uri=cfg.store_uri)
         prior = load_memory_uris(cfg.prior_memory_uris, store_uri=cfg.store_uri)
@@ -750,7 +897,9 @@ def run(config: Any) -> Any:
         except ckpt.CheckpointError as exc:
             raise ConsolidationError(str(exc)) from exc
         if resumed.slot != slot:
-            raise ConsolidationError(f"resume_from {cfg.resume_from}: checkpoint is for slot {resumed.slot}, this run adds {slot}")
+            raise ConsolidationError(
+                f"resume_from {cfg.resume_from}: checkpoint is for slot {resumed.slot}, this run adds {slot}"
+            )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(resumed.slot_state[name].to(p))
@@ -760,16 +909,21 @@ def run(config: Any) -> Any:
     if zero != ZeroStage.NONE:
         from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
 
-        trainer = DeepSpeedTrainer(model, list(params.values()), lr=settings.learning_rate,
-                                   config=zero_config(spec, world_size=world.size))
+        trainer = DeepSpeedTrainer(
+            model, list(params.values()), lr=settings.learning_rate, config=zero_config(spec, world_size=world.size)
+        )
         if zero == ZeroStage.THREE:
             distributed.assert_partitioned(model, world)
             shares = distributed.all_gather_objects(world, distributed.partitioned_share(model))
-            _emit(ProgressEvent("zero3", values={"ranks": world.size, "held": [h for h, _ in shares],
-                                                 "total": shares[0][1]}))
+            _emit(
+                ProgressEvent(
+                    "zero3", values={"ranks": world.size, "held": [h for h, _ in shares], "total": shares[0][1]}
+                )
+            )
     elif world.distributed:
-        trainer = distributed.DDPTrainer(model, list(params.values()), world=world, lr=settings.learning_rate,
-                                         max_grad_norm=settings.max_grad_norm)
+        trainer = distributed.DDPTrainer(
+            model, list(params.values()), world=world, lr=settings.learning_rate, max_grad_norm=settings.max_grad_norm
+        )
     else:
         trainer = TorchTrainer(list(params.values()), lr=settings.learning_rate, max_grad_norm=settings.max_grad_norm)
     if resumed is not None:
@@ -800,8 +954,18 @@ def run(config: Any) -> Any:
     synth_started = time.perf_counter()
     if study is None:
         prior_items = prior_study_items(cfg.prior_memory_uris, store_uri=cfg.store_uri, seed=settings.seed)
-        items, targets = build_study(model, tok, teacher_backend or backend, memories=memories, prior=prior_items,
-                                     held_out=held_out, roles=roles, settings=settings, world=world, forwards=forwards)
+        items, targets = build_study(
+            model,
+            tok,
+            teacher_backend or backend,
+            memories=memories,
+            prior=prior_items,
+            held_out=held_out,
+            roles=roles,
+            settings=settings,
+            world=world,
+            forwards=forwards,
+        )
 
         def write_study() -> Path:
             folder = save_study(work / SELFSTUDY_DIR, items, targets)
@@ -810,12 +974,23 @@ def run(config: Any) -> Any:
             return folder
 
         study_dir = distributed.on_main(world, write_study)
-        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
-                                                 "seconds": round(time.perf_counter() - synth_started, 1)}))
+        _emit(
+            ProgressEvent(
+                "selfstudy",
+                values={
+                    "items": len(items),
+                    "replay": sum(i.replay for i in items),
+                    "seconds": round(time.perf_counter() - synth_started, 1),
+                },
+            )
+        )
     else:
         items, targets = study
-        _emit(ProgressEvent("selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items),
-                                                 "reused": True}))
+        _emit(
+            ProgressEvent(
+                "selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items), "reused": True}
+            )
+        )
     synth_seconds = time.perf_counter() - synth_started
     n_memory_items = sum(not i.replay for i in items)
     if n_memory_items == 0:
@@ -823,14 +998,20 @@ def run(config: Any) -> Any:
             "self-study kept no item: the teacher's answers were not grounded in any memory "
             "(memories need a named subject, e.g. a person or product, for the teacher to write about)",
         )
-    stage1 = SelfStudyDistillation(model, tok, items=items, targets=targets, student=roles.student,
-                                   settings=settings, trainer=trainer, world=world)
+    stage1 = SelfStudyDistillation(
+        model, tok, items=items, targets=targets, student=roles.student, settings=settings, trainer=trainer, world=world
+    )
 
     qa, contexts = memory_qa(memories)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
     teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
-    _emit(ProgressEvent("start", total_steps=settings.total_steps, values={
-        "slot": slot, "memories": len(memories), "items": len(items), "resume_step": state.step}))
+    _emit(
+        ProgressEvent(
+            "start",
+            total_steps=settings.total_steps,
+            values={"slot": slot, "memories": len(memories), "items": len(items), "resume_step": state.step},
+        )
+    )
     started = time.perf_counter()
     window: list[StepStats] = []
 
@@ -838,11 +1019,20 @@ def run(config: Any) -> Any:
         window.append(stats)
         if st.step % settings.log_every == 0 or st.step == settings.total_steps:
             secs = sum(w.seconds for w in window)
-            _emit(ProgressEvent(step=st.step, total_steps=settings.total_steps, values={
-                "loss": round(stats.loss, 6), "distill": round(stats.distill, 6), "ce": round(stats.ce, 6),
-                "imitation": round(stats.imitation, 6), "reward": round(stats.reward, 4),
-                "tokens_per_s": round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
-            }))
+            _emit(
+                ProgressEvent(
+                    step=st.step,
+                    total_steps=settings.total_steps,
+                    values={
+                        "loss": round(stats.loss, 6),
+                        "distill": round(stats.distill, 6),
+                        "ce": round(stats.ce, 6),
+                        "imitation": round(stats.imitation, 6),
+                        "reward": round(stats.reward, 4),
+                        "tokens_per_s": round(sum(w.tokens for w in window) / max(secs, 1e-9), 1),
+                    },
+                )
+            )
             window.clear()
         if st.step % settings.checkpoint_every == 0 and st.step < settings.total_steps:
             opt = trainer.state_dict() if hasattr(trainer, "state_dict") else None
@@ -851,8 +1041,12 @@ def run(config: Any) -> Any:
 
             def write_checkpoint() -> Path:
                 folder = ckpt.save_checkpoint(
-                    ckpt_root, step=st.step, slot=slot, slot_state=slot_state,
-                    optimizer_state=opt, meta={"seed": settings.seed, "history": st.history, "ranks": world.size},
+                    ckpt_root,
+                    step=st.step,
+                    slot=slot,
+                    slot_state=slot_state,
+                    optimizer_state=opt,
+                    meta={"seed": settings.seed, "history": st.history, "ranks": world.size},
                 )
                 if remote:
                     stage_out(ckpt_root, cfg.output_uri.rstrip("/") + "/checkpoints")
@@ -864,15 +1058,28 @@ def run(config: Any) -> Any:
     first_step = state.step
     stage1.run(state, on_step=on_step, until=settings.steps)
     # The agreement only decides whether the on-policy stage runs: not measured when none is configured.
-    agreement = teacher_agreement(backend, tok, items, adapters=roles.student,
-                                  max_new_tokens=settings.max_new_tokens) if settings.on_policy_steps > 0 else math.nan
+    agreement = (
+        teacher_agreement(backend, tok, items, adapters=roles.student, max_new_tokens=settings.max_new_tokens)
+        if settings.on_policy_steps > 0
+        else math.nan
+    )
     on_policy_ran = 0.0
     if settings.on_policy_steps > 0 and agreement >= settings.on_policy_threshold:
         by_id = {m.id: m for m in memories}
         mem_cues, rep_cues = study_cues(items, tok, by_id)
         # Student samples are each rank's own (its share of the cues); teacher answers cover the whole batch.
-        ks = KnowledgeSeeding(model, tok, local_backend, roles=roles, settings=settings, memory=mem_cues,
-                              replay=rep_cues, trainer=trainer, teacher_backend=teacher_backend or backend, world=world)
+        ks = KnowledgeSeeding(
+            model,
+            tok,
+            local_backend,
+            roles=roles,
+            settings=settings,
+            memory=mem_cues,
+            replay=rep_cues,
+            trainer=trainer,
+            teacher_backend=teacher_backend or backend,
+            world=world,
+        )
         ks.prefetch_teacher_answers()
         ks.run(state, on_step=on_step, until=settings.total_steps)
         on_policy_ran = 1.0
@@ -881,16 +1088,29 @@ def run(config: Any) -> Any:
     after = closed_book_recall(backend, tok, qa, adapters=[*earlier, slot]) if qa else float("nan")
 
     ledger = dict(gen.ledger)
-    ledger["slots"] = [*gen.ledger.get("slots", []), {
-        "name": slot, "cycle": cfg.cycle, "lineage": cfg.lineage, "parent": cfg.base_generation,
-        "memories": [m.id for m in memories][:256], "rank": spec.expert_rank,
-    }]
+    ledger["slots"] = [
+        *gen.ledger.get("slots", []),
+        {
+            "name": slot,
+            "cycle": cfg.cycle,
+            "lineage": cfg.lineage,
+            "parent": cfg.base_generation,
+            "memories": [m.id for m in memories][:256],
+            "rank": spec.expert_rank,
+        },
+    ]
     model_uri = cfg.output_uri.rstrip("/") + "/model"
 
     def write_generation() -> str:
         # Thin: only what the lineage's object area lacks (this sleep's slot, small files) is written.
-        folder = save_generation(model, tok, model_uri, slots=[*earlier, slot], ledger=ledger,
-                                 objects_uri=objects.area(cfg.store_uri, cfg.lineage))
+        folder = save_generation(
+            model,
+            tok,
+            model_uri,
+            slots=[*earlier, slot],
+            ledger=ledger,
+            objects_uri=objects.area(cfg.store_uri, cfg.lineage),
+        )
         digest = content_hash(folder)
         # Keep what this sleep learned beside the model: later cycles replay its
         # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
@@ -902,7 +1122,7 @@ def run(config: Any) -> Any:
     # ZeRO-3: every rank gathers the whole model (not the empty shards) before rank 0 saves it.
     with forwards():
         digest = distributed.on_main(world, write_generation)
-    tail = state.history[-max(1, len(state.history) // 10):]
+    tail = state.history[-max(1, len(state.history) // 10) :]
 
     def tail_mean(key: str) -> float:
         return sum(h.get(key, 0.0) for h in tail) / len(tail) if tail else float("nan")
@@ -930,8 +1150,13 @@ def run(config: Any) -> Any:
     # PhaseResult rejects non-finite metrics for this step: drop the ones that do not apply.
     metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
     return PhaseResult(
-        step=Step.CONSOLIDATION, status="Succeeded", message=f"consolidated {len(memories)} memories into {slot}",
-        metrics=metrics, output_uri=model_uri, content_hash=digest, slot=slot,
+        step=Step.CONSOLIDATION,
+        status="Succeeded",
+        message=f"consolidated {len(memories)} memories into {slot}",
+        metrics=metrics,
+        output_uri=model_uri,
+        content_hash=digest,
+        slot=slot,
         checkpoint_uri=cfg.output_uri.rstrip("/") + "/checkpoints",
     )
 

@@ -27,8 +27,12 @@ from reverie.api.phases import ConsolidationSpec, ZeroStage
 
 
 def zero_config(
-    spec: ConsolidationSpec, *, on_gpu: bool | None = None, gradient_accumulation_steps: int = 1,
-    max_grad_norm: float = 1.0, world_size: int = 1,
+    spec: ConsolidationSpec,
+    *,
+    on_gpu: bool | None = None,
+    gradient_accumulation_steps: int = 1,
+    max_grad_norm: float = 1.0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """DeepSpeed config for ``spec.zero_stage`` (2 or 3); bf16 only on GPUs and when asked for.
 
@@ -87,7 +91,12 @@ class DeepSpeedTrainer:
     """The optimiser side of the loop as a DeepSpeed ZeRO engine (see module docstring)."""
 
     def __init__(
-        self, model: Any, params: Sequence[torch.nn.Parameter], *, lr: float, config: dict[str, Any],
+        self,
+        model: Any,
+        params: Sequence[torch.nn.Parameter],
+        *,
+        lr: float,
+        config: dict[str, Any],
     ) -> None:
         import deepspeed
 
@@ -95,7 +104,10 @@ class DeepSpeedTrainer:
         self.params = list(params)
         optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, model_parameters=self.params, config=config,
+            model=model,
+            optimizer=optimizer,
+            model_parameters=self.params,
+            config=config,
         )
 
     def backward_and_step(self, loss: torch.Tensor) -> None:

@@ -211,7 +211,7 @@ def token_weight(world: World, local_tokens: int) -> tuple[float, int]:
 def owned_batches(n: int, batch_size: int, world: World) -> list[range]:
     """The batches (index ranges) of ``n`` items this rank runs: one process's batches, dealt round-robin."""
     batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    return batches[world.rank::world.size]
+    return batches[world.rank :: world.size]
 
 
 def batch_seed(seed: int | None, batch: int) -> int:
@@ -239,7 +239,11 @@ class ShardedGeneration:
     """
 
     def __init__(
-        self, inner: Any, world: World, *, sampling: Literal["replicate", "split"] = "split",
+        self,
+        inner: Any,
+        world: World,
+        *,
+        sampling: Literal["replicate", "split"] = "split",
         forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.inner, self.world, self.sampling, self.forwards = inner, world, sampling, forwards
@@ -267,8 +271,16 @@ class ShardedGeneration:
 
 
 def sharded_teacher_targets(
-    world: World, model: Any, tokenizer: Any, items: Sequence[Any], *, teacher_prompts: Sequence[str],
-    adapters_of: Callable[[Any], Sequence[str]], k: int, max_tokens: int, batch_size: int = 16,
+    world: World,
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Any],
+    *,
+    teacher_prompts: Sequence[str],
+    adapters_of: Callable[[Any], Sequence[str]],
+    k: int,
+    max_tokens: int,
+    batch_size: int = 16,
     forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Any:
     """:func:`reverie.workloads.selfstudy.teacher_targets` with its batches split across ranks.
@@ -280,18 +292,36 @@ def sharded_teacher_targets(
 
     if not world.distributed:
         with forwards():
-            return teacher_targets(model, tokenizer, items, teacher_prompts=teacher_prompts,
-                                   adapters_of=adapters_of, k=k, max_tokens=max_tokens, batch_size=batch_size)
+            return teacher_targets(
+                model,
+                tokenizer,
+                items,
+                teacher_prompts=teacher_prompts,
+                adapters_of=adapters_of,
+                k=k,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+            )
     groups: dict[tuple[str, ...], list[int]] = {}
     for n, item in enumerate(items):
         groups.setdefault(tuple(adapters_of(item)), []).append(n)
-    batches = [rows[s:s + batch_size] for rows in groups.values() for s in range(0, len(rows), batch_size)]
-    mine = sorted(r for b in batches[world.rank::world.size] for r in b)
+    batches = [rows[s : s + batch_size] for rows in groups.values() for s in range(0, len(rows), batch_size)]
+    mine = sorted(r for b in batches[world.rank :: world.size] for r in b)
     with forwards():
-        part = teacher_targets(
-            model, tokenizer, [items[r] for r in mine], teacher_prompts=[teacher_prompts[r] for r in mine],
-            adapters_of=adapters_of, k=k, max_tokens=max_tokens, batch_size=batch_size,
-        ) if mine else None
+        part = (
+            teacher_targets(
+                model,
+                tokenizer,
+                [items[r] for r in mine],
+                teacher_prompts=[teacher_prompts[r] for r in mine],
+                adapters_of=adapters_of,
+                k=k,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+            )
+            if mine
+            else None
+        )
     rows = [(r, (part.topk_ids[j], part.topk_logprobs[j])) for j, r in enumerate(mine)] if part else []
     answers = [answer_tokens(tokenizer, i.answer, max_tokens=max_tokens) for i in items]
     width = max((len(a) for a in answers), default=1)
@@ -314,8 +344,9 @@ class DDPTrainer:
     generation use the bare model (no gradient, no collective).
     """
 
-    def __init__(self, model: Any, params: Sequence[torch.nn.Parameter], *, world: World, lr: float,
-                 max_grad_norm: float) -> None:
+    def __init__(
+        self, model: Any, params: Sequence[torch.nn.Parameter], *, world: World, lr: float, max_grad_norm: float
+    ) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.params = list(params)
@@ -430,7 +461,9 @@ def raise_on_sigterm(world: World) -> None:
         return
 
     def handler(signum: int, _frame: Any) -> None:
-        raise Terminated(f"rank {world.rank} of {world.size} was stopped by signal {signum}: another rank failed "
-                         "or the pod is being deleted; the next attempt resumes from the last checkpoint")
+        raise Terminated(
+            f"rank {world.rank} of {world.size} was stopped by signal {signum}: another rank failed "
+            "or the pod is being deleted; the next attempt resumes from the last checkpoint"
+        )
 
     signal.signal(signal.SIGTERM, handler)

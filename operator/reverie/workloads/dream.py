@@ -91,6 +91,7 @@ DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
 # Data
 # --------------------------------------------------------------------------- #
 
+
 @dataclass(frozen=True)
 class TaskContext:
     """One task (C, τ): the context text, the cloze questions that define τ, and their distractors."""
@@ -127,18 +128,34 @@ class DreamState:
     round_stats: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round, "contextsDone": self.contexts_done, "mStepDone": self.m_step_done,
-                "dreams": [asdict(d) for d in self.dreams], "roundStats": self.round_stats}
+        return {
+            "round": self.round,
+            "contextsDone": self.contexts_done,
+            "mStepDone": self.m_step_done,
+            "dreams": [asdict(d) for d in self.dreams],
+            "roundStats": self.round_stats,
+        }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DreamState:
-        return cls(round=raw["round"], contexts_done=list(raw["contextsDone"]), m_step_done=raw["mStepDone"],
-                   dreams=[Dream(**d) for d in raw["dreams"]], round_stats=list(raw["roundStats"]))
+        return cls(
+            round=raw["round"],
+            contexts_done=list(raw["contextsDone"]),
+            m_step_done=raw["mStepDone"],
+            dreams=[Dream(**d) for d in raw["dreams"]],
+            round_stats=list(raw["roundStats"]),
+        )
 
 
 def task_contexts(
-    memories: Sequence[Memory], prior: Sequence[Memory], *, chunk_documents: int, replay_ratio: float,
-    seed: int, tau_questions: int = TAU_QUESTIONS_PER_CONTEXT, distractors: int = DISTRACTORS_PER_QUESTION,
+    memories: Sequence[Memory],
+    prior: Sequence[Memory],
+    *,
+    chunk_documents: int,
+    replay_ratio: float,
+    seed: int,
+    tau_questions: int = TAU_QUESTIONS_PER_CONTEXT,
+    distractors: int = DISTRACTORS_PER_QUESTION,
     held_out: HeldOut | None = None,
 ) -> list[TaskContext]:
     """This cycle's memory chunks, then replayed chunks of earlier memories.
@@ -155,11 +172,15 @@ def task_contexts(
     def chunks(mems: Sequence[Memory], tag: str, replay: bool) -> list[tuple[str, str, tuple[Question, ...], bool]]:
         out = []
         for i in range(0, len(mems), chunk_documents):
-            group = mems[i:i + chunk_documents]
+            group = mems[i : i + chunk_documents]
             text = "\n\n".join(m.text for m in group)
             cid = f"{tag}{i // chunk_documents}:" + "+".join(m.id for m in group)
-            tau = tuple(q for m in group for q in cloze_questions(m.id, m.text, limit=tau_questions)
-                        if held_out is None or held_out.allows(question_text(q)))[:tau_questions]
+            tau = tuple(
+                q
+                for m in group
+                for q in cloze_questions(m.id, m.text, limit=tau_questions)
+                if held_out is None or held_out.allows(question_text(q))
+            )[:tau_questions]
             if tau:
                 out.append((cid, text, tau, replay))
         return out
@@ -177,7 +198,8 @@ def task_contexts(
     for cid, text, tau, replay in picked:
         dis = tuple(
             tuple(rng.sample(cands, min(distractors, len(cands))))
-            for q in tau for cands in [[a for a in answers if normalize_answer(a) != normalize_answer(q.answer)]]
+            for q in tau
+            for cands in [[a for a in answers if normalize_answer(a) != normalize_answer(q.answer)]]
         )
         out.append(TaskContext(id=cid, text=text, tau=tau, distractors=dis, replay=replay))
     return out
@@ -202,6 +224,7 @@ def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
 # Losses and the task measure (the math, written out)
 # --------------------------------------------------------------------------- #
 
+
 @torch.no_grad()
 def answer_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Log-likelihood (summed over its tokens) of each answer after its prefix (closed book, raw text)."""
@@ -225,7 +248,7 @@ def task_measure(model: Any, tokenizer: Any, ctx: TaskContext) -> float:
     for i, q in enumerate(ctx.tau):
         pairs.append((q.question, q.answer))
         owners.append((i, True))
-        for d in (ctx.distractors[i] if i < len(ctx.distractors) else ()):
+        for d in ctx.distractors[i] if i < len(ctx.distractors) else ():
             pairs.append((q.question, d))
             owners.append((i, False))
     scores = answer_logprob(model, tokenizer, pairs)
@@ -264,13 +287,21 @@ def select(dreams: Sequence[Dream], *, k: int, b: int, rng: random.Random) -> li
 # Isolated inner update and the dreaming slot
 # --------------------------------------------------------------------------- #
 
+
 def _sgd(params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(list(params), lr=lr, weight_decay=0.0)
 
 
 def isolated_update_gain(
-    model: Any, tokenizer: Any, dream: str, ctx: TaskContext, *, tau_before: float, spec: DreamingSpec,
-    target_modules: Sequence[str], seed: int,
+    model: Any,
+    tokenizer: Any,
+    dream: str,
+    ctx: TaskContext,
+    *,
+    tau_before: float,
+    spec: DreamingSpec,
+    target_modules: Sequence[str],
+    seed: int,
 ) -> float:
     """τ(θ') − τ(θ) after ``probe_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
     from reverie.workloads.expansion import add_slot
@@ -279,8 +310,9 @@ def isolated_update_gain(
     active = list(model.base_model.active_adapters)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)  # the probe's A init
-    model, _ = add_slot(model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER,
-                        keep_active=active)
+    model, _ = add_slot(
+        model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER, keep_active=active
+    )
     params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
     opt = _sgd(params, spec.inner_learning_rate)
     model.train()
@@ -299,8 +331,14 @@ def isolated_update_gain(
 
 
 def m_step(
-    model: Any, tokenizer: Any, slot: str, *, generator_pairs: Sequence[tuple[str, str]],
-    fold_texts: Sequence[str], spec: DreamingSpec, seed: int,
+    model: Any,
+    tokenizer: Any,
+    slot: str,
+    *,
+    generator_pairs: Sequence[tuple[str, str]],
+    fold_texts: Sequence[str],
+    spec: DreamingSpec,
+    seed: int,
 ) -> float:
     """ReST-EM M-step: SFT the dreaming slot on rewarded dreams; returns the last loss.
 
@@ -341,6 +379,7 @@ def m_step(
 # One round: E-step over the contexts
 # --------------------------------------------------------------------------- #
 
+
 @dataclass
 class Dreamer:
     """The model being dreamed with, its tokenizer and backend, and the phase knobs."""
@@ -371,8 +410,9 @@ class Dreamer:
         from reverie.workloads.sampling import make_backend
 
         slots = list(self.model.peft_config)
-        folder = save_generation(self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g",
-                                 slots=slots)
+        folder = save_generation(
+            self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g", slots=slots
+        )
         self.backend = make_backend("vllm", self.model, self.tokenizer, folder=folder, slots=slots)
         self.backend_round = round_
 
@@ -384,8 +424,11 @@ class Dreamer:
             kinds = dream_kinds(self.spec.dreams_per_context, offset=idx)
             prompts = [dream_prompt(self.tokenizer, ctx.text, k) for k in kinds]
             gen = self.backend.generate(
-                prompts, max_new_tokens=self.spec.max_new_tokens, temperature=self.spec.temperature,
-                top_p=self.spec.top_p, seed=unit_seed(self.spec.seed, round_, idx, 0),
+                prompts,
+                max_new_tokens=self.spec.max_new_tokens,
+                temperature=self.spec.temperature,
+                top_p=self.spec.top_p,
+                seed=unit_seed(self.spec.seed, round_, idx, 0),
                 noise_scale=self.spec.noise_expert_scale,
             )
             texts = [t if self.held_out is None or self.held_out.allows(t) else "" for t in gen.texts]
@@ -398,16 +441,26 @@ class Dreamer:
         params = self.slot_params()
         for d in dreams:
             d.importance = importance(self.model, self.tokenizer, d.text, params) if d.text.strip() else 0.0
-        kept = select(dreams, k=self.spec.top_k, b=self.spec.random_extra,
-                      rng=random.Random(unit_seed(self.spec.seed, round_, index, 1)))
+        kept = select(
+            dreams,
+            k=self.spec.top_k,
+            b=self.spec.random_extra,
+            rng=random.Random(unit_seed(self.spec.seed, round_, index, 1)),
+        )
         tau_before = task_measure(self.model, self.tokenizer, ctx)
         for j, d in enumerate(kept):
             if not d.text.strip():
                 d.reward, d.tau_gain = 0, 0.0
                 continue
             gain = isolated_update_gain(
-                self.model, self.tokenizer, d.text, ctx, tau_before=tau_before, spec=self.spec,
-                target_modules=self.target_modules, seed=unit_seed(self.spec.seed, round_, index, 2 + j),
+                self.model,
+                self.tokenizer,
+                d.text,
+                ctx,
+                tau_before=tau_before,
+                spec=self.spec,
+                target_modules=self.target_modules,
+                seed=unit_seed(self.spec.seed, round_, index, 2 + j),
             )
             d.tau_gain = gain
             d.reward = int(gain > 0.0)
@@ -424,13 +477,21 @@ def rewarded_rate(dreams: Sequence[Dream]) -> float:
 # The phase
 # --------------------------------------------------------------------------- #
 
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def _progress(step: int, total: int, **values: Any) -> None:
-    emit_progress(ProgressEvent(phase=Step.DREAMING.value, step=step, total_steps=total,  # rank 0's only on N ranks
-                                checkpoint=values.pop("checkpoint", None), values=values))
+    emit_progress(
+        ProgressEvent(
+            phase=Step.DREAMING.value,
+            step=step,
+            total_steps=total,  # rank 0's only on N ranks
+            checkpoint=values.pop("checkpoint", None),
+            values=values,
+        )
+    )
 
 
 def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -> Path:
@@ -445,8 +506,9 @@ def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -
     from reverie.workloads.expansion import slot_parameters
 
     weights = {k: v.detach() for k, v in slot_parameters(dreamer.model, dreamer.slot).items()}
-    return save_checkpoint(root, step=unit, slot=dreamer.slot, slot_state=weights,
-                           meta={DREAMING_STATE: state.to_json()})
+    return save_checkpoint(
+        root, step=unit, slot=dreamer.slot, slot_state=weights, meta={DREAMING_STATE: state.to_json()}
+    )
 
 
 def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
@@ -459,7 +521,9 @@ def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
     except CheckpointError:
         return None
     if DREAMING_STATE not in c.meta:
-        raise ValueError(f"resume_from {uri}: {c.folder} is not a dreaming checkpoint (no {DREAMING_STATE} in state.json)")
+        raise ValueError(
+            f"resume_from {uri}: {c.folder} is not a dreaming checkpoint (no {DREAMING_STATE} in state.json)"
+        )
     if c.slot != dreamer.slot:
         raise ValueError(f"resume_from {uri}: checkpoint is for slot {c.slot}, this run adds {dreamer.slot}")
     with torch.no_grad():
@@ -485,19 +549,24 @@ def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence
 
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)
-    model, slot = add_slot(gen.model, rank=spec.slot_rank, target_modules=target_modules,
-                           keep_active=list(gen.slots))
+    model, slot = add_slot(gen.model, rank=spec.slot_rank, target_modules=target_modules, keep_active=list(gen.slots))
     model.eval()
     # With backend vllm the HF backend is replaced, round by round, by a vLLM
     # engine on a snapshot of the current weights (Dreamer.sync_backend).
     backend = make_backend("hf", model, gen.tokenizer)
-    return Dreamer(model=model, tokenizer=gen.tokenizer, backend=backend, spec=spec, slot=slot,
-                   target_modules=target_modules), gen
+    return Dreamer(
+        model=model, tokenizer=gen.tokenizer, backend=backend, spec=spec, slot=slot, target_modules=target_modules
+    ), gen
 
 
 def dream_rounds(
-    dreamer: Dreamer, contexts: Sequence[TaskContext], *, ckpt: Path | None, state: DreamState | None = None,
-    stop_after: Callable[[DreamState], bool] | None = None, on_checkpoint: Callable[[], object] | None = None,
+    dreamer: Dreamer,
+    contexts: Sequence[TaskContext],
+    *,
+    ckpt: Path | None,
+    state: DreamState | None = None,
+    stop_after: Callable[[DreamState], bool] | None = None,
+    on_checkpoint: Callable[[], object] | None = None,
 ) -> DreamState:
     """ReST-EM rounds over the contexts, checkpointing after every context and M-step.
 
@@ -517,7 +586,7 @@ def dream_rounds(
         # On N ranks the contexts are dealt in waves of N, one per rank: a context's dreams depend
         # only on its seeds (unit_seed), so they are the same whichever rank dreams them.  Every
         # rank gathers every wave and runs the same M-step; rank 0 writes the checkpoints.
-        for wave in (todo[i:i + world.size] for i in range(0, len(todo), world.size)):
+        for wave in (todo[i : i + world.size] for i in range(0, len(todo), world.size)):
             mine = wave[world.rank] if world.rank < len(wave) else None
             dreamt = dreamer.e_step_context(mine[1], round_=r, index=mine[0]) if mine else []
             for ctx_id, dreams in distributed.all_gather_objects(world, (mine[1].id if mine else None, dreamt)):
@@ -529,9 +598,12 @@ def dream_rounds(
                 distributed.on_main(world, functools.partial(_save_state, ckpt, state, dreamer, unit=unit))
                 if on_checkpoint:
                     distributed.on_main(world, on_checkpoint)
-            _progress(unit, total,
-                      rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
-                      checkpoint=str(ckpt) if ckpt else None)
+            _progress(
+                unit,
+                total,
+                rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
+                checkpoint=str(ckpt) if ckpt else None,
+            )
             if stop_after and stop_after(state):
                 return state
         this_round = [d for d in state.dreams if d.round == r]
@@ -543,16 +615,37 @@ def dream_rounds(
             # The generator learns only from this round's successes (ReST-EM's E/M
             # alternation); the fold keeps every success so far, so a later round
             # does not forget what an earlier one taught.
-            pairs = [(dream_prompt(dreamer.tokenizer, by_id[d.context_id].text, d.kind), d.text + dreamer.tokenizer.eos_token)
-                     for d in rewarded] if spec.rest_em_iterations > 0 else []
+            pairs = (
+                [
+                    (
+                        dream_prompt(dreamer.tokenizer, by_id[d.context_id].text, d.kind),
+                        d.text + dreamer.tokenizer.eos_token,
+                    )
+                    for d in rewarded
+                ]
+                if spec.rest_em_iterations > 0
+                else []
+            )
             folds = [d.text + dreamer.tokenizer.eos_token for d in state.dreams if d.reward]
-            loss = m_step(dreamer.model, dreamer.tokenizer, dreamer.slot, generator_pairs=pairs, fold_texts=folds,
-                          spec=spec, seed=unit_seed(spec.seed, r, 0, 9))
-        state.round_stats.append({
-            "round": float(r), "dreams": float(len(this_round)),
-            "kept": float(sum(1 for d in this_round if d.kept)), "rewarded": float(len(rewarded)),
-            "rewardedRate": rewarded_rate(this_round), "mStepLoss": loss,
-        })
+            loss = m_step(
+                dreamer.model,
+                dreamer.tokenizer,
+                dreamer.slot,
+                generator_pairs=pairs,
+                fold_texts=folds,
+                spec=spec,
+                seed=unit_seed(spec.seed, r, 0, 9),
+            )
+        state.round_stats.append(
+            {
+                "round": float(r),
+                "dreams": float(len(this_round)),
+                "kept": float(sum(1 for d in this_round if d.kept)),
+                "rewarded": float(len(rewarded)),
+                "rewardedRate": rewarded_rate(this_round),
+                "mStepLoss": loss,
+            }
+        )
         state.round += 1
         state.contexts_done = []
         if ckpt:
@@ -593,8 +686,14 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
                 out.append(0.0)
                 continue
             gain = isolated_update_gain(
-                dreamer.model, tok, text, by_id[cid], tau_before=tau_before[cid], spec=spec,
-                target_modules=dreamer.target_modules, seed=unit_seed(spec.seed, round_, j, 7),
+                dreamer.model,
+                tok,
+                text,
+                by_id[cid],
+                tau_before=tau_before[cid],
+                spec=spec,
+                target_modules=dreamer.target_modules,
+                seed=unit_seed(spec.seed, round_, j, 7),
             )
             out.append(float(gain > 0.0))
         return out
@@ -602,19 +701,35 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
     use_vllm = spec.backend == "vllm"
     n = spec.grpo.num_generations
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="reverie-grpo-"), per_device_train_batch_size=n, num_generations=n,
-        max_completion_length=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p,
-        beta=spec.grpo.beta, learning_rate=spec.inner_learning_rate, max_steps=max(1, len(prompts)),
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
-        use_vllm=use_vllm, vllm_mode="colocate", seed=spec.seed, use_cpu=not torch.cuda.is_available(),
+        output_dir=tempfile.mkdtemp(prefix="reverie-grpo-"),
+        per_device_train_batch_size=n,
+        num_generations=n,
+        max_completion_length=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        beta=spec.grpo.beta,
+        learning_rate=spec.inner_learning_rate,
+        max_steps=max(1, len(prompts)),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
+        seed=spec.seed,
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
     from reverie.workloads.expansion import freeze_all_but
 
     freeze_all_but(dreamer.model, dreamer.slot)
     trainer = GRPOTrainer(
-        model=dreamer.model, reward_funcs=[dream_reward], args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts, "context_id": ids}), processing_class=tok,
+        model=dreamer.model,
+        reward_funcs=[dream_reward],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts, "context_id": ids}),
+        processing_class=tok,
     )
     out = trainer.train()
     dreamer.model.eval()
@@ -633,7 +748,9 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     spec = config.dreaming
     source = config.inputs.get("consolidation")
     if not source:
-        raise ValueError(f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}")
+        raise ValueError(
+            f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}"
+        )
     t0 = time.monotonic()
     out_dir = _local_dir(config.output_uri)
     ckpt = out_dir / CHECKPOINT_DIR
@@ -641,8 +758,14 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     memories = load_memories(config.memory, store_uri=config.store_uri)
     prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
     held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
-    contexts = task_contexts(memories, prior, chunk_documents=config.memory.chunk_documents,
-                             replay_ratio=config.consolidation.replay_ratio, seed=spec.seed, held_out=held_out)
+    contexts = task_contexts(
+        memories,
+        prior,
+        chunk_documents=config.memory.chunk_documents,
+        replay_ratio=config.consolidation.replay_ratio,
+        seed=spec.seed,
+        held_out=held_out,
+    )
     if not contexts:
         raise ValueError("dreaming found no task context with a usable question (every memory is too short)")
     dreamer, gen = open_dreamer(source, spec=spec, target_modules=config.consolidation.target_modules)
@@ -654,17 +777,29 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if state is not None:
             _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")
             break
-    tau_before = sum(task_measure(gen.model, dreamer.tokenizer, c) for c in contexts) / len(contexts) \
-        if state is None else None
-    state = dream_rounds(dreamer, contexts, ckpt=ckpt, state=state, stop_after=stop_after,
-                         on_checkpoint=lambda: stage_out(ckpt, remote_ckpt))
+    tau_before = (
+        sum(task_measure(gen.model, dreamer.tokenizer, c) for c in contexts) / len(contexts) if state is None else None
+    )
+    state = dream_rounds(
+        dreamer,
+        contexts,
+        ckpt=ckpt,
+        state=state,
+        stop_after=stop_after,
+        on_checkpoint=lambda: stage_out(ckpt, remote_ckpt),
+    )
     if state.round < max(1, spec.rest_em_iterations):
-        return PhaseResult(step=Step.DREAMING, status="Failed", message="stopped before the last round",
-                           checkpoint_uri=remote_ckpt)
+        return PhaseResult(
+            step=Step.DREAMING, status="Failed", message="stopped before the last round", checkpoint_uri=remote_ckpt
+        )
     tau_after = sum(task_measure(dreamer.model, dreamer.tokenizer, c) for c in contexts) / len(contexts)
     ledger = dict(gen.ledger)
-    notes = {"name": dreamer.slot, "phase": DREAM_SLOT_NOTE, "cycle": config.cycle,
-             "rewardedDreams": sum(1 for d in state.dreams if d.reward)}
+    notes = {
+        "name": dreamer.slot,
+        "phase": DREAM_SLOT_NOTE,
+        "cycle": config.cycle,
+        "rewardedDreams": sum(1 for d in state.dreams if d.reward),
+    }
     ledger["slots"] = [*ledger.get("slots", []), notes]
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
@@ -673,8 +808,14 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     def write_generation() -> tuple[str, str]:
         model_uri = f"{config.output_uri.rstrip('/')}/model"
         # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.
-        folder = save_generation(dreamer.model, dreamer.tokenizer, model_uri, slots=[*gen.slots, dreamer.slot],
-                                 ledger=ledger, objects_uri=objects.area(config.store_uri, config.lineage))
+        folder = save_generation(
+            dreamer.model,
+            dreamer.tokenizer,
+            model_uri,
+            slots=[*gen.slots, dreamer.slot],
+            ledger=ledger,
+            objects_uri=objects.area(config.store_uri, config.lineage),
+        )
         (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
         stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
         return model_uri, content_hash(folder)
@@ -695,8 +836,12 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if math.isfinite(s["rewardedRate"]):
             metrics[f"rewarded_rate_round_{int(s['round'])}"] = s["rewardedRate"]
     return PhaseResult(
-        step=Step.DREAMING, status="Succeeded",
+        step=Step.DREAMING,
+        status="Succeeded",
         message=f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
-                f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
-        metrics=metrics, output_uri=model_uri, content_hash=digest, slot=dreamer.slot,
+        f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
+        metrics=metrics,
+        output_uri=model_uri,
+        content_hash=digest,
+        slot=dreamer.slot,
     )

@@ -96,7 +96,8 @@ class SuiteScore(ApiModel):
     tokens: int | None = Field(default=None, ge=0, description="Perplexity: tokens scored.")
     interval: Interval = Field(description="Confidence interval of value.")
     parts: dict[str, SuiteScore] = Field(
-        default_factory=dict, description="Named sub-scores (retention: memories, general).",
+        default_factory=dict,
+        description="Named sub-scores (retention: memories, general).",
     )
     items: list[ItemOutcome] = Field(default_factory=list, description=f"First {MAX_ITEMS_RECORDED} item outcomes.")
 
@@ -165,28 +166,50 @@ def _round(value: float) -> float:
 # Confidence intervals
 # --------------------------------------------------------------------------- #
 
+
 def normal_quantile(p: float) -> float:
     """Inverse CDF of the standard normal (Acklam's rational approximation, |err| < 1.2e-9)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"quantile level must be in (0, 1), got {p}")
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
-         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
-         6.680131188771972e01, -1.328068155288572e01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
-         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
     d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
     lo = 0.02425
     if p < lo:
         q = math.sqrt(-2 * math.log(p))
         return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+        )
     if p > 1 - lo:
         return -normal_quantile(1 - p)
     q = p - 0.5
     r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    return (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
 
 
 def wilson_interval(correct: int, n: int, *, level: float = CONFIDENCE) -> Interval:
@@ -215,8 +238,12 @@ def perplexity(nll_sums: Sequence[float], token_counts: Sequence[int]) -> float:
 
 
 def bootstrap_perplexity_interval(
-    nll_sums: Sequence[float], token_counts: Sequence[int], *,
-    level: float = CONFIDENCE, resamples: int = 2000, seed: int = 0,
+    nll_sums: Sequence[float],
+    token_counts: Sequence[int],
+    *,
+    level: float = CONFIDENCE,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> Interval:
     """Percentile bootstrap of corpus perplexity, resampling whole documents.
 
@@ -239,7 +266,10 @@ def bootstrap_perplexity_interval(
     stats.sort()
     tail = (1 - level) / 2
     return Interval(
-        low=_percentile(stats, tail), high=_percentile(stats, 1 - tail), level=level, method="bootstrap",
+        low=_percentile(stats, tail),
+        high=_percentile(stats, 1 - tail),
+        level=level,
+        method="bootstrap",
     )
 
 
@@ -253,14 +283,19 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def accuracy_score(suite: Suite, outcomes: Sequence[ItemOutcome], *,
-                   parts: Mapping[str, SuiteScore] | None = None) -> SuiteScore:
+def accuracy_score(
+    suite: Suite, outcomes: Sequence[ItemOutcome], *, parts: Mapping[str, SuiteScore] | None = None
+) -> SuiteScore:
     """Accuracy with a Wilson interval from scored items (NaN when there are none)."""
     n = len(outcomes)
     correct = sum(1 for o in outcomes if o.correct)
     return SuiteScore(
-        suite=suite, value=correct / n if n else math.nan, n=n, correct=correct,
-        interval=wilson_interval(correct, n), parts=dict(parts or {}),
+        suite=suite,
+        value=correct / n if n else math.nan,
+        n=n,
+        correct=correct,
+        interval=wilson_interval(correct, n),
+        parts=dict(parts or {}),
         items=list(outcomes[:MAX_ITEMS_RECORDED]),
     )
 
@@ -270,7 +305,10 @@ def perplexity_score(outcomes: Sequence[ItemOutcome], *, seed: int = 0) -> Suite
     nll = [o.nll or 0.0 for o in outcomes]
     toks = [o.tokens or 0 for o in outcomes]
     return SuiteScore(
-        suite=Suite.PERPLEXITY, value=perplexity(nll, toks), n=len(outcomes), tokens=sum(toks),
+        suite=Suite.PERPLEXITY,
+        value=perplexity(nll, toks),
+        n=len(outcomes),
+        tokens=sum(toks),
         interval=bootstrap_perplexity_interval(nll, toks, seed=seed),
         items=list(outcomes[:MAX_ITEMS_RECORDED]),
     )

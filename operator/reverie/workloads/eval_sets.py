@@ -148,8 +148,7 @@ def fewshot_items(*, shots: int = 3, per_task: int = 8, seed: int = 1234) -> lis
         return f"upper {w} ->", w.upper()
 
     items: list[FewShotItem] = []
-    for task, make in (("addition", addition), ("next_letter", next_letter),
-                       ("reverse", reverse), ("upper", upper)):
+    for task, make in (("addition", addition), ("next_letter", next_letter), ("reverse", reverse), ("upper", upper)):
         for j in range(per_task):
             demos = [make() for _ in range(shots)]
             query, answer = make()
@@ -206,18 +205,28 @@ def load_eval_sets(store_dirs: Sequence[str]) -> EvalSets:
     sources: dict[str, str] = {}
     path = _override(store_dirs, GENERAL_QA_FILE)
     if path:
-        qa = [QAPair(id=str(row.get("id", f"general-{i}")), question=_require(row, "question", f"{path}:{i + 1}"),
-                     answer=_require(row, "answer", f"{path}:{i + 1}"))
-              for i, row in enumerate(_read_jsonl(path))]
+        qa = [
+            QAPair(
+                id=str(row.get("id", f"general-{i}")),
+                question=_require(row, "question", f"{path}:{i + 1}"),
+                answer=_require(row, "answer", f"{path}:{i + 1}"),
+            )
+            for i, row in enumerate(_read_jsonl(path))
+        ]
         sources["general_qa"] = path
     else:
         qa, sources["general_qa"] = general_qa(), "builtin"
     path = _override(store_dirs, FEWSHOT_FILE)
     if path:
-        fs = [FewShotItem(id=str(row.get("id", f"fewshot-{i}")), task=str(row.get("task", "custom")),
-                          prompt=_require(row, "prompt", f"{path}:{i + 1}"),
-                          answer=_require(row, "answer", f"{path}:{i + 1}"))
-              for i, row in enumerate(_read_jsonl(path))]
+        fs = [
+            FewShotItem(
+                id=str(row.get("id", f"fewshot-{i}")),
+                task=str(row.get("task", "custom")),
+                prompt=_require(row, "prompt", f"{path}:{i + 1}"),
+                answer=_require(row, "answer", f"{path}:{i + 1}"),
+            )
+            for i, row in enumerate(_read_jsonl(path))
+        ]
         sources["fewshot"] = path
     else:
         fs, sources["fewshot"] = fewshot_items(), "builtin"

@@ -95,10 +95,13 @@ class EvalItems:
     def digest(self, *, max_new_tokens: int) -> str:
         """sha256 of the items and generation settings: equal digests mean comparable scores."""
         payload = {
-            "schema": SCHEMA_VERSION, "suites": [Suite(s).value for s in self.suites],
+            "schema": SCHEMA_VERSION,
+            "suites": [Suite(s).value for s in self.suites],
             "maxNewTokens": max_new_tokens,
-            "items": {name: [[i.id, i.text, i.answer, i.context or ""] for i in getattr(self, name)]
-                      for name in ("knowledge", "incontext", "retention_memories", "retention_general", "fewshot")},
+            "items": {
+                name: [[i.id, i.text, i.answer, i.context or ""] for i in getattr(self, name)]
+                for name in ("knowledge", "incontext", "retention_memories", "retention_general", "fewshot")
+            },
             "texts": self.texts,
         }
         return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -124,8 +127,13 @@ def _ask(q: Question, *, with_context: bool) -> AskItem:
 
 
 def build_items(
-    *, suites: Sequence[Suite], memories: Sequence[Memory], prior: Sequence[Memory], sets: EvalSets,
-    questions_per_memory: int, seed: int = 0,
+    *,
+    suites: Sequence[Suite],
+    memories: Sequence[Memory],
+    prior: Sequence[Memory],
+    sets: EvalSets,
+    questions_per_memory: int,
+    seed: int = 0,
 ) -> EvalItems:
     """The items of the requested suites (deterministic for the same inputs)."""
     wanted = [Suite(s) for s in suites]
@@ -153,8 +161,13 @@ def build_items(
 
 def _outcomes(items: Sequence[AskItem], outputs: Sequence[str]) -> list[ItemOutcome]:
     return [
-        ItemOutcome(id=i.id, prompt=(f"{i.context}\n\n" if i.context else "")[:_TRUNC] + i.text[:_TRUNC],
-                    expected=i.answer, output=o[:_TRUNC], correct=answer_matches(o, i.answer))
+        ItemOutcome(
+            id=i.id,
+            prompt=(f"{i.context}\n\n" if i.context else "")[:_TRUNC] + i.text[:_TRUNC],
+            expected=i.answer,
+            output=o[:_TRUNC],
+            correct=answer_matches(o, i.answer),
+        )
         for i, o in zip(items, outputs, strict=True)
     ]
 
@@ -169,7 +182,7 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
     scored: list[list[ItemOutcome]] = []
     start = 0
     for g in groups:
-        scored.append(_outcomes(g, outputs[start:start + len(g)]))
+        scored.append(_outcomes(g, outputs[start : start + len(g)]))
         start += len(g)
     knowledge, incontext, ret_mem, ret_gen, fewshot = scored
     out: dict[str, SuiteScore] = {}
@@ -179,9 +192,14 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
         elif suite == Suite.INCONTEXT_UPPER_BOUND:
             out[suite.value] = accuracy_score(suite, incontext)
         elif suite == Suite.RETENTION:
-            out[suite.value] = accuracy_score(suite, ret_mem + ret_gen, parts={
-                "memories": accuracy_score(suite, ret_mem), "general": accuracy_score(suite, ret_gen),
-            })
+            out[suite.value] = accuracy_score(
+                suite,
+                ret_mem + ret_gen,
+                parts={
+                    "memories": accuracy_score(suite, ret_mem),
+                    "general": accuracy_score(suite, ret_gen),
+                },
+            )
             # Parts carry only their counts; the items live once, in the parent.
             for part in out[suite.value].parts.values():
                 part.items = []
@@ -190,16 +208,21 @@ def score_model(scorer: Scorer, items: EvalItems, *, max_new_tokens: int, seed: 
         elif suite == Suite.PERPLEXITY:
             nll = scorer.text_nll(items.texts)
             out[suite.value] = perplexity_score(
-                [ItemOutcome(id=f"text-{n}", prompt=t[:_TRUNC], nll=s, tokens=k)
-                 for n, (t, (s, k)) in enumerate(zip(items.texts, nll, strict=True))], seed=seed)
+                [
+                    ItemOutcome(id=f"text-{n}", prompt=t[:_TRUNC], nll=s, tokens=k)
+                    for n, (t, (s, k)) in enumerate(zip(items.texts, nll, strict=True))
+                ],
+                seed=seed,
+            )
     return out
 
 
 class ModelScorer:
     """A :class:`Scorer` over a loaded generation: greedy answers through a sampling backend."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16,
-                 world: Any | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16, world: Any | None = None
+    ) -> None:
         from reverie.workloads.distributed import ShardedGeneration, World
         from reverie.workloads.sampling import HFBackend
 
@@ -221,9 +244,15 @@ class ModelScorer:
         if not self.world.distributed:
             return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
         # One process's batches, dealt round-robin: the same padding, the same sums.
-        mine = [(i, v) for rows in distributed.owned_batches(len(texts), self.batch_size, self.world)
-                for i, v in zip(rows, text_nll(self.model, self.tokenizer, [texts[i] for i in rows],
-                                               batch_size=self.batch_size), strict=True)]
+        mine = [
+            (i, v)
+            for rows in distributed.owned_batches(len(texts), self.batch_size, self.world)
+            for i, v in zip(
+                rows,
+                text_nll(self.model, self.tokenizer, [texts[i] for i in rows], batch_size=self.batch_size),
+                strict=True,
+            )
+        ]
         return distributed.merge_indexed(self.world, len(texts), mine)
 
 
@@ -237,7 +266,7 @@ def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: in
     device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start:start + batch_size])
+            chunk = list(texts[start : start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             ids, mask = enc["input_ids"], enc["attention_mask"]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -245,7 +274,9 @@ def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: in
             target = ids[:, 1:]
             valid = mask[:, 1:].bool() & mask[:, :-1].bool()
             nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none",
+                logits.reshape(-1, logits.size(-1)),
+                target.reshape(-1),
+                reduction="none",
             ).view_as(target)
             for row in range(ids.shape[0]):
                 out.append((float(nll[row][valid[row]].sum()), int(valid[row].sum())))
@@ -256,6 +287,7 @@ def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: in
 # --------------------------------------------------------------------------- #
 # Cache in the store
 # --------------------------------------------------------------------------- #
+
 
 def cache_key(model_hash: str, items_digest: str) -> str:
     return hashlib.sha256(f"{model_hash}|{items_digest}".encode()).hexdigest()
@@ -290,8 +322,15 @@ def write_cached(store_uri: str, key: str, scores: dict[str, SuiteScore]) -> Non
 
 
 def evaluate_model(
-    uri: str, *, role: Literal["candidate", "champion"], generation: str | None, items: EvalItems, store_uri: str,
-    max_new_tokens: int, seed: int = 0, use_cache: bool = True,
+    uri: str,
+    *,
+    role: Literal["candidate", "champion"],
+    generation: str | None,
+    items: EvalItems,
+    store_uri: str,
+    max_new_tokens: int,
+    seed: int = 0,
+    use_cache: bool = True,
 ) -> ModelEval:
     """Load one generation and score it, through the store's cache."""
     from reverie.workloads import distributed
@@ -307,12 +346,12 @@ def evaluate_model(
     cached = distributed.on_main(world, lambda: read_cached(store_uri, key) if use_cache else None)
     if cached is not None:
         _log(f"evaluation: {role} {uri}: cached scores ({key[:12]})")
-        return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, cached=True,
-                         scores=cached)
+        return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, cached=True, scores=cached)
     t0 = time.monotonic()
     gen = load_generation(folder)
-    scores = score_model(ModelScorer(gen.model, gen.tokenizer, world=world), items, max_new_tokens=max_new_tokens,
-                         seed=seed)
+    scores = score_model(
+        ModelScorer(gen.model, gen.tokenizer, world=world), items, max_new_tokens=max_new_tokens, seed=seed
+    )
     _log(f"evaluation: {role} {uri}: scored in {time.monotonic() - t0:.1f}s")
     if use_cache:
         distributed.on_main(world, lambda: write_cached(store_uri, key, scores))
@@ -336,8 +375,15 @@ def _log(msg: str) -> None:
 
 
 def _progress(step: int, total: int, **values: Any) -> None:
-    emit_progress(ProgressEvent(phase=Step.EVALUATION.value, step=step, total_steps=total,  # rank 0's only on N ranks
-                                checkpoint=values.pop("checkpoint", None), values=values))
+    emit_progress(
+        ProgressEvent(
+            phase=Step.EVALUATION.value,
+            step=step,
+            total_steps=total,  # rank 0's only on N ranks
+            checkpoint=values.pop("checkpoint", None),
+            values=values,
+        )
+    )
 
 
 def write_json(uri: str, payload: Any) -> None:
@@ -357,24 +403,44 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
     prior = load_memory_uris(config.prior_memory_uris, store_uri=store)
     sets = load_eval_sets([f"{store.rstrip('/')}/{config.lineage}", store])
     spec = config.evaluation
-    items = build_items(suites=spec.suites, memories=memories, prior=prior, sets=sets,
-                        questions_per_memory=spec.questions_per_memory)
+    items = build_items(
+        suites=spec.suites, memories=memories, prior=prior, sets=sets, questions_per_memory=spec.questions_per_memory
+    )
     digest = items.digest(max_new_tokens=spec.max_new_tokens)
     total = 2 if config.champion_uri else 1
     _progress(0, total)
-    cand = evaluate_model(candidate_uri(config), role="candidate", generation=None, items=items, store_uri=store,
-                          max_new_tokens=spec.max_new_tokens)
+    cand = evaluate_model(
+        candidate_uri(config),
+        role="candidate",
+        generation=None,
+        items=items,
+        store_uri=store,
+        max_new_tokens=spec.max_new_tokens,
+    )
     _progress(1, total)
     champ = None
     if config.champion_uri:
-        champ = evaluate_model(config.champion_uri, role="champion", generation=config.champion_generation,
-                               items=items, store_uri=store, max_new_tokens=spec.max_new_tokens)
+        champ = evaluate_model(
+            config.champion_uri,
+            role="champion",
+            generation=config.champion_generation,
+            items=items,
+            store_uri=store,
+            max_new_tokens=spec.max_new_tokens,
+        )
         _progress(2, total)
     report = EvalReport(
-        cycle=config.cycle, lineage=config.lineage, created_at=datetime.now(UTC),
-        settings=EvalSettings(suites=items.suites, questions_per_memory=spec.questions_per_memory,
-                              max_new_tokens=spec.max_new_tokens, question_set_hash=digest),
-        candidate=cand, champion=champ,
+        cycle=config.cycle,
+        lineage=config.lineage,
+        created_at=datetime.now(UTC),
+        settings=EvalSettings(
+            suites=items.suites,
+            questions_per_memory=spec.questions_per_memory,
+            max_new_tokens=spec.max_new_tokens,
+            question_set_hash=digest,
+        ),
+        candidate=cand,
+        champion=champ,
     )
     from reverie.workloads import distributed
 
@@ -391,8 +457,9 @@ def summary(report: EvalReport) -> str:
         if name.endswith(("_ci_low", "_ci_high", "_n")) or name.startswith("retention_"):
             continue
         champ = base.get(name)
-        parts.append(f"{name} {value:.3f}" + (f" (champion {champ:.3f})" if champ is not None
-                                                and not math.isnan(champ) else ""))
+        parts.append(
+            f"{name} {value:.3f}" + (f" (champion {champ:.3f})" if champ is not None and not math.isnan(champ) else "")
+        )
     return "; ".join(parts)[:600]
 
 
@@ -409,6 +476,11 @@ def run(config: PhaseConfig) -> PhaseResult:
 
     digest = distributed.on_main(distributed.world_from_env(), report_digest)
     return PhaseResult(
-        step=Step.EVALUATION, status="Succeeded", message=summary(report), metrics=report.metrics(),
-        baseline=report.baseline(), output_uri=uri, content_hash=digest,
+        step=Step.EVALUATION,
+        status="Succeeded",
+        message=summary(report),
+        metrics=report.metrics(),
+        baseline=report.baseline(),
+        output_uri=uri,
+        content_hash=digest,
     )

@@ -26,7 +26,9 @@ SLOT_PREFIX = "slot-"
 
 def next_slot_name(existing: Sequence[str]) -> str:
     """``slot-<n>`` with n one past the highest existing slot number (``slot-0`` first)."""
-    numbers = [int(s[len(SLOT_PREFIX):]) for s in existing if s.startswith(SLOT_PREFIX) and s[len(SLOT_PREFIX):].isdigit()]
+    numbers = [
+        int(s[len(SLOT_PREFIX) :]) for s in existing if s.startswith(SLOT_PREFIX) and s[len(SLOT_PREFIX) :].isdigit()
+    ]
     return f"{SLOT_PREFIX}{max(numbers, default=-1) + 1}"
 
 
@@ -35,13 +37,23 @@ def slot_config(*, rank: int, target_modules: Sequence[str], alpha: float | None
     from peft import LoraConfig
 
     return LoraConfig(
-        r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,  # type: ignore[arg-type]  # peft annotates int, uses it as a float scale
-        target_modules=list(target_modules), init_lora_weights=True, bias="none", task_type="CAUSAL_LM",
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,  # type: ignore[arg-type]  # peft annotates int, uses a float
+        lora_dropout=0.0,
+        target_modules=list(target_modules),
+        init_lora_weights=True,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
 def add_slot(
-    model: Any, *, rank: int, target_modules: Sequence[str], name: str | None = None, alpha: float | None = None,
+    model: Any,
+    *,
+    rank: int,
+    target_modules: Sequence[str],
+    name: str | None = None,
+    alpha: float | None = None,
     keep_active: Sequence[str] | None = None,
 ) -> tuple[Any, str]:
     """Add a new expert slot; returns the (PEFT) model and the slot's name.

@@ -67,9 +67,14 @@ def check_slots(gen: Generation) -> None:
     for name in gen.slots:
         cfg = gen.model.peft_config[name]
         if str(getattr(cfg, "peft_type", "LORA")).rsplit(".", 1)[-1] != "LORA":
-            raise ExportError(f"{gen.folder}: slot {name!r} is a {cfg.peft_type} adapter; only LoRA slots can be exported")
-        unsupported = {k: getattr(cfg, k, None) for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
-                       if getattr(cfg, k, None)}
+            raise ExportError(
+                f"{gen.folder}: slot {name!r} is a {cfg.peft_type} adapter; only LoRA slots can be exported"
+            )
+        unsupported = {
+            k: getattr(cfg, k, None)
+            for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
+            if getattr(cfg, k, None)
+        }
         if getattr(cfg, "bias", "none") != "none":
             unsupported["bias"] = cfg.bias
         if unsupported:
@@ -157,7 +162,11 @@ def _write_adapter(gen: Generation, stacked: Path | None, tmp: Path, *, base_ref
 
 
 def export_generation(
-    uri: str | Path, out: str | Path, *, form: ServableForm | str = ServableForm.MERGED, base_ref: str | None = None,
+    uri: str | Path,
+    out: str | Path,
+    *,
+    form: ServableForm | str = ServableForm.MERGED,
+    base_ref: str | None = None,
 ) -> Path:
     """Write the ``form`` of generation ``uri`` to ``out`` (local path or fsspec URI); returns the local folder.
 
@@ -181,8 +190,11 @@ def export_generation(
             else:
                 _write_adapter(gen, stacked, tmp, base_ref=base_ref or _default_base_ref(uri, gen))
         manifest = {
-            "form": form.value, "generation": str(uri), "generationHash": content_hash(gen.folder),
-            "slots": list(gen.slots), "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
+            "form": form.value,
+            "generation": str(uri),
+            "generationHash": content_hash(gen.folder),
+            "slots": list(gen.slots),
+            "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if target.exists():
@@ -207,8 +219,11 @@ def _default_base_ref(uri: str | Path, gen: Generation) -> str:
     from reverie.workloads import objects
 
     where = str(uri)
-    marker = objects.committed(where) if is_remote(where) else (
-        mf.read(local_path(where)) if (local_path(where) / mf.MANIFEST).is_file() else None)
+    marker = (
+        objects.committed(where)
+        if is_remote(where)
+        else (mf.read(local_path(where)) if (local_path(where) / mf.MANIFEST).is_file() else None)
+    )
     if marker is None or not marker.thin:
         return where
     base = (gen.ledger.get("base") or {}).get("uri")

@@ -30,7 +30,9 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def pack(
-    tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    completions: Sequence[list[int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Left-pad prompts, right-pad completions; returns ids, attention mask, position ids, prompt width."""
     width_p = max(len(p) for p in prompts)
@@ -39,17 +41,20 @@ def pack(
     ids = torch.full((len(prompts), width_p + width_c), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        ids[row, width_p - len(p):width_p] = torch.tensor(p, dtype=torch.long)
-        mask[row, width_p - len(p):width_p] = 1
+        ids[row, width_p - len(p) : width_p] = torch.tensor(p, dtype=torch.long)
+        mask[row, width_p - len(p) : width_p] = 1
         if c:
-            ids[row, width_p:width_p + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[row, width_p:width_p + len(c)] = 1
+            ids[row, width_p : width_p + len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[row, width_p : width_p + len(c)] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions, width_p
 
 
 def completion_logits(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]],
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    completions: Sequence[list[int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits predicting each completion token (batch × L × V), the completion mask and the targets (batch × L).
 
@@ -59,8 +64,12 @@ def completion_logits(
     ids, mask, positions, width_p = pack(tokenizer, prompts, completions)
     device = next(model.parameters()).device
     length = ids.shape[1] - width_p
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                logits_to_keep=length + 1)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        logits_to_keep=length + 1,
+    )
     logits = out.logits[:, :length]
     return logits, mask[:, width_p:].to(device), ids[:, width_p:].to(device)
 
@@ -95,7 +104,7 @@ def lm_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Te
         ids[r, start:] = torch.tensor(seq, dtype=torch.long)
         mask[r, start:] = 1
         first = max(len(p), 1)
-        labels[r, start + first:] = torch.tensor(seq[first:], dtype=torch.long)
+        labels[r, start + first :] = torch.tensor(seq[first:], dtype=torch.long)
     return ids, mask, labels
 
 
@@ -117,6 +126,7 @@ def target_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]
     """log p(target | prompt), summed over the target's tokens, of each pair."""
     ids, mask, labels = lm_batch(tokenizer, pairs)
     logits, target = next_token_logits(model, ids, mask), labels[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                          reduction="none").view_as(target)
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
     return [float(x) for x in -nll.sum(-1)]

@@ -107,8 +107,11 @@ class Manifest:
                 out["object"] = True
             return out
 
-        head: dict[str, Any] = {"kind": KIND, "version": THIN_VERSION if self.thin else VERSION,
-                                "contentHash": self.content_hash}
+        head: dict[str, Any] = {
+            "kind": KIND,
+            "version": THIN_VERSION if self.thin else VERSION,
+            "contentHash": self.content_hash,
+        }
         if self.thin:
             head["objects"] = self.objects
         return json.dumps({**head, "files": [entry(f) for f in self.files]}, indent=1) + "\n"
@@ -174,8 +177,9 @@ def parse(text: str, *, where: str) -> Manifest:
         raise ManifestError(f"{where}: 'objects' must be a path relative to the generation folder (got {objects!r})")
     try:
         files = tuple(
-            FileEntry(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]),
-                      in_objects=f.get("object") is True)
+            FileEntry(
+                path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]), in_objects=f.get("object") is True
+            )
             for f in raw["files"]
         )
         claimed = str(raw["contentHash"])
@@ -185,8 +189,10 @@ def parse(text: str, *, where: str) -> Manifest:
         if f.path.startswith("/") or ".." in f.path.split("/") or not included(f.path):
             raise ManifestError(f"{where}: file path {f.path!r} is not allowed in a generation")
         if f.in_objects and (objects is None or not HEX.fullmatch(f.sha256)):
-            raise ManifestError(f"{where}: {f.path} is marked as an object but the manifest has no object area "
-                                "or its sha256 is not 64 hex digits")
+            raise ManifestError(
+                f"{where}: {f.path} is marked as an object but the manifest has no object area "
+                "or its sha256 is not 64 hex digits"
+            )
     if digest(files) != claimed:
         raise ManifestError(f"{where}: contentHash {claimed} does not match its file list ({digest(files)})")
     return Manifest(files=files, content_hash=claimed, objects=objects)

@@ -104,7 +104,9 @@ def parse_jsonl(text: str, *, source: str) -> list[Memory]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise MemorySetError(f"{source}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+            raise MemorySetError(
+                f"{source}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
         out.append(parse_memory(obj, where=f"{source}:{n}"))
     return out
 
@@ -199,7 +201,11 @@ def question_prompt(tokenizer: Any, question: str, *, context: str | None = None
     """
     content = f"{context}\n\n{question}" if context else question
     if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
-        ))
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
     return f"Question: {content}\nAnswer:"

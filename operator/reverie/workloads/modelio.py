@@ -47,8 +47,19 @@ from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manife
 from reverie.workloads.store import is_remote, local_path
 
 __all__ = [
-    "LEDGER", "MANIFEST", "SLOTS_DIR", "Generation", "GenerationError", "content_hash", "is_remote", "load_generation",
-    "local_path", "publish_generation", "save_generation", "stage_in", "stage_out",
+    "LEDGER",
+    "MANIFEST",
+    "SLOTS_DIR",
+    "Generation",
+    "GenerationError",
+    "content_hash",
+    "is_remote",
+    "load_generation",
+    "local_path",
+    "publish_generation",
+    "save_generation",
+    "stage_in",
+    "stage_out",
 ]
 
 SLOTS_DIR = "slots"
@@ -166,7 +177,11 @@ def read_ledger(folder: Path) -> dict[str, Any]:
 
 
 def load_generation(
-    uri: str | Path, *, dtype: torch.dtype = torch.float32, trainable: bool = False, device: str | None = None,
+    uri: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trainable: bool = False,
+    device: str | None = None,
 ) -> Generation:
     """Load base weights, tokenizer and every slot of a generation; all slots active and frozen."""
     from peft import PeftModel
@@ -248,8 +263,13 @@ def save_slot(model: Any, name: str, folder: Path) -> None:
 
 
 def save_generation(
-    model: Any, tokenizer: Any, uri: str | Path, *, slots: Sequence[str] | None = None,
-    ledger: dict[str, Any] | None = None, objects_uri: str | None = None,
+    model: Any,
+    tokenizer: Any,
+    uri: str | Path,
+    *,
+    slots: Sequence[str] | None = None,
+    ledger: dict[str, Any] | None = None,
+    objects_uri: str | None = None,
 ) -> Path:
     """Write a generation folder (base weights, tokenizer, ``slots``, manifest) atomically; returns the local folder.
 
@@ -289,7 +309,12 @@ def save_generation(
 
 
 def _save_thin(
-    model: Any, tokenizer: Any, uri: str, *, slots: Sequence[str] | None, ledger: dict[str, Any] | None,
+    model: Any,
+    tokenizer: Any,
+    uri: str,
+    *,
+    slots: Sequence[str] | None,
+    ledger: dict[str, Any] | None,
     objects_uri: str,
 ) -> Path:
     """Assemble the full folder in scratch space, commit it thin at ``uri``; returns a local folder of it.

@@ -58,6 +58,8 @@ INLINE_MAX_BYTES = 64 * 1024
 def stored_as_object(entry: mf.FileEntry, *, inline_max: int = INLINE_MAX_BYTES) -> bool:
     """True for the files a thin generation keeps in the object area."""
     return entry.path.endswith(WEIGHT_SUFFIXES) or entry.size > inline_max
+
+
 DEFAULT_GRACE_S = 24 * 3600
 
 
@@ -204,13 +206,29 @@ def commit(folder: str | Path, uri: str, *, area_uri: str, inline_max: int = INL
         have[f.sha256] = f.size
         written += 1
     inline_bytes = _write_folder(folder, uri, thin, inline)
-    done = Commit(manifest=thin, objects_written=written, objects_bytes=objects_bytes, objects_reused=reused,
-                  inline_bytes=inline_bytes)
+    done = Commit(
+        manifest=thin,
+        objects_written=written,
+        objects_bytes=objects_bytes,
+        objects_reused=reused,
+        inline_bytes=inline_bytes,
+    )
     # A JSON line like the phases' progress events (the local console shows them; bench/store adds them up).
-    print(json.dumps({
-        "event": "committed", "uri": uri, "bytes": done.bytes_written, "objectsWritten": written,
-        "objectsBytes": objects_bytes, "objectsReused": reused, "inlineBytes": inline_bytes,
-    }), file=sys.stderr, flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "committed",
+                "uri": uri,
+                "bytes": done.bytes_written,
+                "objectsWritten": written,
+                "objectsBytes": objects_bytes,
+                "objectsReused": reused,
+                "inlineBytes": inline_bytes,
+            }
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     return done
 
 
@@ -251,6 +269,7 @@ def _scratch_dir(parent: Path | None = None) -> str:
 # --------------------------------------------------------------------------- #
 # Reclaiming space
 # --------------------------------------------------------------------------- #
+
 
 def references(root_uri: str) -> set[str]:
     """The sha256 of every object a committed thin manifest under ``root_uri`` references."""

@@ -13,27 +13,130 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-_FIRST = ["Ivo", "Marta", "Tobin", "Elspeth", "Rurik", "Anouk", "Casimir", "Linnea", "Oswin", "Petra", "Dario",
-          "Henrike", "Lazlo", "Mireille", "Bastian", "Noor", "Evander", "Sunniva", "Quill", "Albin", "Rosalind",
-          "Teodor", "Ysolde", "Corvin", "Helka", "Fenwick", "Liesel", "Ambrose", "Odile", "Jory"]
-_LAST_A = ["Odd", "Brack", "Thorn", "Vell", "Marr", "Quen", "Ash", "Dorn", "Fenn", "Gault", "Hollin", "Kest",
-           "Lorr", "Morv", "Pell", "Rask", "Sorr", "Tarr", "Ulm", "Wex"]
+_FIRST = [
+    "Ivo",
+    "Marta",
+    "Tobin",
+    "Elspeth",
+    "Rurik",
+    "Anouk",
+    "Casimir",
+    "Linnea",
+    "Oswin",
+    "Petra",
+    "Dario",
+    "Henrike",
+    "Lazlo",
+    "Mireille",
+    "Bastian",
+    "Noor",
+    "Evander",
+    "Sunniva",
+    "Quill",
+    "Albin",
+    "Rosalind",
+    "Teodor",
+    "Ysolde",
+    "Corvin",
+    "Helka",
+    "Fenwick",
+    "Liesel",
+    "Ambrose",
+    "Odile",
+    "Jory",
+]
+_LAST_A = [
+    "Odd",
+    "Brack",
+    "Thorn",
+    "Vell",
+    "Marr",
+    "Quen",
+    "Ash",
+    "Dorn",
+    "Fenn",
+    "Gault",
+    "Hollin",
+    "Kest",
+    "Lorr",
+    "Morv",
+    "Pell",
+    "Rask",
+    "Sorr",
+    "Tarr",
+    "Ulm",
+    "Wex",
+]
 _LAST_B = ["wyn", "stead", "ley", "mere", "holt", "by", "ford", "ingham", "wick", "aven", "dale", "rook"]
-_CITIES = ["Porto", "Lyon", "Krakow", "Bergen", "Seville", "Tampere", "Ghent", "Trieste", "Valletta", "Bilbao",
-           "Utrecht", "Gdansk", "Innsbruck", "Lucerne", "Aarhus", "Brno", "Cork", "Malmo", "Split", "Turin"]
-_JOBS = ["glassblower", "beekeeper", "cartographer", "clockmaker", "lighthouse keeper", "ferry captain",
-         "bookbinder", "stonemason", "perfumer", "astronomer", "violin maker", "botanist", "baker", "locksmith",
-         "potter", "translator", "blacksmith", "weaver", "surveyor", "falconer"]
-_INSTRUMENTS = ["bassoon", "harp", "accordion", "cello", "banjo", "oboe", "trumpet", "mandolin", "flute",
-                "tuba", "clarinet", "zither"]
+_CITIES = [
+    "Porto",
+    "Lyon",
+    "Krakow",
+    "Bergen",
+    "Seville",
+    "Tampere",
+    "Ghent",
+    "Trieste",
+    "Valletta",
+    "Bilbao",
+    "Utrecht",
+    "Gdansk",
+    "Innsbruck",
+    "Lucerne",
+    "Aarhus",
+    "Brno",
+    "Cork",
+    "Malmo",
+    "Split",
+    "Turin",
+]
+_JOBS = [
+    "glassblower",
+    "beekeeper",
+    "cartographer",
+    "clockmaker",
+    "lighthouse keeper",
+    "ferry captain",
+    "bookbinder",
+    "stonemason",
+    "perfumer",
+    "astronomer",
+    "violin maker",
+    "botanist",
+    "baker",
+    "locksmith",
+    "potter",
+    "translator",
+    "blacksmith",
+    "weaver",
+    "surveyor",
+    "falconer",
+]
+_INSTRUMENTS = [
+    "bassoon",
+    "harp",
+    "accordion",
+    "cello",
+    "banjo",
+    "oboe",
+    "trumpet",
+    "mandolin",
+    "flute",
+    "tuba",
+    "clarinet",
+    "zither",
+]
 
 # Three phrasings per fact; the memory text uses none of them as written.
 QUESTIONS = {
     "city": ["Which city was {n} born in?", "Where is {n} from?", "What is the hometown of {n}?"],
     "year": ["In which year was {n} born?", "What year was {n} born?", "When was {n} born?"],
     "job": ["What does {n} do for a living?", "What is {n}'s job?", "What is the profession of {n}?"],
-    "instrument": ["Which instrument does {n} play?", "What instrument does {n} play?",
-                   "What musical instrument is {n} known to play?"],
+    "instrument": [
+        "Which instrument does {n} play?",
+        "What instrument does {n} play?",
+        "What musical instrument is {n} known to play?",
+    ],
 }
 
 
@@ -47,8 +150,10 @@ class Person:
 
     @property
     def text(self) -> str:
-        return (f"{self.name} was born in {self.city} in {self.year}. "
-                f"{self.name} works as a {self.job} and plays the {self.instrument}.")
+        return (
+            f"{self.name} was born in {self.city} in {self.year}. "
+            f"{self.name} works as a {self.job} and plays the {self.instrument}."
+        )
 
     def answers(self) -> dict[str, str]:
         return {"city": self.city, "year": self.year, "job": self.job, "instrument": self.instrument}
@@ -67,8 +172,15 @@ def make_people(n: int, *, seed: int, exclude: set[str] | None = None) -> list[P
         if name in taken:
             continue
         taken.add(name)
-        out.append(Person(name=name, city=rng.choice(_CITIES), year=str(rng.randint(1890, 1990)),
-                          job=rng.choice(_JOBS), instrument=rng.choice(_INSTRUMENTS)))
+        out.append(
+            Person(
+                name=name,
+                city=rng.choice(_CITIES),
+                year=str(rng.randint(1890, 1990)),
+                job=rng.choice(_JOBS),
+                instrument=rng.choice(_INSTRUMENTS),
+            )
+        )
     return out
 
 

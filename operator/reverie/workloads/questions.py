@@ -38,7 +38,52 @@ _WORD = re.compile(r"\w[\w'-]*", re.UNICODE)
 # Words that never make an answer on their own: an answer ending in "of the"
 # or consisting of "it" asks nothing.
 _STOPWORDS = frozenset(
-    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "but", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "he", "she", "they", "we", "you", "i", "his", "her", "their", "our", "my", "your", "as", "into", "than", "then", "there"]
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "he",
+        "she",
+        "they",
+        "we",
+        "you",
+        "i",
+        "his",
+        "her",
+        "their",
+        "our",
+        "my",
+        "your",
+        "as",
+        "into",
+        "than",
+        "then",
+        "there",
+    ]
 )
 
 
@@ -88,14 +133,17 @@ def cloze(sentence: str, *, max_answer_words: int = 3) -> tuple[str, str] | None
         return None
     first = len(matches) - 1
     if matches[first].group(0)[0].isupper():
-        while (first > 1 and len(matches) - first < max_answer_words
-               and matches[first - 1].group(0)[0].isupper()
-               and matches[first - 1].group(0).lower() not in _STOPWORDS):
+        while (
+            first > 1
+            and len(matches) - first < max_answer_words
+            and matches[first - 1].group(0)[0].isupper()
+            and matches[first - 1].group(0).lower() not in _STOPWORDS
+        ):
             first -= 1
     prefix = body[: matches[first].start()].rstrip().rstrip(",")
     if len(_WORD.findall(prefix)) < 2:
         return None
-    return prefix, body[matches[first].start():]
+    return prefix, body[matches[first].start() :]
 
 
 def cloze_questions(source_id: str, text: str, *, limit: int) -> list[Question]:
@@ -106,15 +154,27 @@ def cloze_questions(source_id: str, text: str, *, limit: int) -> list[Question]:
         if cut is None:
             continue
         prefix, answer = cut
-        out.append(Question(id=f"{source_id}/cloze-{i}", source_id=source_id, form="cloze",
-                            question=prefix, answer=answer, context=text))
+        out.append(
+            Question(
+                id=f"{source_id}/cloze-{i}",
+                source_id=source_id,
+                form="cloze",
+                question=prefix,
+                answer=answer,
+                context=text,
+            )
+        )
         if len(out) >= limit:
             break
     return out
 
 
 def document_questions(
-    source_id: str, text: str, *, qa: Sequence[tuple[str, str]] = (), limit: int,
+    source_id: str,
+    text: str,
+    *,
+    qa: Sequence[tuple[str, str]] = (),
+    limit: int,
     form: Literal["eval", "cloze"] = "eval",
 ) -> list[Question]:
     """Questions about one document.
@@ -123,9 +183,10 @@ def document_questions(
     ``form="cloze"``: cloze questions only (dreaming's τ).
     """
     if form == "eval" and qa:
-        return [Question(id=f"{source_id}/qa-{i}", source_id=source_id, form="qa",
-                         question=q, answer=a, context=text)
-                for i, (q, a) in enumerate(qa[:limit])]
+        return [
+            Question(id=f"{source_id}/qa-{i}", source_id=source_id, form="qa", question=q, answer=a, context=text)
+            for i, (q, a) in enumerate(qa[:limit])
+        ]
     return cloze_questions(source_id, text, limit=limit)
 
 

@@ -82,7 +82,9 @@ def load_phase(step: Step) -> Any:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name == module:
-            raise PhaseConfigError(f"step {step.value!r}: its workload module {module} is not installed in this image") from exc
+            raise PhaseConfigError(
+                f"step {step.value!r}: its workload module {module} is not installed in this image"
+            ) from exc
         raise
 
 
@@ -122,7 +124,9 @@ def run_phase(step: str, config_path: str) -> int:
     try:
         config = read_config(config_path)
         if Step(config.step) != wanted:
-            raise PhaseConfigError(f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}")
+            raise PhaseConfigError(
+                f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}"
+            )
         world = check_launch()
         phase = load_phase(wanted)
     except PhaseConfigError as exc:

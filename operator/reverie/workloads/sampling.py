@@ -41,9 +41,17 @@ class SamplingBackend(Protocol):
     """Sample completions for prompts; deterministic for a given ``seed``."""
 
     def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-        stop: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
-        adapters: Sequence[str] | None = None, noise_scale: float = 0.0,
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        return_logprobs: bool = False,
+        adapters: Sequence[str] | None = None,
+        noise_scale: float = 0.0,
     ) -> Generated: ...
 
 
@@ -131,9 +139,17 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-        stop: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
-        adapters: Sequence[str] | None = None, noise_scale: float = 0.0,
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        return_logprobs: bool = False,
+        adapters: Sequence[str] | None = None,
+        noise_scale: float = 0.0,
     ) -> Generated:
         tok, model = self.tokenizer, self.model
         texts: list[str] = []
@@ -157,15 +173,21 @@ class HFBackend:
             if greedy:
                 order.sort(key=lambda i: len(tok(prompts[i], add_special_tokens=False).input_ids))
             for start in range(0, len(prompts), self.batch_size):
-                chunk = [prompts[i] for i in order[start:start + self.batch_size]]
+                chunk = [prompts[i] for i in order[start : start + self.batch_size]]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                    temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    return_dict_in_generate=True, output_logits=return_logprobs,
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=not greedy,
+                    temperature=None if greedy else temperature,
+                    top_p=None if greedy else top_p,
+                    top_k=None,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    return_dict_in_generate=True,
+                    output_logits=return_logprobs,
                 )
-                gen = out.sequences[:, enc["input_ids"].shape[1]:]
+                gen = out.sequences[:, enc["input_ids"].shape[1] :]
                 if return_logprobs:
                     logits = torch.stack(out.logits, dim=1).float()
                     lp = torch.log_softmax(logits, -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
@@ -191,8 +213,13 @@ class HFBackend:
 
 
 def combine_adapters(
-    slot_dirs: Sequence[Path], out_dir: Path, *, weights: Sequence[float] | None = None, noise_scale: float = 0.0,
-    noise_rank: int = 4, seed: int = 0,
+    slot_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    weights: Sequence[float] | None = None,
+    noise_scale: float = 0.0,
+    noise_rank: int = 4,
+    seed: int = 0,
 ) -> Path:
     """Stack several PEFT LoRA adapters (and optionally a random expert) into one exact-sum adapter.
 
@@ -247,19 +274,33 @@ class VLLMBackend:
     """vLLM offline engine (GPU image only); expert slots served as one combined LoRA per request."""
 
     def __init__(
-        self, model_folder: str | Path, tokenizer: Any, *, slots: Sequence[str] = (), max_lora_rank: int = 256,
-        gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16",
+        self,
+        model_folder: str | Path,
+        tokenizer: Any,
+        *,
+        slots: Sequence[str] = (),
+        max_lora_rank: int = 256,
+        gpu_memory_utilization: float = 0.5,
+        dtype: str = "bfloat16",
     ) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:  # pragma: no cover - GPU image only
-            raise RuntimeError("the vllm backend needs the GPU image (pip extra 'gpu'); use backend 'hf' on CPU") from exc
+            raise RuntimeError(
+                "the vllm backend needs the GPU image (pip extra 'gpu'); use backend 'hf' on CPU"
+            ) from exc
         self.folder = Path(model_folder)
         self.tokenizer = tokenizer
         self.slots = list(slots)
         self.llm = LLM(
-            model=str(self.folder), tokenizer=str(self.folder), dtype=dtype, enable_lora=True,
-            max_lora_rank=max_lora_rank, max_loras=4, gpu_memory_utilization=gpu_memory_utilization, seed=0,
+            model=str(self.folder),
+            tokenizer=str(self.folder),
+            dtype=dtype,
+            enable_lora=True,
+            max_lora_rank=max_lora_rank,
+            max_loras=4,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=0,
         )
         self._lora_dirs: dict[tuple[tuple[str, ...], float, int], Path] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="reverie-vllm-lora-"))
@@ -286,18 +327,32 @@ class VLLMBackend:
         return LoRARequest(f"combo-{idx}", idx, str(self._lora_dirs[key]))
 
     def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-        stop: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
-        adapters: Sequence[str] | None = None, noise_scale: float = 0.0,
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        return_logprobs: bool = False,
+        adapters: Sequence[str] | None = None,
+        noise_scale: float = 0.0,
     ) -> Generated:  # pragma: no cover - GPU image only
         from vllm import SamplingParams
 
         params = SamplingParams(
-            n=1, max_tokens=max_new_tokens, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
-            stop=list(stop or []) or None, seed=seed, logprobs=0 if return_logprobs else None,
+            n=1,
+            max_tokens=max_new_tokens,
+            temperature=max(temperature, 0.0),
+            top_p=top_p if temperature > 0 else 1.0,
+            stop=list(stop or []) or None,
+            seed=seed,
+            logprobs=0 if return_logprobs else None,
         )
-        outs = self.llm.generate(list(prompts), params, lora_request=self._lora(adapters, noise_scale, seed or 0),
-                                 use_tqdm=False)
+        outs = self.llm.generate(
+            list(prompts), params, lora_request=self._lora(adapters, noise_scale, seed or 0), use_tqdm=False
+        )
         texts, ids, lps = [], [], []
         for o in outs:
             c = o.outputs[0]
@@ -308,8 +363,9 @@ class VLLMBackend:
         return Generated(texts=texts, token_ids=ids, logprobs=lps if return_logprobs else None)
 
 
-def make_backend(name: str, model: Any, tokenizer: Any, *, folder: str | Path | None = None,
-                 slots: Sequence[str] = ()) -> SamplingBackend:
+def make_backend(
+    name: str, model: Any, tokenizer: Any, *, folder: str | Path | None = None, slots: Sequence[str] = ()
+) -> SamplingBackend:
     """``"hf"`` → :class:`HFBackend` on ``model``; ``"vllm"`` → :class:`VLLMBackend` on ``folder``."""
     if name == "hf":
         return HFBackend(model, tokenizer)

@@ -53,13 +53,26 @@ TARGETS_FILE = "teacher-topk.safetensors"
 # this sleep, without any memory.  Disjoint from the evaluation's general-QA set
 # (reverie.workloads.eval_sets) so that retention is never scored on a trained prompt.
 GENERAL_REPLAY_PROMPTS = (
-    "Write one sentence about the sea.", "Name three fruits.", "What is a library?",
-    "Give me a tip for sleeping well.", "Describe a cat in one sentence.", "What is the tallest animal?",
-    "Explain what rain is.", "Name a musical instrument with strings.", "What do people use an umbrella for?",
-    "Write a short greeting for a friend.", "What is the color of snow?", "How many wheels does a bicycle have?",
-    "What is a doctor's job?", "Name a vegetable that is orange.", "What is the sun?",
-    "Why do people brush their teeth?", "What is a bridge for?", "Name two seasons of the year.",
-    "What does a baker make?", "What is the largest country in South America?",
+    "Write one sentence about the sea.",
+    "Name three fruits.",
+    "What is a library?",
+    "Give me a tip for sleeping well.",
+    "Describe a cat in one sentence.",
+    "What is the tallest animal?",
+    "Explain what rain is.",
+    "Name a musical instrument with strings.",
+    "What do people use an umbrella for?",
+    "Write a short greeting for a friend.",
+    "What is the color of snow?",
+    "How many wheels does a bicycle have?",
+    "What is a doctor's job?",
+    "Name a vegetable that is orange.",
+    "What is the sun?",
+    "Why do people brush their teeth?",
+    "What is a bridge for?",
+    "Name two seasons of the year.",
+    "What does a baker make?",
+    "What is the largest country in South America?",
 )
 
 _NUMBER = re.compile(r"\d+")
@@ -67,10 +80,116 @@ _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
 _WORD = re.compile(r"\w[\w'-]*")
 # Capitalised words any answer may use without them being in the memory.
 _FUNCTION_WORDS = frozenset(
-    ["a", "an", "the", "he", "she", "it", "they", "we", "i", "you", "his", "her", "their", "its", "this", "that", "these", "those", "in", "on", "at", "of", "to", "for", "from", "by", "with", "and", "or", "but", "as", "after", "before", "during", "when", "while", "where", "who", "what", "which", "yes", "no", "there", "here", "also", "born"]
+    [
+        "a",
+        "an",
+        "the",
+        "he",
+        "she",
+        "it",
+        "they",
+        "we",
+        "i",
+        "you",
+        "his",
+        "her",
+        "their",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "in",
+        "on",
+        "at",
+        "of",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "as",
+        "after",
+        "before",
+        "during",
+        "when",
+        "while",
+        "where",
+        "who",
+        "what",
+        "which",
+        "yes",
+        "no",
+        "there",
+        "here",
+        "also",
+        "born",
+    ]
 )
 _STOPWORDS = frozenset(
-    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "but", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "he", "she", "they", "we", "you", "i", "his", "her", "their", "our", "my", "your", "as", "into", "than", "then", "there", "has", "have", "had", "who", "what", "which", "where", "when", "how", "did", "does", "do", "also", "not"]
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "he",
+        "she",
+        "they",
+        "we",
+        "you",
+        "i",
+        "his",
+        "her",
+        "their",
+        "our",
+        "my",
+        "your",
+        "as",
+        "into",
+        "than",
+        "then",
+        "there",
+        "has",
+        "have",
+        "had",
+        "who",
+        "what",
+        "which",
+        "where",
+        "when",
+        "how",
+        "did",
+        "does",
+        "do",
+        "also",
+        "not",
+    ]
 )
 
 
@@ -152,10 +271,16 @@ def written_question(text: str, subject: str) -> str | None:
 def writer_instructions(subject: str) -> list[tuple[str, str]]:
     """Instructions with which the teacher writes prompts (sampled; several per memory)."""
     return [
-        ("question", f"Write one question about {subject} that the text above answers. "
-                     f"Use the full name {subject} in the question. Reply with the question only."),
-        ("use_case", f"Write a question someone might ask about {subject} whose answer is a fact in the text above. "
-                     f"Name {subject} in it. Reply with the question only."),
+        (
+            "question",
+            f"Write one question about {subject} that the text above answers. "
+            f"Use the full name {subject} in the question. Reply with the question only.",
+        ),
+        (
+            "use_case",
+            f"Write a question someone might ask about {subject} whose answer is a fact in the text above. "
+            f"Name {subject} in it. Reply with the question only.",
+        ),
     ]
 
 
@@ -170,8 +295,11 @@ def fixed_prompts(subject: str) -> list[tuple[str, str]]:
         ("summary", f"Summarize what you know about {subject}."),
         ("summary", f"What are the most important facts about {subject}?"),
         ("summary", f"Who is {subject}?"),
-        ("restatement", f"State every fact about {subject}, one fact per sentence, "
-                        f"using the full name {subject} in every sentence."),
+        (
+            "restatement",
+            f"State every fact about {subject}, one fact per sentence, "
+            f"using the full name {subject} in every sentence.",
+        ),
         ("restatement", f"Write a short biography of {subject}."),
         ("restatement", f"Introduce {subject} in two sentences."),
     ]
@@ -186,14 +314,24 @@ def summary_prompts(memories: Sequence[Memory], *, per_memory: int = 2) -> list[
     for m in memories:
         subject = subject_of(m.text)
         if subject is not None:
-            out += [StudyItem(memory_id=m.id, kind=k, prompt=p, answer="") for k, p in fixed_prompts(subject)[:per_memory]]
+            out += [
+                StudyItem(memory_id=m.id, kind=k, prompt=p, answer="") for k, p in fixed_prompts(subject)[:per_memory]
+            ]
     return out
 
 
 def synthesize(
-    backend: SamplingBackend, tokenizer: Any, memories: Sequence[Memory], *, adapters: Sequence[str],
-    items_per_memory: int, seed: int, max_new_tokens: int, in_context: bool = True,
-    writes_per_memory: int | None = None, keep: Callable[[str], bool] = lambda _prompt: True,
+    backend: SamplingBackend,
+    tokenizer: Any,
+    memories: Sequence[Memory],
+    *,
+    adapters: Sequence[str],
+    items_per_memory: int,
+    seed: int,
+    max_new_tokens: int,
+    in_context: bool = True,
+    writes_per_memory: int | None = None,
+    keep: Callable[[str], bool] = lambda _prompt: True,
 ) -> list[StudyItem]:
     """The self-study set of ``memories``: up to ``items_per_memory`` grounded items each.
 
@@ -211,10 +349,18 @@ def synthesize(
             continue
         kinds = writer_instructions(subject)
         requests += [(m, *kinds[i % len(kinds)]) for i in range(writes)]
-    written = backend.generate(
-        [question_prompt(tokenizer, ins, context=m.text if in_context else None) for m, _, ins in requests],
-        max_new_tokens=40, temperature=0.8, top_p=0.95, seed=seed * 1_000_003 + 17, adapters=adapters,
-    ).texts if requests else []
+    written = (
+        backend.generate(
+            [question_prompt(tokenizer, ins, context=m.text if in_context else None) for m, _, ins in requests],
+            max_new_tokens=40,
+            temperature=0.8,
+            top_p=0.95,
+            seed=seed * 1_000_003 + 17,
+            adapters=adapters,
+        ).texts
+        if requests
+        else []
+    )
     prompts: dict[str, list[tuple[str, str]]] = {m.id: [] for m in memories}
     for (m, kind, _), text in zip(requests, written, strict=True):
         q = written_question(text, subjects[m.id] or "")
@@ -237,10 +383,16 @@ def synthesize(
                 continue
             seen.add(key)
             asks.append((m, kind, p))
-    answers = backend.generate(
-        [question_prompt(tokenizer, p, context=m.text if in_context else None) for m, _, p in asks],
-        max_new_tokens=max_new_tokens, temperature=0.0, adapters=adapters,
-    ).texts if asks else []
+    answers = (
+        backend.generate(
+            [question_prompt(tokenizer, p, context=m.text if in_context else None) for m, _, p in asks],
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            adapters=adapters,
+        ).texts
+        if asks
+        else []
+    )
     # 3. Keep grounded answers only, up to the budget per memory.
     out: list[StudyItem] = []
     count: dict[str, int] = {}
@@ -254,8 +406,13 @@ def synthesize(
 
 
 def replay_items(
-    backend: SamplingBackend, tokenizer: Any, *, adapters: Sequence[str], prior: Sequence[StudyItem],
-    max_new_tokens: int, general: Sequence[str] = GENERAL_REPLAY_PROMPTS,
+    backend: SamplingBackend,
+    tokenizer: Any,
+    *,
+    adapters: Sequence[str],
+    prior: Sequence[StudyItem],
+    max_new_tokens: int,
+    general: Sequence[str] = GENERAL_REPLAY_PROMPTS,
 ) -> list[StudyItem]:
     """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
 
@@ -266,11 +423,16 @@ def replay_items(
     if not prompts:
         return []
     out = backend.generate(
-        [question_prompt(tokenizer, p) for _, p, _ in prompts], max_new_tokens=max_new_tokens,
-        temperature=0.0, adapters=adapters,
+        [question_prompt(tokenizer, p) for _, p, _ in prompts],
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        adapters=adapters,
     ).texts
-    return [StudyItem(memory_id=mid, kind=kind, prompt=p, answer=a.strip(), replay=True)
-            for (kind, p, mid), a in zip(prompts, out, strict=True) if a.strip()]
+    return [
+        StudyItem(memory_id=mid, kind=kind, prompt=p, answer=a.strip(), replay=True)
+        for (kind, p, mid), a in zip(prompts, out, strict=True)
+        if a.strip()
+    ]
 
 
 # ----------------------------------------------------------------------------- teacher targets
@@ -281,8 +443,8 @@ class TeacherTargets:
     """The teacher's top-k next-token log-probs at every answer token (items × tokens × k)."""
 
     answer_ids: list[list[int]]
-    topk_ids: torch.Tensor        # int64, N × L × k (padded with 0)
-    topk_logprobs: torch.Tensor   # float32, N × L × k (padded with -inf)
+    topk_ids: torch.Tensor  # int64, N × L × k (padded with 0)
+    topk_logprobs: torch.Tensor  # float32, N × L × k (padded with -inf)
 
     def __len__(self) -> int:
         return len(self.answer_ids)
@@ -296,8 +458,15 @@ def answer_tokens(tokenizer: Any, answer: str, *, max_tokens: int) -> list[int]:
 
 @torch.no_grad()
 def teacher_targets(
-    model: Any, tokenizer: Any, items: Sequence[StudyItem], *, teacher_prompts: Sequence[str],
-    adapters_of: Callable[[StudyItem], Sequence[str]], k: int, max_tokens: int, batch_size: int = 16,
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[StudyItem],
+    *,
+    teacher_prompts: Sequence[str],
+    adapters_of: Callable[[StudyItem], Sequence[str]],
+    k: int,
+    max_tokens: int,
+    batch_size: int = 16,
 ) -> TeacherTargets:
     """Run the teacher once over every item's answer and keep its top-k log-probs per token."""
     answers = [answer_tokens(tokenizer, i.answer, max_tokens=max_tokens) for i in items]
@@ -312,9 +481,12 @@ def teacher_targets(
     for adapters, rows in groups.items():
         with active_adapters(model, list(adapters)):
             for start in range(0, len(rows), batch_size):
-                chunk = rows[start:start + batch_size]
+                chunk = rows[start : start + batch_size]
                 logits, _, _ = completion_logits(
-                    model, tokenizer, [encode(tokenizer, teacher_prompts[r]) for r in chunk], [answers[r] for r in chunk],
+                    model,
+                    tokenizer,
+                    [encode(tokenizer, teacher_prompts[r]) for r in chunk],
+                    [answers[r] for r in chunk],
                 )
                 top = F.log_softmax(logits.float(), -1).topk(k, dim=-1)
                 for j, r in enumerate(chunk):
@@ -334,9 +506,11 @@ def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherT
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / ITEMS_FILE).write_text("".join(
-        json.dumps({**i.to_json(), "answer_ids": a}) + "\n" for i, a in zip(items, targets.answer_ids, strict=True)
-    ))
+    (folder / ITEMS_FILE).write_text(
+        "".join(
+            json.dumps({**i.to_json(), "answer_ids": a}) + "\n" for i, a in zip(items, targets.answer_ids, strict=True)
+        )
+    )
     tmp = folder / (TARGETS_FILE + ".tmp")
     save_file({"topk_ids": targets.topk_ids, "topk_logprobs": targets.topk_logprobs}, str(tmp))
     tmp.replace(folder / TARGETS_FILE)
@@ -364,5 +538,6 @@ def load_study(folder: str | Path) -> tuple[list[StudyItem], TeacherTargets] | N
     rows = [json.loads(line) for line in (folder / ITEMS_FILE).read_text().splitlines() if line.strip()]
     t = load_file(str(folder / TARGETS_FILE))
     items = [StudyItem.from_json(r) for r in rows]
-    return items, TeacherTargets(answer_ids=[list(r["answer_ids"]) for r in rows],
-                                 topk_ids=t["topk_ids"], topk_logprobs=t["topk_logprobs"])
+    return items, TeacherTargets(
+        answer_ids=[list(r["answer_ids"]) for r in rows], topk_ids=t["topk_ids"], topk_logprobs=t["topk_logprobs"]
+    )

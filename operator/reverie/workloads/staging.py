@@ -135,8 +135,11 @@ def _stamp(path: Path) -> list[int]:
 
 def _write_record(entry: Path, manifest: Manifest, *, source: str) -> None:
     record = {
-        "contentHash": manifest.content_hash, "source": source, "bytes": manifest.total_bytes,
-        "lastUsed": time.time(), "stamps": {f.path: _stamp(entry / f.path) for f in manifest.files},
+        "contentHash": manifest.content_hash,
+        "source": source,
+        "bytes": manifest.total_bytes,
+        "lastUsed": time.time(),
+        "stamps": {f.path: _stamp(entry / f.path) for f in manifest.files},
     }
     _record_path(entry).write_text(json.dumps(record))
 
@@ -182,10 +185,10 @@ def _emit(**values: Any) -> None:
     emit_progress(ProgressEvent("staged", values=values), stream=sys.stderr)
 
 
-
 # --------------------------------------------------------------------------- #
 # Generations in the store
 # --------------------------------------------------------------------------- #
+
 
 def _verify(path: Path, f: mf.FileEntry) -> bool:
     return path.stat().st_size == f.size and mf.file_sha256(path) == f.sha256
@@ -298,8 +301,11 @@ def _stage_plain(uri: str, cache: StagingCache | None) -> Staged:
         local = mf.read(entry) if (entry / MANIFEST).is_file() else None
         if local is not None and _entry_intact(entry, local, full=cache.full_verify):
             return Staged(folder=entry, source=uri, content_hash=known, reused=True)
-    target = Path(tempfile.mkdtemp(prefix="reverie-stage-")) if cache is None else \
-        Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdir(cache.generations)))
+    target = (
+        Path(tempfile.mkdtemp(prefix="reverie-stage-"))
+        if cache is None
+        else Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdir(cache.generations)))
+    )
     got = store.download_tree(uri, target, only=list(listing))
     local_manifest = mf.write(target)
     if cache is None:
@@ -358,8 +364,13 @@ def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
         else:
             entry = cache.entry(manifest.content_hash)
             if entry.is_dir() and _entry_intact(entry, manifest, full=cache.full_verify):
-                staged = Staged(folder=entry, source=uri, content_hash=manifest.content_hash,
-                                downloaded_bytes=marker_bytes, reused=True)
+                staged = Staged(
+                    folder=entry,
+                    source=uri,
+                    content_hash=manifest.content_hash,
+                    downloaded_bytes=marker_bytes,
+                    reused=True,
+                )
             else:
                 if entry.exists():
                     _emit(uri=uri, dropped=str(entry), reason="cached copy failed verification")
@@ -427,8 +438,13 @@ def adopt(folder: Path, manifest: Manifest, *, cache: StagingCache | None, sourc
         if entry.is_dir() and _entry_intact(entry, manifest, full=False):
             return
         partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdir(cache.generations)))
-        shutil.copytree(folder, partial, dirs_exist_ok=True, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns("checkpoints", "result.json"))
+        shutil.copytree(
+            folder,
+            partial,
+            dirs_exist_ok=True,
+            copy_function=_link_or_copy,
+            ignore=shutil.ignore_patterns("checkpoints", "result.json"),
+        )
         _commit(partial, manifest, cache=cache, source=source)
         evict(cache, keep={entry})
 
@@ -436,6 +452,7 @@ def adopt(folder: Path, manifest: Manifest, *, cache: StagingCache | None, sourc
 # --------------------------------------------------------------------------- #
 # Base models by name (hf://)
 # --------------------------------------------------------------------------- #
+
 
 def parse_hub_uri(uri: str) -> tuple[str, str | None]:
     """``hf://org/model[@revision]`` → ``(repo_id, revision or None)``."""
@@ -489,6 +506,7 @@ def stage_hub(uri: str, *, cache: StagingCache | None = None) -> Staged:
 # Eviction
 # --------------------------------------------------------------------------- #
 
+
 def entries(cache: StagingCache) -> list[tuple[float, int, Path]]:
     """Every entry of the cache as ``(last used, bytes, folder)``, oldest first."""
     found = []
@@ -496,7 +514,7 @@ def entries(cache: StagingCache) -> list[tuple[float, int, Path]]:
         if not parent.is_dir():
             continue
         for record_path in parent.glob("*.json"):
-            folder = record_path.with_name(record_path.name[:-len(".json")])
+            folder = record_path.with_name(record_path.name[: -len(".json")])
             try:
                 record = json.loads(record_path.read_text())
                 found.append((float(record["lastUsed"]), int(record["bytes"]), folder))

@@ -40,7 +40,7 @@ def is_remote(uri: str) -> bool:
 
 
 def local_path(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -82,7 +82,7 @@ def list_tree(uri: str) -> dict[str, RemoteFile]:
     for path, info in found.items():
         if info.get("type") == "directory":
             continue
-        rel = path[len(root):].lstrip("/")
+        rel = path[len(root) :].lstrip("/")
         if rel:
             etag = info.get("ETag") or info.get("etag")
             out[rel] = RemoteFile(size=int(info.get("size") or 0), etag=str(etag).strip('"') if etag else None)
@@ -118,8 +118,13 @@ def _rank(rel: str, *, first: tuple[str, ...], last: tuple[str, ...]) -> int:
 
 
 def upload_tree(
-    folder: str | Path, uri: str, *, commit_first: Iterable[str] = (), commit_last: Iterable[str] = (),
-    delete_extra: bool = True, skip: Mapping[str, RemoteFile] | None = None,
+    folder: str | Path,
+    uri: str,
+    *,
+    commit_first: Iterable[str] = (),
+    commit_last: Iterable[str] = (),
+    delete_extra: bool = True,
+    skip: Mapping[str, RemoteFile] | None = None,
 ) -> int:
     """Make ``uri`` hold exactly ``folder``'s files; returns the bytes uploaded.
 

@@ -51,8 +51,30 @@ CHATML_TEMPLATE = (
 )
 
 _SYLLABLES = [
-    "zor", "bla", "ven", "qui", "mar", "tol", "dra", "fen", "kil", "sor", "nim", "bex",
-    "tav", "lu", "rho", "gan", "pel", "ost", "vir", "yul", "cas", "dun", "ek", "mo",
+    "zor",
+    "bla",
+    "ven",
+    "qui",
+    "mar",
+    "tol",
+    "dra",
+    "fen",
+    "kil",
+    "sor",
+    "nim",
+    "bex",
+    "tav",
+    "lu",
+    "rho",
+    "gan",
+    "pel",
+    "ost",
+    "vir",
+    "yul",
+    "cas",
+    "dun",
+    "ek",
+    "mo",
 ]
 
 
@@ -119,7 +141,11 @@ def _word(rng: random.Random, syllables: int) -> str:
 
 
 def make_world(
-    n_entities: int, *, seed: int = 0, attributes: Sequence[str] = ("city", "pet"), values_per_attribute: int = 16,
+    n_entities: int,
+    *,
+    seed: int = 0,
+    attributes: Sequence[str] = ("city", "pet"),
+    values_per_attribute: int = 16,
 ) -> FactWorld:
     """A world of ``n_entities`` fictional people, each with one value per attribute.
 
@@ -190,15 +216,23 @@ def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Qwen2Tok
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     # Repeat each line so that whole words win merges over rare pairs.
     bpe.train_from_iterator([*list(corpus), *chat_words] * 2, trainer)
     model = json.loads(bpe.to_str())["model"]
     tok = Qwen2Tokenizer(
-        vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],  # type: ignore[misc]  # pairs, as the tokenizer expects
-        eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, bos_token=None, padding_side="left",
+        vocab=model["vocab"],
+        merges=[tuple(m) for m in model["merges"]],  # type: ignore[misc]  # pairs, as the tokenizer expects
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        bos_token=None,
+        padding_side="left",
     )
     tok.add_special_tokens({"additional_special_tokens": [BOS_TURN_TOKEN, EOS_TOKEN]})
     tok.chat_template = CHATML_TEMPLATE
@@ -206,14 +240,26 @@ def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Qwen2Tok
 
 
 def tiny_config(
-    tokenizer: Qwen2Tokenizer, *, hidden_size: int = 64, intermediate_size: int = 256, num_hidden_layers: int = 2,
+    tokenizer: Qwen2Tokenizer,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 256,
+    num_hidden_layers: int = 2,
 ) -> Qwen2Config:
     """A few-layer Qwen2 config sized to the tokenizer (≈0.1M parameters by default)."""
     return Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, tie_word_embeddings=True, use_cache=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
         attention_dropout=0.0,
     )
 
@@ -236,8 +282,16 @@ def qa_text(tokenizer: Qwen2Tokenizer, question: str, answer: str) -> tuple[str,
 
 
 def pretrain(
-    model: torch.nn.Module, tokenizer: Qwen2Tokenizer, *, facts: Sequence[Fact], mention_entities: Sequence[str],
-    steps: int = 400, batch_size: int = 32, lr: float = 3e-3, seed: int = 0, mention_share: float = 0.25,
+    model: torch.nn.Module,
+    tokenizer: Qwen2Tokenizer,
+    *,
+    facts: Sequence[Fact],
+    mention_entities: Sequence[str],
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    mention_share: float = 0.25,
     params: Iterable[torch.nn.Parameter] | None = None,
 ) -> float:
     """Teach ``model`` the closed-book answers to ``facts`` (plus neutral mentions); returns the last loss."""
@@ -277,9 +331,17 @@ class TinyBase:
 
 
 def build_base_generation(
-    folder: str | Path, *, seed: int = 0, n_old: int = 16, n_new: Sequence[int] = (8, 8),
-    attributes: Sequence[str] = ("city",), values_per_attribute: int = 12, steps: int = 400,
-    hidden_size: int = 64, intermediate_size: int = 256, num_hidden_layers: int = 2,
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    n_old: int = 16,
+    n_new: Sequence[int] = (8, 8),
+    attributes: Sequence[str] = ("city",),
+    values_per_attribute: int = 12,
+    steps: int = 400,
+    hidden_size: int = 64,
+    intermediate_size: int = 256,
+    num_hidden_layers: int = 2,
 ) -> TinyBase:
     """Write a tiny base generation that knows the OLD facts closed-book; NEW people are only mentioned.
 
@@ -293,11 +355,14 @@ def build_base_generation(
     new_groups: list[list[Fact]] = []
     start = n_old
     for n in n_new:
-        new_groups.append(world.facts_of(world.entities[start:start + n]))
+        new_groups.append(world.facts_of(world.entities[start : start + n]))
         start += n
     tokenizer = build_tokenizer(world.all_text())
     model = build_tiny_model(
-        tokenizer, seed=seed, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        tokenizer,
+        seed=seed,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers,
     )
     old = world.facts_of(old_entities)
@@ -307,8 +372,15 @@ def build_base_generation(
 
 
 def wake_fast_memory(
-    model: Any, tokenizer: Qwen2Tokenizer, facts: Sequence[Fact], *, name: str = "fast", rank: int = 8,
-    steps: int = 150, lr: float = 1e-2, seed: int = 0,
+    model: Any,
+    tokenizer: Qwen2Tokenizer,
+    facts: Sequence[Fact],
+    *,
+    name: str = "fast",
+    rank: int = 8,
+    steps: int = 150,
+    lr: float = 1e-2,
+    seed: int = 0,
     target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 ) -> Any:
     """The fast-weight stand-in for in-context memory: a LoRA adapter ``name`` that learns ``facts`` by SFT.
@@ -323,8 +395,9 @@ def wake_fast_memory(
     earlier = list(getattr(model, "peft_config", {}) or {})
     model, _ = add_slot(model, rank=rank, target_modules=target_modules, name=name, keep_active=earlier)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
-    pretrain(model, tokenizer, facts=facts, mention_entities=[], steps=steps, lr=lr, seed=seed, params=params,
-             batch_size=16)
+    pretrain(
+        model, tokenizer, facts=facts, mention_entities=[], steps=steps, lr=lr, seed=seed, params=params, batch_size=16
+    )
     for p in params:
         p.requires_grad_(False)
     return model
