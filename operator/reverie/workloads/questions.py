@@ -37,7 +37,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w[\w'-]*", re.UNICODE)
 # Words that never make an answer on their own: an answer ending in "of the"
 # or consisting of "it" asks nothing.
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     [
         "a",
         "an",
@@ -129,7 +129,7 @@ def cloze(sentence: str, *, max_answer_words: int = 3) -> tuple[str, str] | None
     """
     body = sentence.rstrip().rstrip(".!?;:").rstrip()
     matches = list(_WORD.finditer(body))
-    if len(matches) < 3 or matches[-1].group(0).lower() in _STOPWORDS:
+    if len(matches) < 3 or matches[-1].group(0).lower() in STOPWORDS:
         return None
     first = len(matches) - 1
     if matches[first].group(0)[0].isupper():
@@ -137,7 +137,7 @@ def cloze(sentence: str, *, max_answer_words: int = 3) -> tuple[str, str] | None
             first > 1
             and len(matches) - first < max_answer_words
             and matches[first - 1].group(0)[0].isupper()
-            and matches[first - 1].group(0).lower() not in _STOPWORDS
+            and matches[first - 1].group(0).lower() not in STOPWORDS
         ):
             first -= 1
     prefix = body[: matches[first].start()].rstrip().rstrip(",")

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from reverie.workloads.lm import completion_logits, encode
 from reverie.workloads.memory import Memory, question_prompt
-from reverie.workloads.questions import normalize_answer
+from reverie.workloads.questions import STOPWORDS, normalize_answer
 from reverie.workloads.sampling import SamplingBackend, active_adapters
 
 ITEMS_FILE = "items.jsonl"
@@ -129,67 +129,9 @@ _FUNCTION_WORDS = frozenset(
         "born",
     ]
 )
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "from",
-        "by",
-        "with",
-        "and",
-        "or",
-        "but",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "he",
-        "she",
-        "they",
-        "we",
-        "you",
-        "i",
-        "his",
-        "her",
-        "their",
-        "our",
-        "my",
-        "your",
-        "as",
-        "into",
-        "than",
-        "then",
-        "there",
-        "has",
-        "have",
-        "had",
-        "who",
-        "what",
-        "which",
-        "where",
-        "when",
-        "how",
-        "did",
-        "does",
-        "do",
-        "also",
-        "not",
-    ]
+# Function words never count as content; question words too (an answer restating its question adds nothing).
+_STOPWORDS = STOPWORDS | frozenset(
+    ["had", "how", "when", "does", "which", "has", "did", "do", "who", "not", "where", "have", "what", "also"]
 )
 
 
