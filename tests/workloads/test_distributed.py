@@ -14,8 +14,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,26 @@ def test_a_world_without_a_rendezvous_is_refused(phase_config, monkeypatch: pyte
     assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
     err = capsys.readouterr().err
     assert "WORLD_SIZE=8" in err and "torchrun" in err
+
+
+def test_sigterm_stops_a_rank_but_never_the_report_of_a_failure_already_in_hand() -> None:
+    """A dead peer fails this rank's collective, then torchrun's SIGTERM arrives while that is reported."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        d.raise_on_sigterm(d.World(0, 0, 2))
+        with pytest.raises(d.Terminated, match="rank 0 of 2"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs before this returns
+        reported = []
+        try:
+            raise RuntimeError("Connection closed by peer")
+        except RuntimeError as exc:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            reported.append(str(exc))
+        assert reported == ["Connection closed by peer"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- 2 ranks

@@ -44,6 +44,7 @@ import datetime
 import hashlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -456,11 +457,19 @@ class Terminated(RuntimeError):
 
 
 def raise_on_sigterm(world: World) -> None:
-    """On N processes, turn torchrun's SIGTERM (a peer died) into an exception the phase reports."""
+    """On N processes, turn torchrun's SIGTERM (a peer died) into an exception the phase reports.
+
+    When a peer dies, this rank's next collective usually fails at once and torchrun's SIGTERM comes
+    while that failure is being reported: the handler then does nothing, so the report (rank 0's
+    ``result.json``) is written instead of being cut short by a second exception.  torchrun sends
+    SIGKILL 30 s after SIGTERM, so a rank never outlives its launcher for long.
+    """
     if not world.distributed:
         return
 
     def handler(signum: int, _frame: Any) -> None:
+        if sys.exc_info()[1] is not None:
+            return  # a failure is being handled: let it be reported
         raise Terminated(
             f"rank {world.rank} of {world.size} was stopped by signal {signum}: another rank failed "
             "or the pod is being deleted; the next attempt resumes from the last checkpoint"
