@@ -172,6 +172,13 @@ class ConsolidationSpec(ApiModel):
     zero_stage: ZeroStage = Field(default=ZeroStage.NONE, description="DeepSpeed ZeRO stage: 0 (plain torch), 2 or 3.")
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="Training precision; bf16 on GPUs.")
     checkpoint_every: int = Field(default=50, ge=1, le=1_000_000, description="Steps between checkpoints.")
+    recall_probes: int = Field(
+        default=24,
+        ge=0,
+        le=600,
+        description="Held-out questions the phase asks itself before and after training, for a quick recall "
+        "figure in its result (memory_recall_*); 0: none (the evaluation phase asks every question anyway).",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of data order and sampling.")
     runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the consolidation Job runs.")
 

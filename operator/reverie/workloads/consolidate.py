@@ -724,6 +724,8 @@ def memory_qa(memories: Sequence[Memory], *, limit: int = 24) -> tuple[list[tupl
         for qa in m.qa:
             pairs.append((qa.q, qa.a))
             contexts.append(m.text)
+    if limit <= 0:
+        return [], []
     if len(pairs) <= limit:
         return pairs, contexts
     keep = [round(n * len(pairs) / limit) for n in range(limit)]
@@ -1002,7 +1004,7 @@ def run(config: Any) -> Any:
         model, tok, items=items, targets=targets, student=roles.student, settings=settings, trainer=trainer, world=world
     )
 
-    qa, contexts = memory_qa(memories)
+    qa, contexts = memory_qa(memories, limit=spec.recall_probes)
     before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
     teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
     _emit(
