@@ -2,8 +2,9 @@
 
 A newcomer's first ``reverie sleep`` has no model and no data, and must not
 download anything.  When the lineage's ``spec.baseModel.uri`` is
-``builtin:tiny``, this builds (once, in a few seconds) a tiny world of fictional
-people with :mod:`reverie.workloads.tiny`:
+``builtin:tiny``, this builds (once per machine and version of the code, in about
+a minute, into ``~/.cache/reverie/tiny``; later lineages copy it) a tiny world of
+fictional people with :mod:`reverie.workloads.tiny`:
 
 - ``<store>/<lineage>/gen-0/``: a tiny Qwen2 pretrained on the OLD people's facts
   (it knows them closed-book) that has only heard the NEW people's names, and
@@ -30,7 +31,9 @@ world is complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +173,60 @@ def ensure_tiny_world(
             reading_steps=reading_steps,
         )
     root = Path(store) / lineage
+    built = _cached_build(
+        seed=seed,
+        people_per_session=people_per_session,
+        old_people=old_people,
+        pretrain_steps=pretrain_steps,
+        reading_steps=reading_steps,
+    )
+    for folder in ("gen-0", "memories", "eval"):
+        shutil.copytree(built / folder, root / folder, dirs_exist_ok=True)
+    write_atomic(root / MANIFEST, (built / MANIFEST).read_text())  # last: the world is complete
+    world = _read_manifest(str(root))
+    assert world is not None
+    return world
+
+
+def _build_key(params: dict[str, Any]) -> str:
+    """What the build depends on: its parameters, the code that builds and saves it, torch and transformers."""
+    import torch
+    import transformers
+
+    import reverie.workloads
+
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    digest.update(f"{torch.__version__} {transformers.__version__}".encode())
+    for source in sorted([*Path(reverie.workloads.__file__).parent.glob("*.py"), Path(__file__)]):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _cached_build(**params: Any) -> Path:
+    """A complete tiny world in the user's cache, built once per machine and version of the code (a minute)."""
+    from reverie.workloads.pretrained import cache_root
+
+    done = cache_root() / "tiny" / _build_key(params)
+    if (done / MANIFEST).is_file():
+        return done
+    done.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{done.name}-", dir=done.parent))
+    try:
+        _build_tiny_world(scratch, **params)
+        try:
+            scratch.rename(done)  # atomic: a half-built world is never seen
+        except OSError:
+            if not (done / MANIFEST).is_file():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return done
+
+
+def _build_tiny_world(
+    root: Path, *, seed: int, people_per_session: int, old_people: int, pretrain_steps: int, reading_steps: int
+) -> None:
+    """Build the world into ``root`` (``builtin-tiny.json`` last)."""
     manifest = root / MANIFEST
     # Imported here: torch and transformers cost seconds, and only this path needs them.
     import torch
@@ -218,9 +275,6 @@ def ensure_tiny_world(
         "people_per_session": people_per_session,
     }
     write_atomic(manifest, json.dumps(relative, indent=1) + "\n")
-    world = _read_manifest(str(root))
-    assert world is not None
-    return world
 
 
 def _upload_tiny_world(build_dir: Path, store_uri: str, lineage: str, **build: Any) -> TinyWorld:
