@@ -161,25 +161,19 @@ def ensure_tiny_world(
     world = _read_manifest(_lineage_root(store, lineage))
     if world is not None:
         return world
+    build: dict[str, Any] = {
+        "seed": seed,
+        "people_per_session": people_per_session,
+        "old_people": old_people,
+        "pretrain_steps": pretrain_steps,
+        "reading_steps": reading_steps,
+    }
     if stores.is_remote(str(store)):
         return _upload_tiny_world(
-            build_dir or Path(tempfile.mkdtemp(prefix="reverie-tiny-")),
-            str(store),
-            lineage,
-            seed=seed,
-            people_per_session=people_per_session,
-            old_people=old_people,
-            pretrain_steps=pretrain_steps,
-            reading_steps=reading_steps,
+            build_dir or Path(tempfile.mkdtemp(prefix="reverie-tiny-")), str(store), lineage, **build
         )
     root = Path(store) / lineage
-    built = _cached_build(
-        seed=seed,
-        people_per_session=people_per_session,
-        old_people=old_people,
-        pretrain_steps=pretrain_steps,
-        reading_steps=reading_steps,
-    )
+    built = _cached_build(**build)
     for folder in ("gen-0", "memories", "eval"):
         shutil.copytree(built / folder, root / folder, dirs_exist_ok=True)
     write_atomic(root / MANIFEST, (built / MANIFEST).read_text())  # last: the world is complete

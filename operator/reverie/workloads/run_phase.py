@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -143,8 +142,6 @@ def run_phase(step: str, config_path: str) -> int:
             distributed.init_world()
         result = phase.run(config)
     except Exception as exc:  # the Job must end with a result, whatever went wrong
-        if world.distributed:  # a peer failed or the pod is going: nothing may interrupt the report
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
         if world.distributed:
