@@ -40,3 +40,84 @@ def test_an_hf_base_model_turns_the_images_offline_default_off() -> None:
     env, _, _ = rendered({"uri": "s3://r/"}, base="hf://Qwen/Qwen2.5-0.5B-Instruct@main")
     assert env["HF_HUB_OFFLINE"] == "0"
     assert "HF_HUB_OFFLINE" not in rendered({"uri": "s3://r/"})[0]
+
+
+def test_every_job_the_operator_renders_carries_the_stores_environment() -> None:
+    # One pod builder (jobs.workload_pod) for phase Jobs and the serving export Job: an S3-compatible
+    # store's endpoint, its Secret, the PVC and the staging cache reach every workload container alike.
+    from reverie.api.base import PhaseRuntime, Scheduling
+    from reverie.api.phases import MemorySource, MemorySpec
+    from reverie.api.sleepcycle import Step
+    from reverie.controller import export_job, jobs
+    from reverie.core.actions import CreateJob
+    from reverie.core.contract import PhaseConfig
+    from reverie.core.serving import hand_off
+
+    store = {
+        "uri": "s3://reverie-store/",
+        "endpoint": "http://minio.minio.svc:9000",
+        "secretName": "store-creds",
+        "pvcName": "scratch",
+        "stagingCache": {"pvcName": "cache", "maxSize": "1Gi"},
+    }
+    obj = {
+        "apiVersion": "reverie.dev/v1alpha1",
+        "kind": "ModelLineage",
+        "metadata": {"name": "lin", "namespace": "ml", "uid": "u-1"},
+        "spec": {
+            "baseModel": {"uri": "s3://models/base/"},
+            "store": store,
+            "servingTarget": {"kind": "ConfigMap", "name": "serving", "key": "model"},
+        },
+        "status": {
+            "champion": "gen-1",
+            "championUri": "s3://reverie-store/lin/c1/evaluation/model",
+            "generations": [
+                {"name": "gen-0", "uri": "s3://models/base/", "state": "Retired"},
+                {
+                    "name": "gen-1",
+                    "parent": "gen-0",
+                    "cycle": "c1",
+                    "uri": "s3://reverie-store/lin/c1/m",
+                    "state": "Champion",
+                },
+            ],
+        },
+    }
+    lineage = ModelLineage.model_validate(obj)
+    workloads = []
+    for step in Step:
+        config = PhaseConfig(
+            step=step,
+            cycle="c1",
+            lineage="lin",
+            store_uri=store["uri"],
+            output_uri=f"s3://reverie-store/lin/c1/{step.value}",
+            base_generation="gen-0",
+            base_uri="s3://models/base/",
+            memory=MemorySpec(sources=[MemorySource(inline=["x"])]),
+        )
+        for runtime in ({}, {"procsPerNode": 2}, {"numNodes": 2}):
+            create = CreateJob(
+                step=step,
+                attempt=1,
+                job_name=f"c1-{step.value}-1",
+                config=config,
+                runtime=PhaseRuntime.model_validate(runtime),
+                image="img",
+            )
+            owner = jobs.Owner(name="c1", namespace="ml", uid="u-2")
+            workloads.append(jobs.render(create, owner=owner, lineage=lineage, scheduling=Scheduling()).workload)
+    workloads.append(export_job.render(obj, lineage, hand_off(lineage)))
+    assert len(workloads) == 3 * len(Step) + 1
+    for job in workloads:
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.minio.svc:9000", job["metadata"]["name"]
+        assert env["REVERIE_STAGING_CACHE"] == STAGING_CACHE_MOUNT and env["HOME"] == "/tmp"
+        assert container["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
+        assert {"name": "store", "mountPath": "/store"} in container["volumeMounts"]
+        assert {"name": "store", "persistentVolumeClaim": {"claimName": "scratch"}} in pod["volumes"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["automountServiceAccountToken"] is False

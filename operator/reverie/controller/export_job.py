@@ -6,8 +6,10 @@ written by a one-pod ``batch/v1`` Job in the trainer image running
 :mod:`reverie.workloads.export`).  One Job per (generation, form), with a
 deterministic name, owned by the ModelLineage: a repeated create meets 409,
 deleting the lineage deletes it, and the store's artifacts are never touched.
-The pod is hardened like the phase pods and mounts the store the same way
-(``spec.store.pvcName`` at ``/store``, ``secretName`` as env).
+The pod is built by the phase Jobs' own pod builder
+(:func:`reverie.controller.jobs.workload_pod`): hardened the same way, with the
+same store access (``spec.store.pvcName`` at ``/store``, ``secretName`` as env,
+``endpoint`` as ``AWS_ENDPOINT_URL_S3``, the staging cache).
 
 ``ttlSecondsAfterFinished`` removes a finished Job after an hour.  By then a
 successful export is recorded in ``status.servable``; a failed one is simply
@@ -16,7 +18,6 @@ tried again by the next sync (or at once, after ``kubectl delete job``).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,7 +25,7 @@ from enum import StrEnum
 from reverie import GROUP, LINEAGE_LABEL
 from reverie.api.base import Scheduling
 from reverie.api.lineage import ModelLineage, ServableForm
-from reverie.controller.jobs import CACHE_ENV, CONTAINER_SECURITY, POD_BASE, STORE_MOUNT
+from reverie.controller.jobs import workload_pod
 from reverie.controller.kube import JOBS, ApiError, Kube, Obj
 from reverie.core.serving import HandOff
 
@@ -66,7 +67,7 @@ def render(obj: Obj, lineage: ModelLineage, decision: HandOff) -> Obj:
     assert decision.export is not None and decision.source_uri is not None and decision.generation is not None
     target = lineage.spec.serving_target
     assert target is not None
-    store, form = lineage.spec.store, ServableForm(decision.form)
+    form = ServableForm(decision.form)
     template = lineage.spec.schedule.template if lineage.spec.schedule is not None else None
     scheduling = template.scheduling if template is not None else Scheduling()
     name = job_name(lineage.metadata.name, decision.generation, form)
@@ -84,27 +85,11 @@ def render(obj: Obj, lineage: ModelLineage, decision: HandOff) -> Obj:
         "name": CONTAINER,
         "image": target.export.image_for(template.images if template is not None else None),
         "command": command,
-        "env": copy.deepcopy(CACHE_ENV),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {}}]
-    if store.pvc_name:
-        container["volumeMounts"].append({"name": "store", "mountPath": STORE_MOUNT})
-        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_name}})
-    if store.secret_name:
-        container["envFrom"] = [{"secretRef": {"name": store.secret_name}}]
     resources = target.export.resources.wire()
     if resources:
         container["resources"] = resources
-    pod: Obj = {**copy.deepcopy(POD_BASE), "containers": [container], "volumes": volumes}
-    if scheduling.service_account_name:
-        pod["serviceAccountName"] = scheduling.service_account_name
-    if scheduling.node_selector:
-        pod["nodeSelector"] = dict(scheduling.node_selector)
-    if scheduling.tolerations:
-        pod["tolerations"] = [t.wire() for t in scheduling.tolerations]
+    pod = workload_pod(container, lineage=lineage, scheduling=scheduling)
     meta = obj.get("metadata", {})
     owner = {
         "apiVersion": obj.get("apiVersion"),

@@ -139,7 +139,7 @@ def _launcher_env(create: CreateJob, *, master: str) -> list[Obj]:
 
 
 def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) -> list[Obj]:
-    """The object-store endpoint and the staging cache (reverie.workloads.staging) of a phase pod.
+    """The object-store endpoint and the staging cache (reverie.workloads.staging) of a workload pod.
 
     Credentials come from ``spec.store.secretName`` through ``envFrom``; botocore
     reads the standard AWS_* names, and AWS_ENDPOINT_URL_S3 for an S3-compatible server.
@@ -168,66 +168,40 @@ def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) 
     ]
 
 
-def _command(create: CreateJob) -> list[str]:
-    """One process: ``reverie run-phase``; more (nodes × procsPerNode) or a TrainJob: ``torchrun``."""
-    if launch.needs_torchrun(create.runtime) or create.runtime.engine == Engine.TRAINJOB:
-        return launch.torchrun_command(create.step.value, CONFIG_MOUNT_PATH)
-    return ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH]
+def workload_pod(
+    container: Obj,
+    *,
+    lineage: ModelLineage,
+    scheduling: Scheduling,
+    env: list[Obj] | None = None,
+    mounts: list[Obj] | None = None,
+    volumes: list[Obj] | None = None,
+) -> Obj:
+    """The one pod builder of every workload (phase Jobs and the serving export Job).
 
-
-def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
+    ``container`` brings its name, image, command and anything of its own; this
+    adds what every workload pod has: the hardening (non-root, read-only root
+    filesystem, no capabilities, no API token), /tmp as an emptyDir with the
+    caches in it, the model store (the PVC at /store, the Secret's keys, the
+    S3 endpoint, the staging cache) and the schedule's placement.
+    """
+    mounts = [*(mounts or []), {"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [*(volumes or []), {"name": "tmp", "emptyDir": {}}]
     store = lineage.spec.store
-    env: list[Obj] = [
-        {"name": "REVERIE_STEP", "value": create.step.value},
-        {"name": "REVERIE_ATTEMPT", "value": str(create.attempt)},
-        *CACHE_ENV,
-        *extra_env,
-    ]
-    mounts: list[Obj] = [
-        {"name": "phase-config", "mountPath": CONFIG_MOUNT_PATH.rsplit("/", 1)[0], "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    volumes: list[Obj] = [
-        {"name": "phase-config", "configMap": {"name": create.job_name}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    # Memories held in ConfigMaps: mounted where the workload reads them
-    # (reverie.workloads.memory: /etc/reverie-memory/<name>/<key>).
-    for i, name in enumerate(
-        dict.fromkeys(src.config_map.name for src in create.config.memory.sources if src.config_map is not None)
-    ):
-        mounts.append({"name": f"memory-{i}", "mountPath": f"{MEMORY_CONFIGMAP_ROOT}/{name}", "readOnly": True})
-        volumes.append({"name": f"memory-{i}", "configMap": {"name": name}})
     if store.pvc_name:
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_name}})
-    env += _store_env(lineage, mounts=mounts, volumes=volumes)
-    if any(k.get("nvidia.com/gpu") for k in (create.runtime.resources.limits, create.runtime.resources.requests)):
-        # NCCL needs more shared memory than the container runtime's 64Mi default.
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-    container: Obj = {
-        "name": CONTAINER,
-        "image": create.image,
-        "command": _command(create),
-        "env": env,
+    all_env = [*(env or []), *copy.deepcopy(CACHE_ENV), *_store_env(lineage, mounts=mounts, volumes=volumes)]
+    container = {
+        **container,
+        "env": all_env,
         "volumeMounts": mounts,
-        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
-    resources = create.runtime.resources.wire()
-    if resources:
-        container["resources"] = resources
     if store.secret_name:
         container["envFrom"] = [{"secretRef": {"name": store.secret_name}}]
-    if create.runtime.num_nodes > 1 or create.runtime.engine != Engine.JOB:
-        container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
-    spec: Obj = {
-        **copy.deepcopy(POD_BASE),
-        "containers": [container],
-        "volumes": volumes,
-    }
+    spec: Obj = {**copy.deepcopy(POD_BASE), "containers": [container], "volumes": volumes}
     if scheduling.service_account_name:
         spec["serviceAccountName"] = scheduling.service_account_name
     if scheduling.priority_class_name:
@@ -237,6 +211,50 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     if scheduling.tolerations:
         spec["tolerations"] = [t.wire() for t in scheduling.tolerations]
     return spec
+
+
+def _command(create: CreateJob) -> list[str]:
+    """One process: ``reverie run-phase``; more (nodes × procsPerNode) or a TrainJob: ``torchrun``."""
+    if launch.needs_torchrun(create.runtime) or create.runtime.engine == Engine.TRAINJOB:
+        return launch.torchrun_command(create.step.value, CONFIG_MOUNT_PATH)
+    return ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH]
+
+
+def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
+    env: list[Obj] = [
+        {"name": "REVERIE_STEP", "value": create.step.value},
+        {"name": "REVERIE_ATTEMPT", "value": str(create.attempt)},
+        *extra_env,
+    ]
+    mounts: list[Obj] = [
+        {"name": "phase-config", "mountPath": CONFIG_MOUNT_PATH.rsplit("/", 1)[0], "readOnly": True},
+    ]
+    volumes: list[Obj] = [
+        {"name": "phase-config", "configMap": {"name": create.job_name}},
+    ]
+    # Memories held in ConfigMaps: mounted where the workload reads them
+    # (reverie.workloads.memory: /etc/reverie-memory/<name>/<key>).
+    for i, name in enumerate(
+        dict.fromkeys(src.config_map.name for src in create.config.memory.sources if src.config_map is not None)
+    ):
+        mounts.append({"name": f"memory-{i}", "mountPath": f"{MEMORY_CONFIGMAP_ROOT}/{name}", "readOnly": True})
+        volumes.append({"name": f"memory-{i}", "configMap": {"name": name}})
+    if any(k.get("nvidia.com/gpu") for k in (create.runtime.resources.limits, create.runtime.resources.requests)):
+        # NCCL needs more shared memory than the container runtime's 64Mi default.
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    container: Obj = {
+        "name": CONTAINER,
+        "image": create.image,
+        "command": _command(create),
+        "terminationMessagePath": TERMINATION_LOG,
+    }
+    resources = create.runtime.resources.wire()
+    if resources:
+        container["resources"] = resources
+    if create.runtime.num_nodes > 1 or create.runtime.engine != Engine.JOB:
+        container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
+    return workload_pod(container, lineage=lineage, scheduling=scheduling, env=env, mounts=mounts, volumes=volumes)
 
 
 def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling) -> PhaseObjects:
