@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Build the real Kubernetes control-plane binaries the tests run against
-# (kube-apiserver, and kube-controller-manager for owner-reference garbage
-# collection), from the published k8s.io/kubernetes Go module, the way
-# controller-runtime's envtest gets real binaries.  k8s.io/kubernetes cannot be
+# Build the real Kubernetes binaries the tests run against (kube-apiserver and
+# kube-controller-manager for every cluster test; kubelet, kube-scheduler and
+# kube-proxy for the one-node tests in tests/node), from the published
+# k8s.io/kubernetes Go module, the way controller-runtime's envtest gets real
+# binaries; all five from one version (a kubelet may never be newer than its
+# API server).  k8s.io/kubernetes cannot be
 # `go install`ed (its go.mod replaces the staging modules with local paths), so
 # we write a tiny go.mod that requires it and points every staging module at its
 # published v0.Y.Z twin.  Binaries are cached outside the checkout, keyed by
-# version; a second run is a no-op.
+# version; a second run is a no-op, and a binary already built is not built again.
 set -euo pipefail
 
 K8S_VERSION="${REVERIE_K8S_VERSION:-v1.37.2}"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 CACHE="${REVERIE_CACHE:-$HOME/.cache/reverie}"
 OUT="$CACHE/k8s-$K8S_VERSION/bin"
-BINARIES=(kube-apiserver kube-controller-manager)
+BINARIES=(kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy)
 
 # A binary counts as built only if it reports the wanted version (older builds
 # of this script left the placeholder v0.0.0-master, which kubectl and helm reject).
-have_all=1
+todo=()
 for b in "${BINARIES[@]}"; do
-  [[ -x "$OUT/$b" ]] && [[ "$("$OUT/$b" --version 2>/dev/null)" == "Kubernetes $K8S_VERSION" ]] || have_all=0
+  [[ -x "$OUT/$b" ]] && [[ "$("$OUT/$b" --version 2>/dev/null)" == "Kubernetes $K8S_VERSION" ]] || todo+=("$b")
 done
-if [[ $have_all == 1 ]]; then
+if ((${#todo[@]} == 0)); then
   echo "kubernetes $K8S_VERSION binaries already built in $OUT"
   exit 0
 fi
@@ -52,6 +54,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
 echo "resolving k8s.io/kubernetes $K8S_VERSION (staging modules at $STAGING_VERSION)"
@@ -67,7 +72,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 done
 mkdir -p "$OUT"
-for b in "${BINARIES[@]}"; do
+for b in "${todo[@]}"; do
   echo "building $b"
   CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
   mv "$OUT/$b.tmp" "$OUT/$b"

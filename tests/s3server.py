@@ -37,10 +37,18 @@ class S3Server:
     """A running MinIO server."""
 
     def __init__(
-        self, workdir: Path, *, port: int, console_port: int, preexec: Callable[[], None] | None = None
+        self,
+        workdir: Path,
+        *,
+        port: int,
+        console_port: int,
+        preexec: Callable[[], None] | None = None,
+        address: str = "127.0.0.1",
     ) -> None:
         self.workdir = workdir
-        self.endpoint = f"http://127.0.0.1:{port}"
+        # address: where it listens; a node's pods reach it at the node's bridge address (tests/node).
+        self.address = address
+        self.endpoint = f"http://{address}:{port}"
         self._port, self._console_port, self._preexec = port, console_port, preexec
         self._process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "minio.log"
@@ -71,9 +79,9 @@ class S3Server:
                     "server",
                     "--quiet",
                     "--address",
-                    f"127.0.0.1:{self._port}",
+                    f"{self.address}:{self._port}",
                     "--console-address",
-                    f"127.0.0.1:{self._console_port}",
+                    f"{self.address}:{self._console_port}",
                     str(self.workdir / "data"),
                 ],
                 stdout=out,

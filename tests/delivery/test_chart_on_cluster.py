@@ -19,7 +19,7 @@ from typing import Any
 import foreign_crds
 import pytest
 from delivery_engines import render
-from tests.conftest import k8s_bin_dir
+from tests.k8s_cluster import k8s_bin_dir
 
 pytestmark = pytest.mark.cluster
 

@@ -28,7 +28,7 @@ from operator_under_chart import (
     operator_process,
     service_account_kubeconfig,
 )
-from tests.conftest import CertificateAuthority
+from tests.k8s_cluster import CertificateAuthority
 from tests.operator.conftest import wait
 from tests.operator.jobsim import JobSim
 

@@ -11,7 +11,15 @@ import re
 import pytest
 from delivery_engines import REPO, engine, run
 
-SCRIPTS = ["install-helm.sh", "install-prometheus.sh", "install-hadolint.sh", "install-minio.sh", "kind-e2e.sh"]
+SCRIPTS = [
+    "install-helm.sh",
+    "install-prometheus.sh",
+    "install-hadolint.sh",
+    "install-minio.sh",
+    "install-node.sh",
+    "build-images.sh",
+    "kind-e2e.sh",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -65,7 +65,9 @@ def test_hadolint_rejects_an_unpinned_root_dockerfile() -> None:
 def test_image_pins_bases_and_runs_reverie_as_non_root(image: str) -> None:
     extra, user, command = IMAGES[image]
     steps = instructions(dockerfile(image))
-    bases = [args.split()[0] for name, args in steps if name == "FROM"]
+    # A base may be a build argument (users keep their own base); its default is pinned.
+    defaults = dict(a.split("=", 1) for n, a in steps if n == "ARG" and "=" in a)
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], a.split()[0]) for n, a in steps if n == "FROM"]
     assert bases and all(re.search(r":[\w.-]+@sha256:[0-9a-f]{64}$", b) for b in bases), bases
     users = [args for name, args in steps if name == "USER"]
     assert users[-1] == user and not users[-1].startswith("0")

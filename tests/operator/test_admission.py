@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import CertificateAuthority, free_port
+from tests.k8s_cluster import CertificateAuthority, free_port
 from tests.operator.conftest import RunOperator, cycle, lineage, wait
 from tests.operator.jobsim import JobSim
 

@@ -395,6 +395,24 @@ def _terminated(pod: Obj) -> Obj | None:
     return None
 
 
+EPHEMERAL_STORAGE_HINT = (
+    "the pod's files (its /tmp emptyDir with the staging cache, logs, the container's layer) outgrew its "
+    "ephemeral-storage limit: raise the phase's runtime.resources.limits.ephemeral-storage, or give "
+    "spec.store.stagingCache a volume of its own"
+)
+
+
+def _evicted(pod: Obj) -> str:
+    """Why the kubelet evicted ``pod`` (its status says so, its container may not), with the fix; else ''."""
+    status = pod.get("status") or {}
+    if status.get("reason") != "Evicted":
+        return ""
+    detail = f"pod {pod.get('metadata', {}).get('name')} was evicted: {status.get('message') or 'no message'}"
+    if "ephemeral" in (status.get("message") or "").lower():
+        detail += f" ({EPHEMERAL_STORAGE_HINT})"
+    return detail
+
+
 def _leader_first(pods: list[Obj]) -> list[Obj]:
     """Rank 0 writes the result; order it first, then the rest by name."""
 
@@ -432,6 +450,9 @@ def observe(workloads: list[Obj], pods: list[Obj]) -> list[ObservedJob]:
         reason, message = "", ""
         term_detail = ""
         for pod in _leader_first(by_job.get(name, [])):
+            evicted = _evicted(pod)
+            if evicted and not term_detail:
+                term_detail, reason = evicted, "Evicted"
             term = _terminated(pod)
             if term is None:
                 continue
