@@ -78,6 +78,8 @@ def test_operator_pod_is_hardened() -> None:
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     assert container["args"][0] == "operator"
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Docker-link variables off: the release's own Services would set REVERIE_WEBHOOK_PORT=tcp://... (seen on a real node).
+    assert pod["enableServiceLinks"] is False
 
 
 def _operator_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

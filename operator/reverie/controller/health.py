@@ -20,11 +20,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reverie.controller.metrics import REGISTRY
+from reverie.controller.options import port_from_env
 
 log = logging.getLogger(__name__)
 
 # Port of /metrics and /healthz; None disables the server (main.run sets it, or REVERIE_METRICS_PORT).
-PORT: int | None = int(os.environ["REVERIE_METRICS_PORT"]) if os.environ.get("REVERIE_METRICS_PORT") else None
+PORT: int | None = port_from_env("REVERIE_METRICS_PORT")
 HOST = os.environ.get("REVERIE_METRICS_HOST", "0.0.0.0")
 
 
