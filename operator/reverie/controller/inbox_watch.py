@@ -69,6 +69,8 @@ async def observe_inbox(api: Kube, obj: Obj, *, now: datetime) -> inbox.NewMemor
         return None
     assert new is not None
     oldest = new.oldest.replace(microsecond=0) if new.oldest is not None else None
+    # The skipped-sleeps counter starts at 0 with the inbox, so rate() and increase() see its first skip.
+    metrics.skipped_sleeps_total.labels(namespace=namespace, lineage=name, reason=NOTHING_TO_CONSOLIDATE)
     metrics.inbox_memories.labels(namespace=namespace, lineage=name).set(new.count)
     metrics.inbox_max_per_sleep.labels(namespace=namespace, lineage=name).set(box.max_per_sleep)
     metrics.inbox_oldest_memory_age_seconds.labels(namespace=namespace, lineage=name).set(
@@ -121,3 +123,5 @@ def forget_inbox(*, namespace: str, lineage: str) -> None:
     for gauge in (metrics.inbox_memories, metrics.inbox_oldest_memory_age_seconds, metrics.inbox_max_per_sleep):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, lineage)
+    with contextlib.suppress(KeyError):
+        metrics.skipped_sleeps_total.remove(namespace, lineage, NOTHING_TO_CONSOLIDATE)
