@@ -369,6 +369,12 @@ MALFORMED: list[Malformed] = [
         'supported values: "Forbid", "Replace"',
     ),
     Malformed(
+        "ml-template-inbox-without-inbox",
+        _scheduled(("memory.sources", [{"inbox": True}])),
+        "spec.schedule.template.memory.sources",
+        "names the inbox but the lineage has none",
+    ),
+    Malformed(
         "ml-template-other-lineage",
         _scheduled(("lineageRef", "other")),
         "spec.schedule.template.lineageRef",

@@ -253,11 +253,23 @@ class LineageMemorySpec(ApiModel):
     )
 
 
+TEMPLATE_INBOX_NEEDS_INBOX = (
+    "schedule.template.memory.sources names the inbox but the lineage has none; "
+    "set spec.memory.inbox (inbox: {} for the default <store>/<lineage>/inbox/) or use another memory source"
+)
+
+
 class ModelLineageSpec(ApiModel):
     """Desired state of a lineage."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
+            (
+                "!has(self.schedule) || !self.schedule.template.memory.sources.exists(s, has(s.inbox))"
+                " || (has(self.memory) && has(self.memory.inbox))",
+                TEMPLATE_INBOX_NEEDS_INBOX,
+                ".schedule.template.memory.sources",
+            ),
             (
                 "self.baseModel == oldSelf.baseModel",
                 "baseModel is immutable (generation 0 cannot change); create a new ModelLineage instead",
@@ -286,6 +298,13 @@ class ModelLineageSpec(ApiModel):
     history_limit: int = Field(
         default=20, ge=2, le=200, description="Generations kept in status; older ones are summarised."
     )
+
+    @model_validator(mode="after")
+    def _template_inbox_needs_an_inbox(self) -> ModelLineageSpec:
+        template = self.schedule.template if self.schedule is not None else None
+        if template is not None and template.memory.uses_inbox and (self.memory is None or self.memory.inbox is None):
+            raise ValueError(TEMPLATE_INBOX_NEEDS_INBOX)
+        return self
 
 
 class GenerationState(StrEnum):
