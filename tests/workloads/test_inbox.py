@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reverie.workloads.inbox import RememberError, new_memories, read_inbox, remember, take
+from reverie.workloads.inbox import ParsedFiles, RememberError, new_memories, read_inbox, remember, take
 from reverie.workloads.memory import content_id
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -138,3 +138,16 @@ def test_remember_refuses_a_malformed_line_and_writes_nothing(tmp_path: Path, li
         remember(str(inbox), [good, bad], now=T0)
     assert fragment in str(err.value) and "nothing of" in str(err.value)
     assert not inbox.exists()
+
+
+def test_a_counter_reads_each_file_once_and_a_rewritten_file_again(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    drop(inbox, "a.jsonl", [{"text": "one"}], mtime=1000)
+    cache = ParsedFiles()
+    assert [a.memory.text for a in read_inbox(str(inbox), cache=cache).arrivals] == ["one"]
+    # Same name, size and time: the file is taken as read already (a fresh read would say "ONE").
+    drop(inbox, "a.jsonl", [{"text": "ONE"}], mtime=1000)
+    assert [a.memory.text for a in read_inbox(str(inbox), cache=cache).arrivals] == ["one"]
+    assert [a.memory.text for a in read_inbox(str(inbox)).arrivals] == ["ONE"]
+    drop(inbox, "a.jsonl", [{"text": "one"}, {"text": "two"}], mtime=2000)
+    assert [a.memory.text for a in read_inbox(str(inbox), cache=cache).arrivals] == ["one", "two"]

@@ -1,6 +1,7 @@
 """A lineage's inbox as the operator sees it: what waits, in status and metrics, and whether a run has work.
 
-The lineage timer counts the inbox (:func:`observe_inbox`): ``status.inbox``
+The lineage timer counts the inbox (:func:`observe_inbox`; each tick lists it
+and reads only files it has not parsed before): ``status.inbox``
 (memories waiting, oldest arrival) and the gauges ``reverie_inbox_memories``,
 ``reverie_inbox_oldest_memory_age_seconds`` and ``reverie_inbox_max_per_sleep``
 that the dashboard shows and the backlog alert compares.  The schedule asks
@@ -33,6 +34,8 @@ from reverie.workloads.store import StoreError
 log = logging.getLogger(__name__)
 
 NOTHING_TO_CONSOLIDATE = "NothingToConsolidate"
+# Every tick lists each inbox; only files not seen before are read (the operator's one cache of store files).
+_parsed = inbox.ParsedFiles()
 
 
 def base_of(lineage: ModelLineage) -> str | None:
@@ -47,7 +50,11 @@ async def count_new(lineage: ModelLineage) -> inbox.NewMemories | None:
     if box is None:
         return None
     new, problems = await asyncio.to_thread(
-        inbox.new_memories, box.uri, slept_memory_uris(lineage, base_of(lineage)), limit=box.max_per_sleep
+        inbox.new_memories,
+        box.uri,
+        slept_memory_uris(lineage, base_of(lineage)),
+        limit=box.max_per_sleep,
+        cache=_parsed,
     )
     for problem in problems:
         log.warning("inbox of %s/%s: %s", lineage.metadata.namespace, lineage.metadata.name, problem)

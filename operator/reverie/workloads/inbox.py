@@ -81,7 +81,28 @@ def _arrived(info: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(stamp), UTC)
 
 
-def read_inbox(uri: str) -> InboxContents:
+class ParsedFiles:
+    """Memories of store files already parsed, so a reader that counts an inbox every tick lists, not reads.
+
+    An inbox file is known by its name, size and arrival time (a rewritten file
+    is read again); an ancestry's memory file is written once, so by its URI
+    alone, and only once it exists.  Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, max_files: int = 4096) -> None:
+        self.max_files = max_files
+        self._memories: dict[tuple[str, ...], list[Memory]] = {}
+
+    def get(self, key: tuple[str, ...]) -> list[Memory] | None:
+        return self._memories.get(key)
+
+    def put(self, key: tuple[str, ...], memories: list[Memory]) -> None:
+        self._memories[key] = memories
+        while len(self._memories) > self.max_files:
+            self._memories.pop(next(iter(self._memories)))
+
+
+def read_inbox(uri: str, *, cache: ParsedFiles | None = None) -> InboxContents:
     """Every memory of the inbox's ``*.jsonl`` files, oldest file first; a missing inbox is empty.
 
     A file that does not parse is skipped and reported (``problems``): one bad
@@ -94,32 +115,43 @@ def read_inbox(uri: str) -> InboxContents:
         return InboxContents()
     files = sorted(
         (
-            (_arrived(info), str(info["name"]))
+            (_arrived(info), str(info["name"]), str(info.get("size")))
             for info in listing
             if info.get("type") == "file" and str(info["name"]).endswith(".jsonl")
         ),
     )
     out = InboxContents()
-    for arrived, name in files:
-        try:
-            with fs.open(name, "r", encoding="utf-8") as fh:
-                memories = parse_jsonl(fh.read(), source=name, ids_optional=True)
-        except FileNotFoundError:
-            continue  # removed since the listing
-        except (MemorySetError, UnicodeDecodeError) as exc:
-            out.problems.append(f"{name} skipped: {exc}")
-            continue
+    for arrived, name, size in files:
+        key = (name, size, arrived.isoformat())
+        memories = cache.get(key) if cache is not None else None
+        if memories is None:
+            try:
+                with fs.open(name, "r", encoding="utf-8") as fh:
+                    memories = parse_jsonl(fh.read(), source=name, ids_optional=True)
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except (MemorySetError, UnicodeDecodeError) as exc:
+                out.problems.append(f"{name} skipped: {exc}")
+                continue
+            if cache is not None:
+                cache.put(key, memories)
         out.arrivals += [Arrival(memory=m, arrived=arrived, file=name) for m in memories]
     return out
 
 
-def read_slept(uris: Iterable[str]) -> list[Memory]:
+def read_slept(uris: Iterable[str], *, cache: ParsedFiles | None = None) -> list[Memory]:
     """The memories in the ancestry's memory files; a missing file has none."""
     out: list[Memory] = []
     for uri in uris:
-        text = store.read_text(uri)
-        if text is not None:
-            out += parse_jsonl(text, source=uri, ids_optional=True)
+        memories = cache.get((uri,)) if cache is not None else None
+        if memories is None:
+            text = store.read_text(uri)
+            if text is None:
+                continue
+            memories = parse_jsonl(text, source=uri, ids_optional=True)
+            if cache is not None:
+                cache.put((uri,), memories)
+        out += memories
     return out
 
 
@@ -142,10 +174,12 @@ def select_new(arrivals: Sequence[Arrival], slept: Iterable[Memory], *, limit: i
     return NewMemories(taken=new[:limit], waiting=new[limit:])
 
 
-def new_memories(inbox_uri: str, slept_uris: Iterable[str], *, limit: int) -> tuple[NewMemories, list[str]]:
+def new_memories(
+    inbox_uri: str, slept_uris: Iterable[str], *, limit: int, cache: ParsedFiles | None = None
+) -> tuple[NewMemories, list[str]]:
     """What the inbox holds that the ancestry has not slept on, and the inbox files that were skipped."""
-    contents = read_inbox(inbox_uri)
-    return select_new(contents.arrivals, read_slept(slept_uris), limit=limit), contents.problems
+    contents = read_inbox(inbox_uri, cache=cache)
+    return select_new(contents.arrivals, read_slept(slept_uris, cache=cache), limit=limit), contents.problems
 
 
 def to_jsonl(memories: Iterable[Memory]) -> str:
