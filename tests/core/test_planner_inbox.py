@@ -46,9 +46,14 @@ def test_an_inbox_cycle_takes_its_memories_before_any_job() -> None:
     assert take == TakeMemories(
         inbox_uri=f"{STORE}/lin/inbox",
         # What the champion's ancestry slept on; the rejected gen-2's memories stay new.
-        slept_uris=(f"{STORE}/lin/c-prev/consolidation/memories.jsonl", f"{STORE}/lin/c-prev/inbox-memories.jsonl"),
+        slept_uris=(
+            f"{STORE}/lin/c-prev/consolidation/memories.jsonl",
+            f"{STORE}/lin/c-prev/inbox-memories.jsonl",
+            f"{STORE}/lin/c-prev/inbox-slept.jsonl",
+        ),
         limit=5,
         set_uri=f"{STORE}/lin/c1/inbox-memories.jsonl",
+        ledger_uri=f"{STORE}/lin/c1/inbox-slept.jsonl",
     )
     assert p.status.phase == Phase.PENDING and p.status.base_generation == "gen-1"
     ready = get_condition(p.status.conditions, "Ready")

@@ -90,15 +90,33 @@ def test_a_malformed_file_dropped_by_hand_is_skipped_and_reported(tmp_path: Path
 def test_a_taken_set_is_fixed_once_written(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     set_uri = str(tmp_path / "lin" / "c1" / "inbox-memories.jsonl")
+    ledger = str(tmp_path / "lin" / "c1" / "inbox-slept.jsonl")
     drop(inbox, "a.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "three"}], mtime=1000)
-    first = take(inbox_uri=str(inbox), slept_uris=[], limit=2, set_uri=set_uri, now=T0)
+    first = take(inbox_uri=str(inbox), slept_uris=[], limit=2, set_uri=set_uri, ledger_uri=ledger, now=T0)
     assert (first.count, first.waiting, first.uri) == (2, 1, set_uri)
     drop(inbox, "b.jsonl", [{"text": "four"}], mtime=500)  # an even older file arrives later
-    again = take(inbox_uri=str(inbox), slept_uris=[], limit=2, set_uri=set_uri, now=T0)
+    again = take(inbox_uri=str(inbox), slept_uris=[], limit=2, set_uri=set_uri, ledger_uri=ledger, now=T0)
     assert (again.count, again.content_hash) == (2, first.content_hash)
     assert again.waiting == 2  # three, and four
     texts = [json.loads(line)["text"] for line in Path(set_uri).read_text().splitlines()]
     assert texts == ["one", "two"]
+
+
+def test_the_slept_ledger_remembers_past_the_ancestry_in_status(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+
+    def sleep(cycle: str, slept: list[str]) -> list[str]:
+        set_uri, ledger = (str(tmp_path / cycle / name) for name in ("inbox-memories.jsonl", "inbox-slept.jsonl"))
+        take(inbox_uri=str(inbox), slept_uris=slept, limit=10, set_uri=set_uri, ledger_uri=ledger, now=T0)
+        return [json.loads(line)["text"] for line in Path(set_uri).read_text().splitlines()]
+
+    drop(inbox, "1.jsonl", [{"text": "one"}], mtime=1000)
+    assert sleep("c1", []) == ["one"]
+    drop(inbox, "2.jsonl", [{"text": "two"}], mtime=2000)
+    assert sleep("c2", [str(tmp_path / "c1" / "inbox-slept.jsonl")]) == ["two"]
+    drop(inbox, "3.jsonl", [{"text": "three"}], mtime=3000)
+    # c1's generation has left status.generations: only c2's ledger is named, and it still knows "one".
+    assert sleep("c3", [str(tmp_path / "c2" / "inbox-slept.jsonl")]) == ["three"]
 
 
 def test_remember_writes_each_file_whole_into_the_inbox(tmp_path: Path) -> None:

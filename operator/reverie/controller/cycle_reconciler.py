@@ -345,6 +345,7 @@ class Reconciler:
             slept_uris=action.slept_uris,
             limit=action.limit,
             set_uri=action.set_uri,
+            ledger_uri=action.ledger_uri,
             now=self.clock(),
         )
         await self.kube.merge_patch(SLEEPCYCLES, ns, name, {"status": {"memory": taken.wire()}}, subresource="status")

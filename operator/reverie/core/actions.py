@@ -90,14 +90,17 @@ class TakeMemories:
     """Fix an inbox cycle's memories: the inbox's new ones, written once to ``set_uri``, then into status.memory.
 
     New means not among the memories of ``slept_uris`` (the base generation's
-    ancestry); at most ``limit``, oldest first.  If ``set_uri`` exists already
-    (a restart after it was written), it is the set: never taken twice.
+    ancestry); at most ``limit``, oldest first.  ``ledger_uri`` receives those
+    and the set (what this cycle's generation will have slept on).  If
+    ``set_uri`` exists already (a restart after it was written), it is the
+    set: never taken twice.
     """
 
     inbox_uri: str
     slept_uris: tuple[str, ...]
     limit: int
     set_uri: str
+    ledger_uri: str
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def consolidated_memories_uri(store_uri: str, lineage: str, cycle: str) -> str:
 
 INBOX_FOLDER = "inbox"
 TAKEN_MEMORIES = "inbox-memories.jsonl"
+SLEPT_LEDGER = "inbox-slept.jsonl"
 
 
 def inbox_uri(store_uri: str, lineage: str, uri: str | None = None) -> str:
@@ -68,6 +69,16 @@ def inbox_uri(store_uri: str, lineage: str, uri: str | None = None) -> str:
 def taken_memories_uri(store_uri: str, lineage: str, cycle: str) -> str:
     """The memories an inbox cycle took, fixed when it started: beside its step folders, written once."""
     return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{TAKEN_MEMORIES}"
+
+
+def slept_ledger_uri(store_uri: str, lineage: str, cycle: str) -> str:
+    """Every memory an inbox cycle's generation has slept on once promoted: its base's, and its own set.
+
+    Written with the set; the ancestry in ``status.generations`` is capped by
+    ``historyLimit``, this file is not, so a long-lived lineage never takes a
+    memory its champion slept on long ago.
+    """
+    return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{SLEPT_LEDGER}"
 
 
 class PhaseConfig(ApiModel):

@@ -71,6 +71,7 @@ from reverie.core.contract import (
     ResultError,
     consolidated_memories_uri,
     parse_result,
+    slept_ledger_uri,
     step_output_uri,
     taken_memories_uri,
 )
@@ -506,6 +507,7 @@ class _Planner:
                 slept_uris=tuple(slept_memory_uris(lin, self.status.base_generation)),
                 limit=inbox.max_per_sleep,
                 set_uri=taken_memories_uri(lin.spec.store.uri, lin.metadata.name, self.name),
+                ledger_uri=slept_ledger_uri(lin.spec.store.uri, lin.metadata.name, self.name),
             )
         )
         msg = f"taking the memories {self.status.base_generation} has not slept on from the inbox {inbox.uri}"

@@ -280,6 +280,7 @@ def _apply(
             slept_uris=action.slept_uris,
             limit=action.limit,
             set_uri=action.set_uri,
+            ledger_uri=action.ledger_uri,
             now=now,
         )
         state.replace_cycle(cycle.model_copy(update={"status": cycle.status.model_copy(update={"memory": taken})}))

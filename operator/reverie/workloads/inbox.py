@@ -14,6 +14,8 @@ so a sleep whose generation is rejected leaves its memories new for the next.
   memories in line order: the oldest are taken first, at most ``maxPerSleep``.
 - **A fixed set.** :func:`take` writes the set a cycle sleeps on once, beside
   its outputs; a set already there is the set (a restart, a retried step).
+  Beside it goes the cycle's slept ledger (its base's and its own memories),
+  so what a champion slept on is known past ``historyLimit``.
 - **Putting memories in.** :func:`remember` validates whole files first and
   writes each as one new file (one PUT; a rename on a local disk), so a reader
   never sees half a file and a malformed line writes nothing.
@@ -187,27 +189,46 @@ def to_jsonl(memories: Iterable[Memory]) -> str:
     return "".join(json.dumps(m.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for m in memories)
 
 
-def take(*, inbox_uri: str, slept_uris: Iterable[str], limit: int, set_uri: str, now: datetime) -> MemorySetStatus:
+def unique(memories: Iterable[Memory]) -> list[Memory]:
+    """Each memory once (by id or text), first seen first."""
+    seen: set[str] = set()
+    out: list[Memory] = []
+    for memory in memories:
+        keys = _keys(memory)
+        if not keys & seen:
+            seen |= keys
+            out.append(memory)
+    return out
+
+
+def take(
+    *, inbox_uri: str, slept_uris: Iterable[str], limit: int, set_uri: str, ledger_uri: str, now: datetime
+) -> MemorySetStatus:
     """Fix a cycle's memory set: write the new memories to ``set_uri`` once, or read the set already there.
 
-    The file is written whole before status records it, and a file already
-    there wins over the inbox as it is now: a restart between the two, or a
-    repeat of the action, takes the same set.
+    The ledger (everything slept on so far, and the set) is written first, the
+    set last: the set's file is the commit, and once it is there it wins over
+    the inbox as it is now, so a restart before status records it, or a repeat
+    of the action, takes the same set.
     """
-    slept = list(slept_uris)
+    slept_files = list(slept_uris)
     existing = store.read_text(set_uri)
     if existing is None:
-        new, problems = new_memories(inbox_uri, slept, limit=limit)
-        for problem in problems:
+        contents = read_inbox(inbox_uri)
+        for problem in contents.problems:
             log.warning("inbox %s: %s", inbox_uri, problem)
-        text = to_jsonl(a.memory for a in new.taken)
+        slept = read_slept(slept_files)
+        new = select_new(contents.arrivals, slept, limit=limit)
+        taken = [a.memory for a in new.taken]
+        store.write_text(ledger_uri, to_jsonl(unique([*slept, *taken])))
+        text = to_jsonl(taken)
         store.write_text(set_uri, text)
         count, waiting = len(new.taken), len(new.waiting)
     else:
         text = existing
         taken = parse_jsonl(text, source=set_uri)
         # What waits beyond this set, as the inbox is now.
-        later, _ = new_memories(inbox_uri, [*slept, set_uri], limit=0)
+        later, _ = new_memories(inbox_uri, [*slept_files, set_uri], limit=0)
         count, waiting = len(taken), later.count
     return MemorySetStatus(
         uri=set_uri,
