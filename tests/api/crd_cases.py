@@ -104,14 +104,28 @@ MALFORMED: list[Malformed] = [
         "spec.memory.sources",
         [{"uri": "a.jsonl", "inline": ["x"]}],
         "spec.memory.sources[0]",
-        "exactly one of uri, configMap or inline",
+        "exactly one of uri, configMap, inline or inbox",
     ),
     _sc(
         "sc-memory-empty-source",
         "spec.memory.sources",
         [{}],
         "spec.memory.sources[0]",
-        "exactly one of uri, configMap or inline",
+        "exactly one of uri, configMap, inline or inbox",
+    ),
+    _sc(
+        "sc-memory-inbox-and-uri",
+        "spec.memory.sources",
+        [{"inbox": True, "uri": "a.jsonl"}],
+        "spec.memory.sources[0]",
+        "exactly one of uri, configMap, inline or inbox",
+    ),
+    _sc(
+        "sc-memory-inbox-false",
+        "spec.memory.sources",
+        [{"inbox": False}],
+        "spec.memory.sources[0].inbox",
+        "inbox may only be true",
     ),
     _sc(
         "sc-memory-configmap-no-name",
@@ -304,6 +318,13 @@ MALFORMED: list[Malformed] = [
         'supported values: "hf"',
     ),
     _ml("ml-empty-store-uri", "spec.store", {"uri": ""}, "spec.store.uri", "at least 1 chars long"),
+    _ml(
+        "ml-inbox-zero-per-sleep",
+        "spec.memory",
+        {"inbox": {"maxPerSleep": 0}},
+        "spec.memory.inbox.maxPerSleep",
+        "greater than or equal to 1",
+    ),
     _ml("ml-store-endpoint-no-scheme", "spec.store.endpoint", "minio:9000", "spec.store.endpoint", "should match"),
     _ml(
         "ml-staging-cache-two-volumes",
@@ -346,6 +367,12 @@ MALFORMED: list[Malformed] = [
         patched(_scheduled(), "spec.schedule.concurrencyPolicy", "Allow"),
         "spec.schedule.concurrencyPolicy",
         'supported values: "Forbid", "Replace"',
+    ),
+    Malformed(
+        "ml-template-inbox-without-inbox",
+        _scheduled(("memory.sources", [{"inbox": True}])),
+        "spec.schedule.template.memory.sources",
+        "names the inbox but the lineage has none",
     ),
     Malformed(
         "ml-template-other-lineage",

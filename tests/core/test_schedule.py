@@ -203,6 +203,21 @@ def test_rendered_cycle_forces_lineage_ref_and_is_owned_by_the_lineage() -> None
     assert body["metadata"]["annotations"]["reverie.dev/scheduled-at"] == "2026-11-22T03:00:00Z"
 
 
+def test_a_lineage_with_an_inbox_schedules_cycles_that_sleep_on_it() -> None:
+    template = {**TEMPLATE, "memory": {"sources": [{"uri": "s3://b/old.jsonl"}], "chunkDocuments": 2}}
+    body = render_cycle(
+        lineage="demo",
+        namespace="ns",
+        lineage_uid="u-1",
+        template=template,
+        name="demo-202611220300",
+        scheduled=at(22, 3),
+        inbox=True,
+    )
+    assert body["spec"]["memory"] == {"sources": [{"inbox": True}], "chunkDocuments": 2}
+    assert template["memory"]["sources"] == [{"uri": "s3://b/old.jsonl"}]
+
+
 @given(
     st.lists(st.integers(min_value=1, max_value=60 * 36), min_size=1, max_size=25),
     st.sampled_from(["0 3 * * *", "*/30 * * * *", "15 */6 * * *"]),

@@ -78,7 +78,8 @@ def lineage_manifest() -> dict[str, Any]:
         "apiVersion": "reverie.dev/v1alpha1",
         "kind": "ModelLineage",
         "metadata": {"name": LINEAGE},
-        "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///store"}},
+        # An inbox (empty: nothing drops memories here) so that its gauges are exported too.
+        "spec": {"baseModel": {"uri": "builtin:tiny"}, "store": {"uri": "file:///store"}, "memory": {"inbox": {}}},
     }
 
 

@@ -28,7 +28,7 @@ def _write_rules(directory: Path, values: dict | None = None) -> Path:
 
 def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     done = run(promtool(), "check", "rules", _write_rules(tmp_path))
-    assert "SUCCESS: 7 rules found" in done.stdout, done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("unit_tests", ["alert_rules_test.yaml", "alert_rules_days_test.yaml"])

@@ -221,11 +221,55 @@ class ServingTarget(ApiModel):
         return self
 
 
+class InboxSpec(ApiModel):
+    """Where new memories arrive between sleeps: JSONL files dropped under a store prefix."""
+
+    uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description=(
+            "Store prefix holding *.jsonl files of memories (a path in the store, file:// or s3://); "
+            "default <store.uri>/<lineage>/inbox/. Anything may drop files there; `reverie remember` validates first."
+        ),
+    )
+    max_per_sleep: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Memories one sleep takes at most, oldest first; the rest wait for the next sleep (default 64).",
+    )
+
+
+class LineageMemorySpec(ApiModel):
+    """Memories of the lineage as a whole (a cycle's own are in its spec.memory)."""
+
+    inbox: InboxSpec | None = Field(
+        default=None,
+        description=(
+            "An inbox of memories: cycles with memory source inbox (and every scheduled cycle) sleep on what "
+            "arrived since the champion's last sleep; a scheduled run with nothing new is skipped."
+        ),
+    )
+
+
+TEMPLATE_INBOX_NEEDS_INBOX = (
+    "schedule.template.memory.sources names the inbox but the lineage has none; "
+    "set spec.memory.inbox (inbox: {} for the default <store>/<lineage>/inbox/) or use another memory source"
+)
+
+
 class ModelLineageSpec(ApiModel):
     """Desired state of a lineage."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
+            (
+                "!has(self.schedule) || !self.schedule.template.memory.sources.exists(s, has(s.inbox))"
+                " || (has(self.memory) && has(self.memory.inbox))",
+                TEMPLATE_INBOX_NEEDS_INBOX,
+                ".schedule.template.memory.sources",
+            ),
             (
                 "self.baseModel == oldSelf.baseModel",
                 "baseModel is immutable (generation 0 cannot change); create a new ModelLineage instead",
@@ -242,6 +286,7 @@ class ModelLineageSpec(ApiModel):
     base_model: BaseModelSpec = Field(description="The starting model (generation 0).")
     store: StoreSpec = Field(description="Model store for generations and phase outputs.")
     schedule: ScheduleSpec | None = Field(default=None, description="Start SleepCycles on a cron schedule.")
+    memory: LineageMemorySpec | None = Field(default=None, description="The lineage's memory inbox.")
     serving_target: ServingTarget | None = Field(default=None, description="Serving object that follows the champion.")
     rollback_to: str | None = Field(
         default=None,
@@ -253,6 +298,13 @@ class ModelLineageSpec(ApiModel):
     history_limit: int = Field(
         default=20, ge=2, le=200, description="Generations kept in status; older ones are summarised."
     )
+
+    @model_validator(mode="after")
+    def _template_inbox_needs_an_inbox(self) -> ModelLineageSpec:
+        template = self.schedule.template if self.schedule is not None else None
+        if template is not None and template.memory.uses_inbox and (self.memory is None or self.memory.inbox is None):
+            raise ValueError(TEMPLATE_INBOX_NEEDS_INBOX)
+        return self
 
 
 class GenerationState(StrEnum):
@@ -298,6 +350,17 @@ class ServableStatus(ApiModel):
     uri: str = Field(max_length=2048, description="Folder an off-the-shelf server loads.")
 
 
+class InboxStatus(ApiModel):
+    """What waits in the inbox, as the operator last counted it."""
+
+    memories: int = Field(default=0, ge=0, description="Memories in the inbox the champion has not slept on.")
+    oldest_arrival: datetime | None = Field(default=None, description="When the oldest of them arrived.")
+    checked_at: datetime | None = Field(default=None, description="When the inbox was last counted.")
+    skipped_runs: int = Field(default=0, ge=0, description="Scheduled runs skipped so far for an empty inbox.")
+    last_skipped_time: datetime | None = Field(default=None, description="The last scheduled run skipped.")
+    message: str = Field(default="", max_length=1024, description="What the last scheduled run did about the inbox.")
+
+
 class ModelLineageStatus(ApiModel):
     """Observed state of a lineage, written by the operator."""
 
@@ -318,6 +381,7 @@ class ModelLineageStatus(ApiModel):
     servable: ServableStatus | None = Field(
         default=None, description="The champion's servable form, once written (see servingTarget.form)."
     )
+    inbox: InboxStatus | None = Field(default=None, description="The memory inbox, when spec.memory.inbox is set.")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,

@@ -22,19 +22,22 @@ class ConfigMapKeyRef(ApiModel):
 
 
 ONE_MEMORY_KIND = (
-    "uri, configMap and inline are alternatives; set exactly one of uri, configMap or inline in each memory source"
+    "uri, configMap, inline and inbox are alternatives; "
+    "set exactly one of uri, configMap, inline or inbox in each memory source"
 )
+INBOX_IS_TRUE = "inbox may only be true (the lineage's inbox); remove it to use another kind of source"
 
 
 class MemorySource(ApiModel):
-    """One source of in-context memories; exactly one of uri, configMap, inline."""
+    """One source of in-context memories; exactly one of uri, configMap, inline, inbox."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
+                "[has(self.uri), has(self.configMap), has(self.inline), has(self.inbox)].filter(x, x).size() == 1",
                 ONE_MEMORY_KIND,
             ),
+            ("!has(self.inbox) || self.inbox", INBOX_IS_TRUE, ".inbox"),
         )
     )
 
@@ -51,11 +54,20 @@ class MemorySource(ApiModel):
         max_length=128,
         description="Memory documents written inline (demos and tests).",
     )
+    inbox: bool | None = Field(
+        default=None,
+        description=(
+            "true: the memories in the lineage's inbox (spec.memory.inbox) that the base generation's ancestry "
+            "has not consolidated, oldest first, at most maxPerSleep; the set is fixed when the cycle starts."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> MemorySource:
-        if [self.uri, self.config_map, self.inline].count(None) != 2:
+        if [self.uri, self.config_map, self.inline, self.inbox].count(None) != 3:
             raise ValueError(ONE_MEMORY_KIND)
+        if self.inbox is False:
+            raise ValueError(INBOX_IS_TRUE)
         return self
 
 
@@ -69,6 +81,11 @@ class MemorySpec(ApiModel):
         le=64,
         description="Documents the teacher sees in context at once (small chunks recall far better).",
     )
+
+    @property
+    def uses_inbox(self) -> bool:
+        """True when a source is the lineage's inbox (the set is then fixed when the cycle starts)."""
+        return any(source.inbox for source in self.sources)
 
 
 class ZeroStage(StrEnum):

@@ -160,6 +160,18 @@ class GateDecision(ApiModel):
     decided_at: datetime | None = Field(default=None, description="When the gate decided.")
 
 
+class MemorySetStatus(ApiModel):
+    """The memories an inbox cycle took, fixed when it started: a retry or a restart reads the same file."""
+
+    uri: str = Field(
+        max_length=2048, description="JSONL file of the memories, beside the cycle's outputs in the store."
+    )
+    count: int = Field(ge=0, description="Memories in the set (0: nothing new in the inbox).")
+    waiting: int = Field(default=0, ge=0, description="New memories left in the inbox for later sleeps (maxPerSleep).")
+    content_hash: str | None = Field(default=None, max_length=128, description="sha256 of the file.")
+    taken_at: datetime | None = Field(default=None, description="When the set was fixed.")
+
+
 class SleepCycleStatus(ApiModel):
     """Observed state of a cycle, written by the operator."""
 
@@ -176,6 +188,9 @@ class SleepCycleStatus(ApiModel):
         default=None, max_length=63, description="Generation this cycle started from (resolved champion)."
     )
     base_uri: str | None = Field(default=None, max_length=2048, description="Artifact URI of the base generation.")
+    memory: MemorySetStatus | None = Field(
+        default=None, description="Inbox cycles: the memories taken from the inbox when the cycle started."
+    )
     records: list[PhaseRecord] = Field(
         default_factory=list, max_length=64, description="Every step attempt, oldest first."
     )

@@ -6,6 +6,7 @@ Local mode, no cluster needed::
     reverie report examples/quickstart     # regenerate its report.html
     reverie ask examples/quickstart "Q?" --compare   # the champion's answer (and base, teacher)
     reverie export GENERATION DIR [--form merged|adapter]  # a folder any server loads
+    reverie remember DIR FILE.jsonl...     # validate memories into the run's inbox
 
 On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
 
@@ -13,6 +14,7 @@ On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
     reverie approve|reject CYCLE           # answer a cycle waiting in AwaitingApproval
     reverie rollback LINEAGE GENERATION    # pin an earlier champion (spec.rollbackTo)
     reverie ask --lineage LINEAGE "Q?"     # ask the champion (its URI must be readable from here)
+    reverie remember --lineage LINEAGE FILE.jsonl...  # validate memories into the lineage's inbox
     reverie logs CYCLE [--phase STEP]      # logs of the phase Job's pods
     reverie crds [--apply | --write DIR]   # print, apply or write the CRDs
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 
 # Importing the verbs' modules registers them on the app.
-from reverie.cli import cluster, local  # noqa: F401
+from reverie.cli import cluster, local, remember  # noqa: F401
 from reverie.cli.app import app
 
 __all__ = ["app", "main"]

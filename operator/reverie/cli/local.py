@@ -42,7 +42,7 @@ def sleep(
     """
     from reverie.local.console import RichObserver, summary_table
     from reverie.local.project import ProjectError, load_project
-    from reverie.local.runner import LocalRunError, NotStarted, report_path, run_cycle
+    from reverie.local.runner import LocalRunError, NothingToConsolidate, NotStarted, report_path, run_cycle
     from reverie.local.state import StateLocked
 
     if approve and reject:
@@ -77,6 +77,9 @@ def sleep(
         raise fail(str(exc)) from exc
     except NotStarted:
         raise typer.Exit(130) from None
+    except NothingToConsolidate as exc:
+        console.print(f"{exc}; no sleep started. Add memories with: reverie remember {target} FILE.jsonl")
+        return
     if outcome.interrupted:
         raise typer.Exit(130)
     cycle = outcome.cycle

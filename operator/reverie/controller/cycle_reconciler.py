@@ -11,8 +11,9 @@ resync — ends in the same level-based :meth:`Reconciler.reconcile`:
 3. the status is written (status subresource) together with the creates, and
    before every other action, so a crash in between leaves an intent (or a
    Job) the next pass completes; creates meet 409 on a repeat, deletes 404;
-4. after an action that changed the lineage (claim, record, promote, reject)
-   the cycle is planned again at once against the fresh lineage.
+4. after an action that changed the lineage (claim, record, promote, reject),
+   or fixed an inbox cycle's memories in the store, the cycle is planned again
+   at once against the fresh state.
 
 Reconciles of one cycle never overlap and at most ``max_concurrent`` cycles
 reconcile at once (:mod:`reverie.controller.workqueue`); the metrics of a pass
@@ -72,8 +73,10 @@ from reverie.core.planner import (
     Reject,
     ReleaseLineage,
     RequeueAfter,
+    TakeMemories,
     plan,
 )
+from reverie.workloads import inbox
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +331,25 @@ class Reconciler:
         elif isinstance(action, Reject):
             await promotion.reject(self.kube, namespace=ns, lineage=action.lineage, cycle=name, reason=action.reason)
             return False  # the cycle is already Rejected: nothing to plan against the new lineage
+        elif isinstance(action, TakeMemories):
+            await self._take_memories(cycle, action)
+            return True
         return False
+
+    async def _take_memories(self, cycle: SleepCycle, action: TakeMemories) -> None:
+        """Fix an inbox cycle's memories in the store (written once), then record them in its status."""
+        ns, name = cycle.metadata.namespace, cycle.metadata.name
+        taken = await asyncio.to_thread(
+            inbox.take,
+            inbox_uri=action.inbox_uri,
+            slept_uris=action.slept_uris,
+            limit=action.limit,
+            set_uri=action.set_uri,
+            ledger_uri=action.ledger_uri,
+            now=self.clock(),
+        )
+        await self.kube.merge_patch(SLEEPCYCLES, ns, name, {"status": {"memory": taken.wire()}}, subresource="status")
+        log.info("SleepCycle %s/%s takes %d memories from the inbox (%s)", ns, name, taken.count, taken.uri)
 
     async def _create(self, action: CreateJob, *, obj: Obj, cycle: SleepCycle, lineage: ModelLineage | None) -> None:
         assert lineage is not None

@@ -9,7 +9,10 @@ hands the champion to the serving target when it differs
 metrics, and, on the timer, runs the schedule
 (:func:`reverie.core.schedule.plan_schedule`): creates the due
 SleepCycle (deterministic name, so a repeat meets 409), deletes replaced and
-old finished cycles, records ``lastScheduleTime`` and ``MissedSchedule``.
+old finished cycles, records ``lastScheduleTime`` and ``MissedSchedule``.  A
+lineage with a memory inbox is counted on every tick
+(:mod:`reverie.controller.inbox_watch`), and a due run with nothing new in its
+inbox is skipped (``NothingToConsolidate``).
 
 Promotion itself is driven by the SleepCycle handlers through
 :mod:`reverie.controller.promotion`; this module only follows its results.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +37,7 @@ import kopf
 
 from reverie import GROUP, VERSION
 from reverie.api.lineage import ModelLineage
-from reverie.controller import metrics
+from reverie.controller import inbox_watch, metrics
 from reverie.controller.events import emit_event
 from reverie.controller.kube import MODELLINEAGES, SLEEPCYCLES, ApiError, Kube, Obj, mutate_status
 from reverie.controller.lineage_status import known_status, parse_lineage, status_body, utcnow
@@ -41,6 +45,7 @@ from reverie.controller.promotion import export_champion, forget_lineage
 from reverie.controller.serving import sync_serving
 from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
+from reverie.core.lineage import inbox_of
 from reverie.core.schedule import (
     SCHEDULED_BY_LABEL,
     CycleInfo,
@@ -50,6 +55,7 @@ from reverie.core.schedule import (
     render_cycle,
 )
 from reverie.core.schedule import validate as validate_schedule
+from reverie.workloads.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +181,19 @@ async def run_schedule(api: Kube, *, namespace: str, name: str, now: datetime | 
         # Finished cycles' generations and artifacts stay in the lineage and the store.
         if await api.delete(SLEEPCYCLES, namespace, victim):
             log.info("schedule of %s/%s deleted cycle %s", namespace, name, victim)
+    if plan.create is not None and plan.scheduled_time is not None and inbox_of(lin) is not None:
+        try:
+            new = await inbox_watch.count_new(lin)
+        except (StoreError, OSError) as exc:
+            # The run stays due (lastScheduleTime is not moved): the next timer tries again.
+            log.warning("schedule of %s/%s waits: its inbox cannot be read (%s)", namespace, name, exc)
+            return plan
+        if new is not None and new.count == 0:
+            await inbox_watch.record_skip(api, obj, scheduled=plan.scheduled_time, now=now)
+            await _record_schedule(
+                api, namespace=namespace, name=name, last=plan.last_schedule_time, missed=None, now=now
+            )
+            return replace(plan, create=None, skipped=inbox_watch.NOTHING_TO_CONSOLIDATE)
     if plan.create is not None and plan.scheduled_time is not None:
         template = ((obj.get("spec") or {}).get("schedule") or {}).get("template") or {}
         body = render_cycle(
@@ -184,6 +203,7 @@ async def run_schedule(api: Kube, *, namespace: str, name: str, now: datetime | 
             template=template,
             name=plan.create,
             scheduled=plan.scheduled_time,
+            inbox=inbox_of(lin) is not None,
         )
         try:
             _, fresh = await api.create_or_get(SLEEPCYCLES, namespace, body)
@@ -272,7 +292,9 @@ async def _on_change(*, name: str, namespace: str | None, **_: Any) -> None:
 async def _on_timer(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
     assert namespace is not None
     api = kube()
-    await reconcile_lineage(api, namespace=namespace, name=name)
+    written = await reconcile_lineage(api, namespace=namespace, name=name)
+    if written is not None and (spec.get("memory") or {}).get("inbox") is not None:
+        await inbox_watch.observe_inbox(api, written, now=clock())
     if spec.get("schedule"):
         await run_schedule(api, namespace=namespace, name=name)
 
@@ -280,6 +302,7 @@ async def _on_timer(*, name: str, namespace: str | None, spec: kopf.Spec, **_: A
 async def _on_delete(*, name: str, namespace: str | None, **_: Any) -> None:
     assert namespace is not None
     forget_lineage(namespace=namespace, lineage=name)
+    inbox_watch.forget_inbox(namespace=namespace, lineage=name)
 
 
 def register(registry: kopf.OperatorRegistry, *, interval: float = DEFAULT_INTERVAL_S) -> None:

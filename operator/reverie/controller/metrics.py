@@ -119,6 +119,32 @@ last_promotion_timestamp_seconds = Gauge(
     registry=REGISTRY,
 )
 
+# --- the memory inbox (lineages with spec.memory.inbox) --------------------
+inbox_memories = Gauge(
+    "reverie_inbox_memories",
+    "Memories in the lineage's inbox that its champion has not slept on.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
+)
+inbox_oldest_memory_age_seconds = Gauge(
+    "reverie_inbox_oldest_memory_age_seconds",
+    "Age of the oldest memory waiting in the inbox (0 when none waits).",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
+)
+inbox_max_per_sleep = Gauge(
+    "reverie_inbox_max_per_sleep",
+    "Memories one sleep of the lineage takes at most (spec.memory.inbox.maxPerSleep).",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
+)
+skipped_sleeps_total = Counter(
+    "reverie_skipped_sleeps_total",
+    "Scheduled sleeps not started, by reason (NothingToConsolidate: the inbox held nothing new).",
+    ["namespace", "lineage", "reason"],
+    registry=REGISTRY,
+)
+
 # --- operator health (controller-runtime style) ----------------------------
 reconcile_total = Counter(
     "reverie_reconcile_total",

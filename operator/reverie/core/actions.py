@@ -86,6 +86,24 @@ class RequeueAfter:
 
 
 @dataclass(frozen=True)
+class TakeMemories:
+    """Fix an inbox cycle's memories: the inbox's new ones, written once to ``set_uri``, then into status.memory.
+
+    New means not among the memories of ``slept_uris`` (the base generation's
+    ancestry); at most ``limit``, oldest first.  ``ledger_uri`` receives those
+    and the set (what this cycle's generation will have slept on).  If
+    ``set_uri`` exists already (a restart after it was written), it is the
+    set: never taken twice.
+    """
+
+    inbox_uri: str
+    slept_uris: tuple[str, ...]
+    limit: int
+    set_uri: str
+    ledger_uri: str
+
+
+@dataclass(frozen=True)
 class DeleteCycle:
     """ttlSecondsAfterFinished has passed: delete the cycle (children go by owner references)."""
 
@@ -103,6 +121,7 @@ Action = (
     | Reject
     | RequeueAfter
     | DeleteCycle
+    | TakeMemories
 )
 # Actions that change the lineage: after applying them an executor re-plans at once
 # (the local runner does; the operator re-plans on the lineage's own watch event).

@@ -52,6 +52,35 @@ def consolidated_memories_uri(store_uri: str, lineage: str, cycle: str) -> str:
     return f"{step_output_uri(store_uri, lineage, cycle, Step.CONSOLIDATION)}/{CONSOLIDATED_MEMORIES}"
 
 
+INBOX_FOLDER = "inbox"
+TAKEN_MEMORIES = "inbox-memories.jsonl"
+SLEPT_LEDGER = "inbox-slept.jsonl"
+
+
+def inbox_uri(store_uri: str, lineage: str, uri: str | None = None) -> str:
+    """A lineage's inbox prefix: ``uri`` (a relative path is taken inside the store), else ``<store>/<lineage>/inbox``."""
+    if uri is None:
+        return f"{store_uri.rstrip('/')}/{lineage}/{INBOX_FOLDER}"
+    if "://" in uri or uri.startswith("/"):
+        return uri.rstrip("/")
+    return f"{store_uri.rstrip('/')}/{uri.strip('/')}"
+
+
+def taken_memories_uri(store_uri: str, lineage: str, cycle: str) -> str:
+    """The memories an inbox cycle took, fixed when it started: beside its step folders, written once."""
+    return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{TAKEN_MEMORIES}"
+
+
+def slept_ledger_uri(store_uri: str, lineage: str, cycle: str) -> str:
+    """Every memory an inbox cycle's generation has slept on once promoted: its base's, and its own set.
+
+    Written with the set; the ancestry in ``status.generations`` is capped by
+    ``historyLimit``, this file is not, so a long-lived lineage never takes a
+    memory its champion slept on long ago.
+    """
+    return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{SLEPT_LEDGER}"
+
+
 class PhaseConfig(ApiModel):
     """Everything one phase attempt needs; the same for a Job and a local process."""
 

@@ -64,6 +64,7 @@ from reverie.core.actions import (
     ReleaseLineage,
 )
 from reverie.core.conditions import get_condition, set_condition
+from reverie.core.contract import consolidated_memories_uri, inbox_uri, slept_ledger_uri, taken_memories_uri
 
 BASE_GENERATION = "gen-0"
 _GEN_RE = re.compile(r"^gen-(\d+)$")
@@ -498,3 +499,40 @@ def ancestry(status: ModelLineageStatus, generation: str | None) -> list[Generat
         chain.append(current)
         current = by_name.get(current.parent) if current.parent else None
     return chain[::-1]
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """Where a lineage's new memories arrive, and how many one sleep takes."""
+
+    uri: str
+    max_per_sleep: int
+
+
+def inbox_of(lineage: ModelLineage) -> Inbox | None:
+    """The lineage's inbox (``spec.memory.inbox``, its prefix resolved in the store), or None."""
+    spec = lineage.spec.memory.inbox if lineage.spec.memory is not None else None
+    if spec is None:
+        return None
+    return Inbox(inbox_uri(lineage.spec.store.uri, lineage.metadata.name, spec.uri), spec.max_per_sleep)
+
+
+def slept_memory_uris(lineage: ModelLineage, generation: str | None) -> list[str]:
+    """The memory files of ``generation``'s ancestry: what it has slept on.
+
+    What each recorded ancestor's consolidation learned and the inbox set its
+    cycle took (the same memories; either may be missing, e.g. for a cycle
+    written before the inbox existed), and the slept ledger of ``generation``'s
+    own cycle, which also covers ancestors dropped by ``historyLimit``.  Only
+    promoted generations and their parents are a champion's ancestry, so a
+    rejected sleep's memories stay new.
+    """
+    store, name = lineage.spec.store.uri, lineage.metadata.name
+    chain = ancestry(lineage.status, generation)
+    out: list[str] = []
+    for gen in chain:
+        if gen.cycle:
+            out += [consolidated_memories_uri(store, name, gen.cycle), taken_memories_uri(store, name, gen.cycle)]
+    if chain and chain[-1].cycle:
+        out.append(slept_ledger_uri(store, name, chain[-1].cycle))
+    return out

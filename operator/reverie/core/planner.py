@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from reverie import APPROVAL_ANNOTATION
 from reverie.api.base import ConditionStatus, PhaseRuntime
 from reverie.api.lineage import Generation, GenerationState, ModelLineage
+from reverie.api.phases import MemorySource, MemorySpec
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
     GateDecision,
@@ -62,6 +63,7 @@ from reverie.core.actions import (
     Reject,
     ReleaseLineage,
     RequeueAfter,
+    TakeMemories,
 )
 from reverie.core.conditions import get_condition, set_condition
 from reverie.core.contract import (
@@ -69,10 +71,12 @@ from reverie.core.contract import (
     ResultError,
     consolidated_memories_uri,
     parse_result,
+    slept_ledger_uri,
     step_output_uri,
+    taken_memories_uri,
 )
 from reverie.core.gate import decide
-from reverie.core.lineage import ancestry, may_claim
+from reverie.core.lineage import ancestry, inbox_of, may_claim, slept_memory_uris
 from reverie.core.observed import JobState, ObservedJob
 
 __all__ = [
@@ -91,6 +95,7 @@ __all__ = [
     "Reject",
     "ReleaseLineage",
     "RequeueAfter",
+    "TakeMemories",
     "backoff_seconds",
     "job_name",
     "may_claim",
@@ -396,6 +401,8 @@ class _Planner:
             return self.done(old_phase)
         if not self.resolve_base():
             return self.done(old_phase)
+        if self.cycle.spec.memory.uses_inbox and not self.has_memory_set():
+            return self.done(old_phase)
         self.mark_finished_steps()
         for step in steps_of(self.cycle):
             if any(r.step == step and r.result == StepResult.SUCCEEDED for r in self.status.records):
@@ -465,6 +472,58 @@ class _Planner:
             return False
         self.status.base_generation, self.status.base_uri = wanted, uri
         return True
+
+    def has_memory_set(self) -> bool:
+        """An inbox cycle's memories are fixed once, after it owns the lineage and its base is pinned.
+
+        The set is what the base generation's ancestry has not slept on; the
+        executor writes it to the store and records it in status.memory
+        (:class:`TakeMemories`), and every attempt of every step reads that
+        file.  A set with nothing in it ends the cycle: there is nothing to sleep on.
+        """
+        assert self.lineage is not None and self.status.base_generation
+        lin = self.lineage
+        taken = self.status.memory
+        if taken is not None:
+            if taken.count == 0 and not self.status.records:
+                msg = (
+                    f"the inbox of lineage {lin.metadata.name} holds nothing that {self.status.base_generation} "
+                    "has not slept on; drop memories into it (reverie remember) and create a new cycle"
+                )
+                self.finish(Phase.FAILED, "NothingToConsolidate", msg)
+                return False
+            return True
+        inbox = inbox_of(lin)
+        if inbox is None:
+            msg = (
+                f"spec.memory.sources names the inbox, but ModelLineage {lin.metadata.name} has no "
+                "spec.memory.inbox; set it (spec.memory.inbox: {}) or use another memory source"
+            )
+            self.finish(Phase.FAILED, "NoInbox", msg)
+            return False
+        self.actions.append(
+            TakeMemories(
+                inbox_uri=inbox.uri,
+                slept_uris=tuple(slept_memory_uris(lin, self.status.base_generation)),
+                limit=inbox.max_per_sleep,
+                set_uri=taken_memories_uri(lin.spec.store.uri, lin.metadata.name, self.name),
+                ledger_uri=slept_ledger_uri(lin.spec.store.uri, lin.metadata.name, self.name),
+            )
+        )
+        msg = f"taking the memories {self.status.base_generation} has not slept on from the inbox {inbox.uri}"
+        self.set_phase(Phase.PENDING, msg)
+        self.cond("Ready", False, "TakingMemories", msg)
+        self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
+        return False
+
+    def memory(self) -> MemorySpec:
+        """The cycle's memory spec as a phase reads it: the inbox source becomes the fixed set's file."""
+        spec = self.cycle.spec.memory
+        taken = self.status.memory
+        if not spec.uses_inbox or taken is None:
+            return spec
+        sources = [MemorySource(uri=taken.uri) if source.inbox else source for source in spec.sources]
+        return spec.model_copy(update={"sources": sources})
 
     def suspend(self) -> None:
         for i, rec in enumerate(self.status.records):
@@ -567,6 +626,9 @@ class _Planner:
         self.status.start_time = self.status.start_time or self.now
         self.actions.append(create)
         resume = f", resuming from {create.config.resume_from}" if create.config.resume_from else ""
+        taken = self.status.memory
+        if taken is not None and step == Step.CONSOLIDATION:
+            resume += f", on {taken.count} memories from the inbox ({taken.waiting} wait for later sleeps)"
         msg = f"{step} attempt {attempt} of {policy.max_attempts} started in Job {create.job_name}{resume}"
         self.event("Normal", "JobCreated", msg)
         self.set_phase(phase, msg)
@@ -599,7 +661,7 @@ class _Planner:
             base_uri=self.status.base_uri,
             inputs=inputs,
             resume_from=resume_from,
-            memory=spec.memory,
+            memory=self.memory(),
             # What the base generation already knows: replayed, and scored by retention.
             prior_memory_uris=[
                 consolidated_memories_uri(lin.spec.store.uri, lin.metadata.name, g.cycle)

@@ -21,6 +21,10 @@ Semantics follow the Kubernetes CronJob controller:
   scheduled cycles beyond the limits are deleted (their generations and
   artifacts stay in the lineage and the store).
 * ``suspend``: nothing is started; history is still trimmed.
+* A lineage with a memory inbox: its cycles sleep on the inbox, and the lineage
+  handlers start a due run only if the inbox holds something new
+  (:mod:`reverie.controller.inbox_watch`); otherwise the run is skipped like a
+  missed one (``lastScheduleTime`` moves past it) and reported as such.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class SchedulePlan:
     missed: int = 0
     missed_message: str | None = None
     waiting: str | None = None
+    skipped: str | None = None  # why a due run was not started (set by the lineage handlers: NothingToConsolidate)
 
 
 def zone(spec: ScheduleSpec) -> ZoneInfo:
@@ -221,10 +226,17 @@ def render_cycle(
     template: dict[str, Any],
     name: str,
     scheduled: datetime,
+    inbox: bool = False,
 ) -> dict[str, Any]:
-    """The SleepCycle object for a scheduled run: the template (whose lineageRef the schema requires to be this lineage), owned by it."""
+    """The SleepCycle object for a scheduled run: the template (whose lineageRef the schema requires to be this lineage), owned by it.
+
+    ``inbox``: the lineage has a memory inbox, so the cycle sleeps on it (what
+    arrived since the champion's last sleep) in place of the template's memory sources.
+    """
     spec = dict(template)
     spec["lineageRef"] = lineage
+    if inbox:
+        spec["memory"] = {**(spec.get("memory") or {}), "sources": [{"inbox": True}]}
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,

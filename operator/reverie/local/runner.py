@@ -10,6 +10,8 @@ planner action                local effect
 ============================  ====================================================
 CreateJob                     start ``reverie run-phase <step> --config <file>``
 DeleteJob                     kill that process, stop observing it
+TakeMemories                  fix an inbox cycle's memories in the store, into
+                              its status (the same function the operator calls)
 Claim/ReleaseLineage,         :func:`~reverie.core.lineage.apply_lineage_action` on
 RecordCandidate/Promote/      the local lineage (the same function the operator
 Reject                        applies to a ModelLineage's status)
@@ -41,12 +43,14 @@ from reverie.api.sleepcycle import TERMINAL_PHASES, Phase, SleepCycle, SleepCycl
 from reverie.core import lineage as rules
 from reverie.core import planner
 from reverie.core.conditions import get_condition
+from reverie.core.lineage import inbox_of, slept_memory_uris
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
 from reverie.local.executor import LocalExecutor
 from reverie.local.people import is_builtin_people, session_people
 from reverie.local.project import Project
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
+from reverie.workloads import inbox
 from reverie.workloads.pretrained import (
     PretrainedError,
     is_builtin_pretrained,
@@ -66,6 +70,10 @@ IDLE_REPLAN_SECONDS = 2.0
 
 class LocalRunError(RuntimeError):
     """A local run that cannot continue; the message says why and what to do."""
+
+
+class NothingToConsolidate(Exception):
+    """The lineage's inbox holds nothing the champion has not slept on: no sleep is started."""
 
 
 class NotStarted(KeyboardInterrupt):
@@ -208,6 +216,19 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
     cycle.metadata.name = name
     cycle.metadata.generation = 1
     cycle.status = SleepCycleStatus()
+    if (lineage_inbox := inbox_of(state.lineage)) is not None:
+        # As a scheduled cycle does: sleep on what arrived since the champion's last sleep, if anything did.
+        base = cycle.spec.base_generation or state.lineage.status.champion
+        new, problems = inbox.new_memories(
+            lineage_inbox.uri, slept_memory_uris(state.lineage, base), limit=lineage_inbox.max_per_sleep
+        )
+        for problem in problems:
+            observer.note(f"inbox: {problem}")
+        if new.count == 0:
+            raise NothingToConsolidate(
+                f"nothing new in the inbox {lineage_inbox.uri}: {base} has slept on every memory in it"
+            )
+        cycle.spec.memory = cycle.spec.memory.model_copy(update={"sources": [MemorySource(inbox=True)]})
     state.cycles.append(
         _resolve_memory(
             cycle,
@@ -253,6 +274,17 @@ def _apply(
             observer.event("Normal" if promotion.promoted else "Warning", promotion.kind, promotion.message)
             if promotion.changed:
                 serve_champion(lin, observer=observer)  # the servable form, for the champion only
+    elif isinstance(action, planner.TakeMemories):
+        taken = inbox.take(
+            inbox_uri=action.inbox_uri,
+            slept_uris=action.slept_uris,
+            limit=action.limit,
+            set_uri=action.set_uri,
+            ledger_uri=action.ledger_uri,
+            now=now,
+        )
+        state.replace_cycle(cycle.model_copy(update={"status": cycle.status.model_copy(update={"memory": taken})}))
+        observer.note(f"{taken.count} new memories from the inbox ({taken.waiting} wait for later sleeps)")
     elif isinstance(action, planner.RequeueAfter):
         return action.seconds
     return None
@@ -336,7 +368,9 @@ def _loop(project: Project, state: LocalState, executor: LocalExecutor, observer
                 wait = _apply(action, state=state, cycle=cycle, executor=executor, observer=observer)
                 if wait is not None:
                     delay = wait if delay is None else min(delay, wait)
-                replan = replan or isinstance(action, (*planner.LINEAGE_ACTIONS, planner.CreateJob))
+                replan = replan or isinstance(
+                    action, (*planner.LINEAGE_ACTIONS, planner.CreateJob, planner.TakeMemories)
+                )
             save_state(project.state_dir, state)
             phase = Phase(cycle.status.phase)
             if phase in TERMINAL_PHASES and not replan:

@@ -2,7 +2,8 @@
 
 Each phase is one process: ``reverie run-phase <step> --config phase.json``
 (:func:`reverie.workloads.run_phase.run_phase`).  Modules import torch and
-transformers; the operator and the pure core never import this package.
+transformers; the pure core never imports this package, and the operator only
+``inbox``, ``memory`` and ``store`` (fsspec alone: it reads lineages' inboxes).
 
 Shared building blocks (stable interfaces; other phases build on them):
 
@@ -41,6 +42,11 @@ URIs and ``hf://org/model[@revision]``, verified, evicted by size).
     ``load_memory_uris(uris, store_uri=)``; ``read_memory_uri(uri)``; ``parse_jsonl(text, source=)``;
     ``Memory(id, text, qa: tuple[QA(q, a)], kind)``; ``MemorySetError``;
     ``question_prompt(tokenizer, question, context=None) -> str`` (chat template; memory first).
+
+``inbox`` — a lineage's memory inbox (``*.jsonl`` dropped under ``spec.memory.inbox``; ``id`` optional,
+    :func:`~reverie.workloads.memory.content_id` otherwise).  ``new_memories(inbox_uri, slept_uris, limit=)
+    -> (NewMemories(taken, waiting), problems)``; ``take(inbox_uri=, slept_uris=, limit=, set_uri=, now=)
+    -> MemorySetStatus`` (written once); ``remember(inbox_uri, [path])`` (validates every file first).
 
 ``generation`` — one interface for HF ``generate`` (CPU) and vLLM (GPU).
     ``SamplingBackend.generate(prompts, *, max_new_tokens, temperature (0 = greedy), top_p, stop,

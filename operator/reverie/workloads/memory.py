@@ -6,7 +6,9 @@ The format is JSONL, one memory per line::
      "qa": [{"q": "Where does Zorblat live?", "a": "Vemora"}]}
 
 - ``id`` (string, required, unique within a set) and ``text`` (string, required):
-  a document, or a conversation transcript written out as text;
+  a document, or a conversation transcript written out as text.  In a lineage's
+  inbox ``id`` may be left out: the memory's identity is then its content hash
+  (:func:`content_id`), so the same text arriving twice is one memory;
 - ``kind`` (optional): ``"document"`` (default) or ``"conversation"``;
 - ``qa`` (optional): questions the memory answers, with reference answers.  The
   questions become fact-dense prompts for Knowledge Seeding (the teacher answers
@@ -26,6 +28,7 @@ Errors name the source and the line, and say what to fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -95,8 +98,21 @@ def parse_memory(obj: Any, *, where: str) -> Memory:
     return Memory(id=mid, text=text, qa=tuple(qa), kind=kind)
 
 
-def parse_jsonl(text: str, *, source: str) -> list[Memory]:
-    """Parse JSONL memories; blank lines are skipped."""
+def text_key(text: str) -> str:
+    """The hex sha256 of a memory's text with its whitespace normalised: equal texts, equal keys."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+def content_id(text: str) -> str:
+    """The identity of a memory that arrived without an id: ``sha256-`` and 16 hex digits of :func:`text_key`."""
+    return f"sha256-{text_key(text)[:16]}"
+
+
+def parse_jsonl(text: str, *, source: str, ids_optional: bool = False) -> list[Memory]:
+    """Parse JSONL memories; blank lines are skipped.
+
+    ``ids_optional`` (the inbox): a memory without ``id`` gets :func:`content_id` of its text.
+    """
     out: list[Memory] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -107,6 +123,8 @@ def parse_jsonl(text: str, *, source: str) -> list[Memory]:
             raise MemorySetError(
                 f"{source}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object"
             ) from exc
+        if ids_optional and isinstance(obj, dict) and "id" not in obj and isinstance(obj.get("text"), str):
+            obj = {**obj, "id": content_id(obj["text"])}
         out.append(parse_memory(obj, where=f"{source}:{n}"))
     return out
 
