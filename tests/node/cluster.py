@@ -264,6 +264,8 @@ def kubelet_config(ca: Path) -> dict[str, Any]:
         "fileCheckFrequency": "5s",
         "syncFrequency": "10s",
         "nodeStatusUpdateFrequency": "5s",
+        # How often emptyDir use is measured (default 1m): an over-limit /tmp is evicted within seconds.
+        "volumeStatsAggPeriod": "5s",
     }
 
 

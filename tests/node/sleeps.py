@@ -46,7 +46,9 @@ def lineage_manifest(store: dict[str, Any], base_uri: str) -> dict[str, Any]:
     }
 
 
-def cycle_manifest(name: str, memories: str, **consolidation: Any) -> dict[str, Any]:
+def cycle_manifest(
+    name: str, memories: str, *, gate: tuple[str, ...] = ("retention >= champion - 0.5",), **consolidation: Any
+) -> dict[str, Any]:
     """examples/smoke's cycle, on the cluster: its memories in the store, the images built here."""
     return {
         "apiVersion": "reverie.dev/v1alpha1",
@@ -75,7 +77,7 @@ def cycle_manifest(name: str, memories: str, **consolidation: Any) -> dict[str, 
             "evaluation": {
                 "suites": ["knowledge_incorporation", "retention"],
                 "questionsPerMemory": 1,
-                "gate": {"rules": ["retention >= champion - 0.5"]},
+                "gate": {"rules": list(gate)},
             },
             "retries": {"maxAttempts": 2, "backoffSeconds": 1},
         },

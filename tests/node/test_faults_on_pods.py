@@ -71,7 +71,9 @@ def test_a_sleep_on_a_pvc_survives_a_killed_operator_and_a_deleted_phase_pod(
     mid-step (the attempt fails, the retry resumes from the checkpoint)."""
     namespace, folder, world = pvc_lineage
     memories = "/store/" + str(Path(world.sessions[0]).relative_to(folder))
-    cycle = cycle_manifest("night-1", memories, steps=80)
+    # Longer than the smoke cycle (the faults need a running step to interrupt), which costs the tiny
+    # model its old facts: the gate asks only that the candidate learnt something.
+    cycle = cycle_manifest("night-1", memories, steps=80, gate=("knowledge_incorporation >= 0.05",))
     apply(node, namespace, cycle)
     consolidation = "reverie.dev/job=night-1-consolidation-1"
 
@@ -104,7 +106,7 @@ def test_a_sleep_on_a_pvc_survives_a_killed_operator_and_a_deleted_phase_pod(
     records = [(r["step"], r["attempt"], r["result"]) for r in done["status"]["records"]]
     assert records[:2] == [("consolidation", 1, "Failed"), ("consolidation", 2, "Succeeded")], records
     config = json.loads(next(iter(get(node, namespace, "configmap", "night-1-consolidation-2")["data"].values())))
-    assert config.get("resume_from"), config
+    assert config.get("resumeFrom"), config
     logs = node.kubectl("logs", "-n", namespace, "job/night-1-consolidation-2").stdout
     assert "resumed" in logs, logs[-3000:]
     # No Job was ever created twice: every name kept the uid it was first seen with.
@@ -124,8 +126,13 @@ def test_a_phase_that_outgrows_its_tmp_fails_with_the_reason_and_nothing_is_prom
 ) -> None:
     namespace, folder, world = pvc_lineage
     memories = "/store/" + str(Path(world.sessions[0]).relative_to(folder))
+    # Steps enough to outlast the kubelet's next look at the pod's disk use (volumeStatsAggPeriod).
     cycle = cycle_manifest(
-        "night-1", memories, steps=200, runtime={"resources": {"limits": {"ephemeral-storage": "64Mi"}}}
+        "night-1",
+        memories,
+        steps=5000,
+        checkpointEvery=1000,
+        runtime={"resources": {"limits": {"ephemeral-storage": "64Mi"}}},
     )
     cycle["spec"]["retries"] = {"maxAttempts": 1}
     apply(node, namespace, cycle)
@@ -155,4 +162,5 @@ def test_a_phase_that_outgrows_its_tmp_fails_with_the_reason_and_nothing_is_prom
     ), done["status"]
     lineage = get(node, namespace, "modellineage", LINEAGE)
     assert lineage["status"]["champion"] == "gen-0", lineage["status"]
-    assert not get(node, namespace, "configmap", "serving")["data"].get("model")
+    # The serving target keeps following gen-0, the base.
+    assert get(node, namespace, "configmap", "serving")["data"].get("model") in ("", lineage["status"]["championUri"])
