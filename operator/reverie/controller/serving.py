@@ -31,7 +31,6 @@ from typing import Any
 
 from reverie.api.base import ConditionStatus
 from reverie.api.lineage import (
-    ModelLineage,
     ModelLineageStatus,
     ServableStatus,
     ServingKind,
@@ -251,9 +250,3 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
         message,
     )
     return reason
-
-
-def lineage_target(obj: Obj) -> ServingTarget | None:
-    """The serving target of a raw lineage object."""
-    lin: ModelLineage = parse_lineage(obj)
-    return lin.spec.serving_target
