@@ -33,7 +33,8 @@ from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, ProgressEvent
 from reverie.core.observed import JobState, ObservedJob
 from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
-from reverie.local.state import LocalJob, LocalState, write_atomic
+from reverie.local.state import LocalJob, LocalState
+from reverie.workloads.atomic import write_atomic
 
 # Environment every phase process gets unless the user set it: no network
 # lookups for models, one BLAS thread per process (see ml-stack notes: a busy

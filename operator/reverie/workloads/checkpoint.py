@@ -20,7 +20,6 @@ so the pointer in the store only ever names a complete checkpoint;
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from reverie.workloads.atomic import write_atomic
 
 LATEST = "latest"
 KEEP = 2
@@ -50,22 +51,6 @@ class Checkpoint:
     slot_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(
