@@ -69,6 +69,7 @@ from reverie.core.conditions import get_condition, set_condition
 from reverie.core.contract import (
     PhaseConfig,
     ResultError,
+    checkpoint_root,
     consolidated_memories_uri,
     parse_result,
     slept_ledger_uri,
@@ -558,8 +559,8 @@ class _Planner:
     def _default_checkpoint(self, step: Step) -> str | None:
         if self.lineage is None:
             return None
-        return (
-            step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step) + "/checkpoints"
+        return checkpoint_root(
+            step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step)
         )
 
     def run_step(self, step: Step) -> None:
