@@ -14,8 +14,8 @@ from reverie.local.state import (
     load_state,
     save_state,
     state_lock,
-    write_atomic,
 )
+from reverie.workloads.atomic import write_atomic
 
 
 def _lineage() -> ModelLineage:

@@ -14,6 +14,7 @@ from reverie.workloads.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
 )
 from reverie.workloads.modelio import stage_in
@@ -50,6 +51,17 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
     assert found is not None and found.name == "step-00000003"
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_checkpoint(tmp_path / "empty-root")
+
+
+def test_a_relaunch_resumes_from_the_newest_complete_checkpoint_and_never_from_a_half_written_one(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    assert resume_point(str(root)) is None
+    save_checkpoint(root, step=3, slot="slot-0", slot_state={"w": torch.zeros(1)})
+    (root / "step-00000006").mkdir()  # newer on disk, but crashed before state.json
+    assert resume_point(str(root)) == str(root / "step-00000003")
+    assert resume_point(f"file://{root}") == str(root / "step-00000003")
 
 
 def slot_weights(result_path: Path) -> dict[str, torch.Tensor]:

@@ -307,6 +307,15 @@ class ModelLineageSpec(ApiModel):
         return self
 
 
+class LineageCondition(StrEnum):
+    """The condition types of a ModelLineage."""
+
+    READY = "Ready"
+    SERVING_SYNCED = "ServingSynced"
+    ROLLED_BACK = "RolledBack"
+    MISSED_SCHEDULE = "MissedSchedule"
+
+
 class GenerationState(StrEnum):
     CANDIDATE = "Candidate"
     CHAMPION = "Champion"
@@ -385,7 +394,7 @@ class ModelLineageStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Conditions (Ready, ServingSynced, RolledBack, MissedSchedule).",
+        description=f"Conditions ({', '.join(LineageCondition)}).",
         json_schema_extra=CONDITIONS_LIST,
     )
 

@@ -51,6 +51,53 @@ class Step(StrEnum):
     EVALUATION = "evaluation"
 
 
+class CycleCondition(StrEnum):
+    """The condition types of a SleepCycle: the contract clients wait on (``phase`` is the human summary)."""
+
+    READY = "Ready"
+    CONSOLIDATED = "Consolidated"
+    DREAMED = "Dreamed"
+    EVALUATED = "Evaluated"
+    GATE_PASSED = "GatePassed"
+    PROMOTED = "Promoted"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class CycleReason(StrEnum):
+    """The reasons the operator writes on a SleepCycle's conditions.
+
+    Besides these, ``Ready`` (False) carries the phase's name while a step runs,
+    ``GatePassed`` the gate's outcome (Passed, Failed, Inconclusive) and a
+    rejected promotion ``Gate<outcome>``.
+    """
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    SKIPPED = "Skipped"
+    BACKOFF_WAITING = "BackoffWaiting"
+    RETRY_BUDGET_EXHAUSTED = "RetryBudgetExhausted"
+    # A Job that can never succeed (reported by the Job's own reason): no retry.
+    ENGINE_NOT_INSTALLED = "EngineNotInstalled"
+    INVALID_JOB_SPEC = "InvalidJobSpec"
+    LINEAGE_NOT_FOUND = "LineageNotFound"
+    WAITING_FOR_LINEAGE = "WaitingForLineage"
+    CLAIMING_LINEAGE = "ClaimingLineage"
+    LINEAGE_PINNED = "LineagePinned"
+    BASE_GENERATION_NOT_FOUND = "BaseGenerationNotFound"
+    NOTHING_TO_CONSOLIDATE = "NothingToConsolidate"
+    NO_INBOX = "NoInbox"
+    TAKING_MEMORIES = "TakingMemories"
+    SUSPENDED = "Suspended"
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    RESUMED = "Resumed"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    REJECTED_BY_APPROVER = "RejectedByApprover"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    PROMOTION_REFUSED = "PromotionRefused"
+
+
 class PromotionPolicy(StrEnum):
     AUTO = "auto"
     MANUAL = "manual"
@@ -181,7 +228,7 @@ class SleepCycleStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Conditions (Ready, Consolidated, Dreamed, Evaluated, GatePassed, Promoted, Suspended, Failed).",
+        description=f"Conditions ({', '.join(CycleCondition)}).",
         json_schema_extra=CONDITIONS_LIST,
     )
     base_generation: str | None = Field(

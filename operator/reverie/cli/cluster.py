@@ -47,30 +47,21 @@ def operator(
     ] = None,
 ) -> None:
     """Run the Kopf operator (the Helm chart's Deployment runs this)."""
-    import inspect
-
     from reverie.controller import main as controller_main
 
     namespaces = [] if all_namespaces else list(namespace or [])
-    offered: dict[str, Any] = {
-        "namespace": namespaces[0] if len(namespaces) == 1 else None,
-        "namespaces": namespaces,
-        "metrics_port": metrics_port or None,
-        "standalone": not peering,
-        "priority": priority,
-        "kubeconfig": str(kubeconfig) if kubeconfig else None,
-        "verbose": log_level.lower() == "debug",
-        "log_level": log_level,
-        "webhook_port": webhook_port,
-        "webhook_cert_dir": str(webhook_cert_dir) if webhook_cert_dir else None,
-    }
-    # Pass what this build of the controller accepts, and say what it ignores.
-    accepted = inspect.signature(controller_main.run).parameters
-    if len(namespaces) > 1 and "namespaces" not in accepted:
-        raise fail(f"this operator serves one namespace or all of them; got {', '.join(namespaces)}")
-    if webhook_port is not None and "webhook_port" not in accepted:
-        err.print("[yellow]note:[/yellow] this operator build has no admission webhook; --webhook-port is ignored")
-    controller_main.run(**{k: v for k, v in offered.items() if k in accepted})
+    controller_main.run(
+        namespaces[0] if len(namespaces) == 1 else None,
+        namespaces=namespaces,
+        metrics_port=metrics_port or None,
+        standalone=not peering,
+        priority=priority,
+        kubeconfig=str(kubeconfig) if kubeconfig else None,
+        verbose=log_level.lower() == "debug",
+        log_level=log_level,
+        webhook_port=webhook_port,
+        webhook_cert_dir=str(webhook_cert_dir) if webhook_cert_dir else None,
+    )
 
 
 class ClusterClient:

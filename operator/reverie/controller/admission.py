@@ -26,7 +26,10 @@ default) the API server admits objects while the operator is down: the
 operator's own conditions then report what the webhook would have refused.
 
 :func:`check_cycle` and :func:`check_lineage` are pure (tested without a
-cluster); the handlers only fetch the lineage a cycle names.
+cluster); the handlers only fetch the lineage a cycle names, with the API
+client the operator's start-up puts in Kopf's ``memo``
+(:func:`reverie.controller.cycle_handlers._configure`), so this module needs
+nothing from the handlers' module.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 CYCLE_WEBHOOK = "validate-sleepcycle"
 LINEAGE_WEBHOOK = "validate-modellineage"
 CERT_FILE, KEY_FILE = "tls.crt", "tls.key"
+# The key in Kopf's ``memo`` under which start-up leaves the operator's API client.
+MEMO_KUBE = "kube"
 # 422, as the API server answers a schema violation: the request is invalid, not the server.
 INVALID = 422
 
@@ -135,7 +140,7 @@ async def _validate_cycle(**kwargs: Any) -> None:
         return
     ns = namespace or "default"
     try:
-        obj = await _kube().get_or_none(MODELLINEAGES, ns, spec.lineage_ref)
+        obj = await _kube(kwargs["memo"]).get_or_none(MODELLINEAGES, ns, spec.lineage_ref)
     except ApiError as exc:
         # Fail open, as failurePolicy Ignore would: the cycle's own conditions report a missing lineage.
         log.warning("admission: could not read ModelLineage %s/%s (%s); admitting the cycle", ns, spec.lineage_ref, exc)
@@ -163,10 +168,12 @@ def _lineage(body: Any) -> ModelLineage | None:
         return None
 
 
-def _kube() -> Kube:
-    from reverie.controller import cycle_handlers
-
-    return cycle_handlers.reconciler().kube
+def _kube(memo: Any) -> Kube:
+    """The operator's API client, put in Kopf's ``memo`` at start-up (a webhook handler gets a copy of it)."""
+    kube: Kube | None = getattr(memo, MEMO_KUBE, None)
+    if kube is None:
+        raise RuntimeError("the admission webhook's API client is set by the operator's start-up (on.startup)")
+    return kube
 
 
 # --- serving ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def reconciler() -> Reconciler:
 
 
 @kopf.on.startup()
-async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global _reconciler, _resync
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
@@ -57,6 +57,8 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     kube = Kube.from_kubeconfig(OPTIONS.kubeconfig)
     _reconciler = Reconciler(kube=kube, options=OPTIONS)
+    # Every handler's memo is a copy of this one: the admission handlers find the client there.
+    setattr(memo, admission.MEMO_KUBE, kube)
     _resync = asyncio.get_running_loop().create_task(_reconciler.resync_forever(), name="sleepcycle resync")
     lineage_handlers.use_kube(kube)
 

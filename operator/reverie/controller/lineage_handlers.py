@@ -36,7 +36,7 @@ from typing import Any
 import kopf
 
 from reverie import GROUP, VERSION
-from reverie.api.lineage import ModelLineage
+from reverie.api.lineage import LineageCondition, ModelLineage
 from reverie.controller import inbox_watch, metrics
 from reverie.controller.events import emit_event
 from reverie.controller.kube import MODELLINEAGES, SLEEPCYCLES, ApiError, Kube, Obj, mutate_status
@@ -109,10 +109,13 @@ async def reconcile_lineage(api: Kube, *, namespace: str, name: str) -> Obj | No
         metrics.rollbacks_total.labels(namespace=namespace, lineage=name).inc()
         await emit_event(api, written, reason="RolledBack", message=result.message)
     elif result is not None and not result.ok:
-        prior = get_condition(old.status.conditions, rules.ROLLED_BACK)
+        prior = get_condition(old.status.conditions, LineageCondition.ROLLED_BACK)
         if prior is None or prior.reason != result.kind:
             await emit_event(api, written, reason=result.kind, message=result.message, type="Warning")
-    ready, was = get_condition(lin.status.conditions, rules.READY), get_condition(old.status.conditions, rules.READY)
+    ready, was = (
+        get_condition(lin.status.conditions, LineageCondition.READY),
+        get_condition(old.status.conditions, LineageCondition.READY),
+    )
     if ready is not None and ready.reason == "InvalidSchedule" and (was is None or was.reason != ready.reason):
         await emit_event(api, written, reason="InvalidSchedule", message=ready.message, type="Warning")
     export_champion(namespace=namespace, lineage=name, status=lin.status)
@@ -258,12 +261,12 @@ async def _record_schedule(
             new.last_schedule_time = last
         if missed is not None:
             new.conditions = set_condition(
-                new.conditions, rules.MISSED_SCHEDULE, True, reason=missed[0], message=missed[1], now=stamp
+                new.conditions, LineageCondition.MISSED_SCHEDULE, True, reason=missed[0], message=missed[1], now=stamp
             )
-        elif started and get_condition(new.conditions, rules.MISSED_SCHEDULE) is not None:
+        elif started and get_condition(new.conditions, LineageCondition.MISSED_SCHEDULE) is not None:
             new.conditions = set_condition(
                 new.conditions,
-                rules.MISSED_SCHEDULE,
+                LineageCondition.MISSED_SCHEDULE,
                 False,
                 reason="OnSchedule",
                 message="the latest scheduled run started on time",

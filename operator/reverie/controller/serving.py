@@ -31,7 +31,7 @@ from typing import Any
 
 from reverie.api.base import ConditionStatus
 from reverie.api.lineage import (
-    ModelLineage,
+    LineageCondition,
     ModelLineageStatus,
     ServableStatus,
     ServingKind,
@@ -48,7 +48,6 @@ from reverie.controller.kube import (
     mutate_status,
 )
 from reverie.controller.lineage_status import known_status, parse_lineage, status_body, utcnow
-from reverie.core import lineage as rules
 from reverie.core.conditions import get_condition, set_condition
 from reverie.core.serving import hand_off
 
@@ -221,7 +220,7 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
             new.servable = written
         new.conditions = set_condition(
             new.conditions,
-            rules.SERVING_SYNCED,
+            LineageCondition.SERVING_SYNCED,
             status,
             reason=reason,
             message=message,
@@ -232,7 +231,7 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
             return None
         return status_body(fresh.get("status") or {}, new)
 
-    before = get_condition(lin.status.conditions, rules.SERVING_SYNCED)
+    before = get_condition(lin.status.conditions, LineageCondition.SERVING_SYNCED)
     await mutate_status(kube, MODELLINEAGES, namespace=namespace, name=lineage, mutate=mutate)
     if patched:
         await emit_event(kube, obj, reason="ServingSynced", message=f"{message}")
@@ -251,9 +250,3 @@ async def sync_serving(kube: Kube, *, namespace: str, lineage: str) -> str | Non
         message,
     )
     return reason
-
-
-def lineage_target(obj: Obj) -> ServingTarget | None:
-    """The serving target of a raw lineage object."""
-    lin: ModelLineage = parse_lineage(obj)
-    return lin.spec.serving_target

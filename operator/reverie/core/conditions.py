@@ -61,8 +61,3 @@ def set_condition(
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
     """The condition of that type, if present."""
     return next((c for c in conditions if c.type == type_), None)
-
-
-def is_true(conditions: list[Condition], type_: str) -> bool:
-    cond = get_condition(conditions, type_)
-    return cond is not None and ConditionStatus(cond.status) == ConditionStatus.TRUE

@@ -40,6 +40,19 @@ def step_output_uri(store_uri: str, lineage: str, cycle: str, step: Step | str) 
     return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{Step(step).value}"
 
 
+CHECKPOINTS_FOLDER = "checkpoints"
+
+
+def checkpoint_root(output_uri: str) -> str:
+    """Where a step's attempts keep their checkpoints: ``<output_uri>/checkpoints``, shared by all attempts.
+
+    The root is all a caller that cannot look (the planner) names; which
+    checkpoint under it is the newest complete one is decided by
+    :func:`reverie.workloads.checkpoint.latest_checkpoint`, which reads it.
+    """
+    return f"{output_uri.rstrip('/')}/{CHECKPOINTS_FOLDER}"
+
+
 CONSOLIDATED_MEMORIES = "memories.jsonl"
 
 

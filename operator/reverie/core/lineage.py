@@ -52,6 +52,7 @@ from reverie.api.lineage import (
     BaseModelSpec,
     Generation,
     GenerationState,
+    LineageCondition,
     ModelLineage,
     ModelLineageStatus,
 )
@@ -68,12 +69,6 @@ from reverie.core.contract import consolidated_memories_uri, inbox_uri, slept_le
 
 BASE_GENERATION = "gen-0"
 _GEN_RE = re.compile(r"^gen-(\d+)$")
-
-# Condition types on a ModelLineage.
-READY = "Ready"
-ROLLED_BACK = "RolledBack"
-SERVING_SYNCED = "ServingSynced"
-MISSED_SCHEDULE = "MissedSchedule"
 
 
 def generation_name(number: int) -> str:
@@ -379,7 +374,7 @@ def reconcile(
         status, result = rollback(status, target=spec.rollback_to, now=now)
         conditions = set_condition(
             status.conditions,
-            ROLLED_BACK,
+            LineageCondition.ROLLED_BACK,
             result.ok,
             reason="RolledBack" if result.ok else result.kind,
             message=(
@@ -388,10 +383,10 @@ def reconcile(
             now=now,
             observed_generation=observed,
         )
-    elif (pin := get_condition(conditions, ROLLED_BACK)) is not None and pin.reason != "Unpinned":
+    elif (pin := get_condition(conditions, LineageCondition.ROLLED_BACK)) is not None and pin.reason != "Unpinned":
         conditions = set_condition(
             conditions,
-            ROLLED_BACK,
+            LineageCondition.ROLLED_BACK,
             False,
             reason="Unpinned",
             message=f"spec.rollbackTo removed; promotion resumed from champion {status.champion}",
@@ -409,7 +404,7 @@ def reconcile(
     else:
         ready, reason, message = True, "ChampionServing", f"champion {status.champion} ({status.champion_uri})"
     conditions = set_condition(
-        conditions, READY, ready, reason=reason, message=message, now=now, observed_generation=observed
+        conditions, LineageCondition.READY, ready, reason=reason, message=message, now=now, observed_generation=observed
     )
     if conditions != status.conditions or status.observed_generation != observed:
         status = status.model_copy(deep=True)

@@ -40,6 +40,8 @@ from reverie.api.lineage import Generation, GenerationState, ModelLineage
 from reverie.api.phases import MemorySource, MemorySpec
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
+    CycleCondition,
+    CycleReason,
     GateDecision,
     Phase,
     PhaseRecord,
@@ -69,6 +71,7 @@ from reverie.core.conditions import get_condition, set_condition
 from reverie.core.contract import (
     PhaseConfig,
     ResultError,
+    checkpoint_root,
     consolidated_memories_uri,
     parse_result,
     slept_ledger_uri,
@@ -110,7 +113,7 @@ MAX_JOB_NAME = 52
 # spend the retry budget (they still get a new attempt number).
 UNCOUNTED_REASONS = frozenset({"Suspended"})
 # Attempts that end for these reasons are not retried: retrying cannot help.
-PERMANENT_REASONS = frozenset({"EngineNotInstalled", "InvalidJobSpec"})
+PERMANENT_REASONS = frozenset({CycleReason.ENGINE_NOT_INSTALLED, CycleReason.INVALID_JOB_SPEC})
 # How often a waiting cycle (lineage busy or missing) looks again when no event wakes it.
 WAIT_REQUEUE_SECONDS = 30.0
 
@@ -118,10 +121,14 @@ WAIT_REQUEUE_SECONDS = 30.0
 # when the cycle starts waiting for it (a phase change posts its own Event).
 WAITING_PROBLEMS = frozenset({"LineageNotFound", "LineagePinned"})
 # Step condition reasons of an unfinished step: a cycle that ends otherwise turns them into its reason.
-UNFINISHED_STEP_REASONS = frozenset({"Running", "BackoffWaiting"})
+UNFINISHED_STEP_REASONS = frozenset({CycleReason.RUNNING, CycleReason.BACKOFF_WAITING})
 
 STEP_PHASE = {Step.CONSOLIDATION: Phase.CONSOLIDATING, Step.DREAMING: Phase.DREAMING, Step.EVALUATION: Phase.EVALUATING}
-STEP_CONDITION = {Step.CONSOLIDATION: "Consolidated", Step.DREAMING: "Dreamed", Step.EVALUATION: "Evaluated"}
+STEP_CONDITION = {
+    Step.CONSOLIDATION: CycleCondition.CONSOLIDATED,
+    Step.DREAMING: CycleCondition.DREAMED,
+    Step.EVALUATION: CycleCondition.EVALUATED,
+}
 
 
 @dataclass
@@ -227,9 +234,9 @@ class _Planner:
         self.set_phase(phase, message)
         self.status.completion_time = self.status.completion_time or self.now
         self.status.next_attempt_after = None
-        self.cond("Ready", phase == Phase.SUCCEEDED, reason, message)
+        self.cond(CycleCondition.READY, phase == Phase.SUCCEEDED, reason, message)
         if phase == Phase.FAILED:
-            self.cond("Failed", True, reason, message)
+            self.cond(CycleCondition.FAILED, True, reason, message)
         self.close_unfinished_steps(reason, message)
 
     def close_unfinished_steps(self, reason: str, message: str) -> None:
@@ -253,11 +260,11 @@ class _Planner:
                 self.cond(
                     STEP_CONDITION[step],
                     True,
-                    "Succeeded",
+                    CycleReason.SUCCEEDED,
                     f"{step} attempt {rec.attempt} of {budget} succeeded in Job {rec.job_name}{output}",
                 )
         if not self.cycle.spec.dreaming.enabled:
-            self.cond("Dreamed", True, "Skipped", "spec.dreaming.enabled is false")
+            self.cond(CycleCondition.DREAMED, True, CycleReason.SKIPPED, "spec.dreaming.enabled is false")
 
     # -- records from observation
     def sync_records(self) -> None:
@@ -370,12 +377,12 @@ class _Planner:
                         self.actions.append(DeleteJob(rec.job_name, "LineageDeleted"))
                 self.finish(
                     Phase.FAILED,
-                    "LineageNotFound",
+                    CycleReason.LINEAGE_NOT_FOUND,
                     f"ModelLineage {lineage} was deleted while the cycle ran; create a new cycle for a new lineage",
                 )
                 return self.done(old_phase)
             self.set_phase(Phase.PENDING, f"waiting for ModelLineage {lineage} to exist in namespace {self.ns}")
-            self.cond("Ready", False, "LineageNotFound", self.status.message)
+            self.cond(CycleCondition.READY, False, CycleReason.LINEAGE_NOT_FOUND, self.status.message)
             self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
             return self.done(old_phase)
         if self.cycle.spec.suspend:
@@ -384,7 +391,12 @@ class _Planner:
         if any(
             c.type == "Suspended" and ConditionStatus(c.status) == ConditionStatus.TRUE for c in self.status.conditions
         ):
-            self.cond("Suspended", False, "Resumed", "spec.suspend is false; the cycle continues where it stopped")
+            self.cond(
+                CycleCondition.SUSPENDED,
+                False,
+                CycleReason.RESUMED,
+                "spec.suspend is false; the cycle continues where it stopped",
+            )
         if self.waits_for_pin():
             return self.done(old_phase)
         if self.lineage.status.active_cycle != self.name:
@@ -395,7 +407,12 @@ class _Planner:
                 else f"claiming lineage {self.lineage.metadata.name}"
             )
             self.set_phase(Phase.PENDING, why)
-            self.cond("Ready", False, "WaitingForLineage" if holder else "ClaimingLineage", why)
+            self.cond(
+                CycleCondition.READY,
+                False,
+                CycleReason.WAITING_FOR_LINEAGE if holder else CycleReason.CLAIMING_LINEAGE,
+                why,
+            )
             self.actions.append(ClaimLineage(self.lineage.metadata.name))
             self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
             return self.done(old_phase)
@@ -445,7 +462,7 @@ class _Planner:
             "a candidate now and promote it once the pin is removed"
         )
         self.set_phase(Phase.PENDING, msg)
-        self.cond("Ready", False, "LineagePinned", msg)
+        self.cond(CycleCondition.READY, False, CycleReason.LINEAGE_PINNED, msg)
         # The champion may change when the pin is removed: resolve the base again then.
         self.status.base_generation = self.status.base_uri = None
         if self.lineage.status.active_cycle == self.name:
@@ -468,7 +485,7 @@ class _Planner:
             uri = gen.uri if gen else (lin.status.champion_uri if wanted == lin.status.champion else None)
         if uri is None:
             msg = f"spec.baseGeneration {wanted} is not a generation of lineage {lin.metadata.name}"
-            self.finish(Phase.FAILED, "BaseGenerationNotFound", msg)
+            self.finish(Phase.FAILED, CycleReason.BASE_GENERATION_NOT_FOUND, msg)
             return False
         self.status.base_generation, self.status.base_uri = wanted, uri
         return True
@@ -490,7 +507,7 @@ class _Planner:
                     f"the inbox of lineage {lin.metadata.name} holds nothing that {self.status.base_generation} "
                     "has not slept on; drop memories into it (reverie remember) and create a new cycle"
                 )
-                self.finish(Phase.FAILED, "NothingToConsolidate", msg)
+                self.finish(Phase.FAILED, CycleReason.NOTHING_TO_CONSOLIDATE, msg)
                 return False
             return True
         inbox = inbox_of(lin)
@@ -499,7 +516,7 @@ class _Planner:
                 f"spec.memory.sources names the inbox, but ModelLineage {lin.metadata.name} has no "
                 "spec.memory.inbox; set it (spec.memory.inbox: {}) or use another memory source"
             )
-            self.finish(Phase.FAILED, "NoInbox", msg)
+            self.finish(Phase.FAILED, CycleReason.NO_INBOX, msg)
             return False
         self.actions.append(
             TakeMemories(
@@ -512,7 +529,7 @@ class _Planner:
         )
         msg = f"taking the memories {self.status.base_generation} has not slept on from the inbox {inbox.uri}"
         self.set_phase(Phase.PENDING, msg)
-        self.cond("Ready", False, "TakingMemories", msg)
+        self.cond(CycleCondition.READY, False, CycleReason.TAKING_MEMORIES, msg)
         self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
         return False
 
@@ -550,16 +567,16 @@ class _Planner:
             ):
                 self.actions.append(DeleteJob(other.name, "Suspended"))
         msg = "spec.suspend is true: no Jobs run; set it to false to resume where the cycle stopped"
-        self.close_unfinished_steps("Suspended", msg)
+        self.close_unfinished_steps(CycleReason.SUSPENDED, msg)
         self.set_phase(Phase.SUSPENDED, msg)
-        self.cond("Suspended", True, "SuspendedByUser", msg)
-        self.cond("Ready", False, "Suspended", msg)
+        self.cond(CycleCondition.SUSPENDED, True, CycleReason.SUSPENDED_BY_USER, msg)
+        self.cond(CycleCondition.READY, False, CycleReason.SUSPENDED, msg)
 
     def _default_checkpoint(self, step: Step) -> str | None:
         if self.lineage is None:
             return None
-        return (
-            step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step) + "/checkpoints"
+        return checkpoint_root(
+            step_output_uri(self.lineage.spec.store.uri, self.lineage.metadata.name, self.name, step)
         )
 
     def run_step(self, step: Step) -> None:
@@ -577,8 +594,8 @@ class _Planner:
                 self.actions.append(self._create(step, rec.attempt))  # re-apply a create lost in a crash
             msg = f"{step} attempt {rec.attempt} of {policy.max_attempts} is running in Job {rec.job_name}"
             self.set_phase(phase, msg)
-            self.cond(STEP_CONDITION[step], False, "Running", msg)
-            self.cond("Ready", False, phase.value, msg)
+            self.cond(STEP_CONDITION[step], False, CycleReason.RUNNING, msg)
+            self.cond(CycleCondition.READY, False, phase.value, msg)
             return
         failures = _counted_failures(self.status.records, step)
         last = records[-1] if records else None
@@ -589,8 +606,8 @@ class _Planner:
             return
         if len(failures) >= policy.max_attempts:
             msg = f"{step} failed {len(failures)} of {policy.max_attempts} attempts; last: {_describe(failures[-1])}"
-            self.cond(STEP_CONDITION[step], False, "RetryBudgetExhausted", msg)
-            self.finish(Phase.FAILED, "RetryBudgetExhausted", msg)
+            self.cond(STEP_CONDITION[step], False, CycleReason.RETRY_BUDGET_EXHAUSTED, msg)
+            self.finish(Phase.FAILED, CycleReason.RETRY_BUDGET_EXHAUSTED, msg)
             return
         if failures:
             delay = backoff_seconds(
@@ -607,8 +624,8 @@ class _Planner:
                     f"attempt {len(failures) + 1} of {policy.max_attempts} starts after {not_before.isoformat()}"
                 )
                 self.set_phase(phase, msg)
-                self.cond(STEP_CONDITION[step], False, "BackoffWaiting", msg)
-                self.cond("Ready", False, "BackoffWaiting", msg)
+                self.cond(STEP_CONDITION[step], False, CycleReason.BACKOFF_WAITING, msg)
+                self.cond(CycleCondition.READY, False, CycleReason.BACKOFF_WAITING, msg)
                 self.actions.append(RequeueAfter((not_before - self.now).total_seconds()))
                 return
         attempt = 1 + max([r.attempt for r in records] + [a for (s, a) in self.observed if s == step], default=0)
@@ -632,8 +649,8 @@ class _Planner:
         msg = f"{step} attempt {attempt} of {policy.max_attempts} started in Job {create.job_name}{resume}"
         self.event("Normal", "JobCreated", msg)
         self.set_phase(phase, msg)
-        self.cond(STEP_CONDITION[step], False, "Running", msg)
-        self.cond("Ready", False, phase.value, msg)
+        self.cond(STEP_CONDITION[step], False, CycleReason.RUNNING, msg)
+        self.cond(CycleCondition.READY, False, phase.value, msg)
 
     def _create(self, step: Step, attempt: int) -> CreateJob:
         assert self.lineage is not None and self.status.base_generation and self.status.base_uri
@@ -702,7 +719,7 @@ class _Planner:
             )
         gate = self.status.gate
         self.cond(
-            "GatePassed",
+            CycleCondition.GATE_PASSED,
             {"Passed": True, "Failed": False}.get(gate.outcome, ConditionStatus.UNKNOWN),
             gate.outcome,
             _gate_summary(gate),
@@ -726,15 +743,15 @@ class _Planner:
         state = GenerationState(gen.state)
         if state == GenerationState.CHAMPION or (state == GenerationState.RETIRED and gen.promoted_at is not None):
             msg = f"generation {generation} is the champion of lineage {lin}"
-            self.cond("Promoted", True, "Promoted", msg)
-            self.finish(Phase.SUCCEEDED, "Promoted", msg)
+            self.cond(CycleCondition.PROMOTED, True, CycleReason.PROMOTED, msg)
+            self.finish(Phase.SUCCEEDED, CycleReason.PROMOTED, msg)
             return
         if state == GenerationState.REJECTED:
             # Only a promotion refused by the lineage lands here (StaleParent, Pinned):
             # gate and approver rejections finish the cycle in the branch below.
             msg = f"the lineage refused to promote {generation}: {self._refusal(gen)}"
-            self.cond("Promoted", False, "PromotionRefused", msg)
-            self.finish(Phase.REJECTED, "PromotionRefused", msg)
+            self.cond(CycleCondition.PROMOTED, False, CycleReason.PROMOTION_REFUSED, msg)
+            self.finish(Phase.REJECTED, CycleReason.PROMOTION_REFUSED, msg)
             return
         approval = self.cycle.metadata.annotations.get(APPROVAL_ANNOTATION, "")
         manual = self.cycle.spec.promotion.policy == PromotionPolicy.MANUAL
@@ -748,9 +765,9 @@ class _Planner:
             or (gate.outcome == "Inconclusive" and not ask_human)
             or (ask_human and approval == "rejected")
         ):
-            reason = "RejectedByApprover" if ask_human and approval == "rejected" else f"Gate{gate.outcome}"
+            reason = CycleReason.REJECTED_BY_APPROVER if ask_human and approval == "rejected" else f"Gate{gate.outcome}"
             msg = f"candidate {generation} rejected: {_gate_summary(gate)}"
-            self.cond("Promoted", False, reason, msg)
+            self.cond(CycleCondition.PROMOTED, False, reason, msg)
             self.finish(Phase.REJECTED, reason, msg)
             self.actions.append(Reject(lineage=lin, generation=generation, reason=reason))
             return
@@ -760,20 +777,20 @@ class _Planner:
                 f"(or rejected); gate: {_gate_summary(gate)}"
             )
             self.set_phase(Phase.AWAITING_APPROVAL, msg)
-            self.cond("Promoted", False, "AwaitingApproval", msg)
-            self.cond("Ready", False, "AwaitingApproval", msg)
+            self.cond(CycleCondition.PROMOTED, False, CycleReason.AWAITING_APPROVAL, msg)
+            self.cond(CycleCondition.READY, False, CycleReason.AWAITING_APPROVAL, msg)
             return
         if self.lineage.spec.rollback_to:
             msg = f"candidate {generation} passed the gate and waits to be promoted: {self.pin_message()}"
             self.set_phase(Phase.PROMOTING, msg)
-            self.cond("Promoted", False, "LineagePinned", msg)
-            self.cond("Ready", False, "LineagePinned", msg)
+            self.cond(CycleCondition.PROMOTED, False, CycleReason.LINEAGE_PINNED, msg)
+            self.cond(CycleCondition.READY, False, CycleReason.LINEAGE_PINNED, msg)
             self.actions.append(RequeueAfter(WAIT_REQUEUE_SECONDS))
             return
         msg = f"promoting {generation} to champion of lineage {lin}"
         self.set_phase(Phase.PROMOTING, msg)
-        self.cond("Promoted", False, "Promoting", msg)
-        self.cond("Ready", False, "Promoting", msg)
+        self.cond(CycleCondition.PROMOTED, False, CycleReason.PROMOTING, msg)
+        self.cond(CycleCondition.READY, False, CycleReason.PROMOTING, msg)
         self.actions.append(Promote(lineage=lin, generation=generation, scores=dict(self.status.evaluation)))
 
     def _refusal(self, gen: Generation) -> str:

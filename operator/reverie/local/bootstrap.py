@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reverie.local.state import write_atomic
+from reverie.workloads.atomic import write_atomic
 
 BUILTIN_TINY = "builtin:tiny"
 MANIFEST = "builtin-tiny.json"

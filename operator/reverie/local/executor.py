@@ -30,10 +30,11 @@ from pathlib import Path
 
 from reverie.api.base import parse_quantity
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, ProgressEvent
+from reverie.core.contract import PhaseConfig, ProgressEvent, checkpoint_root
 from reverie.core.observed import JobState, ObservedJob
 from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
-from reverie.local.state import LocalJob, LocalState, write_atomic
+from reverie.local.state import LocalJob, LocalState
+from reverie.workloads.atomic import write_atomic
 
 # Environment every phase process gets unless the user set it: no network
 # lookups for models, one BLAS thread per process (see ml-stack notes: a busy
@@ -74,27 +75,22 @@ def log_tail(path: Path, *, lines: int = 3) -> str:
 
 
 def latest_checkpoint(job: LocalJob) -> str | None:
-    """The newest checkpoint an attempt wrote: announced in its log, else found on disk.
+    """The newest checkpoint an attempt wrote: announced in its log, else :func:`~reverie.workloads.checkpoint.resume_point`.
 
-    With the store in an object store, the phase announces its local working
-    copy; what the next attempt resumes from is the copy in the store, whose
-    ``latest`` pointer is uploaded only after the checkpoint it names.
+    On a local disk the announced folder is the one ``latest`` names (the phase
+    announces after saving) and reading the log needs no torch.  With the store
+    in an object store, the phase announces its local working copy; what the
+    next attempt resumes from is the copy in the store, whose ``latest`` pointer
+    is uploaded only after the checkpoint it names.
     """
-    from reverie.workloads import store
+    from reverie.workloads import checkpoint, store
 
-    if store.is_remote(job.output_uri):
-        remote = store.join(job.output_uri, "checkpoints")
-        return remote if store.exists(store.join(remote, "latest")) else None
-    announced = last_checkpoint_in_log(Path(job.log_path))
-    if announced and Path(announced).exists():
-        return announced
-    root = Path(job.output_uri) / "checkpoints"
-    if not root.is_dir():
-        return None
-    candidates = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    root = checkpoint_root(job.output_uri)
+    if not store.is_remote(root):
+        announced = last_checkpoint_in_log(Path(job.log_path))
+        if announced and Path(announced).exists():
+            return announced
+    return checkpoint.resume_point(root)
 
 
 class LocalExecutor:

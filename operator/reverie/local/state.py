@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic import Field
 from reverie.api.base import ApiModel
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import SleepCycle, Step
+from reverie.workloads.atomic import write_atomic
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
@@ -103,17 +103,6 @@ def load_state(state_dir: Path) -> LocalState | None:
             f"{path}: state format {raw.get('version')} is not {STATE_VERSION}; delete {state_dir} to start over"
         )
     return LocalState.model_validate(raw)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_state(state_dir: Path, state: LocalState) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 import jinja2
 
 from reverie.api.lineage import GenerationState
-from reverie.local.state import LocalState, write_atomic
+from reverie.local.state import LocalState
 from reverie.report.collect import RecallItem, ReportData, collect
+from reverie.workloads.atomic import write_atomic
 
 TEMPLATE = "report.html.j2"
 STATE_COLOURS = {

@@ -27,7 +27,8 @@ Shared building blocks (stable interfaces; other phases build on them):
     with ``objects_uri`` a thin generation over that object area);
     ``content_hash(folder) -> "sha256:..."``; ``stage_in(uri) -> Path``; ``stage_out(folder, uri)``
     (a generation is committed by its manifest, written last); ``publish_generation(folder, uri)``;
-    ``activate_slots(peft_model, names)``.
+    ``activate_slots(peft_model, names)``.  ``generation_folder`` below it writes one local
+    folder of that layout atomically (``write_generation_folder``), also for converting ``builtin:`` models.
 
 The store: ``store`` (fsspec trees: ``upload_tree`` with pointer files last, ``download_tree``,
 ``list_tree``), ``manifest`` (a generation's files, sha256s and content hash: its commit marker;
@@ -35,7 +36,9 @@ version 2 marks the files kept in the object area), ``objects`` (the lineage's c
 object area ``<store>/<lineage>/objects/sha256/<hex>``: ``area(store, lineage)``, ``commit(folder, uri,
 area_uri=)`` writes a thin generation, ``sweep(lineage_uri, grace_s=)`` reclaims unreferenced objects),
 ``staging`` (the staging cache: ``stage_generation(uri, cache=StagingCache.from_env())`` for store
-URIs and ``hf://org/model[@revision]``, verified, evicted by size).
+URIs and ``hf://org/model[@revision]``, verified, evicted by size), ``atomic`` (the one atomic
+writer of a local file: ``write_atomic(path, text_or_bytes)``, ``replacing(path)``; ``store.write_text``
+uses it on a local store).
 
 ``memory`` — memory sets (JSONL: ``{"id", "text", "qa": [{"q", "a"}], "kind"}``).
     ``load_memories(MemorySpec | [MemorySource], store_uri=) -> list[Memory]``;

@@ -16,21 +16,30 @@ are written locally and mirrored with :func:`reverie.workloads.modelio.stage_out
 which uploads a checkpoint's files before its ``state.json`` and ``latest`` last,
 so the pointer in the store only ever names a complete checkpoint;
 :func:`load_checkpoint` downloads just the checkpoint it names.
+
+This module is the one place that decides which checkpoint a run resumes
+from: :func:`latest_checkpoint` under a local root, :func:`fetch_checkpoint`
+in an object store, :func:`resume_point` for the local runner relaunching an
+attempt.  Where the root is comes from the Job contract
+(:func:`reverie.core.contract.checkpoint_root`).  torch and safetensors are
+imported where a checkpoint is saved or loaded, so the local runner can ask
+:func:`resume_point` without loading torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from reverie.workloads.atomic import write_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 LATEST = "latest"
 KEEP = 2
@@ -52,22 +61,6 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     root: str | Path,
     *,
@@ -78,6 +71,9 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and point ``latest`` at it; keeps the newest two."""
+    import torch
+    from safetensors.torch import save_file
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -109,6 +105,21 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def resume_point(root_uri: str) -> str | None:
+    """What a relaunched attempt resumes from, given its checkpoints root; None when nothing complete is there.
+
+    On a local disk: the newest complete checkpoint's folder.  In an object
+    store: the root itself once its ``latest`` pointer exists (uploaded after
+    the checkpoint it names); :func:`load_checkpoint` downloads just that one.
+    """
+    from reverie.workloads import store
+
+    if store.is_remote(root_uri):
+        return root_uri if store.exists(store.join(root_uri, LATEST)) else None
+    found = latest_checkpoint(store.local_path(root_uri))
+    return None if found is None else str(found)
+
+
 def fetch_checkpoint(uri: str) -> Path | None:
     """Download the checkpoint ``uri`` names (a checkpoint, or a root with ``latest``) to a temporary folder."""
     from reverie.workloads import store
@@ -134,6 +145,9 @@ def fetch_checkpoint(uri: str) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint folder, or the newest one under a checkpoints root (local or in the store)."""
+    import torch
+    from safetensors.torch import load_file
+
     from reverie.workloads.store import is_remote, local_path
 
     if is_remote(str(path)):

@@ -66,14 +66,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import fsspec
 import torch
 import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec, ZeroStage
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import ProgressEvent, emit_progress
-from reverie.workloads import distributed
+from reverie.workloads import distributed, store
 from reverie.workloads.distributed import World
 from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.memory import Memory, question_prompt
@@ -948,8 +947,6 @@ def run(config: Any) -> Any:
     study_dir = work / SELFSTUDY_DIR
     study_uri = cfg.output_uri.rstrip("/") + "/" + SELFSTUDY_DIR
     if remote and load_study(study_dir) is None:
-        from reverie.workloads import store
-
         # An earlier attempt's set, if it uploaded one (both files or it counts as absent).
         store.download_tree(study_uri, study_dir)
     study = load_study(study_dir)
@@ -1117,8 +1114,7 @@ def run(config: Any) -> Any:
         # Keep what this sleep learned beside the model: later cycles replay its
         # self-study prompts and score retention on its memories (PhaseConfig.prior_memory_uris).
         learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
-        with fsspec.open(cfg.output_uri.rstrip("/") + "/" + CONSOLIDATED_MEMORIES, "w") as fh:
-            fh.write(learned)
+        store.write_text(store.join(cfg.output_uri, CONSOLIDATED_MEMORIES), learned)
         return digest
 
     # ZeRO-3: every rank gathers the whole model (not the empty shards) before rank 0 saves it.

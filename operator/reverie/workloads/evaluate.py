@@ -47,6 +47,7 @@ import fsspec
 from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
+from reverie.workloads import store
 from reverie.workloads.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
@@ -312,13 +313,8 @@ def read_cached(store_uri: str, key: str) -> dict[str, SuiteScore] | None:
 
 
 def write_cached(store_uri: str, key: str, scores: dict[str, SuiteScore]) -> None:
-    uri = _cache_uri(store_uri, key)
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "w") as fh:
-        json.dump({"key": key, "scores": {k: v.wire() for k, v in scores.items()}}, fh, allow_nan=True)
-    fs.mv(tmp, path)
+    payload = {"key": key, "scores": {k: v.wire() for k, v in scores.items()}}
+    store.write_text(_cache_uri(store_uri, key), json.dumps(payload, allow_nan=True))
 
 
 def evaluate_model(
@@ -390,13 +386,8 @@ def _progress(step: int, total: int, **values: Any) -> None:
 
 
 def write_json(uri: str, payload: Any) -> None:
-    """Write JSON to a local path or fsspec URI (NaN allowed: missing suites are NaN)."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "w") as fh:
-        json.dump(payload, fh, allow_nan=True, indent=2)
+    """Write JSON to a local path or fsspec URI, whole or not at all (NaN allowed: missing suites are NaN)."""
+    store.write_text(uri, json.dumps(payload, allow_nan=True, indent=2))
 
 
 def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from reverie.workloads import manifest as mf
 from reverie.workloads import objects, staging, store
+from reverie.workloads.generation_folder import SLOTS_DIR, base_state_dict, save_slot, write_generation_folder
 from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
 from reverie.workloads.store import is_remote, local_path
 
@@ -52,17 +52,18 @@ __all__ = [
     "SLOTS_DIR",
     "Generation",
     "GenerationError",
+    "base_state_dict",
     "content_hash",
     "is_remote",
     "load_generation",
     "local_path",
     "publish_generation",
     "save_generation",
+    "save_slot",
     "stage_in",
     "stage_out",
 ]
 
-SLOTS_DIR = "slots"
 # Pointer files of a checkpoint tree: uploaded after the folders they name.
 CHECKPOINT_POINTERS = ("state.json", "latest")
 
@@ -241,27 +242,6 @@ def activate_slots(model: Any, names: Sequence[str]) -> None:
         p.requires_grad_(flags[n])
 
 
-def base_state_dict(model: Any) -> dict[str, torch.Tensor]:
-    """The base weights of a (possibly PEFT-wrapped) model, with the adapter layers stripped."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        out[name.replace(".base_layer.", ".")] = tensor
-    return out
-
-
-def save_slot(model: Any, name: str, folder: Path) -> None:
-    """Write one adapter as a standard PEFT folder."""
-    from peft import get_peft_model_state_dict
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=name)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
-    model.peft_config[name].save_pretrained(str(folder))
-
-
 def save_generation(
     model: Any,
     tokenizer: Any,
@@ -287,22 +267,7 @@ def save_generation(
         return _save_thin(model, tokenizer, str(uri), slots=slots, ledger=ledger, objects_uri=objects_uri)
     remote = is_remote(str(uri))
     target = Path(tempfile.mkdtemp(prefix="reverie-gen-")) / "model" if remote else local_path(str(uri))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.save_pretrained(tmp, state_dict=base_state_dict(model))
-    tokenizer.save_pretrained(tmp)
-    names = list(slots) if slots is not None else list(getattr(model, "peft_config", {}) or {})
-    entries = {s["name"]: s for s in (ledger or {}).get("slots", [])}
-    for name in names:
-        save_slot(model, name, tmp / SLOTS_DIR / name)
-    data = dict(ledger or {})
-    data["slots"] = [entries.get(n, {"name": n}) for n in names]
-    (tmp / LEDGER).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    mf.write(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    write_generation_folder(model, tokenizer, target, slots=slots, ledger=ledger)
     if remote:
         stage_out(target, str(uri))
     return target

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from reverie.workloads import manifest as mf
 from reverie.workloads import store
+from reverie.workloads.atomic import replacing
 from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
 
 AREA = "objects"
@@ -129,13 +130,9 @@ def put(path: Path, area_uri: str, sha256: str) -> int:
     """Store ``path`` as the object ``sha256`` (whole or not at all); returns its size."""
     size = path.stat().st_size
     if not store.is_remote(area_uri):
-        target = store.local_path(object_uri(area_uri, sha256))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{sha256}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
         # A hard link when the file being committed is on the store's disk: no byte is copied.
-        _link_or_copy(path, tmp)
-        os.replace(tmp, target)
+        with replacing(store.local_path(object_uri(area_uri, sha256))) as tmp:
+            _link_or_copy(path, tmp)
         return size
     fs, key = store.filesystem(object_uri(area_uri, sha256))
     fs.put_file(str(path), key)  # an object appears when its upload completes, never in part

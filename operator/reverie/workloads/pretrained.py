@@ -53,10 +53,11 @@ def smollm2_folder(cache: str | Path | None = None) -> Path:
     gguf = next(package.glob("*.gguf"), None)
     if gguf is None:
         raise PretrainedError(f"no .gguf file in {package}; reinstall: {SMOLLM2_INSTALL}")
+    # Imported here: the CLI imports this module at start-up, and torch takes seconds to load.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reverie.workloads.modelio import save_generation
+    from reverie.workloads.generation_folder import write_generation_folder
 
     tok = AutoTokenizer.from_pretrained(package, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf.name, dtype=torch.float32)
@@ -71,5 +72,5 @@ def smollm2_folder(cache: str | Path | None = None) -> Path:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    save_generation(model, tok, out, ledger={"base_model": BUILTIN_SMOLLM2, "source": gguf.name})  # atomic
+    write_generation_folder(model, tok, out, ledger={"base_model": BUILTIN_SMOLLM2, "source": gguf.name})  # atomic
     return out

@@ -62,12 +62,9 @@ def write_result(result: PhaseResult, *, output_uri: str | None) -> None:
     """Write ``result.json`` under ``output_uri`` (local or fsspec) and the termination message."""
     text = result.to_json()
     if output_uri:
-        import fsspec
+        from reverie.workloads import store  # fsspec, only when there is a result to write
 
-        fs, root = fsspec.core.url_to_fs(output_uri)
-        fs.makedirs(root, exist_ok=True)
-        with fs.open(f"{root.rstrip('/')}/result.json", "w") as fh:
-            fh.write(text)
+        store.write_text(store.join(output_uri, "result.json"), text)  # whole or not at all
     term = os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG)
     try:
         with open(term, "w") as fh:

@@ -446,6 +446,8 @@ def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherT
     """Write the items and the teacher's targets; the targets file is written last (it marks completeness)."""
     from safetensors.torch import save_file
 
+    from reverie.workloads.atomic import replacing
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ITEMS_FILE).write_text(
@@ -453,9 +455,8 @@ def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherT
             json.dumps({**i.to_json(), "answer_ids": a}) + "\n" for i, a in zip(items, targets.answer_ids, strict=True)
         )
     )
-    tmp = folder / (TARGETS_FILE + ".tmp")
-    save_file({"topk_ids": targets.topk_ids, "topk_logprobs": targets.topk_logprobs}, str(tmp))
-    tmp.replace(folder / TARGETS_FILE)
+    with replacing(folder / TARGETS_FILE) as tmp:
+        save_file({"topk_ids": targets.topk_ids, "topk_logprobs": targets.topk_logprobs}, str(tmp))
     return folder
 
 

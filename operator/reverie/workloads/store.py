@@ -20,7 +20,6 @@ downloads trees; the callers make them safe:
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+
+from reverie.workloads.atomic import replacing, write_atomic
 
 
 class StoreError(OSError):
@@ -163,15 +164,8 @@ def upload_tree(
 def download_file(uri: str, target: Path) -> int:
     """Copy one file from the store to ``target`` (through a temporary sibling); returns its size."""
     fs, path = filesystem(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        fs.get_file(path, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(target) as tmp:
+        fs.get_file(path, str(tmp))
     return target.stat().st_size
 
 
@@ -194,11 +188,7 @@ def read_text(uri: str) -> str | None:
 def write_text(uri: str, text: str) -> None:
     """Write a small file whole or not at all (one PUT on an object store; a rename on a local disk)."""
     if not is_remote(uri):
-        target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomic(local_path(uri), text)
         return
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
