@@ -36,6 +36,7 @@ from reverie.api.base import Engine
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
+    CycleReason,
     Phase,
     SleepCycle,
     SleepCycleStatus,
@@ -277,7 +278,7 @@ class Reconciler:
                 r.model_copy(
                     update={
                         "result": StepResult.FAILED,
-                        "reason": "EngineNotInstalled",
+                        "reason": CycleReason.ENGINE_NOT_INSTALLED,
                         "message": msg,
                         "completion_time": now,
                     }
