@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -474,6 +475,17 @@ class Cluster:
                 if crd["spec"]["names"]["plural"] not in served:
                     return False
         return True
+
+    @contextlib.contextmanager
+    def fresh_namespace(self, prefix: str = "t") -> Iterator[str]:
+        """A new namespace (with its default ServiceAccount), deleted afterwards."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.kubectl("create", "namespace", name)
+        self.wait_for_default_service_account(name)
+        try:
+            yield name
+        finally:
+            self.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
     def wait_for_default_service_account(self, namespace: str, *, timeout: float = 30.0) -> None:
         """Block until the controller manager made ``namespace``'s default ServiceAccount."""

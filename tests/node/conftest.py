@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,13 +195,8 @@ def chart(node: NodeCluster) -> Iterator[Chart]:
 @pytest.fixture
 def node_namespace(node: NodeCluster) -> Iterator[str]:
     """A fresh namespace on the node (deleted afterwards, with its pods)."""
-    name = f"n-{uuid.uuid4().hex[:8]}"
-    node.kubectl("create", "namespace", name)
-    node.wait_for_default_service_account(name)
-    try:
+    with node.fresh_namespace("n") as name:
         yield name
-    finally:
-        node.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")
