@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tests.node.cluster import IMAGES, NodeCluster
 from tests.node.conftest import wait_for
 
 TRAINER = IMAGES["trainer"]
 LINEAGE = "smoke"
+SMOKE = Path(__file__).resolve().parents[2] / "examples" / "smoke"
 REVERIE = Path(sys.executable).parent / "reverie"
 CYCLE_TIMEOUT_S = 900.0
 
@@ -34,54 +36,31 @@ def get(node: NodeCluster, namespace: str, kind: str, name: str) -> dict[str, An
 
 
 def lineage_manifest(store: dict[str, Any], base_uri: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "reverie.dev/v1alpha1",
-        "kind": "ModelLineage",
-        "metadata": {"name": LINEAGE},
-        "spec": {
-            "baseModel": {"uri": base_uri},
-            "store": store,
-            "servingTarget": {"kind": "ConfigMap", "name": "serving", "key": "model", "export": {"image": TRAINER}},
-        },
-    }
+    """examples/smoke's lineage on the cluster: its base model and store given, a ConfigMap as the serving target."""
+    lineage = yaml.safe_load((SMOKE / "lineage.yaml").read_text())
+    assert lineage["metadata"]["name"] == LINEAGE
+    lineage["spec"].update(
+        baseModel={"uri": base_uri},
+        store=store,
+        servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model", "export": {"image": TRAINER}},
+    )
+    return dict(lineage)
 
 
 def cycle_manifest(
-    name: str, memories: str, *, gate: tuple[str, ...] = ("retention >= champion - 0.5",), **consolidation: Any
+    name: str, memories: str, *, gate: tuple[str, ...] | None = None, **consolidation: Any
 ) -> dict[str, Any]:
-    """examples/smoke's cycle, on the cluster: its memories in the store, the images built here."""
-    return {
-        "apiVersion": "reverie.dev/v1alpha1",
-        "kind": "SleepCycle",
-        "metadata": {"name": name},
-        "spec": {
-            "lineageRef": LINEAGE,
-            "images": {"trainer": TRAINER, "dreamer": TRAINER},
-            "memory": {"sources": [{"uri": memories}]},
-            "consolidation": {
-                "steps": 30,
-                "batchSize": 4,
-                "learningRate": 0.003,
-                "checkpointEvery": 5,
-                **consolidation,
-            },
-            "dreaming": {
-                "enabled": True,
-                "dreamsPerContext": 2,
-                "topK": 1,
-                "randomExtra": 0,
-                "probeSteps": 1,
-                "mStepEpochs": 1,
-                "restEmIterations": 1,
-            },
-            "evaluation": {
-                "suites": ["knowledge_incorporation", "retention"],
-                "questionsPerMemory": 1,
-                "gate": {"rules": list(gate)},
-            },
-            "retries": {"maxAttempts": 2, "backoffSeconds": 1},
-        },
-    }
+    """examples/smoke's cycle (its sizes, dreaming on) on the cluster: its memories in the store, the images built here."""
+    cycle = yaml.safe_load((SMOKE / "sleepcycle.yaml").read_text())
+    spec = cycle["spec"]
+    cycle["metadata"] = {"name": name}
+    spec["lineageRef"] = LINEAGE
+    spec["images"] = {"trainer": TRAINER, "dreamer": TRAINER}
+    spec["memory"] = {"sources": [{"uri": memories}]}
+    spec["consolidation"].update(consolidation)
+    if gate is not None:
+        spec["evaluation"]["gate"]["rules"] = list(gate)
+    return dict(cycle)
 
 
 def serving_config_map() -> dict[str, Any]:
