@@ -74,7 +74,9 @@ def test_image_pins_bases_and_runs_reverie_as_non_root(image: str) -> None:
     assert json.loads(next(a for n, a in reversed(steps) if n == "ENTRYPOINT")) == ["reverie"]
     assert json.loads(next(a for n, a in reversed(steps) if n == "CMD")) == command
     installs = " ".join(args for name, args in steps if name == "RUN")
-    assert re.search(rf"pip install \"[^\"]*\[{extra}\]\"", installs), f"{image} must pip install the [{extra}] extra"
+    assert re.search(rf"pip install (--[\w-]+ )*\"[^\"]*\[{extra}\]\"", installs), (
+        f"{image} must pip install the [{extra}] extra"
+    )
     assert extra in PYPROJECT["project"]["optional-dependencies"]
 
 
