@@ -67,8 +67,14 @@ def test_prometheus_scrapes_the_operator_pod(node: NodeCluster, chart: Chart) ->
 def test_a_sleep_cycle_on_real_pods_with_the_store_on_minio_and_two_processes(
     node: NodeCluster, chart: Chart, node_namespace: str, node_s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import s3fs
+
     for key, value in node_s3.env().items():
         monkeypatch.setenv(key, value)
+    # fsspec keeps one S3FileSystem per set of arguments, with the endpoint the environment had when it was
+    # made: the suite's other MinIO (tests/conftest.py s3_server) would otherwise receive this upload.
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(s3fs.S3FileSystem, "cachable", False)
     bucket = node_s3.new_bucket()
     world = ensure_tiny_world(f"{bucket}/store", LINEAGE)
     node.kubectl(
