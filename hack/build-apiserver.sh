@@ -4,11 +4,11 @@
 # kube-proxy for the one-node tests in tests/node), from the published
 # k8s.io/kubernetes Go module, the way controller-runtime's envtest gets real
 # binaries; all five from one version (a kubelet may never be newer than its
-# API server).  k8s.io/kubernetes cannot be
-# `go install`ed (its go.mod replaces the staging modules with local paths), so
-# we write a tiny go.mod that requires it and points every staging module at its
-# published v0.Y.Z twin.  Binaries are cached outside the checkout, keyed by
-# version; a second run is a no-op, and a binary already built is not built again.
+# API server).  k8s.io/kubernetes cannot be `go install`ed (its go.mod
+# replaces the staging modules with local paths), so we write a tiny go.mod
+# that requires it and points every staging module at its published v0.Y.Z
+# twin.  Binaries are cached outside the checkout, keyed by version; a second
+# run is a no-op, and a binary already built is not built again.
 set -euo pipefail
 
 K8S_VERSION="${REVERIE_K8S_VERSION:-v1.37.2}"

@@ -80,6 +80,17 @@ def test_operator_pod_is_hardened() -> None:
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     # Docker-link variables off: the release's own Services would set REVERIE_WEBHOOK_PORT=tcp://... (seen on a real node).
     assert pod["enableServiceLinks"] is False
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_with_the_webhook_the_pod_is_ready_once_the_webhook_port_answers() -> None:
+    # A real node showed the API server calling a just-started pod whose webhook was not listening yet.
+    values = {
+        "webhook": {"enabled": True, "certManager": {"enabled": False}, "existingSecret": "s", "caBundle": "Y2E="}
+    }
+    (container,) = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
+    assert "webhook" in {p["name"] for p in container["ports"]}
 
 
 def _operator_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

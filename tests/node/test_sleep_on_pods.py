@@ -16,7 +16,7 @@ import os
 
 import pytest
 from tests.node.cluster import IMAGES, NODE_IP, NodeCluster
-from tests.node.conftest import Chart
+from tests.node.conftest import Chart, wait_for
 from tests.node.sleeps import (
     LINEAGE,
     apply,
@@ -40,14 +40,17 @@ def test_the_chart_runs_the_operator_as_its_pod_and_its_webhook_answers(node: No
     assert container["image"] == IMAGES["operator"] and container["imagePullPolicy"] == "Never"
     assert pod["spec"]["securityContext"]["runAsUser"] == 65532
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
     # The API server calls the webhook served from that pod: a cycle naming no lineage is refused.
-    namespace = "default"
-    done = node.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=json.dumps(cycle_manifest("orphan", "/store/x.jsonl")), check=False
-    )
-    assert done.returncode != 0 and "validate.reverie.dev" in done.stderr and "spec.lineageRef" in done.stderr, (
-        done.stderr
-    )
+    # (The pod is Ready only once its webhook port answers; the API server's view of the endpoints may lag.)
+    def refused() -> str | None:
+        done = node.kubectl(
+            "apply", "-n", "default", "-f", "-", input=json.dumps(cycle_manifest("orphan", "/x.jsonl")), check=False
+        )
+        return done.stderr if done.returncode != 0 and "spec.lineageRef" in done.stderr else None
+
+    error = wait_for(refused, what="the API server refusing a cycle through the operator pod's webhook", timeout=30)
+    assert "validate.reverie.dev" in error, error
 
 
 def test_prometheus_scrapes_the_operator_pod(node: NodeCluster, chart: Chart) -> None:
