@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.k8s_cluster import Cluster, die_with_parent, free_port, missing_binaries
+from tests.k8s_cluster import Cluster, die_with_parent, free_port, missing_binaries, running
 
 from s3server import INSTALL_COMMAND, S3Server, minio_binary
 
@@ -86,25 +86,8 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
             pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
         pytest.skip(message)
-    for attempt in (1, 2):
-        workdir = Path(tempfile.mkdtemp(prefix="reverie-cluster-"))
-        running = Cluster(workdir)
-        try:
-            running.start()
-            break
-        except RuntimeError as error:
-            running.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-            # free_port() only finds a port that was free a moment ago; another
-            # test session on this machine may have taken it since.  Retry once.
-            if attempt == 2 or "address already in use" not in str(error):
-                raise
-    try:
-        yield running
-    finally:
-        running.stop()
-        if not os.environ.get("REVERIE_KEEP_CLUSTER_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
+    with running(Cluster, prefix="reverie-cluster-") as cluster:
+        yield cluster
 
 
 @pytest.fixture

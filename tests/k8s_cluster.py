@@ -20,12 +20,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -512,3 +513,33 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+C = TypeVar("C", bound=Cluster)
+
+
+@contextlib.contextmanager
+def running(kind: type[C], *, prefix: str) -> Iterator[C]:
+    """Start a ``kind`` cluster in a fresh folder, stop it (and remove the folder) afterwards.
+
+    free_port() only finds a port that was free a moment ago; another test
+    session on this machine may have taken it since: the start is retried once.
+    ``REVERIE_KEEP_CLUSTER_DIR`` keeps the folder (every component's log and kubeconfig).
+    """
+    for attempt in (1, 2):
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        cluster = kind(workdir)
+        try:
+            cluster.start()
+            break
+        except BaseException as error:
+            cluster.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+            if attempt == 2 or "address already in use" not in str(error):
+                raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if not os.environ.get("REVERIE_KEEP_CLUSTER_DIR"):
+            shutil.rmtree(workdir, ignore_errors=True)

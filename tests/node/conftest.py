@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tests.k8s_cluster import die_with_parent, free_port, missing_binaries
+from tests.k8s_cluster import die_with_parent, free_port, missing_binaries, running
 from tests.node import cluster as node_cluster
 from tests.node.cluster import IMAGES, NODE_IP, NodeCluster
 from tests.s3server import S3Server, minio_binary
@@ -64,19 +64,8 @@ def node() -> Iterator[NodeCluster]:
         _unavailable("real node unavailable; missing: " + "; ".join(missing))
     node_cluster.clean_host()
     node_cluster.prepare_host()
-    workdir = Path(tempfile.mkdtemp(prefix="reverie-node-"))
-    running = NodeCluster(workdir)
-    try:
-        running.start()
-    except BaseException:
-        running.stop()
-        raise
-    try:
-        yield running
-    finally:
-        running.stop()
-        if not os.environ.get("REVERIE_KEEP_CLUSTER_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
+    with running(NodeCluster, prefix="reverie-node-") as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
