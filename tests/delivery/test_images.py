@@ -140,3 +140,13 @@ def test_image_extra_resolves_from_the_index(image: str, tmp_path: Path) -> None
 def _canonical(name: str) -> str:
     """PEP 503 name: prometheus_client and Prometheus-Client are one project."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("image", ["operator", "trainer"])
+def test_dependencies_are_a_layer_of_their_own_before_the_code(image: str) -> None:
+    # A code change must rebuild one small layer, not the dependencies (hack/build-images.sh relies on it).
+    steps = instructions(dockerfile(image))
+    code = next(i for i, (name, args) in enumerate(steps) if name == "COPY" and args.split()[0] == "operator/")
+    deps = next(i for i, (name, args) in enumerate(steps) if name == "RUN" and "pip install -r" in args)
+    assert deps < code, f"{image}: dependencies must be installed before COPY operator/"
+    assert not any(name == "COPY" and "operator" in args for name, args in steps[:deps])
