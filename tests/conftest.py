@@ -30,14 +30,13 @@ command, unless ``REVERIE_REQUIRE_CLUSTER`` is set (CI): then they fail.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.k8s_cluster import Cluster, die_with_parent, free_port, missing_binaries, running
+from tests.k8s_cluster import Cluster, die_with_parent, free_port, missing_binaries, running, unavailable
 
 from s3server import INSTALL_COMMAND, S3Server, minio_binary
 
@@ -82,10 +81,7 @@ def cluster() -> Iterator[Cluster]:
     """A real kube-apiserver (+ etcd, GC and namespace controllers) with Reverie's CRDs."""
     missing = missing_binaries()
     if missing:
-        message = "real control plane unavailable; missing: " + "; ".join(missing)
-        if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
-            pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
-        pytest.skip(message)
+        unavailable("real control plane unavailable; missing: " + "; ".join(missing))
     with running(Cluster, prefix="reverie-cluster-") as cluster:
         yield cluster
 
@@ -101,10 +97,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 def s3_server() -> Iterator[S3Server]:
     """A real S3 server (MinIO) on a free port of 127.0.0.1, for the session."""
     if not minio_binary().is_file():
-        message = f"real S3 server unavailable; missing: {minio_binary()} (build it: {INSTALL_COMMAND})"
-        if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
-            pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"real S3 server unavailable; missing: {minio_binary()} (build it: {INSTALL_COMMAND})")
     workdir = Path(tempfile.mkdtemp(prefix="reverie-s3-"))
     server = S3Server(workdir, port=free_port(), console_port=free_port(), preexec=die_with_parent)
     try:

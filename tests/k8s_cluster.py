@@ -40,12 +40,25 @@ BUILD_COMMAND = "bash hack/build-apiserver.sh"
 START_TIMEOUT_S = 60.0
 
 
+def cache_root() -> Path:
+    """Where the hack/ scripts cache what they build (binaries, images): outside the checkout."""
+    return Path(os.environ.get("REVERIE_CACHE", Path.home() / ".cache" / "reverie"))
+
+
 def k8s_bin_dir() -> Path:
-    """Where hack/build-apiserver.sh puts kube-apiserver and kube-controller-manager."""
+    """Where hack/build-apiserver.sh puts the Kubernetes binaries."""
     if explicit := os.environ.get("REVERIE_K8S_BIN"):
         return Path(explicit)
-    cache = Path(os.environ.get("REVERIE_CACHE", Path.home() / ".cache" / "reverie"))
-    return cache / f"k8s-{K8S_VERSION}" / "bin"
+    return cache_root() / f"k8s-{K8S_VERSION}" / "bin"
+
+
+def unavailable(message: str) -> None:
+    """Skip a test whose real server or binary is missing, or fail it in CI (``REVERIE_REQUIRE_CLUSTER``)."""
+    import pytest
+
+    if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
+        pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
+    pytest.skip(message)
 
 
 def etcd_binary() -> Path | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.k8s_cluster import Cluster, k8s_bin_dir
+from tests.k8s_cluster import Cluster, cache_root, k8s_bin_dir
 
 NODE_NAME = "reverie-node"
 NODE_IP = "10.88.0.1"
@@ -71,8 +71,8 @@ NODE_READY_TIMEOUT_S = 120.0
 
 
 def images_dir() -> Path:
-    cache = Path(os.environ.get("REVERIE_CACHE", Path.home() / ".cache" / "reverie"))
-    return cache / "images"
+    """Where hack/build-images.sh writes the image archives."""
+    return cache_root() / "images"
 
 
 def missing() -> list[str]:

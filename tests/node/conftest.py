@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tests.k8s_cluster import die_with_parent, free_port, missing_binaries, running
+from tests.k8s_cluster import die_with_parent, free_port, missing_binaries, running, unavailable
 from tests.node import cluster as node_cluster
 from tests.node.cluster import IMAGES, NODE_IP, NodeCluster
 from tests.s3server import S3Server, minio_binary
@@ -50,18 +49,12 @@ def wait_for(check: Callable[[], T | None], *, what: str, timeout: float = 120.0
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("REVERIE_REQUIRE_CLUSTER"):
-        pytest.fail(message + " (REVERIE_REQUIRE_CLUSTER is set)", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def node() -> Iterator[NodeCluster]:
     """A real one-node Kubernetes: pods run from the project's images under a real kubelet."""
     missing = missing_binaries() + node_cluster.missing()
     if missing:
-        _unavailable("real node unavailable; missing: " + "; ".join(missing))
+        unavailable("real node unavailable; missing: " + "; ".join(missing))
     node_cluster.clean_host()
     node_cluster.prepare_host()
     with running(NodeCluster, prefix="reverie-node-") as cluster:
@@ -72,7 +65,7 @@ def node() -> Iterator[NodeCluster]:
 def node_s3() -> Iterator[S3Server]:
     """MinIO listening on the node's address, so pods reach it over the bridge."""
     if not minio_binary().is_file():
-        _unavailable(f"real S3 server unavailable; missing: {minio_binary()}")
+        unavailable(f"real S3 server unavailable; missing: {minio_binary()}")
     workdir = Path(tempfile.mkdtemp(prefix="reverie-node-s3-"))
     server = S3Server(
         workdir,
@@ -116,7 +109,7 @@ class Chart:
         return running[0]
 
 
-def install_webhook_tls(node: NodeCluster, namespace: str, release: str, workdir: Path) -> str:
+def install_webhook_tls(node: NodeCluster, namespace: str, release: str) -> str:
     """The serving certificate cert-manager would issue for the chart's webhook Service, as a Secret; its CA, base64."""
     service = f"{release}-webhook"
     cert, key = node.ca.issue(
@@ -133,7 +126,7 @@ def chart(node: NodeCluster) -> Iterator[Chart]:
     """``helm install`` of charts/reverie: the operator as its Deployment's pod, the webhook on."""
     node.kubectl("create", "namespace", SYSTEM_NAMESPACE)
     node.wait_for_default_service_account(SYSTEM_NAMESPACE)
-    ca_bundle = install_webhook_tls(node, SYSTEM_NAMESPACE, RELEASE, node.workdir)
+    ca_bundle = install_webhook_tls(node, SYSTEM_NAMESPACE, RELEASE)
     repository, tag = IMAGES["operator"].rsplit(":", 1)
     done = subprocess.run(
         [
