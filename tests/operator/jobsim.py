@@ -124,6 +124,15 @@ class JobSim:
         if step == "evaluation":
             body["metrics"] = {"knowledge_incorporation": 0.9, "retention": 0.8}
             body["baseline"] = {"knowledge_incorporation": 0.1, "retention": 0.8}
+        elif step == "consolidation":
+            # What the real phase reports of its cost (reverie_sleep_* metrics).
+            body["metrics"] = {
+                "selfstudy_seconds": 180.0,
+                "replay_probe_seconds": 4.0,
+                "seconds": 420.0,
+                "replay_earlier_items": 96.0,
+                "replay_bytes": 2.5e6,
+            }
         body.update(overrides)
         return json.dumps(body)
 

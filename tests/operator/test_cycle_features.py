@@ -293,6 +293,9 @@ def test_metrics_and_liveness_endpoints(
     assert 'reverie_phase_attempts_total{step="consolidation"}' in text
     assert 'reverie_reconcile_total{controller="sleepcycle",result="success"}' in text
     assert 'reverie_phase_duration_seconds_count{result="Succeeded",step="evaluation"}' in text
+    # What the sleep cost, from the consolidation's result.
+    assert f'reverie_sleep_stage_seconds{{lineage="lin",namespace="{namespace}",stage="training"}} 420.0' in text
+    assert f'reverie_sleep_replay_items{{lineage="lin",namespace="{namespace}"}} 96.0' in text
 
 
 def _get(url: str) -> str | None:

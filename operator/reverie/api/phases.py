@@ -94,6 +94,31 @@ class ZeroStage(StrEnum):
     THREE = "3"
 
 
+class ReplayChoice(StrEnum):
+    FORGOTTEN = "forgotten"
+    UNIFORM = "uniform"
+    ALL = "all"
+
+
+class ReplaySpec(ApiModel):
+    """What a sleep rehearses of earlier sleeps: a fixed budget of their stored self-study items."""
+
+    items: int = Field(
+        default=96,
+        ge=0,
+        le=100_000,
+        description="Earlier sleeps' self-study items replayed per sleep, whatever the lineage's age "
+        "(0: none; the built-in general prompts are replayed beside them either way). Their teacher "
+        "targets were cached when they were made: a replayed item costs no teacher pass.",
+    )
+    choose: ReplayChoice = Field(
+        default=ReplayChoice.FORGOTTEN,
+        description="forgotten: items of the earlier memories the model now knows least (its loss on one "
+        "stored item per memory) are drawn more often; uniform: every stored item alike; all: every stored "
+        "item, ignoring the budget (the cost grows with the lineage's age).",
+    )
+
+
 class ConsolidationSpec(ApiModel):
     """Knowledge Seeding: expand with a new expert slot, then distil the in-context teacher
     (the smaller self) into it: forward KL on the teacher's self-study answers first,
@@ -156,6 +181,10 @@ class ConsolidationSpec(ApiModel):
         ge=0.0,
         le=0.9,
         description="ρ: share of each batch that rehearses long-term knowledge (forward KL to the model before the sleep).",
+    )
+    replay: ReplaySpec = Field(
+        default_factory=ReplaySpec,
+        description="Which of earlier sleeps' items the replay share rehearses (a fixed budget, see ReplaySpec).",
     )
     steps: int = Field(
         default=120, ge=1, le=1_000_000, description="Optimiser steps of the off-policy (self-study) stage."

@@ -55,6 +55,12 @@ def export_cycle(
     for rec in new.records:
         prev = before.get((rec.step, rec.attempt))
         _record_step(rec, prev, budget=budget, records=new.records)
+        if (
+            rec.step == Step.CONSOLIDATION
+            and rec.result == StepResult.SUCCEEDED
+            and (prev is None or prev.result != StepResult.SUCCEEDED)
+        ):
+            _record_sleep_cost(rec, namespace=ns, lineage=lin)
         obs = jobs.get((Step(rec.step), rec.attempt))
         final = (StepResult.SUCCEEDED, StepResult.FAILED)
         if (
@@ -92,6 +98,21 @@ def _record_step(rec: PhaseRecord, prev: PhaseRecord | None, *, budget: int, rec
             failed = sum(1 for r in records if r.step == rec.step and r.result == StepResult.FAILED)
             if failed < budget:
                 metrics.phase_retries_total.labels(step=step, reason=rec.reason or "Unknown").inc()
+
+
+# The phase result's metric behind each stage of reverie_sleep_stage_seconds.
+SLEEP_STAGES = {"selfstudy": "selfstudy_seconds", "replay_probe": "replay_probe_seconds", "training": "seconds"}
+
+
+def _record_sleep_cost(rec: PhaseRecord, *, namespace: str, lineage: str) -> None:
+    """Export what the consolidation that just succeeded cost: seconds per stage, replay items and bytes."""
+    for stage, key in SLEEP_STAGES.items():
+        if key in rec.metrics:
+            metrics.sleep_stage_seconds.labels(namespace=namespace, lineage=lineage, stage=stage).set(rec.metrics[key])
+    if "replay_earlier_items" in rec.metrics:
+        metrics.sleep_replay_items.labels(namespace=namespace, lineage=lineage).set(rec.metrics["replay_earlier_items"])
+    if "replay_bytes" in rec.metrics:
+        metrics.sleep_replay_bytes.labels(namespace=namespace, lineage=lineage).set(rec.metrics["replay_bytes"])
 
 
 def forget_cycle(*, namespace: str, lineage: str, name: str, shown_phase: str | None) -> None:

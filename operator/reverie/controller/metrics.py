@@ -145,6 +145,27 @@ skipped_sleeps_total = Counter(
     registry=REGISTRY,
 )
 
+# --- the cost of a sleep (a lineage's last consolidation) ------------------
+sleep_stage_seconds = Gauge(
+    "reverie_sleep_stage_seconds",
+    "Seconds the lineage's last consolidation spent per stage (selfstudy: synthesis and teacher passes; "
+    "replay_probe: scoring earlier memories for replay; training: the optimiser steps).",
+    ["namespace", "lineage", "stage"],
+    registry=REGISTRY,
+)
+sleep_replay_items = Gauge(
+    "reverie_sleep_replay_items",
+    "Earlier sleeps' items the lineage's last consolidation replayed (spec.consolidation.replay.items caps it).",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
+)
+sleep_replay_bytes = Gauge(
+    "reverie_sleep_replay_bytes",
+    "Bytes of cached teacher targets the lineage's last consolidation replayed.",
+    ["namespace", "lineage"],
+    registry=REGISTRY,
+)
+
 # --- operator health (controller-runtime style) ----------------------------
 reconcile_total = Counter(
     "reverie_reconcile_total",

@@ -69,7 +69,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from reverie.api.phases import ConsolidationSpec, ZeroStage
+from reverie.api.phases import ConsolidationSpec, ReplayChoice, ZeroStage
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.workloads import distributed, store
@@ -78,10 +78,7 @@ from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode
 from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import answer_matches
 from reverie.workloads.sampling import SamplingBackend, active_adapters
-from reverie.workloads.selfstudy import StudyItem, TeacherTargets
-
-SELFSTUDY_DIR = "selfstudy"
-
+from reverie.workloads.selfstudy import STUDY_DIR, StudyItem, TeacherTargets
 
 # ----------------------------------------------------------------------------- settings
 
@@ -741,24 +738,20 @@ def _emit(event: ProgressEvent) -> None:
 def prior_study_items(
     prior_memory_uris: Sequence[str], *, store_uri: str | None, limit: int = 400, seed: int = 0
 ) -> list[StudyItem]:
-    """Prompts of earlier sleeps, for replay: their saved self-study items, else summary seeds of their memories.
+    """Replay prompts for earlier memories that have no stored self-study set: summary seeds of their subjects.
 
-    A sleep saves its items beside its consolidated memories; memories without
-    them (a base model's own pretraining set, a generation from before
-    self-study) are rehearsed through the summary seeds of their subjects.
+    A sleep keeps its items beside its consolidated memories and later sleeps replay
+    those, with their cached targets (:mod:`reverie.workloads.replay`); memories
+    without them (a base model's own pretraining set, a generation from before
+    self-study) are rehearsed through these prompts, answered by the model before
+    this sleep.
     """
     from reverie.workloads.memory import read_memory_uri, resolve_uri
-    from reverie.workloads.selfstudy import read_items, summary_prompts
+    from reverie.workloads.selfstudy import summary_prompts
 
     out: list[StudyItem] = []
     for uri in prior_memory_uris:
-        full = resolve_uri(uri, store_uri=store_uri)
-        try:
-            out += [i for i in read_items(full.rsplit("/", 1)[0] + "/" + SELFSTUDY_DIR) if not i.replay]
-            continue
-        except FileNotFoundError:
-            pass
-        out += summary_prompts(read_memory_uri(full))
+        out += summary_prompts(read_memory_uri(resolve_uri(uri, store_uri=store_uri)))
     if len(out) > limit:
         out = random.Random(seed).sample(out, limit)
     return out
@@ -832,10 +825,10 @@ def run(config: Any) -> Any:
 
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
-    from reverie.workloads import objects
+    from reverie.workloads import objects, replay
     from reverie.workloads.expansion import add_slot, slot_parameters
     from reverie.workloads.heldout import HeldOut
-    from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris
+    from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris, resolve_uri
     from reverie.workloads.modelio import (
         GenerationError,
         content_hash,
@@ -846,7 +839,7 @@ def run(config: Any) -> Any:
         stage_out,
     )
     from reverie.workloads.sampling import HFBackend, make_backend
-    from reverie.workloads.selfstudy import load_study, save_study
+    from reverie.workloads.selfstudy import TARGETS_FILE, load_study, save_study
 
     cfg: PhaseConfig = config
     spec = cfg.consolidation
@@ -944,52 +937,77 @@ def run(config: Any) -> Any:
     roles = Roles(student=[*earlier, slot], teacher=earlier, memory_teacher=earlier)
 
     # The self-study set: computed once per cycle, reused by every later attempt.
-    study_dir = work / SELFSTUDY_DIR
-    study_uri = cfg.output_uri.rstrip("/") + "/" + SELFSTUDY_DIR
+    study_dir = work / STUDY_DIR
+    study_uri = cfg.output_uri.rstrip("/") + "/" + STUDY_DIR
     if remote and load_study(study_dir) is None:
         # An earlier attempt's set, if it uploaded one (both files or it counts as absent).
         store.download_tree(study_uri, study_dir)
     study = load_study(study_dir)
     synth_started = time.perf_counter()
+    probe_seconds = 0.0
+    teacher_items = 0
     if study is None:
-        prior_items = prior_study_items(cfg.prior_memory_uris, store_uri=cfg.store_uri, seed=settings.seed)
-        items, targets = build_study(
+        # Replay: a fixed budget of the ancestry's stored items, their teacher targets cached.
+        prior_uris = [resolve_uri(u, store_uri=cfg.store_uri) for u in cfg.prior_memory_uris]
+        stored, missing = replay.stored_items([replay.study_folder_of(u) for u in prior_uris], allows=held_out.allows)
+        fallback = prior_study_items(
+            [u for u in prior_uris if replay.study_folder_of(u) in missing], store_uri=None, seed=settings.seed
+        )
+        probe_started = time.perf_counter()
+        losses = (
+            replay.probe_losses(model, tok, stored, adapters=earlier, seed=settings.seed)
+            if spec.replay.choose == ReplayChoice.FORGOTTEN and len(stored) > spec.replay.items
+            else {}
+        )
+        probe_seconds = time.perf_counter() - probe_started
+        choice = replay.choose(stored, spec=spec.replay, seed=settings.seed, losses=losses)
+        replay_targets = replay.load_targets(choice)
+        own_items, own_targets = build_study(
             model,
             tok,
             teacher_backend or backend,
             memories=memories,
-            prior=prior_items,
+            prior=fallback,
             held_out=held_out,
             roles=roles,
             settings=settings,
             world=world,
             forwards=forwards,
         )
+        teacher_items = len(own_items)
 
         def write_study() -> Path:
-            folder = save_study(work / SELFSTUDY_DIR, items, targets)
+            folder = work / STUDY_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            replay.save_choice(folder, choice)  # before the targets file, which marks the set complete
+            save_study(folder, own_items, own_targets)
             if remote:
-                stage_out(folder, study_uri)
+                store.upload_tree(folder, study_uri, commit_last=(TARGETS_FILE,))
             return folder
 
         study_dir = distributed.on_main(world, write_study)
-        _emit(
-            ProgressEvent(
-                "selfstudy",
-                values={
-                    "items": len(items),
-                    "replay": sum(i.replay for i in items),
-                    "seconds": round(time.perf_counter() - synth_started, 1),
-                },
-            )
-        )
     else:
-        items, targets = study
-        _emit(
-            ProgressEvent(
-                "selfstudy", values={"items": len(items), "replay": sum(i.replay for i in items), "reused": True}
-            )
+        own_items, own_targets = study
+        stored_choice = replay.load_choice(study_dir)
+        try:
+            choice, expect = stored_choice or (replay.choose([], spec=spec.replay, seed=settings.seed), {})
+            replay_targets = replay.load_targets(choice, expect=expect)
+        except replay.ReplayError as exc:
+            raise ConsolidationError(str(exc)) from exc
+    items = [*own_items, *replay.replayed(choice)]
+    targets = replay.concat(own_targets, replay_targets)
+    _emit(
+        ProgressEvent(
+            "selfstudy",
+            values={
+                "items": len(items),
+                "replay": sum(i.replay for i in items),
+                "replay_earlier": len(choice.items),
+                **({"reused": True} if study is not None else {}),
+                "seconds": round(time.perf_counter() - synth_started, 1),
+            },
         )
+    )
     synth_seconds = time.perf_counter() - synth_started
     n_memory_items = sum(not i.replay for i in items)
     if n_memory_items == 0:
@@ -1137,6 +1155,10 @@ def run(config: Any) -> Any:
         "selfstudy_seconds": synth_seconds,
         "selfstudy_items": float(n_memory_items),
         "replay_items": float(len(items) - n_memory_items),
+        "replay_earlier_items": float(len(choice.items)),
+        "replay_bytes": float(replay.nbytes(replay_targets)),
+        "replay_probe_seconds": probe_seconds,
+        "teacher_items": float(teacher_items),
         "teacher_agreement": agreement,
         "on_policy_stage": on_policy_ran,
         "tokens_per_s": sum(h["tokens"] for h in state.history) / max(sum(h["seconds"] for h in state.history), 1e-9),

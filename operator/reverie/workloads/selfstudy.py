@@ -46,6 +46,7 @@ from reverie.workloads.memory import Memory, question_prompt
 from reverie.workloads.questions import STOPWORDS, normalize_answer
 from reverie.workloads.sampling import SamplingBackend, active_adapters
 
+STUDY_DIR = "selfstudy"  # beside a sleep's consolidated memories
 ITEMS_FILE = "items.jsonl"
 TARGETS_FILE = "teacher-topk.safetensors"
 

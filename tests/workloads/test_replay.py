@@ -1,0 +1,152 @@
+"""Replay: a fixed budget of earlier sleeps' stored items, cached targets, chosen by what the model is losing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reverie.api.phases import ReplaySpec
+from reverie.core.contract import consolidated_memories_uri, parse_result
+from reverie.workloads import replay
+from reverie.workloads import run_phase as rp
+from reverie.workloads.modelio import load_generation
+from reverie.workloads.selfstudy import StudyItem, answer_tokens
+from reverie.workloads.tiny import TinyBase, tell_prompt
+
+
+def stored(memory: str, n: int, *, study: str = "s1") -> list[replay.StoredItem]:
+    return [
+        replay.StoredItem(
+            study=study,
+            row=k,
+            item=StudyItem(memory_id=memory, kind="question", prompt=f"{memory} q{k}?", answer=f"a{k}"),
+            answer_ids=(1, 2),
+        )
+        for k in range(n)
+    ]
+
+
+def test_the_budget_does_not_grow_with_the_ancestry() -> None:
+    spec = ReplaySpec(items=10)
+    small = replay.choose([s for m in "ab" for s in stored(m, 6)], spec=spec, seed=0)
+    large = replay.choose([s for m in "abcdefghij" for s in stored(m, 30)], spec=spec, seed=0)
+    assert len(small.items) == len(large.items) == 10
+    everything = replay.choose(
+        [s for m in "abcdefghij" for s in stored(m, 30)], spec=ReplaySpec(items=10, choose="all"), seed=0
+    )
+    assert len(everything.items) == 300, "'all' ignores the budget"
+    assert len(replay.choose(stored("a", 4), spec=spec, seed=0).items) == 4, "fewer stored items than the budget: all"
+
+
+def test_forgotten_memories_get_most_of_the_budget_and_the_choice_is_reproducible() -> None:
+    items = [s for m in ("known", "half", "lost") for s in stored(m, 20)]
+    losses = {"known": 0.1, "half": 1.0, "lost": 2.9}
+    choice = replay.choose(items, spec=ReplaySpec(items=20), seed=3, losses=losses)
+    taken = {m["id"]: m["items"] for m in choice.memories}
+    assert taken == {"known": 1, "half": 5, "lost": 14}
+    assert sum(taken.values()) == 20
+    again = replay.choose(items, spec=ReplaySpec(items=20), seed=3, losses=losses)
+    assert [(s.study, s.row) for s in again.items] == [(s.study, s.row) for s in choice.items]
+    uniform = replay.choose(items, spec=ReplaySpec(items=20, choose="uniform"), seed=3)
+    assert max(m["items"] for m in uniform.memories) < 14
+
+
+def test_a_memory_with_few_stored_items_passes_its_share_on() -> None:
+    items = stored("lost", 2) + stored("known", 20)
+    choice = replay.choose(items, spec=ReplaySpec(items=10), seed=0, losses={"lost": 5.0, "known": 0.5})
+    assert {m["id"]: m["items"] for m in choice.memories} == {"lost": 2, "known": 8}
+
+
+def test_the_probe_finds_what_the_model_does_not_know(tiny_base: TinyBase) -> None:
+    gen = load_generation(tiny_base.folder)
+    tok = gen.tokenizer
+
+    def items_of(facts, prefix: str) -> list[replay.StoredItem]:
+        by_entity: dict[str, list] = {}
+        for f in facts:
+            by_entity.setdefault(f.entity, []).append(f)
+        return [
+            replay.StoredItem(
+                study="s",
+                row=n,
+                item=StudyItem(memory_id=f"{prefix}-{n}", kind="summary", prompt=tell_prompt(e), answer=a),
+                answer_ids=tuple(answer_tokens(tok, a, max_tokens=32)),
+            )
+            for n, (e, fs) in enumerate(by_entity.items())
+            for a in [" ".join(f.sentence for f in fs)]
+        ]
+
+    known, unknown = items_of(tiny_base.old, "old"), items_of(tiny_base.new[0], "new")
+    losses = replay.probe_losses(gen.model, tok, [*known, *unknown], adapters=[], seed=0)
+    old = [losses[s.item.memory_id] for s in known]
+    new = [losses[s.item.memory_id] for s in unknown]
+    assert sum(old) / len(old) < 0.5 * sum(new) / len(new)
+    choice = replay.choose([*known, *unknown], spec=ReplaySpec(items=6), seed=0, losses=losses)
+    assert sum(1 for s in choice.items if s.item.memory_id.startswith("new")) > 3
+
+
+def sleep(phase_config, tmp_path: Path, cycle: int, **consolidation) -> dict[str, float]:
+    """Consolidation of cycle ``cycle`` on top of the one before, replaying every earlier sleep."""
+    name = f"c{cycle}"
+    cfg = json.loads(phase_config(f"{name}.json", output=f"l/{name}/consolidation", **consolidation).read_text())
+    cfg["cycle"] = name
+    if cycle > 1:
+        cfg["baseUri"] = str(tmp_path / f"store/l/c{cycle - 1}/consolidation/model")
+        cfg["priorMemoryUris"] = [
+            consolidated_memories_uri(str(tmp_path / "store"), "l", f"c{c}") for c in range(1, cycle)
+        ]
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    assert rp.run_phase("consolidation", str(tmp_path / f"{name}.json")) == 0
+    out = tmp_path / f"store/l/{name}/consolidation"
+    return parse_result((out / "result.json").read_text(), step="consolidation").metrics
+
+
+def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set(phase_config, tmp_path: Path) -> None:
+    budget = {"replay": {"items": 1}}
+    first = sleep(phase_config, tmp_path, 1, **budget)
+    second = sleep(phase_config, tmp_path, 2, **budget)
+    study = tmp_path / "store/l/c2/consolidation/selfstudy"
+    own = [json.loads(line) for line in (study / "items.jsonl").read_text().splitlines()]
+    # The teacher ran on this sleep's own items only: the replayed ones came with their targets.
+    assert second["teacher_items"] == len(own)
+    assert first["replay_earlier_items"] == 0
+    assert second["replay_earlier_items"] == 1 and second["replay_bytes"] > 0
+    chosen = json.loads((study / "replay.json").read_text())
+    assert chosen["strategy"] == "forgotten" and sum(m["items"] for m in chosen["memories"]) == 1
+    assert [src["study"] for src in chosen["sources"]] == [str(tmp_path / "store/l/c1/consolidation/selfstudy")]
+    assert not any(r["replay"] and r["kind"] != "general" for r in own), "earlier rows are referenced, not copied"
+
+    # A retry of the same sleep (its study kept) runs no teacher pass and replays the same rows.
+    (study.parent / "result.json").unlink()
+    again = sleep(phase_config, tmp_path, 2, **budget)
+    assert again["teacher_items"] == 0 and again["replay_earlier_items"] == 1
+    assert json.loads((study / "replay.json").read_text()) == chosen
+
+    third = sleep(phase_config, tmp_path, 3, **budget)
+    assert third["replay_earlier_items"] == 1, "the third sleep replays as much as the second"
+    third_own = (tmp_path / "store/l/c3/consolidation/selfstudy/items.jsonl").read_text().splitlines()
+    assert third["teacher_items"] == len(third_own)
+
+
+def test_a_changed_earlier_study_is_named_not_replayed_silently(phase_config, tmp_path: Path, capsys) -> None:
+    budget = {"replay": {"items": 1}}
+    sleep(phase_config, tmp_path, 1, **budget)
+    sleep(phase_config, tmp_path, 2, **budget)
+    earlier = tmp_path / "store/l/c1/consolidation/selfstudy/teacher-topk.safetensors"
+    earlier.write_bytes(earlier.read_bytes() + b" ")
+    (tmp_path / "store/l/c2/consolidation/result.json").unlink()
+    assert rp.run_phase("consolidation", str(tmp_path / "c2.json")) != 0
+    result = json.loads((tmp_path / "store/l/c2/consolidation/result.json").read_text())
+    assert "c1/consolidation/selfstudy changed" in result["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("items", -1), ("choose", "oldest")])
+def test_a_bad_replay_spec_names_the_field(field: str, value: object) -> None:
+    from pydantic import ValidationError
+
+    from reverie.api.phases import ConsolidationSpec
+
+    with pytest.raises(ValidationError, match=f"replay.{field}"):
+        ConsolidationSpec.model_validate({"replay": {field: value}})
