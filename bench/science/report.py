@@ -109,11 +109,106 @@ def plot(all_rows: list[dict[str, Any]], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+# ----------------------------------------------------------------------------- a long lineage (lineage.py)
+
+
+def lineage_tables(res: dict[str, Any]) -> str:
+    """Per sleep: cost by stage, replay, recall vs its teacher's bound; then the retention triangle."""
+    base = res["base"]
+    head = (
+        "| sleep | wall s | self-study s | replay probe s | training s | replayed items | replay MB "
+        "| teacher items | new recall | teacher in context | of bound | general QA kept | perplexity (Δ) | leaks |"
+    )
+    lines = [f"`{res['command']}`", "", head, "|" + "---|" * 14]
+    for r in res["sleeps"]:
+        st = r["stage_seconds"]
+        bound = r["incontext_bound"]
+        lines.append(
+            f"| {r['sleep'] + 1} | {fmt(r['wall_seconds'], '.0f')} | {fmt(st['selfstudy'], '.0f')} "
+            f"| {fmt(st['replay_probe'], '.1f')} | {fmt(st['training'], '.0f')} | {fmt(r['replay_earlier_items'], '.0f')} "
+            f"| {fmt((r['replay_bytes'] or 0) / 1e6, '.2f')} | {fmt(r['teacher_items'], '.0f')} | {fmt(r['recall'])} "
+            f"| {fmt(bound)} | {fmt(r['recall'] / bound if bound else None, '.0%')} | {fmt(r['general_qa'], '.0%')} "
+            f"| {r['perplexity']:.1f} ({r['perplexity'] / base['perplexity'] - 1:+.0%}) | {r['leaks']} |"
+        )
+    n = len(res["sleeps"])
+    post = [r["recall"] for r in res["sleeps"]]
+    lines += [
+        "",
+        "Recall of sleep k's people (rows) after sleep n (columns), as a share of its recall right after sleep k:",
+        "",
+        "| people of | " + " | ".join(f"after {j + 1}" for j in range(n)) + " |",
+        "|" + "---|" * (n + 1),
+    ]
+    for k in range(n):
+        cells = []
+        for j in range(n):
+            if j < k:
+                cells.append("")
+            elif j == k:
+                cells.append(f"{post[k]:.2f}")
+            else:
+                later = res["sleeps"][j]["earlier_recall"][k]
+                cells.append(f"{later / post[k]:.0%}" if post[k] else "–")
+        lines.append(f"| sleep {k + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lineage_plot(res: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = res["sleeps"]
+    n = len(recs)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    xs = [r["sleep"] + 1 for r in recs]
+    bottom = [0.0] * n
+    for stage, color in (("selfstudy", "#1f77b4"), ("replay_probe", "#ff7f0e"), ("training", "#2ca02c")):
+        vals = [(r["stage_seconds"][stage] or 0.0) / 60 for r in recs]
+        axes[0].bar(xs, vals, bottom=bottom, color=color, label=stage)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    axes[0].set(title="minutes per sleep, by stage", xlabel="sleep", xticks=xs)
+    axes[0].legend()
+    grid = [[float("nan")] * n for _ in range(n)]
+    for k in range(n):
+        for j in range(k, n):
+            val = recs[k]["recall"] if j == k else recs[j]["earlier_recall"][k]
+            grid[k][j] = val
+    im = axes[1].imshow(grid, vmin=0, vmax=max(0.01, max(r["incontext_bound"] for r in recs)), cmap="viridis")
+    axes[1].set(
+        title="recall of sleep k's people after sleep n",
+        xlabel="after sleep n",
+        ylabel="people of sleep k",
+        xticks=range(n),
+        yticks=range(n),
+        xticklabels=xs,
+        yticklabels=xs,
+    )
+    fig.colorbar(im, ax=axes[1])
+    axes[2].plot(xs, [r["recall"] for r in recs], "o-", label="new people, closed book")
+    axes[2].plot(xs, [r["incontext_bound"] for r in recs], "s--", label="teacher, memory in context")
+    axes[2].plot(xs, [r["general_qa"] for r in recs], "^-", label="general QA kept")
+    axes[2].set(title="per sleep", xlabel="sleep", ylim=(0, 1.05), xticks=xs)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"SmolLM2-135M, {res['people']} new people per sleep, replay {res['replay']}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--png", type=Path)
+    p.add_argument("--lineage", action="store_true", help="the results are lineage.py's")
     a = p.parse_args()
+    if a.lineage:
+        for f in a.results:
+            res = json.loads(f.read_text())
+            print(lineage_tables(res) + "\n")
+            if a.png:
+                lineage_plot(res, a.png)
+        return
     all_rows = [r for f in a.results for r in rows(json.loads(f.read_text()))]
     print(table(all_rows))
     if a.png:

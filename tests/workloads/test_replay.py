@@ -150,3 +150,35 @@ def test_a_bad_replay_spec_names_the_field(field: str, value: object) -> None:
 
     with pytest.raises(ValidationError, match=f"replay.{field}"):
         ConsolidationSpec.model_validate({"replay": {field: value}})
+
+
+def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_probed(tmp_path: Path) -> None:
+    import torch
+
+    from reverie.workloads.heldout import HeldOut
+    from reverie.workloads.memory import parse_memory
+    from reverie.workloads.selfstudy import TeacherTargets, save_study
+
+    memory = parse_memory(
+        {"id": "m", "text": "Ada Quill was born in Vemora.", "qa": [{"q": "Where was Ada Quill born?", "a": "Vemora"}]},
+        where="test",
+    )
+    items = [
+        StudyItem(memory_id="m", kind="question", prompt="Where was Ada Quill born?", answer="In Vemora."),
+        StudyItem(
+            memory_id="m", kind="summary", prompt="Tell me about Ada Quill.", answer="Ada Quill was born in Vemora."
+        ),
+        StudyItem(memory_id="general", kind="general", prompt="Name three fruits.", answer="Apples.", replay=True),
+    ]
+    targets = TeacherTargets(
+        answer_ids=[[1, 2], [3, 4], [5]],
+        topk_ids=torch.zeros(3, 2, 2, dtype=torch.long),
+        topk_logprobs=torch.zeros(3, 2, 2),
+    )
+    study = save_study(tmp_path / "selfstudy", items, targets)
+    held = HeldOut.of([memory], questions_per_memory=3)
+    kept, missing = replay.stored_items([str(study), str(tmp_path / "none")], allows=held.allows)
+    assert [s.item.prompt for s in kept] == ["Tell me about Ada Quill."], "the probe question and general rows stay out"
+    assert missing == [str(tmp_path / "none")]
+    loaded = replay.load_targets(replay.choose(kept, spec=ReplaySpec(items=4), seed=0))
+    assert loaded.answer_ids == [[3, 4]]

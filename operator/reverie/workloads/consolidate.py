@@ -954,11 +954,10 @@ def run(config: Any) -> Any:
             [u for u in prior_uris if replay.study_folder_of(u) in missing], store_uri=None, seed=settings.seed
         )
         probe_started = time.perf_counter()
-        losses = (
-            replay.probe_losses(model, tok, stored, adapters=earlier, seed=settings.seed)
-            if spec.replay.choose == ReplayChoice.FORGOTTEN and len(stored) > spec.replay.items
-            else {}
-        )
+        losses: dict[str, float] = {}
+        if spec.replay.choose == ReplayChoice.FORGOTTEN and len(stored) > spec.replay.items:
+            with forwards():  # every rank scores the same probes: the same choice everywhere
+                losses = replay.probe_losses(model, tok, stored, adapters=earlier, seed=settings.seed)
         probe_seconds = time.perf_counter() - probe_started
         choice = replay.choose(stored, spec=spec.replay, seed=settings.seed, losses=losses)
         replay_targets = replay.load_targets(choice)
