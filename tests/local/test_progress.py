@@ -64,6 +64,17 @@ def test_live_progress_reads_only_new_text_and_tolerates_a_torn_last_line(tmp_pa
     assert prog.eta_seconds is not None and prog.eta_seconds >= 0
 
 
+def test_the_eta_comes_with_the_first_measured_step(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    prog = JobProgress(log)
+    _write(log, {"event": "start", "totalSteps": 120, "resume_step": 0})
+    prog.update()
+    assert prog.eta_seconds is None, "no step measured yet"
+    _write(log, {"event": "progress", "step": 10, "totalSteps": 120, "loss": 2.0})
+    prog.update()
+    assert prog.eta_seconds is not None and prog.eta_seconds >= 0
+
+
 def test_what_a_phase_emits_is_what_the_reader_reads(tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     event = ProgressEvent(phase="dreaming", step=3, total_steps=9, checkpoint="/s/ckpt-3", values={"loss": 0.5})

@@ -100,9 +100,11 @@ class RichObserver(Observer):
                     continue
                 self.last_line[name], self.last_line_at[name] = where, self.last_plain
                 loss = f" loss {prog.loss:.4f}" if prog.loss is not None and math.isfinite(prog.loss) else ""
+                # One line each, never wrapped mid-word by a log's 80 columns.
                 self.console.print(
                     f"  {name}: step {prog.step if prog.step is not None else '–'}/{prog.total or '?'}{loss} "
-                    f"ETA {_eta(prog.eta_seconds)} elapsed {_eta(self.last_plain - self.started[name])}"
+                    f"ETA {_eta(prog.eta_seconds)} elapsed {_eta(self.last_plain - self.started[name])}",
+                    soft_wrap=True,
                 )
 
     def close(self) -> None:

@@ -149,6 +149,11 @@ class JobProgress:
         total = total_of(obj)
         if total:
             self.total = total
+        if obj.get("event") == "start":
+            # Training starts here: the first measured step already gives a rate (and an ETA).
+            start = ProgressEvent.from_json(obj).values.get("resume_step", 0)
+            self._rate_anchor = (time.monotonic(), int(start) if isinstance(start, int | float) else 0)
+            return
         losses = losses_of(obj)
         if "loss" in losses:
             self.loss = losses["loss"]
