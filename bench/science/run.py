@@ -91,7 +91,7 @@ def general_qa_correct(model: Any, tok: Any, items: list[tuple[str, str]]) -> li
 
 
 def perplexity(model: Any, tok: Any, texts: list[str]) -> float:
-    from reverie.workloads.evaluate import text_nll
+    from reverie.workloads.lm import text_nll
 
     nll = text_nll(model, tok, texts)
     return math.exp(sum(s for s, _ in nll) / max(1, sum(n for _, n in nll)))

@@ -241,6 +241,7 @@ class ModelScorer:
 
     def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
         from reverie.workloads import distributed
+        from reverie.workloads.lm import text_nll
 
         if not self.world.distributed:
             return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
@@ -255,34 +256,6 @@ class ModelScorer:
             )
         ]
         return distributed.merge_indexed(self.world, len(texts), mine)
-
-
-def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[tuple[float, int]]:
-    """Summed next-token NLL (nats) and scored-token count of each text (its first token is context)."""
-    import torch
-
-    out: list[tuple[float, int]] = []
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-            target = ids[:, 1:]
-            valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                target.reshape(-1),
-                reduction="none",
-            ).view_as(target)
-            for row in range(ids.shape[0]):
-                out.append((float(nll[row][valid[row]].sum()), int(valid[row].sum())))
-    model.train(was_training)
-    return out
 
 
 # --------------------------------------------------------------------------- #

@@ -130,3 +130,34 @@ def target_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]
         logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
     ).view_as(target)
     return [float(x) for x in -nll.sum(-1)]
+
+
+@torch.no_grad()
+def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[tuple[float, int]]:
+    """Summed next-token NLL (nats) and scored-token count of each text (its first token is context)."""
+    out: list[tuple[float, int]] = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        logits = next_token_logits(model, ids, mask)
+        target = ids[:, 1:]
+        valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view_as(target)
+        for row in range(ids.shape[0]):
+            out.append((float(nll[row][valid[row]].sum()), int(valid[row].sum())))
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def completion_nll(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]]
+) -> list[tuple[float, int]]:
+    """Summed NLL (nats) of each completion after its prompt, and its token count (one batch)."""
+    logits, mask, targets = completion_logits(model, tokenizer, prompts, completions)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") * mask
+    return [(float(n), int(m)) for n, m in zip(nll.sum(1).tolist(), mask.sum(1).tolist(), strict=True)]

@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from reverie.api.phases import ReplayChoice, ReplaySpec
 from reverie.workloads import store
-from reverie.workloads.lm import completion_logits, encode
+from reverie.workloads.lm import completion_nll, encode
 from reverie.workloads.memory import question_prompt
 from reverie.workloads.sampling import active_adapters
 from reverie.workloads.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
@@ -174,16 +173,14 @@ def probe_losses(
     with active_adapters(model, list(adapters)):
         for start in range(0, len(probes), batch_size):
             chunk = probes[start : start + batch_size]
-            logits, mask, targets = completion_logits(
+            nll = completion_nll(
                 model,
                 tokenizer,
                 [encode(tokenizer, question_prompt(tokenizer, s.item.prompt)) for s in chunk],
                 [list(s.answer_ids) for s in chunk],
             )
-            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") * mask
-            per_row = nll.sum(1) / mask.sum(1).clamp(min=1)
-            for s, loss in zip(chunk, per_row.tolist(), strict=True):
-                out[s.item.memory_id] = float(loss)
+            for s, (total, n) in zip(chunk, nll, strict=True):
+                out[s.item.memory_id] = total / max(1, n)
     model.train(was_training)
     return out
 
