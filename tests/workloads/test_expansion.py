@@ -13,7 +13,7 @@ from reverie.workloads.consolidate import (
     TorchTrainer,
     study_cues,
 )
-from reverie.workloads.expansion import add_slot, next_slot_name, slot_parameters
+from reverie.workloads.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
 from reverie.workloads.memory import parse_memory, question_prompt
 from reverie.workloads.modelio import load_generation
 from reverie.workloads.sampling import HFBackend
@@ -73,6 +73,33 @@ def test_earlier_slots_stay_active_and_frozen(tiny_base: TinyBase) -> None:
     assert (both - only_second).abs().max() > 1e-3
     with pytest.raises(ValueError, match="already exists"):
         add_slot(model, rank=4, target_modules=MLP, name=first)
+
+
+def test_folded_earlier_slots_compute_the_same_and_restore_the_exact_base(tiny_base: TinyBase) -> None:
+    gen = load_generation(tiny_base.folder)
+    model = gen.model
+    torch.manual_seed(0)
+    names = []
+    for _ in range(3):
+        model, name = add_slot(model, rank=4, target_modules=[*MLP, "q_proj"])
+        with torch.no_grad():
+            for p in slot_parameters(model, name).values():
+                p.add_(0.1 * torch.randn_like(p))
+        names.append(name)
+    earlier, new = names[:2], names[2]
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    unfolded = logits(model, gen.tokenizer)  # all three active
+    folded = FoldedSlots(model, earlier)
+    assert list(model.base_model.active_adapters) == [new], "folded slots are not counted twice"
+    assert torch.allclose(logits(model, gen.tokenizer), unfolded, atol=1e-4)
+    # The new slot still trains through the folded base.
+    loss = model(**batch(gen.tokenizer)).logits.pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in slot_parameters(model, new).values())
+    folded.restore()
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora_" not in n), "bit for bit"
+    model.base_model.set_adapter(names)
+    assert torch.allclose(logits(model, gen.tokenizer), unfolded, atol=1e-6)
 
 
 def test_knowledge_seeding_trains_only_the_new_slot(tiny_base: TinyBase) -> None:

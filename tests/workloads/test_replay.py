@@ -124,7 +124,11 @@ def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set
     assert again["teacher_items"] == 0 and again["replay_earlier_items"] == 1
     assert json.loads((study / "replay.json").read_text()) == chosen
 
+    area = tmp_path / "store/l/objects"
+    held = set(area.rglob("*"))
     third = sleep(phase_config, tmp_path, 3, **budget)
+    # Earlier slots were folded into the base for the sleep, and put back exactly: one new object, the slot.
+    assert len({p for p in area.rglob("*") if p.is_file()} - held) == 1
     assert third["replay_earlier_items"] == 1, "the third sleep replays as much as the second"
     third_own = (tmp_path / "store/l/c3/consolidation/selfstudy/items.jsonl").read_text().splitlines()
     assert third["teacher_items"] == len(third_own)

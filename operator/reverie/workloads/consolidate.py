@@ -826,11 +826,12 @@ def run(config: Any) -> Any:
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
     from reverie.workloads import checkpoint as ckpt
     from reverie.workloads import objects, replay
-    from reverie.workloads.expansion import add_slot, slot_parameters
+    from reverie.workloads.expansion import FoldedSlots, add_slot, slot_parameters
     from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris, resolve_uri
     from reverie.workloads.modelio import (
         GenerationError,
+        activate_slots,
         content_hash,
         is_remote,
         load_generation,
@@ -934,7 +935,14 @@ def run(config: Any) -> Any:
     teacher_backend = None
     if os.environ.get("REVERIE_TEACHER_BACKEND", "hf") == "vllm" and gen.folder is not None:
         teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)
-    roles = Roles(student=[*earlier, slot], teacher=earlier, memory_teacher=earlier)
+    # Earlier slots are frozen for the whole sleep: fold them into the base weights so every
+    # forward runs one slot, not all of them (restored exactly before the generation is saved).
+    folded: FoldedSlots | None = None
+    if earlier and zero == ZeroStage.NONE:
+        with contextlib.suppress(TypeError):  # a slot on an embedding stays a separate adapter
+            folded = FoldedSlots(model, earlier)
+    before_sleep = [] if folded else earlier  # the adapters that make the model before this sleep
+    roles = Roles(student=[*before_sleep, slot], teacher=before_sleep, memory_teacher=before_sleep)
 
     # The self-study set: computed once per cycle, reused by every later attempt.
     study_dir = work / STUDY_DIR
@@ -957,7 +965,7 @@ def run(config: Any) -> Any:
         losses: dict[str, float] = {}
         if spec.replay.choose == ReplayChoice.FORGOTTEN and len(stored) > spec.replay.items:
             with forwards():  # every rank scores the same probes: the same choice everywhere
-                losses = replay.probe_losses(model, tok, stored, adapters=earlier, seed=settings.seed)
+                losses = replay.probe_losses(model, tok, stored, adapters=roles.teacher, seed=settings.seed)
         probe_seconds = time.perf_counter() - probe_started
         choice = replay.choose(stored, spec=spec.replay, seed=settings.seed, losses=losses)
         replay_targets = replay.load_targets(choice)
@@ -1019,8 +1027,10 @@ def run(config: Any) -> Any:
     )
 
     qa, contexts = memory_qa(memories, limit=spec.recall_probes)
-    before = closed_book_recall(backend, tok, qa, adapters=earlier) if qa else float("nan")
-    teacher_score = closed_book_recall(backend, tok, qa, adapters=earlier, contexts=contexts) if qa else float("nan")
+    before = closed_book_recall(backend, tok, qa, adapters=roles.teacher) if qa else float("nan")
+    teacher_score = (
+        closed_book_recall(backend, tok, qa, adapters=roles.teacher, contexts=contexts) if qa else float("nan")
+    )
     _emit(
         ProgressEvent(
             "start",
@@ -1101,7 +1111,10 @@ def run(config: Any) -> Any:
         on_policy_ran = 1.0
     seconds = time.perf_counter() - started
     model.eval()
-    after = closed_book_recall(backend, tok, qa, adapters=[*earlier, slot]) if qa else float("nan")
+    after = closed_book_recall(backend, tok, qa, adapters=roles.student) if qa else float("nan")
+    if folded is not None:
+        folded.restore()
+        activate_slots(model, [*earlier, slot])
 
     ledger = dict(gen.ledger)
     ledger["slots"] = [

@@ -4,10 +4,15 @@ Each sleep adds a named PEFT LoRA adapter ``slot-<n>`` on the chosen MLP/attenti
 projections.  LoRA initialises its output side B to zero, so unlocking the slot
 changes no logit: the expanded student starts exactly where the teacher is.
 Earlier slots stay **active and frozen** (PEFT sums every active adapter's
-output, ``set_adapter([...])``); only the new slot trains.  We keep slots apart
-instead of merging earlier ones into the base so that a generation can be rolled
-back slot by slot and each slot stays a standard adapter vLLM can serve; the
-cost is one extra low-rank matmul per slot per layer, small next to the MLP.
+output, ``set_adapter([...])``); only the new slot trains.  A generation keeps
+its slots apart instead of merging them into the base, so that it can be rolled
+back slot by slot and each slot stays a standard adapter vLLM can serve.  Kept
+apart, each slot costs every forward two low-rank matmuls per projection (and
+PEFT's per-adapter Python), so a lineage's sleeps would slow down slot by slot:
+during a sleep :class:`FoldedSlots` adds the frozen earlier slots into the base
+weights once, the forwards run the new slot alone, and the exact base weights
+are put back before the generation is saved (its base files stay byte-identical,
+so a thin generation writes no new base object).
 
 The paper allocates future slots up front and masks them; adding an adapter per
 sleep is the same function (a masked slot with B = 0 contributes nothing) without
@@ -95,3 +100,52 @@ def freeze_all_but(model: Any, name: str) -> list[torch.nn.Parameter]:
     for n, p in model.named_parameters():
         p.requires_grad_(n in train)
     return list(train.values())
+
+
+class FoldedSlots:
+    """Frozen slots added into the base weights for the length of a phase; :meth:`restore` undoes it exactly.
+
+    While folded, the model with *no* adapter active computes what it computed with
+    ``names`` active (up to float rounding), at the cost of the base alone.  The
+    original weights of every touched layer are kept on the CPU and copied back
+    bit for bit.  Not for ZeRO-3 (its weights are partitioned across processes);
+    raises ``TypeError`` when a slot sits on a layer that is not linear (an embedding).
+    """
+
+    def __init__(self, model: Any, names: Sequence[str]) -> None:
+        from peft.tuners.lora import Linear as LoraLinear
+
+        from reverie.workloads.modelio import activate_slots
+
+        self.model = model
+        self.names = list(names)
+        self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+        from peft.tuners.lora import LoraLayer
+
+        if any(
+            isinstance(m, LoraLayer) and not isinstance(m, LoraLinear) and any(n in m.lora_A for n in self.names)
+            for m in model.modules()
+        ):
+            raise TypeError("only slots on linear layers can be folded into the base weights")
+        with torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, LoraLinear):
+                    continue
+                present = [n for n in self.names if n in module.lora_A]
+                if not present:
+                    continue
+                weight: torch.Tensor = module.get_base_layer().weight  # type: ignore[assignment]
+                self._originals.append((weight, weight.detach().to("cpu", copy=True)))
+                for n in present:
+                    weight += module.get_delta_weight(n).to(weight.dtype)
+        # The folded slots are in the weights now: activating them again would count them twice.
+        active = [a for a in model.base_model.active_adapters if a not in self.names]
+        if active:
+            activate_slots(model, active)
+
+    def restore(self) -> None:
+        """Put the exact base weights back (call before saving the generation)."""
+        with torch.no_grad():
+            for weight, original in self._originals:
+                weight.copy_(original.to(weight.device))
+        self._originals = []
