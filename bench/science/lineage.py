@@ -32,12 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Scorer, recall, run_phase, sleep_memories, write_jsonl  # noqa: E402
+from run import Scorer, cpu_setup, recall, run_phase, sleep_memories, write_jsonl  # noqa: E402
 
 
 def phase_result(work: Path) -> dict[str, Any] | None:
@@ -94,19 +92,12 @@ def main() -> None:
     spec = ConsolidationSpec.model_validate({**a.consolidation, "replay": a.replay})
     if a.steps is None:
         a.steps = spec.steps
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["OMP_NUM_THREADS"] = str(a.threads)
-    torch.set_num_threads(a.threads)
-    from transformers.utils import logging as hf_logging
-
+    base = cpu_setup(a.threads)
     from reverie.workloads.heldout import HeldOut
     from reverie.workloads.memory import parse_memory
     from reverie.workloads.modelio import load_generation
-    from reverie.workloads.pretrained import smollm2_folder
     from reverie.workloads.selfstudy import read_items
 
-    hf_logging.set_verbosity_error()
-    base = smollm2_folder()
     a.out.mkdir(parents=True, exist_ok=True)
     sleeps = sleep_memories(a.seed, a.sleeps, a.people)
     mem_files = [write_jsonl(a.out / "memories" / f"sleep-{c}.jsonl", s) for c, s in enumerate(sleeps)]

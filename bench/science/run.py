@@ -418,6 +418,19 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     }
 
 
+def cpu_setup(threads: int) -> Path:
+    """Offline, ``threads`` CPU threads, quiet transformers; returns the SmolLM2 base folder (no download)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    from reverie.workloads.pretrained import smollm2_folder
+
+    hf_logging.set_verbosity_error()
+    return smollm2_folder()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 seed, 1 sleep, arms reverie+sft (+ base, incontext)")
@@ -443,15 +456,7 @@ def main() -> None:
         from reverie.api.phases import ConsolidationSpec
 
         a.steps = ConsolidationSpec.model_validate(a.consolidation).steps
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["OMP_NUM_THREADS"] = str(a.threads)
-    torch.set_num_threads(a.threads)
-    from transformers.utils import logging as hf_logging
-
-    from reverie.workloads.pretrained import smollm2_folder
-
-    hf_logging.set_verbosity_error()
-    base = smollm2_folder()
+    base = cpu_setup(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["bench/science/run.py", *sys.argv[1:]])
     if a.step_cost:
