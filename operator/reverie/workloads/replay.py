@@ -39,7 +39,7 @@ import json
 import random
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import torch
 from reverie.api.phases import ReplayChoice, ReplaySpec
 from reverie.workloads import store
 from reverie.workloads.lm import completion_nll, encode
+from reverie.workloads.manifest import file_sha256
 from reverie.workloads.memory import question_prompt
 from reverie.workloads.sampling import active_adapters
 from reverie.workloads.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
@@ -268,14 +269,6 @@ def _local_file(uri: str, scratch: Path) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_targets(choice: Choice, *, expect: dict[str, str] | None = None) -> TeacherTargets:
     """The cached teacher targets of the chosen items, in their order; fills ``choice.studies`` with hashes.
 
@@ -299,7 +292,7 @@ def load_targets(choice: Choice, *, expect: dict[str, str] | None = None) -> Tea
         tables: dict[str, dict[str, torch.Tensor]] = {}
         for study in rows:
             path = _local_file(study.rstrip("/") + "/" + TARGETS_FILE, Path(scratch))
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if expect is not None and expect.get(study) != digest:
                 raise ReplayError(
                     f"replay: the stored study {study} changed since this sleep chose from it "
@@ -350,8 +343,6 @@ def nbytes(targets: TeacherTargets) -> int:
 
 def replayed(choice: Choice) -> list[StudyItem]:
     """The chosen items as this sleep's replay rows."""
-    from dataclasses import replace
-
     return [replace(s.item, replay=True) for s in choice.items]
 
 
