@@ -15,7 +15,7 @@ from reverie.api.sleepcycle import Step
 from reverie.controller.jobs import Owner, render
 from reverie.core.actions import CreateJob
 from reverie.core.contract import PhaseConfig
-from reverie.workloads.tiny import build_base_generation, memory_records, write_memories_jsonl
+from reverie.workloads.ml.tiny import build_base_generation, memory_records, write_memories_jsonl
 
 root = Path(sys.argv[1])
 root.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/distributed/step_time.py --steps 20 --batch 8
 
-Builds the tiny base generation (reverie.workloads.tiny), then runs the
+Builds the tiny base generation (reverie.workloads.ml.tiny), then runs the
 consolidation phase once per (processes, strategy) with ``torchrun
 --standalone --nproc-per-node N`` and reads the phase's own timing: the
 training wall time over the optimiser steps (``metrics.seconds / metrics.steps``,
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     args = ap.parse_args()
 
-    from reverie.workloads.tiny import build_base_generation, memory_records, write_memories_jsonl
+    from reverie.workloads.ml.tiny import build_base_generation, memory_records, write_memories_jsonl
 
     root = Path(tempfile.mkdtemp(prefix="reverie-bench-dist-"))
     base = build_base_generation(root / "g0", seed=0, steps=300)
@@ -82,7 +82,7 @@ def main() -> None:
                     "--nproc-per-node",
                     str(n),
                     "-m",
-                    "reverie.workloads.run_phase",
+                    "reverie.workloads.phases.run_phase",
                     "consolidation",
                     str(path),
                 ],

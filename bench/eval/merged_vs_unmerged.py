@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from reverie.core.contract import PhaseConfig
-from reverie.workloads import evaluate as ev
-from reverie.workloads.eval_sets import load_eval_sets
-from reverie.workloads.memory import load_memories, load_memory_uris
-from reverie.workloads.modelio import load_generation, stage_in
+from reverie.workloads.data.eval_sets import load_eval_sets
+from reverie.workloads.data.memory import load_memories, load_memory_uris
+from reverie.workloads.phases import evaluate as ev
+from reverie.workloads.store.modelio import load_generation, stage_in
 
 
 def main(state_dir: Path, cycle: str) -> None:

@@ -51,11 +51,11 @@ def main() -> None:
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
 
-    from reverie.workloads.consolidate import answer_cross_entropy, topk_forward_kl
-    from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.modelio import save_generation
-    from reverie.workloads.selfstudy import completion_logits
-    from reverie.workloads.tiny import build_tiny_model, build_tokenizer
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.ml.tiny import build_tiny_model, build_tokenizer
+    from reverie.workloads.phases.consolidate import answer_cross_entropy, topk_forward_kl
+    from reverie.workloads.phases.selfstudy import completion_logits
+    from reverie.workloads.store.modelio import save_generation
 
     words = [f"w{i}" for i in range(4000)]
     tok = build_tokenizer([" ".join(words[i : i + 40]) for i in range(0, 4000, 40)], vocab_size=8192)
@@ -116,7 +116,7 @@ def main() -> None:
     }
 
     # Generation: HF generate vs vLLM on the same prompts.
-    from reverie.workloads.sampling import HFBackend
+    from reverie.workloads.ml.sampling import HFBackend
 
     model.eval()
     texts = [tok.decode(p[:64]) for p in prompts] * (args.gen_prompts // args.batch + 1)
@@ -127,7 +127,7 @@ def main() -> None:
     hf_s = time.perf_counter() - t0
     out["hfTokensPerS"] = sum(len(t) for t in got.token_ids) / hf_s
     try:
-        from reverie.workloads.sampling import VLLMBackend
+        from reverie.workloads.ml.sampling import VLLMBackend
 
         folder = save_generation(model.float(), tok, Path(tempfile.mkdtemp()) / "g", slots=[slot])
         opt.state.clear()

@@ -24,8 +24,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dreaming", type=json.loads, default={}, help="DreamingSpec overrides (JSON, camelCase)")
     a = p.parse_args()
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.pretrained import smollm2_folder
+    from reverie.workloads.store.modelio import load_generation
+    from reverie.workloads.store.pretrained import smollm2_folder
 
     sleep = a.bench_out / f"seed-{a.seed}" / "reverie" / "sleep-0"
     cfg = json.loads((sleep / "consolidation.json").read_text())

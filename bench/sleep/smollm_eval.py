@@ -25,16 +25,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from reverie.api.phases import Suite
-from reverie.workloads import tiny
-from reverie.workloads.eval_sets import load_eval_sets
-from reverie.workloads.evaluate import ModelScorer, build_items, score_model
-from reverie.workloads.memory import parse_memory
-from reverie.workloads.modelio import load_generation
+from reverie.workloads.data.eval_sets import load_eval_sets
+from reverie.workloads.data.memory import parse_memory
+from reverie.workloads.ml import tiny
+from reverie.workloads.phases.evaluate import ModelScorer, build_items, score_model
+from reverie.workloads.store.modelio import load_generation
 
 
 def smollm_folder() -> Path:
     """The fp32 generation folder of SmolLM2-135M-Instruct (converted once from the packaged GGUF)."""
-    from reverie.workloads.pretrained import smollm2_folder
+    from reverie.workloads.store.pretrained import smollm2_folder
 
     return smollm2_folder()
 

@@ -67,7 +67,7 @@ def count_uploads() -> None:
 
 
 def stored_bytes(store_uri: str) -> int:
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     if store.is_remote(store_uri):
         return sum(f.size for f in store.list_tree(store_uri).values())
@@ -77,10 +77,10 @@ def stored_bytes(store_uri: str) -> int:
 
 def base_folder(name: str, workdir: Path) -> Path:
     if name == "smollm2":
-        from reverie.workloads.pretrained import smollm2_folder
+        from reverie.workloads.store.pretrained import smollm2_folder
 
         return smollm2_folder()
-    from reverie.workloads.tiny import build_base_generation
+    from reverie.workloads.ml.tiny import build_base_generation
 
     return build_base_generation(workdir / "tiny-g0", seed=0, steps=20).folder
 
@@ -88,7 +88,7 @@ def base_folder(name: str, workdir: Path) -> Path:
 def add_trained_slot(gen: Any, *, rank: int, target_modules: list[str], seed: int) -> tuple[Any, list[str]]:
     import torch
 
-    from reverie.workloads.expansion import add_slot, slot_parameters
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
 
     model, name = add_slot(gen.model, rank=rank, target_modules=target_modules, keep_active=list(gen.slots))
     torch.manual_seed(seed)
@@ -100,9 +100,9 @@ def add_trained_slot(gen: Any, *, rank: int, target_modules: list[str], seed: in
 
 def run_sleeps(base: Path, store_uri: str, *, thin: bool, sleeps: int) -> list[dict[str, Any]]:
     from reverie.api.phases import ConsolidationSpec, DreamingSpec
-    from reverie.workloads import manifest as mf
-    from reverie.workloads import objects, store
-    from reverie.workloads.modelio import load_generation, save_generation
+    from reverie.workloads.store import manifest as mf
+    from reverie.workloads.store import objects, store
+    from reverie.workloads.store.modelio import load_generation, save_generation
 
     consolidation, dreaming = ConsolidationSpec(), DreamingSpec()
     targets = list(consolidation.target_modules)

@@ -136,8 +136,14 @@ def test_no_module_imports_itself_round_a_circle() -> None:
 
 
 def _package_of(module: str) -> str:
-    # reverie.workloads.store → reverie.workloads; the top-level reverie/__init__ is its own node.
-    return ".".join(module.split(".")[:2])
+    # reverie.controller.kube → reverie.controller, and workloads' rooms are packages of their own:
+    # reverie.workloads.store.objects → reverie.workloads.store.  reverie/__init__ is its own node.
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[:2] == ["reverie", "workloads"] and len(parts) > 3 else parts[:2])
+
+
+# workloads' rooms, lowest first: a room imports only the rooms before it.
+WORKLOAD_ROOMS = ("store", "data", "ml", "phases")
 
 
 def test_no_package_imports_itself_round_a_circle() -> None:
@@ -169,3 +175,21 @@ def test_the_graph_sees_imports_inside_functions() -> None:
     graph = import_graph()
     # reverie.local.bootstrap imports reverie.workloads inside a function.
     assert "reverie.workloads" in graph["reverie.local.bootstrap"]
+
+
+def test_workload_rooms_import_only_downwards() -> None:
+    # store (bytes and generations) ← data (memories, questions) ← ml (models) ← phases (the sleep's steps).
+    rank = {f"reverie.workloads.{room}": n for n, room in enumerate(WORKLOAD_ROOMS)}
+    graph = import_graph()
+    upward = sorted(
+        f"{module} → {target}"
+        for module, targets in graph.items()
+        if _package_of(module) in rank
+        for target in targets
+        if _package_of(target) in rank and rank[_package_of(target)] > rank[_package_of(module)]
+    )
+    assert not upward, "a workloads room imports one above it (move the shared piece down):\n  " + "\n  ".join(upward)
+    rooms = {p.name for p in (PACKAGE_ROOT / "workloads").iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == set(WORKLOAD_ROOMS), f"workloads' rooms changed; give each a place in WORKLOAD_ROOMS: {rooms}"
+    loose = sorted(p.name for p in (PACKAGE_ROOT / "workloads").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside a workloads room: {loose}"

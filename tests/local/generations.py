@@ -18,9 +18,9 @@ def build(store: Path, lineage: str = "lin") -> tuple[Path, Path]:
     import torch
 
     from reverie.core.contract import consolidated_memories_uri
-    from reverie.workloads.expansion import add_slot, slot_parameters
-    from reverie.workloads.modelio import save_generation
-    from reverie.workloads.tiny import build_tiny_model, build_tokenizer, write_memories_jsonl
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.ml.tiny import build_tiny_model, build_tokenizer, write_memories_jsonl
+    from reverie.workloads.store.modelio import save_generation
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reverie.local.people import PEOPLE_PER_SESSION, is_builtin_people, session_people
-from reverie.workloads.memory import parse_memory
+from reverie.workloads.data.memory import parse_memory
 
 
 def _people(uri: str) -> list[dict]:

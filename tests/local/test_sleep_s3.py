@@ -28,8 +28,8 @@ import yaml
 
 from reverie.local.progress import first_step_per_launch, read_events
 from reverie.local.state import load_state
-from reverie.workloads import manifest as mf
-from reverie.workloads import staging, store
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import staging, store
 from s3server import S3Server
 
 # One cycle and two retried attempts in the module fixture: more than the default 600 s on a busy box.

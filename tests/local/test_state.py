@@ -15,7 +15,7 @@ from reverie.local.state import (
     save_state,
     state_lock,
 )
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 
 def _lineage() -> ModelLineage:

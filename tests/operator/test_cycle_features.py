@@ -225,7 +225,7 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
             "--max-restarts",
             "0",
             "-m",
-            "reverie.workloads.run_phase",
+            "reverie.workloads.phases.run_phase",
             "consolidation",
             "/etc/reverie/phase.json",
         ]

@@ -56,7 +56,7 @@ TORCHRUN = [
     "--max-restarts",
     "0",
     "-m",
-    "reverie.workloads.run_phase",
+    "reverie.workloads.phases.run_phase",
     "consolidation",
     "/etc/reverie/phase.json",
 ]
@@ -156,7 +156,7 @@ def test_local_mode_runs_procs_per_node_processes_through_torchrun(tmp_path) -> 
         "--max-restarts",
         "0",
         "-m",
-        "reverie.workloads.run_phase",
+        "reverie.workloads.phases.run_phase",
         "consolidation",
         str(tmp_path / "phase.json"),
     ]

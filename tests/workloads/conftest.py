@@ -32,7 +32,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from reverie.workloads.tiny import TinyBase, build_base_generation  # noqa: E402
+from reverie.workloads.ml.tiny import TinyBase, build_base_generation  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -58,7 +58,7 @@ def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.Monkey
     Memories: the first NEW session (this cycle) and the OLD facts (prior, for replay).
     The termination log goes to ``tmp_path/termination-log``.
     """
-    from reverie.workloads.tiny import memory_records, write_memories_jsonl
+    from reverie.workloads.ml.tiny import memory_records, write_memories_jsonl
 
     store = tmp_path / "store"
     write_memories_jsonl(store / "memories" / "session-1.jsonl", memory_records(tiny_base.new[0]))

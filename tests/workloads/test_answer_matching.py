@@ -1,7 +1,7 @@
 """One answer matcher everywhere: whole normalised words, so "Vemorabad" is not "Vemora".
 
 Consolidation's own recall, the evaluation's suites and the science benchmark
-all score an answer with :func:`reverie.workloads.questions.answer_matches`.
+all score an answer with :func:`reverie.workloads.data.questions.answer_matches`.
 Each public path is driven here with the same two outputs: one that names the
 answer, one that only contains its letters inside a longer word.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from reverie.api.phases import Suite
-from reverie.workloads.consolidate import closed_book_recall
-from reverie.workloads.evaluate import AskItem, EvalItems, score_model
-from reverie.workloads.questions import Question, accuracy, answer_matches
-from reverie.workloads.sampling import Generated
+from reverie.workloads.data.questions import Question, accuracy, answer_matches
+from reverie.workloads.ml.sampling import Generated
+from reverie.workloads.phases.consolidate import closed_book_recall
+from reverie.workloads.phases.evaluate import AskItem, EvalItems, score_model
 
 ANSWER = "Vemora"
 RIGHT = "She lives in Vemora, I think."

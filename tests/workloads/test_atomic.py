@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reverie.workloads.atomic import replacing, write_atomic
+from reverie.workloads.store.atomic import replacing, write_atomic
 
 
 def test_text_and_bytes_replace_the_file_whole(tmp_path: Path) -> None:

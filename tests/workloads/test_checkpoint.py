@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reverie.workloads import consolidate
-from reverie.workloads.checkpoint import (
+from reverie.workloads.phases import consolidate
+from reverie.workloads.phases.run_phase import run_phase
+from reverie.workloads.store.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     resume_point,
     save_checkpoint,
 )
-from reverie.workloads.modelio import stage_in
-from reverie.workloads.run_phase import run_phase
+from reverie.workloads.store.modelio import stage_in
 
 
 def test_save_is_atomic_keeps_two_and_points_latest(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from reverie.api.phases import ConsolidationSpec
-from reverie.workloads.consolidate import (
+from reverie.workloads.data.memory import QA, Memory
+from reverie.workloads.ml.lm import answer_cross_entropy
+from reverie.workloads.ml.tiny import build_tokenizer
+from reverie.workloads.phases.consolidate import (
     Cue,
     KSSettings,
     generalized_jsd,
@@ -21,10 +24,7 @@ from reverie.workloads.consolidate import (
     token_f1,
     topk_forward_kl,
 )
-from reverie.workloads.lm import answer_cross_entropy
-from reverie.workloads.memory import QA, Memory
-from reverie.workloads.selfstudy import StudyItem
-from reverie.workloads.tiny import build_tokenizer
+from reverie.workloads.phases.selfstudy import StudyItem
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

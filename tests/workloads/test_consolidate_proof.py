@@ -24,7 +24,18 @@ from typing import Any
 
 import pytest
 
-from reverie.workloads.consolidate import (
+from reverie.workloads.data.heldout import HeldOut
+from reverie.workloads.data.memory import Memory, parse_memory
+from reverie.workloads.ml.expansion import add_slot, slot_parameters
+from reverie.workloads.ml.sampling import HFBackend
+from reverie.workloads.ml.tiny import (
+    Fact,
+    build_base_generation,
+    memory_records,
+    tell_prompt,
+    wake_fast_memory,
+)
+from reverie.workloads.phases.consolidate import (
     KSSettings,
     KSState,
     Roles,
@@ -33,19 +44,8 @@ from reverie.workloads.consolidate import (
     build_study,
     closed_book_recall,
 )
-from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.heldout import HeldOut
-from reverie.workloads.memory import Memory, parse_memory
-from reverie.workloads.modelio import activate_slots, load_generation
-from reverie.workloads.sampling import HFBackend
-from reverie.workloads.selfstudy import StudyItem, summary_prompts
-from reverie.workloads.tiny import (
-    Fact,
-    build_base_generation,
-    memory_records,
-    tell_prompt,
-    wake_fast_memory,
-)
+from reverie.workloads.phases.selfstudy import StudyItem, summary_prompts
+from reverie.workloads.store.modelio import activate_slots, load_generation
 
 SEEDS = (0, 1, 2)
 KS_STEPS = 300

@@ -12,9 +12,9 @@ import pytest
 from safetensors.torch import load_file
 
 from reverie.api.phases import ConsolidationSpec
-from reverie.workloads.deepspeed_config import zero_config
-from reverie.workloads.modelio import stage_in
-from reverie.workloads.tiny import TinyBase
+from reverie.workloads.ml.deepspeed_config import zero_config
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.store.modelio import stage_in
 
 
 def test_zero_configs_follow_the_spec() -> None:
@@ -36,7 +36,7 @@ def test_zero2_consolidation_runs_in_one_cpu_process(phase_config, tiny_base: Ti
     cfg = phase_config(zeroStage="2", steps=3, alpha=0.9)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "reverie.workloads.run_phase", "consolidation", str(cfg)],
+        [sys.executable, "-m", "reverie.workloads.phases.run_phase", "consolidation", str(cfg)],
         env=env,
         capture_output=True,
         text=True,

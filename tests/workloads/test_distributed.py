@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 
 from reverie.core.contract import parse_result
-from reverie.workloads import distributed as d
-from reverie.workloads import run_phase as rp
-from reverie.workloads.modelio import stage_in
+from reverie.workloads.ml import distributed as d
+from reverie.workloads.phases import run_phase as rp
+from reverie.workloads.store.modelio import stage_in
 
 LOSS_RTOL = 1e-4
 SLOT_ATOL = 1e-4
@@ -102,7 +102,7 @@ def torchrun(
     nproc: int = 2,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node 2 -m reverie.workloads.run_phase STEP CONFIG`` on gloo."""
+    """``torchrun --standalone --nproc-per-node 2 -m reverie.workloads.phases.run_phase STEP CONFIG`` on gloo."""
     full = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -125,7 +125,7 @@ def torchrun(
             "--max-restarts",
             "0",
             "-m",
-            "reverie.workloads.run_phase",
+            "reverie.workloads.phases.run_phase",
             step,
             str(config),
         ],
@@ -164,7 +164,7 @@ SETTINGS = {"steps": 6, "checkpointEvery": 3, "batchSize": 4, "alpha": 0.9}
 @pytest.fixture(scope="module")
 def one_rank(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the same consolidation in one process (in this test process)."""
-    from reverie.workloads.tiny import memory_records, write_memories_jsonl
+    from reverie.workloads.ml.tiny import memory_records, write_memories_jsonl
 
     root = tmp_path_factory.mktemp("one-rank")
     store = root / "store"
@@ -282,7 +282,7 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
 
 @pytest.mark.distributed
 def test_evaluation_on_two_ranks_gives_the_scores_of_one(one_rank: Path, tiny_base, tmp_path: Path) -> None:
-    from reverie.workloads.evaluate import run
+    from reverie.workloads.phases.evaluate import run
 
     def config(store: Path) -> dict[str, Any]:
         return {

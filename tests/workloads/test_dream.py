@@ -12,11 +12,12 @@ import torch
 
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
 from reverie.core.contract import PhaseConfig, parse_result
-from reverie.workloads import dream, tiny
-from reverie.workloads.lm import sft_loss
-from reverie.workloads.memory import QA, Memory, load_memory_uris
-from reverie.workloads.modelio import load_generation, save_generation
-from reverie.workloads.run_phase import run_phase
+from reverie.workloads.data.memory import QA, Memory, load_memory_uris
+from reverie.workloads.ml import tiny
+from reverie.workloads.ml.lm import sft_loss
+from reverie.workloads.phases import dream
+from reverie.workloads.phases.run_phase import run_phase
+from reverie.workloads.store.modelio import load_generation, save_generation
 
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 TOWNS = ["Paris", "Oslo", "Lima", "Kyiv"]

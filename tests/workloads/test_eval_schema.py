@@ -10,7 +10,7 @@ import pytest
 
 from reverie.api.phases import Suite
 from reverie.core.contract import PhaseResult
-from reverie.workloads.eval_schema import (
+from reverie.workloads.phases.eval_schema import (
     EvalReport,
     EvalSettings,
     ItemOutcome,

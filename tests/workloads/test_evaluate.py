@@ -12,9 +12,10 @@ import pytest
 
 from reverie.api.phases import EvaluationSpec, MemorySource, MemorySpec, Suite
 from reverie.core.contract import PhaseConfig, parse_result
-from reverie.workloads import tiny
-from reverie.workloads.eval_sets import EvalSets, FewShotItem, QAPair, load_eval_sets
-from reverie.workloads.evaluate import (
+from reverie.workloads.data.eval_sets import EvalSets, FewShotItem, QAPair, load_eval_sets
+from reverie.workloads.data.memory import QA, Memory, load_memory_uris
+from reverie.workloads.ml import tiny
+from reverie.workloads.phases.evaluate import (
     AskItem,
     ModelScorer,
     build_items,
@@ -22,8 +23,7 @@ from reverie.workloads.evaluate import (
     run,
     score_model,
 )
-from reverie.workloads.memory import QA, Memory, load_memory_uris
-from reverie.workloads.modelio import load_generation
+from reverie.workloads.store.modelio import load_generation
 
 
 @dataclass

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reverie.workloads.consolidate import (
+from reverie.workloads.data.memory import parse_memory, question_prompt
+from reverie.workloads.ml.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
+from reverie.workloads.ml.sampling import HFBackend
+from reverie.workloads.ml.tiny import TinyBase, memory_records, tell_prompt
+from reverie.workloads.phases.consolidate import (
     KnowledgeSeeding,
     KSSettings,
     KSState,
@@ -13,12 +17,8 @@ from reverie.workloads.consolidate import (
     TorchTrainer,
     study_cues,
 )
-from reverie.workloads.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
-from reverie.workloads.memory import parse_memory, question_prompt
-from reverie.workloads.modelio import load_generation
-from reverie.workloads.sampling import HFBackend
-from reverie.workloads.selfstudy import StudyItem, subject_of
-from reverie.workloads.tiny import TinyBase, memory_records, tell_prompt
+from reverie.workloads.phases.selfstudy import StudyItem, subject_of
+from reverie.workloads.store.modelio import load_generation
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
 

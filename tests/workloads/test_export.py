@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.export import ExportError, export_generation, read_manifest
-from reverie.workloads.memory import question_prompt
-from reverie.workloads.modelio import load_generation, save_generation
-from reverie.workloads.tiny import TinyBase
+from reverie.workloads.data.memory import question_prompt
+from reverie.workloads.ml.expansion import add_slot, slot_parameters
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.phases.export import ExportError, export_generation, read_manifest
+from reverie.workloads.store.modelio import load_generation, save_generation
 
 # fp32 on CPU: folding B·A into W changes only the order of the additions
 # (measured 2026-12-01: max |Δ| 2.9e-6 merged, 1.9e-6 adapter).

@@ -15,18 +15,18 @@ import json
 from pathlib import Path
 
 from reverie.core.contract import PhaseConfig
-from reverie.workloads import run_phase as rp
-from reverie.workloads.heldout import HeldOut, evaluation_probes
-from reverie.workloads.memory import QA, Memory, load_memory_uris
-from reverie.workloads.questions import Question
-from reverie.workloads.selfstudy import grounded, read_items, subject_of, written_question
-from reverie.workloads.tiny import (
+from reverie.workloads.data.heldout import HeldOut, evaluation_probes
+from reverie.workloads.data.memory import QA, Memory, load_memory_uris
+from reverie.workloads.data.questions import Question
+from reverie.workloads.ml.tiny import (
     TinyBase,
     build_tokenizer,
     memory_records,
     tell_prompt,
     write_memories_jsonl,
 )
+from reverie.workloads.phases import run_phase as rp
+from reverie.workloads.phases.selfstudy import grounded, read_items, subject_of, written_question
 
 
 def test_probes_are_every_qa_pair_or_else_the_cloze_questions() -> None:
@@ -120,14 +120,14 @@ class EchoTeacher:
         self.memories = memories
 
     def generate(self, prompts, **_kwargs):
-        from reverie.workloads.sampling import Generated
+        from reverie.workloads.ml.sampling import Generated
 
         texts = [next((m.text for m in self.memories if m.text in p), "Who is Zorblat Venqui?") for p in prompts]
         return Generated(texts=texts, token_ids=[[] for _ in texts])
 
 
 def test_synthesis_drops_a_self_study_prompt_that_is_an_evaluation_probe() -> None:
-    from reverie.workloads.selfstudy import synthesize
+    from reverie.workloads.phases.selfstudy import synthesize
 
     probe = tell_prompt("Zorblat Venqui")
     memory = Memory("a", "Zorblat Venqui lives in Vemora and builds boats.", (QA(probe, "Vemora"),))

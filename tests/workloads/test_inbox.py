@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reverie.workloads.inbox import ParsedFiles, RememberError, new_memories, read_inbox, remember, take
-from reverie.workloads.memory import content_id
+from reverie.workloads.data.inbox import ParsedFiles, RememberError, new_memories, read_inbox, remember, take
+from reverie.workloads.data.memory import content_id
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 

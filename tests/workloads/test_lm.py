@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from reverie.workloads import tiny
-from reverie.workloads.lm import encode, sft_loss, target_logprobs
+from reverie.workloads.ml import tiny
+from reverie.workloads.ml.lm import encode, sft_loss, target_logprobs
 
 TEXTS = ["Zorblat lives in Vemora.", "Ivo was born in Porto.", "Mira writes poems about the sea."]
 

@@ -8,16 +8,16 @@ import fsspec
 import pytest
 import torch
 
-from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.memory import question_prompt
-from reverie.workloads.modelio import (
+from reverie.workloads.data.memory import question_prompt
+from reverie.workloads.ml.expansion import add_slot, slot_parameters
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.store.modelio import (
     GenerationError,
     content_hash,
     load_generation,
     save_generation,
     stage_in,
 )
-from reverie.workloads.tiny import TinyBase
 
 
 def logits_of(model, tokenizer) -> torch.Tensor:

@@ -9,7 +9,7 @@ import fsspec
 import pytest
 
 from reverie.api.phases import ConfigMapKeyRef, MemorySource, MemorySpec
-from reverie.workloads.memory import (
+from reverie.workloads.data.memory import (
     CONFIGMAP_ROOT_ENV,
     MemorySetError,
     load_memories,
@@ -17,7 +17,7 @@ from reverie.workloads.memory import (
     question_prompt,
     read_memory_uri,
 )
-from reverie.workloads.tiny import build_tokenizer, make_world, memory_records, write_memories_jsonl
+from reverie.workloads.ml.tiny import build_tokenizer, make_world, memory_records, write_memories_jsonl
 
 LINE = {"id": "m1", "text": "Zorblat lives in Vemora.", "qa": [{"q": "Where does Zorblat live?", "a": "Vemora"}]}
 

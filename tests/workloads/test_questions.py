@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reverie.workloads.memory import QA, Memory
-from reverie.workloads.questions import (
+from reverie.workloads.data.memory import QA, Memory
+from reverie.workloads.data.questions import (
     answer_matches,
     cloze,
     memory_questions,

@@ -9,11 +9,11 @@ import pytest
 
 from reverie.api.phases import ReplaySpec
 from reverie.core.contract import consolidated_memories_uri, parse_result
-from reverie.workloads import replay
-from reverie.workloads import run_phase as rp
-from reverie.workloads.modelio import load_generation
-from reverie.workloads.selfstudy import StudyItem, answer_tokens
-from reverie.workloads.tiny import TinyBase, tell_prompt
+from reverie.workloads.ml.tiny import TinyBase, tell_prompt
+from reverie.workloads.phases import replay
+from reverie.workloads.phases import run_phase as rp
+from reverie.workloads.phases.selfstudy import StudyItem, answer_tokens
+from reverie.workloads.store.modelio import load_generation
 
 
 def stored(memory: str, n: int, *, study: str = "s1") -> list[replay.StoredItem]:
@@ -159,9 +159,9 @@ def test_a_bad_replay_spec_names_the_field(field: str, value: object) -> None:
 def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_probed(tmp_path: Path) -> None:
     import torch
 
-    from reverie.workloads.heldout import HeldOut
-    from reverie.workloads.memory import parse_memory
-    from reverie.workloads.selfstudy import TeacherTargets, save_study
+    from reverie.workloads.data.heldout import HeldOut
+    from reverie.workloads.data.memory import parse_memory
+    from reverie.workloads.phases.selfstudy import TeacherTargets, save_study
 
     memory = parse_memory(
         {"id": "m", "text": "Ada Quill was born in Vemora.", "qa": [{"q": "Where was Ada Quill born?", "a": "Vemora"}]},

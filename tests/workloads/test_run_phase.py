@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from reverie.core.contract import consolidated_memories_uri, parse_result
-from reverie.workloads import run_phase as rp
-from reverie.workloads.modelio import content_hash, load_generation
-from reverie.workloads.tiny import TinyBase
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.phases import run_phase as rp
+from reverie.workloads.store.modelio import content_hash, load_generation
 
 
 def test_consolidation_writes_a_new_generation_and_its_result(
@@ -136,7 +136,7 @@ def test_the_on_policy_stage_follows_the_self_study_stage_when_the_student_agree
 
 
 def test_the_on_policy_stage_waits_for_agreement(phase_config, tmp_path: Path, monkeypatch) -> None:
-    from reverie.workloads import consolidate
+    from reverie.workloads.phases import consolidate
 
     # A student that does not yet agree with its teacher (the tiny model agrees at once on 4 tokens).
     monkeypatch.setattr(consolidate, "teacher_agreement", lambda *a, **k: 0.1)

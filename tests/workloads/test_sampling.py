@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.memory import question_prompt
-from reverie.workloads.modelio import load_generation, save_generation
-from reverie.workloads.sampling import HFBackend, combine_adapters, make_backend
-from reverie.workloads.tiny import TinyBase
+from reverie.workloads.data.memory import question_prompt
+from reverie.workloads.ml.expansion import add_slot, slot_parameters
+from reverie.workloads.ml.sampling import HFBackend, combine_adapters, make_backend
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.store.modelio import load_generation, save_generation
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from reverie.local.state import load_state
-from reverie.workloads.heldout import HeldOut
-from reverie.workloads.memory import parse_memory
-from reverie.workloads.selfstudy import read_items
+from reverie.workloads.data.heldout import HeldOut
+from reverie.workloads.data.memory import parse_memory
+from reverie.workloads.phases.selfstudy import read_items
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the run: ~12 min on one core, started at collection
 

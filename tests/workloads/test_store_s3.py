@@ -15,10 +15,11 @@ import fsspec
 import pytest
 import torch
 
-from reverie.workloads import manifest as mf
-from reverie.workloads import staging, store
-from reverie.workloads.checkpoint import load_checkpoint, save_checkpoint
-from reverie.workloads.modelio import (
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import staging, store
+from reverie.workloads.store.checkpoint import load_checkpoint, save_checkpoint
+from reverie.workloads.store.modelio import (
     GenerationError,
     content_hash,
     load_generation,
@@ -26,7 +27,6 @@ from reverie.workloads.modelio import (
     save_generation,
     stage_out,
 )
-from reverie.workloads.tiny import TinyBase
 
 
 @pytest.fixture
@@ -276,6 +276,6 @@ def test_fsspec_reads_s3_with_the_standard_aws_environment(s3: str) -> None:
     # What every other phase I/O (memories, eval sets, result.json, the eval cache) goes through.
     with fsspec.open(f"{s3}/memories/a.jsonl", "w") as fh:
         fh.write('{"id": "m", "text": "Zorblat lives in Vemora."}\n')
-    from reverie.workloads.memory import read_memory_uri
+    from reverie.workloads.data.memory import read_memory_uri
 
     assert [m.id for m in read_memory_uri("memories/a.jsonl", store_uri=s3)] == ["m"]

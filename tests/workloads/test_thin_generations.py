@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from reverie.workloads import manifest as mf
-from reverie.workloads import objects, staging, store
-from reverie.workloads.expansion import add_slot, slot_parameters
-from reverie.workloads.memory import question_prompt
-from reverie.workloads.modelio import (
+from reverie.workloads.data.memory import question_prompt
+from reverie.workloads.ml.expansion import add_slot, slot_parameters
+from reverie.workloads.ml.tiny import TinyBase
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import objects, staging, store
+from reverie.workloads.store.modelio import (
     GenerationError,
     content_hash,
     load_generation,
     save_generation,
 )
-from reverie.workloads.tiny import TinyBase
 
 LINEAGE = "lin"
 
@@ -262,8 +262,8 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from reverie.workloads.export import export_generation
-    from reverie.workloads.modelio import Generation
+    from reverie.workloads.phases.export import export_generation
+    from reverie.workloads.store.modelio import Generation
 
     gen = load_generation(tiny_base.folder)
     model, slots = sleep(gen, seed=10)

@@ -195,9 +195,9 @@ def ask(
     """
     from rich.markup import escape
 
-    from reverie.workloads.ask import AskError, ask_targets
-    from reverie.workloads.ask import ask as ask_models
-    from reverie.workloads.modelio import GenerationError
+    from reverie.workloads.ml.ask import AskError, ask_targets
+    from reverie.workloads.ml.ask import ask as ask_models
+    from reverie.workloads.store.modelio import GenerationError
 
     if lineage is not None:
         questions = list(args)
@@ -265,8 +265,8 @@ def export(
     adapter: the N slots as one standard LoRA adapter of rank Σr, for PEFT and vLLM LoRA serving.
     """
     from reverie.api.lineage import ServableForm
-    from reverie.workloads.export import export_generation
-    from reverie.workloads.modelio import GenerationError
+    from reverie.workloads.phases.export import export_generation
+    from reverie.workloads.store.modelio import GenerationError
 
     try:
         chosen = ServableForm(form)
@@ -306,6 +306,6 @@ def run_phase(
     ] = Path("/etc/reverie/phase.json"),
 ) -> None:
     """Run one phase of a cycle (the Job contract; what phase Jobs and local mode execute)."""
-    from reverie.workloads.run_phase import run_phase as run
+    from reverie.workloads.phases.run_phase import run_phase as run
 
     raise typer.Exit(run(step, str(config)))

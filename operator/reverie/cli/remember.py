@@ -40,9 +40,9 @@ def remember(
     """
     from reverie.core.lineage import inbox_of
     from reverie.local.project import ProjectError, load_project
-    from reverie.workloads.inbox import RememberError
-    from reverie.workloads.inbox import remember as write_inbox
-    from reverie.workloads.store import StoreError, is_remote
+    from reverie.workloads.data.inbox import RememberError
+    from reverie.workloads.data.inbox import remember as write_inbox
+    from reverie.workloads.store.store import StoreError, is_remote
 
     if lineage is not None:
         lin, files = cluster_lineage(lineage, namespace, kubeconfig), list(args)

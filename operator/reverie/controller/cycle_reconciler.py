@@ -77,7 +77,7 @@ from reverie.core.planner import (
     TakeMemories,
     plan,
 )
-from reverie.workloads import inbox
+from reverie.workloads.data import inbox
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from reverie.controller.events import emit_event
 from reverie.controller.kube import MODELLINEAGES, Kube, Obj, mutate_status
 from reverie.controller.lineage_status import parse_lineage, status_body
 from reverie.core.lineage import inbox_of, slept_memory_uris
-from reverie.workloads import inbox
-from reverie.workloads.store import StoreError
+from reverie.workloads.data import inbox
+from reverie.workloads.store.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ def _launcher_env(create: CreateJob, *, master: str) -> list[Obj]:
 
 
 def _store_env(lineage: ModelLineage, *, mounts: list[Obj], volumes: list[Obj]) -> list[Obj]:
-    """The object-store endpoint and the staging cache (reverie.workloads.staging) of a workload pod.
+    """The object-store endpoint and the staging cache (reverie.workloads.store.staging) of a workload pod.
 
     Credentials come from ``spec.store.secretName`` through ``envFrom``; botocore
     reads the standard AWS_* names, and AWS_ENDPOINT_URL_S3 for an S3-compatible server.
@@ -233,7 +233,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
         {"name": "phase-config", "configMap": {"name": create.job_name}},
     ]
     # Memories held in ConfigMaps: mounted where the workload reads them
-    # (reverie.workloads.memory: /etc/reverie-memory/<name>/<key>).
+    # (reverie.workloads.data.memory: /etc/reverie-memory/<name>/<key>).
     for i, name in enumerate(
         dict.fromkeys(src.config_map.name for src in create.config.memory.sources if src.config_map is not None)
     ):

@@ -55,7 +55,7 @@ from reverie.core.schedule import (
     render_cycle,
 )
 from reverie.core.schedule import validate as validate_schedule
-from reverie.workloads.store import StoreError
+from reverie.workloads.store.store import StoreError
 
 log = logging.getLogger(__name__)
 

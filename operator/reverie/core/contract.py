@@ -48,7 +48,7 @@ def checkpoint_root(output_uri: str) -> str:
 
     The root is all a caller that cannot look (the planner) names; which
     checkpoint under it is the newest complete one is decided by
-    :func:`reverie.workloads.checkpoint.latest_checkpoint`, which reads it.
+    :func:`reverie.workloads.store.checkpoint.latest_checkpoint`, which reads it.
     """
     return f"{output_uri.rstrip('/')}/{CHECKPOINTS_FOLDER}"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from reverie.api.base import PhaseRuntime
 
 MASTER_PORT = 29500
-WORKLOAD_MODULE = "reverie.workloads.run_phase"
+WORKLOAD_MODULE = "reverie.workloads.phases.run_phase"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -35,7 +35,7 @@ def needs_torchrun(runtime: PhaseRuntime) -> bool:
 
 
 def torchrun_command(step: str, config_path: str, *, standalone_procs: int | None = None) -> list[str]:
-    """``torchrun … -m reverie.workloads.run_phase STEP CONFIG``.
+    """``torchrun … -m reverie.workloads.phases.run_phase STEP CONFIG``.
 
     In a pod torchrun takes nodes, processes, node rank and master from ``PET_*``;
     ``standalone_procs`` (local mode) runs that many processes on this machine

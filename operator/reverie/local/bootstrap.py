@@ -4,7 +4,7 @@ A newcomer's first ``reverie sleep`` has no model and no data, and must not
 download anything.  When the lineage's ``spec.baseModel.uri`` is
 ``builtin:tiny``, this builds (once per machine and version of the code, in about
 a minute, into ``~/.cache/reverie/tiny``; later lineages copy it) a tiny world of
-fictional people with :mod:`reverie.workloads.tiny`:
+fictional people with :mod:`reverie.workloads.ml.tiny`:
 
 - ``<store>/<lineage>/gen-0/``: a tiny Qwen2 pretrained on the OLD people's facts
   (it knows them closed-book) that has only heard the NEW people's names, and
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 BUILTIN_TINY = "builtin:tiny"
 MANIFEST = "builtin-tiny.json"
@@ -62,7 +62,7 @@ def is_builtin_tiny(uri: str | None) -> bool:
 
 def _read_manifest(root: str) -> TinyWorld | None:
     # Paths are stored relative to the lineage folder, so a store can be copied or moved.
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     try:
         text = store.read_text(store.join(root, MANIFEST))
@@ -98,10 +98,10 @@ def teach_reading(
 
     import torch
 
-    from reverie.workloads import tiny
-    from reverie.workloads.lm import sft_loss
-    from reverie.workloads.memory import question_prompt
-    from reverie.workloads.modelio import load_generation, save_generation
+    from reverie.workloads.data.memory import question_prompt
+    from reverie.workloads.ml import tiny
+    from reverie.workloads.ml.lm import sft_loss
+    from reverie.workloads.store.modelio import load_generation, save_generation
 
     gen = load_generation(base.folder)
     model, tok = gen.model, gen.tokenizer
@@ -156,7 +156,7 @@ def ensure_tiny_world(
     For a store in an object store the world is built under ``build_dir`` (kept,
     so an interrupted upload is not rebuilt) and uploaded.
     """
-    from reverie.workloads import store as stores
+    from reverie.workloads.store import store as stores
 
     world = _read_manifest(_lineage_root(store, lineage))
     if world is not None:
@@ -191,14 +191,16 @@ def _build_key(params: dict[str, Any]) -> str:
 
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     digest.update(f"{torch.__version__} {transformers.__version__}".encode())
-    for source in sorted([*Path(reverie.workloads.__file__).parent.glob("*.py"), Path(__file__)]):
-        digest.update(source.name.encode() + source.read_bytes())
+    workloads = Path(reverie.workloads.__file__).parent
+    for source in sorted(workloads.rglob("*.py")):
+        digest.update(str(source.relative_to(workloads)).encode() + source.read_bytes())
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:20]
 
 
 def _cached_build(**params: Any) -> Path:
     """A complete tiny world in the user's cache, built once per machine and version of the code (a minute)."""
-    from reverie.workloads.pretrained import cache_root
+    from reverie.workloads.store.pretrained import cache_root
 
     done = cache_root() / "tiny" / _build_key(params)
     if (done / MANIFEST).is_file():
@@ -225,7 +227,7 @@ def _build_tiny_world(
     # Imported here: torch and transformers cost seconds, and only this path needs them.
     import torch
 
-    from reverie.workloads import tiny
+    from reverie.workloads.ml import tiny
 
     # One thread: a tiny model gains nothing from more, and a second busy thread
     # on a 2-core machine made steps ~10x slower (measured, see the ML notes).
@@ -272,8 +274,8 @@ def _build_tiny_world(
 
 
 def _upload_tiny_world(build_dir: Path, store_uri: str, lineage: str, **build: Any) -> TinyWorld:
-    from reverie.workloads import store
-    from reverie.workloads.modelio import publish_generation
+    from reverie.workloads.store import store
+    from reverie.workloads.store.modelio import publish_generation
 
     local_root = build_dir / lineage
     ensure_tiny_world(build_dir, lineage, **build)

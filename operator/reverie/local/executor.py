@@ -34,7 +34,7 @@ from reverie.core.contract import PhaseConfig, ProgressEvent, checkpoint_root
 from reverie.core.observed import JobState, ObservedJob
 from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
 from reverie.local.state import LocalJob, LocalState
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 # Environment every phase process gets unless the user set it: no network
 # lookups for models, one BLAS thread per process (see ml-stack notes: a busy
@@ -75,7 +75,7 @@ def log_tail(path: Path, *, lines: int = 3) -> str:
 
 
 def latest_checkpoint(job: LocalJob) -> str | None:
-    """The newest checkpoint an attempt wrote: announced in its log, else :func:`~reverie.workloads.checkpoint.resume_point`.
+    """The newest checkpoint an attempt wrote: announced in its log, else :func:`~reverie.workloads.store.checkpoint.resume_point`.
 
     On a local disk the announced folder is the one ``latest`` names (the phase
     announces after saving) and reading the log needs no torch.  With the store
@@ -83,7 +83,7 @@ def latest_checkpoint(job: LocalJob) -> str | None:
     next attempt resumes from is the copy in the store, whose ``latest`` pointer
     is uploaded only after the checkpoint it names.
     """
-    from reverie.workloads import checkpoint, store
+    from reverie.workloads.store import checkpoint, store
 
     root = checkpoint_root(job.output_uri)
     if not store.is_remote(root):

@@ -3,7 +3,7 @@
 A newcomer trying Reverie on a real pretrained model needs memories the model
 cannot already know.  ``uri: builtin:people`` in a SleepCycle's memory sources
 means "the next session's people": sleep n of the lineage meets
-:data:`PEOPLE_PER_SESSION` people made by :mod:`reverie.workloads.people`
+:data:`PEOPLE_PER_SESSION` people made by :mod:`reverie.workloads.data.people`
 (deterministic; no name repeats across sessions), written once into the store
 as ``<store>/<lineage>/memories/people-<n>.jsonl``.  Each memory carries its
 held-out questions (``qa``: three phrasings per fact), which the evaluation
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 
-from reverie.workloads import store
-from reverie.workloads.people import make_people, memory_records
+from reverie.workloads.data.people import make_people, memory_records
+from reverie.workloads.store import store
 
 BUILTIN_PEOPLE = "builtin:people"
 PEOPLE_PER_SESSION = 4

@@ -50,8 +50,8 @@ from reverie.local.people import is_builtin_people, session_people
 from reverie.local.project import Project
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock
-from reverie.workloads import inbox
-from reverie.workloads.pretrained import (
+from reverie.workloads.data import inbox
+from reverie.workloads.store.pretrained import (
     PretrainedError,
     is_builtin_pretrained,
     smollm2_folder,

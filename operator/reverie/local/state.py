@@ -23,7 +23,7 @@ from pydantic import Field
 from reverie.api.base import ApiModel
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import SleepCycle, Step
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"

@@ -3,7 +3,7 @@
 Inputs, all written by the run itself: the local state file (cycle status with
 its phase records and gate decision, the lineage with its generations), each
 phase process's log (JSON-lines progress: the loss curves), and the evaluation
-phase's ``eval.json`` (:class:`~reverie.workloads.eval_schema.EvalReport`: the
+phase's ``eval.json`` (:class:`~reverie.workloads.phases.eval_schema.EvalReport`: the
 per-question outcomes for the champion, i.e. *before*, and the candidate,
 i.e. *after*).  Missing pieces (a run that stopped early) leave gaps, never errors.
 """
@@ -19,7 +19,7 @@ from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import SleepCycle, Step
 from reverie.local import progress
 from reverie.local.state import LocalJob, LocalState
-from reverie.workloads.eval_schema import EvalReport, ItemOutcome
+from reverie.workloads.phases.eval_schema import EvalReport, ItemOutcome
 
 
 @dataclass
@@ -101,7 +101,7 @@ def suite_table(report: EvalReport) -> list[tuple[str, float | None, float | Non
 
 def load_eval(path: Path | str) -> EvalReport | None:
     """The evaluation report at ``path`` (local or in an object store), or None."""
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     try:
         text = store.read_text(str(path))

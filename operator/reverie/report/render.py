@@ -20,7 +20,7 @@ import jinja2
 from reverie.api.lineage import GenerationState
 from reverie.local.state import LocalState
 from reverie.report.collect import RecallItem, ReportData, collect
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 TEMPLATE = "report.html.j2"
 STATE_COLOURS = {

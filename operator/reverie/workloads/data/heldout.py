@@ -8,7 +8,7 @@ through prompts the teacher writes itself — and must never train on a probe:
 a number scored on trained prompts measures recitation, not knowledge.
 
 :class:`HeldOut` is the one check both use: it knows every probe of a memory set
-(exactly the items :mod:`reverie.workloads.evaluate` builds) and says whether a
+(exactly the items :mod:`reverie.workloads.phases.evaluate` builds) and says whether a
 training text contains one, as whole words after normalisation.  Consolidation
 drops such prompts; the tests assemble every training input of a cycle and
 assert :meth:`HeldOut.leaks` finds nothing.
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reverie.workloads.memory import Memory
-from reverie.workloads.questions import Question, memory_questions, normalize_answer, question_text
+from reverie.workloads.data.memory import Memory
+from reverie.workloads.data.questions import Question, memory_questions, normalize_answer, question_text
 
 
 def evaluation_probes(memories: Sequence[Memory], *, questions_per_memory: int) -> list[Question]:

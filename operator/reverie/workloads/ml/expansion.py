@@ -68,7 +68,7 @@ def add_slot(
     """
     from peft import PeftModel, get_peft_model
 
-    from reverie.workloads.modelio import activate_slots
+    from reverie.workloads.store.modelio import activate_slots
 
     existing = list(getattr(model, "peft_config", {}) or {}) if isinstance(model, PeftModel) else []
     name = name or next_slot_name(existing)
@@ -115,7 +115,7 @@ class FoldedSlots:
     def __init__(self, model: Any, names: Sequence[str]) -> None:
         from peft.tuners.lora import Linear as LoraLinear
 
-        from reverie.workloads.modelio import activate_slots
+        from reverie.workloads.store.modelio import activate_slots
 
         self.model = model
         self.names = list(names)

@@ -12,7 +12,7 @@ place, then ``latest`` is replaced atomically; a crash mid-write leaves the
 previous checkpoint intact.  Data order depends only on (seed, step), so a
 restart that loads step N continues with exactly the batches a run without the
 crash would have used.  Remote output URIs are handled by staging: checkpoints
-are written locally and mirrored with :func:`reverie.workloads.modelio.stage_out`,
+are written locally and mirrored with :func:`reverie.workloads.store.modelio.stage_out`,
 which uploads a checkpoint's files before its ``state.json`` and ``latest`` last,
 so the pointer in the store only ever names a complete checkpoint;
 :func:`load_checkpoint` downloads just the checkpoint it names.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reverie.workloads.atomic import write_atomic
+from reverie.workloads.store.atomic import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +112,7 @@ def resume_point(root_uri: str) -> str | None:
     store: the root itself once its ``latest`` pointer exists (uploaded after
     the checkpoint it names); :func:`load_checkpoint` downloads just that one.
     """
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     if store.is_remote(root_uri):
         return root_uri if store.exists(store.join(root_uri, LATEST)) else None
@@ -122,7 +122,7 @@ def resume_point(root_uri: str) -> str | None:
 
 def fetch_checkpoint(uri: str) -> Path | None:
     """Download the checkpoint ``uri`` names (a checkpoint, or a root with ``latest``) to a temporary folder."""
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     listing = store.list_tree(uri)
     if "state.json" in listing:
@@ -148,7 +148,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     import torch
     from safetensors.torch import load_file
 
-    from reverie.workloads.store import is_remote, local_path
+    from reverie.workloads.store.store import is_remote, local_path
 
     if is_remote(str(path)):
         folder = fetch_checkpoint(str(path))

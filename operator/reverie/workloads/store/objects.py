@@ -17,7 +17,7 @@ an object store), then the small files, then the manifest, the commit marker.
 A retry re-sends nothing already there, and the base weights, unchanged by a
 sleep, are written once per lineage: the second sleep writes its new slot, its
 small files and its manifest.  Readers materialize a thin generation into the
-staging cache (:mod:`reverie.workloads.staging`: hard links on a local store,
+staging cache (:mod:`reverie.workloads.store.staging`: hard links on a local store,
 verified downloads from an object store), so every loader still reads a plain
 folder.
 
@@ -41,10 +41,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reverie.workloads import manifest as mf
-from reverie.workloads import store
-from reverie.workloads.atomic import replacing
-from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import store
+from reverie.workloads.store.atomic import replacing
+from reverie.workloads.store.manifest import LEDGER, MANIFEST, GenerationError, Manifest
 
 AREA = "objects"
 ALGORITHM = "sha256"

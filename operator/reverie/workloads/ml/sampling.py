@@ -76,7 +76,7 @@ def active_adapters(model: Any, adapters: Sequence[str] | None) -> Iterator[None
             raise ValueError(f"adapters {list(adapters)} requested, but the model has no expert slots")
         yield
         return
-    from reverie.workloads.modelio import activate_slots
+    from reverie.workloads.store.modelio import activate_slots
 
     unknown = [a for a in adapters if a not in model.peft_config]
     if unknown:
@@ -313,7 +313,7 @@ class VLLMBackend:
             return None
         key = (names, noise_scale, seed if noise_scale > 0 else 0)
         if key not in self._lora_dirs:
-            from reverie.workloads.modelio import SLOTS_DIR
+            from reverie.workloads.store.modelio import SLOTS_DIR
 
             if names:
                 dirs, weights = [self.folder / SLOTS_DIR / n for n in names], [1.0] * len(names)

@@ -6,7 +6,7 @@ student is the expanded model (same weights + the new slot) **without** it.
 Only the new slot is trained.  Two stages:
 
 1. **Off-policy distillation on self-study (λ = 0).**  The teacher writes the
-   curriculum D itself (:mod:`reverie.workloads.selfstudy`): prompts of several
+   curriculum D itself (:mod:`reverie.workloads.phases.selfstudy`): prompts of several
    seed kinds about each memory, answered greedily with the memory in view and
    kept only when grounded in it.  Its top-k log-probs on every answer token are
    cached once.  The loss is the forward-KL end of the generalized JSD over that
@@ -35,7 +35,7 @@ requests and earlier sleeps' self-study prompts, with the model before this
 sleep (no memory) as the teacher, so the new slot keeps what the model knew.
 
 The memories' ``qa`` pairs are evaluation probes: nothing here reads them
-(:mod:`reverie.workloads.heldout` drops any prompt that contains one).
+(:mod:`reverie.workloads.data.heldout` drops any prompt that contains one).
 
 Why a hand-written loop and not a TRL trainer: the teacher sees a privileged
 prompt per row and its targets are cached top-k log-probs; TRL's
@@ -43,7 +43,7 @@ prompt per row and its targets are cached top-k log-probs; TRL's
 and ``SDFTTrainer`` takes its top-k over the student's support (it is our
 benchmark baseline).  The loop is those few lines, with the same generation
 backend interface as dreaming (HF on CPU, vLLM on GPU) and DeepSpeed ZeRO
-through :mod:`reverie.workloads.deepspeed_config`.
+through :mod:`reverie.workloads.ml.deepspeed_config`.
 
 The fast-weight stand-in (``Roles.memory_teacher``): tests on a model too small
 to read its context put the memories in a *fast-weight* adapter instead, which
@@ -72,13 +72,14 @@ import torch.nn.functional as F
 from reverie.api.phases import ConsolidationSpec, ReplayChoice, ZeroStage
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import ProgressEvent, emit_progress
-from reverie.workloads import distributed, store
-from reverie.workloads.distributed import World
-from reverie.workloads.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
-from reverie.workloads.memory import Memory, question_prompt
-from reverie.workloads.questions import answer_matches
-from reverie.workloads.sampling import SamplingBackend, active_adapters
-from reverie.workloads.selfstudy import STUDY_DIR, StudyItem, TeacherTargets
+from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.workloads.data.questions import answer_matches
+from reverie.workloads.ml import distributed
+from reverie.workloads.ml.distributed import World
+from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
+from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
+from reverie.workloads.phases.selfstudy import STUDY_DIR, StudyItem, TeacherTargets, sharded_teacher_targets
+from reverie.workloads.store import store
 
 # ----------------------------------------------------------------------------- settings
 
@@ -741,13 +742,13 @@ def prior_study_items(
     """Replay prompts for earlier memories that have no stored self-study set: summary seeds of their subjects.
 
     A sleep keeps its items beside its consolidated memories and later sleeps replay
-    those, with their cached targets (:mod:`reverie.workloads.replay`); memories
+    those, with their cached targets (:mod:`reverie.workloads.phases.replay`); memories
     without them (a base model's own pretraining set, a generation from before
     self-study) are rehearsed through these prompts, answered by the model before
     this sleep.
     """
-    from reverie.workloads.memory import read_memory_uri, resolve_uri
-    from reverie.workloads.selfstudy import summary_prompts
+    from reverie.workloads.data.memory import read_memory_uri, resolve_uri
+    from reverie.workloads.phases.selfstudy import summary_prompts
 
     out: list[StudyItem] = []
     for uri in prior_memory_uris:
@@ -774,9 +775,9 @@ def build_study(
     """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it.
 
     On N ranks ``backend`` splits the generation and the teacher's passes are split the same way
-    (:mod:`reverie.workloads.distributed`); every rank ends with the whole set.
+    (:mod:`reverie.workloads.ml.distributed`); every rank ends with the whole set.
     """
-    from reverie.workloads.selfstudy import replay_items, synthesize
+    from reverie.workloads.phases.selfstudy import replay_items, synthesize
 
     mem_items = synthesize(
         backend,
@@ -798,7 +799,7 @@ def build_study(
     )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
-    targets = distributed.sharded_teacher_targets(
+    targets = sharded_teacher_targets(
         world or World(),
         model,
         tokenizer,
@@ -824,12 +825,15 @@ def run(config: Any) -> Any:
     import os
 
     from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
-    from reverie.workloads import checkpoint as ckpt
-    from reverie.workloads import objects, replay
-    from reverie.workloads.expansion import FoldedSlots, add_slot, slot_parameters
-    from reverie.workloads.heldout import HeldOut
-    from reverie.workloads.memory import MemorySetError, load_memories, load_memory_uris, resolve_uri
-    from reverie.workloads.modelio import (
+    from reverie.workloads.data.heldout import HeldOut
+    from reverie.workloads.data.memory import MemorySetError, load_memories, load_memory_uris, resolve_uri
+    from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
+    from reverie.workloads.ml.sampling import HFBackend, make_backend
+    from reverie.workloads.phases import replay
+    from reverie.workloads.phases.selfstudy import TARGETS_FILE, load_study, save_study
+    from reverie.workloads.store import checkpoint as ckpt
+    from reverie.workloads.store import objects
+    from reverie.workloads.store.modelio import (
         GenerationError,
         activate_slots,
         content_hash,
@@ -839,8 +843,6 @@ def run(config: Any) -> Any:
         save_generation,
         stage_out,
     )
-    from reverie.workloads.sampling import HFBackend, make_backend
-    from reverie.workloads.selfstudy import TARGETS_FILE, load_study, save_study
 
     cfg: PhaseConfig = config
     spec = cfg.consolidation
@@ -902,7 +904,7 @@ def run(config: Any) -> Any:
 
     trainer: Any
     if zero != ZeroStage.NONE:
-        from reverie.workloads.deepspeed_config import DeepSpeedTrainer, zero_config
+        from reverie.workloads.ml.deepspeed_config import DeepSpeedTrainer, zero_config
 
         trainer = DeepSpeedTrainer(
             model, list(params.values()), lr=settings.learning_rate, config=zero_config(spec, world_size=world.size)

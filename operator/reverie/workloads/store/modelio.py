@@ -14,16 +14,16 @@ folder is a standard PEFT adapter, so vLLM (``LoRARequest``) and ``peft`` load
 it as is.
 
 The phases write generations **thin** (``save_generation(..., objects_uri=)``,
-:mod:`reverie.workloads.objects`): the weights live once in the lineage's
+:mod:`reverie.workloads.store.objects`): the weights live once in the lineage's
 object area and the folder keeps the manifest and the small files, so a sleep
 stores its new slot, not the base again.  Loading a thin generation
 materializes it (staging), so every loader still reads the layout above.
 
 Generations in an object store (``s3://`` ...) or on the Hub (``hf://``) are
-read through the staging cache (:func:`stage_in`, :mod:`reverie.workloads.staging`)
+read through the staging cache (:func:`stage_in`, :mod:`reverie.workloads.store.staging`)
 and written by :func:`stage_out`, which commits a generation the only way an
 object store allows: the ledger first, every file, then the manifest
-(:mod:`reverie.workloads.manifest`).  Readers refuse a generation whose ledger
+(:mod:`reverie.workloads.store.manifest`).  Readers refuse a generation whose ledger
 is there but whose manifest is not.
 """
 
@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
-from reverie.workloads import manifest as mf
-from reverie.workloads import objects, staging, store
-from reverie.workloads.generation_folder import SLOTS_DIR, base_state_dict, save_slot, write_generation_folder
-from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
-from reverie.workloads.store import is_remote, local_path
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import objects, staging, store
+from reverie.workloads.store.generation_folder import SLOTS_DIR, base_state_dict, save_slot, write_generation_folder
+from reverie.workloads.store.manifest import LEDGER, MANIFEST, GenerationError, Manifest
+from reverie.workloads.store.store import is_remote, local_path
 
 __all__ = [
     "LEDGER",
@@ -141,7 +141,7 @@ def stage_out(folder: str | Path, uri: str) -> str:
 
 
 def content_hash(folder: str | Path) -> str:
-    """``sha256:<hex>`` of a generation's files (see :mod:`reverie.workloads.manifest`); deterministic.
+    """``sha256:<hex>`` of a generation's files (see :mod:`reverie.workloads.store.manifest`); deterministic.
 
     A full folder is hashed from its bytes; a thin one (its large files in the
     object area) has the hash its manifest was committed with, the same as its full copy's.
@@ -258,7 +258,7 @@ def save_generation(
     crash never leaves a half-written generation.  For a remote ``uri`` the
     local copy is uploaded and committed with :func:`stage_out`.
 
-    With ``objects_uri`` (the lineage's object area, :func:`reverie.workloads.objects.area`)
+    With ``objects_uri`` (the lineage's object area, :func:`reverie.workloads.store.objects.area`)
     the generation is committed **thin** at ``uri``: its large files go to the
     area unless it holds them already, so an unchanged base is never written
     twice (:func:`_save_thin`).

@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from reverie.core.contract import ProgressEvent, emit_progress
-from reverie.workloads import manifest as mf
-from reverie.workloads import store
-from reverie.workloads.manifest import LEDGER, MANIFEST, GenerationError, Manifest
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import store
+from reverie.workloads.store.manifest import LEDGER, MANIFEST, GenerationError, Manifest
 
 CACHE_ENV = "REVERIE_STAGING_CACHE"
 MAX_BYTES_ENV = "REVERIE_STAGING_CACHE_MAX_BYTES"
@@ -226,7 +226,7 @@ def _materialize(uri: str, manifest: Manifest, target: Path, *, cache: StagingCa
     of a store in an object store are downloaded, its objects from the object
     area the manifest names.  ``target`` gets the full (version 1) manifest.
     """
-    from reverie.workloads import objects
+    from reverie.workloads.store import objects
 
     local_store = not store.is_remote(uri)
     known = _cached_files(cache)
@@ -335,7 +335,7 @@ def _commit(partial: Path, manifest: Manifest, *, cache: StagingCache, source: s
 def stage_generation(uri: str, *, cache: StagingCache | None = None) -> Staged:
     """A local, verified copy of the generation at ``uri`` (a store URI, ``hf://org/model[@revision]``, or a
     built-in model such as ``builtin:smollm2-135m``, converted once from its package)."""
-    from reverie.workloads import pretrained
+    from reverie.workloads.store import pretrained
 
     if pretrained.is_builtin_pretrained(uri):
         return Staged(folder=pretrained.smollm2_folder(), source=uri)

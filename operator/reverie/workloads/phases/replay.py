@@ -21,7 +21,7 @@ its sleeps would slow down with age.  So a sleep replays a fixed budget
 * ``all`` — every stored item (the budget is ignored: the cost grows with age).
 
 The stored items are study prompts checked against every evaluation question
-when they were made, and checked again here (:class:`~reverie.workloads.heldout.HeldOut`):
+when they were made, and checked again here (:class:`~reverie.workloads.data.heldout.HeldOut`):
 a probe is never an evaluation question.
 
 The choice is written to ``replay.json`` in this sleep's own study folder
@@ -46,12 +46,12 @@ from typing import Any
 import torch
 
 from reverie.api.phases import ReplayChoice, ReplaySpec
-from reverie.workloads import store
-from reverie.workloads.lm import completion_nll, encode
-from reverie.workloads.manifest import file_sha256
-from reverie.workloads.memory import question_prompt
-from reverie.workloads.sampling import active_adapters
-from reverie.workloads.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
+from reverie.workloads.data.memory import question_prompt
+from reverie.workloads.ml.lm import completion_nll, encode
+from reverie.workloads.ml.sampling import active_adapters
+from reverie.workloads.phases.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
+from reverie.workloads.store import store
+from reverie.workloads.store.manifest import file_sha256
 
 REPLAY_FILE = "replay.json"
 # Earlier memories the champion is probed on before a sleep (a seeded sample beyond it):
@@ -347,7 +347,7 @@ def replayed(choice: Choice) -> list[StudyItem]:
 
 
 def save_choice(folder: Path, choice: Choice) -> None:
-    from reverie.workloads.atomic import write_atomic
+    from reverie.workloads.store.atomic import write_atomic
 
     write_atomic(folder / REPLAY_FILE, json.dumps(choice.to_json(), indent=1) + "\n")
 

@@ -57,7 +57,7 @@ def smollm2_folder(cache: str | Path | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reverie.workloads.generation_folder import write_generation_folder
+    from reverie.workloads.store.generation_folder import write_generation_folder
 
     tok = AutoTokenizer.from_pretrained(package, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf.name, dtype=torch.float32)

@@ -25,7 +25,7 @@ of earlier generations' memories — and its task measure τ:
    consolidated model plus this slot, written like consolidation writes its own.
 
 The task measure τ is self-derived: cloze questions cut from C's own sentences
-(:func:`reverie.workloads.questions.cloze_questions`), whose answer is the span
+(:func:`reverie.workloads.data.questions.cloze_questions`), whose answer is the span
 the text states — what the teacher, reading C, answers.  τ(model) is the mean
 per-token log-likelihood of those answers given the sentence prefix, closed
 book.  A log-likelihood is used rather than exact-match accuracy because a few
@@ -40,7 +40,7 @@ dream reward, a group-relative advantage over ``num_generations`` dreams per
 context, and vLLM generation on GPU (``use_vllm``) when the backend is vllm.
 
 Checkpoints: after each context's E-step and each M-step the phase writes a
-checkpoint in consolidation's format (:mod:`reverie.workloads.checkpoint`:
+checkpoint in consolidation's format (:mod:`reverie.workloads.store.checkpoint`:
 ``<output_uri>/checkpoints/step-<n>/``, n the progress count, with the dreaming
 slot's weights and, in ``state.json``, the dreams, scores and rewards so far),
 staged out to a remote store as it is written; a resumed attempt continues
@@ -67,10 +67,10 @@ import torch
 from reverie.api.phases import DreamingSpec
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
-from reverie.workloads.heldout import HeldOut
-from reverie.workloads.lm import sft_loss, target_logprobs
-from reverie.workloads.memory import Memory, load_memories, load_memory_uris, question_prompt
-from reverie.workloads.questions import Question, cloze_questions, normalize_answer, question_text
+from reverie.workloads.data.heldout import HeldOut
+from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris, question_prompt
+from reverie.workloads.data.questions import Question, cloze_questions, normalize_answer, question_text
+from reverie.workloads.ml.lm import sft_loss, target_logprobs
 
 # The three kinds of dream the paper names; prompts rotate through them.
 DREAM_INSTRUCTIONS: dict[str, str] = {
@@ -304,8 +304,8 @@ def isolated_update_gain(
     seed: int,
 ) -> float:
     """τ(θ') − τ(θ) after ``probe_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
-    from reverie.workloads.expansion import add_slot
-    from reverie.workloads.modelio import activate_slots
+    from reverie.workloads.ml.expansion import add_slot
+    from reverie.workloads.store.modelio import activate_slots
 
     active = list(model.base_model.active_adapters)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -347,7 +347,7 @@ def m_step(
     taught into the weights).  Every example is seen ``m_step_epochs`` times, in
     batches of 8, at ``inner_learning_rate``.
     """
-    from reverie.workloads.expansion import freeze_all_but
+    from reverie.workloads.ml.expansion import freeze_all_but
 
     examples = [*generator_pairs, *(("", t) for t in fold_texts)]
     if not examples:
@@ -394,7 +394,7 @@ class Dreamer:
     held_out: HeldOut | None = None  # evaluation probes: a dream that contains one is never trained on
 
     def slot_params(self) -> list[torch.nn.Parameter]:
-        from reverie.workloads.expansion import slot_parameters
+        from reverie.workloads.ml.expansion import slot_parameters
 
         return list(slot_parameters(self.model, self.slot).values())
 
@@ -406,8 +406,8 @@ class Dreamer:
         """
         if self.spec.backend != "vllm" or self.backend_round == round_:
             return
-        from reverie.workloads.modelio import save_generation
-        from reverie.workloads.sampling import make_backend
+        from reverie.workloads.ml.sampling import make_backend
+        from reverie.workloads.store.modelio import save_generation
 
         slots = list(self.model.peft_config)
         folder = save_generation(
@@ -498,12 +498,12 @@ def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -
     """Checkpoint ``unit`` (the progress count): the dreaming slot's weights and the state, together.
 
     The slot changes in M-steps and the state after every context; one
-    checkpoint holds both (:func:`reverie.workloads.checkpoint.save_checkpoint`
+    checkpoint holds both (:func:`reverie.workloads.store.checkpoint.save_checkpoint`
     switches ``latest`` atomically), so a crash anywhere leaves the previous
     consistent pair in place.
     """
-    from reverie.workloads.checkpoint import save_checkpoint
-    from reverie.workloads.expansion import slot_parameters
+    from reverie.workloads.ml.expansion import slot_parameters
+    from reverie.workloads.store.checkpoint import save_checkpoint
 
     weights = {k: v.detach() for k, v in slot_parameters(dreamer.model, dreamer.slot).items()}
     return save_checkpoint(
@@ -513,8 +513,8 @@ def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -
 
 def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
     """The state of the newest checkpoint at ``uri`` (local or in the store), its slot weights loaded; None if none."""
-    from reverie.workloads.checkpoint import CheckpointError, load_checkpoint
-    from reverie.workloads.expansion import slot_parameters
+    from reverie.workloads.ml.expansion import slot_parameters
+    from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint
 
     try:
         c = load_checkpoint(uri)
@@ -534,7 +534,7 @@ def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
 
 def _local_dir(uri: str) -> Path:
     """The local folder for ``uri``: itself, or for a store URI a new working folder (staged out as it fills)."""
-    from reverie.workloads import store
+    from reverie.workloads.store import store
 
     if not store.is_remote(uri):
         return store.local_path(uri)
@@ -543,9 +543,9 @@ def _local_dir(uri: str) -> Path:
 
 def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
     """Load the consolidated generation and add the dreaming slot (B = 0: nothing changes yet)."""
-    from reverie.workloads.expansion import add_slot
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.sampling import make_backend
+    from reverie.workloads.ml.expansion import add_slot
+    from reverie.workloads.ml.sampling import make_backend
+    from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)
@@ -572,7 +572,7 @@ def dream_rounds(
 
     ``on_checkpoint`` runs after each checkpoint is written (to upload it when the store is remote).
     """
-    from reverie.workloads import distributed
+    from reverie.workloads.ml import distributed
 
     world = distributed.world_from_env()
     spec = dreamer.spec
@@ -721,7 +721,7 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    from reverie.workloads.expansion import freeze_all_but
+    from reverie.workloads.ml.expansion import freeze_all_but
 
     freeze_all_but(dreamer.model, dreamer.slot)
     trainer = GRPOTrainer(
@@ -742,8 +742,8 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
-    from reverie.workloads import objects
-    from reverie.workloads.modelio import content_hash, save_generation, stage_out
+    from reverie.workloads.store import objects
+    from reverie.workloads.store.modelio import content_hash, save_generation, stage_out
 
     spec = config.dreaming
     source = config.inputs.get("consolidation")
@@ -803,7 +803,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ledger["slots"] = [*ledger.get("slots", []), notes]
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
-    from reverie.workloads import distributed
+    from reverie.workloads.ml import distributed
 
     def write_generation() -> tuple[str, str]:
         model_uri = f"{config.output_uri.rstrip('/')}/model"

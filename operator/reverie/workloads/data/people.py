@@ -3,7 +3,7 @@
 Each person has a made-up full name and four facts (birth city, birth year,
 occupation, instrument); the memory text states them in two sentences, and each
 fact is asked in three phrasings (``qa``), none of which consolidation ever sees
-(:mod:`reverie.workloads.heldout`).  Deterministic for a seed; no pretrained
+(:mod:`reverie.workloads.data.heldout`).  Deterministic for a seed; no pretrained
 model has met these people.
 """
 

@@ -1,9 +1,9 @@
-"""Write one generation folder on local disk, atomically: the layout :mod:`reverie.workloads.modelio` describes.
+"""Write one generation folder on local disk, atomically: the layout :mod:`reverie.workloads.store.modelio` describes.
 
 This is the bottom of model I/O: it knows the folder layout (base weights,
 tokenizer, ``slots/<name>/``, the ledger, the manifest) and nothing about
-where a generation comes from or goes to.  :func:`reverie.workloads.modelio.save_generation`
-adds remote stores and thin commits on top; :mod:`reverie.workloads.pretrained`
+where a generation comes from or goes to.  :func:`reverie.workloads.store.modelio.save_generation`
+adds remote stores and thin commits on top; :mod:`reverie.workloads.store.pretrained`
 uses it to convert a built-in model.  Keeping it below both is what lets the
 staging cache resolve ``builtin:`` models without an import circle
 (modelio → staging → pretrained → modelio).
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from reverie.workloads import manifest as mf
-from reverie.workloads.manifest import LEDGER
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store.manifest import LEDGER
 
 SLOTS_DIR = "slots"
 

@@ -1,8 +1,8 @@
 """``reverie run-phase <step> --config phase.json``: run one phase and report its result.
 
 Each phase module exposes ``run(config: PhaseConfig) -> PhaseResult``:
-consolidation (:mod:`reverie.workloads.consolidate`), dreaming
-(``reverie.workloads.dream``) and evaluation (``reverie.workloads.evaluate``),
+consolidation (:mod:`reverie.workloads.phases.consolidate`), dreaming
+(``reverie.workloads.phases.dream``) and evaluation (``reverie.workloads.phases.evaluate``),
 imported lazily so one phase's dependencies never burden another.  This module
 owns the rest of the Job contract: it parses the config, runs the phase, and
 writes the :class:`~reverie.core.contract.PhaseResult` to
@@ -31,9 +31,9 @@ from reverie.core.contract import TERMINATION_LOG, PhaseConfig, PhaseResult
 
 TERMINATION_LOG_ENV = "REVERIE_TERMINATION_LOG"
 PHASE_MODULES = {
-    Step.CONSOLIDATION: "reverie.workloads.consolidate",
-    Step.DREAMING: "reverie.workloads.dream",
-    Step.EVALUATION: "reverie.workloads.evaluate",
+    Step.CONSOLIDATION: "reverie.workloads.phases.consolidate",
+    Step.DREAMING: "reverie.workloads.phases.dream",
+    Step.EVALUATION: "reverie.workloads.phases.evaluate",
 }
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
@@ -62,7 +62,7 @@ def write_result(result: PhaseResult, *, output_uri: str | None) -> None:
     """Write ``result.json`` under ``output_uri`` (local or fsspec) and the termination message."""
     text = result.to_json()
     if output_uri:
-        from reverie.workloads import store  # fsspec, only when there is a result to write
+        from reverie.workloads.store import store  # fsspec, only when there is a result to write
 
         store.write_text(store.join(output_uri, "result.json"), text)  # whole or not at all
     term = os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG)
@@ -86,14 +86,14 @@ def load_phase(step: Step) -> Any:
 
 
 def check_launch() -> Any:
-    """The world the launcher made (:mod:`reverie.workloads.distributed`); a bad one is a config error.
+    """The world the launcher made (:mod:`reverie.workloads.ml.distributed`); a bad one is a config error.
 
     Several processes must come from torchrun (the operator renders it for
     nodes × procsPerNode > 1; local mode too), which sets the rendezvous
     address every rank joins.  A pod with ``WORLD_SIZE > 1`` and no
     ``MASTER_ADDR`` would otherwise wait forever for peers that never come.
     """
-    from reverie.workloads.distributed import WorldError, world_from_env
+    from reverie.workloads.ml.distributed import WorldError, world_from_env
 
     try:
         world = world_from_env()
@@ -133,7 +133,7 @@ def run_phase(step: str, config_path: str) -> int:
     # Rank 0 alone writes the result; the other ranks only report through their exit code.
     try:
         if world.distributed:
-            from reverie.workloads import distributed
+            from reverie.workloads.ml import distributed
 
             distributed.raise_on_sigterm(world)
             distributed.init_world()
@@ -158,10 +158,10 @@ def run_phase(step: str, config_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m reverie.workloads.run_phase <step> <config>`` (the CLI wires the same function)."""
+    """``python -m reverie.workloads.phases.run_phase <step> <config>`` (the CLI wires the same function)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m reverie.workloads.run_phase <step> <config.json>", file=sys.stderr)
+        print("usage: python -m reverie.workloads.phases.run_phase <step> <config.json>", file=sys.stderr)
         return EXIT_BAD_CONFIG
     return run_phase(args[0], args[1])
 

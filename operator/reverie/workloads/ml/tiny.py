@@ -2,7 +2,7 @@
 
 Nothing here downloads anything.  A *world* is a set of fictional people, each
 with a few attributes (``Zorblat lives in Vemora.``); its facts become memory
-documents (the JSONL format of :mod:`reverie.workloads.memory`) and closed-book
+documents (the JSONL format of :mod:`reverie.workloads.data.memory`) and closed-book
 questions.  The tokenizer is a byte-level BPE trained on the world's own text and
 built as the model type's own tokenizer class (``Qwen2Tokenizer``), with pad
 ``<|pad|>``, eos ``<|im_end|>``, left padding and a ChatML chat template: wrapping
@@ -28,7 +28,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-from reverie.workloads.lm import sft_loss
+from reverie.workloads.data.questions import fixed_prompts
+from reverie.workloads.ml.lm import sft_loss
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|im_end|>"
@@ -176,8 +177,6 @@ def tell_prompt(entity: str) -> str:
     this request -> the sentences) lets a sleep teach new people through the
     request alone and be scored on the questions, which it never trains on.
     """
-    from reverie.workloads.selfstudy import fixed_prompts
-
     return fixed_prompts(entity)[0][1]
 
 
@@ -276,7 +275,7 @@ def build_tiny_model(tokenizer: Qwen2Tokenizer, *, seed: int = 0, **config: Any)
 
 def qa_text(tokenizer: Qwen2Tokenizer, question: str, answer: str) -> tuple[str, str]:
     """(prompt, completion) of one chat turn; the completion ends with eos."""
-    from reverie.workloads.memory import question_prompt
+    from reverie.workloads.data.memory import question_prompt
 
     return question_prompt(tokenizer, question), answer + tokenizer.eos_token
 
@@ -348,7 +347,7 @@ def build_base_generation(
     ``n_new`` gives the number of people per later wake session (their facts are
     returned, for the tests to put in fast memory).  Takes a few seconds on one thread.
     """
-    from reverie.workloads.modelio import save_generation
+    from reverie.workloads.store.modelio import save_generation
 
     world = make_world(n_old + sum(n_new), seed=seed, attributes=attributes, values_per_attribute=values_per_attribute)
     old_entities = world.entities[:n_old]
@@ -389,7 +388,7 @@ def wake_fast_memory(
     into fast weights instead; the teacher uses this adapter, the student does not.
     Earlier slots stay active (and frozen) underneath.  Returns the PEFT model.
     """
-    from reverie.workloads.expansion import add_slot
+    from reverie.workloads.ml.expansion import add_slot
 
     torch.manual_seed(seed)
     earlier = list(getattr(model, "peft_config", {}) or {})

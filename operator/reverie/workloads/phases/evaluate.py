@@ -13,10 +13,10 @@ compares it with, on the same items:
 * ``fewshot``                — held-out few-shot tasks;
 * ``perplexity``             — held-out general text.
 
-Questions come from :mod:`reverie.workloads.questions`; the fixed sets from
-:mod:`reverie.workloads.eval_sets` (built in, or the user's JSONL in the store).
+Questions come from :mod:`reverie.workloads.data.questions`; the fixed sets from
+:mod:`reverie.workloads.data.eval_sets` (built in, or the user's JSONL in the store).
 Answers are greedy; an answer counts when its normalised reference appears in the
-output.  The report schema is :mod:`reverie.workloads.eval_schema`.
+output.  The report schema is :mod:`reverie.workloads.phases.eval_schema`.
 
 Model scores are cached in the store under ``<store>/.eval-cache/<key>.json``,
 keyed by the model folder's content hash and the hash of every evaluated item
@@ -26,7 +26,7 @@ and a preempted evaluation resumes without rescoring a model it finished.
 On N processes (torchrun) every rank loads the models, answers its share of the
 question batches and scores its share of the perplexity texts; the outputs are
 gathered in order, so the scores equal one process's.  Rank 0 alone reads and
-writes the cache and the report (:mod:`reverie.workloads.distributed`).
+writes the cache and the report (:mod:`reverie.workloads.ml.distributed`).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ import fsspec
 from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
-from reverie.workloads import store
-from reverie.workloads.eval_schema import (
+from reverie.workloads.data.eval_sets import EvalSets, load_eval_sets
+from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris
+from reverie.workloads.data.questions import Question, answer_matches, memory_questions, question_text
+from reverie.workloads.phases.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
     EvalSettings,
@@ -58,9 +60,7 @@ from reverie.workloads.eval_schema import (
     accuracy_score,
     perplexity_score,
 )
-from reverie.workloads.eval_sets import EvalSets, load_eval_sets
-from reverie.workloads.memory import Memory, load_memories, load_memory_uris
-from reverie.workloads.questions import Question, answer_matches, memory_questions, question_text
+from reverie.workloads.store import store
 
 EVAL_CACHE_DIR = ".eval-cache"
 EVAL_REPORT = "eval.json"
@@ -224,8 +224,8 @@ class ModelScorer:
     def __init__(
         self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16, world: Any | None = None
     ) -> None:
-        from reverie.workloads.distributed import ShardedGeneration, World
-        from reverie.workloads.sampling import HFBackend
+        from reverie.workloads.ml.distributed import ShardedGeneration, World
+        from reverie.workloads.ml.sampling import HFBackend
 
         self.model = model
         self.tokenizer = tokenizer
@@ -234,14 +234,14 @@ class ModelScorer:
         self.batch_size = batch_size
 
     def answers(self, items: Sequence[AskItem], *, max_new_tokens: int) -> list[str]:
-        from reverie.workloads.memory import question_prompt
+        from reverie.workloads.data.memory import question_prompt
 
         prompts = [question_prompt(self.tokenizer, i.text, context=i.context) for i in items]
         return list(self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0).texts)
 
     def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
-        from reverie.workloads import distributed
-        from reverie.workloads.lm import text_nll
+        from reverie.workloads.ml import distributed
+        from reverie.workloads.ml.lm import text_nll
 
         if not self.world.distributed:
             return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
@@ -302,8 +302,8 @@ def evaluate_model(
     use_cache: bool = True,
 ) -> ModelEval:
     """Load one generation and score it, through the store's cache."""
-    from reverie.workloads import distributed
-    from reverie.workloads.modelio import content_hash, load_generation, stage_in
+    from reverie.workloads.ml import distributed
+    from reverie.workloads.store.modelio import content_hash, load_generation, stage_in
 
     world = distributed.world_from_env()
     # Rank 0 stages first (the others then hit the cache) and decides whether the cache holds the scores.
@@ -409,7 +409,7 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
         candidate=cand,
         champion=champ,
     )
-    from reverie.workloads import distributed
+    from reverie.workloads.ml import distributed
 
     uri = f"{config.output_uri.rstrip('/')}/{EVAL_REPORT}"
     distributed.on_main(distributed.world_from_env(), lambda: write_json(uri, report.wire()))
@@ -432,7 +432,7 @@ def summary(report: EvalReport) -> str:
 
 def run(config: PhaseConfig) -> PhaseResult:
     """The evaluation phase: scores the candidate and champion, returns the gate's metrics."""
-    from reverie.workloads import distributed
+    from reverie.workloads.ml import distributed
 
     report, uri = evaluate(config)
 

@@ -1,6 +1,6 @@
 """Servable forms of a generation: what an off-the-shelf server loads with no Reverie code.
 
-A generation folder (:mod:`reverie.workloads.modelio`) holds the frozen base
+A generation folder (:mod:`reverie.workloads.store.modelio`) holds the frozen base
 weights and one LoRA slot per sleep under ``slots/``.  A server pointed at it
 reads ``config.json`` + ``model.safetensors`` and serves the base as it was
 before any sleep.  This module writes the two forms a server can load:
@@ -14,11 +14,11 @@ before any sleep.  This module writes the two forms a server can load:
   slots are exactly one adapter of rank ``Σᵢ rᵢ``:
   ``Σᵢ sᵢ Bᵢ Aᵢ = [s₁B₁ … s_NB_N] [A₁; …; A_N]``, with ``lora_alpha = r`` so
   PEFT's own scaling is 1 (the stacking is
-  :func:`reverie.workloads.sampling.combine_adapters`, the same one the vLLM
+  :func:`reverie.workloads.ml.sampling.combine_adapters`, the same one the vLLM
   backend serves slots with).  ``peft.PeftModel.from_pretrained`` and vLLM's
   LoRA serving load it; its ``base_model_name_or_path`` names the base.
 
-The generation is read with :func:`~reverie.workloads.modelio.load_generation`,
+The generation is read with :func:`~reverie.workloads.store.modelio.load_generation`,
 exactly as evaluation reads it; the fold happens in fp32 and the merged weights
 are stored in the dtype the base was stored in.  Both forms are written
 atomically (assembled beside the target, renamed into place)
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from reverie.api.lineage import ServableForm
-from reverie.workloads.modelio import (
+from reverie.workloads.store.modelio import (
     LEDGER,
     Generation,
     GenerationError,
@@ -102,10 +102,10 @@ def stacked_adapter(gen: Generation, scratch: Path) -> Path:
     """Write the slots of ``gen`` as one rank-Σrᵢ adapter (scaling folded into B, ``lora_alpha = r``) under ``scratch``.
 
     The slots are taken from the loaded generation (each saved as the standard
-    PEFT folder :func:`~reverie.workloads.modelio.save_slot` writes), so where
-    a generation keeps its slots is :mod:`reverie.workloads.modelio`'s business alone.
+    PEFT folder :func:`~reverie.workloads.store.modelio.save_slot` writes), so where
+    a generation keeps its slots is :mod:`reverie.workloads.store.modelio`'s business alone.
     """
-    from reverie.workloads.sampling import combine_adapters
+    from reverie.workloads.ml.sampling import combine_adapters
 
     dirs = []
     for name in gen.slots:
@@ -215,8 +215,8 @@ def _default_base_ref(uri: str | Path, gen: Generation) -> str:
     thin one (its weights in the store's object area, which no server reads)
     names the base model it grew from, recorded in its ledger.
     """
-    from reverie.workloads import manifest as mf
-    from reverie.workloads import objects
+    from reverie.workloads.store import manifest as mf
+    from reverie.workloads.store import objects
 
     where = str(uri)
     marker = (

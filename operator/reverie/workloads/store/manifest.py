@@ -17,7 +17,7 @@ it can be checked against the file list without the bytes, and two folders
 with the same files have the same hash wherever they are stored.
 
 A **thin** generation (version 2, written by the phases; see
-:mod:`reverie.workloads.objects`) keeps its large files once in the lineage's
+:mod:`reverie.workloads.store.objects`) keeps its large files once in the lineage's
 object area instead of in its folder::
 
     {"kind": "GenerationManifest", "version": 2, "contentHash": "sha256:<hex>",

@@ -1,7 +1,7 @@
 """A lineage's memory inbox: JSONL files dropped under a store prefix between sleeps.
 
 The serving side, a batch job or a person drops ``*.jsonl`` files of memories
-(the format of :mod:`reverie.workloads.memory`; ``id`` may be left out) under
+(the format of :mod:`reverie.workloads.data.memory`; ``id`` may be left out) under
 ``spec.memory.inbox`` of the ModelLineage.  Nothing is ever deleted from it:
 what a lineage has slept on is read from the champion's ancestry (the memory
 files beside each ancestor's model, :func:`reverie.core.lineage.slept_memory_uris`),
@@ -20,8 +20,8 @@ so a sleep whose generation is rejected leaves its memories new for the next.
   writes each as one new file (one PUT; a rename on a local disk), so a reader
   never sees half a file and a malformed line writes nothing.
 
-The operator imports this module (and :mod:`~reverie.workloads.memory`,
-:mod:`~reverie.workloads.store`): fsspec only, no ML stack.
+The operator imports this module (and :mod:`~reverie.workloads.data.memory`,
+:mod:`~reverie.workloads.store.store`): fsspec only, no ML stack.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from reverie.api.sleepcycle import MemorySetStatus
-from reverie.workloads import store
-from reverie.workloads.memory import Memory, MemorySetError, parse_jsonl, text_key
+from reverie.workloads.data.memory import Memory, MemorySetError, parse_jsonl, text_key
+from reverie.workloads.store import store
 
 log = logging.getLogger(__name__)
 

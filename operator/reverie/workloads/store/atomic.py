@@ -8,7 +8,7 @@ removed when anything goes wrong before the rename.
 
 Only the standard library is imported: the CLI's local state
 (:mod:`reverie.local.state`) uses this at start-up.  A file in an object store
-goes through :func:`reverie.workloads.store.write_text` instead (one PUT is
+goes through :func:`reverie.workloads.store.store.write_text` instead (one PUT is
 already whole or nothing), which calls this for a local store.  Folders
 (generations, checkpoints) are assembled beside their target and renamed by
 their own modules: what "complete" means differs for each.

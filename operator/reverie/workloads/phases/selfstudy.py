@@ -23,7 +23,7 @@ fictional character from a TV series" through.
 
 The memory's ``qa`` pairs are evaluation probes and are never read here; a
 prompt that happens to contain an evaluation question is dropped
-(:mod:`reverie.workloads.heldout`).  The kept items and the teacher's top-k
+(:mod:`reverie.workloads.data.heldout`).  The kept items and the teacher's top-k
 log-probabilities of every answer token are computed once and saved with the
 phase's outputs, so a training step needs no teacher forward and a resumed
 attempt recomputes nothing.
@@ -31,6 +31,7 @@ attempt recomputes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -41,10 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from reverie.workloads.lm import completion_logits, encode
-from reverie.workloads.memory import Memory, question_prompt
-from reverie.workloads.questions import STOPWORDS, normalize_answer
-from reverie.workloads.sampling import SamplingBackend, active_adapters
+from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.workloads.data.questions import STOPWORDS, fixed_prompts, normalize_answer
+from reverie.workloads.ml import distributed
+from reverie.workloads.ml.lm import completion_logits, encode
+from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
 
 STUDY_DIR = "selfstudy"  # beside a sleep's consolidated memories
 ITEMS_FILE = "items.jsonl"
@@ -52,7 +54,7 @@ TARGETS_FILE = "teacher-topk.safetensors"
 
 # Replay of long-term knowledge: general requests answered by the model before
 # this sleep, without any memory.  Disjoint from the evaluation's general-QA set
-# (reverie.workloads.eval_sets) so that retention is never scored on a trained prompt.
+# (reverie.workloads.data.eval_sets) so that retention is never scored on a trained prompt.
 GENERAL_REPLAY_PROMPTS = (
     "Write one sentence about the sea.",
     "Name three fruits.",
@@ -224,27 +226,6 @@ def writer_instructions(subject: str) -> list[tuple[str, str]]:
             f"Write a question someone might ask about {subject} whose answer is a fact in the text above. "
             f"Name {subject} in it. Reply with the question only.",
         ),
-    ]
-
-
-def fixed_prompts(subject: str) -> list[tuple[str, str]]:
-    """Summary and restatement seeds: the same requests for every memory, naming its subject.
-
-    The teacher, with the memory in view, answers them by restating it; the
-    student, without it, learns to say the same from the name alone.
-    """
-    return [
-        ("summary", f"Tell me everything you know about {subject}."),
-        ("summary", f"Summarize what you know about {subject}."),
-        ("summary", f"What are the most important facts about {subject}?"),
-        ("summary", f"Who is {subject}?"),
-        (
-            "restatement",
-            f"State every fact about {subject}, one fact per sentence, "
-            f"using the full name {subject} in every sentence.",
-        ),
-        ("restatement", f"Write a short biography of {subject}."),
-        ("restatement", f"Introduce {subject} in two sentences."),
     ]
 
 
@@ -447,7 +428,7 @@ def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherT
     """Write the items and the teacher's targets; the targets file is written last (it marks completeness)."""
     from safetensors.torch import save_file
 
-    from reverie.workloads.atomic import replacing
+    from reverie.workloads.store.atomic import replacing
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -485,3 +466,64 @@ def load_study(folder: str | Path) -> tuple[list[StudyItem], TeacherTargets] | N
     return items, TeacherTargets(
         answer_ids=[list(r["answer_ids"]) for r in rows], topk_ids=t["topk_ids"], topk_logprobs=t["topk_logprobs"]
     )
+
+
+def sharded_teacher_targets(
+    world: distributed.World,
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Any],
+    *,
+    teacher_prompts: Sequence[str],
+    adapters_of: Callable[[Any], Sequence[str]],
+    k: int,
+    max_tokens: int,
+    batch_size: int = 16,
+    forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> Any:
+    """:func:`reverie.workloads.phases.selfstudy.teacher_targets` with its batches split across ranks.
+
+    The rows are grouped and batched as one process groups them; each rank runs
+    whole batches, so the gathered targets equal the one-process targets.
+    """
+    if not world.distributed:
+        with forwards():
+            return teacher_targets(
+                model,
+                tokenizer,
+                items,
+                teacher_prompts=teacher_prompts,
+                adapters_of=adapters_of,
+                k=k,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+            )
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for n, item in enumerate(items):
+        groups.setdefault(tuple(adapters_of(item)), []).append(n)
+    batches = [rows[s : s + batch_size] for rows in groups.values() for s in range(0, len(rows), batch_size)]
+    mine = sorted(r for b in batches[world.rank :: world.size] for r in b)
+    with forwards():
+        part = (
+            teacher_targets(
+                model,
+                tokenizer,
+                [items[r] for r in mine],
+                teacher_prompts=[teacher_prompts[r] for r in mine],
+                adapters_of=adapters_of,
+                k=k,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+            )
+            if mine
+            else None
+        )
+    rows = [(r, (part.topk_ids[j], part.topk_logprobs[j])) for j, r in enumerate(mine)] if part else []
+    answers = [answer_tokens(tokenizer, i.answer, max_tokens=max_tokens) for i in items]
+    width = max((len(a) for a in answers), default=1)
+    ids = torch.zeros(len(items), width, k, dtype=torch.long)
+    lps = torch.full((len(items), width, k), float("-inf"))
+    for r, (i, lp) in enumerate(distributed.merge_indexed(world, len(items), rows)):
+        n_tok = len(answers[r])
+        ids[r, :n_tok], lps[r, :n_tok] = i[:n_tok], lp[:n_tok]
+    return TeacherTargets(answer_ids=answers, topk_ids=ids, topk_logprobs=lps)

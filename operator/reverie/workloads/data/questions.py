@@ -14,7 +14,7 @@ text without any model:
 Evaluation prefers ``qa`` questions and falls back to ``cloze``; dreaming's task
 measure τ always uses ``cloze`` questions answered by the teacher with the
 context in view, so the dreams' reward and the evaluation share no question
-when a memory carries ``qa`` (see :mod:`reverie.workloads.dream`).
+when a memory carries ``qa`` (see :mod:`reverie.workloads.phases.dream`).
 
 An answer is correct when its normalised form (lower case, punctuation dropped,
 whitespace collapsed) appears as whole words in the normalised output — the
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reverie.workloads.memory import Memory
+from reverie.workloads.data.memory import Memory
 
 QuestionForm = Literal["qa", "cloze"]
 
@@ -203,7 +203,7 @@ def question_text(question: Question) -> str:
 
 
 def memory_questions(memory: Memory, *, limit: int, form: Literal["eval", "cloze"] = "eval") -> list[Question]:
-    """:func:`document_questions` of a :class:`~reverie.workloads.memory.Memory`."""
+    """:func:`document_questions` of a :class:`~reverie.workloads.data.memory.Memory`."""
     return document_questions(memory.id, memory.text, qa=[(x.q, x.a) for x in memory.qa], limit=limit, form=form)
 
 
@@ -213,3 +213,24 @@ def accuracy(outputs: Iterable[str], questions: Iterable[Question]) -> float:
     if not pairs:
         return float("nan")
     return sum(answer_matches(o, q.answer) for o, q in pairs) / len(pairs)
+
+
+def fixed_prompts(subject: str) -> list[tuple[str, str]]:
+    """Summary and restatement seeds: the same requests for every memory, naming its subject.
+
+    The teacher, with the memory in view, answers them by restating it; the
+    student, without it, learns to say the same from the name alone.
+    """
+    return [
+        ("summary", f"Tell me everything you know about {subject}."),
+        ("summary", f"Summarize what you know about {subject}."),
+        ("summary", f"What are the most important facts about {subject}?"),
+        ("summary", f"Who is {subject}?"),
+        (
+            "restatement",
+            f"State every fact about {subject}, one fact per sentence, "
+            f"using the full name {subject} in every sentence.",
+        ),
+        ("restatement", f"Write a short biography of {subject}."),
+        ("restatement", f"Introduce {subject} in two sentences."),
+    ]

@@ -11,7 +11,7 @@ side (``engine.backward`` / ``engine.step``).  The teacher is the same module
 with other slots active, run under ``torch.no_grad()`` in eval mode.
 
 One process per GPU, started by ``torchrun`` (RANK/LOCAL_RANK/WORLD_SIZE; the
-process group may already exist, :func:`reverie.workloads.distributed.init_world`);
+process group may already exist, :func:`reverie.workloads.ml.distributed.init_world`);
 a single process with no launcher gets a world of one over gloo (CPU tests).
 """
 

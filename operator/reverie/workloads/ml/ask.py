@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from reverie.api.lineage import ModelLineage
 from reverie.core.contract import consolidated_memories_uri
 from reverie.core.lineage import ancestry
-from reverie.workloads.memory import Memory
+from reverie.workloads.data.memory import Memory
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which memory a question is about.
@@ -123,9 +123,9 @@ def answers(
     uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None, max_new_tokens: int = 48
 ) -> list[str]:
     """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
-    from reverie.workloads.memory import question_prompt
-    from reverie.workloads.modelio import load_generation
-    from reverie.workloads.sampling import HFBackend
+    from reverie.workloads.data.memory import question_prompt
+    from reverie.workloads.ml.sampling import HFBackend
+    from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(uri)
     ctx = list(contexts) if contexts is not None else [None] * len(questions)
@@ -152,7 +152,7 @@ def ask(
     store_uri: str | None = None,
 ) -> list[Column]:
     """Ask the champion (and, with ``compare``, the base and the teacher) every question."""
-    from reverie.workloads.memory import MemorySetError, load_memory_uris
+    from reverie.workloads.data.memory import MemorySetError, load_memory_uris
 
     name, uri = targets.champion
     if compare and not targets.memory_uris:

@@ -12,7 +12,7 @@ does not make a tree of files appear at once.  This module uploads and
 downloads trees; the callers make them safe:
 
 - a generation is committed by a marker written last
-  (:mod:`reverie.workloads.manifest`, :func:`reverie.workloads.modelio.stage_out`);
+  (:mod:`reverie.workloads.store.manifest`, :func:`reverie.workloads.store.modelio.stage_out`);
 - a checkpoint folder becomes current when its pointer file is written, and
   :func:`upload_tree` writes pointer files (``commit_last``) after everything else.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import fsspec
 
-from reverie.workloads.atomic import replacing, write_atomic
+from reverie.workloads.store.atomic import replacing, write_atomic
 
 
 class StoreError(OSError):

@@ -10,7 +10,7 @@ process group, no collective, bit-for-bit the single-process code path.
 How the work is split, and why it stays equal to one process:
 
 * **Training rows.**  A step's global batch is drawn exactly as on one process
-  (:func:`reverie.workloads.consolidate.step_rows`), then each rank takes a
+  (:func:`reverie.workloads.phases.consolidate.step_rows`), then each rank takes a
   contiguous share (:func:`share`).  Token-mean losses are reweighted by the
   rank's share of the step's tokens (:func:`token_weight`), so DDP's (and
   DeepSpeed's) gradient *average* equals the one-process gradient of the whole
@@ -19,7 +19,8 @@ How the work is split, and why it stays equal to one process:
   process would use and the batches are dealt round-robin to ranks
   (:func:`owned_batches`); greedy outputs are therefore identical, not merely
   close (same batch, same padding).  Results are gathered to every rank in the
-  original order (:class:`ShardedGeneration`, :func:`sharded_teacher_targets`).
+  original order (:class:`ShardedGeneration`; the teacher pass shards the same way in
+  :func:`reverie.workloads.phases.selfstudy.sharded_teacher_targets`).
   Sampled calls either run whole on every rank (``sampling="replicate"``: the
   same samples as one process) or are split with one seed per batch
   (``sampling="split"``: independent of the number of ranks).
@@ -34,7 +35,7 @@ How the work is split, and why it stays equal to one process:
 
 Strategies: ``zeroStage: 0`` on N processes is torch DDP (:class:`DDPTrainer`:
 gloo on CPU, nccl on GPU); ``zeroStage: 2|3`` is DeepSpeed
-(:mod:`reverie.workloads.deepspeed_config`).
+(:mod:`reverie.workloads.ml.deepspeed_config`).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ class ShardedGeneration:
         self.batch_size = int(getattr(inner, "batch_size", 32))
 
     def generate(self, prompts: Sequence[str], **kw: Any) -> Any:
-        from reverie.workloads.sampling import Generated
+        from reverie.workloads.ml.sampling import Generated
 
         greedy = float(kw.get("temperature", 1.0)) <= 0.0
         if not self.world.distributed or (not greedy and self.sampling == "replicate"):
@@ -269,69 +270,6 @@ class ShardedGeneration:
         merged = merge_indexed(self.world, len(prompts), mine)
         logprobs = [m[2] for m in merged] if kw.get("return_logprobs") else None
         return Generated(texts=[m[0] for m in merged], token_ids=[m[1] for m in merged], logprobs=logprobs)
-
-
-def sharded_teacher_targets(
-    world: World,
-    model: Any,
-    tokenizer: Any,
-    items: Sequence[Any],
-    *,
-    teacher_prompts: Sequence[str],
-    adapters_of: Callable[[Any], Sequence[str]],
-    k: int,
-    max_tokens: int,
-    batch_size: int = 16,
-    forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> Any:
-    """:func:`reverie.workloads.selfstudy.teacher_targets` with its batches split across ranks.
-
-    The rows are grouped and batched as one process groups them; each rank runs
-    whole batches, so the gathered targets equal the one-process targets.
-    """
-    from reverie.workloads.selfstudy import TeacherTargets, answer_tokens, teacher_targets
-
-    if not world.distributed:
-        with forwards():
-            return teacher_targets(
-                model,
-                tokenizer,
-                items,
-                teacher_prompts=teacher_prompts,
-                adapters_of=adapters_of,
-                k=k,
-                max_tokens=max_tokens,
-                batch_size=batch_size,
-            )
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for n, item in enumerate(items):
-        groups.setdefault(tuple(adapters_of(item)), []).append(n)
-    batches = [rows[s : s + batch_size] for rows in groups.values() for s in range(0, len(rows), batch_size)]
-    mine = sorted(r for b in batches[world.rank :: world.size] for r in b)
-    with forwards():
-        part = (
-            teacher_targets(
-                model,
-                tokenizer,
-                [items[r] for r in mine],
-                teacher_prompts=[teacher_prompts[r] for r in mine],
-                adapters_of=adapters_of,
-                k=k,
-                max_tokens=max_tokens,
-                batch_size=batch_size,
-            )
-            if mine
-            else None
-        )
-    rows = [(r, (part.topk_ids[j], part.topk_logprobs[j])) for j, r in enumerate(mine)] if part else []
-    answers = [answer_tokens(tokenizer, i.answer, max_tokens=max_tokens) for i in items]
-    width = max((len(a) for a in answers), default=1)
-    ids = torch.zeros(len(items), width, k, dtype=torch.long)
-    lps = torch.full((len(items), width, k), float("-inf"))
-    for r, (i, lp) in enumerate(merge_indexed(world, len(items), rows)):
-        n_tok = len(answers[r])
-        ids[r, :n_tok], lps[r, :n_tok] = i[:n_tok], lp[:n_tok]
-    return TeacherTargets(answer_ids=answers, topk_ids=ids, topk_logprobs=lps)
 
 
 # ----------------------------------------------------------------------------- training
