@@ -20,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# In a pipe or a log (no terminal) a line is printed whole: rich would break it at 80 columns.
+console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
 
 KubeconfigOpt = Annotated[
     Path | None,
