@@ -10,7 +10,8 @@ hands a lineage's cycle).  After each sleep the bench scores, on questions no
 training input contains (``leaks`` counts any that did):
 
 * the new people's closed-book recall, and the in-context bound of *this
-  sleep's teacher* (the model before the sleep, memory in the prompt);
+  sleep's teacher* (the model before the sleep, memory in the prompt; the base
+  with ``--consolidation '{"teacher": "base"}'``);
 * every earlier sleep's people (the triangle: is what a sleep learned kept?);
 * general QA (the questions the base answers correctly) and perplexity on
   held-out general text;
@@ -87,7 +88,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-lineage"))
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     a = p.parse_args()
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.phases import ConsolidationSpec, TeacherChoice
 
     spec = ConsolidationSpec.model_validate({**a.consolidation, "replay": a.replay})
     if a.steps is None:
@@ -119,7 +120,8 @@ def main() -> None:
         if rec_path.exists():
             rec = json.loads(rec_path.read_text())
         else:
-            teacher = load_generation(parent)
+            # The bound of the model that reads the memory as this sleep's teacher.
+            teacher = load_generation(base if spec.teacher == TeacherChoice.BASE else parent)
             upper = recall(teacher.model, teacher.tokenizer, sleeps[c], in_context=True)
             del teacher
             result, wall, rss = one_sleep(a, c=c, parent=parent, mem=mem, prior=prior)

@@ -88,9 +88,15 @@ def test_folded_earlier_slots_compute_the_same_and_restore_the_exact_base(tiny_b
         names.append(name)
     earlier, new = names[:2], names[2]
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    with model.disable_adapter():
+        root = logits(model, gen.tokenizer)  # the base, no slot
     unfolded = logits(model, gen.tokenizer)  # all three active
     folded = FoldedSlots(model, earlier)
     assert list(model.base_model.active_adapters) == [new], "folded slots are not counted twice"
+    assert torch.allclose(logits(model, gen.tokenizer), unfolded, atol=1e-4)
+    # Inside unfolded() the model with no slot active is the exact base again; after it, folded again.
+    with folded.unfolded(), model.disable_adapter():
+        assert torch.equal(logits(model, gen.tokenizer), root)
     assert torch.allclose(logits(model, gen.tokenizer), unfolded, atol=1e-4)
     # The new slot still trains through the folded base.
     loss = model(**batch(gen.tokenizer)).logits.pow(2).mean()

@@ -186,3 +186,45 @@ def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_pr
     assert missing == [str(tmp_path / "none")]
     loaded = replay.load_targets(replay.choose(kept, spec=ReplaySpec(items=4), seed=0))
     assert loaded.answer_ids == [[3, 4]]
+
+
+def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keeps_the_champions(
+    phase_config, tmp_path: Path, tiny_base: TinyBase
+) -> None:
+    from reverie.workloads.data.memory import read_memory_uri
+    from reverie.workloads.phases.consolidate import teacher_prompt_of
+    from reverie.workloads.phases.selfstudy import load_study, teacher_targets
+
+    sleep(phase_config, tmp_path, 1)
+    sleep(phase_config, tmp_path, 2, teacher="base")  # sleep 1's slot is folded in for this sleep
+    loaded = load_study(tmp_path / "store/l/c2/consolidation/selfstudy")
+    assert loaded is not None
+    items, stored = loaded
+    memories = {m.id: m for m in read_memory_uri(str(tmp_path / "store/memories/session-1.jsonl"))}
+    rows = {True: [n for n, i in enumerate(items) if i.replay], False: [n for n, i in enumerate(items) if not i.replay]}
+    assert rows[True] and rows[False]
+
+    def targets(model_uri: str, replayed: bool):
+        gen = load_generation(model_uri)
+        chosen = [items[n] for n in rows[replayed]]
+        return teacher_targets(
+            gen.model,
+            gen.tokenizer,
+            chosen,
+            teacher_prompts=[teacher_prompt_of(i, gen.tokenizer, memories) for i in chosen],
+            adapters_of=lambda i: gen.slots,
+            k=stored.topk_ids.shape[-1],
+            max_tokens=stored.topk_ids.shape[1],
+        )
+
+    champion = str(tmp_path / "store/l/c1/consolidation/model")
+    for replayed, reader in ((False, str(tiny_base.folder)), (True, champion)):
+        want = targets(reader, replayed)
+        got = stored.topk_logprobs[rows[replayed], : want.topk_logprobs.shape[1]]
+        finite = want.topk_logprobs.isfinite()
+        assert (got[finite] - want.topk_logprobs[finite]).abs().max() < 1e-4, f"replay rows={replayed}"
+    # The two readers differ, so the check above can tell them apart.
+    other = targets(champion, False)
+    finite = other.topk_logprobs.isfinite()
+    got = stored.topk_logprobs[rows[False], : other.topk_logprobs.shape[1]]
+    assert (got[finite] - other.topk_logprobs[finite]).abs().max() > 1e-3

@@ -100,6 +100,11 @@ class ReplayChoice(StrEnum):
     ALL = "all"
 
 
+class TeacherChoice(StrEnum):
+    CHAMPION = "champion"
+    BASE = "base"
+
+
 class ReplaySpec(ApiModel):
     """What a sleep rehearses of earlier sleeps: a fixed budget of their stored self-study items."""
 
@@ -175,6 +180,13 @@ class ConsolidationSpec(ApiModel):
     )
     z0: float = Field(
         default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0."
+    )
+    teacher: TeacherChoice = Field(
+        default=TeacherChoice.CHAMPION,
+        description="Who reads each new memory as the teacher. champion: the model before this sleep, every "
+        "earlier slot on (the paper's smaller self). base: the lineage's root weights with no slot, whose "
+        "reading does not change as the lineage ages. Replayed and general prompts keep the champion's "
+        "targets either way.",
     )
     replay_ratio: float = Field(
         default=0.25,

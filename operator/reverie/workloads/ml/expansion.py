@@ -21,7 +21,8 @@ reserving memory for sleeps that may never happen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -142,6 +143,24 @@ class FoldedSlots:
         active = [a for a in model.base_model.active_adapters if a not in self.names]
         if active:
             activate_slots(model, active)
+
+    @contextlib.contextmanager
+    def unfolded(self) -> Iterator[None]:
+        """The exact base weights for the length of the block (the folded ones come back after it).
+
+        With no adapter active inside it, the model is the base before any of ``names``:
+        what a teacher that must not change as the lineage ages reads with.
+        """
+        with torch.no_grad():
+            folded = [(weight, weight.detach().clone()) for weight, _ in self._originals]
+            for weight, original in self._originals:
+                weight.copy_(original.to(weight.device))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for weight, value in folded:
+                    weight.copy_(value)
 
     def restore(self) -> None:
         """Put the exact base weights back (call before saving the generation)."""

@@ -3,7 +3,10 @@
 The teacher is the model *before* expansion (base + earlier slots) **with** a
 memory in its context: the smaller self holding privileged information.  The
 student is the expanded model (same weights + the new slot) **without** it.
-Only the new slot is trained.  Two stages:
+Only the new slot is trained.  With ``teacher: base`` the memory is read by the
+lineage's root weights instead (no slot; the earlier slots, folded into the
+weights for the sleep, are taken out for that pass by ``FoldedSlots.unfolded``):
+a reader that does not change as the lineage ages.  Two stages:
 
 1. **Off-policy distillation on self-study (λ = 0).**  The teacher writes the
    curriculum D itself (:mod:`reverie.workloads.phases.selfstudy`): prompts of several
@@ -57,6 +60,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import tempfile
@@ -69,17 +73,50 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from reverie.api.phases import ConsolidationSpec, ReplayChoice, ZeroStage
+from reverie.api.phases import ConsolidationSpec, ReplayChoice, TeacherChoice, ZeroStage
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import ProgressEvent, emit_progress
-from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult, ProgressEvent, emit_progress
+from reverie.workloads.data.heldout import HeldOut
+from reverie.workloads.data.memory import (
+    Memory,
+    MemorySetError,
+    load_memories,
+    load_memory_uris,
+    question_prompt,
+    read_memory_uri,
+    resolve_uri,
+)
 from reverie.workloads.data.questions import answer_matches
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.distributed import World
+from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
 from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
-from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
-from reverie.workloads.phases.selfstudy import STUDY_DIR, StudyItem, TeacherTargets, sharded_teacher_targets
-from reverie.workloads.store import store
+from reverie.workloads.ml.sampling import HFBackend, SamplingBackend, active_adapters, make_backend
+from reverie.workloads.phases import replay
+from reverie.workloads.phases.selfstudy import (
+    STUDY_DIR,
+    TARGETS_FILE,
+    StudyItem,
+    TeacherTargets,
+    load_study,
+    replay_items,
+    save_study,
+    sharded_teacher_targets,
+    summary_prompts,
+    synthesize,
+)
+from reverie.workloads.store import checkpoint as ckpt
+from reverie.workloads.store import objects, store
+from reverie.workloads.store.modelio import (
+    GenerationError,
+    activate_slots,
+    content_hash,
+    is_remote,
+    load_generation,
+    local_path,
+    save_generation,
+    stage_out,
+)
 
 # ----------------------------------------------------------------------------- settings
 
@@ -334,6 +371,8 @@ class Roles:
     student: list[str]  # earlier slots + the new slot
     teacher: list[str]  # earlier slots (the smaller self)
     memory_teacher: list[str]  # teacher on memory cues (+ the fast-weight adapter in the stand-in)
+    # The weights the memory teacher reads with (the exact base, when earlier slots are folded in).
+    reading: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 @dataclass
@@ -438,18 +477,19 @@ class KnowledgeSeeding:
         greedy = self.s.teacher_temperature <= 0
         todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._answer_cache)]
         fresh: dict[Cue, list[int]] = {}
-        for replay in (False, True):
-            group = [c for c in todo if c.replay == replay]
+        for rehearsed in (False, True):
+            group = [c for c in todo if c.replay == rehearsed]
             if not group:
                 continue
-            adapters = self.roles.teacher if replay else self.roles.memory_teacher
-            out = self.teacher_backend.generate(
-                [c.teacher_prompt for c in group],
-                max_new_tokens=self.s.max_new_tokens,
-                temperature=self.s.teacher_temperature,
-                seed=self.s.seed * 1_000_003 + step,
-                adapters=adapters,
-            )
+            adapters = self.roles.teacher if rehearsed else self.roles.memory_teacher
+            with contextlib.nullcontext() if rehearsed else self.roles.reading():
+                out = self.teacher_backend.generate(
+                    [c.teacher_prompt for c in group],
+                    max_new_tokens=self.s.max_new_tokens,
+                    temperature=self.s.teacher_temperature,
+                    seed=self.s.seed * 1_000_003 + step,
+                    adapters=adapters,
+                )
             fresh.update(zip(group, out.token_ids, strict=True))
         if greedy:
             self._answer_cache.update(fresh)
@@ -483,12 +523,13 @@ class KnowledgeSeeding:
         with torch.no_grad():
             t_logits = []
             # Replay cues are answered by the teacher without memory; memory cues by the memory teacher.
-            for replay in (False, True):
-                idx = [i for i, c in enumerate(cues) if c.replay == replay]
+            for rehearsed in (False, True):
+                idx = [i for i, c in enumerate(cues) if c.replay == rehearsed]
                 if not idx:
                     continue
-                adapters = self.roles.teacher if replay else self.roles.memory_teacher
-                with active_adapters(self.model, adapters):
+                adapters = self.roles.teacher if rehearsed else self.roles.memory_teacher
+                reading = contextlib.nullcontext() if rehearsed else self.roles.reading()
+                with reading, active_adapters(self.model, adapters):
                     lg, _, _ = completion_logits(
                         self.model, self.tok, [t_prompts[i] for i in idx], [ys[i] for i in idx]
                     )
@@ -747,8 +788,6 @@ def prior_study_items(
     self-study) are rehearsed through these prompts, answered by the model before
     this sleep.
     """
-    from reverie.workloads.data.memory import read_memory_uri, resolve_uri
-    from reverie.workloads.phases.selfstudy import summary_prompts
 
     out: list[StudyItem] = []
     for uri in prior_memory_uris:
@@ -777,19 +816,18 @@ def build_study(
     On N ranks ``backend`` splits the generation and the teacher's passes are split the same way
     (:mod:`reverie.workloads.ml.distributed`); every rank ends with the whole set.
     """
-    from reverie.workloads.phases.selfstudy import replay_items, synthesize
-
-    mem_items = synthesize(
-        backend,
-        tokenizer,
-        memories,
-        adapters=roles.memory_teacher,
-        items_per_memory=settings.items_per_memory,
-        seed=settings.seed,
-        max_new_tokens=settings.max_new_tokens,
-        in_context=in_context,
-        keep=held_out.allows,
-    )
+    with roles.reading():
+        mem_items = synthesize(
+            backend,
+            tokenizer,
+            memories,
+            adapters=roles.memory_teacher,
+            items_per_memory=settings.items_per_memory,
+            seed=settings.seed,
+            max_new_tokens=settings.max_new_tokens,
+            in_context=in_context,
+            keep=held_out.allows,
+        )
     rep_items = replay_items(
         backend,
         tokenizer,
@@ -799,21 +837,30 @@ def build_study(
     )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
-    targets = sharded_teacher_targets(
-        world or World(),
-        model,
-        tokenizer,
-        items,
-        forwards=forwards or contextlib.nullcontext,
-        teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in items],
-        adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
-        k=settings.top_k,
-        max_tokens=settings.max_new_tokens,
-    )
-    return items, targets
+
+    def targets_of(rows: list[StudyItem]) -> TeacherTargets:
+        return sharded_teacher_targets(
+            world or World(),
+            model,
+            tokenizer,
+            rows,
+            forwards=forwards or contextlib.nullcontext,
+            teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in rows],
+            adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
+            k=settings.top_k,
+            max_tokens=settings.max_new_tokens,
+        )
+
+    if roles.reading is contextlib.nullcontext:
+        return items, targets_of(items)
+    # The memory teacher reads with other weights: its rows in one pass inside them, then the rest.
+    mine, rest = [i for i in items if not i.replay], [i for i in items if i.replay]
+    with roles.reading():
+        targets = targets_of(mine)
+    return [*mine, *rest], replay.concat(targets, targets_of(rest)) if rest else targets
 
 
-def run(config: Any) -> Any:
+def run(config: PhaseConfig) -> PhaseResult:
     """The consolidation phase: expand, Knowledge-Seed, save the new generation; returns a ``PhaseResult``.
 
     Reads ``config.base_uri`` (never writes there) and the memory set; writes the
@@ -822,29 +869,7 @@ def run(config: Any) -> Any:
     resumes from ``config.resume_from`` when set (the self-study set is reused).
     Raises :class:`ConsolidationError` (bad inputs) with a message for the result.
     """
-    import os
-
-    from reverie.core.contract import CONSOLIDATED_MEMORIES, PhaseConfig, PhaseResult
-    from reverie.workloads.data.heldout import HeldOut
-    from reverie.workloads.data.memory import MemorySetError, load_memories, load_memory_uris, resolve_uri
-    from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
-    from reverie.workloads.ml.sampling import HFBackend, make_backend
-    from reverie.workloads.phases import replay
-    from reverie.workloads.phases.selfstudy import TARGETS_FILE, load_study, save_study
-    from reverie.workloads.store import checkpoint as ckpt
-    from reverie.workloads.store import objects
-    from reverie.workloads.store.modelio import (
-        GenerationError,
-        activate_slots,
-        content_hash,
-        is_remote,
-        load_generation,
-        local_path,
-        save_generation,
-        stage_out,
-    )
-
-    cfg: PhaseConfig = config
+    cfg = config
     spec = cfg.consolidation
     settings = KSSettings.from_spec(spec)
     # The same seed on every rank: the new slot starts identical everywhere.
@@ -939,12 +964,18 @@ def run(config: Any) -> Any:
         teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)
     # Earlier slots are frozen for the whole sleep: fold them into the base weights so every
     # forward runs one slot, not all of them (restored exactly before the generation is saved).
+    base_teacher = spec.teacher == TeacherChoice.BASE
     folded: FoldedSlots | None = None
     if earlier and zero == ZeroStage.NONE:
         with contextlib.suppress(TypeError):  # a slot on an embedding stays a separate adapter
             folded = FoldedSlots(model, earlier)
     before_sleep = [] if folded else earlier  # the adapters that make the model before this sleep
-    roles = Roles(student=[*before_sleep, slot], teacher=before_sleep, memory_teacher=before_sleep)
+    roles = Roles(
+        student=[*before_sleep, slot],
+        teacher=before_sleep,
+        memory_teacher=[] if base_teacher else before_sleep,
+        reading=folded.unfolded if (folded and base_teacher) else contextlib.nullcontext,
+    )
 
     # The self-study set: computed once per cycle, reused by every later attempt.
     study_dir = work / STUDY_DIR
