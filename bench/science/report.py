@@ -153,6 +153,36 @@ def lineage_tables(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def lineage_compare(arms: list[tuple[str, dict[str, Any]]], *, first: int) -> str:
+    """Lineage arms that share their first sleeps, side by side from sleep ``first`` (1-based) on.
+
+    Per arm: new recall and its teacher's bound in each of its own sleeps; at the end, each
+    earlier sleep's recall as a share of its post-sleep recall (mean and weakest); general QA;
+    wall time and replayed items of its own sleeps.
+    """
+    head = (
+        "| arm | new recall (of bound), sleep by sleep | kept at the end: mean | weakest "
+        "| general QA | perplexity | wall s (own sleeps) | replayed items |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for label, res in arms:
+        recs = res["sleeps"]
+        own = recs[first - 1 :]
+        last = recs[-1]
+        kept = [last["earlier_recall"][k] / recs[k]["recall"] for k in range(len(recs) - 1) if recs[k]["recall"]]
+        new = ", ".join(
+            f"{r['recall']:.2f} ({r['recall'] / r['incontext_bound']:.0%})" if r["incontext_bound"] else "–"
+            for r in own
+        )
+        replayed = ", ".join(f"{r['replay_earlier_items']:.0f}" for r in own)
+        lines.append(
+            f"| {label} | {new} | {sum(kept) / len(kept):.0%} | {min(kept):.0%} | {last['general_qa']:.0%} "
+            f"| {last['perplexity']:.1f} | {sum(r['wall_seconds'] for r in own):.0f} "
+            f"| {replayed} |"
+        )
+    return "\n".join(lines)
+
+
 def lineage_plot(res: dict[str, Any], png: Path) -> None:
     import matplotlib
 
@@ -201,7 +231,19 @@ def main() -> None:
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--lineage", action="store_true", help="the results are lineage.py's")
+    p.add_argument(
+        "--compare-from",
+        type=int,
+        help="lineage.py arms that share their first sleeps: one row each, from this sleep (1-based) on",
+    )
     a = p.parse_args()
+    if a.compare_from:
+        arms = []
+        for f in a.results:
+            res = json.loads(f.read_text())
+            arms.append((f"replay {json.dumps(res['replay'])} {json.dumps(res['consolidation'])}", res))
+        print(lineage_compare(arms, first=a.compare_from))
+        return
     if a.lineage:
         for f in a.results:
             res = json.loads(f.read_text())
