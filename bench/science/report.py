@@ -236,11 +236,13 @@ def main() -> None:
         type=int,
         help="lineage.py arms that share their first sleeps: one row each, from this sleep (1-based) on",
     )
+    p.add_argument("--upto", type=int, help="with --compare-from: each arm's first UPTO sleeps only")
     a = p.parse_args()
     if a.compare_from:
         arms = []
         for f in a.results:
             res = json.loads(f.read_text())
+            res["sleeps"] = res["sleeps"][: a.upto]
             arms.append((f"replay {json.dumps(res['replay'])} {json.dumps(res['consolidation'])}", res))
         print(lineage_compare(arms, first=a.compare_from))
         return
