@@ -182,11 +182,11 @@ class ConsolidationSpec(ApiModel):
         default=0.5, ge=0.0, le=1.0, description="z₀: normalised edit distance above which the edit reward is 0."
     )
     teacher: TeacherChoice = Field(
-        default=TeacherChoice.CHAMPION,
-        description="Who reads each new memory as the teacher. champion: the model before this sleep, every "
-        "earlier slot on (the paper's smaller self). base: the lineage's root weights with no slot, whose "
-        "reading does not change as the lineage ages. Replayed and general prompts keep the champion's "
-        "targets either way.",
+        default=TeacherChoice.BASE,
+        description="Who reads each new memory as the teacher. base: the lineage's root weights with no slot, "
+        "whose reading does not decay as the lineage ages (bench/science/RESULTS.md: more new recall and "
+        "retention over four sleeps). champion: the model before this sleep, every earlier slot on (the "
+        "paper's smaller self). Replayed and general prompts keep the champion's targets either way.",
     )
     replay_ratio: float = Field(
         default=0.25,

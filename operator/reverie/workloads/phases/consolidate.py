@@ -3,10 +3,12 @@
 The teacher is the model *before* expansion (base + earlier slots) **with** a
 memory in its context: the smaller self holding privileged information.  The
 student is the expanded model (same weights + the new slot) **without** it.
-Only the new slot is trained.  With ``teacher: base`` the memory is read by the
-lineage's root weights instead (no slot; the earlier slots, folded into the
+Only the new slot is trained.  By default (``teacher: base``) the memory is read
+by the lineage's root weights (no slot; the earlier slots, folded into the
 weights for the sleep, are taken out for that pass by ``FoldedSlots.unfolded``):
-a reader that does not change as the lineage ages.  Two stages:
+a reader that does not decay as the lineage ages; ``teacher: champion`` reads
+with the model before this sleep.  On a lineage's first sleep the two are one.
+Two stages:
 
 1. **Off-policy distillation on self-study (λ = 0).**  The teacher writes the
    curriculum D itself (:mod:`reverie.workloads.phases.selfstudy`): prompts of several
