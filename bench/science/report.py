@@ -221,7 +221,8 @@ def lineage_plot(res: dict[str, Any], png: Path) -> None:
     axes[2].plot(xs, [r["general_qa"] for r in recs], "^-", label="general QA kept")
     axes[2].set(title="per sleep", xlabel="sleep", ylim=(0, 1.05), xticks=xs)
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"SmolLM2-135M, {res['people']} new people per sleep, replay {res['replay']}")
+    extra = f", {res['consolidation']}" if res.get("consolidation") else ""
+    fig.suptitle(f"SmolLM2-135M, {res['people']} new people per sleep, replay {res['replay']}{extra}")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
