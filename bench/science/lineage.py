@@ -39,8 +39,8 @@ sys.path.insert(0, str(HERE))
 from run import Scorer, cpu_setup, recall, run_phase, sleep_memories, write_jsonl  # noqa: E402
 
 
-def phase_result(work: Path) -> dict[str, Any] | None:
-    path = work / "consolidation" / "result.json"
+def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | None:
+    path = work / step / "result.json"
     if not path.exists():
         return None
     result = json.loads(path.read_text())
@@ -77,6 +77,32 @@ def one_sleep(
     return run_phase("consolidation", cfg, work)
 
 
+def one_dream(
+    a: argparse.Namespace, *, c: int, consolidated: str, mem: Path, prior: list[str]
+) -> tuple[dict[str, Any], float, float]:
+    """The dreaming phase on this sleep's consolidated model (``--dreaming``), as the operator runs it next."""
+    work = a.out / f"sleep-{c}"
+    done = phase_result(work, "dreaming")
+    if done is not None:
+        return done, float("nan"), float("nan")
+    cfg = {
+        "step": "dreaming",
+        "cycle": f"c{c}",
+        "lineage": "bench",
+        "storeUri": str(a.out),
+        "outputUri": str(work / "dreaming"),
+        "baseGeneration": f"g{c}",
+        "baseUri": consolidated,
+        "inputs": {"consolidation": consolidated},
+        "memory": {"sources": [{"uri": str(mem)}]},
+        "priorMemoryUris": prior,
+        "consolidation": {"seed": a.seed, **a.consolidation},
+        "dreaming": {"seed": a.seed, **a.dreaming, "enabled": True},
+        "evaluation": {"questionsPerMemory": 12},
+    }
+    return run_phase("dreaming", cfg, work)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sleeps", type=int, default=10)
@@ -85,6 +111,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replay", type=json.loads, default={}, help="ConsolidationSpec.replay (JSON, camelCase)")
     p.add_argument("--consolidation", type=json.loads, default={}, help="other ConsolidationSpec overrides (JSON)")
+    p.add_argument(
+        "--dreaming", type=json.loads, default=None, help="run dreaming after each consolidation: DreamingSpec (JSON)"
+    )
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-lineage"))
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     a = p.parse_args()
@@ -126,7 +155,13 @@ def main() -> None:
             del teacher
             result, wall, rss = one_sleep(a, c=c, parent=parent, mem=mem, prior=prior)
             m = result["metrics"]
-            g = load_generation(result["outputUri"])
+            model_uri, dreamt, texts = result["outputUri"], None, []
+            if a.dreaming is not None:
+                dreamt, dwall, drss = one_dream(a, c=c, consolidated=model_uri, mem=mem, prior=prior)
+                model_uri, wall, rss = dreamt["outputUri"], wall + dwall, max(rss, drss)
+                rows = (a.out / f"sleep-{c}" / "dreaming" / "dreams.jsonl").read_text().splitlines()
+                texts = [t for line in rows for d in [json.loads(line)] for t in (d["prompt"], d["text"])]
+            g = load_generation(model_uri)
             own = read_items(a.out / f"sleep-{c}" / "consolidation" / "selfstudy")
             rec = {
                 "sleep": c,
@@ -136,15 +171,17 @@ def main() -> None:
                     "selfstudy": m.get("selfstudy_seconds"),
                     "replay_probe": m.get("replay_probe_seconds", 0.0),
                     "training": m.get("seconds"),
+                    "dreaming": dreamt["metrics"].get("wall_seconds") if dreamt else None,
                 },
+                "dreaming": dreamt["metrics"] if dreamt else None,
                 "replay_earlier_items": m.get("replay_earlier_items", m.get("replay_items")),
                 "replay_bytes": m.get("replay_bytes"),
                 "teacher_items": m.get("teacher_items"),
                 "selfstudy_items": m.get("selfstudy_items"),
                 "s_per_step": m["seconds"] / max(1.0, m["steps_this_attempt"]),
                 "incontext_bound": upper,
-                "leaks": len(held.leaks([t for i in own for t in (i.prompt, i.answer)])),
-                "model": result["outputUri"],
+                "leaks": len(held.leaks([t for i in own for t in (i.prompt, i.answer)] + texts)),
+                "model": model_uri,
                 **scorer.score(g.model, g.tokenizer, upto=c),
             }
             del g
@@ -161,6 +198,7 @@ def main() -> None:
         "steps": a.steps,
         "replay": spec.replay.model_dump(mode="json", by_alias=True),
         "consolidation": a.consolidation,
+        "dreaming": a.dreaming,
         "threads": a.threads,
         "wall_seconds_this_run": time.perf_counter() - t0,
         "base": base_score,

@@ -1,4 +1,4 @@
-"""The dreaming phase: selection, the task measure, ReST-EM on a toy task, end to end, resume."""
+"""The dreaming phase: the self-quiz reward, the curriculum at weak facts, τ by isolated updates, end to end, resume."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import torch
 
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
 from reverie.core.contract import PhaseConfig, parse_result
-from reverie.workloads.data.memory import QA, Memory, load_memory_uris
+from reverie.workloads.data.memory import Memory
 from reverie.workloads.ml import tiny
-from reverie.workloads.ml.lm import sft_loss
-from reverie.workloads.phases import dream
+from reverie.workloads.phases import dream, selfquiz
 from reverie.workloads.phases.run_phase import run_phase
-from reverie.workloads.store.modelio import load_generation, save_generation
+from reverie.workloads.store.modelio import load_generation
 
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 TOWNS = ["Paris", "Oslo", "Lima", "Kyiv"]
@@ -25,9 +24,15 @@ TOWNS = ["Paris", "Oslo", "Lima", "Kyiv"]
 
 # ----------------------------------------------------------------- pure parts
 
+IVO = Memory(id="ivo", text="Ivo Oddwyn was born in Tarrow in 1951. He works as a glassblower. He plays the flute.")
+ODA = Memory(id="oda", text="Oda Venn was born in Carrick in 1942. She works as a baker.")
+
 
 def _dreams(scores: list[float]) -> list[dream.Dream]:
-    return [dream.Dream(context_id="c", kind="qa", text=str(i), round=0, importance=s) for i, s in enumerate(scores)]
+    return [
+        dream.Dream(context_id="c", kind="cloze", prompt=str(i), text=str(i), round=0, importance=s)
+        for i, s in enumerate(scores)
+    ]
 
 
 def test_selection_keeps_the_top_k_by_importance_plus_b_random_others() -> None:
@@ -44,168 +49,119 @@ def test_selection_never_keeps_more_than_it_has() -> None:
     assert len(dream.select(ds, k=5, b=5, rng=random.Random(0))) == 2
 
 
-def test_task_contexts_chunk_memories_replay_earlier_ones_and_draw_distractors_from_all() -> None:
+def test_the_reward_is_span_agreement_with_the_teacher_and_a_confusion_scores_low() -> None:
+    teacher = "Ivo Oddwyn was born in Tarrow in 1951."
+    right = selfquiz.agreement("He was born in Tarrow in 1951.", teacher, subject="Ivo Oddwyn")
+    confused = selfquiz.agreement("Ivo Oddwyn was born in Carrick in 1942.", teacher, subject="Ivo Oddwyn")
+    blank = selfquiz.agreement("I do not know.", teacher, subject="Ivo Oddwyn")
+    assert right == 1.0 and blank == 0.0 and 0.0 < confused < 0.5
+    # What the confused answer missed, and whom it took the facts from.
+    said = "Ivo Oddwyn was born in Carrick in 1942."
+    assert selfquiz.missed_facts(said, teacher, IVO, subject="Ivo Oddwyn") == ["Ivo Oddwyn was born in Tarrow in 1951."]
+    assert selfquiz.confused_with(said, IVO, [IVO, ODA]) == ODA
+
+
+def test_the_curriculum_items_aim_at_one_fact_in_the_memorys_own_words() -> None:
+    assert selfquiz.reverse_item("He works as a glassblower.", "Ivo Oddwyn") == (
+        "Who works as a glassblower?",
+        "Ivo Oddwyn works as a glassblower.",
+    )
+    prompt, answer = selfquiz.cloze_item("Ivo Oddwyn was born in Tarrow in 1951.", "Ivo Oddwyn") or ("", "")
+    assert prompt == "Fill in the rest: Ivo Oddwyn was born ..." and answer == "Ivo Oddwyn was born in Tarrow in 1951."
+    contrast = selfquiz.contrast_item("Ivo Oddwyn was born in Tarrow in 1951.", "Ivo Oddwyn", ODA)
+    assert contrast is not None and contrast[1] == (
+        "Ivo Oddwyn was born in Tarrow in 1951. Oda Venn was born in Carrick in 1942."
+    )
+    assert selfquiz.reverse_item("It rained.", "Ivo Oddwyn") is None
+
+
+def test_rehearsal_quizzes_rho_over_one_minus_rho_earlier_memories_per_new_one() -> None:
     now = [Memory(id=f"m{i}", text=f"Person{i} lives in {TOWNS[i]}.") for i in range(2)]
     old = [Memory(id=f"o{i}", text=f"Elder{i} lives in {TOWNS[2 + i % 2]}.") for i in range(4)]
-    ctxs = dream.task_contexts(now, old, chunk_documents=1, replay_ratio=0.5, seed=0)
-    assert [c.replay for c in ctxs] == [False, False, True, True]  # ρ/(1−ρ) = 1 replayed chunk per current one
-    first = ctxs[0]
-    assert [(q.question, q.answer) for q in first.tau] == [("Person0 lives in", "Paris")]
-    assert set(first.distractors[0]) == {"Oslo", "Lima", "Kyiv"}
-    assert (
-        dream.task_contexts(now, old, chunk_documents=2, replay_ratio=0.0, seed=0)[0].text
-        == "Person0 lives in Paris.\n\nPerson1 lives in Oslo."
-    )
+    assert len(dream.rehearsed(now, old, replay_ratio=0.5, seed=0)) == 2
+    assert dream.rehearsed(now, old, replay_ratio=0.5, seed=0) == dream.rehearsed(now, old, replay_ratio=0.5, seed=0)
+    assert dream.rehearsed(now, old, replay_ratio=0.0, seed=0) == []
 
 
-def test_dream_prompts_rotate_through_the_three_kinds_and_hide_the_reference_questions() -> None:
-    assert dream.dream_kinds(4, offset=1) == ["restatement", "implications", "qa", "restatement"]
-    mem = Memory(id="m", text="Zed lives in Oslo.", qa=(QA("Where does Zed live?", "Oslo"),))
-    ctx = dream.task_contexts([mem], [], chunk_documents=1, replay_ratio=0.0, seed=0)[0]
-    assert [q.form for q in ctx.tau] == ["cloze"]  # τ never uses the evaluation's own questions
-
-
-# ----------------------------------------------------------------- a toy dreamer
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny generator that, shown "X lives in T.", dreams "X lives in <a random town>." (right 1 time in 4).
-
-    It also knows 12 older people's towns as plain sentences, so the sentence
-    pattern itself is familiar and only the new person's town is unknown.
-    """
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("toy")
-    world = tiny.make_world(13, seed=1, attributes=("city",))
-    facts = [tiny.Fact(e, "city", TOWNS[i % 4]) for i, e in enumerate(world.entities)]
-    new, old = facts[:1], facts[1:]
-    tok = tiny.build_tokenizer([f.sentence for f in facts] + TOWNS + list(dream.DREAM_INSTRUCTIONS.values()))
-    model = tiny.build_tiny_model(tok, seed=0)
-    rng = random.Random(0)
-    prompts = [(dream.dream_prompt(tok, f.sentence, k), f.entity) for f in new for k in dream.DREAM_INSTRUCTIONS]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(150):
-        batch = [(p, f"{e} lives in {rng.choice(TOWNS)}." + tok.eos_token) for p, e in rng.choices(prompts, k=8)]
-        batch += [(f.entity, f" lives in {f.value}." + tok.eos_token) for f in rng.choices(old, k=8)]
-        loss = sft_loss(model, tok, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    save_generation(model, tok, root / "gen-0")
-    tiny.write_memories_jsonl(root / "mem" / "now.jsonl", tiny.memory_records(new))
-    tiny.write_memories_jsonl(root / "mem" / "old.jsonl", tiny.memory_records(old, prefix="old"))
-    return root
-
-
-def _toy_context(root: Path) -> dream.TaskContext:
-    now = load_memory_uris([str(root / "mem" / "now.jsonl")])
-    old = load_memory_uris([str(root / "mem" / "old.jsonl")])
-    return dream.task_contexts(now, old, chunk_documents=1, replay_ratio=0.0, seed=0)[0]
-
+# ----------------------------------------------------------------- on a tiny model
 
 SPEC = DreamingSpec(
-    dreams_per_context=24,
+    dreams_per_context=3,
     top_k=2,
-    random_extra=2,
+    random_extra=1,
     max_new_tokens=10,
-    temperature=1.0,
-    top_p=1.0,
-    noise_expert_scale=0.0,
     probe_steps=5,
     m_step_epochs=5,
     inner_learning_rate=3e-3,
     rest_em_iterations=1,
+    noise_expert_scale=0.0,
 )
 
 
-def test_importance_is_the_norm_of_the_dream_loss_gradient_over_the_dreaming_slot(toy: Path) -> None:
-    dreamer, _ = dream.open_dreamer(str(toy / "gen-0"), spec=SPEC, target_modules=TARGETS)
-    params = dreamer.slot_params()
-    text = "Somebody lives in Lima."
-    score = dream.importance(dreamer.model, dreamer.tokenizer, text, params)
-    loss = sft_loss(dreamer.model, dreamer.tokenizer, [("", text)])
-    loss.backward()
-    by_hand = torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None))
-    assert score == pytest.approx(float(by_hand), rel=1e-5) and score > 0
+def _quizzed(
+    tiny_base: tiny.TinyBase, facts: list[tiny.Fact], prefix: str
+) -> tuple[dream.Dreamer, list[dream.QuizContext]]:
+    dreamer, _ = dream.open_dreamer(str(tiny_base.folder), spec=SPEC, target_modules=TARGETS)
+    dreamer.answer_tokens = 16
+    mems = [Memory(id=r["id"], text=r["text"]) for r in tiny.memory_records(facts, prefix=prefix)]
+    quiz = selfquiz.write_quiz(
+        dreamer.backend,
+        dreamer.tokenizer,
+        mems,
+        teacher=dreamer.teacher,
+        questions_per_memory=0,
+        seed=0,
+        max_new_tokens=16,
+    )
+    return dreamer, dream.quiz_contexts(mems, quiz)
 
 
-def test_a_dream_stating_the_fact_improves_tau_and_a_wrong_one_does_not(toy: Path) -> None:
-    dreamer, _ = dream.open_dreamer(str(toy / "gen-0"), spec=SPEC, target_modules=TARGETS)
-    ctx = _toy_context(toy)
-    person, town = ctx.tau[0].question.split()[0], ctx.tau[0].answer
-    before = dream.task_measure(dreamer.model, dreamer.tokenizer, ctx)
-    gains = {
-        t: dream.isolated_update_gain(
-            dreamer.model,
-            dreamer.tokenizer,
-            f"{person} lives in {t}.",
-            ctx,
-            tau_before=before,
-            spec=SPEC,
-            target_modules=TARGETS,
-            seed=0,
+def test_a_fact_the_candidate_gets_wrong_scores_lower_than_one_it_gets_right(tiny_base: tiny.TinyBase) -> None:
+    """The tiny base knows OLD people's towns and not NEW ones': the label-free reward tells them apart."""
+    dreamer, old = _quizzed(tiny_base, tiny_base.old[:4], "old")
+    _, new = _quizzed(tiny_base, tiny_base.new[0][:4], "new")
+    known = [r for c in old for r in dreamer.quiz(c)[1]]
+    unknown = [r for c in new for r in dreamer.quiz(c)[1]]
+    assert sum(known) / len(known) > sum(unknown) / len(unknown) + 0.3, (known, unknown)
+    said, rewards = dreamer.quiz(new[0])
+    assert dreamer.weak_facts(new[0], said, rewards)  # what it got wrong is its error pattern
+
+
+def test_a_dream_stating_the_weak_fact_raises_tau_and_a_wrong_one_does_not(tiny_base: tiny.TinyBase) -> None:
+    dreamer, new = _quizzed(tiny_base, tiny_base.new[0][:1], "new")
+    ctx, fact = new[0], tiny_base.new[0][0]
+    wrong_town = next(v for v in tiny_base.world.values[fact.attribute] if v != fact.value)
+    before = (dream.quiz_measure(dreamer.model, dreamer.tokenizer, ctx), 0.0)
+
+    def gain(town: str) -> float:
+        d = dream.Dream(
+            context_id=ctx.id,
+            kind="reverse",
+            prompt=f"Who lives in {town}?",
+            text=f"{fact.entity} lives in {town}.",
+            round=0,
         )
-        for t in TOWNS
-    }
-    assert gains[town] > 0
-    assert all(g < 0 for t, g in gains.items() if t != town), gains
+        g, _ = dream.isolated_update_gain(
+            dreamer.model, dreamer.tokenizer, d, ctx, guard=[], before=before, spec=SPEC, target_modules=TARGETS, seed=0
+        )
+        return g
+
+    right, wrong = gain(fact.value), gain(wrong_town)
+    assert right > 0 and wrong < right, (right, wrong)
     # The probe is gone and the model is unchanged: isolation.
-    assert dream.task_measure(dreamer.model, dreamer.tokenizer, ctx) == pytest.approx(before, abs=1e-6)
+    assert dream.quiz_measure(dreamer.model, dreamer.tokenizer, ctx) == pytest.approx(before[0], abs=1e-6)
     assert dream.PROBE_ADAPTER not in dreamer.model.peft_config
 
 
-def test_rest_em_step_raises_the_rate_of_rewarded_dreams(toy: Path) -> None:
-    """E-step on the toy, M-step on its rewarded dreams, then fresh dreams are rewarded more often.
-
-    Rewards are judged against the same untouched model θ₀ before and after, so
-    the rise measures the generator, not a moving baseline.
-    """
-    ctx = _toy_context(toy)
-    generator, _ = dream.open_dreamer(str(toy / "gen-0"), spec=SPEC, target_modules=TARGETS)
-    judge, _ = dream.open_dreamer(str(toy / "gen-0"), spec=SPEC, target_modules=TARGETS)
-    before = dream.task_measure(judge.model, judge.tokenizer, ctx)
-
-    def rewarded(round_: int) -> list[dream.Dream]:
-        ds = generator.sample([ctx], round_=round_, indices=[0])
-        for j, d in enumerate(ds):
-            d.reward = int(
-                dream.isolated_update_gain(
-                    judge.model,
-                    judge.tokenizer,
-                    d.text,
-                    ctx,
-                    tau_before=before,
-                    spec=SPEC,
-                    target_modules=TARGETS,
-                    seed=j,
-                )
-                > 0
-            )
-        return ds
-
-    first = rewarded(0)
-    wins = [d for d in first if d.reward]
-    assert 0 < len(wins) < len(first)
-    pairs = [
-        (dream.dream_prompt(generator.tokenizer, ctx.text, d.kind), d.text + generator.tokenizer.eos_token)
-        for d in wins
-    ]
-    dream.m_step(
-        generator.model,
-        generator.tokenizer,
-        generator.slot,
-        generator_pairs=pairs,
-        fold_texts=[d.text + generator.tokenizer.eos_token for d in wins],
-        spec=SPEC,
-        seed=0,
-    )
-    second = rewarded(1)
-    rate0 = sum(d.reward or 0 for d in first) / len(first)
-    rate1 = sum(d.reward or 0 for d in second) / len(second)
-    assert rate1 > rate0 + 0.2, (rate0, rate1)
+def test_the_e_step_dreams_at_weak_facts_and_rewards_what_helps(tiny_base: tiny.TinyBase) -> None:
+    dreamer, new = _quizzed(tiny_base, tiny_base.new[0][:2], "new")
+    dreams, rewards, weak = dreamer.e_step_context(new[0], round_=0, index=0, contexts=new)
+    assert weak >= 1 and min(rewards) < SPEC.weak_below
+    assert {d.kind for d in dreams} >= {"reverse", "cloze"}
+    assert all(new[0].memory.text.find(d.fact) >= 0 for d in dreams)  # every dream aims at a fact of the memory
+    kept = [d for d in dreams if d.kept]
+    assert kept and all(d.tau_gain is not None for d in kept)
+    assert any(d.reward for d in kept)
 
 
 # ----------------------------------------------------------------- the phase
@@ -220,6 +176,7 @@ def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig
         probe_steps=2,
         m_step_epochs=2,
         rest_em_iterations=2,
+        quiz_questions=1,
     )
     spec.update(dreaming)
     return PhaseConfig(
@@ -233,7 +190,7 @@ def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig
         inputs={"consolidation": str(base)},
         memory=MemorySpec(sources=[MemorySource(uri="mem/now.jsonl")]),
         prior_memory_uris=[str(root / "mem" / "old.jsonl")],
-        consolidation=ConsolidationSpec(replay_ratio=0.5),
+        consolidation=ConsolidationSpec(replay_ratio=0.5, max_new_tokens=16),
         dreaming=DreamingSpec(**spec),  # type: ignore[arg-type]
     )
 
@@ -253,15 +210,16 @@ def test_dreaming_phase_runs_end_to_end_through_the_job_contract(store: Path, ti
     assert run_phase("dreaming", str(path)) == 0
     result = parse_result((store / "lin/c1/dreaming/result.json").read_text(), step="dreaming")
     assert result.status == "Succeeded" and result.slot
-    assert result.metrics["contexts"] == 6  # 3 memories + ρ/(1−ρ)·3 = 3 replayed
-    assert result.metrics["dreams_generated"] == 2 * 6 * 3
-    assert result.metrics["dreams_kept"] == 2 * 6 * 2
-    assert {"rewarded_rate_round_0", "rewarded_rate_round_1", "tau_before", "tau_after"} <= set(result.metrics)
+    assert result.metrics["contexts"] == 6  # 3 memories + ρ/(1−ρ)·3 = 3 rehearsed
+    assert result.metrics["weak_facts"] >= 1 and result.metrics["dreams_rewarded"] >= 1
+    assert {"self_quiz_reward_before", "self_quiz_reward_after", "rewarded_rate_round_0"} <= set(result.metrics)
     gen = load_generation(result.output_uri or "")
     assert gen.slots[-1] == result.slot and gen.ledger["slots"][-1]["phase"] == "dreaming"
     dreams = [json.loads(line) for line in (store / "lin/c1/dreaming/dreams.jsonl").read_text().splitlines()]
-    assert len(dreams) == 36 and all(d["importance"] is not None for d in dreams)
-    assert sum(1 for d in dreams if d["reward"] is not None) == 24
+    assert len(dreams) == result.metrics["dreams_generated"] and all(d["importance"] is not None for d in dreams)
+    assert sum(1 for d in dreams if d["kept"]) == result.metrics["dreams_kept"]
+    quiz = (store / "lin/c1/dreaming/quiz.jsonl").read_text().splitlines()
+    assert len(quiz) == result.metrics["quiz_items"]
 
 
 def test_dreaming_resumes_after_an_interruption_with_the_uninterrupted_result(
@@ -275,8 +233,8 @@ def test_dreaming_resumes_after_an_interruption_with_the_uninterrupted_result(
     resumed = dream.run(interrupted.model_copy(update={"resume_from": first.checkpoint_uri}))
     assert resumed.status == "Succeeded"
     read = [(store / d / "dreams.jsonl").read_text() for d in ("whole", "split")]
-    assert read[0] == read[1]
-    strip = {"wall_seconds", "tau_before"}  # a resumed attempt did not see the start
+    assert read[0] == read[1]  # the same kept dreams, the same rewards
+    strip = {"wall_seconds"}
     assert {k: v for k, v in resumed.metrics.items() if k not in strip} == pytest.approx(
         {k: v for k, v in whole.metrics.items() if k not in strip}
     )

@@ -104,8 +104,11 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
     assert rp.run_phase("dreaming", str(tmp_path / "dream.json")) == 0
 
     items = read_items(out / "selfstudy")
-    dreams = [json.loads(line)["text"] for line in (store / "l/c1/dreaming/dreams.jsonl").read_text().splitlines()]
-    training = [t for i in items for t in (i.prompt, i.answer)] + dreams
+    rows = [json.loads(line) for line in (store / "l/c1/dreaming/dreams.jsonl").read_text().splitlines()]
+    dreams = [t for d in rows for t in (d["prompt"], d["text"], f"{d['prompt']} {d['text']}", d["writer"])]
+    quiz = [json.loads(line)["prompt"] for line in (store / "l/c1/dreaming/quiz.jsonl").read_text().splitlines()]
+    assert rows and quiz, "dreaming quizzed and dreamt"
+    training = [t for i in items for t in (i.prompt, i.answer)] + dreams + quiz
     assert any(not i.replay for i in items) and any(i.replay for i in items), "self-study and replay both ran"
     memories = load_memory_uris([str(store / "memories/session-1.jsonl"), str(store / "memories/old.jsonl")])
     held = HeldOut.of(memories, questions_per_memory=cfg.evaluation.questions_per_memory)

@@ -278,9 +278,41 @@ class DreamingSpec(ApiModel):
         description="Run the dreaming phase (false: go straight to evaluation). Off by default: on SmolLM2-135M it "
         "cost held-out recall and half the general QA on top of consolidation (bench/science/LOG.md).",
     )
-    dreams_per_context: int = Field(default=4, ge=1, le=256, description="m: dreams generated per task context.")
-    top_k: int = Field(default=2, ge=0, le=256, description="k: dreams kept by gradient importance.")
-    random_extra: int = Field(default=1, ge=0, le=256, description="b: dreams kept at random for diversity.")
+    dreams_per_context: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="m: candidate dreams per weak fact (the reverse question, the blank, a contrast with the "
+        "confused memory, then phrasings the model writes).",
+    )
+    top_k: int = Field(default=2, ge=0, le=256, description="k: dreams per weak fact kept by gradient importance.")
+    random_extra: int = Field(
+        default=1, ge=0, le=256, description="b: dreams per weak fact kept at random for diversity."
+    )
+    quiz_questions: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Self-quiz questions the teacher writes per memory (besides one recital); never an evaluation "
+        "question.",
+    )
+    weak_below: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="A self-quiz answer whose span agreement with the teacher's is below this marks the facts it "
+        "missed as weak.",
+    )
+    facts_per_memory: int = Field(
+        default=2, ge=1, le=64, description="Weak facts per memory that dreaming aims at (most missed first)."
+    )
+    replay_tolerance: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=10.0,
+        description="How far (nats per token) a dream's isolated update may lower the guard — the model's own "
+        "general answers and other memories' recitals — and still be rewarded.",
+    )
     noise_expert_scale: float = Field(
         default=0.01,
         ge=0.0,

@@ -1,51 +1,50 @@
-"""The dreaming phase (paper §2.5, "REM"): the model writes its own curriculum, keeps what helps.
+"""The dreaming phase (paper §2.5, "REM"): a label-free curriculum from the model's own errors.
 
-For each task context C — a chunk of this cycle's memories, plus replayed chunks
-of earlier generations' memories — and its task measure τ:
+Consolidation moves a sleep's memories into a new slot; dreaming finds what the
+consolidated model still gets wrong about them and teaches it that, with no
+label.  For each task context — one memory of this sleep, plus (rehearsal) a
+share ρ/(1−ρ) of earlier sleeps' memories, ρ = ``consolidation.replayRatio``:
 
-1. **Dream.**  The consolidated model generates m dreams with C in view (questions
-   and answers, restatements, implications), with a *random extra expert*
-   switched on while sampling (the paper's router noise: controlled novelty).
-2. **Select.**  Each dream gets a gradient-based importance
-   ``g = ‖∇_φ L_SFT(dream)‖₂``: the L2 norm of the gradient of the dream's mean
-   token NLL (as closed-book text) with respect to φ, the parameters of the
-   dreaming slot that this phase trains (a LoRA slot; at creation its B = 0, so
-   in the first round only the B side carries gradient, which is exactly the
-   direction the first update would move).  The top-k dreams by g are kept,
-   plus b more drawn uniformly from the rest (diversity).
-3. **Reward.**  Each kept dream is applied as an *isolated* LoRA update — a fresh
-   probe adapter on top of the current model, ``probe_steps`` SFT steps on the
-   dream alone — and rewarded 1 if the updated model improves τ, else 0.  The
-   probe is then deleted; dreams never see each other's updates.
-4. **Learn (ReST-EM).**  E-step = steps 1–3; M-step = SFT of the dreaming slot on
-   the rewarded dreams, in two forms: ``(dream prompt with C → dream)``, which
-   trains the dream *generator* (the next round dreams better), and the dream
-   alone as closed-book text, which folds what the dream taught into the
-   weights.  ``rest_em_iterations`` rounds; the output generation is the
-   consolidated model plus this slot, written like consolidation writes its own.
+1. **Self-quiz** (:mod:`reverie.workloads.phases.selfquiz`).  Fresh questions
+   of the self-study kinds, written by the teacher with the memory in view and
+   never an evaluation probe, answered closed book by the candidate (the
+   consolidated model plus the dreaming slot) and by the teacher (the model
+   before this sleep — the base with ``consolidation.teacher: base`` —
+   reading the memory).  Reward = F1 of the two answers' grounded spans.  The
+   memory's sentences that a low-reward answer missed are its *weak facts*; the
+   memory whose spans it stated instead is what the fact was confused with.
+2. **Dream.**  For each weak fact (at most ``factsPerMemory``), m candidate
+   dreams, each a (question, answer) item aimed at it: the reverse direction
+   ("Who was born in Tarrow?"), the blank over its sentence, a contrast with the
+   confused memory (built from the memories' own sentences), and other
+   phrasings the dreamer writes with the memory in view and a *random extra
+   expert* switched on (the paper's router noise), answered by the teacher and
+   kept only when grounded.  A dream that contains an evaluation probe is dropped.
+3. **Select.**  Gradient importance ``g = ‖∇_φ L_SFT(dream)‖₂`` over φ, the
+   dreaming slot (at creation B = 0, so only B carries gradient: the direction
+   the first update moves); the top-k per fact are kept, plus b drawn at random.
+4. **Reward** (τ, pointed at errors).  Each kept dream is applied as an
+   *isolated* LoRA update — a throw-away adapter, ``probeSteps`` SFT steps on
+   the dream alone — and rewarded 1 when it raises τ, the mean per-token
+   log-likelihood of the teacher's answers to this memory's quiz questions
+   (held in: the quiz, never evaluation), *and* does not lower the guard — the
+   model's own answers to general prompts and the other memories' recitals —
+   by more than ``replayTolerance`` nats per token.  Dreams never see each
+   other's updates.
+5. **Learn (ReST-EM).**  E-step = 1–4; M-step = SFT of the dreaming slot on every
+   rewarded dream so far, on the generator pairs of this round's rewarded
+   phrasings (the writer prompt → the question: the next round dreams better),
+   and on the guard's general answers at share ρ (self-agreement replay).  With
+   ``grpo.enabled`` TRL's ``GRPOTrainer`` trains the writer on the same reward
+   instead (vLLM generation on GPU).
 
-The task measure τ is self-derived: cloze questions cut from C's own sentences
-(:func:`reverie.workloads.data.questions.cloze_questions`), whose answer is the span
-the text states — what the teacher, reading C, answers.  τ(model) is the mean
-per-token log-likelihood of those answers given the sentence prefix, closed
-book.  A log-likelihood is used rather than exact-match accuracy because a few
-SFT steps on one dream rarely flip a greedy answer but do move its probability;
-the reward stays SEAL's binary ``1[τ(θ') > τ(θ)]``.  τ questions are never shown
-to the dream generator, and the evaluation phase asks the memories' own ``qa``
-questions when they have them, so dream selection does not see the test.
-
-With ``grpo.enabled`` the generator is trained by TRL's ``GRPOTrainer`` instead
-of the ReST-EM M-step (the variant for verifiable domains): the same binary
-dream reward, a group-relative advantage over ``num_generations`` dreams per
-context, and vLLM generation on GPU (``use_vllm``) when the backend is vllm.
-
-Checkpoints: after each context's E-step and each M-step the phase writes a
-checkpoint in consolidation's format (:mod:`reverie.workloads.store.checkpoint`:
-``<output_uri>/checkpoints/step-<n>/``, n the progress count, with the dreaming
-slot's weights and, in ``state.json``, the dreams, scores and rewards so far),
-staged out to a remote store as it is written; a resumed attempt continues
-from there and, because every random draw is seeded by (seed, round, context),
-produces what an uninterrupted run would have.
+The phase's result reports the self-quiz reward before and after and the
+number of weak facts.  Checkpoints: after each context's E-step and each
+M-step (:mod:`reverie.workloads.store.checkpoint`: the dreaming slot's weights
+and, in ``state.json``, the quiz, the dreams and their rewards), staged out to a
+remote store as written; a resumed attempt continues from there and, because
+every random draw is seeded by (seed, round, context), keeps the dreams an
+uninterrupted run would have kept.
 """
 
 from __future__ import annotations
@@ -64,27 +63,44 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import DreamingSpec
+from reverie.api.phases import DreamingSpec, TeacherChoice
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris, question_prompt
-from reverie.workloads.data.questions import Question, cloze_questions, normalize_answer, question_text
-from reverie.workloads.ml.lm import sft_loss, target_logprobs
+from reverie.workloads.ml import distributed
+from reverie.workloads.ml.expansion import add_slot, freeze_all_but, slot_parameters
+from reverie.workloads.ml.lm import completion_nll, encode, sft_loss
+from reverie.workloads.ml.sampling import make_backend
+from reverie.workloads.phases import selfquiz
+from reverie.workloads.phases.selfquiz import QuizItem
+from reverie.workloads.phases.selfstudy import (
+    GENERAL_REPLAY_PROMPTS,
+    answer_tokens,
+    grounded,
+    subject_of,
+    written_question,
+)
+from reverie.workloads.store import objects, store
+from reverie.workloads.store.atomic import write_atomic
+from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reverie.workloads.store.modelio import (
+    activate_slots,
+    content_hash,
+    load_generation,
+    save_generation,
+    stage_out,
+)
 
-# The three kinds of dream the paper names; prompts rotate through them.
-DREAM_INSTRUCTIONS: dict[str, str] = {
-    "qa": "Write questions about the text above, each followed by its answer.",
-    "restatement": "Restate the text above in your own words.",
-    "implications": "List implications of the text above.",
-}
 DREAM_SLOT_NOTE = "dreaming"
 PROBE_ADAPTER = "dream-probe"
-TAU_QUESTIONS_PER_CONTEXT = 8
-DISTRACTORS_PER_QUESTION = 4
+GUARD_GENERAL = 6  # general prompts whose own answers the guard keeps
+GUARD_RECITALS = 4  # other memories' recitals in each context's guard
 M_STEP_BATCH = 8
 CHECKPOINT_DIR = "checkpoints"
 DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
+BUILT_KINDS = ("reverse", "cloze", "contrast")
+PHRASING = "phrasing"
 
 
 # --------------------------------------------------------------------------- #
@@ -93,28 +109,32 @@ DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
 
 
 @dataclass(frozen=True)
-class TaskContext:
-    """One task (C, τ): the context text, the cloze questions that define τ, and their distractors."""
+class QuizContext:
+    """One task: a memory, its subject and its self-quiz (the items τ is measured on)."""
 
-    id: str
-    text: str
-    tau: tuple[Question, ...]
-    distractors: tuple[tuple[str, ...], ...] = ()  # per τ question: answers taken from other contexts
+    id: str  # the memory's id
+    memory: Memory
+    subject: str
+    items: tuple[QuizItem, ...]
     replay: bool = False
 
 
 @dataclass
 class Dream:
-    """One sampled dream and what happened to it."""
+    """One candidate dream — a (question, answer) item aimed at a weak fact — and what happened to it."""
 
     context_id: str
-    kind: str
-    text: str
+    kind: str  # phrasing | reverse | cloze | contrast
+    prompt: str
+    text: str  # the answer it trains
     round: int
+    fact: str = ""
+    writer: str = ""  # phrasing only: the instruction the question was written from
     importance: float | None = None
     kept: str | None = None  # "topk" | "random" | None (rejected)
     reward: int | None = None
     tau_gain: float | None = None
+    guard_change: float | None = None
 
 
 @dataclass
@@ -126,6 +146,10 @@ class DreamState:
     m_step_done: bool = False
     dreams: list[Dream] = field(default_factory=list)
     round_stats: list[dict[str, float]] = field(default_factory=list)
+    quiz: list[QuizItem] = field(default_factory=list)
+    guard: list[tuple[str, str]] = field(default_factory=list)  # general prompt → the model's own answer
+    rewards: dict[str, list[float]] = field(default_factory=dict)  # "<round>/<context>" → quiz rewards
+    weak: dict[str, int] = field(default_factory=dict)  # "<round>/<context>" → weak facts found
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +158,10 @@ class DreamState:
             "mStepDone": self.m_step_done,
             "dreams": [asdict(d) for d in self.dreams],
             "roundStats": self.round_stats,
+            "quiz": [q.to_json() for q in self.quiz],
+            "guard": [list(g) for g in self.guard],
+            "rewards": self.rewards,
+            "weak": self.weak,
         }
 
     @classmethod
@@ -144,75 +172,35 @@ class DreamState:
             m_step_done=raw["mStepDone"],
             dreams=[Dream(**d) for d in raw["dreams"]],
             round_stats=list(raw["roundStats"]),
+            quiz=[QuizItem.from_json(q) for q in raw.get("quiz", [])],
+            guard=[(p, a) for p, a in raw.get("guard", [])],
+            rewards={k: list(v) for k, v in raw.get("rewards", {}).items()},
+            weak=dict(raw.get("weak", {})),
         )
 
+    def round_mean(self, r: int) -> float:
+        """Mean self-quiz reward of round r's E-step (NaN before any)."""
+        vals = [x for k, v in self.rewards.items() if k.startswith(f"{r}/") for x in v]
+        return sum(vals) / len(vals) if vals else math.nan
 
-def task_contexts(
-    memories: Sequence[Memory],
-    prior: Sequence[Memory],
-    *,
-    chunk_documents: int,
-    replay_ratio: float,
-    seed: int,
-    tau_questions: int = TAU_QUESTIONS_PER_CONTEXT,
-    distractors: int = DISTRACTORS_PER_QUESTION,
-    held_out: HeldOut | None = None,
-) -> list[TaskContext]:
-    """This cycle's memory chunks, then replayed chunks of earlier memories.
 
-    Replay keeps dreaming from drifting away from what earlier sleeps stored:
-    ρ/(1−ρ) replayed chunks per current chunk (ρ = consolidation.replayRatio,
-    the same share consolidation rehearses), drawn with a seeded RNG.  Chunks
-    without a usable cloze question have no τ and are skipped.  Each τ question
-    gets up to ``distractors`` wrong answers: answers of other contexts' questions.
-    A τ question that evaluation asks too (a memory without ``qa`` is evaluated
-    on its cloze questions) is dropped: ``held_out`` holds the evaluation's probes.
-    """
+def rehearsed(memories: Sequence[Memory], prior: Sequence[Memory], *, replay_ratio: float, seed: int) -> list[Memory]:
+    """The earlier memories this round quizzes too: ρ/(1−ρ) per current memory, drawn with a seeded RNG."""
+    if not prior or replay_ratio <= 0:
+        return []
+    want = min(len(prior), math.ceil(len(memories) * replay_ratio / (1 - replay_ratio)))
+    return [prior[i] for i in sorted(random.Random(seed).sample(range(len(prior)), want))]
 
-    def chunks(mems: Sequence[Memory], tag: str, replay: bool) -> list[tuple[str, str, tuple[Question, ...], bool]]:
-        out = []
-        for i in range(0, len(mems), chunk_documents):
-            group = mems[i : i + chunk_documents]
-            text = "\n\n".join(m.text for m in group)
-            cid = f"{tag}{i // chunk_documents}:" + "+".join(m.id for m in group)
-            tau = tuple(
-                q
-                for m in group
-                for q in cloze_questions(m.id, m.text, limit=tau_questions)
-                if held_out is None or held_out.allows(question_text(q))
-            )[:tau_questions]
-            if tau:
-                out.append((cid, text, tau, replay))
-        return out
 
-    picked = chunks(memories, "c", False)
-    pool = chunks(prior, "r", True) if prior else []
-    if pool and replay_ratio > 0:
-        want = min(len(pool), math.ceil(len(picked) * replay_ratio / (1 - replay_ratio)))
-        picked += [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), want))]
-    # Distractors come from every memory, replayed or not: long-term memory is
-    # where the plausible wrong answers live.
-    answers = sorted({q.answer for _, _, t, _ in chunks(memories, "c", False) + pool for q in t})
-    rng = random.Random(seed + 1)
-    out: list[TaskContext] = []
-    for cid, text, tau, replay in picked:
-        dis = tuple(
-            tuple(rng.sample(cands, min(distractors, len(cands))))
-            for q in tau
-            for cands in [[a for a in answers if normalize_answer(a) != normalize_answer(q.answer)]]
-        )
-        out.append(TaskContext(id=cid, text=text, tau=tau, distractors=dis, replay=replay))
+def quiz_contexts(memories: Sequence[Memory], quiz: Sequence[QuizItem]) -> list[QuizContext]:
+    """One context per memory with at least one quiz item, in memory order."""
+    out = []
+    for m in memories:
+        items = tuple(q for q in quiz if q.memory_id == m.id)
+        subject = subject_of(m.text)
+        if items and subject:
+            out.append(QuizContext(id=m.id, memory=m, subject=subject, items=items, replay=items[0].replay))
     return out
-
-
-def dream_prompt(tokenizer: Any, context: str, kind: str) -> str:
-    """The generator's prompt: the context, then the instruction for this kind of dream."""
-    return question_prompt(tokenizer, DREAM_INSTRUCTIONS[kind], context=context)
-
-
-def dream_kinds(m: int, *, offset: int = 0) -> list[str]:
-    kinds = list(DREAM_INSTRUCTIONS)
-    return [kinds[(offset + i) % len(kinds)] for i in range(m)]
 
 
 def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
@@ -221,51 +209,39 @@ def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
 
 
 # --------------------------------------------------------------------------- #
-# Losses and the task measure (the math, written out)
+# Measures and updates (the math, written out)
 # --------------------------------------------------------------------------- #
 
 
+def chat_pair(tokenizer: Any, prompt: str, answer: str) -> tuple[str, str]:
+    """A (question, answer) item as trained: the chat prompt, closed book, then the answer and eos."""
+    return question_prompt(tokenizer, prompt), answer + tokenizer.eos_token
+
+
 @torch.no_grad()
-def answer_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """Log-likelihood (summed over its tokens) of each answer after its prefix (closed book, raw text)."""
-    return target_logprobs(model, tokenizer, [(prefix, " " + answer) for prefix, answer in pairs])
-
-
-def task_measure(model: Any, tokenizer: Any, ctx: TaskContext) -> float:
-    """τ: mean over the context's questions of the log-likelihood margin of the true answer.
-
-    margin(q) = ℓ(answer | prefix) − mean_d ℓ(d | prefix), ℓ the log-likelihood
-    of the answer's tokens and d the distractors (answers of other memories).  The margin
-    measures *binding*: a dream that only teaches the sentence pattern ("X lives
-    in <some town>") raises every candidate alike and leaves τ unchanged, while
-    a dream that states the right fact raises the answer over the distractors.
-    Without distractors (a single context) τ is ℓ(answer | prefix).
-    """
+def mean_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, max_tokens: int = 96) -> float:
+    """Mean per-token log-likelihood of each answer after its closed-book question, averaged over the pairs."""
+    if not pairs:
+        return 0.0
     was_training = model.training
     model.eval()
-    pairs: list[tuple[str, str]] = []
-    owners: list[tuple[int, bool]] = []  # (question index, is the true answer)
-    for i, q in enumerate(ctx.tau):
-        pairs.append((q.question, q.answer))
-        owners.append((i, True))
-        for d in ctx.distractors[i] if i < len(ctx.distractors) else ():
-            pairs.append((q.question, d))
-            owners.append((i, False))
-    scores = answer_logprob(model, tokenizer, pairs)
+    prompts = [encode(tokenizer, question_prompt(tokenizer, q)) for q, _ in pairs]
+    answers = [answer_tokens(tokenizer, a, max_tokens=max_tokens) for _, a in pairs]
+    scored = completion_nll(model, tokenizer, prompts, answers)
     model.train(was_training)
-    margins = []
-    for i in range(len(ctx.tau)):
-        true = [s for (j, t), s in zip(owners, scores, strict=True) if j == i and t]
-        wrong = [s for (j, t), s in zip(owners, scores, strict=True) if j == i and not t]
-        margins.append(true[0] - (sum(wrong) / len(wrong) if wrong else 0.0))
-    return sum(margins) / len(margins)
+    return -sum(n / max(1, c) for n, c in scored) / len(scored)
 
 
-def importance(model: Any, tokenizer: Any, text: str, params: Sequence[torch.nn.Parameter]) -> float:
+def quiz_measure(model: Any, tokenizer: Any, ctx: QuizContext) -> float:
+    """τ: mean per-token log-likelihood of the teacher's answers to the context's quiz questions, closed book."""
+    return mean_logprob(model, tokenizer, [(q.prompt, q.reference) for q in ctx.items])
+
+
+def importance(model: Any, tokenizer: Any, dream: Dream, params: Sequence[torch.nn.Parameter]) -> float:
     """g = ‖∇_φ L_SFT(dream)‖₂ over the dreaming slot's parameters φ."""
     for p in params:
         p.grad = None
-    loss = sft_loss(model, tokenizer, [("", text)])
+    loss = sft_loss(model, tokenizer, [chat_pair(tokenizer, dream.prompt, dream.text)])
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) or torch.tensor(0.0)))
 
@@ -283,30 +259,26 @@ def select(dreams: Sequence[Dream], *, k: int, b: int, rng: random.Random) -> li
     return [dreams[i] for i in sorted(top + extra)]
 
 
-# --------------------------------------------------------------------------- #
-# Isolated inner update and the dreaming slot
-# --------------------------------------------------------------------------- #
-
-
-def _sgd(params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _adamw(params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(list(params), lr=lr, weight_decay=0.0)
 
 
 def isolated_update_gain(
     model: Any,
     tokenizer: Any,
-    dream: str,
-    ctx: TaskContext,
+    dream: Dream,
+    ctx: QuizContext,
     *,
-    tau_before: float,
+    guard: Sequence[tuple[str, str]],
+    before: tuple[float, float],
     spec: DreamingSpec,
     target_modules: Sequence[str],
     seed: int,
-) -> float:
-    """τ(θ') − τ(θ) after ``probe_steps`` LoRA SFT steps on ``dream`` alone; the probe is then removed."""
-    from reverie.workloads.ml.expansion import add_slot
-    from reverie.workloads.store.modelio import activate_slots
+) -> tuple[float, float]:
+    """(τ(θ') − τ(θ), guard(θ') − guard(θ)) after ``probeSteps`` LoRA SFT steps on the dream alone.
 
+    The probe adapter is removed afterwards and every flag restored: the model is unchanged.
+    """
     active = list(model.base_model.active_adapters)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)  # the probe's A init
@@ -314,20 +286,22 @@ def isolated_update_gain(
         model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER, keep_active=active
     )
     params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
-    opt = _sgd(params, spec.inner_learning_rate)
+    opt = _adamw(params, spec.inner_learning_rate)
+    pair = chat_pair(tokenizer, dream.prompt, dream.text)
     model.train()
     for _ in range(spec.probe_steps):
-        loss = sft_loss(model, tokenizer, [("", dream)])
+        loss = sft_loss(model, tokenizer, [pair])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     model.eval()
-    gain = task_measure(model, tokenizer, ctx) - tau_before
+    gain = quiz_measure(model, tokenizer, ctx) - before[0]
+    change = mean_logprob(model, tokenizer, guard) - before[1] if guard else 0.0
     model.delete_adapter(PROBE_ADAPTER)
     activate_slots(model, active)
     for n, p in model.named_parameters():
         p.requires_grad_(flags.get(n, False))
-    return gain
+    return gain, change
 
 
 def m_step(
@@ -335,25 +309,18 @@ def m_step(
     tokenizer: Any,
     slot: str,
     *,
-    generator_pairs: Sequence[tuple[str, str]],
-    fold_texts: Sequence[str],
+    examples: Sequence[tuple[str, str]],
     spec: DreamingSpec,
     seed: int,
 ) -> float:
-    """ReST-EM M-step: SFT the dreaming slot on rewarded dreams; returns the last loss.
+    """ReST-EM M-step: SFT the dreaming slot on ``examples`` (prompt, target); returns the last loss.
 
-    Each rewarded dream appears twice: as the generator's target after its
-    prompt (learning to dream better) and as closed-book text (folding what it
-    taught into the weights).  Every example is seen ``m_step_epochs`` times, in
-    batches of 8, at ``inner_learning_rate``.
+    Every example is seen ``m_step_epochs`` times, in batches of 8, at ``inner_learning_rate``.
     """
-    from reverie.workloads.ml.expansion import freeze_all_but
-
-    examples = [*generator_pairs, *(("", t) for t in fold_texts)]
     if not examples:
         return math.nan
     params = freeze_all_but(model, slot)
-    opt = _sgd(params, spec.inner_learning_rate)
+    opt = _adamw(params, spec.inner_learning_rate)
     rng = random.Random(seed)
     steps = spec.m_step_epochs * math.ceil(len(examples) / M_STEP_BATCH)
     model.train()
@@ -376,13 +343,13 @@ def m_step(
 
 
 # --------------------------------------------------------------------------- #
-# One round: E-step over the contexts
+# One round: the E-step over the contexts
 # --------------------------------------------------------------------------- #
 
 
 @dataclass
 class Dreamer:
-    """The model being dreamed with, its tokenizer and backend, and the phase knobs."""
+    """The model being dreamed with, its tokenizer and backend, who teaches, and the phase knobs."""
 
     model: Any
     tokenizer: Any
@@ -390,13 +357,22 @@ class Dreamer:
     spec: DreamingSpec
     slot: str
     target_modules: Sequence[str]
+    teacher: list[str]  # the adapters of the model that reads a memory (before this sleep)
+    answer_tokens: int = 48
     backend_round: int = -1
-    held_out: HeldOut | None = None  # evaluation probes: a dream that contains one is never trained on
+    held_out: HeldOut | None = None  # evaluation probes: a dream or quiz question that contains one is dropped
+    memories: list[Memory] = field(default_factory=list)  # every quizzed memory: where confusions come from
+
+    @property
+    def candidate(self) -> list[str]:
+        """The consolidated model plus the dreaming slot: every slot but a probe."""
+        return [a for a in self.model.peft_config if a != PROBE_ADAPTER]
 
     def slot_params(self) -> list[torch.nn.Parameter]:
-        from reverie.workloads.ml.expansion import slot_parameters
-
         return list(slot_parameters(self.model, self.slot).values())
+
+    def allows(self, *texts: str) -> bool:
+        return self.held_out is None or all(self.held_out.allows(t) for t in texts)
 
     def sync_backend(self, round_: int) -> None:
         """vLLM serves folders, not in-memory weights: write the current generation once per round.
@@ -406,9 +382,6 @@ class Dreamer:
         """
         if self.spec.backend != "vllm" or self.backend_round == round_:
             return
-        from reverie.workloads.ml.sampling import make_backend
-        from reverie.workloads.store.modelio import save_generation
-
         slots = list(self.model.peft_config)
         folder = save_generation(
             self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g", slots=slots
@@ -416,55 +389,140 @@ class Dreamer:
         self.backend = make_backend("vllm", self.model, self.tokenizer, folder=folder, slots=slots)
         self.backend_round = round_
 
-    def sample(self, contexts: Sequence[TaskContext], *, round_: int, indices: Sequence[int]) -> list[Dream]:
-        """m dreams per context, random extra expert on (one batched call per context, seeded per unit)."""
-        self.sync_backend(round_)
-        out: list[Dream] = []
-        for idx, ctx in zip(indices, contexts, strict=True):
-            kinds = dream_kinds(self.spec.dreams_per_context, offset=idx)
-            prompts = [dream_prompt(self.tokenizer, ctx.text, k) for k in kinds]
-            gen = self.backend.generate(
-                prompts,
-                max_new_tokens=self.spec.max_new_tokens,
+    def quiz(self, ctx: QuizContext) -> tuple[list[str], list[float]]:
+        """The candidate's closed-book answers to the context's quiz and their rewards."""
+        said = selfquiz.closed_book(
+            self.backend,
+            self.tokenizer,
+            [q.prompt for q in ctx.items],
+            adapters=self.candidate,
+            max_new_tokens=self.answer_tokens,
+        )
+        return said, [
+            selfquiz.agreement(a, q.reference, subject=ctx.subject) for a, q in zip(said, ctx.items, strict=True)
+        ]
+
+    def weak_facts(
+        self, ctx: QuizContext, said: Sequence[str], rewards: Sequence[float]
+    ) -> list[tuple[str, Memory | None]]:
+        """Up to ``factsPerMemory`` facts the low-reward answers missed, each with what it was confused with."""
+        missed: dict[str, int] = {}
+        confusion: dict[str, Memory | None] = {}
+        for a, q, r in zip(said, ctx.items, rewards, strict=True):
+            if r >= self.spec.weak_below:
+                continue
+            other = selfquiz.confused_with(a, ctx.memory, self.memories)
+            for s in selfquiz.missed_facts(a, q.reference, ctx.memory, subject=ctx.subject):
+                missed[s] = missed.get(s, 0) + 1
+                confusion[s] = confusion.get(s) or other
+        order = sorted(missed, key=lambda s: -missed[s])  # stable: ties keep the memory's order
+        return [(s, confusion[s]) for s in order[: self.spec.facts_per_memory]]
+
+    def curriculum(
+        self, ctx: QuizContext, weak: Sequence[tuple[str, Memory | None]], *, round_: int, index: int
+    ) -> list[Dream]:
+        """m candidate dreams per weak fact: the built kinds, then phrasings the dreamer writes (noise on)."""
+        dreams: list[Dream] = []
+        writes: list[tuple[str, str]] = []  # (fact, writer instruction)
+        for fact, other in weak:
+            built = [
+                ("reverse", selfquiz.reverse_item(fact, ctx.subject)),
+                ("cloze", selfquiz.cloze_item(fact, ctx.subject)),
+                ("contrast", selfquiz.contrast_item(fact, ctx.subject, other) if other else None),
+            ]
+            mine = [
+                Dream(context_id=ctx.id, kind=k, prompt=p, text=a, round=round_, fact=fact)
+                for k, item in built
+                if item
+                for p, a in [item]
+            ][: self.spec.dreams_per_context]
+            dreams += mine
+            request = selfquiz.phrasing_request(fact, ctx.subject)
+            writes += [(fact, request)] * max(1, self.spec.dreams_per_context - len(mine))
+        if writes:
+            self.sync_backend(round_)
+            written = self.backend.generate(
+                [question_prompt(self.tokenizer, ins, context=ctx.memory.text) for _, ins in writes],
+                max_new_tokens=40,
                 temperature=self.spec.temperature,
                 top_p=self.spec.top_p,
-                seed=unit_seed(self.spec.seed, round_, idx, 0),
+                seed=unit_seed(self.spec.seed, round_, index, 0),
+                adapters=self.candidate,
                 noise_scale=self.spec.noise_expert_scale,
+            ).texts
+            asked = [(f, ins, written_question(t, ctx.subject)) for (f, ins), t in zip(writes, written, strict=True)]
+            asked_ok = [(f, ins, q) for f, ins, q in asked if q]
+            answers = (
+                self.backend.generate(
+                    [question_prompt(self.tokenizer, q, context=ctx.memory.text) for _, _, q in asked_ok],
+                    max_new_tokens=self.answer_tokens,
+                    temperature=0.0,
+                    adapters=self.teacher,
+                ).texts
+                if asked_ok
+                else []
             )
-            texts = [t if self.held_out is None or self.held_out.allows(t) else "" for t in gen.texts]
-            out += [Dream(context_id=ctx.id, kind=k, text=t, round=round_) for k, t in zip(kinds, texts, strict=True)]
-        return out
+            for (f, ins, q), a in zip(asked_ok, answers, strict=True):
+                a = a.strip()
+                if grounded(a, ctx.memory.text, subject=ctx.subject):
+                    dreams.append(
+                        Dream(context_id=ctx.id, kind=PHRASING, prompt=q, text=a, round=round_, fact=f, writer=ins)
+                    )
+        quizzed = {q.prompt for q in ctx.items}
+        return [d for d in dreams if d.prompt not in quizzed and self.allows(d.prompt, d.text, f"{d.prompt} {d.text}")]
 
-    def e_step_context(self, ctx: TaskContext, *, round_: int, index: int) -> list[Dream]:
-        """Dream, score, keep top-k + b random, reward each kept dream by an isolated update."""
-        dreams = self.sample([ctx], round_=round_, indices=[index])
+    def guard_for(
+        self, ctx: QuizContext, contexts: Sequence[QuizContext], guard: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """What a dream for ``ctx`` must not lower: the general answers and the next memories' recitals."""
+        others = [c for c in contexts if c.id != ctx.id]
+        start = next((i for i, c in enumerate(contexts) if c.id == ctx.id), 0)
+        ring = others[start:] + others[:start]
+        recitals = [
+            (q.prompt, q.reference) for c in ring[:GUARD_RECITALS] for q in c.items[:1] if q.kind == selfquiz.RECITAL
+        ]
+        return [*guard, *recitals]
+
+    def e_step_context(
+        self,
+        ctx: QuizContext,
+        *,
+        round_: int,
+        index: int,
+        contexts: Sequence[QuizContext] = (),
+        guard: Sequence[tuple[str, str]] = (),
+    ) -> tuple[list[Dream], list[float], int]:
+        """Quiz, find the weak facts, dream at them, keep top-k + b per fact, reward each by an isolated update."""
+        said, rewards = self.quiz(ctx)
+        weak = self.weak_facts(ctx, said, rewards)
+        dreams = self.curriculum(ctx, weak, round_=round_, index=index)
+        if not dreams:
+            return [], rewards, len(weak)
         params = self.slot_params()
         for d in dreams:
-            d.importance = importance(self.model, self.tokenizer, d.text, params) if d.text.strip() else 0.0
-        kept = select(
-            dreams,
-            k=self.spec.top_k,
-            b=self.spec.random_extra,
-            rng=random.Random(unit_seed(self.spec.seed, round_, index, 1)),
-        )
-        tau_before = task_measure(self.model, self.tokenizer, ctx)
+            d.importance = importance(self.model, self.tokenizer, d, params)
+        rng = random.Random(unit_seed(self.spec.seed, round_, index, 1))
+        kept = [
+            d
+            for fact, _ in weak
+            for d in select([x for x in dreams if x.fact == fact], k=self.spec.top_k, b=self.spec.random_extra, rng=rng)
+        ]
+        rows = self.guard_for(ctx, contexts, guard)
+        before = (quiz_measure(self.model, self.tokenizer, ctx), mean_logprob(self.model, self.tokenizer, rows))
         for j, d in enumerate(kept):
-            if not d.text.strip():
-                d.reward, d.tau_gain = 0, 0.0
-                continue
-            gain = isolated_update_gain(
+            d.tau_gain, d.guard_change = isolated_update_gain(
                 self.model,
                 self.tokenizer,
-                d.text,
+                d,
                 ctx,
-                tau_before=tau_before,
+                guard=rows,
+                before=before,
                 spec=self.spec,
                 target_modules=self.target_modules,
                 seed=unit_seed(self.spec.seed, round_, index, 2 + j),
             )
-            d.tau_gain = gain
-            d.reward = int(gain > 0.0)
-        return dreams
+            d.reward = int(d.tau_gain > 0.0 and d.guard_change >= -self.spec.replay_tolerance)
+        return dreams, rewards, len(weak)
 
 
 def rewarded_rate(dreams: Sequence[Dream]) -> float:
@@ -502,9 +560,6 @@ def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -
     switches ``latest`` atomically), so a crash anywhere leaves the previous
     consistent pair in place.
     """
-    from reverie.workloads.ml.expansion import slot_parameters
-    from reverie.workloads.store.checkpoint import save_checkpoint
-
     weights = {k: v.detach() for k, v in slot_parameters(dreamer.model, dreamer.slot).items()}
     return save_checkpoint(
         root, step=unit, slot=dreamer.slot, slot_state=weights, meta={DREAMING_STATE: state.to_json()}
@@ -513,9 +568,6 @@ def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -
 
 def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
     """The state of the newest checkpoint at ``uri`` (local or in the store), its slot weights loaded; None if none."""
-    from reverie.workloads.ml.expansion import slot_parameters
-    from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint
-
     try:
         c = load_checkpoint(uri)
     except CheckpointError:
@@ -534,19 +586,20 @@ def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
 
 def _local_dir(uri: str) -> Path:
     """The local folder for ``uri``: itself, or for a store URI a new working folder (staged out as it fills)."""
-    from reverie.workloads.store import store
-
     if not store.is_remote(uri):
         return store.local_path(uri)
     return store.local_workdir(uri, prefix="reverie-dreaming-")
 
 
-def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str]) -> tuple[Dreamer, Any]:
-    """Load the consolidated generation and add the dreaming slot (B = 0: nothing changes yet)."""
-    from reverie.workloads.ml.expansion import add_slot
-    from reverie.workloads.ml.sampling import make_backend
-    from reverie.workloads.store.modelio import load_generation
+def open_dreamer(
+    model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str], teacher: TeacherChoice = TeacherChoice.BASE
+) -> tuple[Dreamer, Any]:
+    """Load the consolidated generation and add the dreaming slot (B = 0: nothing changes yet).
 
+    The teacher reads memories with the base weights (``teacher: base``) or with
+    the slots from before this sleep (``champion``: every slot but the last,
+    which is the one consolidation just added).
+    """
     gen = load_generation(model_uri)
     torch.manual_seed(spec.seed)
     model, slot = add_slot(gen.model, rank=spec.slot_rank, target_modules=target_modules, keep_active=list(gen.slots))
@@ -554,17 +607,48 @@ def open_dreamer(model_uri: str, *, spec: DreamingSpec, target_modules: Sequence
     # With backend vllm the HF backend is replaced, round by round, by a vLLM
     # engine on a snapshot of the current weights (Dreamer.sync_backend).
     backend = make_backend("hf", model, gen.tokenizer)
+    reader = [] if teacher == TeacherChoice.BASE else list(gen.slots)[:-1]
     return Dreamer(
-        model=model, tokenizer=gen.tokenizer, backend=backend, spec=spec, slot=slot, target_modules=target_modules
+        model=model,
+        tokenizer=gen.tokenizer,
+        backend=backend,
+        spec=spec,
+        slot=slot,
+        target_modules=target_modules,
+        teacher=reader,
     ), gen
+
+
+def m_step_examples(
+    dreamer: Dreamer, state: DreamState, contexts: Sequence[QuizContext], *, r: int, rho: float
+) -> list[tuple[str, str]]:
+    """Every rewarded dream so far, this round's rewarded writer pairs, and the guard's general answers at share ρ.
+
+    The generator learns only from this round's successes (ReST-EM's E/M
+    alternation); the fold keeps every success so far, so a later round does
+    not forget what an earlier one taught.
+    """
+    tok = dreamer.tokenizer
+    by_id = {c.id: c for c in contexts}
+    rows = [chat_pair(tok, d.prompt, d.text) for d in state.dreams if d.reward]
+    rows += [
+        (question_prompt(tok, d.writer, context=by_id[d.context_id].memory.text), d.prompt + tok.eos_token)
+        for d in state.dreams
+        if d.reward and d.round == r and d.kind == PHRASING and d.context_id in by_id
+    ]
+    if rows and state.guard and rho > 0:
+        n = math.ceil(len(rows) * rho / (1 - rho))
+        rows += [chat_pair(tok, *state.guard[i % len(state.guard)]) for i in range(n)]
+    return rows
 
 
 def dream_rounds(
     dreamer: Dreamer,
-    contexts: Sequence[TaskContext],
+    contexts: Sequence[QuizContext],
     *,
     ckpt: Path | None,
-    state: DreamState | None = None,
+    state: DreamState,
+    rho: float = 0.0,
     stop_after: Callable[[DreamState], bool] | None = None,
     on_checkpoint: Callable[[], object] | None = None,
 ) -> DreamState:
@@ -572,12 +656,9 @@ def dream_rounds(
 
     ``on_checkpoint`` runs after each checkpoint is written (to upload it when the store is remote).
     """
-    from reverie.workloads.ml import distributed
-
     world = distributed.world_from_env()
     spec = dreamer.spec
     rounds = max(1, spec.rest_em_iterations)
-    state = state or DreamState()
     per_round = len(contexts) + 1  # every context's E-step, then the M-step
     total = rounds * per_round
     while state.round < rounds:
@@ -588,10 +669,17 @@ def dream_rounds(
         # rank gathers every wave and runs the same M-step; rank 0 writes the checkpoints.
         for wave in (todo[i : i + world.size] for i in range(0, len(todo), world.size)):
             mine = wave[world.rank] if world.rank < len(wave) else None
-            dreamt = dreamer.e_step_context(mine[1], round_=r, index=mine[0]) if mine else []
-            for ctx_id, dreams in distributed.all_gather_objects(world, (mine[1].id if mine else None, dreamt)):
-                if ctx_id is not None:
+            out = (
+                dreamer.e_step_context(mine[1], round_=r, index=mine[0], contexts=contexts, guard=state.guard)
+                if mine
+                else None
+            )
+            for ctx_id, got in distributed.all_gather_objects(world, (mine[1].id if mine else None, out)):
+                if ctx_id is not None and got is not None:
+                    dreams, rewards, weak = got
                     state.dreams += dreams
+                    state.rewards[f"{r}/{ctx_id}"] = rewards
+                    state.weak[f"{r}/{ctx_id}"] = weak
                     state.contexts_done.append(ctx_id)
             unit = r * per_round + len(state.contexts_done)
             if ckpt:
@@ -602,37 +690,21 @@ def dream_rounds(
                 unit,
                 total,
                 rewardedRate=_finite(rewarded_rate([d for d in state.dreams if d.round == r])),
+                selfQuizReward=_finite(state.round_mean(r)),
                 checkpoint=str(ckpt) if ckpt else None,
             )
             if stop_after and stop_after(state):
                 return state
         this_round = [d for d in state.dreams if d.round == r]
         rewarded = [d for d in this_round if d.reward]
-        by_id = {c.id: c for c in contexts}
         if spec.grpo.enabled:
-            loss = grpo_step(dreamer, contexts, round_=r)
+            loss = grpo_step(dreamer, contexts, state, round_=r)
         else:
-            # The generator learns only from this round's successes (ReST-EM's E/M
-            # alternation); the fold keeps every success so far, so a later round
-            # does not forget what an earlier one taught.
-            pairs = (
-                [
-                    (
-                        dream_prompt(dreamer.tokenizer, by_id[d.context_id].text, d.kind),
-                        d.text + dreamer.tokenizer.eos_token,
-                    )
-                    for d in rewarded
-                ]
-                if spec.rest_em_iterations > 0
-                else []
-            )
-            folds = [d.text + dreamer.tokenizer.eos_token for d in state.dreams if d.reward]
             loss = m_step(
                 dreamer.model,
                 dreamer.tokenizer,
                 dreamer.slot,
-                generator_pairs=pairs,
-                fold_texts=folds,
+                examples=m_step_examples(dreamer, state, contexts, r=r, rho=rho),
                 spec=spec,
                 seed=unit_seed(spec.seed, r, 0, 9),
             )
@@ -643,6 +715,8 @@ def dream_rounds(
                 "kept": float(sum(1 for d in this_round if d.kept)),
                 "rewarded": float(len(rewarded)),
                 "rewardedRate": rewarded_rate(this_round),
+                "selfQuizReward": state.round_mean(r),
+                "weakFacts": float(sum(v for k, v in state.weak.items() if k.startswith(f"{r}/"))),
                 "mStepLoss": loss,
             }
         )
@@ -662,19 +736,30 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int) -> float:
-    """Train the generator with TRL GRPO on the binary dream reward (vLLM generation on GPU)."""
+def grpo_step(dreamer: Dreamer, contexts: Sequence[QuizContext], state: DreamState, *, round_: int) -> float:
+    """Train the dream writer with TRL GRPO on the dream reward (vLLM generation on GPU).
+
+    Prompts are this round's weak facts' writer requests; a completion is a
+    question, answered by the teacher with the memory in view and rewarded 1
+    when an isolated update on the item raises τ without lowering the guard.
+    """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
 
     spec, tok = dreamer.spec, dreamer.tokenizer
     by_id = {c.id: c for c in contexts}
-    prompts, ids = [], []
-    for idx, ctx in enumerate(contexts):
-        kind = dream_kinds(1, offset=idx + round_)[0]
-        prompts.append(dream_prompt(tok, ctx.text, kind))
-        ids.append(ctx.id)
-    tau_before = {c.id: task_measure(dreamer.model, tok, c) for c in contexts}
+    facts = list(dict.fromkeys((d.context_id, d.fact) for d in state.dreams if d.round == round_ and d.fact))
+    if not facts:
+        return math.nan
+    prompts = [
+        question_prompt(tok, selfquiz.phrasing_request(f, by_id[cid].subject), context=by_id[cid].memory.text)
+        for cid, f in facts
+    ]
+    ids = [cid for cid, _ in facts]
+    guards = {c.id: dreamer.guard_for(c, contexts, state.guard) for c in contexts}
+    before = {
+        c.id: (quiz_measure(dreamer.model, tok, c), mean_logprob(dreamer.model, tok, guards[c.id])) for c in contexts
+    }
 
     def dream_reward(completions: list[str], context_id: list[str], **_: Any) -> list[float | None]:
         # Isolated inner updates run on the policy model itself with a probe
@@ -682,20 +767,36 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
         # slot's weights are the current policy's, which is what τ must see.
         out: list[float | None] = []
         for j, (text, cid) in enumerate(zip(completions, context_id, strict=True)):
-            if not text.strip():
+            ctx = by_id[cid]
+            q = written_question(text, ctx.subject)
+            if q is None or not dreamer.allows(q):
                 out.append(0.0)
                 continue
-            gain = isolated_update_gain(
+            answer = (
+                dreamer.backend.generate(
+                    [question_prompt(tok, q, context=ctx.memory.text)],
+                    max_new_tokens=dreamer.answer_tokens,
+                    temperature=0.0,
+                    adapters=dreamer.teacher,
+                )
+                .texts[0]
+                .strip()
+            )
+            if not grounded(answer, ctx.memory.text, subject=ctx.subject):
+                out.append(0.0)
+                continue
+            gain, change = isolated_update_gain(
                 dreamer.model,
                 tok,
-                text,
-                by_id[cid],
-                tau_before=tau_before[cid],
+                Dream(context_id=cid, kind=PHRASING, prompt=q, text=answer, round=round_),
+                ctx,
+                guard=guards[cid],
+                before=before[cid],
                 spec=spec,
                 target_modules=dreamer.target_modules,
                 seed=unit_seed(spec.seed, round_, j, 7),
             )
-            out.append(float(gain > 0.0))
+            out.append(float(gain > 0.0 and change >= -spec.replay_tolerance))
         return out
 
     use_vllm = spec.backend == "vllm"
@@ -704,7 +805,7 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
         output_dir=tempfile.mkdtemp(prefix="reverie-grpo-"),
         per_device_train_batch_size=n,
         num_generations=n,
-        max_completion_length=spec.max_new_tokens,
+        max_completion_length=40,
         temperature=spec.temperature,
         top_p=spec.top_p,
         beta=spec.grpo.beta,
@@ -721,8 +822,6 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[TaskContext], *, round_: int)
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    from reverie.workloads.ml.expansion import freeze_all_but
-
     freeze_all_but(dreamer.model, dreamer.slot)
     trainer = GRPOTrainer(
         model=dreamer.model,
@@ -742,9 +841,6 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
-    from reverie.workloads.store import objects
-    from reverie.workloads.store.modelio import content_hash, save_generation, stage_out
-
     spec = config.dreaming
     source = config.inputs.get("consolidation")
     if not source:
@@ -757,19 +853,15 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     remote_ckpt = f"{config.output_uri.rstrip('/')}/{CHECKPOINT_DIR}"
     memories = load_memories(config.memory, store_uri=config.store_uri)
     prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
+    rho = config.consolidation.replay_ratio
     held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
-    contexts = task_contexts(
-        memories,
-        prior,
-        chunk_documents=config.memory.chunk_documents,
-        replay_ratio=config.consolidation.replay_ratio,
-        seed=spec.seed,
-        held_out=held_out,
+    dreamer, gen = open_dreamer(
+        source, spec=spec, target_modules=config.consolidation.target_modules, teacher=config.consolidation.teacher
     )
-    if not contexts:
-        raise ValueError("dreaming found no task context with a usable question (every memory is too short)")
-    dreamer, gen = open_dreamer(source, spec=spec, target_modules=config.consolidation.target_modules)
     dreamer.held_out = held_out
+    dreamer.answer_tokens = config.consolidation.max_new_tokens
+    quizzed = [*memories, *rehearsed(memories, prior, replay_ratio=rho, seed=spec.seed)]
+    dreamer.memories = quizzed
     state = None
     # The previous attempt's checkpoint (resume_from), else one an earlier run of this attempt left.
     for candidate in dict.fromkeys([*([config.resume_from] if config.resume_from else []), remote_ckpt]):
@@ -777,14 +869,37 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if state is not None:
             _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")
             break
-    tau_before = (
-        sum(task_measure(gen.model, dreamer.tokenizer, c) for c in contexts) / len(contexts) if state is None else None
-    )
+    if state is None:
+        # The quiz and the guard's answers are fixed for the whole phase (the model before dreaming).
+        quiz = selfquiz.write_quiz(
+            dreamer.backend,
+            dreamer.tokenizer,
+            quizzed,
+            replay_ids=frozenset(m.id for m in quizzed[len(memories) :]),
+            teacher=dreamer.teacher,
+            questions_per_memory=spec.quiz_questions,
+            seed=spec.seed,
+            max_new_tokens=dreamer.answer_tokens,
+            keep=dreamer.allows,
+        )
+        general = list(GENERAL_REPLAY_PROMPTS[:GUARD_GENERAL])
+        own = selfquiz.closed_book(
+            dreamer.backend,
+            dreamer.tokenizer,
+            general,
+            adapters=dreamer.candidate,
+            max_new_tokens=dreamer.answer_tokens,
+        )
+        state = DreamState(quiz=quiz, guard=[(p, a) for p, a in zip(general, own, strict=True) if a])
+    contexts = quiz_contexts(quizzed, state.quiz)
+    if not contexts:
+        raise ValueError("dreaming could not quiz any memory (no memory names a subject the quiz can ask about)")
     state = dream_rounds(
         dreamer,
         contexts,
         ckpt=ckpt,
         state=state,
+        rho=rho,
         stop_after=stop_after,
         on_checkpoint=lambda: stage_out(ckpt, remote_ckpt),
     )
@@ -792,7 +907,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         return PhaseResult(
             step=Step.DREAMING, status="Failed", message="stopped before the last round", checkpoint_uri=remote_ckpt
         )
-    tau_after = sum(task_measure(dreamer.model, dreamer.tokenizer, c) for c in contexts) / len(contexts)
+    after = [r for c in contexts for r in dreamer.quiz(c)[1]]
     ledger = dict(gen.ledger)
     notes = {
         "name": dreamer.slot,
@@ -801,10 +916,9 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         "rewardedDreams": sum(1 for d in state.dreams if d.reward),
     }
     ledger["slots"] = [*ledger.get("slots", []), notes]
+
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
-    from reverie.workloads.ml import distributed
-
     def write_generation() -> tuple[str, str]:
         model_uri = f"{config.output_uri.rstrip('/')}/model"
         # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.
@@ -816,31 +930,37 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
             ledger=ledger,
             objects_uri=objects.area(config.store_uri, config.lineage),
         )
-        (out_dir / "dreams.jsonl").write_text("".join(json.dumps(asdict(d)) + "\n" for d in state.dreams))
-        stage_out(out_dir / "dreams.jsonl", f"{config.output_uri.rstrip('/')}/dreams.jsonl")
+        for name, rows in (
+            ("dreams.jsonl", [asdict(d) for d in state.dreams]),
+            ("quiz.jsonl", [q.to_json() for q in state.quiz]),
+        ):
+            write_atomic(out_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
+            stage_out(out_dir / name, f"{config.output_uri.rstrip('/')}/{name}")
         return model_uri, content_hash(folder)
 
     # Every rank holds the same model (same dreams, same M-step); rank 0 alone writes it.
     model_uri, digest = distributed.on_main(distributed.world_from_env(), write_generation)
     metrics: dict[str, float] = {
         "contexts": float(len(contexts)),
+        "quiz_items": float(len(state.quiz)),
+        "weak_facts": float(sum(v for k, v in state.weak.items() if k.startswith("0/"))),
         "dreams_generated": float(len(state.dreams)),
         "dreams_kept": float(sum(1 for d in state.dreams if d.kept)),
         "dreams_rewarded": float(sum(1 for d in state.dreams if d.reward)),
-        "tau_after": tau_after,
+        "self_quiz_reward_before": state.round_mean(0),
+        "self_quiz_reward_after": sum(after) / len(after) if after else math.nan,
         "wall_seconds": time.monotonic() - t0,
     }
-    if tau_before is not None:
-        metrics["tau_before"] = tau_before
     for s in state.round_stats:
         if math.isfinite(s["rewardedRate"]):
             metrics[f"rewarded_rate_round_{int(s['round'])}"] = s["rewardedRate"]
     return PhaseResult(
         step=Step.DREAMING,
         status="Succeeded",
-        message=f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
-        f"over {len(state.round_stats)} round(s); slot {dreamer.slot}",
-        metrics=metrics,
+        message=f"self-quiz {metrics['self_quiz_reward_before']:.2f} → {metrics['self_quiz_reward_after']:.2f}; "
+        f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
+        f"at {int(metrics['weak_facts'])} weak facts; slot {dreamer.slot}",
+        metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
         output_uri=model_uri,
         content_hash=digest,
         slot=dreamer.slot,
