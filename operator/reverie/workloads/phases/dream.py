@@ -79,6 +79,7 @@ from reverie.workloads.phases.selfstudy import (
     answer_tokens,
     grounded,
     subject_of,
+    writer_instructions,
     written_question,
 )
 from reverie.workloads.store import objects, store
@@ -201,6 +202,15 @@ def quiz_contexts(memories: Sequence[Memory], quiz: Sequence[QuizItem]) -> list[
         if items and subject:
             out.append(QuizContext(id=m.id, memory=m, subject=subject, items=items, replay=items[0].replay))
     return out
+
+
+def writer_context(fact: str, subject: str) -> str:
+    """What the dreamer reads when it writes another question on one fact: the fact alone, on the full name.
+
+    With the whole memory in view a 135M writer asks about any of its facts; with
+    the fact alone its question is about that fact (and names the subject).
+    """
+    return selfquiz.with_name(fact, subject)
 
 
 def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
@@ -437,12 +447,12 @@ class Dreamer:
                 for p, a in [item]
             ][: self.spec.dreams_per_context]
             dreams += mine
-            request = selfquiz.phrasing_request(fact, ctx.subject)
-            writes += [(fact, request)] * max(1, self.spec.dreams_per_context - len(mine))
+            requests = writer_instructions(ctx.subject)
+            writes += [(fact, requests[i % len(requests)][1]) for i in range(self.spec.dreams_per_context - len(mine))]
         if writes:
             self.sync_backend(round_)
             written = self.backend.generate(
-                [question_prompt(self.tokenizer, ins, context=ctx.memory.text) for _, ins in writes],
+                [question_prompt(self.tokenizer, ins, context=writer_context(f, ctx.subject)) for f, ins in writes],
                 max_new_tokens=40,
                 temperature=self.spec.temperature,
                 top_p=self.spec.top_p,
@@ -632,7 +642,10 @@ def m_step_examples(
     by_id = {c.id: c for c in contexts}
     rows = [chat_pair(tok, d.prompt, d.text) for d in state.dreams if d.reward]
     rows += [
-        (question_prompt(tok, d.writer, context=by_id[d.context_id].memory.text), d.prompt + tok.eos_token)
+        (
+            question_prompt(tok, d.writer, context=writer_context(d.fact, by_id[d.context_id].subject)),
+            d.prompt + tok.eos_token,
+        )
         for d in state.dreams
         if d.reward and d.round == r and d.kind == PHRASING and d.context_id in by_id
     ]
@@ -752,8 +765,10 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[QuizContext], state: DreamSta
     if not facts:
         return math.nan
     prompts = [
-        question_prompt(tok, selfquiz.phrasing_request(f, by_id[cid].subject), context=by_id[cid].memory.text)
-        for cid, f in facts
+        question_prompt(
+            tok, writer_instructions(by_id[cid].subject)[i % 2][1], context=writer_context(f, by_id[cid].subject)
+        )
+        for i, (cid, f) in enumerate(facts)
     ]
     ids = [cid for cid, _ in facts]
     guards = {c.id: dreamer.guard_for(c, contexts, state.guard) for c in contexts}
@@ -869,6 +884,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         if state is not None:
             _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")
             break
+    quiz_started = time.monotonic()
     if state is None:
         # The quiz and the guard's answers are fixed for the whole phase (the model before dreaming).
         quiz = selfquiz.write_quiz(
@@ -891,6 +907,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
             max_new_tokens=dreamer.answer_tokens,
         )
         state = DreamState(quiz=quiz, guard=[(p, a) for p, a in zip(general, own, strict=True) if a])
+    quiz_seconds = time.monotonic() - quiz_started
     contexts = quiz_contexts(quizzed, state.quiz)
     if not contexts:
         raise ValueError("dreaming could not quiz any memory (no memory names a subject the quiz can ask about)")
@@ -949,6 +966,7 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
         "dreams_rewarded": float(sum(1 for d in state.dreams if d.reward)),
         "self_quiz_reward_before": state.round_mean(0),
         "self_quiz_reward_after": sum(after) / len(after) if after else math.nan,
+        "quiz_seconds": quiz_seconds,
         "wall_seconds": time.monotonic() - t0,
     }
     for s in state.round_stats:

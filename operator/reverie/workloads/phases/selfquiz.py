@@ -23,8 +23,7 @@ candidate's error pattern; the memory whose spans it stated instead is what it
 confused the fact with.  :mod:`reverie.workloads.phases.dream` builds its
 curriculum from these: other phrasings, the reverse direction, the blank over
 the fact's sentence and a contrast with the confused memory
-(:func:`reverse_item`, :func:`cloze_item`, :func:`contrast_item`,
-:func:`phrasing_request`).
+(:func:`reverse_item`, :func:`cloze_item`, :func:`contrast_item`).
 """
 
 from __future__ import annotations
@@ -155,14 +154,6 @@ def contrast_item(sentence: str, subject: str, other: Memory) -> tuple[str, str]
     return (
         f"Do not mix up {subject} and {other_subject}. What is true of each?",
         f"{with_name(sentence, subject)} {with_name(theirs[0][2], other_subject)}",
-    )
-
-
-def phrasing_request(sentence: str, subject: str) -> str:
-    """The instruction with which the dreamer writes another question on one fact (memory in view)."""
-    return (
-        f"Write one new question about {subject} whose answer is this fact: {with_name(sentence, subject)} "
-        f"Use the full name {subject}. Reply with the question only."
     )
 
 
