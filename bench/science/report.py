@@ -153,6 +153,13 @@ def lineage_tables(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stage_wall(r: dict[str, Any]) -> float:
+    """A sleep's wall time; where it was not measured whole (a reused phase), the sum of its stages."""
+    if r["wall_seconds"] == r["wall_seconds"]:  # not NaN
+        return float(r["wall_seconds"])
+    return sum(v or 0.0 for v in r["stage_seconds"].values())
+
+
 def lineage_compare(arms: list[tuple[str, dict[str, Any]]], *, first: int) -> str:
     """Lineage arms that share their first sleeps, side by side from sleep ``first`` (1-based) on.
 
@@ -162,7 +169,7 @@ def lineage_compare(arms: list[tuple[str, dict[str, Any]]], *, first: int) -> st
     """
     head = (
         "| arm | new recall (of bound), sleep by sleep | kept at the end: mean | weakest "
-        "| general QA | perplexity | wall s (own sleeps) | replayed items |"
+        "| general QA | perplexity | wall s, sleep by sleep | replayed items |"
     )
     lines = [head, "|" + "---|" * 8]
     for label, res in arms:
@@ -175,9 +182,10 @@ def lineage_compare(arms: list[tuple[str, dict[str, Any]]], *, first: int) -> st
             for r in own
         )
         replayed = ", ".join(f"{r['replay_earlier_items']:.0f}" for r in own)
+        kept_cells = f"{sum(kept) / len(kept):.0%} | {min(kept):.0%}" if kept else "– | –"
         lines.append(
-            f"| {label} | {new} | {sum(kept) / len(kept):.0%} | {min(kept):.0%} | {last['general_qa']:.0%} "
-            f"| {last['perplexity']:.1f} | {sum(r['wall_seconds'] for r in own):.0f} "
+            f"| {label} | {new} | {kept_cells} | {last['general_qa']:.0%} "
+            f"| {last['perplexity']:.1f} | {', '.join(fmt(stage_wall(r), '.0f') for r in own)} "
             f"| {replayed} |"
         )
     return "\n".join(lines)
@@ -194,8 +202,9 @@ def lineage_plot(res: dict[str, Any], png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     xs = [r["sleep"] + 1 for r in recs]
     bottom = [0.0] * n
-    for stage, color in (("selfstudy", "#1f77b4"), ("replay_probe", "#ff7f0e"), ("training", "#2ca02c")):
-        vals = [(r["stage_seconds"][stage] or 0.0) / 60 for r in recs]
+    stages = (("selfstudy", "#1f77b4"), ("replay_probe", "#ff7f0e"), ("training", "#2ca02c"), ("dreaming", "#9467bd"))
+    for stage, color in stages:
+        vals = [(r["stage_seconds"].get(stage) or 0.0) / 60 for r in recs]
         axes[0].bar(xs, vals, bottom=bottom, color=color, label=stage)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     axes[0].set(title="minutes per sleep, by stage", xlabel="sleep", xticks=xs)
@@ -244,7 +253,10 @@ def main() -> None:
         for f in a.results:
             res = json.loads(f.read_text())
             res["sleeps"] = res["sleeps"][: a.upto]
-            arms.append((f"replay {json.dumps(res['replay'])} {json.dumps(res['consolidation'])}", res))
+            label = f"{res['steps']} steps, replay {json.dumps(res['replay'])} {json.dumps(res['consolidation'])}"
+            if res.get("dreaming") is not None:
+                label += f" + dreaming {json.dumps(res['dreaming'])}"
+            arms.append((label, res))
         print(lineage_compare(arms, first=a.compare_from))
         return
     if a.lineage:

@@ -351,10 +351,10 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     from reverie.workloads.ml.expansion import add_slot, slot_parameters
     from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits
     from reverie.workloads.ml.sampling import active_adapters
+    from reverie.workloads.ml.trainer import TorchTrainer
     from reverie.workloads.phases.consolidate import (
         KSSettings,
         SelfStudyDistillation,
-        TorchTrainer,
     )
     from reverie.workloads.phases.selfstudy import StudyItem, teacher_targets
     from reverie.workloads.store.modelio import load_generation

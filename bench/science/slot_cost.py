@@ -42,7 +42,8 @@ def main() -> None:
     from reverie.workloads.data.memory import question_prompt
     from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
     from reverie.workloads.ml.sampling import HFBackend, active_adapters
-    from reverie.workloads.phases.consolidate import KSSettings, SelfStudyDistillation, TorchTrainer
+    from reverie.workloads.ml.trainer import TorchTrainer
+    from reverie.workloads.phases.consolidate import KSSettings, SelfStudyDistillation
     from reverie.workloads.phases.selfstudy import load_study
     from reverie.workloads.store.modelio import activate_slots, load_generation
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reverie.local.people import PEOPLE_PER_SESSION, is_builtin_people, session_people
+from reverie.local.builtin_people import PEOPLE_PER_SESSION, is_builtin_people, session_people
 from reverie.workloads.data.memory import parse_memory
 
 

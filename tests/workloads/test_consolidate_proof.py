@@ -35,12 +35,12 @@ from reverie.workloads.ml.tiny import (
     tell_prompt,
     wake_fast_memory,
 )
+from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.phases.consolidate import (
     KSSettings,
     KSState,
     Roles,
     SelfStudyDistillation,
-    TorchTrainer,
     build_study,
     closed_book_recall,
 )

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
 from reverie.core.contract import PhaseConfig, parse_result
@@ -252,3 +253,47 @@ def test_grpo_variant_trains_the_generator_through_trl(store: Path, tiny_base: t
 def test_vllm_backend_is_import_guarded_on_cpu(store: Path, tiny_base: tiny.TinyBase) -> None:
     with pytest.raises(RuntimeError, match="GPU image"):
         dream.run(_config(store, tiny_base.folder, "vllm", backend="vllm"))
+
+
+def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, tiny_base: tiny.TinyBase) -> None:
+    """On a generation of two sleeps the earlier slot is folded for the phase; the saved one is bit for bit the input."""
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.store.modelio import save_generation
+
+    gen = load_generation(str(tiny_base.folder))
+    model, names = gen.model, []
+    torch.manual_seed(0)
+    for _ in range(2):
+        model, name = add_slot(model, rank=4, target_modules=TARGETS)
+        with torch.no_grad():
+            for p in slot_parameters(model, name).values():
+                p.add_(0.05 * torch.randn_like(p))
+        names.append(name)
+    model.base_model.set_adapter(names)
+    two = save_generation(model, gen.tokenizer, store / "two-sleeps", slots=names)
+    dreamer, _ = dream.open_dreamer(str(two), spec=SPEC, target_modules=TARGETS)
+    assert dreamer.folded is not None and dreamer.folded.names == names[:1]
+    assert dreamer.candidate == [names[1], dreamer.slot] and dreamer.teacher == []
+    pair = [("Tell me everything you know about Zorblat.", "Zorblat lives in Vemora.")]
+    unfolded = load_generation(str(two))
+    assert dream.mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
+        dream.mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-4
+    )
+    # The base teacher reads with the root weights.
+    with dreamer.reading(), dreamer.model.disable_adapter(), unfolded.model.disable_adapter():
+        assert dream.mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
+            dream.mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-6
+        )
+    config = _config(store, two, "folded", rest_em_iterations=1).model_copy(
+        update={"inputs": {"consolidation": str(two)}}
+    )
+    result = dream.run(config)
+    out = load_generation(result.output_uri or "")
+    assert out.slots == [*names, result.slot]
+
+    def weights(model: object) -> dict[str, torch.Tensor]:  # base weights and the earlier slots, by layer
+        named = model.named_parameters()  # type: ignore[attr-defined]
+        return {n.replace("base_layer.", ""): p for n, p in named if "lora_" not in n or names[0] in n}
+
+    saved, given = weights(out.model), weights(unfolded.model)
+    assert saved.keys() == given.keys() and all(torch.equal(saved[n], given[n]) for n in saved), "bit for bit"

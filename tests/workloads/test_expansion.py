@@ -9,12 +9,12 @@ from reverie.workloads.data.memory import parse_memory, question_prompt
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
 from reverie.workloads.ml.sampling import HFBackend
 from reverie.workloads.ml.tiny import TinyBase, memory_records, tell_prompt
+from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.phases.consolidate import (
     KnowledgeSeeding,
     KSSettings,
     KSState,
     Roles,
-    TorchTrainer,
     study_cues,
 )
 from reverie.workloads.phases.selfstudy import StudyItem, subject_of

@@ -263,7 +263,7 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
     from transformers import AutoModelForCausalLM
 
     from reverie.workloads.phases.export import export_generation
-    from reverie.workloads.store.modelio import Generation
+    from reverie.workloads.store.modelio import LoadedGeneration
 
     gen = load_generation(tiny_base.folder)
     model, slots = sleep(gen, seed=10)
@@ -277,7 +277,7 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
     )
     reverie = logits_of(load_generation(thin))
     merged = export_generation(thin, tmp_path / "merged", form="merged")
-    plain = Generation(model=AutoModelForCausalLM.from_pretrained(merged), tokenizer=gen.tokenizer)
+    plain = LoadedGeneration(model=AutoModelForCausalLM.from_pretrained(merged), tokenizer=gen.tokenizer)
     assert (logits_of(plain) - reverie).abs().max().item() < 1e-4
     adapter = export_generation(thin, tmp_path / "adapter", form="adapter")
     named = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -285,4 +285,4 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
         "a thin folder has no weights a server could load: the ledger's base is named"
     )
     served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), adapter)
-    assert (logits_of(Generation(model=served, tokenizer=gen.tokenizer)) - reverie).abs().max().item() < 1e-4
+    assert (logits_of(LoadedGeneration(model=served, tokenizer=gen.tokenizer)) - reverie).abs().max().item() < 1e-4

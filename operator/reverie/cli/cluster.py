@@ -65,7 +65,14 @@ def operator(
 
 
 class ClusterClient:
-    """The few API calls the cluster verbs make (kubernetes client, loaded lazily)."""
+    """The few API calls the cluster verbs make (kubernetes client, loaded lazily).
+
+    Why not the operator's :class:`reverie.controller.kube.Kube`: that one is an
+    ``aiohttp`` client that lives inside Kopf's event loop (request counting,
+    conflict retries on shared status); a CLI verb makes one or two blocking
+    calls and exits, so it uses the official client's synchronous API and the
+    same kubeconfig loading, and starts no event loop.
+    """
 
     def __init__(self, kubeconfig: Path | None, namespace: str | None) -> None:
         from kubernetes import client, config

@@ -266,6 +266,11 @@ class ProgressEvent:
         )
 
 
+def emit_step_progress(phase: str, step: int, total: int, *, checkpoint: str | None = None, **values: Any) -> None:
+    """A step's progress line: ``step`` units of work of ``total`` done, with the values it reports."""
+    emit_progress(ProgressEvent(phase=phase, step=step, total_steps=total, checkpoint=checkpoint, values=values))
+
+
 def emit_progress(event: ProgressEvent, *, stream: TextIO | None = None) -> None:
     """Print ``event`` as one line (stdout unless ``stream``) and flush, so a follower sees it at once.
 

@@ -42,7 +42,7 @@ from typing import Any
 from reverie.workloads.store.atomic import write_atomic
 
 BUILTIN_TINY = "builtin:tiny"
-MANIFEST = "builtin-tiny.json"
+BUILTIN_MANIFEST = "builtin-tiny.json"
 SESSIONS = 3
 
 
@@ -65,7 +65,7 @@ def _read_manifest(root: str) -> TinyWorld | None:
     from reverie.workloads.store import store
 
     try:
-        text = store.read_text(store.join(root, MANIFEST))
+        text = store.read_text(store.join(root, BUILTIN_MANIFEST))
         if text is None:
             return None
         raw = json.loads(text)
@@ -176,7 +176,7 @@ def ensure_tiny_world(
     built = _cached_build(**build)
     for folder in ("gen-0", "memories", "eval"):
         shutil.copytree(built / folder, root / folder, dirs_exist_ok=True)
-    write_atomic(root / MANIFEST, (built / MANIFEST).read_text())  # last: the world is complete
+    write_atomic(root / BUILTIN_MANIFEST, (built / BUILTIN_MANIFEST).read_text())  # last: the world is complete
     world = _read_manifest(str(root))
     assert world is not None
     return world
@@ -203,7 +203,7 @@ def _cached_build(**params: Any) -> Path:
     from reverie.workloads.store.pretrained import cache_root
 
     done = cache_root() / "tiny" / _build_key(params)
-    if (done / MANIFEST).is_file():
+    if (done / BUILTIN_MANIFEST).is_file():
         return done
     done.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{done.name}-", dir=done.parent))
@@ -212,7 +212,7 @@ def _cached_build(**params: Any) -> Path:
         try:
             scratch.rename(done)  # atomic: a half-built world is never seen
         except OSError:
-            if not (done / MANIFEST).is_file():  # not a concurrent build that won the race
+            if not (done / BUILTIN_MANIFEST).is_file():  # not a concurrent build that won the race
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -223,7 +223,7 @@ def _build_tiny_world(
     root: Path, *, seed: int, people_per_session: int, old_people: int, pretrain_steps: int, reading_steps: int
 ) -> None:
     """Build the world into ``root`` (``builtin-tiny.json`` last)."""
-    manifest = root / MANIFEST
+    manifest = root / BUILTIN_MANIFEST
     # Imported here: torch and transformers cost seconds, and only this path needs them.
     import torch
 
@@ -279,13 +279,13 @@ def _upload_tiny_world(build_dir: Path, store_uri: str, lineage: str, **build: A
 
     local_root = build_dir / lineage
     ensure_tiny_world(build_dir, lineage, **build)
-    relative = json.loads((local_root / MANIFEST).read_text())
+    relative = json.loads((local_root / BUILTIN_MANIFEST).read_text())
     root = _lineage_root(store_uri, lineage)
     # Not into the staging cache: like a base model uploaded by its owner, the first phase stages it.
     publish_generation(local_root / relative["base_uri"], store.join(root, relative["base_uri"]), cache=False)
     for folder in ("memories", "eval"):
         store.upload_tree(local_root / folder, store.join(root, folder))
-    store.write_text(store.join(root, MANIFEST), json.dumps(relative, indent=1) + "\n")
+    store.write_text(store.join(root, BUILTIN_MANIFEST), json.dumps(relative, indent=1) + "\n")
     world = _read_manifest(root)
     assert world is not None
     return world

@@ -45,8 +45,8 @@ from reverie.core import planner
 from reverie.core.conditions import get_condition
 from reverie.core.lineage import inbox_of, slept_memory_uris
 from reverie.local.bootstrap import TinyWorld, ensure_tiny_world, is_builtin_tiny, tiny_world_exists
+from reverie.local.builtin_people import is_builtin_people, session_people
 from reverie.local.executor import LocalExecutor
-from reverie.local.people import is_builtin_people, session_people
 from reverie.local.project import Project
 from reverie.local.serving import serve_champion
 from reverie.local.state import LocalState, load_state, save_state, state_lock

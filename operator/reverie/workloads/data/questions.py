@@ -34,7 +34,7 @@ from reverie.workloads.data.memory import Memory
 QuestionForm = Literal["qa", "cloze"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_WORD = re.compile(r"\w[\w'-]*", re.UNICODE)
+WORD = re.compile(r"\w[\w'-]*", re.UNICODE)  # a word, as every step splits text
 # Words that never make an answer on their own: an answer ending in "of the"
 # or consisting of "it" asks nothing.
 STOPWORDS = frozenset(
@@ -85,6 +85,11 @@ STOPWORDS = frozenset(
         "there",
     ]
 )
+# Words that never count as content: the stopwords and question words (an answer restating its
+# question adds nothing).  Grounding and the self-quiz's claims read content words through it.
+CONTENT_STOPWORDS = STOPWORDS | frozenset(
+    ["had", "how", "when", "does", "which", "has", "did", "do", "who", "not", "where", "have", "what", "also"]
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def normalize_answer(text: str) -> str:
     """Lower-case, strip accents and punctuation, collapse whitespace."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(WORD.findall(text.lower()))
 
 
 def answer_matches(output: str, answer: str) -> bool:
@@ -128,7 +133,7 @@ def cloze(sentence: str, *, max_answer_words: int = 3) -> tuple[str, str] | None
     identify the fact (< 2 words).
     """
     body = sentence.rstrip().rstrip(".!?;:").rstrip()
-    matches = list(_WORD.finditer(body))
+    matches = list(WORD.finditer(body))
     if len(matches) < 3 or matches[-1].group(0).lower() in STOPWORDS:
         return None
     first = len(matches) - 1
@@ -141,7 +146,7 @@ def cloze(sentence: str, *, max_answer_words: int = 3) -> tuple[str, str] | None
         ):
             first -= 1
     prefix = body[: matches[first].start()].rstrip().rstrip(",")
-    if len(_WORD.findall(prefix)) < 2:
+    if len(WORD.findall(prefix)) < 2:
         return None
     return prefix, body[matches[first].start() :]
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from reverie.api.lineage import ModelLineage
 from reverie.core.contract import consolidated_memories_uri
 from reverie.core.lineage import ancestry
-from reverie.workloads.data.memory import Memory
+from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.workloads.ml.sampling import SamplingBackend
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which memory a question is about.
@@ -119,19 +121,39 @@ def pick_memory(question: str, memories: Sequence[Memory]) -> Memory | None:
     return best
 
 
+def greedy_answers(
+    backend: SamplingBackend,
+    tokenizer: Any,
+    questions: Sequence[str],
+    *,
+    contexts: Sequence[str | None] | None = None,
+    adapters: Sequence[str] | None = None,
+    max_new_tokens: int = 48,
+) -> list[str]:
+    """Greedy answers to ``questions`` in the one prompt format every step uses, closed book unless ``contexts``.
+
+    ``adapters`` picks the slots that answer (None: those active).  The one way
+    the product asks a model a question: evaluation, consolidation's recall
+    check, dreaming's self-quiz and ``reverie ask`` all come here.
+    """
+    if not questions:
+        return []
+    ctx = list(contexts) if contexts is not None else [None] * len(questions)
+    prompts = [question_prompt(tokenizer, q, context=c) for q, c in zip(questions, ctx, strict=True)]
+    out = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0, adapters=adapters)
+    return [t.strip() for t in out.texts]
+
+
 def answers(
     uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None, max_new_tokens: int = 48
 ) -> list[str]:
     """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
-    from reverie.workloads.data.memory import question_prompt
     from reverie.workloads.ml.sampling import HFBackend
     from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(uri)
-    ctx = list(contexts) if contexts is not None else [None] * len(questions)
-    prompts = [question_prompt(gen.tokenizer, q, context=c) for q, c in zip(questions, ctx, strict=True)]
-    out = HFBackend(gen.model, gen.tokenizer).generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    return [t.strip() for t in out.texts]
+    backend = HFBackend(gen.model, gen.tokenizer)
+    return greedy_answers(backend, gen.tokenizer, questions, contexts=contexts, max_new_tokens=max_new_tokens)
 
 
 @dataclass

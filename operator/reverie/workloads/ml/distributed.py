@@ -19,7 +19,7 @@ How the work is split, and why it stays equal to one process:
   process would use and the batches are dealt round-robin to ranks
   (:func:`owned_batches`); greedy outputs are therefore identical, not merely
   close (same batch, same padding).  Results are gathered to every rank in the
-  original order (:class:`ShardedGeneration`; the teacher pass shards the same way in
+  original order (:class:`ShardedSampling`; the teacher pass shards the same way in
   :func:`reverie.workloads.phases.selfstudy.sharded_teacher_targets`).
   Sampled calls either run whole on every rank (``sampling="replicate"``: the
   same samples as one process) or are split with one seed per batch
@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
+
+from reverie.workloads.ml.trainer import TorchTrainer
 
 T = TypeVar("T")
 
@@ -232,7 +234,7 @@ def merge_indexed(world: World, n: int, mine: list[tuple[int, Any]]) -> list[Any
     return out
 
 
-class ShardedGeneration:
+class ShardedSampling:
     """A generation backend whose calls are split across ranks and gathered back in prompt order.
 
     Every rank must make the same calls with the same prompts (lockstep); each
@@ -275,12 +277,12 @@ class ShardedGeneration:
 # ----------------------------------------------------------------------------- training
 
 
-class DDPTrainer:
-    """torch DDP over the shared model: the new slot's gradients are averaged across ranks.
+class DDPTrainer(TorchTrainer):
+    """:class:`TorchTrainer`'s step over torch DDP: the new slot's gradients are averaged across ranks.
 
     The student's forward must go through :attr:`forward_model` (the DDP wrapper)
-    so DDP can prepare the gradient all-reduce; frozen-teacher passes and
-    generation use the bare model (no gradient, no collective).
+    so DDP can prepare the gradient all-reduce (in ``loss.backward()``); frozen-teacher
+    passes and generation use the bare model (no gradient, no collective).
     """
 
     def __init__(
@@ -288,25 +290,10 @@ class DDPTrainer:
     ) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        self.params = list(params)
+        super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
         device_ids = [world.local_rank] if torch.cuda.is_available() else None
         # Only the new slot requires gradients; every forward of the student uses all of it.
         self.forward_model = DDP(model, device_ids=device_ids, broadcast_buffers=False)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
-        self.max_grad_norm = max_grad_norm
-
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]  # DDP all-reduces (averages) the slot's gradients here
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return dict(self.optimizer.state_dict())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
 
 
 def forward_model(trainer: Any, model: Any) -> Any:

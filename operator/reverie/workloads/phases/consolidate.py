@@ -90,10 +90,12 @@ from reverie.workloads.data.memory import (
 )
 from reverie.workloads.data.questions import answer_matches
 from reverie.workloads.ml import distributed
+from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.distributed import World
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
 from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits, encode, sequence_logprobs
 from reverie.workloads.ml.sampling import HFBackend, SamplingBackend, active_adapters, make_backend
+from reverie.workloads.ml.trainer import TorchTrainer, Trainer
 from reverie.workloads.phases import replay
 from reverie.workloads.phases.selfstudy import (
     STUDY_DIR,
@@ -414,34 +416,6 @@ def run_steps(
     return state
 
 
-class Trainer(Protocol):
-    """What the loop needs from the optimiser side (plain torch or a DeepSpeed engine)."""
-
-    def backward_and_step(self, loss: torch.Tensor) -> None: ...
-
-
-class TorchTrainer:
-    """AdamW over the new slot's parameters, with gradient clipping."""
-
-    def __init__(self, params: Sequence[torch.nn.Parameter], *, lr: float, max_grad_norm: float) -> None:
-        self.params = list(params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
-        self.max_grad_norm = max_grad_norm
-
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return dict(self.optimizer.state_dict())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
-
-
 class KnowledgeSeeding:
     """One sleep's Knowledge Seeding over a shared model whose roles differ only by active slots."""
 
@@ -728,10 +702,10 @@ def closed_book_recall(
     """Share of questions answered (greedy, the evaluation's matcher); with ``contexts`` the in-context score."""
     if not qa:
         return float("nan")
-    ctx = list(contexts) if contexts is not None else [None] * len(qa)
-    prompts = [question_prompt(tokenizer, q, context=c) for (q, _), c in zip(qa, ctx, strict=True)]
-    out = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, adapters=adapters)
-    return sum(answer_matches(o, a) for o, (_, a) in zip(out.texts, qa, strict=True)) / len(qa)
+    said = greedy_answers(
+        backend, tokenizer, [q for q, _ in qa], contexts=contexts, adapters=adapters, max_new_tokens=max_new_tokens
+    )
+    return sum(answer_matches(o, a) for o, (_, a) in zip(said, qa, strict=True)) / len(qa)
 
 
 def teacher_agreement(
@@ -960,7 +934,7 @@ def run(config: PhaseConfig) -> PhaseResult:
 
     local_backend = HFBackend(model, tok)
     # Generation split across ranks (greedy) or run whole on each (sampled: the same samples as one process).
-    backend = distributed.ShardedGeneration(local_backend, world, sampling="replicate", forwards=forwards)
+    backend = distributed.ShardedSampling(local_backend, world, sampling="replicate", forwards=forwards)
     teacher_backend = None
     if os.environ.get("REVERIE_TEACHER_BACKEND", "hf") == "vllm" and gen.folder is not None:
         teacher_backend = make_backend("vllm", model, tok, folder=gen.folder, slots=earlier)

@@ -49,6 +49,7 @@ uninterrupted run would have kept.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -63,15 +64,17 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import DreamingSpec, TeacherChoice
+from reverie.api.phases import DreamingSpec, SamplingBackendKind, TeacherChoice
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
+from reverie.core.contract import PhaseConfig, PhaseResult, emit_step_progress
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris, question_prompt
 from reverie.workloads.ml import distributed
-from reverie.workloads.ml.expansion import add_slot, freeze_all_but, slot_parameters
+from reverie.workloads.ml.ask import greedy_answers
+from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but, slot_parameters
 from reverie.workloads.ml.lm import completion_nll, encode, sft_loss
 from reverie.workloads.ml.sampling import make_backend
+from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.phases import selfquiz
 from reverie.workloads.phases.selfquiz import QuizItem
 from reverie.workloads.phases.selfstudy import (
@@ -269,10 +272,6 @@ def select(dreams: Sequence[Dream], *, k: int, b: int, rng: random.Random) -> li
     return [dreams[i] for i in sorted(top + extra)]
 
 
-def _adamw(params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(list(params), lr=lr, weight_decay=0.0)
-
-
 def isolated_update_gain(
     model: Any,
     tokenizer: Any,
@@ -296,14 +295,11 @@ def isolated_update_gain(
         model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER, keep_active=active
     )
     params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
-    opt = _adamw(params, spec.inner_learning_rate)
+    trainer = TorchTrainer(params, lr=spec.inner_learning_rate, max_grad_norm=0.0)
     pair = chat_pair(tokenizer, dream.prompt, dream.text)
     model.train()
     for _ in range(spec.probe_steps):
-        loss = sft_loss(model, tokenizer, [pair])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
+        trainer.backward_and_step(sft_loss(model, tokenizer, [pair]))
     model.eval()
     gain = quiz_measure(model, tokenizer, ctx) - before[0]
     change = mean_logprob(model, tokenizer, guard) - before[1] if guard else 0.0
@@ -329,8 +325,7 @@ def m_step(
     """
     if not examples:
         return math.nan
-    params = freeze_all_but(model, slot)
-    opt = _adamw(params, spec.inner_learning_rate)
+    trainer = TorchTrainer(freeze_all_but(model, slot), lr=spec.inner_learning_rate, max_grad_norm=1.0)
     rng = random.Random(seed)
     steps = spec.m_step_epochs * math.ceil(len(examples) / M_STEP_BATCH)
     model.train()
@@ -344,10 +339,7 @@ def m_step(
         batch = [examples[i] for i in order[:M_STEP_BATCH]]
         del order[:M_STEP_BATCH]
         loss = sft_loss(model, tokenizer, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        trainer.backward_and_step(loss)
     model.eval()
     return float(loss.detach())
 
@@ -368,6 +360,10 @@ class Dreamer:
     slot: str
     target_modules: Sequence[str]
     teacher: list[str]  # the adapters of the model that reads a memory (before this sleep)
+    # The earlier slots, added into the base weights for the phase (one slot's cost, not all of them).
+    folded: FoldedSlots | None = None
+    # The weights the teacher reads with: the exact base, when earlier slots are folded in and the teacher is the base.
+    reading: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     answer_tokens: int = 48
     backend_round: int = -1
     held_out: HeldOut | None = None  # evaluation probes: a dream or quiz question that contains one is dropped
@@ -375,8 +371,9 @@ class Dreamer:
 
     @property
     def candidate(self) -> list[str]:
-        """The consolidated model plus the dreaming slot: every slot but a probe."""
-        return [a for a in self.model.peft_config if a != PROBE_ADAPTER]
+        """The consolidated model plus the dreaming slot: every slot but a probe (and those folded in)."""
+        folded = self.folded.names if self.folded else []
+        return [a for a in self.model.peft_config if a != PROBE_ADAPTER and a not in folded]
 
     def slot_params(self) -> list[torch.nn.Parameter]:
         return list(slot_parameters(self.model, self.slot).values())
@@ -401,7 +398,7 @@ class Dreamer:
 
     def quiz(self, ctx: QuizContext) -> tuple[list[str], list[float]]:
         """The candidate's closed-book answers to the context's quiz and their rewards."""
-        said = selfquiz.closed_book(
+        said = greedy_answers(
             self.backend,
             self.tokenizer,
             [q.prompt for q in ctx.items],
@@ -462,18 +459,16 @@ class Dreamer:
             ).texts
             asked = [(f, ins, written_question(t, ctx.subject)) for (f, ins), t in zip(writes, written, strict=True)]
             asked_ok = [(f, ins, q) for f, ins, q in asked if q]
-            answers = (
-                self.backend.generate(
-                    [question_prompt(self.tokenizer, q, context=ctx.memory.text) for _, _, q in asked_ok],
-                    max_new_tokens=self.answer_tokens,
-                    temperature=0.0,
+            with self.reading():
+                answers = greedy_answers(
+                    self.backend,
+                    self.tokenizer,
+                    [q for _, _, q in asked_ok],
+                    contexts=[ctx.memory.text] * len(asked_ok),
                     adapters=self.teacher,
-                ).texts
-                if asked_ok
-                else []
-            )
+                    max_new_tokens=self.answer_tokens,
+                )
             for (f, ins, q), a in zip(asked_ok, answers, strict=True):
-                a = a.strip()
                 if grounded(a, ctx.memory.text, subject=ctx.subject):
                     dreams.append(
                         Dream(context_id=ctx.id, kind=PHRASING, prompt=q, text=a, round=round_, fact=f, writer=ins)
@@ -551,15 +546,7 @@ def _log(msg: str) -> None:
 
 
 def _progress(step: int, total: int, **values: Any) -> None:
-    emit_progress(
-        ProgressEvent(
-            phase=Step.DREAMING.value,
-            step=step,
-            total_steps=total,  # rank 0's only on N ranks
-            checkpoint=values.pop("checkpoint", None),
-            values=values,
-        )
-    )
+    emit_step_progress(Step.DREAMING.value, step, total, **values)  # rank 0's only on N ranks
 
 
 def _save_state(root: Path, state: DreamState, dreamer: Dreamer, *, unit: int) -> Path:
@@ -617,7 +604,12 @@ def open_dreamer(
     # With backend vllm the HF backend is replaced, round by round, by a vLLM
     # engine on a snapshot of the current weights (Dreamer.sync_backend).
     backend = make_backend("hf", model, gen.tokenizer)
-    reader = [] if teacher == TeacherChoice.BASE else list(gen.slots)[:-1]
+    earlier = list(gen.slots)[:-1]  # the last is the slot consolidation just added
+    folded: FoldedSlots | None = None
+    if earlier and spec.backend == SamplingBackendKind.HF:  # vLLM reads weights from a folder: nothing to fold
+        with contextlib.suppress(TypeError):  # a slot on an embedding stays a separate adapter
+            folded = FoldedSlots(model, earlier)
+    base_teacher = teacher == TeacherChoice.BASE
     return Dreamer(
         model=model,
         tokenizer=gen.tokenizer,
@@ -625,7 +617,9 @@ def open_dreamer(
         spec=spec,
         slot=slot,
         target_modules=target_modules,
-        teacher=reader,
+        teacher=[] if (base_teacher or folded) else earlier,
+        folded=folded,
+        reading=folded.unfolded if (folded and base_teacher) else contextlib.nullcontext,
     ), gen
 
 
@@ -787,16 +781,15 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[QuizContext], state: DreamSta
             if q is None or not dreamer.allows(q):
                 out.append(0.0)
                 continue
-            answer = (
-                dreamer.backend.generate(
-                    [question_prompt(tok, q, context=ctx.memory.text)],
-                    max_new_tokens=dreamer.answer_tokens,
-                    temperature=0.0,
+            with dreamer.reading():
+                answer = greedy_answers(
+                    dreamer.backend,
+                    tok,
+                    [q],
+                    contexts=[ctx.memory.text],
                     adapters=dreamer.teacher,
-                )
-                .texts[0]
-                .strip()
-            )
+                    max_new_tokens=dreamer.answer_tokens,
+                )[0]
             if not grounded(answer, ctx.memory.text, subject=ctx.subject):
                 out.append(0.0)
                 continue
@@ -887,19 +880,20 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
     quiz_started = time.monotonic()
     if state is None:
         # The quiz and the guard's answers are fixed for the whole phase (the model before dreaming).
-        quiz = selfquiz.write_quiz(
-            dreamer.backend,
-            dreamer.tokenizer,
-            quizzed,
-            replay_ids=frozenset(m.id for m in quizzed[len(memories) :]),
-            teacher=dreamer.teacher,
-            questions_per_memory=spec.quiz_questions,
-            seed=spec.seed,
-            max_new_tokens=dreamer.answer_tokens,
-            keep=dreamer.allows,
-        )
+        with dreamer.reading():
+            quiz = selfquiz.write_quiz(
+                dreamer.backend,
+                dreamer.tokenizer,
+                quizzed,
+                replay_ids=frozenset(m.id for m in quizzed[len(memories) :]),
+                teacher=dreamer.teacher,
+                questions_per_memory=spec.quiz_questions,
+                seed=spec.seed,
+                max_new_tokens=dreamer.answer_tokens,
+                keep=dreamer.allows,
+            )
         general = list(GENERAL_REPLAY_PROMPTS[:GUARD_GENERAL])
-        own = selfquiz.closed_book(
+        own = greedy_answers(
             dreamer.backend,
             dreamer.tokenizer,
             general,
@@ -936,6 +930,9 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
 
     # Same layout as consolidation: the generation in <output>/model, the record
     # of every dream beside it, checkpoints kept until the cycle is cleaned up.
+    if dreamer.folded is not None:
+        dreamer.folded.restore()  # the exact base weights back before anything is saved
+
     def write_generation() -> tuple[str, str]:
         model_uri = f"{config.output_uri.rstrip('/')}/model"
         # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.

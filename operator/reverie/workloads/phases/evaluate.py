@@ -46,10 +46,11 @@ import fsspec
 
 from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult, ProgressEvent, emit_progress
+from reverie.core.contract import PhaseConfig, PhaseResult, emit_step_progress
 from reverie.workloads.data.eval_sets import EvalSets, load_eval_sets
 from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris
 from reverie.workloads.data.questions import Question, answer_matches, memory_questions, question_text
+from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.phases.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
@@ -224,20 +225,23 @@ class ModelScorer:
     def __init__(
         self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16, world: Any | None = None
     ) -> None:
-        from reverie.workloads.ml.distributed import ShardedGeneration, World
+        from reverie.workloads.ml.distributed import ShardedSampling, World
         from reverie.workloads.ml.sampling import HFBackend
 
         self.model = model
         self.tokenizer = tokenizer
         self.world = world or World()
-        self.backend = backend or ShardedGeneration(HFBackend(model, tokenizer, batch_size=batch_size), self.world)
+        self.backend = backend or ShardedSampling(HFBackend(model, tokenizer, batch_size=batch_size), self.world)
         self.batch_size = batch_size
 
     def answers(self, items: Sequence[AskItem], *, max_new_tokens: int) -> list[str]:
-        from reverie.workloads.data.memory import question_prompt
-
-        prompts = [question_prompt(self.tokenizer, i.text, context=i.context) for i in items]
-        return list(self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0).texts)
+        return greedy_answers(
+            self.backend,
+            self.tokenizer,
+            [i.text for i in items],
+            contexts=[i.context for i in items],
+            max_new_tokens=max_new_tokens,
+        )
 
     def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
         from reverie.workloads.ml import distributed
@@ -347,15 +351,7 @@ def _log(msg: str) -> None:
 
 
 def _progress(step: int, total: int, **values: Any) -> None:
-    emit_progress(
-        ProgressEvent(
-            phase=Step.EVALUATION.value,
-            step=step,
-            total_steps=total,  # rank 0's only on N ranks
-            checkpoint=values.pop("checkpoint", None),
-            values=values,
-        )
-    )
+    emit_step_progress(Step.EVALUATION.value, step, total, **values)  # rank 0's only on N ranks
 
 
 def write_json(uri: str, payload: Any) -> None:

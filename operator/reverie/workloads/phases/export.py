@@ -42,8 +42,8 @@ import torch
 from reverie.api.lineage import ServableForm
 from reverie.workloads.store.modelio import (
     LEDGER,
-    Generation,
     GenerationError,
+    LoadedGeneration,
     content_hash,
     is_remote,
     load_generation,
@@ -52,9 +52,9 @@ from reverie.workloads.store.modelio import (
     stage_out,
 )
 
-MANIFEST = "servable.json"
+SERVABLE_MANIFEST = "servable.json"
 # Files of a generation folder that describe Reverie, not the model: a server needs none of them.
-_NOT_SERVED = frozenset({LEDGER, "result.json", MANIFEST})
+_NOT_SERVED = frozenset({LEDGER, "result.json", SERVABLE_MANIFEST})
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
 
@@ -62,7 +62,7 @@ class ExportError(GenerationError):
     """A generation that cannot be exported in the asked form; the message says why and what to do."""
 
 
-def check_slots(gen: Generation) -> None:
+def check_slots(gen: LoadedGeneration) -> None:
     """Every slot must be a plain LoRA adapter: one (r, alpha) per slot, no DoRA, bias or extra modules."""
     for name in gen.slots:
         cfg = gen.model.peft_config[name]
@@ -98,7 +98,7 @@ def _stored_dtype(config: Any) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def stacked_adapter(gen: Generation, scratch: Path) -> Path:
+def stacked_adapter(gen: LoadedGeneration, scratch: Path) -> Path:
     """Write the slots of ``gen`` as one rank-Σrᵢ adapter (scaling folded into B, ``lora_alpha = r``) under ``scratch``.
 
     The slots are taken from the loaded generation (each saved as the standard
@@ -132,7 +132,7 @@ def fold_adapter(model: Any, adapter: Path) -> None:
             weight.add_((delta.T if cfg.get("fan_in_fan_out") else delta).to(weight.dtype))
 
 
-def _write_merged(gen: Generation, stacked: Path | None, tmp: Path) -> None:
+def _write_merged(gen: LoadedGeneration, stacked: Path | None, tmp: Path) -> None:
     from transformers import AutoConfig
 
     assert gen.folder is not None
@@ -147,7 +147,7 @@ def _write_merged(gen: Generation, stacked: Path | None, tmp: Path) -> None:
     _copy_tokenizer(gen.folder, tmp)
 
 
-def _write_adapter(gen: Generation, stacked: Path | None, tmp: Path, *, base_ref: str) -> None:
+def _write_adapter(gen: LoadedGeneration, stacked: Path | None, tmp: Path, *, base_ref: str) -> None:
     if stacked is None:
         raise ExportError(
             f"{gen.folder} has no expert slots, so it has no adapter form: it is its base model; "
@@ -196,7 +196,7 @@ def export_generation(
             "slots": list(gen.slots),
             "rank": _rank(tmp) if form == ServableForm.ADAPTER else None,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / SERVABLE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -208,7 +208,7 @@ def export_generation(
     return target
 
 
-def _default_base_ref(uri: str | Path, gen: Generation) -> str:
+def _default_base_ref(uri: str | Path, gen: LoadedGeneration) -> str:
     """What the adapter form names as its base when the caller names none.
 
     A full generation folder holds its base weights, so it names itself.  A
@@ -238,7 +238,7 @@ def _rank(adapter: Path) -> int:
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     """The ``servable.json`` of an export, or None if the folder holds no complete export."""
-    path = Path(folder) / MANIFEST
+    path = Path(folder) / SERVABLE_MANIFEST
     if not path.is_file():
         return None
     try:

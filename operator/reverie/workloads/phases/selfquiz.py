@@ -34,6 +34,7 @@ from typing import Any
 
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.data.questions import STOPWORDS, fixed_prompts, normalize_answer, sentences
+from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.sampling import SamplingBackend
 from reverie.workloads.phases.selfstudy import grounded, subject_of, writer_instructions, written_question
 
@@ -213,37 +214,19 @@ def write_quiz(
             seen.add(key)
             unique.append((m, kind, p))
     asks = unique
-    answers = (
-        backend.generate(
-            [question_prompt(tokenizer, p, context=m.text) for m, _, p in asks],
-            max_new_tokens=max_new_tokens,
-            temperature=0.0,
-            adapters=teacher,
-        ).texts
-        if asks
-        else []
+    answers = greedy_answers(
+        backend,
+        tokenizer,
+        [p for _, _, p in asks],
+        contexts=[m.text for m, _, _ in asks],
+        adapters=teacher,
+        max_new_tokens=max_new_tokens,
     )
     out: list[QuizItem] = []
     for (m, kind, p), a in zip(asks, answers, strict=True):
-        a = a.strip()
         if not grounded(a, m.text, subject=subjects[m.id]):
             if kind != RECITAL:
                 continue
             a = m.text
         out.append(QuizItem(memory_id=m.id, kind=kind, prompt=p, reference=a, replay=m.id in replay_ids))
     return out
-
-
-def closed_book(
-    backend: SamplingBackend, tokenizer: Any, prompts: Sequence[str], *, adapters: Sequence[str], max_new_tokens: int
-) -> list[str]:
-    """Greedy closed-book answers of the model with ``adapters`` active."""
-    if not prompts:
-        return []
-    out = backend.generate(
-        [question_prompt(tokenizer, p) for p in prompts],
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        adapters=adapters,
-    )
-    return [t.strip() for t in out.texts]

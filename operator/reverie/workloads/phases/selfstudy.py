@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from reverie.workloads.data.memory import Memory, question_prompt
-from reverie.workloads.data.questions import STOPWORDS, fixed_prompts, normalize_answer
+from reverie.workloads.data.questions import CONTENT_STOPWORDS, WORD, fixed_prompts, normalize_answer
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.lm import completion_logits, encode
 from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
@@ -80,7 +80,6 @@ GENERAL_REPLAY_PROMPTS = (
 
 _NUMBER = re.compile(r"\d+")
 _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
-_WORD = re.compile(r"\w[\w'-]*")
 # Capitalised words any answer may use without them being in the memory.
 _FUNCTION_WORDS = frozenset(
     [
@@ -132,10 +131,6 @@ _FUNCTION_WORDS = frozenset(
         "born",
     ]
 )
-# Function words never count as content; question words too (an answer restating its question adds nothing).
-_STOPWORDS = STOPWORDS | frozenset(
-    ["had", "how", "when", "does", "which", "has", "did", "do", "who", "not", "where", "have", "what", "also"]
-)
 
 
 @dataclass(frozen=True)
@@ -158,7 +153,7 @@ class StudyItem:
 
 def subject_of(text: str) -> str | None:
     """The memory's subject: the first run of capitalised words ("Ivo Oddwyn was born …" → "Ivo Oddwyn")."""
-    words = _WORD.findall(text)
+    words = WORD.findall(text)
     start = 0
     while start < len(words) and words[start].lower() in _FUNCTION_WORDS:
         start += 1
@@ -187,7 +182,7 @@ def grounded(answer: str, memory_text: str, *, subject: str | None = None) -> bo
     the subject's name.
     """
     memory_words = _words(memory_text)
-    if len(_WORD.findall(answer)) < 3:
+    if len(WORD.findall(answer)) < 3:
         return False
     if any(n not in _NUMBER.findall(memory_text) for n in _NUMBER.findall(answer)):
         return False
@@ -196,7 +191,7 @@ def grounded(answer: str, memory_text: str, *, subject: str | None = None) -> bo
         if lw and lw not in _FUNCTION_WORDS and not set(lw.split()) <= memory_words:
             return False
     subject_words = _words(subject or "")
-    content = {w for w in _words(answer) if len(w) >= 3 and w not in _STOPWORDS} - subject_words
+    content = {w for w in _words(answer) if len(w) >= 3 and w not in CONTENT_STOPWORDS} - subject_words
     return bool(content & memory_words)
 
 
@@ -206,7 +201,7 @@ def written_question(text: str, subject: str) -> str | None:
     if "?" not in line:
         return None
     q = line[: line.index("?") + 1].strip()
-    n = len(_WORD.findall(q))
+    n = len(WORD.findall(q))
     names = _words(subject)
     if not (4 <= n <= 30) or not (names & _words(q)):
         return None
@@ -480,7 +475,7 @@ def sharded_teacher_targets(
     max_tokens: int,
     batch_size: int = 16,
     forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> Any:
+) -> TeacherTargets:
     """:func:`reverie.workloads.phases.selfstudy.teacher_targets` with its batches split across ranks.
 
     The rows are grouped and batched as one process groups them; each rank runs

@@ -50,8 +50,8 @@ __all__ = [
     "LEDGER",
     "MANIFEST",
     "SLOTS_DIR",
-    "Generation",
     "GenerationError",
+    "LoadedGeneration",
     "base_state_dict",
     "content_hash",
     "is_remote",
@@ -153,7 +153,7 @@ def content_hash(folder: str | Path) -> str:
 
 
 @dataclass
-class Generation:
+class LoadedGeneration:
     """A loaded generation: the model (a ``PeftModel`` when it has slots), tokenizer, slot names."""
 
     model: Any
@@ -183,7 +183,7 @@ def load_generation(
     dtype: torch.dtype = torch.float32,
     trainable: bool = False,
     device: str | None = None,
-) -> Generation:
+) -> LoadedGeneration:
     """Load base weights, tokenizer and every slot of a generation; all slots active and frozen."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -227,7 +227,7 @@ def load_generation(
     if device:
         model.to(device)
     model.eval()
-    return Generation(model=model, tokenizer=tokenizer, slots=names, folder=folder, ledger=ledger)
+    return LoadedGeneration(model=model, tokenizer=tokenizer, slots=names, folder=folder, ledger=ledger)
 
 
 def activate_slots(model: Any, names: Sequence[str]) -> None:
