@@ -47,60 +47,61 @@ def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | No
     return result if result.get("status") == "Succeeded" else None
 
 
-def one_sleep(
-    a: argparse.Namespace, *, c: int, parent: Path, mem: Path, prior: list[str]
+def run_step(
+    a: argparse.Namespace, *, step: str, c: int, parent: str, mem: Path, prior: list[str], **extra: Any
 ) -> tuple[dict[str, Any], float, float]:
+    """``reverie run-phase <step>`` for sleep ``c`` on ``parent`` (skipped when it already succeeded)."""
     work = a.out / f"sleep-{c}"
     work.mkdir(parents=True, exist_ok=True)
-    done = phase_result(work)
+    done = phase_result(work, step)
     if done is not None:
         return done, float("nan"), float("nan")
     cfg = {
-        "step": "consolidation",
+        "step": step,
         "cycle": f"c{c}",
         "lineage": "bench",
         "storeUri": str(a.out),
-        "outputUri": str(work / "consolidation"),
+        "outputUri": str(work / step),
         "baseGeneration": f"g{c}",
-        "baseUri": str(parent),
+        "baseUri": parent,
         "memory": {"sources": [{"uri": str(mem)}]},
         "priorMemoryUris": prior,
-        "consolidation": {
-            "steps": a.steps,
-            "seed": a.seed,
-            "checkpointEvery": 100_000,
-            "replay": a.replay,
-            **a.consolidation,
-        },
         "evaluation": {"questionsPerMemory": 12},
+        **extra,
     }
-    return run_phase("consolidation", cfg, work)
+    return run_phase(step, cfg, work)
+
+
+def one_sleep(
+    a: argparse.Namespace, *, c: int, parent: Path, mem: Path, prior: list[str]
+) -> tuple[dict[str, Any], float, float]:
+    consolidation = {"steps": a.steps, "seed": a.seed, "checkpointEvery": 100_000, "replay": a.replay}
+    return run_step(
+        a,
+        step="consolidation",
+        c=c,
+        parent=str(parent),
+        mem=mem,
+        prior=prior,
+        consolidation={**consolidation, **a.consolidation},
+    )
 
 
 def one_dream(
     a: argparse.Namespace, *, c: int, consolidated: str, mem: Path, prior: list[str]
 ) -> tuple[dict[str, Any], float, float]:
     """The dreaming phase on this sleep's consolidated model (``--dreaming``), as the operator runs it next."""
-    work = a.out / f"sleep-{c}"
-    done = phase_result(work, "dreaming")
-    if done is not None:
-        return done, float("nan"), float("nan")
-    cfg = {
-        "step": "dreaming",
-        "cycle": f"c{c}",
-        "lineage": "bench",
-        "storeUri": str(a.out),
-        "outputUri": str(work / "dreaming"),
-        "baseGeneration": f"g{c}",
-        "baseUri": consolidated,
-        "inputs": {"consolidation": consolidated},
-        "memory": {"sources": [{"uri": str(mem)}]},
-        "priorMemoryUris": prior,
-        "consolidation": {"seed": a.seed, **a.consolidation},
-        "dreaming": {"seed": a.seed, **a.dreaming, "enabled": True},
-        "evaluation": {"questionsPerMemory": 12},
-    }
-    return run_phase("dreaming", cfg, work)
+    return run_step(
+        a,
+        step="dreaming",
+        c=c,
+        parent=consolidated,
+        mem=mem,
+        prior=prior,
+        inputs={"consolidation": consolidated},
+        consolidation={"seed": a.seed, **a.consolidation},
+        dreaming={"seed": a.seed, **a.dreaming, "enabled": True},
+    )
 
 
 def main() -> None:

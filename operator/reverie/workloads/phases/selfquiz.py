@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.workloads.data.memory import Memory
 from reverie.workloads.data.questions import STOPWORDS, fixed_prompts, normalize_answer, sentences
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.sampling import SamplingBackend
-from reverie.workloads.phases.selfstudy import grounded, subject_of, writer_instructions, written_question
+from reverie.workloads.phases.selfstudy import grounded, subject_of, written_questions
 
 RECITAL = "recital"
 _PRONOUNS = ("he ", "she ", "they ", "it ")
@@ -184,29 +184,17 @@ def write_quiz(
     """
     subjects = {m.id: subject_of(m.text) for m in memories}
     named = [m for m in memories if subjects[m.id]]
-    requests = [
-        (m, *writer_instructions(subjects[m.id] or "")[i % 2]) for m in named for i in range(questions_per_memory)
-    ]
-    written = (
-        backend.generate(
-            [question_prompt(tokenizer, ins, context=m.text) for m, _, ins in requests],
-            max_new_tokens=40,
-            temperature=0.8,
-            top_p=0.95,
-            seed=seed * 1_000_003 + 29,
-            adapters=teacher,
-        ).texts
-        if requests
-        else []
+    written = written_questions(
+        backend,
+        tokenizer,
+        named,
+        per_memory=questions_per_memory,
+        seed=seed * 1_000_003 + 29,
+        adapters=teacher,
     )
-    asks: list[tuple[Memory, str, str]] = []
+    asks = [(m, RECITAL, fixed_prompts(subjects[m.id] or "")[0][1]) for m in named]
+    asks += [(m, kind, q) for m in named for kind, q in written[m.id]]
     seen: set[tuple[str, str]] = set()
-    for m in named:
-        asks.append((m, RECITAL, fixed_prompts(subjects[m.id] or "")[0][1]))
-    for (m, kind, _), text in zip(requests, written, strict=True):
-        q = written_question(text, subjects[m.id] or "")
-        if q is not None:
-            asks.append((m, kind, q))
     unique: list[tuple[Memory, str, str]] = []
     for m, kind, p in asks:
         key = (m.id, normalize_answer(p))

@@ -224,6 +224,49 @@ def writer_instructions(subject: str) -> list[tuple[str, str]]:
     ]
 
 
+def written_questions(
+    backend: SamplingBackend,
+    tokenizer: Any,
+    memories: Sequence[Memory],
+    *,
+    per_memory: int,
+    seed: int,
+    adapters: Sequence[str] | None,
+    in_context: bool = True,
+) -> dict[str, list[tuple[str, str]]]:
+    """Per memory, the (kind, question) pairs the teacher writes about it, memory in view (sampled at ``seed``).
+
+    ``per_memory`` requests alternate between the :func:`writer_instructions`;
+    a reply is kept when :func:`written_question` finds a question naming the
+    subject in it.  Memories without a subject get no request.
+    """
+    subjects = {m.id: subject_of(m.text) for m in memories}
+    requests: list[tuple[Memory, str, str]] = []
+    for m in memories:
+        subject = subjects[m.id]
+        if subject is not None:
+            kinds = writer_instructions(subject)
+            requests += [(m, *kinds[i % len(kinds)]) for i in range(per_memory)]
+    written = (
+        backend.generate(
+            [question_prompt(tokenizer, ins, context=m.text if in_context else None) for m, _, ins in requests],
+            max_new_tokens=40,
+            temperature=0.8,
+            top_p=0.95,
+            seed=seed,
+            adapters=adapters,
+        ).texts
+        if requests
+        else []
+    )
+    out: dict[str, list[tuple[str, str]]] = {m.id: [] for m in memories}
+    for (m, kind, _), text in zip(requests, written, strict=True):
+        q = written_question(text, subjects[m.id] or "")
+        if q is not None:
+            out[m.id].append((kind, q))
+    return out
+
+
 def summary_prompts(memories: Sequence[Memory], *, per_memory: int = 2) -> list[StudyItem]:
     """Replay prompts for memories that have no saved self-study set: their subjects' summary seeds.
 
@@ -261,30 +304,15 @@ def synthesize(
     writes = writes_per_memory if writes_per_memory is not None else max(4, items_per_memory // 2)
     subjects = {m.id: subject_of(m.text) for m in memories}
     # 1. The teacher writes questions, with the memory in view (sampled, for variety).
-    requests: list[tuple[Memory, str, str]] = []
-    for m in memories:
-        subject = subjects[m.id]
-        if subject is None:
-            continue
-        kinds = writer_instructions(subject)
-        requests += [(m, *kinds[i % len(kinds)]) for i in range(writes)]
-    written = (
-        backend.generate(
-            [question_prompt(tokenizer, ins, context=m.text if in_context else None) for m, _, ins in requests],
-            max_new_tokens=40,
-            temperature=0.8,
-            top_p=0.95,
-            seed=seed * 1_000_003 + 17,
-            adapters=adapters,
-        ).texts
-        if requests
-        else []
+    prompts = written_questions(
+        backend,
+        tokenizer,
+        memories,
+        per_memory=writes,
+        seed=seed * 1_000_003 + 17,
+        adapters=adapters,
+        in_context=in_context,
     )
-    prompts: dict[str, list[tuple[str, str]]] = {m.id: [] for m in memories}
-    for (m, kind, _), text in zip(requests, written, strict=True):
-        q = written_question(text, subjects[m.id] or "")
-        if q is not None:
-            prompts[m.id].append((kind, q))
     for m in memories:
         subject = subjects[m.id]
         if subject is None:  # no name to ask about: continue the note instead
