@@ -52,9 +52,9 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
 
     from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits
+    from reverie.workloads.ml.losses import topk_forward_kl
     from reverie.workloads.ml.tiny import build_tiny_model, build_tokenizer
-    from reverie.workloads.phases.consolidate import answer_cross_entropy, topk_forward_kl
-    from reverie.workloads.phases.selfstudy import completion_logits
     from reverie.workloads.store.modelio import save_generation
 
     words = [f"w{i}" for i in range(4000)]

@@ -348,14 +348,12 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
 
 def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     """One consolidation step (teacher cached) vs one plain SFT step on the same sequences, side by side."""
+    from reverie.api.phases import ConsolidationSpec
     from reverie.workloads.ml.expansion import add_slot, slot_parameters
     from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits
     from reverie.workloads.ml.sampling import active_adapters
     from reverie.workloads.ml.trainer import TorchTrainer
-    from reverie.workloads.phases.consolidate import (
-        KSSettings,
-        SelfStudyDistillation,
-    )
+    from reverie.workloads.phases.knowledge_seeding import SelfStudyDistillation
     from reverie.workloads.phases.selfstudy import StudyItem, teacher_targets
     from reverie.workloads.store.modelio import load_generation
 
@@ -378,7 +376,7 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
         k=20,
         max_tokens=64,
     )
-    s = KSSettings(batch_size=8, replay_ratio=0.0)
+    s = ConsolidationSpec(batch_size=8, replay_ratio=0.0)
     params = list(slot_parameters(model, slot).values())
     ks = SelfStudyDistillation(
         model,
@@ -386,7 +384,7 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
         items=items,
         targets=targets,
         student=[slot],
-        settings=s,
+        spec=s,
         trainer=TorchTrainer(params, lr=1e-3, max_grad_norm=1.0),
     )
     sft_opt = TorchTrainer(params, lr=1e-3, max_grad_norm=1.0)

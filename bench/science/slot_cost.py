@@ -39,11 +39,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
 
+    from reverie.api.phases import ConsolidationSpec
     from reverie.workloads.data.memory import question_prompt
     from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
     from reverie.workloads.ml.sampling import HFBackend, active_adapters
     from reverie.workloads.ml.trainer import TorchTrainer
-    from reverie.workloads.phases.consolidate import KSSettings, SelfStudyDistillation
+    from reverie.workloads.phases.knowledge_seeding import SelfStudyDistillation
     from reverie.workloads.phases.selfstudy import load_study
     from reverie.workloads.store.modelio import activate_slots, load_generation
 
@@ -73,7 +74,7 @@ def main() -> None:
             items=items,
             targets=targets,
             student=student,
-            settings=KSSettings(batch_size=8, replay_ratio=0.25),
+            spec=ConsolidationSpec(batch_size=8, replay_ratio=0.25),
             trainer=TorchTrainer(params, lr=0.0, max_grad_norm=1.0),  # lr 0: both ways see the same slot
         )
 

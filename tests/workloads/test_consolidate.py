@@ -11,19 +11,16 @@ import torch.nn.functional as F
 from reverie.api.phases import ConsolidationSpec
 from reverie.workloads.data.memory import QA, Memory
 from reverie.workloads.ml.lm import answer_cross_entropy
-from reverie.workloads.ml.tiny import build_tokenizer
-from reverie.workloads.phases.consolidate import (
-    Cue,
-    KSSettings,
+from reverie.workloads.ml.losses import (
     generalized_jsd,
     imitation_loss,
     imitation_reward,
     knowledge_seeding_loss,
-    step_batch,
-    study_cues,
     token_f1,
     topk_forward_kl,
 )
+from reverie.workloads.ml.tiny import build_tokenizer
+from reverie.workloads.phases.knowledge_seeding import Cue, LoopKnobs, step_batch, study_cues
 from reverie.workloads.phases.selfstudy import StudyItem
 
 
@@ -103,10 +100,16 @@ def test_settings_take_the_paper_knobs_from_the_spec() -> None:
             "imitationGroupSize": 6,
         }
     )
-    s = KSSettings.from_spec(spec, teacher_temperature=0.5)
-    assert (s.alpha, s.beta, s.lam, s.gamma, s.z0, s.replay_ratio, s.group_size) == (0.7, 1.0, 0.25, 0.2, 0.3, 0.4, 6)
-    assert s.teacher_temperature == 0.5
-    assert KSSettings() == KSSettings.from_spec(ConsolidationSpec()), "one source of defaults"
+    assert (spec.alpha, spec.beta, spec.lam, spec.gamma, spec.z0, spec.replay_ratio, spec.imitation_group_size) == (
+        0.7,
+        1.0,
+        0.25,
+        0.2,
+        0.3,
+        0.4,
+        6,
+    )
+    assert LoopKnobs(teacher_temperature=0.5).teacher_temperature == 0.5
 
 
 def test_topk_forward_kl_is_the_forward_kl_over_the_teachers_support(logits) -> None:
@@ -168,9 +171,9 @@ def test_study_cues_put_the_memory_in_the_teacher_prompt_only() -> None:
 def test_batches_depend_only_on_seed_and_step_and_honour_rho() -> None:
     memory = [Cue(f"m{i}", f"m{i}") for i in range(10)]
     replay = [Cue(f"r{i}", f"r{i}", replay=True) for i in range(10)]
-    s = KSSettings(batch_size=10, replay_ratio=0.3, seed=5)
-    a = step_batch(memory, replay, step=17, settings=s)
-    assert a == step_batch(memory, replay, step=17, settings=s)
-    assert a != step_batch(memory, replay, step=18, settings=s)
+    s = ConsolidationSpec(batch_size=10, replay_ratio=0.3, seed=5)
+    a = step_batch(memory, replay, step=17, spec=s)
+    assert a == step_batch(memory, replay, step=17, spec=s)
+    assert a != step_batch(memory, replay, step=18, spec=s)
     assert sum(c.replay for c in a) == 3
-    assert sum(c.replay for c in step_batch(memory, [], step=1, settings=s)) == 0
+    assert sum(c.replay for c in step_batch(memory, [], step=1, spec=s)) == 0

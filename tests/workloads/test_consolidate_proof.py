@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from reverie.api.phases import ConsolidationSpec
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, parse_memory
 from reverie.workloads.ml.expansion import add_slot, slot_parameters
@@ -36,15 +37,10 @@ from reverie.workloads.ml.tiny import (
     wake_fast_memory,
 )
 from reverie.workloads.ml.trainer import TorchTrainer
-from reverie.workloads.phases.consolidate import (
-    KSSettings,
-    KSState,
-    Roles,
-    SelfStudyDistillation,
-    build_study,
-    closed_book_recall,
-)
+from reverie.workloads.phases.consolidate import closed_book_recall
+from reverie.workloads.phases.knowledge_seeding import KSState, Roles, SelfStudyDistillation
 from reverie.workloads.phases.selfstudy import StudyItem, summary_prompts
+from reverie.workloads.phases.study_set import build_study
 from reverie.workloads.store.modelio import activate_slots, load_generation
 
 SEEDS = (0, 1, 2)
@@ -101,7 +97,7 @@ class Cycles:
         )
         self.backend.model = self.model
         self.scores[f"control{k + 1}"] = self.measure([*self.slots, slot])  # fast memory gone, no sleep yet
-        settings = KSSettings(
+        settings = ConsolidationSpec(
             replay_ratio=0.25,
             steps=KS_STEPS,
             batch_size=16,
@@ -122,7 +118,7 @@ class Cycles:
             prior=self.prior_items,
             held_out=held_out,
             roles=roles,
-            settings=settings,
+            spec=settings,
             in_context=False,
         )
         self.trained_on += [t for i in items for t in (i.prompt, i.answer)]
@@ -136,7 +132,7 @@ class Cycles:
             items=items,
             targets=targets,
             student=roles.student,
-            settings=settings,
+            spec=settings,
             trainer=trainer,
         ).run(KSState())
         self.model.delete_adapter("fast")

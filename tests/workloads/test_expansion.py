@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reverie.api.phases import ConsolidationSpec
 from reverie.workloads.data.memory import parse_memory, question_prompt
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
 from reverie.workloads.ml.sampling import HFBackend
 from reverie.workloads.ml.tiny import TinyBase, memory_records, tell_prompt
 from reverie.workloads.ml.trainer import TorchTrainer
-from reverie.workloads.phases.consolidate import (
+from reverie.workloads.phases.knowledge_seeding import (
     KnowledgeSeeding,
-    KSSettings,
     KSState,
+    LoopKnobs,
     Roles,
     study_cues,
 )
@@ -117,14 +118,13 @@ def test_knowledge_seeding_trains_only_the_new_slot(tiny_base: TinyBase) -> None
     model, slot = add_slot(model, rank=4, target_modules=MLP)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tok = gen.tokenizer
-    settings = KSSettings(
+    settings = ConsolidationSpec(
         alpha=0.5,
         steps=3,
         batch_size=4,
         max_new_tokens=4,
         learning_rate=1e-2,
-        group_size=2,
-        lti_prompts=2,
+        imitation_group_size=2,
         temperature=1.0,
     )
     memories = [parse_memory(r, where="t") for r in memory_records(tiny_base.new[0])]
@@ -135,7 +135,8 @@ def test_knowledge_seeding_trains_only_the_new_slot(tiny_base: TinyBase) -> None
         model,
         tok,
         HFBackend(model, tok),
-        settings=settings,
+        spec=settings,
+        knobs=LoopKnobs(lti_prompts=2),
         roles=Roles(student=[first, slot], teacher=[first], memory_teacher=[first]),
         memory=memory,
         replay=replay,

@@ -192,7 +192,7 @@ def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keep
     phase_config, tmp_path: Path, tiny_base: TinyBase
 ) -> None:
     from reverie.workloads.data.memory import read_memory_uri
-    from reverie.workloads.phases.consolidate import teacher_prompt_of
+    from reverie.workloads.phases.knowledge_seeding import teacher_prompt_of
     from reverie.workloads.phases.selfstudy import load_study, teacher_targets
 
     sleep(phase_config, tmp_path, 1)

@@ -66,9 +66,9 @@ import torch
 
 from reverie.api.phases import DreamingSpec, SamplingBackendKind, TeacherChoice
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult, emit_step_progress
+from reverie.core.contract import CHECKPOINTS_FOLDER, PhaseConfig, PhaseResult, checkpoint_root, emit_step_progress
 from reverie.workloads.data.heldout import HeldOut
-from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris, question_prompt
+from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but, slot_parameters
@@ -85,23 +85,23 @@ from reverie.workloads.phases.selfstudy import (
     writer_instructions,
     written_question,
 )
-from reverie.workloads.store import objects, store
-from reverie.workloads.store.atomic import write_atomic
-from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from reverie.workloads.store.modelio import (
-    activate_slots,
-    content_hash,
-    load_generation,
-    save_generation,
-    stage_out,
+from reverie.workloads.phases.skeleton import (
+    Phase,
+    PhaseInputs,
+    Stopped,
+    Written,
+    run_phase,
+    work_dir,
+    write_generation,
 )
+from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reverie.workloads.store.modelio import activate_slots, load_generation, save_generation, stage_out
 
 DREAM_SLOT_NOTE = "dreaming"
 PROBE_ADAPTER = "dream-probe"
 GUARD_GENERAL = 6  # general prompts whose own answers the guard keeps
 GUARD_RECITALS = 4  # other memories' recitals in each context's guard
 M_STEP_BATCH = 8
-CHECKPOINT_DIR = "checkpoints"
 DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
 BUILT_KINDS = ("reverse", "cloze", "contrast")
 PHRASING = "phrasing"
@@ -581,13 +581,6 @@ def _load_state(uri: str, dreamer: Dreamer) -> DreamState | None:
     return DreamState.from_json(c.meta[DREAMING_STATE])
 
 
-def _local_dir(uri: str) -> Path:
-    """The local folder for ``uri``: itself, or for a store URI a new working folder (staged out as it fills)."""
-    if not store.is_remote(uri):
-        return store.local_path(uri)
-    return store.local_workdir(uri, prefix="reverie-dreaming-")
-
-
 def open_dreamer(
     model_uri: str, *, spec: DreamingSpec, target_modules: Sequence[str], teacher: TeacherChoice = TeacherChoice.BASE
 ) -> tuple[Dreamer, Any]:
@@ -843,52 +836,60 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[QuizContext], state: DreamSta
     return float(out.training_loss)
 
 
-def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> PhaseResult:
-    """The dreaming phase: consolidated model in, consolidated model + dreaming slot out.
+class Dreaming(Phase):
+    """Quiz the consolidated model, dream at its weak facts, keep what helps, learn it (module docstring)."""
 
-    ``stop_after`` (tests only) ends the attempt early, as a preemption would,
-    after the checkpoint it names has been written.
-    """
-    spec = config.dreaming
-    source = config.inputs.get("consolidation")
-    if not source:
-        raise ValueError(
-            f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(config.inputs)}"
+    step = Step.DREAMING
+
+    def __init__(self, config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> None:
+        super().__init__(config)
+        self.stop_after = stop_after
+
+    def open(self, inputs: PhaseInputs) -> None:
+        cfg, spec = self.config, self.config.dreaming
+        source = cfg.inputs.get("consolidation")
+        if not source:
+            raise ValueError(
+                f"dreaming needs inputs['consolidation'] (the consolidated model); got {sorted(cfg.inputs)}"
+            )
+        self.started = time.monotonic()
+        self.inputs, self.spec, self.rho = inputs, spec, cfg.consolidation.replay_ratio
+        self.folder = work_dir(cfg)
+        self.checkpoint_uri = checkpoint_root(cfg.output_uri)
+        self.dreamer, self.gen = open_dreamer(
+            source, spec=spec, target_modules=cfg.consolidation.target_modules, teacher=cfg.consolidation.teacher
         )
-    t0 = time.monotonic()
-    out_dir = _local_dir(config.output_uri)
-    ckpt = out_dir / CHECKPOINT_DIR
-    remote_ckpt = f"{config.output_uri.rstrip('/')}/{CHECKPOINT_DIR}"
-    memories = load_memories(config.memory, store_uri=config.store_uri)
-    prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
-    rho = config.consolidation.replay_ratio
-    held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
-    dreamer, gen = open_dreamer(
-        source, spec=spec, target_modules=config.consolidation.target_modules, teacher=config.consolidation.teacher
-    )
-    dreamer.held_out = held_out
-    dreamer.answer_tokens = config.consolidation.max_new_tokens
-    quizzed = [*memories, *rehearsed(memories, prior, replay_ratio=rho, seed=spec.seed)]
-    dreamer.memories = quizzed
-    state = None
-    # The previous attempt's checkpoint (resume_from), else one an earlier run of this attempt left.
-    for candidate in dict.fromkeys([*([config.resume_from] if config.resume_from else []), remote_ckpt]):
-        state = _load_state(candidate, dreamer)
-        if state is not None:
-            _log(f"dreaming: resumed from {candidate} at round {state.round}, {len(state.contexts_done)} contexts done")
-            break
-    quiz_started = time.monotonic()
-    if state is None:
-        # The quiz and the guard's answers are fixed for the whole phase (the model before dreaming).
+        self.slot = self.dreamer.slot
+        self.dreamer.held_out = inputs.held_out
+        self.dreamer.answer_tokens = cfg.consolidation.max_new_tokens
+        rehearsal = rehearsed(inputs.memories, inputs.prior, replay_ratio=self.rho, seed=spec.seed)
+        self.dreamer.memories = [*inputs.memories, *rehearsal]
+
+    def resume(self) -> None:
+        # The previous attempt's checkpoint (resume_from), else one an earlier run of this attempt left.
+        self.state: DreamState | None = None
+        for candidate in dict.fromkeys(
+            [*([self.config.resume_from] if self.config.resume_from else []), self.checkpoint_uri]
+        ):
+            self.state = _load_state(str(candidate), self.dreamer)
+            if self.state is not None:
+                _log(
+                    f"dreaming: resumed from {candidate} at round {self.state.round}, {len(self.state.contexts_done)} contexts done"
+                )
+                return
+
+    def quiz(self) -> DreamState:
+        """The quiz and the guard's answers, fixed for the whole step (the model before dreaming)."""
+        dreamer, quizzed = self.dreamer, self.dreamer.memories
         with dreamer.reading():
             quiz = selfquiz.write_quiz(
                 dreamer.backend,
                 dreamer.tokenizer,
                 quizzed,
-                replay_ids=frozenset(m.id for m in quizzed[len(memories) :]),
+                replay_ids=frozenset(m.id for m in quizzed[len(self.inputs.memories) :]),
                 teacher=dreamer.teacher,
-                questions_per_memory=spec.quiz_questions,
-                seed=spec.seed,
+                questions_per_memory=self.spec.quiz_questions,
+                seed=self.spec.seed,
                 max_new_tokens=dreamer.answer_tokens,
                 keep=dreamer.allows,
             )
@@ -900,83 +901,92 @@ def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None 
             adapters=dreamer.candidate,
             max_new_tokens=dreamer.answer_tokens,
         )
-        state = DreamState(quiz=quiz, guard=[(p, a) for p, a in zip(general, own, strict=True) if a])
-    quiz_seconds = time.monotonic() - quiz_started
-    contexts = quiz_contexts(quizzed, state.quiz)
-    if not contexts:
-        raise ValueError("dreaming could not quiz any memory (no memory names a subject the quiz can ask about)")
-    state = dream_rounds(
-        dreamer,
-        contexts,
-        ckpt=ckpt,
-        state=state,
-        rho=rho,
-        stop_after=stop_after,
-        on_checkpoint=lambda: stage_out(ckpt, remote_ckpt),
-    )
-    if state.round < max(1, spec.rest_em_iterations):
-        return PhaseResult(
-            step=Step.DREAMING, status="Failed", message="stopped before the last round", checkpoint_uri=remote_ckpt
+        return DreamState(quiz=quiz, guard=[(p, a) for p, a in zip(general, own, strict=True) if a])
+
+    def work(self) -> None:
+        quiz_started = time.monotonic()
+        state = self.state or self.quiz()
+        self.quiz_seconds = time.monotonic() - quiz_started
+        self.contexts = quiz_contexts(self.dreamer.memories, state.quiz)
+        if not self.contexts:
+            raise ValueError("dreaming could not quiz any memory (no memory names a subject the quiz can ask about)")
+        ckpt = self.folder / CHECKPOINTS_FOLDER
+        self.state = state = dream_rounds(
+            self.dreamer,
+            self.contexts,
+            ckpt=ckpt,
+            state=state,
+            rho=self.rho,
+            stop_after=self.stop_after,
+            on_checkpoint=lambda: stage_out(ckpt, str(self.checkpoint_uri)),
         )
-    after = [r for c in contexts for r in dreamer.quiz(c)[1]]
-    ledger = dict(gen.ledger)
-    notes = {
-        "name": dreamer.slot,
-        "phase": DREAM_SLOT_NOTE,
-        "cycle": config.cycle,
-        "rewardedDreams": sum(1 for d in state.dreams if d.reward),
-    }
-    ledger["slots"] = [*ledger.get("slots", []), notes]
+        if state.round < max(1, self.spec.rest_em_iterations):
+            raise Stopped("stopped before the last round", checkpoint_uri=str(self.checkpoint_uri))
+        self.after = [r for c in self.contexts for r in self.dreamer.quiz(c)[1]]
+        if self.dreamer.folded is not None:
+            self.dreamer.folded.restore()  # the exact base weights back before anything is saved
 
-    # Same layout as consolidation: the generation in <output>/model, the record
-    # of every dream beside it, checkpoints kept until the cycle is cleaned up.
-    if dreamer.folded is not None:
-        dreamer.folded.restore()  # the exact base weights back before anything is saved
-
-    def write_generation() -> tuple[str, str]:
-        model_uri = f"{config.output_uri.rstrip('/')}/model"
-        # Thin, as consolidation's: the lineage's object area already holds the base and earlier slots.
-        folder = save_generation(
+    def write(self) -> Written:
+        # Same layout as consolidation: the generation in <output>/model, the record of every
+        # dream and quiz item beside it, checkpoints kept until the cycle is cleaned up.
+        # Every rank holds the same model (same dreams, same M-step); rank 0 alone writes it.
+        state, dreamer = self._state(), self.dreamer
+        note = {
+            "name": dreamer.slot,
+            "phase": DREAM_SLOT_NOTE,
+            "cycle": self.config.cycle,
+            "rewardedDreams": sum(1 for d in state.dreams if d.reward),
+        }
+        files = {
+            "dreams.jsonl": "".join(json.dumps(asdict(d)) + "\n" for d in state.dreams),
+            "quiz.jsonl": "".join(json.dumps(q.to_json()) + "\n" for q in state.quiz),
+        }
+        slots = [*self.gen.slots, dreamer.slot]
+        return write_generation(
+            self.config,
             dreamer.model,
             dreamer.tokenizer,
-            model_uri,
-            slots=[*gen.slots, dreamer.slot],
-            ledger=ledger,
-            objects_uri=objects.area(config.store_uri, config.lineage),
+            slots=slots,
+            ledger=self.gen.ledger,
+            slot_note=note,
+            files=files,
         )
-        for name, rows in (
-            ("dreams.jsonl", [asdict(d) for d in state.dreams]),
-            ("quiz.jsonl", [q.to_json() for q in state.quiz]),
-        ):
-            write_atomic(out_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
-            stage_out(out_dir / name, f"{config.output_uri.rstrip('/')}/{name}")
-        return model_uri, content_hash(folder)
 
-    # Every rank holds the same model (same dreams, same M-step); rank 0 alone writes it.
-    model_uri, digest = distributed.on_main(distributed.world_from_env(), write_generation)
-    metrics: dict[str, float] = {
-        "contexts": float(len(contexts)),
-        "quiz_items": float(len(state.quiz)),
-        "weak_facts": float(sum(v for k, v in state.weak.items() if k.startswith("0/"))),
-        "dreams_generated": float(len(state.dreams)),
-        "dreams_kept": float(sum(1 for d in state.dreams if d.kept)),
-        "dreams_rewarded": float(sum(1 for d in state.dreams if d.reward)),
-        "self_quiz_reward_before": state.round_mean(0),
-        "self_quiz_reward_after": sum(after) / len(after) if after else math.nan,
-        "quiz_seconds": quiz_seconds,
-        "wall_seconds": time.monotonic() - t0,
-    }
-    for s in state.round_stats:
-        if math.isfinite(s["rewardedRate"]):
+    def _state(self) -> DreamState:
+        assert self.state is not None, "work() ran"
+        return self.state
+
+    def metrics(self) -> dict[str, float]:
+        state, after = self._state(), self.after
+        metrics: dict[str, float] = {
+            "contexts": float(len(self.contexts)),
+            "quiz_items": float(len(state.quiz)),
+            "weak_facts": float(sum(v for k, v in state.weak.items() if k.startswith("0/"))),
+            "dreams_generated": float(len(state.dreams)),
+            "dreams_kept": float(sum(1 for d in state.dreams if d.kept)),
+            "dreams_rewarded": float(sum(1 for d in state.dreams if d.reward)),
+            "self_quiz_reward_before": state.round_mean(0),
+            "self_quiz_reward_after": sum(after) / len(after) if after else math.nan,
+            "quiz_seconds": self.quiz_seconds,
+            "wall_seconds": time.monotonic() - self.started,
+        }
+        for s in state.round_stats:
             metrics[f"rewarded_rate_round_{int(s['round'])}"] = s["rewardedRate"]
-    return PhaseResult(
-        step=Step.DREAMING,
-        status="Succeeded",
-        message=f"self-quiz {metrics['self_quiz_reward_before']:.2f} → {metrics['self_quiz_reward_after']:.2f}; "
-        f"{int(metrics['dreams_rewarded'])} of {int(metrics['dreams_kept'])} kept dreams rewarded "
-        f"at {int(metrics['weak_facts'])} weak facts; slot {dreamer.slot}",
-        metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-        output_uri=model_uri,
-        content_hash=digest,
-        slot=dreamer.slot,
-    )
+        return metrics
+
+    def message(self) -> str:
+        m = self.metrics()
+        return (
+            f"self-quiz {m['self_quiz_reward_before']:.2f} → {m['self_quiz_reward_after']:.2f}; "
+            f"{int(m['dreams_rewarded'])} of {int(m['dreams_kept'])} kept dreams rewarded "
+            f"at {int(m['weak_facts'])} weak facts; slot {self.dreamer.slot}"
+        )
+
+
+def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> PhaseResult:
+    """The dreaming step: consolidated model in, consolidated model + dreaming slot out.
+
+    ``stop_after`` (tests only) ends the attempt early, as a preemption would,
+    after the checkpoint it names has been written.
+    """
+    return run_phase(Dreaming(config, stop_after=stop_after))

@@ -48,9 +48,13 @@ from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
 from reverie.core.contract import PhaseConfig, PhaseResult, emit_step_progress
 from reverie.workloads.data.eval_sets import EvalSets, load_eval_sets
-from reverie.workloads.data.memory import Memory, load_memories, load_memory_uris
+from reverie.workloads.data.memory import Memory
 from reverie.workloads.data.questions import Question, answer_matches, memory_questions, question_text
+from reverie.workloads.ml import distributed
 from reverie.workloads.ml.ask import greedy_answers
+from reverie.workloads.ml.distributed import ShardedSampling, World
+from reverie.workloads.ml.lm import text_nll
+from reverie.workloads.ml.sampling import HFBackend
 from reverie.workloads.phases.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
@@ -61,7 +65,9 @@ from reverie.workloads.phases.eval_schema import (
     accuracy_score,
     perplexity_score,
 )
+from reverie.workloads.phases.skeleton import Phase, PhaseInputs, Written, run_phase
 from reverie.workloads.store import store
+from reverie.workloads.store.modelio import content_hash, load_generation, stage_in
 
 EVAL_CACHE_DIR = ".eval-cache"
 EVAL_REPORT = "eval.json"
@@ -225,9 +231,6 @@ class ModelScorer:
     def __init__(
         self, model: Any, tokenizer: Any, *, backend: Any | None = None, batch_size: int = 16, world: Any | None = None
     ) -> None:
-        from reverie.workloads.ml.distributed import ShardedSampling, World
-        from reverie.workloads.ml.sampling import HFBackend
-
         self.model = model
         self.tokenizer = tokenizer
         self.world = world or World()
@@ -244,9 +247,6 @@ class ModelScorer:
         )
 
     def text_nll(self, texts: Sequence[str]) -> list[tuple[float, int]]:
-        from reverie.workloads.ml import distributed
-        from reverie.workloads.ml.lm import text_nll
-
         if not self.world.distributed:
             return text_nll(self.model, self.tokenizer, texts, batch_size=self.batch_size)
         # One process's batches, dealt round-robin: the same padding, the same sums.
@@ -306,8 +306,6 @@ def evaluate_model(
     use_cache: bool = True,
 ) -> ModelEval:
     """Load one generation and score it, through the store's cache."""
-    from reverie.workloads.ml import distributed
-    from reverie.workloads.store.modelio import content_hash, load_generation, stage_in
 
     world = distributed.world_from_env()
     # Rank 0 stages first (the others then hit the cache) and decides whether the cache holds the scores.
@@ -354,20 +352,16 @@ def _progress(step: int, total: int, **values: Any) -> None:
     emit_step_progress(Step.EVALUATION.value, step, total, **values)  # rank 0's only on N ranks
 
 
-def write_json(uri: str, payload: Any) -> None:
-    """Write JSON to a local path or fsspec URI, whole or not at all (NaN allowed: missing suites are NaN)."""
-    store.write_text(uri, json.dumps(payload, allow_nan=True, indent=2))
-
-
-def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
-    """Score candidate and champion; write ``eval.json``; return the report and its URI."""
-    store = config.store_uri
-    memories = load_memories(config.memory, store_uri=store)
-    prior = load_memory_uris(config.prior_memory_uris, store_uri=store)
-    sets = load_eval_sets([f"{store.rstrip('/')}/{config.lineage}", store])
-    spec = config.evaluation
+def evaluate(config: PhaseConfig, inputs: PhaseInputs) -> EvalReport:
+    """Score the candidate and the champion on the same items; the report."""
+    store_uri, spec = config.store_uri, config.evaluation
+    sets = load_eval_sets([f"{store_uri.rstrip('/')}/{config.lineage}", store_uri])
     items = build_items(
-        suites=spec.suites, memories=memories, prior=prior, sets=sets, questions_per_memory=spec.questions_per_memory
+        suites=spec.suites,
+        memories=inputs.memories,
+        prior=inputs.prior,
+        sets=sets,
+        questions_per_memory=spec.questions_per_memory,
     )
     digest = items.digest(max_new_tokens=spec.max_new_tokens)
     total = 2 if config.champion_uri else 1
@@ -377,7 +371,7 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
         role="candidate",
         generation=None,
         items=items,
-        store_uri=store,
+        store_uri=store_uri,
         max_new_tokens=spec.max_new_tokens,
     )
     _progress(1, total)
@@ -388,11 +382,11 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
             role="champion",
             generation=config.champion_generation,
             items=items,
-            store_uri=store,
+            store_uri=store_uri,
             max_new_tokens=spec.max_new_tokens,
         )
         _progress(2, total)
-    report = EvalReport(
+    return EvalReport(
         cycle=config.cycle,
         lineage=config.lineage,
         created_at=datetime.now(UTC),
@@ -405,11 +399,6 @@ def evaluate(config: PhaseConfig) -> tuple[EvalReport, str]:
         candidate=cand,
         champion=champ,
     )
-    from reverie.workloads.ml import distributed
-
-    uri = f"{config.output_uri.rstrip('/')}/{EVAL_REPORT}"
-    distributed.on_main(distributed.world_from_env(), lambda: write_json(uri, report.wire()))
-    return report, uri
 
 
 def summary(report: EvalReport) -> str:
@@ -426,24 +415,38 @@ def summary(report: EvalReport) -> str:
     return "; ".join(parts)[:600]
 
 
+class Evaluation(Phase):
+    """Score the candidate and the champion; write ``eval.json``; the gate's metrics and baseline."""
+
+    step = Step.EVALUATION
+    finite_metrics = False  # a suite with nothing to ask scores NaN, and the gate says so
+
+    def open(self, inputs: PhaseInputs) -> None:
+        self.inputs = inputs
+
+    def work(self) -> None:
+        self.report = evaluate(self.config, self.inputs)
+
+    def write(self) -> Written:
+        uri = store.join(self.config.output_uri, EVAL_REPORT)
+
+        def write_report() -> str:
+            text = json.dumps(self.report.wire(), allow_nan=True, indent=2)
+            store.write_text(uri, text)
+            return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+        return Written(uri=uri, content_hash=distributed.on_main(distributed.world_from_env(), write_report))
+
+    def metrics(self) -> dict[str, float]:
+        return self.report.metrics()
+
+    def baseline(self) -> dict[str, float]:
+        return self.report.baseline()
+
+    def message(self) -> str:
+        return summary(self.report)
+
+
 def run(config: PhaseConfig) -> PhaseResult:
-    """The evaluation phase: scores the candidate and champion, returns the gate's metrics."""
-    from reverie.workloads.ml import distributed
-
-    report, uri = evaluate(config)
-
-    def report_digest() -> str:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as fh:
-            return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
-
-    digest = distributed.on_main(distributed.world_from_env(), report_digest)
-    return PhaseResult(
-        step=Step.EVALUATION,
-        status="Succeeded",
-        message=summary(report),
-        metrics=report.metrics(),
-        baseline=report.baseline(),
-        output_uri=uri,
-        content_hash=digest,
-    )
+    """The evaluation step: scores the candidate and champion, returns the gate's metrics."""
+    return run_phase(Evaluation(config))

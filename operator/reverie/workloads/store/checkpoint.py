@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,3 +173,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         optimizer_state=optimizer_state,
         meta=meta,
     )
+
+
+def restore_slot(c: Checkpoint, params: Mapping[str, Any], *, slot: str, uri: str) -> None:
+    """Copy the checkpoint's slot weights into ``params`` (the slot this attempt added, same name)."""
+    import torch
+
+    if c.slot != slot:
+        raise CheckpointError(f"resume_from {uri}: checkpoint is for slot {c.slot}, this run adds {slot}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(c.slot_state[name].to(p))
