@@ -147,6 +147,13 @@ class ConsolidationSpec(ApiModel):
         le=1024,
         description="Self-study items kept per memory: teacher-written prompts with grounded teacher answers.",
     )
+    fact_floor: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Items each fact of a memory (a clause of a sentence) must be carried by; a fact below it is "
+        "topped up with items built from the fact: the blank over it, then the reverse direction (0: no top-up).",
+    )
     top_k: int = Field(
         default=20,
         ge=1,

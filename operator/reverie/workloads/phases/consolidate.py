@@ -63,6 +63,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -100,7 +101,7 @@ from reverie.workloads.phases.knowledge_seeding import (
     study_cues,
     total_steps,
 )
-from reverie.workloads.phases.selfstudy import STUDY_DIR, StudyItem
+from reverie.workloads.phases.selfstudy import STUDY_DIR, StudyItem, fact_coverage
 from reverie.workloads.phases.skeleton import Phase, PhaseInputs, Written, run_phase, work_dir, write_generation
 from reverie.workloads.phases.study_set import StudyContext, StudySet, open_study
 from reverie.workloads.store import checkpoint as ckpt
@@ -174,6 +175,7 @@ class ConsolidationError(ValueError):
 
 
 KNOBS = LoopKnobs()
+COVERAGE_BINS = 4  # the coverage histogram: facts carried by 0, 1, 2, 3 and 4-or-more items
 
 
 def _emit(event: ProgressEvent) -> None:
@@ -215,6 +217,19 @@ def make_trainer(spec: ConsolidationSpec, model: Any, params: dict[str, torch.nn
         held = [h for h, _ in shares]
         _emit(ProgressEvent("zero3", values={"ranks": world.size, "held": held, "total": shares[0][1]}))
     return trainer
+
+
+def study_report(study: StudySet, memories: Sequence[Memory]) -> dict[str, float]:
+    """Kept (and, in the attempt that built the set, asked) items per kind; how many items carry each fact."""
+    own = [i for i in study.items if not i.replay]
+    out = {f"selfstudy_kept_{k}": float(n) for k, n in sorted(Counter(i.kind for i in own).items())}
+    out |= {f"selfstudy_asked_{k}": float(n) for k, n in sorted(study.asked.items())}
+    per_fact = fact_coverage(own, memories)
+    out["facts"] = float(len(per_fact))
+    for n in range(COVERAGE_BINS):
+        out[f"facts_carried_by_{n}"] = float(sum(c == n for c in per_fact))
+    out[f"facts_carried_by_{COVERAGE_BINS}_or_more"] = float(sum(c >= COVERAGE_BINS for c in per_fact))
+    return out
 
 
 class Consolidation(Phase):
@@ -477,6 +492,7 @@ class Consolidation(Phase):
             "memory_recall_before": self.recall_before,
             "memory_recall_after": self.recall_after,
             "memory_recall_in_context": self.recall_in_context,
+            **study_report(study, self.inputs.memories),
         }
 
     def message(self) -> str:

@@ -32,14 +32,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from reverie.workloads.data.facts import claims, name_words, with_name
 from reverie.workloads.data.memory import Memory
-from reverie.workloads.data.questions import STOPWORDS, fixed_prompts, normalize_answer, sentences
+from reverie.workloads.data.questions import fixed_prompts, normalize_answer, sentences
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.sampling import SamplingBackend
 from reverie.workloads.phases.selfstudy import grounded, subject_of, written_questions
 
 RECITAL = "recital"
-_PRONOUNS = ("he ", "she ", "they ", "it ")
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,6 @@ class QuizItem:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> QuizItem:
         return cls(**raw)
-
-
-def _name_words(subject: str | None) -> set[str]:
-    return set(normalize_answer(subject or "").split())
-
-
-def claims(text: str, *, subject: str | None = None) -> set[str]:
-    """The spans an answer commits to: numbers, names and content words, without the subject's name."""
-    words = {w for w in normalize_answer(text).split() if (w.isdigit() or len(w) >= 3) and w not in STOPWORDS}
-    return words - _name_words(subject)
 
 
 def agreement(candidate: str, reference: str, *, subject: str | None = None) -> float:
@@ -106,46 +96,13 @@ def confused_with(candidate: str, memory: Memory, others: Sequence[Memory]) -> M
 # ----------------------------------------------------------------------------- curriculum items
 
 
-def _predicate(sentence: str, subject: str) -> str | None:
-    """The sentence without its subject ("Ivo Oddwyn was born in Tarrow." → "was born in Tarrow"), if it starts so."""
-    s = sentence.strip().rstrip(".!?").strip()
-    low = s.lower()
-    for head in (subject.lower() + " ", *_PRONOUNS):
-        if low.startswith(head):
-            rest = s[len(head) :].strip()
-            return rest if len(rest.split()) >= 2 else None
-    return None
-
-
-def with_name(sentence: str, subject: str) -> str:
-    """The sentence with a leading pronoun replaced by the full name (the fact is stored on the name)."""
-    pred = _predicate(sentence, subject)
-    return f"{subject} {pred}." if pred else sentence.strip()
-
-
-def reverse_item(sentence: str, subject: str) -> tuple[str, str] | None:
-    """The reverse direction: "Who was born in Tarrow in 1942?" → the sentence, with the full name."""
-    pred = _predicate(sentence, subject)
-    return (f"Who {pred}?", f"{subject} {pred}.") if pred else None
-
-
-def cloze_item(sentence: str, subject: str) -> tuple[str, str] | None:
-    """The blank over the fact's sentence: its first half to complete, the whole sentence as the answer."""
-    full = with_name(sentence, subject)
-    words = full.rstrip(".!?").split()
-    if len(words) < 4:
-        return None
-    cut = max(len(subject.split()) + 1, len(words) // 2)
-    return f"Fill in the rest: {' '.join(words[:cut])} ...", full
-
-
 def contrast_item(sentence: str, subject: str, other: Memory) -> tuple[str, str] | None:
     """A contrast with the memory the fact was confused with: both facts, each on its own name."""
     other_subject = subject_of(other.text)
     if not other_subject:
         return None
     # The other memory's sentence on the same attribute: the most words in common with this one.
-    words = set(normalize_answer(sentence).split()) - _name_words(subject)
+    words = set(normalize_answer(sentence).split()) - name_words(subject)
     theirs = sorted(
         ((len(words & set(normalize_answer(s).split())), i, s) for i, s in enumerate(sentences(other.text))),
         key=lambda x: (-x[0], x[1]),

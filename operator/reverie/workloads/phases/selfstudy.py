@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reverie.workloads.data.facts import coverage, fact_items, facts
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.data.questions import CONTENT_STOPWORDS, WORD, fixed_prompts, normalize_answer
 from reverie.workloads.ml import distributed
@@ -293,13 +295,18 @@ def synthesize(
     max_new_tokens: int,
     in_context: bool = True,
     writes_per_memory: int | None = None,
+    fact_floor: int = 0,
     keep: Callable[[str], bool] = lambda _prompt: True,
+    asked: Counter[str] | None = None,
 ) -> list[StudyItem]:
-    """The self-study set of ``memories``: up to ``items_per_memory`` grounded items each.
+    """The self-study set of ``memories``: up to ``items_per_memory`` grounded items each, then the top-up.
 
     ``adapters`` are the teacher's slots; ``in_context=False`` is the tiny-model
     stand-in whose teacher holds the memories in a fast-weight adapter instead of
-    its context.  ``keep(prompt)`` drops prompts (the held-out filter).
+    its context.  ``keep(prompt)`` drops prompts (the held-out filter).  Every
+    fact of a memory carried by fewer than ``fact_floor`` kept answers gets items
+    built from the fact itself (:func:`top_up`).  ``asked`` counts the prompts
+    asked per kind.
     """
     writes = writes_per_memory if writes_per_memory is not None else max(4, items_per_memory // 2)
     subjects = {m.id: subject_of(m.text) for m in memories}
@@ -349,6 +356,50 @@ def synthesize(
             continue
         count[m.id] = count.get(m.id, 0) + 1
         out.append(StudyItem(memory_id=m.id, kind=kind, prompt=p, answer=a))
+    if asked is not None:
+        asked.update(kind for _, kind, _ in asks)
+    return out + top_up(out, memories, floor=fact_floor, keep=keep, asked=asked)
+
+
+def top_up(
+    items: Sequence[StudyItem],
+    memories: Sequence[Memory],
+    *,
+    floor: int,
+    keep: Callable[[str], bool] = lambda _prompt: True,
+    asked: Counter[str] | None = None,
+) -> list[StudyItem]:
+    """Items for the facts fewer than ``floor`` of ``items`` carry: the blank over the fact, the reverse direction.
+
+    Their answers are the fact itself, on the subject's name; the teacher's
+    targets on them are taken with the memory in view like every other item's.
+    """
+    if floor <= 0:
+        return []
+    out: list[StudyItem] = []
+    for m in memories:
+        subject = subject_of(m.text)
+        if subject is None:
+            continue
+        answers = [i.answer for i in items if i.memory_id == m.id]
+        fact_list = facts(m.text, subject)
+        for fact, n in zip(fact_list, coverage(answers, fact_list, subject=subject), strict=True):
+            for kind, prompt, answer in fact_items(fact, subject)[: max(0, floor - n)]:
+                if asked is not None:
+                    asked[kind] += 1
+                if keep(prompt):
+                    out.append(StudyItem(memory_id=m.id, kind=kind, prompt=prompt, answer=answer))
+    return out
+
+
+def fact_coverage(items: Sequence[StudyItem], memories: Sequence[Memory]) -> list[int]:
+    """How many of ``items`` carry each fact of each memory (memories without a subject left out)."""
+    out: list[int] = []
+    for m in memories:
+        subject = subject_of(m.text)
+        if subject is not None:
+            answers = [i.answer for i in items if i.memory_id == m.id and not i.replay]
+            out += coverage(answers, facts(m.text, subject), subject=subject)
     return out
 
 

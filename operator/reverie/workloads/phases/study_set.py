@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def build_study(
     in_context: bool = True,
     world: World | None = None,
     forwards: Callable[[], Any] | None = None,
+    asked: Counter[str] | None = None,
 ) -> tuple[list[StudyItem], TeacherTargets]:
     """This sleep's self-study set (memory items + replay items) and the teacher's cached top-k on it.
 
@@ -88,7 +90,9 @@ def build_study(
             seed=spec.seed,
             max_new_tokens=spec.max_new_tokens,
             in_context=in_context,
+            fact_floor=spec.fact_floor,
             keep=held_out.allows,
+            asked=asked,
         )
     rep_items = replay_items(
         backend,
@@ -134,6 +138,7 @@ class StudySet:
     teacher_items: int  # items the teacher answered in this attempt (0 when reused)
     probe_seconds: float  # scoring earlier items to choose what to replay
     seconds: float
+    asked: Counter[str] = field(default_factory=Counter)  # prompts asked per kind in this attempt
 
     @property
     def memory_items(self) -> int:
@@ -188,6 +193,7 @@ def open_study(ctx: StudyContext, *, folder: Path, uri: str) -> StudySet:
     probe_seconds = time.perf_counter() - probe_started
     choice = replay.choose(stored, spec=spec.replay, seed=spec.seed, losses=losses)
     replay_targets = replay.load_targets(choice)
+    asked: Counter[str] = Counter()
     own_items, own_targets = build_study(
         ctx.model,
         ctx.tokenizer,
@@ -199,6 +205,7 @@ def open_study(ctx: StudyContext, *, folder: Path, uri: str) -> StudySet:
         spec=spec,
         world=ctx.world,
         forwards=ctx.forwards,
+        asked=asked,
     )
 
     def write_study() -> Path:
@@ -211,7 +218,7 @@ def open_study(ctx: StudyContext, *, folder: Path, uri: str) -> StudySet:
 
     distributed.on_main(ctx.world, write_study)
     out = _joined(own_items, own_targets, choice, replay_targets, reused=False, started=started)
-    out.teacher_items, out.probe_seconds = len(own_items), probe_seconds
+    out.teacher_items, out.probe_seconds, out.asked = len(own_items), probe_seconds, asked
     return out
 
 
