@@ -14,7 +14,7 @@ from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import Step
 from reverie.controller.jobs import Owner, render
 from reverie.core.actions import CreateJob
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import AttemptConfig
 from reverie.workloads.ml.tiny import build_base_generation, memory_records, write_memories_jsonl
 
 root = Path(sys.argv[1])
@@ -22,7 +22,7 @@ root.mkdir(parents=True, exist_ok=True)
 base = build_base_generation(root / "g0", seed=0, steps=300)
 store = root / "store"
 write_memories_jsonl(store / "memories/s1.jsonl", memory_records(base.new[0]))
-cfg = PhaseConfig.model_validate(
+cfg = AttemptConfig.model_validate(
     {
         "step": "consolidation",
         "cycle": "c1",
@@ -55,8 +55,8 @@ create = CreateJob(
 objs = render(create, owner=Owner("c1", "ns", "u"), lineage=lin, scheduling=Scheduling())
 pod = objs.workload["spec"]["template"]["spec"]
 c = pod["containers"][0]
-(root / "phase.json").write_text(objs.config_map["data"]["phase.json"])
-command = [str(root / "phase.json") if a == "/etc/reverie/phase.json" else a for a in c["command"]]
+(root / "attempt.json").write_text(objs.config_map["data"]["attempt.json"])
+command = [str(root / "attempt.json") if a == "/etc/reverie/attempt.json" else a for a in c["command"]]
 command[0] = str(Path(sys.executable).with_name("torchrun"))
 print("command:", command)
 procs = []

@@ -82,7 +82,7 @@ def main() -> None:
                     "--nproc-per-node",
                     str(n),
                     "-m",
-                    "reverie.workloads.phases.run_phase",
+                    "reverie.workloads.steps.run_step",
                     "consolidation",
                     str(path),
                 ],

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import AttemptConfig
 from reverie.workloads.data.eval_sets import load_eval_sets
 from reverie.workloads.data.memory import load_memories, load_memory_uris
-from reverie.workloads.phases import evaluate as ev
+from reverie.workloads.steps import evaluate as ev
 from reverie.workloads.store.modelio import load_generation, stage_in
 
 
 def main(state_dir: Path, cycle: str) -> None:
     torch.set_num_threads(2)
-    cfg = PhaseConfig.model_validate(
+    cfg = AttemptConfig.model_validate(
         json.loads((state_dir / "runs" / cycle / f"{cycle}-evaluation-1.json").read_text())
     )
     store = cfg.store_uri

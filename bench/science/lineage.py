@@ -4,7 +4,7 @@
     .venv/bin/python bench/science/lineage.py ... --replay '{"choose": "all"}' --out /tmp/lineage-all
     .venv/bin/python bench/science/report.py --lineage /tmp/lineage/results.json --png bench/science/lineage.png
 
-Each sleep is ``reverie run-phase consolidation`` on top of the previous sleep's
+Each sleep is ``reverie run-step consolidation`` on top of the previous sleep's
 model, with every earlier sleep's memories as its prior (what the operator
 hands a lineage's cycle).  After each sleep the bench scores, on questions no
 training input contains (``leaks`` counts any that did):
@@ -36,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Scorer, cpu_setup, recall, run_phase, sleep_memories, write_jsonl  # noqa: E402
+from run import Scorer, cpu_setup, recall, run_attempt, sleep_memories, write_jsonl  # noqa: E402
 
 
 def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | No
 def run_step(
     a: argparse.Namespace, *, step: str, c: int, parent: str, mem: Path, prior: list[str], **extra: Any
 ) -> tuple[dict[str, Any], float, float]:
-    """``reverie run-phase <step>`` for sleep ``c`` on ``parent`` (skipped when it already succeeded)."""
+    """``reverie run-step <step>`` for sleep ``c`` on ``parent`` (skipped when it already succeeded)."""
     work = a.out / f"sleep-{c}"
     work.mkdir(parents=True, exist_ok=True)
     done = phase_result(work, step)
@@ -69,7 +69,7 @@ def run_step(
         "evaluation": {"questionsPerMemory": 12},
         **extra,
     }
-    return run_phase(step, cfg, work)
+    return run_attempt(step, cfg, work)
 
 
 def one_sleep(
@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-lineage"))
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     a = p.parse_args()
-    from reverie.api.phases import ConsolidationSpec, TeacherChoice
+    from reverie.api.steps import ConsolidationSpec, TeacherChoice
 
     spec = ConsolidationSpec.model_validate({**a.consolidation, "replay": a.replay})
     if a.steps is None:
@@ -126,7 +126,7 @@ def main() -> None:
     base = cpu_setup(a.threads)
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory
-    from reverie.workloads.phases.selfstudy import read_items
+    from reverie.workloads.steps.selfstudy import read_items
     from reverie.workloads.store.modelio import load_generation
 
     a.out.mkdir(parents=True, exist_ok=True)

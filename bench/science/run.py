@@ -13,8 +13,8 @@ on every arm's training texts).  Arms:
 * ``base`` — closed book, no sleep;  ``incontext`` — the memory in the prompt (the upper bound);
 * ``sft`` — naive SFT: a LoRA (same rank, targets, lr, batch, steps) on the raw memory texts;
 * ``sdft`` — TRL's ``SDFTTrainer`` (privileged-context self-distillation) on the self-study summary prompts;
-* ``reverie`` — the real consolidation phase (``reverie run-phase consolidation``) only;
-* ``sleep`` — consolidation then dreaming (``reverie run-phase dreaming``).
+* ``reverie`` — the real consolidation phase (``reverie run-step consolidation``) only;
+* ``sleep`` — consolidation then dreaming (``reverie run-step dreaming``).
 
 Sleeps are sequential: sleep n starts from sleep n−1's model and replays what it
 learned.  Per sleep: recall of this sleep's facts, of every earlier sleep's
@@ -120,15 +120,15 @@ class Scorer:
 # ----------------------------------------------------------------------------- arms
 
 
-def run_phase(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, Any], float, float]:
-    """``reverie run-phase`` in a child process; returns (result, wall seconds, peak RSS MB)."""
+def run_attempt(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, Any], float, float]:
+    """``reverie run-step`` in a child process; returns (result, wall seconds, peak RSS MB)."""
     path = work / f"{step}.json"
     path.write_text(json.dumps(config))
     env = {**os.environ, "REVERIE_TERMINATION_LOG": str(work / f"{step}.termination")}
     t0 = time.perf_counter()
     with open(work / f"{step}.log", "w") as log:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "reverie"), "run-phase", step, "--config", str(path)],
+            [str(Path(sys.executable).parent / "reverie"), "run-step", step, "--config", str(path)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -163,7 +163,7 @@ def reverie_arm(
             "consolidation": {"steps": a.steps, "seed": seed, "checkpointEvery": 100_000, **a.consolidation},
             "evaluation": {"questionsPerMemory": 12},
         }
-        result, wall, rss = run_phase("consolidation", cfg, work)
+        result, wall, rss = run_attempt("consolidation", cfg, work)
         rec = {
             "sleep": c,
             "wall_seconds": wall,
@@ -180,7 +180,7 @@ def reverie_arm(
                 "inputs": {"consolidation": str(model)},
                 "dreaming": {"enabled": True, "seed": seed},
             }
-            dres, dwall, drss = run_phase("dreaming", dcfg, work)
+            dres, dwall, drss = run_attempt("dreaming", dcfg, work)
             rec["dream_wall_seconds"], rec["wall_seconds"] = dwall, wall + dwall
             rec["peak_rss_mb"] = max(rss, drss)
             rec["dream_phase"] = dres["metrics"]
@@ -195,7 +195,7 @@ def reverie_arm(
 def lora(model: Any, a: argparse.Namespace) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.steps import ConsolidationSpec
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
     return get_peft_model(
@@ -221,10 +221,10 @@ def sft_arm(
     kind: str,
 ) -> list[dict[str, Any]]:
     """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.steps import ConsolidationSpec
     from reverie.workloads.data.questions import fixed_prompts
     from reverie.workloads.ml.lm import sft_loss
-    from reverie.workloads.phases.selfstudy import subject_of
+    from reverie.workloads.steps.selfstudy import subject_of
     from reverie.workloads.store.modelio import load_generation
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
@@ -303,7 +303,7 @@ def sft_arm(
 def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory
-    from reverie.workloads.phases.selfstudy import read_items
+    from reverie.workloads.steps.selfstudy import read_items
     from reverie.workloads.store.modelio import load_generation
 
     out = a.out / f"seed-{seed}"
@@ -348,13 +348,13 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
 
 def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     """One consolidation step (teacher cached) vs one plain SFT step on the same sequences, side by side."""
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.steps import ConsolidationSpec
     from reverie.workloads.ml.expansion import add_slot, slot_parameters
     from reverie.workloads.ml.lm import answer_cross_entropy, completion_logits
     from reverie.workloads.ml.sampling import active_adapters
     from reverie.workloads.ml.trainer import TorchTrainer
-    from reverie.workloads.phases.knowledge_seeding import SelfStudyDistillation
-    from reverie.workloads.phases.selfstudy import StudyItem, teacher_targets
+    from reverie.workloads.steps.knowledge_seeding import SelfStudyDistillation
+    from reverie.workloads.steps.selfstudy import StudyItem, teacher_targets
     from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(base)
@@ -452,7 +452,7 @@ def main() -> None:
         (a.arms or ("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep")).split(",")
     )
     if a.steps is None:
-        from reverie.api.phases import ConsolidationSpec
+        from reverie.api.steps import ConsolidationSpec
 
         a.steps = ConsolidationSpec.model_validate(a.consolidation).steps
     base = cpu_setup(a.threads)

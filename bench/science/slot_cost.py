@@ -39,13 +39,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
 
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.steps import ConsolidationSpec
     from reverie.workloads.data.memory import question_prompt
     from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
     from reverie.workloads.ml.sampling import HFBackend, active_adapters
     from reverie.workloads.ml.trainer import TorchTrainer
-    from reverie.workloads.phases.knowledge_seeding import SelfStudyDistillation
-    from reverie.workloads.phases.selfstudy import load_study
+    from reverie.workloads.steps.knowledge_seeding import SelfStudyDistillation
+    from reverie.workloads.steps.selfstudy import load_study
     from reverie.workloads.store.modelio import activate_slots, load_generation
 
     hf_logging.set_verbosity_error()

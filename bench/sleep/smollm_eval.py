@@ -24,11 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from reverie.api.phases import Suite
+from reverie.api.steps import Suite
 from reverie.workloads.data.eval_sets import load_eval_sets
 from reverie.workloads.data.memory import parse_memory
 from reverie.workloads.ml import tiny
-from reverie.workloads.phases.evaluate import ModelScorer, build_items, score_model
+from reverie.workloads.steps.evaluate import ModelScorer, build_items, score_model
 from reverie.workloads.store.modelio import load_generation
 
 

@@ -99,7 +99,7 @@ def add_trained_slot(gen: Any, *, rank: int, target_modules: list[str], seed: in
 
 
 def run_sleeps(base: Path, store_uri: str, *, thin: bool, sleeps: int) -> list[dict[str, Any]]:
-    from reverie.api.phases import ConsolidationSpec, DreamingSpec
+    from reverie.api.steps import ConsolidationSpec, DreamingSpec
     from reverie.workloads.store import manifest as mf
     from reverie.workloads.store import objects, store
     from reverie.workloads.store.modelio import load_generation, save_generation

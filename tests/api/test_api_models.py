@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from reverie import GROUP, VERSION
 from reverie.api import ModelLineage, SleepCycle, SleepCycleStatus
 from reverie.api.base import Resources, parse_quantity
-from reverie.api.phases import GateSpec
 from reverie.api.sleepcycle import Phase
+from reverie.api.steps import GateSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KINDS: dict[str, Any] = {"SleepCycle": SleepCycle, "ModelLineage": ModelLineage}

@@ -323,7 +323,7 @@ def test_owner_reference_garbage_collection_runs(cluster: Any, namespace: str) -
                 }
             ],
         },
-        "data": {"phase.json": "{}"},
+        "data": {"attempt.json": "{}"},
     }
     apply(cluster, namespace, config_map)
     cluster.kubectl("delete", "-n", namespace, "sleep", "night", "--wait=true")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from reverie.api.phases import GATE_RULE_PATTERN
+from reverie.api.steps import GATE_RULE_PATTERN
 from reverie.core.gate import decide, outcome_of, parse_rule, required_metrics
 
 NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)

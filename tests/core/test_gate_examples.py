@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reverie.api.phases import GateSpec
+from reverie.api.steps import GateSpec
 from reverie.core.gate import decide, parse_rule
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

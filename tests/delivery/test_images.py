@@ -27,8 +27,8 @@ from delivery_engines import REPO, hadolint, run
 IMAGES = {
     # image: (extra it installs, final USER, default command)
     "operator": ("operator", "65532:65532", ["operator"]),
-    "trainer": ("train", "1000:1000", ["run-phase"]),
-    "dreamer": ("gpu", "1000:1000", ["run-phase"]),
+    "trainer": ("train", "1000:1000", ["run-step"]),
+    "dreamer": ("gpu", "1000:1000", ["run-step"]),
 }
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 REVERIE = Path(sys.executable).parent / "reverie"
@@ -100,7 +100,7 @@ def test_reverie_console_script_runs_both_image_commands() -> None:
     assert PYPROJECT["project"]["scripts"]["reverie"] == "reverie.cli:main"
     assert REVERIE.is_file(), "the reverie console script is not installed (pip install -e .)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for command in (["run-phase", "--help"], ["operator", "--help"]):
+    for command in (["run-step", "--help"], ["operator", "--help"]):
         done = subprocess.run([str(REVERIE), *command], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0, f"reverie {' '.join(command)}: {done.stderr}{done.stdout}"
 

@@ -11,7 +11,7 @@ import pytest
 from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import SleepCycle
 from reverie.local.state import LocalJob, LocalState
-from reverie.workloads.phases.eval_schema import (
+from reverie.workloads.steps.eval_schema import (
     EvalReport,
     EvalSettings,
     ItemOutcome,

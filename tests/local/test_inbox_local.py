@@ -20,7 +20,7 @@ from reverie.local.runner import Observer, run_cycle
 
 FAKE_PHASE = """\
 #!{python}
-# Stands in for `python -m reverie.cli run-phase STEP --config FILE`.
+# Stands in for `python -m reverie.cli run-step STEP --config FILE`.
 import json, os, pathlib, sys
 step, config = sys.argv[4], json.loads(pathlib.Path(sys.argv[6]).read_text())
 out = pathlib.Path(config["outputUri"])

@@ -2,7 +2,7 @@
 
 examples/smoke is examples/quickstart with fewer steps (the README says so).
 Real processes all the way: the `reverie` console script, the planner, one
-`reverie run-phase` process per phase on a tiny model built on the first run,
+`reverie run-step` process per phase on a tiny model built on the first run,
 the report opened in real Chromium.  Then the same run interrupted in the
 middle of consolidation (SIGINT, what Ctrl-C sends) and started again: it must
 resume that attempt from its checkpoint and finish without running any phase twice.
@@ -82,7 +82,7 @@ def test_sleep_runs_a_whole_cycle_from_nothing(smoke_run: tuple[Path, subprocess
         assert (Path(servable.uri) / "model.safetensors").is_file() and not (Path(servable.uri) / "slots").exists()
         assert "servable champion (merged)" in out and "reverie ask" in out
     assert state.lineage.status.active_cycle is None
-    for job in state.jobs.values():  # every phase ran once, as a `reverie run-phase` process with its config
+    for job in state.jobs.values():  # every phase ran once, as a `reverie run-step` process with its config
         assert job.launches == 1 and job.state == "Succeeded"
         assert Path(job.config_path).is_file() and any(
             e.get("event") == "progress" for e in read_events(Path(job.log_path))

@@ -74,11 +74,11 @@ class JobSim:
         raise AssertionError(f"Job {name} was not created within {timeout}s; jobs: {sorted(self._seen)}")
 
     def config_of(self, job: Obj) -> Obj:
-        """The PhaseConfig the operator mounted into the Job (from its ConfigMap)."""
+        """The AttemptConfig the operator mounted into the Job (from its ConfigMap)."""
         volumes = job["spec"]["template"]["spec"]["volumes"]
         cm_name = next(v["configMap"]["name"] for v in volumes if "configMap" in v)
         cm = self.core.read_namespaced_config_map(cm_name, self.namespace)
-        return dict(json.loads(cm.data["phase.json"]))
+        return dict(json.loads(cm.data["attempt.json"]))
 
     def cycle(self, name: str) -> Obj:
         return dict(
@@ -110,7 +110,7 @@ class JobSim:
 
     # --- results --------------------------------------------------------------
     def result_for(self, job: Obj, **overrides: Any) -> str:
-        """A valid PhaseResult for the Job's step, written under its output URI."""
+        """A valid AttemptResult for the Job's step, written under its output URI."""
         config = self.config_of(job)
         step = config["step"]
         body: Obj = {

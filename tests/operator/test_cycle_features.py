@@ -225,9 +225,9 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
             "--max-restarts",
             "0",
             "-m",
-            "reverie.workloads.phases.run_phase",
+            "reverie.workloads.steps.run_step",
             "consolidation",
-            "/etc/reverie/phase.json",
+            "/etc/reverie/attempt.json",
         ]
         assert container["image"].startswith("ghcr.io/reverie-dev/reverie-trainer")
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -261,7 +261,7 @@ def test_phase_jobs_are_rendered_hardened_owned_and_labelled(
         svc = kubectl_json(cluster, "get", "service", "c1-consolidation-1", "-n", namespace)
         assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["ownerReferences"][0]["uid"] == uid
         cm = kubectl_json(cluster, "get", "configmap", "c1-consolidation-1", "-n", namespace)
-        assert json.loads(cm["data"]["phase.json"])["outputUri"] == "/store/models/lin/c1/consolidation"
+        assert json.loads(cm["data"]["attempt.json"])["outputUri"] == "/store/models/lin/c1/consolidation"
         # the dreaming phase asks for Kubeflow Trainer, which this cluster lacks: a clear permanent failure
         sim.succeed(job, sim.result_for(job))
         failed = sim.wait_for_phase("c1", "Failed")

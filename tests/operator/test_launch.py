@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from reverie.api.base import PhaseRuntime, Scheduling
+from reverie.api.base import Scheduling, StepRuntime
 from reverie.api.lineage import ModelLineage
-from reverie.api.phases import MemorySource, MemorySpec
 from reverie.api.sleepcycle import Step
+from reverie.api.steps import MemorySource, MemorySpec
 from reverie.controller.jobs import Owner, render
 from reverie.core.actions import CreateJob
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import AttemptConfig
 
 OWNER = Owner(name="c1", namespace="ns", uid="u-1")
 LINEAGE = ModelLineage.model_validate(
@@ -19,7 +19,7 @@ LINEAGE = ModelLineage.model_validate(
 
 
 def create(**runtime: Any) -> CreateJob:
-    config = PhaseConfig(
+    config = AttemptConfig(
         step=Step.CONSOLIDATION,
         cycle="c1",
         lineage="lin",
@@ -34,7 +34,7 @@ def create(**runtime: Any) -> CreateJob:
         attempt=1,
         job_name="c1-consolidation-1",
         config=config,
-        runtime=PhaseRuntime.model_validate(runtime),
+        runtime=StepRuntime.model_validate(runtime),
         image="img",
     )
 
@@ -56,15 +56,15 @@ TORCHRUN = [
     "--max-restarts",
     "0",
     "-m",
-    "reverie.workloads.phases.run_phase",
+    "reverie.workloads.steps.run_step",
     "consolidation",
-    "/etc/reverie/phase.json",
+    "/etc/reverie/attempt.json",
 ]
 
 
 def test_one_process_runs_the_phase_directly() -> None:
     c = container(render(create(), owner=OWNER, lineage=LINEAGE, scheduling=Scheduling()).workload)
-    assert c["command"] == ["reverie", "run-phase", "consolidation", "--config", "/etc/reverie/phase.json"]
+    assert c["command"] == ["reverie", "run-step", "consolidation", "--config", "/etc/reverie/attempt.json"]
     assert not any(k.startswith("PET_") for k in env_of(c))
 
 
@@ -121,8 +121,8 @@ def test_local_mode_runs_procs_per_node_processes_through_torchrun(tmp_path) -> 
 
     def command(**runtime: Any) -> list[str]:
         config = create(**runtime).config.model_copy(deep=True)
-        config.consolidation.runtime = PhaseRuntime.model_validate(runtime)
-        path = tmp_path / "phase.json"
+        config.consolidation.runtime = StepRuntime.model_validate(runtime)
+        path = tmp_path / "attempt.json"
         path.write_text(json.dumps(config.wire()))
         job = LocalJob(
             name="c1-consolidation-1",
@@ -139,10 +139,10 @@ def test_local_mode_runs_procs_per_node_processes_through_torchrun(tmp_path) -> 
         "py",
         "-m",
         "reverie.cli",
-        "run-phase",
+        "run-step",
         "consolidation",
         "--config",
-        str(tmp_path / "phase.json"),
+        str(tmp_path / "attempt.json"),
     ]
     assert command(procsPerNode=2) == [
         "py",
@@ -156,7 +156,7 @@ def test_local_mode_runs_procs_per_node_processes_through_torchrun(tmp_path) -> 
         "--max-restarts",
         "0",
         "-m",
-        "reverie.workloads.phases.run_phase",
+        "reverie.workloads.steps.run_step",
         "consolidation",
-        str(tmp_path / "phase.json"),
+        str(tmp_path / "attempt.json"),
     ]

@@ -45,12 +45,12 @@ def test_an_hf_base_model_turns_the_images_offline_default_off() -> None:
 def test_every_job_the_operator_renders_carries_the_stores_environment() -> None:
     # One pod builder (jobs.workload_pod) for phase Jobs and the serving export Job: an S3-compatible
     # store's endpoint, its Secret, the PVC and the staging cache reach every workload container alike.
-    from reverie.api.base import PhaseRuntime, Scheduling
-    from reverie.api.phases import MemorySource, MemorySpec
+    from reverie.api.base import Scheduling, StepRuntime
     from reverie.api.sleepcycle import Step
+    from reverie.api.steps import MemorySource, MemorySpec
     from reverie.controller import export_job, jobs
     from reverie.core.actions import CreateJob
-    from reverie.core.contract import PhaseConfig
+    from reverie.core.contract import AttemptConfig
     from reverie.core.serving import hand_off
 
     store = {
@@ -87,7 +87,7 @@ def test_every_job_the_operator_renders_carries_the_stores_environment() -> None
     lineage = ModelLineage.model_validate(obj)
     workloads = []
     for step in Step:
-        config = PhaseConfig(
+        config = AttemptConfig(
             step=step,
             cycle="c1",
             lineage="lin",
@@ -103,7 +103,7 @@ def test_every_job_the_operator_renders_carries_the_stores_environment() -> None
                 attempt=1,
                 job_name=f"c1-{step.value}-1",
                 config=config,
-                runtime=PhaseRuntime.model_validate(runtime),
+                runtime=StepRuntime.model_validate(runtime),
                 image="img",
             )
             owner = jobs.Owner(name="c1", namespace="ml", uid="u-2")

@@ -52,7 +52,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBase:
 
 
 @pytest.fixture
-def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+def attempt_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Write a consolidation phase config over a store in tmp_path; returns its path.
 
     Memories: the first NEW session (this cycle) and the OLD facts (prior, for replay).
@@ -65,7 +65,7 @@ def phase_config(tiny_base: TinyBase, tmp_path: Path, monkeypatch: pytest.Monkey
     write_memories_jsonl(store / "memories" / "old.jsonl", memory_records(tiny_base.old, prefix="old"))
     monkeypatch.setenv("REVERIE_TERMINATION_LOG", str(tmp_path / "termination-log"))
 
-    def write(name: str = "phase.json", *, output: str = "l/c1/consolidation", **consolidation: Any) -> Path:
+    def write(name: str = "attempt.json", *, output: str = "l/c1/consolidation", **consolidation: Any) -> Path:
         cfg: dict[str, Any] = {
             "step": "consolidation",
             "cycle": "c1",

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from reverie.api.phases import Suite
+from reverie.api.steps import Suite
 from reverie.workloads.data.questions import Question, accuracy, answer_matches
 from reverie.workloads.ml.sampling import Generated
-from reverie.workloads.phases.consolidate import closed_book_recall
-from reverie.workloads.phases.evaluate import AskItem, EvalItems, score_model
+from reverie.workloads.steps.consolidate import closed_book_recall
+from reverie.workloads.steps.evaluate import AskItem, EvalItems, score_model
 
 ANSWER = "Vemora"
 RIGHT = "She lives in Vemora, I think."

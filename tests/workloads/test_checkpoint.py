@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reverie.workloads.phases import consolidate
-from reverie.workloads.phases.run_phase import run_phase
+from reverie.workloads.steps import consolidate
+from reverie.workloads.steps.run_step import run_step
 from reverie.workloads.store.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -71,16 +71,16 @@ def slot_weights(result_path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_restart_resumes_with_the_same_step_count_and_data_order(
-    phase_config,
+    attempt_config,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    reference = phase_config("ref.json", output="l/ref/consolidation", alpha=0.8)
-    assert run_phase("consolidation", str(reference)) == 0
+    reference = attempt_config("ref.json", output="l/ref/consolidation", alpha=0.8)
+    assert run_step("consolidation", str(reference)) == 0
     expected = slot_weights(tmp_path / "store/l/ref/consolidation/result.json")
 
-    cfg = phase_config("attempt1.json", alpha=0.8)
+    cfg = attempt_config("attempt1.json", alpha=0.8)
     real_step = consolidate.SelfStudyDistillation.step
 
     def crash_at_4(self, step: int):
@@ -89,7 +89,7 @@ def test_restart_resumes_with_the_same_step_count_and_data_order(
         return real_step(self, step)
 
     monkeypatch.setattr(consolidate.SelfStudyDistillation, "step", crash_at_4)
-    assert run_phase("consolidation", str(cfg)) == 1
+    assert run_step("consolidation", str(cfg)) == 1
     out = tmp_path / "store/l/c1/consolidation"
     failed = json.loads((out / "result.json").read_text())
     assert failed["status"] == "Failed" and "node preempted" in failed["message"]
@@ -100,7 +100,7 @@ def test_restart_resumes_with_the_same_step_count_and_data_order(
     raw["attempt"], raw["resumeFrom"] = 2, str(out / "checkpoints")
     cfg.write_text(json.dumps(raw))
     capsys.readouterr()
-    assert run_phase("consolidation", str(cfg)) == 0
+    assert run_step("consolidation", str(cfg)) == 0
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {"event": "resumed", "step": 3}.items() <= next(x for x in logs if x["event"] == "resumed").items()
     assert next(x for x in logs if x["event"] == "selfstudy").get("reused") is True, (

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.steps import ConsolidationSpec
 from reverie.workloads.data.memory import QA, Memory
 from reverie.workloads.ml.lm import answer_cross_entropy
 from reverie.workloads.ml.losses import (
@@ -20,8 +20,8 @@ from reverie.workloads.ml.losses import (
     topk_forward_kl,
 )
 from reverie.workloads.ml.tiny import build_tokenizer
-from reverie.workloads.phases.knowledge_seeding import Cue, LoopKnobs, step_batch, study_cues
-from reverie.workloads.phases.selfstudy import StudyItem
+from reverie.workloads.steps.knowledge_seeding import Cue, LoopKnobs, step_batch, study_cues
+from reverie.workloads.steps.selfstudy import StudyItem
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.steps import ConsolidationSpec
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, parse_memory
 from reverie.workloads.ml.expansion import add_slot, slot_parameters
@@ -37,10 +37,10 @@ from reverie.workloads.ml.tiny import (
     wake_fast_memory,
 )
 from reverie.workloads.ml.trainer import TorchTrainer
-from reverie.workloads.phases.consolidate import closed_book_recall
-from reverie.workloads.phases.knowledge_seeding import KSState, Roles, SelfStudyDistillation
-from reverie.workloads.phases.selfstudy import StudyItem, summary_prompts
-from reverie.workloads.phases.study_set import build_study
+from reverie.workloads.steps.consolidate import closed_book_recall
+from reverie.workloads.steps.knowledge_seeding import KSState, Roles, SelfStudyDistillation
+from reverie.workloads.steps.selfstudy import StudyItem, summary_prompts
+from reverie.workloads.steps.study_set import build_study
 from reverie.workloads.store.modelio import activate_slots, load_generation
 
 SEEDS = (0, 1, 2)

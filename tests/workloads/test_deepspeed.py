@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.steps import ConsolidationSpec
 from reverie.workloads.ml.deepspeed_config import zero_config
 from reverie.workloads.ml.tiny import TinyBase
 from reverie.workloads.store.modelio import stage_in
@@ -31,12 +31,12 @@ def test_zero_configs_follow_the_spec() -> None:
         zero_config(ConsolidationSpec(), on_gpu=False)
 
 
-def test_zero2_consolidation_runs_in_one_cpu_process(phase_config, tiny_base: TinyBase, tmp_path: Path) -> None:
+def test_zero2_consolidation_runs_in_one_cpu_process(attempt_config, tiny_base: TinyBase, tmp_path: Path) -> None:
     # A subprocess: DeepSpeed initialises a process group that must not leak into other tests.
-    cfg = phase_config(zeroStage="2", steps=3, alpha=0.9)
+    cfg = attempt_config(zeroStage="2", steps=3, alpha=0.9)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "reverie.workloads.phases.run_phase", "consolidation", str(cfg)],
+        [sys.executable, "-m", "reverie.workloads.steps.run_step", "consolidation", str(cfg)],
         env=env,
         capture_output=True,
         text=True,

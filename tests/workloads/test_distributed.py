@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from reverie.core.contract import parse_result
 from reverie.workloads.ml import distributed as d
-from reverie.workloads.phases import run_phase as rp
+from reverie.workloads.steps import run_step as rp
 from reverie.workloads.store.modelio import stage_in
 
 LOSS_RTOL = 1e-4
@@ -62,11 +62,11 @@ def test_the_world_comes_from_torchruns_variables_only() -> None:
         d.world_from_env({"RANK": "3", "WORLD_SIZE": "2"})
 
 
-def test_a_world_without_a_rendezvous_is_refused(phase_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_a_world_without_a_rendezvous_is_refused(attempt_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    assert rp.run_phase("consolidation", str(phase_config())) == rp.EXIT_BAD_CONFIG
+    assert rp.run_step("consolidation", str(attempt_config())) == rp.EXIT_BAD_CONFIG
     err = capsys.readouterr().err
     assert "WORLD_SIZE=8" in err and "torchrun" in err
 
@@ -102,7 +102,7 @@ def torchrun(
     nproc: int = 2,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node 2 -m reverie.workloads.phases.run_phase STEP CONFIG`` on gloo."""
+    """``torchrun --standalone --nproc-per-node 2 -m reverie.workloads.steps.run_step STEP CONFIG`` on gloo."""
     full = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -125,7 +125,7 @@ def torchrun(
             "--max-restarts",
             "0",
             "-m",
-            "reverie.workloads.phases.run_phase",
+            "reverie.workloads.steps.run_step",
             step,
             str(config),
         ],
@@ -172,7 +172,7 @@ def one_rank(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_memories_jsonl(store / "memories" / "old.jsonl", memory_records(tiny_base.old, prefix="old"))
     cfg = config_for(tiny_base, store, "l/c1/consolidation")
     os.environ["REVERIE_TERMINATION_LOG"] = str(root / "termination-log")
-    assert rp.run_phase("consolidation", str(cfg)) == 0
+    assert rp.run_step("consolidation", str(cfg)) == 0
     return store / "l/c1/consolidation"
 
 
@@ -282,7 +282,7 @@ def test_zero3_on_two_ranks_partitions_trains_saves_the_gathered_slot_and_resume
 
 @pytest.mark.distributed
 def test_evaluation_on_two_ranks_gives_the_scores_of_one(one_rank: Path, tiny_base, tmp_path: Path) -> None:
-    from reverie.workloads.phases.evaluate import run
+    from reverie.workloads.steps.evaluate import run
 
     def config(store: Path) -> dict[str, Any]:
         return {
@@ -301,10 +301,10 @@ def test_evaluation_on_two_ranks_gives_the_scores_of_one(one_rank: Path, tiny_ba
             "evaluation": {"maxNewTokens": 6},
         }
 
-    from reverie.core.contract import PhaseConfig
+    from reverie.core.contract import AttemptConfig
 
     alone = copy_store(one_rank, tmp_path / "one")
-    expected = run(PhaseConfig.model_validate(config(alone)))
+    expected = run(AttemptConfig.model_validate(config(alone)))
     pair = copy_store(one_rank, tmp_path / "two")
     path = tmp_path / "eval.json"
     path.write_text(json.dumps(config(pair)))

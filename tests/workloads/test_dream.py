@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from reverie.api.phases import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
-from reverie.core.contract import PhaseConfig, parse_result
+from reverie.api.steps import ConsolidationSpec, DreamingSpec, GrpoSpec, MemorySource, MemorySpec
+from reverie.core.contract import AttemptConfig, parse_result
+from reverie.workloads.data import facts
 from reverie.workloads.data.memory import Memory
 from reverie.workloads.ml import tiny
-from reverie.workloads.phases import dream, selfquiz
-from reverie.workloads.phases.run_phase import run_phase
+from reverie.workloads.steps import dream, selfquiz
+from reverie.workloads.steps.run_step import run_step
 from reverie.workloads.store.modelio import load_generation
 
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
@@ -62,17 +63,17 @@ def test_the_reward_is_span_agreement_with_the_teacher_and_a_confusion_scores_lo
 
 
 def test_the_curriculum_items_aim_at_one_fact_in_the_memorys_own_words() -> None:
-    assert selfquiz.reverse_item("He works as a glassblower.", "Ivo Oddwyn") == (
+    assert facts.reverse_item("He works as a glassblower.", "Ivo Oddwyn") == (
         "Who works as a glassblower?",
         "Ivo Oddwyn works as a glassblower.",
     )
-    prompt, answer = selfquiz.cloze_item("Ivo Oddwyn was born in Tarrow in 1951.", "Ivo Oddwyn") or ("", "")
+    prompt, answer = facts.cloze_item("Ivo Oddwyn was born in Tarrow in 1951.", "Ivo Oddwyn") or ("", "")
     assert prompt == "Fill in the rest: Ivo Oddwyn was born ..." and answer == "Ivo Oddwyn was born in Tarrow in 1951."
     contrast = selfquiz.contrast_item("Ivo Oddwyn was born in Tarrow in 1951.", "Ivo Oddwyn", ODA)
     assert contrast is not None and contrast[1] == (
         "Ivo Oddwyn was born in Tarrow in 1951. Oda Venn was born in Carrick in 1942."
     )
-    assert selfquiz.reverse_item("It rained.", "Ivo Oddwyn") is None
+    assert facts.reverse_item("It rained.", "Ivo Oddwyn") is None
 
 
 def test_rehearsal_quizzes_rho_over_one_minus_rho_earlier_memories_per_new_one() -> None:
@@ -167,7 +168,7 @@ def test_the_e_step_dreams_at_weak_facts_and_rewards_what_helps(tiny_base: tiny.
 # ----------------------------------------------------------------- the phase
 
 
-def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig:
+def _config(root: Path, base: Path, out: str, **dreaming: object) -> AttemptConfig:
     spec = dict(
         dreams_per_context=3,
         top_k=1,
@@ -179,7 +180,7 @@ def _config(root: Path, base: Path, out: str, **dreaming: object) -> PhaseConfig
         quiz_questions=1,
     )
     spec.update(dreaming)
-    return PhaseConfig(
+    return AttemptConfig(
         step="dreaming",
         cycle="c1",
         lineage="lin",
@@ -205,9 +206,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_base: tiny.TinyBase) ->
 
 def test_dreaming_phase_runs_end_to_end_through_the_job_contract(store: Path, tiny_base: tiny.TinyBase) -> None:
     config = _config(store, tiny_base.folder, "lin/c1/dreaming")
-    path = store / "phase.json"
+    path = store / "attempt.json"
     path.write_text(json.dumps(config.wire()))
-    assert run_phase("dreaming", str(path)) == 0
+    assert run_step("dreaming", str(path)) == 0
     result = parse_result((store / "lin/c1/dreaming/result.json").read_text(), step="dreaming")
     assert result.status == "Succeeded" and result.slot
     assert result.metrics["contexts"] == 6  # 3 memories + ρ/(1−ρ)·3 = 3 rehearsed

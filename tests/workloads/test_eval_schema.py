@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reverie.api.phases import Suite
-from reverie.core.contract import PhaseResult
-from reverie.workloads.phases.eval_schema import (
+from reverie.api.steps import Suite
+from reverie.core.contract import AttemptResult
+from reverie.workloads.steps.eval_schema import (
     EvalReport,
     EvalSettings,
     ItemOutcome,
@@ -154,7 +154,7 @@ def test_report_round_trips_through_json_and_fits_a_phase_result() -> None:
     text = json.dumps(report.wire(), allow_nan=True)
     again = EvalReport.model_validate(json.loads(text))
     assert again.metrics() == report.metrics()
-    result = PhaseResult(
+    result = AttemptResult(
         step="evaluation",
         status="Succeeded",
         metrics=report.metrics(),

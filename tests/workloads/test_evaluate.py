@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from reverie.api.phases import EvaluationSpec, MemorySource, MemorySpec, Suite
-from reverie.core.contract import PhaseConfig, parse_result
+from reverie.api.steps import EvaluationSpec, MemorySource, MemorySpec, Suite
+from reverie.core.contract import AttemptConfig, parse_result
 from reverie.workloads.data.eval_sets import EvalSets, FewShotItem, QAPair, load_eval_sets
 from reverie.workloads.data.memory import QA, Memory, load_memory_uris
 from reverie.workloads.ml import tiny
-from reverie.workloads.phases.evaluate import (
+from reverie.workloads.steps.evaluate import (
     AskItem,
     ModelScorer,
     build_items,
@@ -143,8 +143,8 @@ def test_real_tiny_model_that_learned_half_the_people_scores_about_one_half(
     assert ki.value == pytest.approx(0.5, abs=1 / 16)
 
 
-def _config(root: Path, **kw: object) -> PhaseConfig:
-    return PhaseConfig(
+def _config(root: Path, **kw: object) -> AttemptConfig:
+    return AttemptConfig(
         step="evaluation",
         cycle="c1",
         lineage="lin",

@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.steps import ConsolidationSpec
 from reverie.workloads.data.memory import parse_memory, question_prompt
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, next_slot_name, slot_parameters
 from reverie.workloads.ml.sampling import HFBackend
 from reverie.workloads.ml.tiny import TinyBase, memory_records, tell_prompt
 from reverie.workloads.ml.trainer import TorchTrainer
-from reverie.workloads.phases.knowledge_seeding import (
+from reverie.workloads.steps.knowledge_seeding import (
     KnowledgeSeeding,
     KSState,
     LoopKnobs,
     Roles,
     study_cues,
 )
-from reverie.workloads.phases.selfstudy import StudyItem, subject_of
+from reverie.workloads.steps.selfstudy import StudyItem, subject_of
 from reverie.workloads.store.modelio import load_generation
 
 MLP = ["gate_proj", "up_proj", "down_proj"]

@@ -17,7 +17,7 @@ import torch
 from reverie.workloads.data.memory import question_prompt
 from reverie.workloads.ml.expansion import add_slot, slot_parameters
 from reverie.workloads.ml.tiny import TinyBase
-from reverie.workloads.phases.export import ExportError, export_generation, read_manifest
+from reverie.workloads.steps.export import ExportError, export_generation, read_manifest
 from reverie.workloads.store.modelio import load_generation, save_generation
 
 # fp32 on CPU: folding B·A into W changes only the order of the additions

@@ -1,7 +1,7 @@
 """Held-out evaluation: no question a cycle is scored on, nor its answer-bearing form, reaches training.
 
 The whole-cycle test runs the real consolidation and dreaming phases (the Job
-contract, ``run_phase``) on the tiny model and assembles every training input
+contract, ``run_step``) on the tiny model and assembles every training input
 they wrote — self-study prompts and answers, replay prompts and answers, every
 dream — then looks for each evaluation probe of this cycle's and earlier
 memories in them.  Its memories are built so that a careless implementation
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import AttemptConfig
 from reverie.workloads.data.heldout import HeldOut, evaluation_probes
 from reverie.workloads.data.memory import QA, Memory, load_memory_uris
 from reverie.workloads.data.questions import Question
@@ -25,8 +25,8 @@ from reverie.workloads.ml.tiny import (
     tell_prompt,
     write_memories_jsonl,
 )
-from reverie.workloads.phases import run_phase as rp
-from reverie.workloads.phases.selfstudy import grounded, read_items, subject_of, written_question
+from reverie.workloads.steps import run_step as rp
+from reverie.workloads.steps.selfstudy import grounded, read_items, subject_of, written_question
 
 
 def test_probes_are_every_qa_pair_or_else_the_cloze_questions() -> None:
@@ -67,7 +67,7 @@ def test_a_written_question_must_name_the_subject_and_end_with_a_question_mark()
 
 
 def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
-    phase_config,
+    attempt_config,
     tiny_base: TinyBase,
     tmp_path: Path,
 ) -> None:
@@ -78,9 +78,9 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
     assert first is not None
     records[0]["qa"].append({"q": tell_prompt(first), "a": tiny_base.new[0][0].answer})
     write_memories_jsonl(store / "memories" / "session-1.jsonl", records)
-    path = phase_config(steps=2, itemsPerMemory=6, onPolicySteps=0)
-    assert rp.run_phase("consolidation", str(path)) == 0
-    cfg = PhaseConfig.model_validate_json(path.read_text())
+    path = attempt_config(steps=2, itemsPerMemory=6, onPolicySteps=0)
+    assert rp.run_step("consolidation", str(path)) == 0
+    cfg = AttemptConfig.model_validate_json(path.read_text())
     out = store / "l/c1/consolidation"
     dream_cfg = cfg.model_copy(
         update={
@@ -101,7 +101,7 @@ def test_no_training_input_of_a_cycle_contains_an_evaluation_probe(
         }
     )
     (tmp_path / "dream.json").write_text(dream_cfg.model_dump_json(by_alias=True))
-    assert rp.run_phase("dreaming", str(tmp_path / "dream.json")) == 0
+    assert rp.run_step("dreaming", str(tmp_path / "dream.json")) == 0
 
     items = read_items(out / "selfstudy")
     rows = [json.loads(line) for line in (store / "l/c1/dreaming/dreams.jsonl").read_text().splitlines()]
@@ -130,7 +130,7 @@ class EchoTeacher:
 
 
 def test_synthesis_drops_a_self_study_prompt_that_is_an_evaluation_probe() -> None:
-    from reverie.workloads.phases.selfstudy import synthesize
+    from reverie.workloads.steps.selfstudy import synthesize
 
     probe = tell_prompt("Zorblat Venqui")
     memory = Memory("a", "Zorblat Venqui lives in Vemora and builds boats.", (QA(probe, "Vemora"),))

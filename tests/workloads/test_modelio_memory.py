@@ -8,7 +8,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from reverie.api.phases import ConfigMapKeyRef, MemorySource, MemorySpec
+from reverie.api.steps import ConfigMapKeyRef, MemorySource, MemorySpec
 from reverie.workloads.data.memory import (
     CONFIGMAP_ROOT_ENV,
     MemorySetError,

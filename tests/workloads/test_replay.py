@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from reverie.api.phases import ReplaySpec
+from reverie.api.steps import ReplaySpec
 from reverie.core.contract import consolidated_memories_uri, parse_result
 from reverie.workloads.ml.tiny import TinyBase, tell_prompt
-from reverie.workloads.phases import replay
-from reverie.workloads.phases import run_phase as rp
-from reverie.workloads.phases.selfstudy import StudyItem, answer_tokens
+from reverie.workloads.steps import replay
+from reverie.workloads.steps import run_step as rp
+from reverie.workloads.steps.selfstudy import StudyItem, answer_tokens
 from reverie.workloads.store.modelio import load_generation
 
 
@@ -87,10 +87,10 @@ def test_the_probe_finds_what_the_model_does_not_know(tiny_base: TinyBase) -> No
     assert sum(1 for s in choice.items if s.item.memory_id.startswith("new")) > 3
 
 
-def sleep(phase_config, tmp_path: Path, cycle: int, **consolidation) -> dict[str, float]:
+def sleep(attempt_config, tmp_path: Path, cycle: int, **consolidation) -> dict[str, float]:
     """Consolidation of cycle ``cycle`` on top of the one before, replaying every earlier sleep."""
     name = f"c{cycle}"
-    cfg = json.loads(phase_config(f"{name}.json", output=f"l/{name}/consolidation", **consolidation).read_text())
+    cfg = json.loads(attempt_config(f"{name}.json", output=f"l/{name}/consolidation", **consolidation).read_text())
     cfg["cycle"] = name
     if cycle > 1:
         cfg["baseUri"] = str(tmp_path / f"store/l/c{cycle - 1}/consolidation/model")
@@ -98,15 +98,17 @@ def sleep(phase_config, tmp_path: Path, cycle: int, **consolidation) -> dict[str
             consolidated_memories_uri(str(tmp_path / "store"), "l", f"c{c}") for c in range(1, cycle)
         ]
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    assert rp.run_phase("consolidation", str(tmp_path / f"{name}.json")) == 0
+    assert rp.run_step("consolidation", str(tmp_path / f"{name}.json")) == 0
     out = tmp_path / f"store/l/{name}/consolidation"
     return parse_result((out / "result.json").read_text(), step="consolidation").metrics
 
 
-def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set(phase_config, tmp_path: Path) -> None:
+def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set(
+    attempt_config, tmp_path: Path
+) -> None:
     budget = {"replay": {"items": 1}}
-    first = sleep(phase_config, tmp_path, 1, **budget)
-    second = sleep(phase_config, tmp_path, 2, **budget)
+    first = sleep(attempt_config, tmp_path, 1, **budget)
+    second = sleep(attempt_config, tmp_path, 2, **budget)
     study = tmp_path / "store/l/c2/consolidation/selfstudy"
     own = [json.loads(line) for line in (study / "items.jsonl").read_text().splitlines()]
     # The teacher ran on this sleep's own items only: the replayed ones came with their targets.
@@ -120,13 +122,13 @@ def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set
 
     # A retry of the same sleep (its study kept) runs no teacher pass and replays the same rows.
     (study.parent / "result.json").unlink()
-    again = sleep(phase_config, tmp_path, 2, **budget)
+    again = sleep(attempt_config, tmp_path, 2, **budget)
     assert again["teacher_items"] == 0 and again["replay_earlier_items"] == 1
     assert json.loads((study / "replay.json").read_text()) == chosen
 
     area = tmp_path / "store/l/objects"
     held = set(area.rglob("*"))
-    third = sleep(phase_config, tmp_path, 3, **budget)
+    third = sleep(attempt_config, tmp_path, 3, **budget)
     # Earlier slots were folded into the base for the sleep, and put back exactly: one new object, the slot.
     assert len({p for p in area.rglob("*") if p.is_file()} - held) == 1
     assert third["replay_earlier_items"] == 1, "the third sleep replays as much as the second"
@@ -134,14 +136,14 @@ def test_replayed_items_keep_their_cached_targets_and_a_retry_takes_the_same_set
     assert third["teacher_items"] == len(third_own)
 
 
-def test_a_changed_earlier_study_is_named_not_replayed_silently(phase_config, tmp_path: Path, capsys) -> None:
+def test_a_changed_earlier_study_is_named_not_replayed_silently(attempt_config, tmp_path: Path, capsys) -> None:
     budget = {"replay": {"items": 1}}
-    sleep(phase_config, tmp_path, 1, **budget)
-    sleep(phase_config, tmp_path, 2, **budget)
+    sleep(attempt_config, tmp_path, 1, **budget)
+    sleep(attempt_config, tmp_path, 2, **budget)
     earlier = tmp_path / "store/l/c1/consolidation/selfstudy/teacher-topk.safetensors"
     earlier.write_bytes(earlier.read_bytes() + b" ")
     (tmp_path / "store/l/c2/consolidation/result.json").unlink()
-    assert rp.run_phase("consolidation", str(tmp_path / "c2.json")) != 0
+    assert rp.run_step("consolidation", str(tmp_path / "c2.json")) != 0
     result = json.loads((tmp_path / "store/l/c2/consolidation/result.json").read_text())
     assert "c1/consolidation/selfstudy changed" in result["message"]
 
@@ -150,7 +152,7 @@ def test_a_changed_earlier_study_is_named_not_replayed_silently(phase_config, tm
 def test_a_bad_replay_spec_names_the_field(field: str, value: object) -> None:
     from pydantic import ValidationError
 
-    from reverie.api.phases import ConsolidationSpec
+    from reverie.api.steps import ConsolidationSpec
 
     with pytest.raises(ValidationError, match=f"replay.{field}"):
         ConsolidationSpec.model_validate({"replay": {field: value}})
@@ -161,7 +163,7 @@ def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_pr
 
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory
-    from reverie.workloads.phases.selfstudy import TeacherTargets, save_study
+    from reverie.workloads.steps.selfstudy import TeacherTargets, save_study
 
     memory = parse_memory(
         {"id": "m", "text": "Ada Quill was born in Vemora.", "qa": [{"q": "Where was Ada Quill born?", "a": "Vemora"}]},
@@ -189,14 +191,14 @@ def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_pr
 
 
 def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keeps_the_champions(
-    phase_config, tmp_path: Path, tiny_base: TinyBase
+    attempt_config, tmp_path: Path, tiny_base: TinyBase
 ) -> None:
     from reverie.workloads.data.memory import read_memory_uri
-    from reverie.workloads.phases.knowledge_seeding import teacher_prompt_of
-    from reverie.workloads.phases.selfstudy import load_study, teacher_targets
+    from reverie.workloads.steps.knowledge_seeding import teacher_prompt_of
+    from reverie.workloads.steps.selfstudy import load_study, teacher_targets
 
-    sleep(phase_config, tmp_path, 1)
-    sleep(phase_config, tmp_path, 2, teacher="base")  # sleep 1's slot is folded in for this sleep
+    sleep(attempt_config, tmp_path, 1)
+    sleep(attempt_config, tmp_path, 2, teacher="base")  # sleep 1's slot is folded in for this sleep
     loaded = load_study(tmp_path / "store/l/c2/consolidation/selfstudy")
     assert loaded is not None
     items, stored = loaded

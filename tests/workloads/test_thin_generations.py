@@ -262,7 +262,7 @@ def test_the_servable_forms_of_a_thin_generation_load_without_reverie(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from reverie.workloads.phases.export import export_generation
+    from reverie.workloads.steps.export import export_generation
     from reverie.workloads.store.modelio import LoadedGeneration
 
     gen = load_generation(tiny_base.folder)

@@ -180,7 +180,7 @@ class Engine(StrEnum):
     JOBSET = "JobSet"
 
 
-class PhaseRuntime(ApiModel):
+class StepRuntime(ApiModel):
     """Where and how one phase's workload runs."""
 
     image: str | None = Field(

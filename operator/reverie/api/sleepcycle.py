@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
 
 from reverie.api.base import ApiModel, Condition, Images, RetryPolicy, Scheduling, cel
-from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
+from reverie.api.steps import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Label values (and DNS labels) stop at 63 characters.
@@ -170,7 +170,7 @@ class StepResult(StrEnum):
     FAILED = "Failed"
 
 
-class PhaseRecord(ApiModel):
+class AttemptRecord(ApiModel):
     """One attempt of one step: what ran, when, and what it produced."""
 
     step: Step = Field(description="consolidation, dreaming or evaluation.")
@@ -238,7 +238,7 @@ class SleepCycleStatus(ApiModel):
     memory: MemorySetStatus | None = Field(
         default=None, description="Inbox cycles: the memories taken from the inbox when the cycle started."
     )
-    records: list[PhaseRecord] = Field(
+    records: list[AttemptRecord] = Field(
         default_factory=list, max_length=64, description="Every step attempt, oldest first."
     )
     next_attempt_after: datetime | None = Field(

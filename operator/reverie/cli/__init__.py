@@ -18,7 +18,7 @@ On a cluster (kubeconfig as kubectl finds it, or --kubeconfig)::
     reverie logs CYCLE [--phase STEP]      # logs of the phase Job's pods
     reverie crds [--apply | --write DIR]   # print, apply or write the CRDs
 
-Inside images: ``reverie run-phase STEP --config FILE`` (the Job contract) and
+Inside images: ``reverie run-step STEP --config FILE`` (the Job contract) and
 ``reverie operator``.  The cluster verbs import the Kubernetes client lazily, so
 the local verbs work without the ``operator`` extra.
 """

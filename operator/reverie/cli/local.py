@@ -1,4 +1,4 @@
-"""The local-mode verbs: ``sleep``, ``report``, ``ask``, ``export``, and ``run-phase`` (the Job contract).
+"""The local-mode verbs: ``sleep``, ``report``, ``ask``, ``export``, and ``run-step`` (the Job contract).
 
 None of them needs a cluster or the ``operator`` extra; ``ask --lineage`` reads
 a champion's URI from the cluster through :mod:`reverie.cli.cluster`.
@@ -265,7 +265,7 @@ def export(
     adapter: the N slots as one standard LoRA adapter of rank Σr, for PEFT and vLLM LoRA serving.
     """
     from reverie.api.lineage import ServableForm
-    from reverie.workloads.phases.export import export_generation
+    from reverie.workloads.steps.export import export_generation
     from reverie.workloads.store.modelio import GenerationError
 
     try:
@@ -298,14 +298,14 @@ def export(
         )
 
 
-@app.command("run-phase")
-def run_phase(
+@app.command("run-step")
+def run_step(
     step: Annotated[str, typer.Argument(help="consolidation, dreaming or evaluation.")],
     config: Annotated[
-        Path, typer.Option("--config", help="PhaseConfig JSON (in a Job: /etc/reverie/phase.json).")
-    ] = Path("/etc/reverie/phase.json"),
+        Path, typer.Option("--config", help="AttemptConfig JSON (in a Job: /etc/reverie/attempt.json).")
+    ] = Path("/etc/reverie/attempt.json"),
 ) -> None:
     """Run one phase of a cycle (the Job contract; what phase Jobs and local mode execute)."""
-    from reverie.workloads.phases.run_phase import run_phase as run
+    from reverie.workloads.steps.run_step import run_step as run
 
     raise typer.Exit(run(step, str(config)))

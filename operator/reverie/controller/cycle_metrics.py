@@ -11,8 +11,8 @@ import contextlib
 
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
+    AttemptRecord,
     Phase,
-    PhaseRecord,
     SleepCycle,
     SleepCycleStatus,
     Step,
@@ -85,7 +85,7 @@ def export_cycle(
     return phase.value
 
 
-def _record_step(rec: PhaseRecord, prev: PhaseRecord | None, *, budget: int, records: list[PhaseRecord]) -> None:
+def _record_step(rec: AttemptRecord, prev: AttemptRecord | None, *, budget: int, records: list[AttemptRecord]) -> None:
     step = Step(rec.step).value
     final = (StepResult.SUCCEEDED, StepResult.FAILED)
     if rec.result in final and (prev is None or prev.result not in final):
@@ -104,7 +104,7 @@ def _record_step(rec: PhaseRecord, prev: PhaseRecord | None, *, budget: int, rec
 SLEEP_STAGES = {"selfstudy": "selfstudy_seconds", "replay_probe": "replay_probe_seconds", "training": "seconds"}
 
 
-def _record_sleep_cost(rec: PhaseRecord, *, namespace: str, lineage: str) -> None:
+def _record_sleep_cost(rec: AttemptRecord, *, namespace: str, lineage: str) -> None:
     """Export what the consolidation that just succeeded cost: seconds per stage, replay items and bytes."""
     for stage, key in SLEEP_STAGES.items():
         if key in rec.metrics:

@@ -3,7 +3,7 @@
 The operator has no ML stack, so the merged folder (or the rank-Σr adapter) is
 written by a one-pod ``batch/v1`` Job in the trainer image running
 ``reverie export <champion uri> <servable uri> --form <form>`` (see
-:mod:`reverie.workloads.phases.export`).  One Job per (generation, form), with a
+:mod:`reverie.workloads.steps.export`).  One Job per (generation, form), with a
 deterministic name, owned by the ModelLineage: a repeated create meets 409,
 deleting the lineage deletes it, and the store's artifacts are never touched.
 The pod is built by the phase Jobs' own pod builder

@@ -1,8 +1,8 @@
 """Phase workloads as Kubernetes objects, and what their status says back.
 
 :func:`render` turns the planner's :class:`CreateJob` into the objects of one
-attempt: a ConfigMap holding the rendered :class:`PhaseConfig` (mounted at
-``/etc/reverie/phase.json``), and either
+attempt: a ConfigMap holding the rendered :class:`AttemptConfig` (mounted at
+``/etc/reverie/attempt.json``), and either
 
 * a ``batch/v1`` Job (one pod; or, for ``numNodes > 1``, an Indexed Job with a
   headless Service; whenever nodes × ``procsPerNode`` > 1 the pods run
@@ -105,7 +105,7 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class PhaseObjects:
+class AttemptObjects:
     """Everything one attempt needs, in creation order (the ConfigMap before its reader)."""
 
     config_map: Obj
@@ -214,10 +214,10 @@ def workload_pod(
 
 
 def _command(create: CreateJob) -> list[str]:
-    """One process: ``reverie run-phase``; more (nodes × procsPerNode) or a TrainJob: ``torchrun``."""
+    """One process: ``reverie run-step``; more (nodes × procsPerNode) or a TrainJob: ``torchrun``."""
     if launch.needs_torchrun(create.runtime) or create.runtime.engine == Engine.TRAINJOB:
         return launch.torchrun_command(create.step.value, CONFIG_MOUNT_PATH)
-    return ["reverie", "run-phase", create.step.value, "--config", CONFIG_MOUNT_PATH]
+    return ["reverie", "run-step", create.step.value, "--config", CONFIG_MOUNT_PATH]
 
 
 def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Scheduling, extra_env: list[Obj]) -> Obj:
@@ -257,7 +257,7 @@ def _pod_spec(create: CreateJob, *, lineage: ModelLineage, scheduling: Schedulin
     return workload_pod(container, lineage=lineage, scheduling=scheduling, env=env, mounts=mounts, volumes=volumes)
 
 
-def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling) -> PhaseObjects:
+def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling: Scheduling) -> AttemptObjects:
     """The objects of one attempt (not yet created)."""
     name = create.job_name
     lbl = labels(create, owner=owner)
@@ -273,7 +273,7 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
     runtime = create.runtime
     engine = Engine(runtime.engine)
     if engine == Engine.TRAINJOB:
-        return PhaseObjects(
+        return AttemptObjects(
             config_map,
             _trainjob(create, owner=owner, lineage=lineage, scheduling=scheduling, labels=job_labels),
             None,
@@ -324,14 +324,14 @@ def render(create: CreateJob, *, owner: Owner, lineage: ModelLineage, scheduling
                 "replicatedJobs": [{"name": "node", "replicas": 1, "template": {"spec": job_spec}}],
             },
         }
-        return PhaseObjects(config_map, jobset, None, engine)
+        return AttemptObjects(config_map, jobset, None, engine)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _meta(name, owner=owner, labels=job_labels),
         "spec": job_spec,
     }
-    return PhaseObjects(config_map, job, service, engine)
+    return AttemptObjects(config_map, job, service, engine)
 
 
 def _trainjob(

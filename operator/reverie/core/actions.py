@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reverie.api.base import PhaseRuntime
+from reverie.api.base import StepRuntime
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig
+from reverie.core.contract import AttemptConfig
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,8 @@ class CreateJob:
     step: Step
     attempt: int
     job_name: str
-    config: PhaseConfig
-    runtime: PhaseRuntime
+    config: AttemptConfig
+    runtime: StepRuntime
     image: str
 
 

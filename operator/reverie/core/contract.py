@@ -1,11 +1,11 @@
 """The Job contract between the operator (or the local runner) and a phase workload.
 
-A phase Job runs ``reverie run-phase <step> --config /etc/reverie/phase.json``.
-The config (a :class:`PhaseConfig`) is rendered from the SleepCycle by the
+A phase Job runs ``reverie run-step <step> --config /etc/reverie/attempt.json``.
+The config (a :class:`AttemptConfig`) is rendered from the SleepCycle by the
 operator into a ConfigMap.  The workload reads inputs from the store, writes its
 outputs under ``output_uri`` (``<store>/<lineage>/<cycle>/<step>/``), checkpoints
 under ``<output_uri>/checkpoints/``, and ends by writing a small JSON
-:class:`PhaseResult` to ``<output_uri>/result.json`` and to the termination-message
+:class:`AttemptResult` to ``<output_uri>/result.json`` and to the termination-message
 path.  While it runs it prints :class:`ProgressEvent` lines among its ordinary
 logs.  Phase Jobs need no Kubernetes API access.
 """
@@ -23,10 +23,10 @@ from typing import Any, Literal, TextIO
 from pydantic import Field, ValidationError
 
 from reverie.api.base import ApiModel
-from reverie.api.phases import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
 from reverie.api.sleepcycle import Step
+from reverie.api.steps import ConsolidationSpec, DreamingSpec, EvaluationSpec, MemorySpec
 
-CONFIG_MOUNT_PATH = "/etc/reverie/phase.json"
+CONFIG_MOUNT_PATH = "/etc/reverie/attempt.json"
 # Memory ConfigMaps (spec.memory.sources[].configMap) are mounted at <root>/<name>/; not under
 # /etc/reverie, which is itself a (read-only) ConfigMap volume where no mount point can be made.
 MEMORY_CONFIGMAP_ROOT = "/etc/reverie-memory"
@@ -94,7 +94,7 @@ def slept_ledger_uri(store_uri: str, lineage: str, cycle: str) -> str:
     return f"{store_uri.rstrip('/')}/{lineage}/{cycle}/{SLEPT_LEDGER}"
 
 
-class PhaseConfig(ApiModel):
+class AttemptConfig(ApiModel):
     """Everything one phase attempt needs; the same for a Job and a local process."""
 
     step: Step = Field(description="The step to run.")
@@ -129,7 +129,7 @@ class ResultError(ValueError):
     """A phase result that cannot be trusted; the phase fails with this message."""
 
 
-class PhaseResult(ApiModel):
+class AttemptResult(ApiModel):
     """The small JSON a phase ends with (termination message and result.json)."""
 
     step: Step = Field(description="The step that produced it.")
@@ -154,7 +154,7 @@ class PhaseResult(ApiModel):
         return text
 
 
-def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
+def parse_result(text: str | None, *, step: Step | str) -> AttemptResult:
     """Parse and check a termination message; raise :class:`ResultError` with the reason.
 
     A missing, truncated or malformed result, one for another step, or a success
@@ -181,7 +181,7 @@ def parse_result(text: str | None, *, step: Step | str) -> PhaseResult:
                     'the workload must write each metric as a number (e.g. 0.95, not "0.95")'
                 )
     try:
-        result = PhaseResult.model_validate(raw)
+        result = AttemptResult.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"

@@ -64,7 +64,7 @@ from reverie.api.sleepcycle import GateDecision, RuleVerdict
 Op = Literal[">=", ">", "<=", "<"]
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
 
-# Accepts exactly the strings reverie.api.phases.GATE_RULE_PATTERN accepts (a
+# Accepts exactly the strings reverie.api.steps.GATE_RULE_PATTERN accepts (a
 # property test checks the two agree), with named groups for parsing.
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _RULE_RE = re.compile(

@@ -18,24 +18,24 @@ Pure: no Kubernetes client, no torch.
 
 from __future__ import annotations
 
-from reverie.api.base import PhaseRuntime
+from reverie.api.base import StepRuntime
 
 MASTER_PORT = 29500
-WORKLOAD_MODULE = "reverie.workloads.phases.run_phase"
+WORKLOAD_MODULE = "reverie.workloads.steps.run_step"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
-def processes(runtime: PhaseRuntime) -> int:
+def processes(runtime: StepRuntime) -> int:
     """The phase's world size: nodes × processes per node."""
     return runtime.num_nodes * runtime.procs_per_node
 
 
-def needs_torchrun(runtime: PhaseRuntime) -> bool:
+def needs_torchrun(runtime: StepRuntime) -> bool:
     return processes(runtime) > 1
 
 
 def torchrun_command(step: str, config_path: str, *, standalone_procs: int | None = None) -> list[str]:
-    """``torchrun … -m reverie.workloads.phases.run_phase STEP CONFIG``.
+    """``torchrun … -m reverie.workloads.steps.run_step STEP CONFIG``.
 
     In a pod torchrun takes nodes, processes, node rank and master from ``PET_*``;
     ``standalone_procs`` (local mode) runs that many processes on this machine
@@ -49,7 +49,7 @@ def torchrun_command(step: str, config_path: str, *, standalone_procs: int | Non
     return [*head, "--max-restarts", "0", "-m", WORKLOAD_MODULE, step, config_path]
 
 
-def pet_env(runtime: PhaseRuntime, *, master: str) -> list[dict[str, object]]:
+def pet_env(runtime: StepRuntime, *, master: str) -> list[dict[str, object]]:
     """The torch plugin's ``PET_*`` variables as container env (node rank from the completion index)."""
     plain = {
         "PET_NNODES": str(runtime.num_nodes),

@@ -35,22 +35,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from reverie import APPROVAL_ANNOTATION
-from reverie.api.base import ConditionStatus, PhaseRuntime
+from reverie.api.base import ConditionStatus, StepRuntime
 from reverie.api.lineage import Generation, GenerationState, ModelLineage
-from reverie.api.phases import MemorySource, MemorySpec
 from reverie.api.sleepcycle import (
     TERMINAL_PHASES,
+    AttemptRecord,
     CycleCondition,
     CycleReason,
     GateDecision,
     Phase,
-    PhaseRecord,
     PromotionPolicy,
     SleepCycle,
     SleepCycleStatus,
     Step,
     StepResult,
 )
+from reverie.api.steps import MemorySource, MemorySpec
 from reverie.core.actions import (
     LINEAGE_ACTIONS,
     Action,
@@ -69,7 +69,7 @@ from reverie.core.actions import (
 )
 from reverie.core.conditions import get_condition, set_condition
 from reverie.core.contract import (
-    PhaseConfig,
+    AttemptConfig,
     ResultError,
     checkpoint_root,
     consolidated_memories_uri,
@@ -167,7 +167,7 @@ def steps_of(cycle: SleepCycle) -> list[Step]:
     return steps
 
 
-def _runtime(cycle: SleepCycle, step: Step) -> PhaseRuntime:
+def _runtime(cycle: SleepCycle, step: Step) -> StepRuntime:
     spec = cycle.spec
     return {
         Step.CONSOLIDATION: spec.consolidation.runtime,
@@ -183,13 +183,13 @@ def _image(cycle: SleepCycle, step: Step) -> str:
     return cycle.spec.images.dreamer if step == Step.DREAMING else cycle.spec.images.trainer
 
 
-def _counted_failures(records: list[PhaseRecord], step: Step) -> list[PhaseRecord]:
+def _counted_failures(records: list[AttemptRecord], step: Step) -> list[AttemptRecord]:
     return [
         r for r in records if r.step == step and r.result == StepResult.FAILED and r.reason not in UNCOUNTED_REASONS
     ]
 
 
-def _describe(rec: PhaseRecord) -> str:
+def _describe(rec: AttemptRecord) -> str:
     return f"{rec.reason}: {rec.message}" if rec.message else rec.reason
 
 
@@ -276,7 +276,7 @@ class _Planner:
         ):
             if (step, attempt) not in known:
                 # A Job we created but whose record was lost (crash before the status write).
-                records.append(PhaseRecord(step=step, attempt=attempt, job_name=seen.name, start_time=seen.created))
+                records.append(AttemptRecord(step=step, attempt=attempt, job_name=seen.name, start_time=seen.created))
         for i, rec in enumerate(records):
             if rec.result in (StepResult.SUCCEEDED, StepResult.FAILED):
                 continue
@@ -294,7 +294,7 @@ class _Planner:
             else:
                 records[i] = self._from_failure(rec, obs)
 
-    def _fail(self, rec: PhaseRecord, reason: str, message: str, **extra: object) -> PhaseRecord:
+    def _fail(self, rec: AttemptRecord, reason: str, message: str, **extra: object) -> AttemptRecord:
         rec = rec.model_copy(
             update={
                 "result": StepResult.FAILED,
@@ -309,7 +309,7 @@ class _Planner:
         )
         return rec
 
-    def _from_result(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
+    def _from_result(self, rec: AttemptRecord, obs: ObservedJob) -> AttemptRecord:
         step = Step(rec.step)
         finished = {"completion_time": obs.finished or self.now}
         try:
@@ -346,7 +346,7 @@ class _Planner:
             }
         )
 
-    def _from_failure(self, rec: PhaseRecord, obs: ObservedJob) -> PhaseRecord:
+    def _from_failure(self, rec: AttemptRecord, obs: ObservedJob) -> AttemptRecord:
         checkpoint: str | None = None
         message = obs.message or "the Job failed"
         try:
@@ -631,7 +631,7 @@ class _Planner:
         attempt = 1 + max([r.attempt for r in records] + [a for (s, a) in self.observed if s == step], default=0)
         create = self._create(step, attempt)
         self.status.records.append(
-            PhaseRecord(
+            AttemptRecord(
                 step=step,
                 attempt=attempt,
                 job_name=create.job_name,
@@ -666,7 +666,7 @@ class _Planner:
             resume_from = previous[-1].checkpoint_uri or self._default_checkpoint(step)
         champion = lin.status.champion or "gen-0"
         champion_uri = lin.status.champion_uri or (lin.spec.base_model.uri if champion == "gen-0" else None)
-        config = PhaseConfig(
+        config = AttemptConfig(
             step=step,
             cycle=self.name,
             namespace=self.ns,
@@ -812,7 +812,7 @@ class _Planner:
             )
         return f"{gen.name} is Rejected in the lineage ({reason or 'no reason recorded'})"
 
-    def _candidate_record(self) -> PhaseRecord:
+    def _candidate_record(self) -> AttemptRecord:
         """The model the cycle produced: dreaming's output when it ran, else consolidation's."""
         ok = [r for r in self.status.records if r.result == StepResult.SUCCEEDED]
         for step in (Step.DREAMING, Step.CONSOLIDATION):

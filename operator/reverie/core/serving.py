@@ -3,7 +3,7 @@
 A generation folder is not servable as is (an off-the-shelf server loads its
 base weights and ignores the expert slots), so on every champion change the
 champion's servable form (``spec.servingTarget.form``: ``merged`` or
-``adapter``, written by :mod:`reverie.workloads.phases.export`) is written once, to
+``adapter``, written by :mod:`reverie.workloads.steps.export`) is written once, to
 :func:`servable_uri`, and the target receives that URI.  Until it is written the
 target keeps what it serves: it never sees a half-written folder, nor a
 generation folder that would silently serve the base model.

@@ -1,8 +1,8 @@
 """Local mode: one whole sleep cycle on this machine, no cluster.
 
 The same pure planner that drives the operator decides what happens next; phases
-run as local processes (``reverie run-phase <step> --config <file>``) that get the
-same :class:`~reverie.core.contract.PhaseConfig` a Job would.  The cycle, the
+run as local processes (``reverie run-step <step> --config <file>``) that get the
+same :class:`~reverie.core.contract.AttemptConfig` a Job would.  The cycle, the
 lineage and the launched processes live in ``<run dir>/.reverie/state.json``
 (written atomically), so ``Ctrl-C`` and running the same command again resumes.
 

@@ -1,7 +1,7 @@
 """Phase attempts as local processes: the local twin of the operator's Job executor.
 
-A "job" here is one ``reverie run-phase <step> --config <file>`` process that gets
-the same :class:`~reverie.core.contract.PhaseConfig` a Kubernetes Job would mount.
+A "job" here is one ``reverie run-step <step> --config <file>`` process that gets
+the same :class:`~reverie.core.contract.AttemptConfig` a Kubernetes Job would mount.
 Like the Kubernetes side, the executor only *launches* and *observes*; the
 planner decides.  Launching a name that exists is a no-op (the local 409), so a
 repeated action never starts a second process for the same attempt.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from reverie.api.base import parse_quantity
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, ProgressEvent, checkpoint_root
+from reverie.core.contract import AttemptConfig, ProgressEvent, checkpoint_root
 from reverie.core.observed import JobState, ObservedJob
 from reverie.local.progress import RELAUNCHED, last_checkpoint_in_log
 from reverie.local.state import LocalJob, LocalState
@@ -128,7 +128,7 @@ class LocalExecutor:
         self._launch_times: dict[str, float] = {}
 
     # -- launching -------------------------------------------------------------
-    def launch(self, name: str, config: PhaseConfig) -> LocalJob:
+    def launch(self, name: str, config: AttemptConfig) -> LocalJob:
         """Start the process of attempt ``name`` unless it exists (idempotent)."""
         if name in self.state.jobs:
             return self.state.jobs[name]
@@ -171,20 +171,20 @@ class LocalExecutor:
         job.finished_at = None
 
     def _command(self, job: LocalJob) -> list[str]:
-        """``reverie run-phase``, or torchrun on this machine for ``runtime.procsPerNode`` > 1.
+        """``reverie run-step``, or torchrun on this machine for ``runtime.procsPerNode`` > 1.
 
         Local mode is one node: a laptop uses its cores through ``procsPerNode``
         (``numNodes`` counts towards the world size too, all on this machine).
         """
         from reverie.core import launch
 
-        config = PhaseConfig.model_validate_json(Path(job.config_path).read_text())
+        config = AttemptConfig.model_validate_json(Path(job.config_path).read_text())
         runtime = getattr(config, Step(job.step).value).runtime
         procs = launch.processes(runtime)
         if procs > 1:
             run = launch.torchrun_command(str(job.step), job.config_path, standalone_procs=procs)
             return [self.python, "-m", "torch.distributed.run", *run[1:]]
-        return [self.python, "-m", "reverie.cli", "run-phase", str(job.step), "--config", job.config_path]
+        return [self.python, "-m", "reverie.cli", "run-step", str(job.step), "--config", job.config_path]
 
     # -- observing -------------------------------------------------------------
     def _read_result(self, job: LocalJob, *, since: float | None) -> str | None:
@@ -309,7 +309,7 @@ class LocalExecutor:
 
     def _resume(self, job: LocalJob) -> None:
         checkpoint = latest_checkpoint(job)
-        config = PhaseConfig.model_validate_json(Path(job.config_path).read_text())
+        config = AttemptConfig.model_validate_json(Path(job.config_path).read_text())
         if checkpoint is not None:
             config = config.model_copy(update={"resume_from": checkpoint})
             job.resumed_from.append(checkpoint)

@@ -8,7 +8,7 @@ pure rules in :mod:`reverie.core.lineage`; only the actions' *effects* are local
 ============================  ====================================================
 planner action                local effect
 ============================  ====================================================
-CreateJob                     start ``reverie run-phase <step> --config <file>``
+CreateJob                     start ``reverie run-step <step> --config <file>``
 DeleteJob                     kill that process, stop observing it
 TakeMemories                  fix an inbox cycle's memories in the store, into
                               its status (the same function the operator calls)
@@ -38,8 +38,8 @@ from types import FrameType
 
 from reverie import APPROVAL_ANNOTATION
 from reverie.api.lineage import ModelLineage
-from reverie.api.phases import MemorySource
 from reverie.api.sleepcycle import TERMINAL_PHASES, Phase, SleepCycle, SleepCycleStatus
+from reverie.api.steps import MemorySource
 from reverie.core import lineage as rules
 from reverie.core import planner
 from reverie.core.conditions import get_condition

@@ -31,7 +31,7 @@ def serve_champion(lineage: ModelLineage, *, observer: Notes) -> str | None:
     An export that fails leaves the previous hand-off in place and says so;
     the promotion itself stands (the champion is still the better model).
     """
-    from reverie.workloads.phases.export import export_generation
+    from reverie.workloads.steps.export import export_generation
     from reverie.workloads.store.modelio import GenerationError
 
     decision = hand_off(lineage)

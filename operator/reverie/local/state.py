@@ -37,7 +37,7 @@ class LocalJob(ApiModel):
     cycle: str = Field(description="The cycle it belongs to.")
     step: Step = Field(description="The step it runs.")
     attempt: int = Field(ge=1, description="1-based attempt number.")
-    config_path: str = Field(description="PhaseConfig JSON handed to `reverie run-phase`.")
+    config_path: str = Field(description="AttemptConfig JSON handed to `reverie run-step`.")
     log_path: str = Field(description="stdout+stderr of the process (JSON-lines progress included).")
     output_uri: str = Field(description="Where the step writes (result.json, checkpoints).")
     pid: int | None = Field(default=None, description="Process id while it runs.")
@@ -50,7 +50,7 @@ class LocalJob(ApiModel):
     )
     resumed_from: list[str] = Field(default_factory=list, description="Checkpoints each relaunch resumed from.")
     exit_code: int | None = Field(default=None, description="Exit status once it ended.")
-    result: str | None = Field(default=None, description="The PhaseResult JSON it ended with (termination message).")
+    result: str | None = Field(default=None, description="The AttemptResult JSON it ended with (termination message).")
     started_at: datetime | None = Field(default=None, description="When the first process started.")
     finished_at: datetime | None = Field(default=None, description="When the last process ended.")
 

@@ -3,7 +3,7 @@
 Inputs, all written by the run itself: the local state file (cycle status with
 its phase records and gate decision, the lineage with its generations), each
 phase process's log (JSON-lines progress: the loss curves), and the evaluation
-phase's ``eval.json`` (:class:`~reverie.workloads.phases.eval_schema.EvalReport`: the
+phase's ``eval.json`` (:class:`~reverie.workloads.steps.eval_schema.EvalReport`: the
 per-question outcomes for the champion, i.e. *before*, and the candidate,
 i.e. *after*).  Missing pieces (a run that stopped early) leave gaps, never errors.
 """
@@ -19,7 +19,7 @@ from reverie.api.lineage import ModelLineage
 from reverie.api.sleepcycle import SleepCycle, Step
 from reverie.local import progress
 from reverie.local.state import LocalJob, LocalState
-from reverie.workloads.phases.eval_schema import EvalReport, ItemOutcome
+from reverie.workloads.steps.eval_schema import EvalReport, ItemOutcome
 
 
 @dataclass

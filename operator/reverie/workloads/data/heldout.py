@@ -8,7 +8,7 @@ through prompts the teacher writes itself — and must never train on a probe:
 a number scored on trained prompts measures recitation, not knowledge.
 
 :class:`HeldOut` is the one check both use: it knows every probe of a memory set
-(exactly the items :mod:`reverie.workloads.phases.evaluate` builds) and says whether a
+(exactly the items :mod:`reverie.workloads.steps.evaluate` builds) and says whether a
 training text contains one, as whole words after normalisation.  Consolidation
 drops such prompts; the tests assemble every training input of a cycle and
 assert :meth:`HeldOut.leaks` finds nothing.

@@ -15,7 +15,7 @@ The format is JSONL, one memory per line::
   them with the memory in context; the reference answers are never trained on)
   and closed-book questions for evaluation.
 
-A source (:class:`reverie.api.phases.MemorySource`) is one of:
+A source (:class:`reverie.api.steps.MemorySource`) is one of:
 
 - ``uri``: a JSONL file or a folder of ``*.jsonl`` files; a local path (relative
   paths are taken inside the store), ``file://`` or any fsspec URI (``s3://``);
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from reverie.api.phases import MemorySource, MemorySpec
+from reverie.api.steps import MemorySource, MemorySpec
 from reverie.core.contract import MEMORY_CONFIGMAP_ROOT
 
 CONFIGMAP_ROOT_ENV = "REVERIE_MEMORY_CONFIGMAP_ROOT"

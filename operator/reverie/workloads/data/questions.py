@@ -14,7 +14,7 @@ text without any model:
 Evaluation prefers ``qa`` questions and falls back to ``cloze``; dreaming's task
 measure τ always uses ``cloze`` questions answered by the teacher with the
 context in view, so the dreams' reward and the evaluation share no question
-when a memory carries ``qa`` (see :mod:`reverie.workloads.phases.dream`).
+when a memory carries ``qa`` (see :mod:`reverie.workloads.steps.dream`).
 
 An answer is correct when its normalised form (lower case, punctuation dropped,
 whitespace collapsed) appears as whole words in the normalised output — the

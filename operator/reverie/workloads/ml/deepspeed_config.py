@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO for consolidation at scale: a config generated from the phase config, and an engine.
 
-``zero_config`` turns :class:`~reverie.api.phases.ConsolidationSpec` into a
+``zero_config`` turns :class:`~reverie.api.steps.ConsolidationSpec` into a
 DeepSpeed config (ZeRO stage 2 or 3, bf16 on GPUs, clipping, micro-batch).
 :class:`DeepSpeedTrainer` wraps ``deepspeed.initialize`` around the shared
 model with a plain ``torch.optim.AdamW`` over the new slot's parameters only (so
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import ConsolidationSpec, ZeroStage
+from reverie.api.steps import ConsolidationSpec, ZeroStage
 
 
 def zero_config(

@@ -10,7 +10,7 @@ process group, no collective, bit-for-bit the single-process code path.
 How the work is split, and why it stays equal to one process:
 
 * **Training rows.**  A step's global batch is drawn exactly as on one process
-  (:func:`reverie.workloads.phases.consolidate.step_rows`), then each rank takes a
+  (:func:`reverie.workloads.steps.consolidate.step_rows`), then each rank takes a
   contiguous share (:func:`share`).  Token-mean losses are reweighted by the
   rank's share of the step's tokens (:func:`token_weight`), so DDP's (and
   DeepSpeed's) gradient *average* equals the one-process gradient of the whole
@@ -20,7 +20,7 @@ How the work is split, and why it stays equal to one process:
   (:func:`owned_batches`); greedy outputs are therefore identical, not merely
   close (same batch, same padding).  Results are gathered to every rank in the
   original order (:class:`ShardedSampling`; the teacher pass shards the same way in
-  :func:`reverie.workloads.phases.selfstudy.sharded_teacher_targets`).
+  :func:`reverie.workloads.steps.selfstudy.sharded_teacher_targets`).
   Sampled calls either run whole on every rank (``sampling="replicate"``: the
   same samples as one process) or are split with one seed per batch
   (``sampling="split"``: independent of the number of ranks).

@@ -20,7 +20,7 @@ does a blank.
 A *fact* is a sentence of the memory.  The facts a wrong answer missed (they
 hold a span of the teacher's answer the candidate did not state) are the
 candidate's error pattern; the memory whose spans it stated instead is what it
-confused the fact with.  :mod:`reverie.workloads.phases.dream` builds its
+confused the fact with.  :mod:`reverie.workloads.steps.dream` builds its
 curriculum from these: other phrasings, the reverse direction, the blank over
 the fact's sentence and a contrast with the confused memory
 (:func:`reverse_item`, :func:`cloze_item`, :func:`contrast_item`).
@@ -37,7 +37,7 @@ from reverie.workloads.data.memory import Memory
 from reverie.workloads.data.questions import fixed_prompts, normalize_answer, sentences
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.sampling import SamplingBackend
-from reverie.workloads.phases.selfstudy import grounded, subject_of, written_questions
+from reverie.workloads.steps.selfstudy import grounded, subject_of, written_questions
 
 RECITAL = "recital"
 

@@ -5,7 +5,7 @@ consolidated model still gets wrong about them and teaches it that, with no
 label.  For each task context — one memory of this sleep, plus (rehearsal) a
 share ρ/(1−ρ) of earlier sleeps' memories, ρ = ``consolidation.replayRatio``:
 
-1. **Self-quiz** (:mod:`reverie.workloads.phases.selfquiz`).  Fresh questions
+1. **Self-quiz** (:mod:`reverie.workloads.steps.selfquiz`).  Fresh questions
    of the self-study kinds, written by the teacher with the memory in view and
    never an evaluation probe, answered closed book by the candidate (the
    consolidated model plus the dreaming slot) and by the teacher (the model
@@ -64,9 +64,10 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import DreamingSpec, SamplingBackendKind, TeacherChoice
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import CHECKPOINTS_FOLDER, PhaseConfig, PhaseResult, checkpoint_root, emit_step_progress
+from reverie.api.steps import DreamingSpec, SamplingBackendKind, TeacherChoice
+from reverie.core.contract import CHECKPOINTS_FOLDER, AttemptConfig, AttemptResult, checkpoint_root, emit_step_progress
+from reverie.workloads.data import facts
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.ml import distributed
@@ -75,9 +76,9 @@ from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but
 from reverie.workloads.ml.lm import completion_nll, encode, sft_loss
 from reverie.workloads.ml.sampling import make_backend
 from reverie.workloads.ml.trainer import TorchTrainer
-from reverie.workloads.phases import selfquiz
-from reverie.workloads.phases.selfquiz import QuizItem
-from reverie.workloads.phases.selfstudy import (
+from reverie.workloads.steps import selfquiz
+from reverie.workloads.steps.selfquiz import QuizItem
+from reverie.workloads.steps.selfstudy import (
     GENERAL_REPLAY_PROMPTS,
     answer_tokens,
     grounded,
@@ -85,12 +86,12 @@ from reverie.workloads.phases.selfstudy import (
     writer_instructions,
     written_question,
 )
-from reverie.workloads.phases.skeleton import (
-    Phase,
-    PhaseInputs,
+from reverie.workloads.steps.skeleton import (
+    StepInputs,
     Stopped,
+    Workload,
     Written,
-    run_phase,
+    run_workload,
     work_dir,
     write_generation,
 )
@@ -213,7 +214,7 @@ def writer_context(fact: str, subject: str) -> str:
     With the whole memory in view a 135M writer asks about any of its facts; with
     the fact alone its question is about that fact (and names the subject).
     """
-    return selfquiz.with_name(fact, subject)
+    return facts.with_name(fact, subject)
 
 
 def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
@@ -433,8 +434,8 @@ class Dreamer:
         writes: list[tuple[str, str]] = []  # (fact, writer instruction)
         for fact, other in weak:
             built = [
-                ("reverse", selfquiz.reverse_item(fact, ctx.subject)),
-                ("cloze", selfquiz.cloze_item(fact, ctx.subject)),
+                ("reverse", facts.reverse_item(fact, ctx.subject)),
+                ("cloze", facts.cloze_item(fact, ctx.subject)),
                 ("contrast", selfquiz.contrast_item(fact, ctx.subject, other) if other else None),
             ]
             mine = [
@@ -836,16 +837,16 @@ def grpo_step(dreamer: Dreamer, contexts: Sequence[QuizContext], state: DreamSta
     return float(out.training_loss)
 
 
-class Dreaming(Phase):
+class Dreaming(Workload):
     """Quiz the consolidated model, dream at its weak facts, keep what helps, learn it (module docstring)."""
 
     step = Step.DREAMING
 
-    def __init__(self, config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> None:
+    def __init__(self, config: AttemptConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> None:
         super().__init__(config)
         self.stop_after = stop_after
 
-    def open(self, inputs: PhaseInputs) -> None:
+    def open(self, inputs: StepInputs) -> None:
         cfg, spec = self.config, self.config.dreaming
         source = cfg.inputs.get("consolidation")
         if not source:
@@ -983,10 +984,10 @@ class Dreaming(Phase):
         )
 
 
-def run(config: PhaseConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> PhaseResult:
+def run(config: AttemptConfig, *, stop_after: Callable[[DreamState], bool] | None = None) -> AttemptResult:
     """The dreaming step: consolidated model in, consolidated model + dreaming slot out.
 
     ``stop_after`` (tests only) ends the attempt early, as a preemption would,
     after the checkpoint it names has been written.
     """
-    return run_phase(Dreaming(config, stop_after=stop_after))
+    return run_workload(Dreaming(config, stop_after=stop_after))

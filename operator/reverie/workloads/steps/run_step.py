@@ -1,11 +1,11 @@
-"""``reverie run-phase <step> --config phase.json``: run one phase and report its result.
+"""``reverie run-step <step> --config attempt.json``: run one phase and report its result.
 
-Each phase module exposes ``run(config: PhaseConfig) -> PhaseResult``:
-consolidation (:mod:`reverie.workloads.phases.consolidate`), dreaming
-(``reverie.workloads.phases.dream``) and evaluation (``reverie.workloads.phases.evaluate``),
+Each phase module exposes ``run(config: AttemptConfig) -> AttemptResult``:
+consolidation (:mod:`reverie.workloads.steps.consolidate`), dreaming
+(``reverie.workloads.steps.dream``) and evaluation (``reverie.workloads.steps.evaluate``),
 imported lazily so one phase's dependencies never burden another.  This module
 owns the rest of the Job contract: it parses the config, runs the phase, and
-writes the :class:`~reverie.core.contract.PhaseResult` to
+writes the :class:`~reverie.core.contract.AttemptResult` to
 ``<output_uri>/result.json`` and to the termination-message path
 (``$REVERIE_TERMINATION_LOG``, default ``/dev/termination-log``; skipped when not
 writable, e.g. outside Kubernetes).
@@ -27,38 +27,38 @@ from typing import Any
 from pydantic import ValidationError
 
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import TERMINATION_LOG, PhaseConfig, PhaseResult
+from reverie.core.contract import TERMINATION_LOG, AttemptConfig, AttemptResult
 
 TERMINATION_LOG_ENV = "REVERIE_TERMINATION_LOG"
-PHASE_MODULES = {
-    Step.CONSOLIDATION: "reverie.workloads.phases.consolidate",
-    Step.DREAMING: "reverie.workloads.phases.dream",
-    Step.EVALUATION: "reverie.workloads.phases.evaluate",
+STEP_MODULES = {
+    Step.CONSOLIDATION: "reverie.workloads.steps.consolidate",
+    Step.DREAMING: "reverie.workloads.steps.dream",
+    Step.EVALUATION: "reverie.workloads.steps.evaluate",
 }
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 
-class PhaseConfigError(ValueError):
+class AttemptConfigError(ValueError):
     """The phase config cannot be read or does not validate."""
 
 
-def read_config(path: str | os.PathLike[str]) -> PhaseConfig:
+def read_config(path: str | os.PathLike[str]) -> AttemptConfig:
     """Parse and validate the mounted phase config; errors name the field path."""
     try:
         raw = json.loads(Path(path).read_text())
     except OSError as exc:
-        raise PhaseConfigError(f"cannot read phase config {path}: {exc.strerror or exc}") from exc
+        raise AttemptConfigError(f"cannot read phase config {path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
-        raise PhaseConfigError(f"phase config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise AttemptConfigError(f"phase config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     try:
-        return PhaseConfig.model_validate(raw)
+        return AttemptConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise PhaseConfigError(f"phase config {path} is invalid at {where}: {first['msg']}") from exc
+        raise AttemptConfigError(f"phase config {path} is invalid at {where}: {first['msg']}") from exc
 
 
-def write_result(result: PhaseResult, *, output_uri: str | None) -> None:
+def write_result(result: AttemptResult, *, output_uri: str | None) -> None:
     """Write ``result.json`` under ``output_uri`` (local or fsspec) and the termination message."""
     text = result.to_json()
     if output_uri:
@@ -73,13 +73,13 @@ def write_result(result: PhaseResult, *, output_uri: str | None) -> None:
         pass  # not in a pod (or read-only): result.json in the store is the record
 
 
-def load_phase(step: Step) -> Any:
-    module = PHASE_MODULES[step]
+def load_step(step: Step) -> Any:
+    module = STEP_MODULES[step]
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name == module:
-            raise PhaseConfigError(
+            raise AttemptConfigError(
                 f"step {step.value!r}: its workload module {module} is not installed in this image"
             ) from exc
         raise
@@ -98,20 +98,20 @@ def check_launch() -> Any:
     try:
         world = world_from_env()
     except WorldError as exc:
-        raise PhaseConfigError(str(exc)) from exc
+        raise AttemptConfigError(str(exc)) from exc
     if world.distributed and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-        raise PhaseConfigError(
+        raise AttemptConfigError(
             f"WORLD_SIZE={world.size} but no MASTER_ADDR/MASTER_PORT: start the {world.size} processes with "
             "torchrun (the operator and local mode do this for runtime.numNodes × runtime.procsPerNode > 1)"
         )
     return world
 
 
-def failure(step: Step, message: str) -> PhaseResult:
-    return PhaseResult(step=step, status="Failed", message=message[:1024])
+def failure(step: Step, message: str) -> AttemptResult:
+    return AttemptResult(step=step, status="Failed", message=message[:1024])
 
 
-def run_phase(step: str, config_path: str) -> int:
+def run_step(step: str, config_path: str) -> int:
     """Run ``step`` with the config at ``config_path``; returns the process exit code."""
     try:
         wanted = Step(step)
@@ -121,12 +121,12 @@ def run_phase(step: str, config_path: str) -> int:
     try:
         config = read_config(config_path)
         if Step(config.step) != wanted:
-            raise PhaseConfigError(
+            raise AttemptConfigError(
                 f"phase config {config_path} is for step {Step(config.step).value!r}, not {wanted.value!r}"
             )
         world = check_launch()
-        phase = load_phase(wanted)
-    except PhaseConfigError as exc:
+        phase = load_step(wanted)
+    except AttemptConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         write_result(failure(wanted, str(exc)), output_uri=None)
         return EXIT_BAD_CONFIG
@@ -158,12 +158,12 @@ def run_phase(step: str, config_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m reverie.workloads.phases.run_phase <step> <config>`` (the CLI wires the same function)."""
+    """``python -m reverie.workloads.steps.run_step <step> <config>`` (the CLI wires the same function)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m reverie.workloads.phases.run_phase <step> <config.json>", file=sys.stderr)
+        print("usage: python -m reverie.workloads.steps.run_step <step> <config.json>", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return run_phase(args[0], args[1])
+    return run_step(args[0], args[1])
 
 
 if __name__ == "__main__":

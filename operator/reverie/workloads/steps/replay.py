@@ -45,11 +45,11 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import ReplayChoice, ReplaySpec
+from reverie.api.steps import ReplayChoice, ReplaySpec
 from reverie.workloads.data.memory import question_prompt
 from reverie.workloads.ml.lm import completion_nll, encode
 from reverie.workloads.ml.sampling import active_adapters
-from reverie.workloads.phases.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
+from reverie.workloads.steps.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
 from reverie.workloads.store import store
 from reverie.workloads.store.manifest import file_sha256
 

@@ -1,10 +1,10 @@
 """The one skeleton every step of a sleep fills in: inputs → resume → work → write → metrics.
 
 A step is a :class:`Phase` subclass; ``run(config)`` of its module is
-``run_phase(TheStep(config))``.  The skeleton owns what the steps share:
+``run_step(TheStep(config))``.  The skeleton owns what the steps share:
 
 * **inputs** — the memory set and the earlier sleeps' memories, read once, and
-  the held-out rule over both (:class:`PhaseInputs`); a bad memory URI fails
+  the held-out rule over both (:class:`StepInputs`); a bad memory URI fails
   the step with a message that names ``memory``;
 * **resume** — the step loads what an earlier attempt left (a checkpoint, a
   cached self-study set) before any work;
@@ -12,7 +12,7 @@ A step is a :class:`Phase` subclass; ``run(config)`` of its module is
 * **write** — the new generation (thin: only what the lineage's object area
   lacks), its ledger entry and the files beside it, by rank 0 alone, each file
   whole or not at all (:func:`write_generation`);
-* **metrics** — non-finite values dropped (``PhaseResult`` rejects them).
+* **metrics** — non-finite values dropped (``AttemptResult`` rejects them).
 
 A step that stops on purpose before its end (a test's preemption) raises
 :class:`Stopped`; the result is ``Failed`` and names the checkpoint to resume from.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult
+from reverie.core.contract import AttemptConfig, AttemptResult
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, MemorySetError, load_memories, load_memory_uris
 from reverie.workloads.ml import distributed
@@ -36,7 +36,7 @@ from reverie.workloads.store import objects, store
 from reverie.workloads.store.modelio import content_hash, save_generation
 
 
-class PhaseInputError(ValueError):
+class StepInputError(ValueError):
     """An input of the step (a memory set, the base generation) cannot be read: the step fails, nothing written."""
 
 
@@ -49,7 +49,7 @@ class Stopped(Exception):
 
 
 @dataclass(frozen=True)
-class PhaseInputs:
+class StepInputs:
     """What every step reads first: this sleep's memories, the earlier sleeps', and what may not be trained on."""
 
     memories: list[Memory]
@@ -57,15 +57,15 @@ class PhaseInputs:
     held_out: HeldOut
 
 
-def read_inputs(config: PhaseConfig) -> PhaseInputs:
+def read_inputs(config: AttemptConfig) -> StepInputs:
     """The memory sets of ``config``; every question evaluation will ask about either is held out."""
     try:
         memories = load_memories(config.memory, store_uri=config.store_uri)
         prior = load_memory_uris(config.prior_memory_uris, store_uri=config.store_uri)
     except MemorySetError as exc:
-        raise PhaseInputError(f"memory: {exc}") from exc
+        raise StepInputError(f"memory: {exc}") from exc
     held_out = HeldOut.of([*memories, *prior], questions_per_memory=config.evaluation.questions_per_memory)
-    return PhaseInputs(memories=memories, prior=prior, held_out=held_out)
+    return StepInputs(memories=memories, prior=prior, held_out=held_out)
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,18 @@ class Written:
     content_hash: str
 
 
-def model_uri(config: PhaseConfig) -> str:
+def model_uri(config: AttemptConfig) -> str:
     """Where a step writes its generation: ``<output_uri>/model``."""
     return store.join(config.output_uri, "model")
 
 
-def work_dir(config: PhaseConfig) -> Path:
+def work_dir(config: AttemptConfig) -> Path:
     """Where the step assembles its files: the output folder itself when local, else a fresh local folder."""
     return store.local_workdir(config.output_uri, prefix=f"reverie-{Step(config.step).value}-")
 
 
 def write_generation(
-    config: PhaseConfig,
+    config: AttemptConfig,
     model: Any,
     tokenizer: Any,
     *,
@@ -118,20 +118,20 @@ def write_generation(
     return Written(uri=uri, content_hash=distributed.on_main(distributed.world_from_env(), write))
 
 
-class Phase(ABC):
+class Workload(ABC):
     """One step of a sleep: the skeleton calls ``open``, ``resume``, ``work``, ``write``, ``metrics`` in order."""
 
     step: ClassVar[Step]
-    # PhaseResult takes non-finite metrics from evaluation only (a suite with nothing to ask is NaN).
+    # AttemptResult takes non-finite metrics from evaluation only (a suite with nothing to ask is NaN).
     finite_metrics: ClassVar[bool] = True
 
-    def __init__(self, config: PhaseConfig) -> None:
+    def __init__(self, config: AttemptConfig) -> None:
         self.config = config
         self.slot: str | None = None  # the slot the step added, if any
         self.checkpoint_uri: str | None = None  # where its checkpoints live, if any
 
     @abstractmethod
-    def open(self, inputs: PhaseInputs) -> None:
+    def open(self, inputs: StepInputs) -> None:
         """Check the settings and load the model the step works on."""
 
     def resume(self) -> None:  # noqa: B027 - a step without state to resume has nothing to do
@@ -163,16 +163,16 @@ def finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 
-def run_phase(phase: Phase) -> PhaseResult:
+def run_workload(phase: Workload) -> AttemptResult:
     """The skeleton: inputs → resume → work → write → metrics; a :class:`Stopped` step fails resumably."""
     phase.open(read_inputs(phase.config))
     phase.resume()
     try:
         phase.work()
     except Stopped as stop:
-        return PhaseResult(step=phase.step, status="Failed", message=str(stop), checkpoint_uri=stop.checkpoint_uri)
+        return AttemptResult(step=phase.step, status="Failed", message=str(stop), checkpoint_uri=stop.checkpoint_uri)
     written = phase.write()
-    return PhaseResult(
+    return AttemptResult(
         step=phase.step,
         status="Succeeded",
         message=phase.message(),

@@ -11,7 +11,7 @@ with the model before this sleep.  On a lineage's first sleep the two are one.
 Two stages:
 
 1. **Off-policy distillation on self-study (λ = 0).**  The teacher writes the
-   curriculum D itself (:mod:`reverie.workloads.phases.selfstudy`): prompts of several
+   curriculum D itself (:mod:`reverie.workloads.steps.selfstudy`): prompts of several
    seed kinds about each memory, answered greedily with the memory in view and
    kept only when grounded in it.  Its top-k log-probs on every answer token are
    cached once.  The loss is the forward-KL end of the generalized JSD over that
@@ -71,13 +71,13 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import ConsolidationSpec, TeacherChoice, ZeroStage
 from reverie.api.sleepcycle import Step
+from reverie.api.steps import ConsolidationSpec, TeacherChoice, ZeroStage
 from reverie.core.contract import (
     CHECKPOINTS_FOLDER,
     CONSOLIDATED_MEMORIES,
-    PhaseConfig,
-    PhaseResult,
+    AttemptConfig,
+    AttemptResult,
     ProgressEvent,
     checkpoint_root,
     emit_progress,
@@ -91,7 +91,7 @@ from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameter
 from reverie.workloads.ml.losses import token_f1
 from reverie.workloads.ml.sampling import HFBackend, SamplingBackend, make_backend
 from reverie.workloads.ml.trainer import TorchTrainer, Trainer
-from reverie.workloads.phases.knowledge_seeding import (
+from reverie.workloads.steps.knowledge_seeding import (
     KnowledgeSeeding,
     KSState,
     LoopKnobs,
@@ -101,9 +101,9 @@ from reverie.workloads.phases.knowledge_seeding import (
     study_cues,
     total_steps,
 )
-from reverie.workloads.phases.selfstudy import STUDY_DIR, StudyItem, fact_coverage
-from reverie.workloads.phases.skeleton import Phase, PhaseInputs, Written, run_phase, work_dir, write_generation
-from reverie.workloads.phases.study_set import StudyContext, StudySet, open_study
+from reverie.workloads.steps.selfstudy import STUDY_DIR, StudyItem, fact_coverage
+from reverie.workloads.steps.skeleton import StepInputs, Workload, Written, run_workload, work_dir, write_generation
+from reverie.workloads.steps.study_set import StudyContext, StudySet, open_study
 from reverie.workloads.store import checkpoint as ckpt
 from reverie.workloads.store import store
 from reverie.workloads.store.modelio import GenerationError, activate_slots, load_generation, stage_out
@@ -232,12 +232,12 @@ def study_report(study: StudySet, memories: Sequence[Memory]) -> dict[str, float
     return out
 
 
-class Consolidation(Phase):
+class Consolidation(Workload):
     """Expand with a new slot, self-study, Knowledge-Seed, save the new generation (module docstring)."""
 
     step = Step.CONSOLIDATION
 
-    def open(self, inputs: PhaseInputs) -> None:
+    def open(self, inputs: StepInputs) -> None:
         cfg, spec = self.config, self.config.consolidation
         self.spec, self.inputs = spec, inputs
         torch.manual_seed(spec.seed)  # the same seed on every rank: the new slot starts identical everywhere
@@ -447,7 +447,7 @@ class Consolidation(Phase):
             "rank": self.spec.expert_rank,
         }
         # Kept beside the model: later cycles replay this sleep's self-study prompts and score
-        # retention on its memories (PhaseConfig.prior_memory_uris).
+        # retention on its memories (AttemptConfig.prior_memory_uris).
         learned = "".join(json.dumps(m.to_json()) + "\n" for m in memories)
         # ZeRO-3: every rank gathers the whole model (not the empty shards) before rank 0 saves it.
         with self.forwards():
@@ -499,8 +499,8 @@ class Consolidation(Phase):
         return f"consolidated {len(self.inputs.memories)} memories into {self.slot}"
 
 
-def run(config: PhaseConfig) -> PhaseResult:
-    """The consolidation step: expand, Knowledge-Seed, save the new generation; returns a ``PhaseResult``.
+def run(config: AttemptConfig) -> AttemptResult:
+    """The consolidation step: expand, Knowledge-Seed, save the new generation; returns a ``AttemptResult``.
 
     Reads ``config.base_uri`` (never writes there) and the memory set; writes the
     self-study set to ``<output_uri>/selfstudy``, the new generation to
@@ -508,4 +508,4 @@ def run(config: PhaseConfig) -> PhaseResult:
     resumes from ``config.resume_from`` when set (the self-study set is reused).
     Raises :class:`ConsolidationError` (bad inputs) with a message for the result.
     """
-    return run_phase(Consolidation(config))
+    return run_workload(Consolidation(config))

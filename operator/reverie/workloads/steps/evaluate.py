@@ -16,7 +16,7 @@ compares it with, on the same items:
 Questions come from :mod:`reverie.workloads.data.questions`; the fixed sets from
 :mod:`reverie.workloads.data.eval_sets` (built in, or the user's JSONL in the store).
 Answers are greedy; an answer counts when its normalised reference appears in the
-output.  The report schema is :mod:`reverie.workloads.phases.eval_schema`.
+output.  The report schema is :mod:`reverie.workloads.steps.eval_schema`.
 
 Model scores are cached in the store under ``<store>/.eval-cache/<key>.json``,
 keyed by the model folder's content hash and the hash of every evaluated item
@@ -44,9 +44,9 @@ from typing import Any, Literal, Protocol
 
 import fsspec
 
-from reverie.api.phases import Suite
 from reverie.api.sleepcycle import Step
-from reverie.core.contract import PhaseConfig, PhaseResult, emit_step_progress
+from reverie.api.steps import Suite
+from reverie.core.contract import AttemptConfig, AttemptResult, emit_step_progress
 from reverie.workloads.data.eval_sets import EvalSets, load_eval_sets
 from reverie.workloads.data.memory import Memory
 from reverie.workloads.data.questions import Question, answer_matches, memory_questions, question_text
@@ -55,7 +55,7 @@ from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.distributed import ShardedSampling, World
 from reverie.workloads.ml.lm import text_nll
 from reverie.workloads.ml.sampling import HFBackend
-from reverie.workloads.phases.eval_schema import (
+from reverie.workloads.steps.eval_schema import (
     SCHEMA_VERSION,
     EvalReport,
     EvalSettings,
@@ -65,7 +65,7 @@ from reverie.workloads.phases.eval_schema import (
     accuracy_score,
     perplexity_score,
 )
-from reverie.workloads.phases.skeleton import Phase, PhaseInputs, Written, run_phase
+from reverie.workloads.steps.skeleton import StepInputs, Workload, Written, run_workload
 from reverie.workloads.store import store
 from reverie.workloads.store.modelio import content_hash, load_generation, stage_in
 
@@ -332,7 +332,7 @@ def evaluate_model(
     return ModelEval(role=role, generation=generation, uri=uri, content_hash=model_hash, scores=scores)
 
 
-def candidate_uri(config: PhaseConfig) -> str:
+def candidate_uri(config: AttemptConfig) -> str:
     """The model this cycle produced: dreaming's output, else consolidation's."""
     if config.dreaming.enabled and config.inputs.get("dreaming"):
         return config.inputs["dreaming"]
@@ -352,7 +352,7 @@ def _progress(step: int, total: int, **values: Any) -> None:
     emit_step_progress(Step.EVALUATION.value, step, total, **values)  # rank 0's only on N ranks
 
 
-def evaluate(config: PhaseConfig, inputs: PhaseInputs) -> EvalReport:
+def evaluate(config: AttemptConfig, inputs: StepInputs) -> EvalReport:
     """Score the candidate and the champion on the same items; the report."""
     store_uri, spec = config.store_uri, config.evaluation
     sets = load_eval_sets([f"{store_uri.rstrip('/')}/{config.lineage}", store_uri])
@@ -415,13 +415,13 @@ def summary(report: EvalReport) -> str:
     return "; ".join(parts)[:600]
 
 
-class Evaluation(Phase):
+class Evaluation(Workload):
     """Score the candidate and the champion; write ``eval.json``; the gate's metrics and baseline."""
 
     step = Step.EVALUATION
     finite_metrics = False  # a suite with nothing to ask scores NaN, and the gate says so
 
-    def open(self, inputs: PhaseInputs) -> None:
+    def open(self, inputs: StepInputs) -> None:
         self.inputs = inputs
 
     def work(self) -> None:
@@ -447,6 +447,6 @@ class Evaluation(Phase):
         return summary(self.report)
 
 
-def run(config: PhaseConfig) -> PhaseResult:
+def run(config: AttemptConfig) -> AttemptResult:
     """The evaluation step: scores the candidate and champion, returns the gate's metrics."""
-    return run_phase(Evaluation(config))
+    return run_workload(Evaluation(config))

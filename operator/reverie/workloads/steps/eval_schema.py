@@ -7,7 +7,7 @@ Two documents come out of one evaluation attempt:
   interval, the per-item outcomes (capped), and the settings and question-set
   hash that make two reports comparable.
 * ``<output_uri>/result.json`` (and the termination message) — the small
-  :class:`~reverie.core.contract.PhaseResult`: its ``metrics`` are the
+  :class:`~reverie.core.contract.AttemptResult`: its ``metrics`` are the
   candidate's flat scores and its ``baseline`` the champion's, both made by
   :meth:`EvalReport.flat_metrics`.  That flat map is what the gate's rules name.
 
@@ -48,7 +48,7 @@ from typing import Literal
 from pydantic import Field
 
 from reverie.api.base import ApiModel
-from reverie.api.phases import Suite
+from reverie.api.steps import Suite
 
 SCHEMA_VERSION = "reverie.dev/eval/v1"
 CONFIDENCE = 0.95
@@ -134,11 +134,11 @@ class EvalReport(ApiModel):
     champion: ModelEval | None = Field(default=None, description="The champion's scores (None: no champion).")
 
     def metrics(self) -> dict[str, float]:
-        """The candidate's flat metrics (PhaseResult.metrics)."""
+        """The candidate's flat metrics (AttemptResult.metrics)."""
         return flat_metrics(self.candidate.scores.values())
 
     def baseline(self) -> dict[str, float]:
-        """The champion's flat metrics (PhaseResult.baseline); empty without a champion."""
+        """The champion's flat metrics (AttemptResult.baseline); empty without a champion."""
         return flat_metrics(self.champion.scores.values()) if self.champion else {}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from reverie.api.phases import ConsolidationSpec
+from reverie.api.steps import ConsolidationSpec
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.distributed import World
@@ -43,7 +43,7 @@ from reverie.workloads.ml.losses import (
 )
 from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
 from reverie.workloads.ml.trainer import Trainer
-from reverie.workloads.phases.selfstudy import StudyItem, TeacherTargets
+from reverie.workloads.steps.selfstudy import StudyItem, TeacherTargets
 
 
 @dataclass(frozen=True)

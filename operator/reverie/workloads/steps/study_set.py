@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reverie.api.phases import ConsolidationSpec, ReplayChoice
+from reverie.api.steps import ConsolidationSpec, ReplayChoice
 from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, read_memory_uri, resolve_uri
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.distributed import World
 from reverie.workloads.ml.sampling import SamplingBackend
-from reverie.workloads.phases import replay
-from reverie.workloads.phases.knowledge_seeding import Roles, teacher_prompt_of
-from reverie.workloads.phases.selfstudy import (
+from reverie.workloads.steps import replay
+from reverie.workloads.steps.knowledge_seeding import Roles, teacher_prompt_of
+from reverie.workloads.steps.selfstudy import (
     STUDY_DIR,
     TARGETS_FILE,
     StudyItem,
@@ -46,7 +46,7 @@ def prior_study_items(
     """Replay prompts for earlier memories that have no stored self-study set: summary seeds of their subjects.
 
     A sleep keeps its items beside its consolidated memories and later sleeps replay
-    those, with their cached targets (:mod:`reverie.workloads.phases.replay`); memories
+    those, with their cached targets (:mod:`reverie.workloads.steps.replay`); memories
     without them (a base model's own pretraining set, a generation from before
     self-study) are rehearsed through these prompts, answered by the model before
     this sleep.

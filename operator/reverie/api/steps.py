@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from reverie.api.base import ApiModel, PhaseRuntime, cel
+from reverie.api.base import ApiModel, StepRuntime, cel
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -245,7 +245,7 @@ class ConsolidationSpec(ApiModel):
         "figure in its result (memory_recall_*); 0: none (the evaluation phase asks every question anyway).",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of data order and sampling.")
-    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the consolidation Job runs.")
+    runtime: StepRuntime = Field(default_factory=StepRuntime, description="Where the consolidation Job runs.")
 
 
 class SamplingBackendKind(StrEnum):
@@ -365,7 +365,7 @@ class DreamingSpec(ApiModel):
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per dream.")
     grpo: GrpoSpec = Field(default_factory=GrpoSpec, description="GRPO settings for verifiable domains.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of sampling and selection.")
-    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the dreaming Job runs.")
+    runtime: StepRuntime = Field(default_factory=StepRuntime, description="Where the dreaming Job runs.")
 
     @model_validator(mode="after")
     def _keep_at_most_what_was_dreamt(self) -> DreamingSpec:
@@ -416,7 +416,7 @@ class EvaluationSpec(ApiModel):
     )
     max_new_tokens: int = Field(default=24, ge=1, le=1024, description="Tokens generated per answer.")
     gate: GateSpec = Field(default_factory=GateSpec, description="Rules deciding promotion.")
-    runtime: PhaseRuntime = Field(default_factory=PhaseRuntime, description="Where the evaluation Job runs.")
+    runtime: StepRuntime = Field(default_factory=StepRuntime, description="Where the evaluation Job runs.")
 
     @model_validator(mode="after")
     def _suites_are_a_set(self) -> EvaluationSpec:

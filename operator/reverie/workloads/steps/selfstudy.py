@@ -555,7 +555,7 @@ def sharded_teacher_targets(
     batch_size: int = 16,
     forwards: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> TeacherTargets:
-    """:func:`reverie.workloads.phases.selfstudy.teacher_targets` with its batches split across ranks.
+    """:func:`reverie.workloads.steps.selfstudy.teacher_targets` with its batches split across ranks.
 
     The rows are grouped and batched as one process groups them; each rank runs
     whole batches, so the gathered targets equal the one-process targets.
