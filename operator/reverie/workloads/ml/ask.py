@@ -25,8 +25,9 @@ from typing import Any
 from reverie.api.lineage import ModelLineage
 from reverie.core.contract import consolidated_memories_uri
 from reverie.core.lineage import ancestry
-from reverie.workloads.data.memory import Memory, question_prompt
-from reverie.workloads.ml.sampling import SamplingBackend
+from reverie.workloads.data.memory import Memory, MemorySetError, load_memory_uris, question_prompt
+from reverie.workloads.ml.sampling import HFBackend, SamplingBackend
+from reverie.workloads.store.modelio import load_generation
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which memory a question is about.
@@ -148,8 +149,6 @@ def answers(
     uri: str, questions: Sequence[str], *, contexts: Sequence[str | None] | None = None, max_new_tokens: int = 48
 ) -> list[str]:
     """Greedy answers of the generation at ``uri`` (every slot active), as evaluation asks."""
-    from reverie.workloads.ml.sampling import HFBackend
-    from reverie.workloads.store.modelio import load_generation
 
     gen = load_generation(uri)
     backend = HFBackend(gen.model, gen.tokenizer)
@@ -174,7 +173,6 @@ def ask(
     store_uri: str | None = None,
 ) -> list[Column]:
     """Ask the champion (and, with ``compare``, the base and the teacher) every question."""
-    from reverie.workloads.data.memory import MemorySetError, load_memory_uris
 
     name, uri = targets.champion
     if compare and not targets.memory_uris:

@@ -51,7 +51,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from reverie.workloads.ml.sampling import Generated
 from reverie.workloads.ml.trainer import TorchTrainer
 
 T = TypeVar("T")
@@ -103,7 +106,6 @@ def backend_name() -> str:
 
 def init_world() -> World:
     """Join the launcher's process group (``env://``) when there is more than one process."""
-    import torch.distributed as dist
 
     world = world_from_env()
     if not world.distributed or dist.is_initialized():
@@ -124,8 +126,6 @@ def device_of(world: World) -> torch.device:
 
 def barrier(world: World) -> None:
     if world.distributed:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -133,7 +133,6 @@ def all_gather_objects(world: World, obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not world.distributed:
         return [obj]
-    import torch.distributed as dist
 
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
@@ -144,7 +143,6 @@ def all_reduce_sum(world: World, values: Sequence[float]) -> list[float]:
     """Element-wise sum of ``values`` over ranks (float64, on the collective's device)."""
     if not world.distributed:
         return [float(v) for v in values]
-    import torch.distributed as dist
 
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device(world))
     dist.all_reduce(t)
@@ -152,7 +150,6 @@ def all_reduce_sum(world: World, values: Sequence[float]) -> list[float]:
 
 
 def _collective_device(world: World) -> torch.device:
-    import torch.distributed as dist
 
     return device_of(world) if dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -169,7 +166,6 @@ def on_main(world: World, fn: Callable[[], T]) -> T:
     """
     if not world.distributed:
         return fn()
-    import torch.distributed as dist
 
     box: list[Any] = [None]
     error: BaseException | None = None
@@ -254,7 +250,6 @@ class ShardedSampling:
         self.batch_size = int(getattr(inner, "batch_size", 32))
 
     def generate(self, prompts: Sequence[str], **kw: Any) -> Any:
-        from reverie.workloads.ml.sampling import Generated
 
         greedy = float(kw.get("temperature", 1.0)) <= 0.0
         if not self.world.distributed or (not greedy and self.sampling == "replicate"):
@@ -288,7 +283,6 @@ class DDPTrainer(TorchTrainer):
     def __init__(
         self, model: Any, params: Sequence[torch.nn.Parameter], *, world: World, lr: float, max_grad_norm: float
     ) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
         device_ids = [world.local_rank] if torch.cuda.is_available() else None

@@ -26,6 +26,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
+
+from reverie.workloads.store.modelio import activate_slots
 
 SLOT_PREFIX = "slot-"
 
@@ -40,7 +45,6 @@ def next_slot_name(existing: Sequence[str]) -> str:
 
 def slot_config(*, rank: int, target_modules: Sequence[str], alpha: float | None = None) -> Any:
     """LoRA config of one expert slot: B = 0 (function-preserving), no dropout (deterministic distillation)."""
-    from peft import LoraConfig
 
     return LoraConfig(
         r=rank,
@@ -67,9 +71,6 @@ def add_slot(
     Afterwards exactly the earlier slots (or ``keep_active``) plus the new one are
     active, and only the new slot's parameters require gradients.
     """
-    from peft import PeftModel, get_peft_model
-
-    from reverie.workloads.store.modelio import activate_slots
 
     existing = list(getattr(model, "peft_config", {}) or {}) if isinstance(model, PeftModel) else []
     name = name or next_slot_name(existing)
@@ -114,14 +115,10 @@ class FoldedSlots:
     """
 
     def __init__(self, model: Any, names: Sequence[str]) -> None:
-        from peft.tuners.lora import Linear as LoraLinear
-
-        from reverie.workloads.store.modelio import activate_slots
 
         self.model = model
         self.names = list(names)
         self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
-        from peft.tuners.lora import LoraLayer
 
         if any(
             isinstance(m, LoraLayer) and not isinstance(m, LoraLinear) and any(n in m.lora_A for n in self.names)

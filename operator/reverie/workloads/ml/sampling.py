@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from reverie.workloads.store.modelio import SLOTS_DIR, activate_slots
 
 
 @dataclass
@@ -76,7 +79,6 @@ def active_adapters(model: Any, adapters: Sequence[str] | None) -> Iterator[None
             raise ValueError(f"adapters {list(adapters)} requested, but the model has no expert slots")
         yield
         return
-    from reverie.workloads.store.modelio import activate_slots
 
     unknown = [a for a in adapters if a not in model.peft_config]
     if unknown:
@@ -226,7 +228,6 @@ def combine_adapters(
     ``weights`` multiplies each slot's output (default 1); a weight of 0 keeps a
     slot only as a shape template, e.g. for a noise-only adapter.
     """
-    from safetensors.torch import load_file, save_file
 
     blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     targets: set[str] = set()
@@ -313,8 +314,6 @@ class VLLMBackend:
             return None
         key = (names, noise_scale, seed if noise_scale > 0 else 0)
         if key not in self._lora_dirs:
-            from reverie.workloads.store.modelio import SLOTS_DIR
-
             if names:
                 dirs, weights = [self.folder / SLOTS_DIR / n for n in names], [1.0] * len(names)
             elif self.slots:  # noise only: the first slot serves as a zero-weight shape template

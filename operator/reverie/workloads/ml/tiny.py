@@ -28,8 +28,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
+from reverie.workloads.data.memory import question_prompt
 from reverie.workloads.data.questions import fixed_prompts
+from reverie.workloads.ml.expansion import add_slot
 from reverie.workloads.ml.lm import sft_loss
+from reverie.workloads.store.modelio import save_generation
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|im_end|>"
@@ -275,7 +278,6 @@ def build_tiny_model(tokenizer: Qwen2Tokenizer, *, seed: int = 0, **config: Any)
 
 def qa_text(tokenizer: Qwen2Tokenizer, question: str, answer: str) -> tuple[str, str]:
     """(prompt, completion) of one chat turn; the completion ends with eos."""
-    from reverie.workloads.data.memory import question_prompt
 
     return question_prompt(tokenizer, question), answer + tokenizer.eos_token
 
@@ -347,7 +349,6 @@ def build_base_generation(
     ``n_new`` gives the number of people per later wake session (their facts are
     returned, for the tests to put in fast memory).  Takes a few seconds on one thread.
     """
-    from reverie.workloads.store.modelio import save_generation
 
     world = make_world(n_old + sum(n_new), seed=seed, attributes=attributes, values_per_attribute=values_per_attribute)
     old_entities = world.entities[:n_old]
@@ -388,7 +389,6 @@ def wake_fast_memory(
     into fast weights instead; the teacher uses this adapter, the student does not.
     Earlier slots stay active (and frozen) underneath.  Returns the PEFT model.
     """
-    from reverie.workloads.ml.expansion import add_slot
 
     torch.manual_seed(seed)
     earlier = list(getattr(model, "peft_config", {}) or {})

@@ -38,8 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from reverie.api.lineage import ServableForm
+from reverie.workloads.ml.sampling import combine_adapters
+from reverie.workloads.store import manifest as mf
+from reverie.workloads.store import objects
 from reverie.workloads.store.modelio import (
     LEDGER,
     GenerationError,
@@ -105,7 +110,6 @@ def stacked_adapter(gen: LoadedGeneration, scratch: Path) -> Path:
     PEFT folder :func:`~reverie.workloads.store.modelio.save_slot` writes), so where
     a generation keeps its slots is :mod:`reverie.workloads.store.modelio`'s business alone.
     """
-    from reverie.workloads.ml.sampling import combine_adapters
 
     dirs = []
     for name in gen.slots:
@@ -116,7 +120,6 @@ def stacked_adapter(gen: LoadedGeneration, scratch: Path) -> Path:
 
 def fold_adapter(model: Any, adapter: Path) -> None:
     """``W += B @ A`` for every module of a scaling-1 adapter (as :func:`stacked_adapter` writes), in fp32."""
-    from safetensors.torch import load_file
 
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     scaling = cfg["lora_alpha"] / cfg["r"]
@@ -133,7 +136,6 @@ def fold_adapter(model: Any, adapter: Path) -> None:
 
 
 def _write_merged(gen: LoadedGeneration, stacked: Path | None, tmp: Path) -> None:
-    from transformers import AutoConfig
 
     assert gen.folder is not None
     dtype = _stored_dtype(AutoConfig.from_pretrained(gen.folder))
@@ -215,8 +217,6 @@ def _default_base_ref(uri: str | Path, gen: LoadedGeneration) -> str:
     thin one (its weights in the store's object area, which no server reads)
     names the base model it grew from, recorded in its ledger.
     """
-    from reverie.workloads.store import manifest as mf
-    from reverie.workloads.store import objects
 
     where = str(uri)
     marker = (

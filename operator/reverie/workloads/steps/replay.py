@@ -43,7 +43,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
+from safetensors.torch import load_file
 
 from reverie.api.steps import ReplayChoice, ReplaySpec
 from reverie.workloads.data.memory import question_prompt
@@ -51,6 +53,7 @@ from reverie.workloads.ml.lm import completion_nll, encode
 from reverie.workloads.ml.sampling import active_adapters
 from reverie.workloads.steps.selfstudy import ITEMS_FILE, STUDY_DIR, TARGETS_FILE, StudyItem, TeacherTargets
 from reverie.workloads.store import store
+from reverie.workloads.store.atomic import write_atomic
 from reverie.workloads.store.manifest import file_sha256
 
 REPLAY_FILE = "replay.json"
@@ -107,7 +110,6 @@ def study_folder_of(memory_uri: str) -> str:
 
 def read_rows(study: str) -> list[dict[str, Any]] | None:
     """The raw rows of a stored study's items file, or None when the folder holds no complete study."""
-    import fsspec
 
     if not store.exists(study.rstrip("/") + "/" + TARGETS_FILE):
         return None
@@ -275,7 +277,6 @@ def load_targets(choice: Choice, *, expect: dict[str, str] | None = None) -> Tea
     ``expect`` (study → sha256, from a stored choice) must match the files read, or
     :class:`ReplayError` says which study changed.
     """
-    from safetensors.torch import load_file
 
     if not choice.items:
         return TeacherTargets(
@@ -347,7 +348,6 @@ def replayed(choice: Choice) -> list[StudyItem]:
 
 
 def save_choice(folder: Path, choice: Choice) -> None:
-    from reverie.workloads.store.atomic import write_atomic
 
     write_atomic(folder / REPLAY_FILE, json.dumps(choice.to_json(), indent=1) + "\n")
 

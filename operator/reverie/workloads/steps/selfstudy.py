@@ -40,8 +40,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from reverie.workloads.data.facts import coverage, fact_items, facts
 from reverie.workloads.data.memory import Memory, question_prompt
@@ -49,6 +51,7 @@ from reverie.workloads.data.questions import CONTENT_STOPWORDS, WORD, fixed_prom
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.lm import completion_logits, encode
 from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
+from reverie.workloads.store.atomic import replacing
 
 STUDY_DIR = "selfstudy"  # beside a sleep's consolidated memories
 ITEMS_FILE = "items.jsonl"
@@ -500,9 +503,6 @@ def teacher_targets(
 
 def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherTargets) -> Path:
     """Write the items and the teacher's targets; the targets file is written last (it marks completeness)."""
-    from safetensors.torch import save_file
-
-    from reverie.workloads.store.atomic import replacing
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -518,7 +518,6 @@ def save_study(folder: str | Path, items: Sequence[StudyItem], targets: TeacherT
 
 def read_items(path: str | Path) -> list[StudyItem]:
     """The study items of a saved set (a folder or its items file), through fsspec."""
-    import fsspec
 
     uri = str(path)
     if not uri.endswith(".jsonl"):
@@ -529,7 +528,6 @@ def read_items(path: str | Path) -> list[StudyItem]:
 
 def load_study(folder: str | Path) -> tuple[list[StudyItem], TeacherTargets] | None:
     """A complete saved set, or None when there is none (or it was cut off before its targets)."""
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     if not (folder / TARGETS_FILE).exists() or not (folder / ITEMS_FILE).exists():

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reverie.workloads.store import store
 from reverie.workloads.store.atomic import write_atomic
+from reverie.workloads.store.store import is_remote, local_path
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +115,6 @@ def resume_point(root_uri: str) -> str | None:
     store: the root itself once its ``latest`` pointer exists (uploaded after
     the checkpoint it names); :func:`load_checkpoint` downloads just that one.
     """
-    from reverie.workloads.store import store
 
     if store.is_remote(root_uri):
         return root_uri if store.exists(store.join(root_uri, LATEST)) else None
@@ -123,7 +124,6 @@ def resume_point(root_uri: str) -> str | None:
 
 def fetch_checkpoint(uri: str) -> Path | None:
     """Download the checkpoint ``uri`` names (a checkpoint, or a root with ``latest``) to a temporary folder."""
-    from reverie.workloads.store import store
 
     listing = store.list_tree(uri)
     if "state.json" in listing:
@@ -148,8 +148,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint folder, or the newest one under a checkpoints root (local or in the store)."""
     import torch
     from safetensors.torch import load_file
-
-    from reverie.workloads.store.store import is_remote, local_path
 
     if is_remote(str(path)):
         folder = fetch_checkpoint(str(path))
