@@ -16,6 +16,18 @@ from reverie.workloads.data import facts
 from reverie.workloads.data.memory import Memory
 from reverie.workloads.ml import tiny
 from reverie.workloads.steps import dream, selfquiz
+from reverie.workloads.steps.dreamer import (
+    PROBE_ADAPTER,
+    Dream,
+    Dreamer,
+    QuizContext,
+    isolated_update_gain,
+    mean_logprob,
+    quiz_contexts,
+    quiz_measure,
+    rehearsed,
+    select,
+)
 from reverie.workloads.steps.run_step import run_step
 from reverie.workloads.store.modelio import load_generation
 
@@ -29,16 +41,16 @@ IVO = Memory(id="ivo", text="Ivo Oddwyn was born in Tarrow in 1951. He works as 
 ODA = Memory(id="oda", text="Oda Venn was born in Carrick in 1942. She works as a baker.")
 
 
-def _dreams(scores: list[float]) -> list[dream.Dream]:
+def _dreams(scores: list[float]) -> list[Dream]:
     return [
-        dream.Dream(context_id="c", kind="cloze", prompt=str(i), text=str(i), round=0, importance=s)
+        Dream(context_id="c", kind="cloze", prompt=str(i), text=str(i), round=0, importance=s)
         for i, s in enumerate(scores)
     ]
 
 
 def test_selection_keeps_the_top_k_by_importance_plus_b_random_others() -> None:
     ds = _dreams([0.1, 0.9, 0.5, 0.7, 0.2, 0.3])
-    kept = dream.select(ds, k=2, b=2, rng=random.Random(0))
+    kept = select(ds, k=2, b=2, rng=random.Random(0))
     assert [d.kept for d in ds if d.kept == "topk"] == ["topk", "topk"]
     assert {d.text for d in ds if d.kept == "topk"} == {"1", "3"}
     assert len([d for d in ds if d.kept == "random"]) == 2
@@ -47,7 +59,7 @@ def test_selection_keeps_the_top_k_by_importance_plus_b_random_others() -> None:
 
 def test_selection_never_keeps_more_than_it_has() -> None:
     ds = _dreams([0.3, 0.1])
-    assert len(dream.select(ds, k=5, b=5, rng=random.Random(0))) == 2
+    assert len(select(ds, k=5, b=5, rng=random.Random(0))) == 2
 
 
 def test_the_reward_is_span_agreement_with_the_teacher_and_a_confusion_scores_low() -> None:
@@ -79,9 +91,9 @@ def test_the_curriculum_items_aim_at_one_fact_in_the_memorys_own_words() -> None
 def test_rehearsal_quizzes_rho_over_one_minus_rho_earlier_memories_per_new_one() -> None:
     now = [Memory(id=f"m{i}", text=f"Person{i} lives in {TOWNS[i]}.") for i in range(2)]
     old = [Memory(id=f"o{i}", text=f"Elder{i} lives in {TOWNS[2 + i % 2]}.") for i in range(4)]
-    assert len(dream.rehearsed(now, old, replay_ratio=0.5, seed=0)) == 2
-    assert dream.rehearsed(now, old, replay_ratio=0.5, seed=0) == dream.rehearsed(now, old, replay_ratio=0.5, seed=0)
-    assert dream.rehearsed(now, old, replay_ratio=0.0, seed=0) == []
+    assert len(rehearsed(now, old, replay_ratio=0.5, seed=0)) == 2
+    assert rehearsed(now, old, replay_ratio=0.5, seed=0) == rehearsed(now, old, replay_ratio=0.5, seed=0)
+    assert rehearsed(now, old, replay_ratio=0.0, seed=0) == []
 
 
 # ----------------------------------------------------------------- on a tiny model
@@ -99,9 +111,7 @@ SPEC = DreamingSpec(
 )
 
 
-def _quizzed(
-    tiny_base: tiny.TinyBase, facts: list[tiny.Fact], prefix: str
-) -> tuple[dream.Dreamer, list[dream.QuizContext]]:
+def _quizzed(tiny_base: tiny.TinyBase, facts: list[tiny.Fact], prefix: str) -> tuple[Dreamer, list[QuizContext]]:
     dreamer, _ = dream.open_dreamer(str(tiny_base.folder), spec=SPEC, target_modules=TARGETS)
     dreamer.answer_tokens = 16
     mems = [Memory(id=r["id"], text=r["text"]) for r in tiny.memory_records(facts, prefix=prefix)]
@@ -114,7 +124,7 @@ def _quizzed(
         seed=0,
         max_new_tokens=16,
     )
-    return dreamer, dream.quiz_contexts(mems, quiz)
+    return dreamer, quiz_contexts(mems, quiz)
 
 
 def test_a_fact_the_candidate_gets_wrong_scores_lower_than_one_it_gets_right(tiny_base: tiny.TinyBase) -> None:
@@ -132,17 +142,17 @@ def test_a_dream_stating_the_weak_fact_raises_tau_and_a_wrong_one_does_not(tiny_
     dreamer, new = _quizzed(tiny_base, tiny_base.new[0][:1], "new")
     ctx, fact = new[0], tiny_base.new[0][0]
     wrong_town = next(v for v in tiny_base.world.values[fact.attribute] if v != fact.value)
-    before = (dream.quiz_measure(dreamer.model, dreamer.tokenizer, ctx), 0.0)
+    before = (quiz_measure(dreamer.model, dreamer.tokenizer, ctx), 0.0)
 
     def gain(town: str) -> float:
-        d = dream.Dream(
+        d = Dream(
             context_id=ctx.id,
             kind="reverse",
             prompt=f"Who lives in {town}?",
             text=f"{fact.entity} lives in {town}.",
             round=0,
         )
-        g, _ = dream.isolated_update_gain(
+        g, _ = isolated_update_gain(
             dreamer.model, dreamer.tokenizer, d, ctx, guard=[], before=before, spec=SPEC, target_modules=TARGETS, seed=0
         )
         return g
@@ -150,8 +160,8 @@ def test_a_dream_stating_the_weak_fact_raises_tau_and_a_wrong_one_does_not(tiny_
     right, wrong = gain(fact.value), gain(wrong_town)
     assert right > 0 and wrong < right, (right, wrong)
     # The probe is gone and the model is unchanged: isolation.
-    assert dream.quiz_measure(dreamer.model, dreamer.tokenizer, ctx) == pytest.approx(before[0], abs=1e-6)
-    assert dream.PROBE_ADAPTER not in dreamer.model.peft_config
+    assert quiz_measure(dreamer.model, dreamer.tokenizer, ctx) == pytest.approx(before[0], abs=1e-6)
+    assert PROBE_ADAPTER not in dreamer.model.peft_config
 
 
 def test_the_e_step_dreams_at_weak_facts_and_rewards_what_helps(tiny_base: tiny.TinyBase) -> None:
@@ -277,13 +287,13 @@ def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, 
     assert dreamer.candidate == [names[1], dreamer.slot] and dreamer.teacher == []
     pair = [("Tell me everything you know about Zorblat.", "Zorblat lives in Vemora.")]
     unfolded = load_generation(str(two))
-    assert dream.mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
-        dream.mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-4
+    assert mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
+        mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-4
     )
     # The base teacher reads with the root weights.
     with dreamer.reading(), dreamer.model.disable_adapter(), unfolded.model.disable_adapter():
-        assert dream.mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
-            dream.mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-6
+        assert mean_logprob(dreamer.model, dreamer.tokenizer, pair) == pytest.approx(
+            mean_logprob(unfolded.model, unfolded.tokenizer, pair), abs=1e-6
         )
     config = _config(store, two, "folded", rest_em_iterations=1).model_copy(
         update={"inputs": {"consolidation": str(two)}}

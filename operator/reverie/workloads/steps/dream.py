@@ -53,12 +53,11 @@ import contextlib
 import functools
 import json
 import math
-import random
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -67,22 +66,35 @@ import torch
 from reverie.api.sleepcycle import Step
 from reverie.api.steps import DreamingSpec, SamplingBackendKind, TeacherChoice
 from reverie.core.contract import CHECKPOINTS_FOLDER, AttemptConfig, AttemptResult, checkpoint_root, emit_step_progress
-from reverie.workloads.data import facts
-from reverie.workloads.data.heldout import HeldOut
-from reverie.workloads.data.memory import Memory, question_prompt
+from reverie.workloads.data.memory import question_prompt
 from reverie.workloads.ml import distributed
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but, slot_parameters
-from reverie.workloads.ml.lm import completion_nll, encode, sft_loss
 from reverie.workloads.ml.sampling import make_backend
-from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.steps import selfquiz
-from reverie.workloads.steps.selfquiz import QuizItem
+from reverie.workloads.steps.dreamer import (
+    DREAM_SLOT_NOTE,
+    DREAMING_STATE,
+    GUARD_GENERAL,
+    PHRASING,
+    Dream,
+    Dreamer,
+    DreamState,
+    QuizContext,
+    chat_pair,
+    isolated_update_gain,
+    m_step,
+    mean_logprob,
+    quiz_contexts,
+    quiz_measure,
+    rehearsed,
+    rewarded_rate,
+    unit_seed,
+    writer_context,
+)
 from reverie.workloads.steps.selfstudy import (
     GENERAL_REPLAY_PROMPTS,
-    answer_tokens,
     grounded,
-    subject_of,
     writer_instructions,
     written_question,
 )
@@ -96,446 +108,7 @@ from reverie.workloads.steps.skeleton import (
     write_generation,
 )
 from reverie.workloads.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from reverie.workloads.store.modelio import activate_slots, load_generation, save_generation, stage_out
-
-DREAM_SLOT_NOTE = "dreaming"
-PROBE_ADAPTER = "dream-probe"
-GUARD_GENERAL = 6  # general prompts whose own answers the guard keeps
-GUARD_RECITALS = 4  # other memories' recitals in each context's guard
-M_STEP_BATCH = 8
-DREAMING_STATE = "dreaming"  # the DreamState's key in a checkpoint's state.json
-BUILT_KINDS = ("reverse", "cloze", "contrast")
-PHRASING = "phrasing"
-
-
-# --------------------------------------------------------------------------- #
-# Data
-# --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True)
-class QuizContext:
-    """One task: a memory, its subject and its self-quiz (the items τ is measured on)."""
-
-    id: str  # the memory's id
-    memory: Memory
-    subject: str
-    items: tuple[QuizItem, ...]
-    replay: bool = False
-
-
-@dataclass
-class Dream:
-    """One candidate dream — a (question, answer) item aimed at a weak fact — and what happened to it."""
-
-    context_id: str
-    kind: str  # phrasing | reverse | cloze | contrast
-    prompt: str
-    text: str  # the answer it trains
-    round: int
-    fact: str = ""
-    writer: str = ""  # phrasing only: the instruction the question was written from
-    importance: float | None = None
-    kept: str | None = None  # "topk" | "random" | None (rejected)
-    reward: int | None = None
-    tau_gain: float | None = None
-    guard_change: float | None = None
-
-
-@dataclass
-class DreamState:
-    """Everything a resumed attempt needs (written as JSON after every unit of work)."""
-
-    round: int = 0
-    contexts_done: list[str] = field(default_factory=list)  # of the current round's E-step
-    m_step_done: bool = False
-    dreams: list[Dream] = field(default_factory=list)
-    round_stats: list[dict[str, float]] = field(default_factory=list)
-    quiz: list[QuizItem] = field(default_factory=list)
-    guard: list[tuple[str, str]] = field(default_factory=list)  # general prompt → the model's own answer
-    rewards: dict[str, list[float]] = field(default_factory=dict)  # "<round>/<context>" → quiz rewards
-    weak: dict[str, int] = field(default_factory=dict)  # "<round>/<context>" → weak facts found
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "contextsDone": self.contexts_done,
-            "mStepDone": self.m_step_done,
-            "dreams": [asdict(d) for d in self.dreams],
-            "roundStats": self.round_stats,
-            "quiz": [q.to_json() for q in self.quiz],
-            "guard": [list(g) for g in self.guard],
-            "rewards": self.rewards,
-            "weak": self.weak,
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> DreamState:
-        return cls(
-            round=raw["round"],
-            contexts_done=list(raw["contextsDone"]),
-            m_step_done=raw["mStepDone"],
-            dreams=[Dream(**d) for d in raw["dreams"]],
-            round_stats=list(raw["roundStats"]),
-            quiz=[QuizItem.from_json(q) for q in raw.get("quiz", [])],
-            guard=[(p, a) for p, a in raw.get("guard", [])],
-            rewards={k: list(v) for k, v in raw.get("rewards", {}).items()},
-            weak=dict(raw.get("weak", {})),
-        )
-
-    def round_mean(self, r: int) -> float:
-        """Mean self-quiz reward of round r's E-step (NaN before any)."""
-        vals = [x for k, v in self.rewards.items() if k.startswith(f"{r}/") for x in v]
-        return sum(vals) / len(vals) if vals else math.nan
-
-
-def rehearsed(memories: Sequence[Memory], prior: Sequence[Memory], *, replay_ratio: float, seed: int) -> list[Memory]:
-    """The earlier memories this round quizzes too: ρ/(1−ρ) per current memory, drawn with a seeded RNG."""
-    if not prior or replay_ratio <= 0:
-        return []
-    want = min(len(prior), math.ceil(len(memories) * replay_ratio / (1 - replay_ratio)))
-    return [prior[i] for i in sorted(random.Random(seed).sample(range(len(prior)), want))]
-
-
-def quiz_contexts(memories: Sequence[Memory], quiz: Sequence[QuizItem]) -> list[QuizContext]:
-    """One context per memory with at least one quiz item, in memory order."""
-    out = []
-    for m in memories:
-        items = tuple(q for q in quiz if q.memory_id == m.id)
-        subject = subject_of(m.text)
-        if items and subject:
-            out.append(QuizContext(id=m.id, memory=m, subject=subject, items=items, replay=items[0].replay))
-    return out
-
-
-def writer_context(fact: str, subject: str) -> str:
-    """What the dreamer reads when it writes another question on one fact: the fact alone, on the full name.
-
-    With the whole memory in view a 135M writer asks about any of its facts; with
-    the fact alone its question is about that fact (and names the subject).
-    """
-    return facts.with_name(fact, subject)
-
-
-def unit_seed(seed: int, round_: int, context_index: int, stream: int) -> int:
-    """One seed per (round, context, stream): a resumed run redraws exactly what it would have drawn."""
-    return (seed * 1_000_003 + round_ * 10_007 + context_index * 101 + stream) % (2**31 - 1)
-
-
-# --------------------------------------------------------------------------- #
-# Measures and updates (the math, written out)
-# --------------------------------------------------------------------------- #
-
-
-def chat_pair(tokenizer: Any, prompt: str, answer: str) -> tuple[str, str]:
-    """A (question, answer) item as trained: the chat prompt, closed book, then the answer and eos."""
-    return question_prompt(tokenizer, prompt), answer + tokenizer.eos_token
-
-
-@torch.no_grad()
-def mean_logprob(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, max_tokens: int = 96) -> float:
-    """Mean per-token log-likelihood of each answer after its closed-book question, averaged over the pairs."""
-    if not pairs:
-        return 0.0
-    was_training = model.training
-    model.eval()
-    prompts = [encode(tokenizer, question_prompt(tokenizer, q)) for q, _ in pairs]
-    answers = [answer_tokens(tokenizer, a, max_tokens=max_tokens) for _, a in pairs]
-    scored = completion_nll(model, tokenizer, prompts, answers)
-    model.train(was_training)
-    return -sum(n / max(1, c) for n, c in scored) / len(scored)
-
-
-def quiz_measure(model: Any, tokenizer: Any, ctx: QuizContext) -> float:
-    """τ: mean per-token log-likelihood of the teacher's answers to the context's quiz questions, closed book."""
-    return mean_logprob(model, tokenizer, [(q.prompt, q.reference) for q in ctx.items])
-
-
-def importance(model: Any, tokenizer: Any, dream: Dream, params: Sequence[torch.nn.Parameter]) -> float:
-    """g = ‖∇_φ L_SFT(dream)‖₂ over the dreaming slot's parameters φ."""
-    for p in params:
-        p.grad = None
-    loss = sft_loss(model, tokenizer, [chat_pair(tokenizer, dream.prompt, dream.text)])
-    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) or torch.tensor(0.0)))
-
-
-def select(dreams: Sequence[Dream], *, k: int, b: int, rng: random.Random) -> list[Dream]:
-    """Mark the top-k dreams by importance plus b random others as kept; return the kept ones."""
-    order = sorted(range(len(dreams)), key=lambda i: (-(dreams[i].importance or 0.0), i))
-    top = order[:k]
-    rest = order[k:]
-    extra = rng.sample(rest, min(b, len(rest)))
-    for i in top:
-        dreams[i].kept = "topk"
-    for i in extra:
-        dreams[i].kept = "random"
-    return [dreams[i] for i in sorted(top + extra)]
-
-
-def isolated_update_gain(
-    model: Any,
-    tokenizer: Any,
-    dream: Dream,
-    ctx: QuizContext,
-    *,
-    guard: Sequence[tuple[str, str]],
-    before: tuple[float, float],
-    spec: DreamingSpec,
-    target_modules: Sequence[str],
-    seed: int,
-) -> tuple[float, float]:
-    """(τ(θ') − τ(θ), guard(θ') − guard(θ)) after ``probeSteps`` LoRA SFT steps on the dream alone.
-
-    The probe adapter is removed afterwards and every flag restored: the model is unchanged.
-    """
-    active = list(model.base_model.active_adapters)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    torch.manual_seed(seed)  # the probe's A init
-    model, _ = add_slot(
-        model, rank=spec.probe_rank, target_modules=target_modules, name=PROBE_ADAPTER, keep_active=active
-    )
-    params = [p for n, p in model.named_parameters() if f".{PROBE_ADAPTER}." in n]
-    trainer = TorchTrainer(params, lr=spec.inner_learning_rate, max_grad_norm=0.0)
-    pair = chat_pair(tokenizer, dream.prompt, dream.text)
-    model.train()
-    for _ in range(spec.probe_steps):
-        trainer.backward_and_step(sft_loss(model, tokenizer, [pair]))
-    model.eval()
-    gain = quiz_measure(model, tokenizer, ctx) - before[0]
-    change = mean_logprob(model, tokenizer, guard) - before[1] if guard else 0.0
-    model.delete_adapter(PROBE_ADAPTER)
-    activate_slots(model, active)
-    for n, p in model.named_parameters():
-        p.requires_grad_(flags.get(n, False))
-    return gain, change
-
-
-def m_step(
-    model: Any,
-    tokenizer: Any,
-    slot: str,
-    *,
-    examples: Sequence[tuple[str, str]],
-    spec: DreamingSpec,
-    seed: int,
-) -> float:
-    """ReST-EM M-step: SFT the dreaming slot on ``examples`` (prompt, target); returns the last loss.
-
-    Every example is seen ``m_step_epochs`` times, in batches of 8, at ``inner_learning_rate``.
-    """
-    if not examples:
-        return math.nan
-    trainer = TorchTrainer(freeze_all_but(model, slot), lr=spec.inner_learning_rate, max_grad_norm=1.0)
-    rng = random.Random(seed)
-    steps = spec.m_step_epochs * math.ceil(len(examples) / M_STEP_BATCH)
-    model.train()
-    loss = torch.tensor(math.nan)
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < M_STEP_BATCH:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [examples[i] for i in order[:M_STEP_BATCH]]
-        del order[:M_STEP_BATCH]
-        loss = sft_loss(model, tokenizer, batch)
-        trainer.backward_and_step(loss)
-    model.eval()
-    return float(loss.detach())
-
-
-# --------------------------------------------------------------------------- #
-# One round: the E-step over the contexts
-# --------------------------------------------------------------------------- #
-
-
-@dataclass
-class Dreamer:
-    """The model being dreamed with, its tokenizer and backend, who teaches, and the phase knobs."""
-
-    model: Any
-    tokenizer: Any
-    backend: Any
-    spec: DreamingSpec
-    slot: str
-    target_modules: Sequence[str]
-    teacher: list[str]  # the adapters of the model that reads a memory (before this sleep)
-    # The earlier slots, added into the base weights for the phase (one slot's cost, not all of them).
-    folded: FoldedSlots | None = None
-    # The weights the teacher reads with: the exact base, when earlier slots are folded in and the teacher is the base.
-    reading: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-    answer_tokens: int = 48
-    backend_round: int = -1
-    held_out: HeldOut | None = None  # evaluation probes: a dream or quiz question that contains one is dropped
-    memories: list[Memory] = field(default_factory=list)  # every quizzed memory: where confusions come from
-
-    @property
-    def candidate(self) -> list[str]:
-        """The consolidated model plus the dreaming slot: every slot but a probe (and those folded in)."""
-        folded = self.folded.names if self.folded else []
-        return [a for a in self.model.peft_config if a != PROBE_ADAPTER and a not in folded]
-
-    def slot_params(self) -> list[torch.nn.Parameter]:
-        return list(slot_parameters(self.model, self.slot).values())
-
-    def allows(self, *texts: str) -> bool:
-        return self.held_out is None or all(self.held_out.allows(t) for t in texts)
-
-    def sync_backend(self, round_: int) -> None:
-        """vLLM serves folders, not in-memory weights: write the current generation once per round.
-
-        The dreaming slot changes only in M-steps, between rounds, so one engine
-        per round samples exactly the model the round's E-step rewards.
-        """
-        if self.spec.backend != "vllm" or self.backend_round == round_:
-            return
-        slots = list(self.model.peft_config)
-        folder = save_generation(
-            self.model, self.tokenizer, Path(tempfile.mkdtemp(prefix="reverie-dream-")) / "g", slots=slots
-        )
-        self.backend = make_backend("vllm", self.model, self.tokenizer, folder=folder, slots=slots)
-        self.backend_round = round_
-
-    def quiz(self, ctx: QuizContext) -> tuple[list[str], list[float]]:
-        """The candidate's closed-book answers to the context's quiz and their rewards."""
-        said = greedy_answers(
-            self.backend,
-            self.tokenizer,
-            [q.prompt for q in ctx.items],
-            adapters=self.candidate,
-            max_new_tokens=self.answer_tokens,
-        )
-        return said, [
-            selfquiz.agreement(a, q.reference, subject=ctx.subject) for a, q in zip(said, ctx.items, strict=True)
-        ]
-
-    def weak_facts(
-        self, ctx: QuizContext, said: Sequence[str], rewards: Sequence[float]
-    ) -> list[tuple[str, Memory | None]]:
-        """Up to ``factsPerMemory`` facts the low-reward answers missed, each with what it was confused with."""
-        missed: dict[str, int] = {}
-        confusion: dict[str, Memory | None] = {}
-        for a, q, r in zip(said, ctx.items, rewards, strict=True):
-            if r >= self.spec.weak_below:
-                continue
-            other = selfquiz.confused_with(a, ctx.memory, self.memories)
-            for s in selfquiz.missed_facts(a, q.reference, ctx.memory, subject=ctx.subject):
-                missed[s] = missed.get(s, 0) + 1
-                confusion[s] = confusion.get(s) or other
-        order = sorted(missed, key=lambda s: -missed[s])  # stable: ties keep the memory's order
-        return [(s, confusion[s]) for s in order[: self.spec.facts_per_memory]]
-
-    def curriculum(
-        self, ctx: QuizContext, weak: Sequence[tuple[str, Memory | None]], *, round_: int, index: int
-    ) -> list[Dream]:
-        """m candidate dreams per weak fact: the built kinds, then phrasings the dreamer writes (noise on)."""
-        dreams: list[Dream] = []
-        writes: list[tuple[str, str]] = []  # (fact, writer instruction)
-        for fact, other in weak:
-            built = [
-                ("reverse", facts.reverse_item(fact, ctx.subject)),
-                ("cloze", facts.cloze_item(fact, ctx.subject)),
-                ("contrast", selfquiz.contrast_item(fact, ctx.subject, other) if other else None),
-            ]
-            mine = [
-                Dream(context_id=ctx.id, kind=k, prompt=p, text=a, round=round_, fact=fact)
-                for k, item in built
-                if item
-                for p, a in [item]
-            ][: self.spec.dreams_per_context]
-            dreams += mine
-            requests = writer_instructions(ctx.subject)
-            writes += [(fact, requests[i % len(requests)][1]) for i in range(self.spec.dreams_per_context - len(mine))]
-        if writes:
-            self.sync_backend(round_)
-            written = self.backend.generate(
-                [question_prompt(self.tokenizer, ins, context=writer_context(f, ctx.subject)) for f, ins in writes],
-                max_new_tokens=40,
-                temperature=self.spec.temperature,
-                top_p=self.spec.top_p,
-                seed=unit_seed(self.spec.seed, round_, index, 0),
-                adapters=self.candidate,
-                noise_scale=self.spec.noise_expert_scale,
-            ).texts
-            asked = [(f, ins, written_question(t, ctx.subject)) for (f, ins), t in zip(writes, written, strict=True)]
-            asked_ok = [(f, ins, q) for f, ins, q in asked if q]
-            with self.reading():
-                answers = greedy_answers(
-                    self.backend,
-                    self.tokenizer,
-                    [q for _, _, q in asked_ok],
-                    contexts=[ctx.memory.text] * len(asked_ok),
-                    adapters=self.teacher,
-                    max_new_tokens=self.answer_tokens,
-                )
-            for (f, ins, q), a in zip(asked_ok, answers, strict=True):
-                if grounded(a, ctx.memory.text, subject=ctx.subject):
-                    dreams.append(
-                        Dream(context_id=ctx.id, kind=PHRASING, prompt=q, text=a, round=round_, fact=f, writer=ins)
-                    )
-        quizzed = {q.prompt for q in ctx.items}
-        return [d for d in dreams if d.prompt not in quizzed and self.allows(d.prompt, d.text, f"{d.prompt} {d.text}")]
-
-    def guard_for(
-        self, ctx: QuizContext, contexts: Sequence[QuizContext], guard: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        """What a dream for ``ctx`` must not lower: the general answers and the next memories' recitals."""
-        others = [c for c in contexts if c.id != ctx.id]
-        start = next((i for i, c in enumerate(contexts) if c.id == ctx.id), 0)
-        ring = others[start:] + others[:start]
-        recitals = [
-            (q.prompt, q.reference) for c in ring[:GUARD_RECITALS] for q in c.items[:1] if q.kind == selfquiz.RECITAL
-        ]
-        return [*guard, *recitals]
-
-    def e_step_context(
-        self,
-        ctx: QuizContext,
-        *,
-        round_: int,
-        index: int,
-        contexts: Sequence[QuizContext] = (),
-        guard: Sequence[tuple[str, str]] = (),
-    ) -> tuple[list[Dream], list[float], int]:
-        """Quiz, find the weak facts, dream at them, keep top-k + b per fact, reward each by an isolated update."""
-        said, rewards = self.quiz(ctx)
-        weak = self.weak_facts(ctx, said, rewards)
-        dreams = self.curriculum(ctx, weak, round_=round_, index=index)
-        if not dreams:
-            return [], rewards, len(weak)
-        params = self.slot_params()
-        for d in dreams:
-            d.importance = importance(self.model, self.tokenizer, d, params)
-        rng = random.Random(unit_seed(self.spec.seed, round_, index, 1))
-        kept = [
-            d
-            for fact, _ in weak
-            for d in select([x for x in dreams if x.fact == fact], k=self.spec.top_k, b=self.spec.random_extra, rng=rng)
-        ]
-        rows = self.guard_for(ctx, contexts, guard)
-        before = (quiz_measure(self.model, self.tokenizer, ctx), mean_logprob(self.model, self.tokenizer, rows))
-        for j, d in enumerate(kept):
-            d.tau_gain, d.guard_change = isolated_update_gain(
-                self.model,
-                self.tokenizer,
-                d,
-                ctx,
-                guard=rows,
-                before=before,
-                spec=self.spec,
-                target_modules=self.target_modules,
-                seed=unit_seed(self.spec.seed, round_, index, 2 + j),
-            )
-            d.reward = int(d.tau_gain > 0.0 and d.guard_change >= -self.spec.replay_tolerance)
-        return dreams, rewards, len(weak)
-
-
-def rewarded_rate(dreams: Sequence[Dream]) -> float:
-    """Share of kept dreams rewarded 1 (NaN when none was kept)."""
-    kept = [d for d in dreams if d.kept]
-    return sum(d.reward or 0 for d in kept) / len(kept) if kept else math.nan
-
+from reverie.workloads.store.modelio import load_generation, stage_out
 
 # --------------------------------------------------------------------------- #
 # The phase
