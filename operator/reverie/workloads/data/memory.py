@@ -219,27 +219,11 @@ def question_prompt(tokenizer: Any, question: str, *, context: str | None = None
     """
     content = f"{context}\n\n{question}" if context else question
     if getattr(tokenizer, "chat_template", None):
-        return chat_prompt(tokenizer, content)
-    return f"Question: {content}\nAnswer:"
-
-
-def chat_prompt(tokenizer: Any, content: str) -> str:
-    """One user turn and the assistant's opening, without the template's default system prompt.
-
-    Templates such as SmolLM2's and Qwen2's add a default system turn ("You are a
-    helpful AI assistant named SmolLM ...") when none is given: ~16 tokens on
-    every sequence of every step, training and scoring alike.  An empty system
-    turn is used instead when it is shorter; a template without a system role
-    keeps its own form.
-    """
-    user = [{"role": "user", "content": content}]
-    plain = str(tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True))
-    try:
-        quiet = str(
+        return str(
             tokenizer.apply_chat_template(
-                [{"role": "system", "content": ""}, *user], tokenize=False, add_generation_prompt=True
+                [{"role": "user", "content": content}],
+                tokenize=False,
+                add_generation_prompt=True,
             )
         )
-    except Exception:  # a template that rejects a system turn raises its own (jinja) error
-        return plain
-    return quiet if len(quiet) < len(plain) else plain
+    return f"Question: {content}\nAnswer:"
