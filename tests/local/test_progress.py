@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from reverie.core.contract import ProgressEvent, emit_progress
 from reverie.local.progress import (
     JobProgress,
@@ -73,6 +75,23 @@ def test_the_eta_comes_with_the_first_measured_step(tmp_path: Path) -> None:
     _write(log, {"event": "progress", "step": 10, "totalSteps": 120, "loss": 2.0})
     prog.update()
     assert prog.eta_seconds is not None and prog.eta_seconds >= 0
+
+
+def test_the_eta_counts_down_between_progress_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("reverie.local.progress.time.monotonic", lambda: clock[0])
+    log = tmp_path / "job.log"
+    prog = JobProgress(log)
+    _write(log, {"event": "start", "totalSteps": 30, "resume_step": 0})
+    prog.update()
+    clock[0] = 110.0  # 10 steps in 10 s: 20 s to go
+    _write(log, {"event": "progress", "step": 10, "totalSteps": 30, "loss": 2.0})
+    prog.update()
+    assert prog.eta_seconds == pytest.approx(20.0)
+    clock[0] = 117.0  # no new line for 7 s: the estimate moves on, the printed line differs
+    assert prog.eta_seconds == pytest.approx(13.0)
+    clock[0] = 150.0
+    assert prog.eta_seconds == 0.0
 
 
 def test_what_a_phase_emits_is_what_the_reader_reads(tmp_path: Path) -> None:

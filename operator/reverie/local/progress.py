@@ -118,6 +118,7 @@ class JobProgress:
     _rate_anchor: tuple[float, int] | None = None
     _rate: float | None = None
     _partial: str = field(default="", repr=False)
+    _step_at: float | None = field(default=None, repr=False)  # when the last step arrived
 
     def update(self) -> bool:
         """Read what the job wrote since the last call; True when something new arrived."""
@@ -166,6 +167,7 @@ class JobProgress:
             return
         self.step = step
         now = time.monotonic()
+        self._step_at = now
         if self._rate_anchor is None:
             self._rate_anchor = (now, step)
         else:
@@ -175,6 +177,8 @@ class JobProgress:
 
     @property
     def eta_seconds(self) -> float | None:
+        """Time left at the measured rate, counting down between progress lines (a step can take a while)."""
         if self._rate is None or self.step is None or not self.total or self._rate <= 0:
             return None
-        return max(0.0, (self.total - self.step) / self._rate)
+        since = time.monotonic() - self._step_at if self._step_at is not None else 0.0
+        return max(0.0, (self.total - self.step) / self._rate - since)
