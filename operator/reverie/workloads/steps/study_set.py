@@ -217,9 +217,17 @@ def open_study(ctx: StudyContext, *, folder: Path, uri: str) -> StudySet:
         return folder
 
     distributed.on_main(ctx.world, write_study)
-    out = _joined(own_items, own_targets, choice, replay_targets, reused=False, started=started)
-    out.teacher_items, out.probe_seconds, out.asked = len(own_items), probe_seconds, asked
-    return out
+    return _joined(
+        own_items,
+        own_targets,
+        choice,
+        replay_targets,
+        reused=False,
+        started=started,
+        teacher_items=len(own_items),
+        probe_seconds=probe_seconds,
+        asked=asked,
+    )
 
 
 def _joined(
@@ -230,6 +238,9 @@ def _joined(
     *,
     reused: bool,
     started: float,
+    teacher_items: int = 0,
+    probe_seconds: float = 0.0,
+    asked: Counter[str] | None = None,
 ) -> StudySet:
     return StudySet(
         items=[*own_items, *replay.replayed(choice)],
@@ -237,9 +248,10 @@ def _joined(
         choice=choice,
         replay_bytes=replay.nbytes(replay_targets),
         reused=reused,
-        teacher_items=0,
-        probe_seconds=0.0,
+        teacher_items=teacher_items,
+        probe_seconds=probe_seconds,
         seconds=time.perf_counter() - started,
+        asked=asked if asked is not None else Counter(),
     )
 
 
