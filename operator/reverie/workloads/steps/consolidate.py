@@ -89,6 +89,7 @@ from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.distributed import World
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, slot_parameters
 from reverie.workloads.ml.losses import token_f1
+from reverie.workloads.ml.precision import compute_scope, weights_dtype
 from reverie.workloads.ml.sampling import HFBackend, SamplingBackend, make_backend
 from reverie.workloads.ml.trainer import TorchTrainer, Trainer
 from reverie.workloads.steps.knowledge_seeding import (
@@ -243,10 +244,9 @@ class Consolidation(Workload):
         torch.manual_seed(spec.seed)  # the same seed on every rank: the new slot starts identical everywhere
         self.world = distributed.init_world()
         check_spec(spec, self.world)
-        # bf16 only where it is fast and safe (GPUs); CPU runs stay fp32.
-        dtype = torch.bfloat16 if spec.precision == "bf16" and torch.cuda.is_available() else torch.float32
+        self.device = distributed.device_of(self.world)
         try:
-            self.gen = load_generation(cfg.base_uri, dtype=dtype)
+            self.gen = load_generation(cfg.base_uri, dtype=weights_dtype(spec.precision, self.device))
         except GenerationError as exc:
             raise ConsolidationError(f"base generation: {exc}") from exc
         self.earlier = list(self.gen.slots)
@@ -254,7 +254,7 @@ class Consolidation(Workload):
             self.gen.model, rank=spec.expert_rank, target_modules=spec.target_modules, keep_active=self.earlier
         )
         self.params = slot_parameters(self.model, self.slot)
-        self.model.to(distributed.device_of(self.world))
+        self.model.to(self.device)
         self.folder = work_dir(cfg)
         self.checkpoint_uri = checkpoint_root(cfg.output_uri)
 
@@ -342,6 +342,14 @@ class Consolidation(Workload):
         return study
 
     def work(self) -> None:
+        with compute_scope(self.spec.precision, self.device):
+            self.study_and_train()
+        if self.folded is not None:
+            self.folded.restore()
+            activate_slots(self.model, [*self.earlier, str(self.slot)])
+
+    def study_and_train(self) -> None:
+        """Self-study, the recall probes, stage 1, the on-policy stage, the probes again."""
         self.open_engines()
         self.study = self.open_study()
         tok, spec = self.gen.tokenizer, self.spec
@@ -369,9 +377,6 @@ class Consolidation(Workload):
         self.seconds = time.perf_counter() - started
         self.model.eval()
         self.recall_after = closed_book_recall(self.backend, tok, qa, adapters=self.roles.student) if qa else math.nan
-        if self.folded is not None:
-            self.folded.restore()
-            activate_slots(self.model, [*self.earlier, str(self.slot)])
 
     def on_policy_stage(self) -> None:
         """Stage 2, when configured and the student already agrees with the teacher."""
