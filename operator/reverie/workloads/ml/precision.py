@@ -28,7 +28,9 @@ def weights_dtype(precision: Precision, device: torch.device) -> torch.dtype:
 def compute_scope(precision: Precision, device: torch.device) -> Iterator[None]:
     """Forwards (and their backwards) inside run in ``precision`` on ``device``."""
     if precision == "bf16" and device.type == "cpu":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # No weight cache: it keeps the first bf16 copy of a trainable weight for the whole
+        # scope, so a scope around a training loop would train against stale weights.
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
             yield
     else:
         yield
