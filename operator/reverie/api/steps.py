@@ -241,7 +241,7 @@ class ConsolidationSpec(ApiModel):
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32",
         description="Compute precision of the step: fp32, or bf16 (bf16 weights on GPUs; on CPUs fp32 weights "
-        "with bf16 autocast, about 2x faster steps where the CPU has AVX512-BF16 or AMX).",
+        "with bf16 autocast: faster long-sequence steps where the CPU has AVX512-BF16 or AMX).",
     )
     checkpoint_every: int = Field(default=50, ge=1, le=1_000_000, description="Steps between checkpoints.")
     recall_probes: int = Field(

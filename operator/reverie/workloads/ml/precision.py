@@ -3,7 +3,7 @@
 ``fp32`` is fp32 everywhere. ``bf16`` on a GPU loads the weights in bf16 (DeepSpeed's
 bf16 mode when ZeRO is on). On a CPU it keeps fp32 weights, fp32 optimizer state and
 fp32 losses (every loss upcasts its logits) and runs the forwards under bf16 autocast:
-matmuls in bf16, about twice as fast on a CPU with AVX512-BF16 or AMX
+matmuls in bf16, a third off a long-sequence step on a CPU with AVX512-BF16 or AMX
 (``bench/science/RESULTS.md``, "bf16 autocast on CPU"); on a CPU without them it is
 correct but not faster.
 """
