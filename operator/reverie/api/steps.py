@@ -13,6 +13,9 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from reverie.api.base import ApiModel, StepRuntime, cel
 
+# Compute precision of a training step (``workloads/ml/precision.py`` says what each means where).
+Precision = Literal["fp32", "bf16"]
+
 
 class ConfigMapKeyRef(ApiModel):
     """A key of a ConfigMap in the cycle's namespace."""
@@ -238,7 +241,7 @@ class ConsolidationSpec(ApiModel):
         default=4, ge=2, le=64, description="G: student completions per dream prefix (group baseline)."
     )
     zero_stage: ZeroStage = Field(default=ZeroStage.NONE, description="DeepSpeed ZeRO stage: 0 (plain torch), 2 or 3.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         default="fp32",
         description="Compute precision of the step: fp32, or bf16 (bf16 weights on GPUs; on CPUs fp32 weights "
         "with bf16 autocast: faster long-sequence steps where the CPU has AVX512-BF16 or AMX).",

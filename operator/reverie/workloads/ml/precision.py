@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16"]
+from reverie.api.steps import Precision
 
 
 def weights_dtype(precision: Precision, device: torch.device) -> torch.dtype:
