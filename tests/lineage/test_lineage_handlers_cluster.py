@@ -185,7 +185,9 @@ async def make_scheduled_lineage(api: Kube, namespace: str, **schedule: Any) -> 
     )
     obj = await api.get(MODELLINEAGES, namespace, "demo")
     created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    return (created + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
+    # The first 03:00 after creation: the same day's when the lineage was made before 03:00 UTC.
+    first = created.replace(hour=3, minute=0, second=0, microsecond=0)
+    return first if first > created else first + timedelta(days=1)
 
 
 async def finish(api: Kube, namespace: str, name: str, phase: str, at: datetime) -> None:
