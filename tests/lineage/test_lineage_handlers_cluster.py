@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from reverie.api.lineage import ScheduleSpec
 from reverie.controller import lineage_handlers, metrics, promotion
 from reverie.controller.kube import CONFIGMAPS, EVENTS, MODELLINEAGES, SLEEPCYCLES, Kube
 from reverie.controller.lineage_status import update_lineage
-from reverie.core.schedule import SCHEDULED_BY_LABEL, cycle_name
+from reverie.core.schedule import SCHEDULED_BY_LABEL, cycle_name, next_run
 
 from .conftest import (
     condition,
@@ -137,10 +138,9 @@ async def test_schedule_timer_creates_the_due_cycle_once(
             schedule={"cron": "0 3 * * *", "template": cycle_template("demo")},
         ),
     )
-    created = datetime.fromisoformat(
-        (await api.get(MODELLINEAGES, namespace, "demo"))["metadata"]["creationTimestamp"].replace("Z", "+00:00")
-    )
-    due = (created + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
+    obj = await api.get(MODELLINEAGES, namespace, "demo")
+    created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    due = next_run(ScheduleSpec.model_validate(obj["spec"]["schedule"]), after=created)
     ticks: list[datetime] = []
 
     def frozen_clock() -> datetime:
@@ -185,9 +185,7 @@ async def make_scheduled_lineage(api: Kube, namespace: str, **schedule: Any) -> 
     )
     obj = await api.get(MODELLINEAGES, namespace, "demo")
     created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    # The first 03:00 after creation: the same day's when the lineage was made before 03:00 UTC.
-    first = created.replace(hour=3, minute=0, second=0, microsecond=0)
-    return first if first > created else first + timedelta(days=1)
+    return next_run(ScheduleSpec.model_validate(obj["spec"]["schedule"]), after=created)
 
 
 async def finish(api: Kube, namespace: str, name: str, phase: str, at: datetime) -> None:

@@ -20,9 +20,10 @@ from tests.operator.conftest import RunOperator, apply, cycle, lineage, wait
 from tests.operator.jobsim import JobSim
 from typer.testing import CliRunner
 
+from reverie.api.lineage import ScheduleSpec
 from reverie.cli import app
 from reverie.controller import lineage_handlers, metrics
-from reverie.core.schedule import cycle_name
+from reverie.core.schedule import cycle_name, next_run
 
 pytestmark = pytest.mark.cluster
 
@@ -87,7 +88,7 @@ def first_run(cluster: Any, namespace: str) -> datetime:
         "get", "modellineage", "lin", "-n", namespace, "-o", "jsonpath={.metadata.creationTimestamp}"
     ).stdout
     when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    return (when + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
+    return next_run(ScheduleSpec.model_validate({"cron": CRON, "template": sleep_template()}), after=when)
 
 
 def test_two_scheduled_sleeps_take_disjoint_sets_and_duplicates_once(
