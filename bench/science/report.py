@@ -1,5 +1,7 @@
 """Table and plot of bench/science results: ``report.py RESULTS.json [MORE.json ...] --png OUT.png``.
 
+With recall curves in the results (``run.py --curve-every``) it adds the time-to-quality table.
+
 Prints one markdown row per (run, arm, sleep): held-out recall of that sleep's
 facts (and as a share of the in-context upper bound), recall of earlier sleeps'
 facts, general-QA retention (share of the questions the base answered),
@@ -69,6 +71,54 @@ def table(all_rows: list[dict[str, Any]]) -> str:
             f"| {r['seed']} | {r['arm']} | {r['sleep']} | {fmt(r['recall'])} | {fmt(r['of_upper'], '.0%')} "
             f"| {fmt(r['earlier'])} | {fmt(r['general_qa'], '.0%')} | {ppl} | {fmt(r['wall'], '.0f')} "
             f"| {fmt(r['s_per_step'], '.1f')} | {fmt(r['rss'], '.0f')} | {fmt(r['leaks'], 'd')} |"
+        )
+    return "\n".join(lines)
+
+
+def time_to_quality(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's time-to-quality: seconds for an arm to reach naive SFT's best held-out recall in that sleep.
+
+    Read from the ``curve`` each arm records (``run.py --curve-every``): SFT's best recall over its
+    curve, the first time SFT reached it, the first time the other arm did (None: never).
+    """
+    out = []
+    for run in results["runs"]:
+        sft = {r["sleep"]: r for r in run["arms"].get("sft", []) if r.get("curve")}
+        for arm, records in run["arms"].items():
+            for r in records:
+                s = sft.get(r["sleep"])
+                if arm == "sft" or s is None or not r.get("curve"):
+                    continue
+                best = max(p["recall"] for p in s["curve"])
+                t_sft = min(p["seconds"] for p in s["curve"] if p["recall"] >= best)
+                reached = [p["seconds"] for p in r["curve"] if p["recall"] >= best and best > 0]
+                out.append(
+                    {
+                        "seed": run["seed"],
+                        "arm": arm,
+                        "sleep": r["sleep"] + 1,
+                        "sft_best": best,
+                        "sft_seconds": t_sft,
+                        "seconds": min(reached) if reached else None,
+                        "speedup": t_sft / min(reached) if reached and min(reached) > 0 else None,
+                        "curve": " → ".join(f"{p['recall']:.2f}@{p['seconds']:.0f}s" for p in r["curve"]),
+                        "sft_curve": " → ".join(f"{p['recall']:.2f}@{p['seconds']:.0f}s" for p in s["curve"]),
+                    }
+                )
+    return out
+
+
+def ttq_table(ttq: list[dict[str, Any]]) -> str:
+    lines = [
+        "| seed | arm | sleep | SFT's best recall | SFT reached it at s | arm reached it at s | SFT time / arm time "
+        "| arm's curve (recall@s) | SFT's curve |",
+        "|" + "---|" * 9,
+    ]
+    for r in ttq:
+        lines.append(
+            f"| {r['seed']} | {r['arm']} | {r['sleep']} | {fmt(r['sft_best'])} | {fmt(r['sft_seconds'], '.0f')} "
+            f"| {fmt(r['seconds'], '.0f') if r['seconds'] is not None else 'never'} | {fmt(r['speedup'], '.2f')} "
+            f"| {r['curve']} | {r['sft_curve']} |"
         )
     return "\n".join(lines)
 
@@ -268,6 +318,10 @@ def main() -> None:
         return
     all_rows = [r for f in a.results for r in rows(json.loads(f.read_text()))]
     print(table(all_rows))
+    ttq = [r for f in a.results for r in time_to_quality(json.loads(f.read_text()))]
+    if ttq:
+        print("\nTime to quality (seconds of training; measuring the curve is not counted):\n")
+        print(ttq_table(ttq))
     if a.png:
         plot(all_rows, a.png)
 

@@ -20,7 +20,12 @@ Sleeps are sequential: sleep n starts from sleep n−1's model and replays what 
 learned.  Per sleep: recall of this sleep's facts, of every earlier sleep's
 facts, general-QA retention (questions the base answers correctly), perplexity
 on held-out general text, wall time, seconds per step, peak RSS of the phase.
-Results go to ``--out`` (JSON) and, with ``--report``, to bench/science/RESULTS.md.
+Resumable: each seed × arm × sleep is scored and written (``--out/seed-S/ARM/sleep-N.json``)
+as it ends, and ``--out/results.json`` is rewritten with everything finished so far
+(``complete`` says whether the run is done).  Rerun the same command to go on: finished
+sleeps are read back, an interrupted one starts over (so its wall time is one whole run),
+and the sequence continues from the last saved generation.  ``report.py`` makes the
+table and the plot.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -141,15 +148,87 @@ def run_attempt(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str
     return result, wall, usage.ru_maxrss / 1024
 
 
-def reverie_arm(
-    a: argparse.Namespace, *, seed: int, base: Path, mem_files: list[Path], out: Path, dream: bool
+class CheckpointCopier(threading.Thread):
+    """Copies each checkpoint a running consolidation writes (it keeps only the newest two) for the recall curve.
+
+    ``seconds`` is when the checkpoint's ``state.json`` was written, counted from ``began`` (wall clock).
+    """
+
+    def __init__(self, root: Path, dest: Path, began: float) -> None:
+        super().__init__(daemon=True)
+        self.root, self.dest, self.began = root, dest, began
+        self.seconds: dict[str, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.grab()
+        self.grab()
+
+    def grab(self) -> None:
+        for folder in sorted(self.root.glob("step-*")):
+            state = folder / "state.json"
+            if folder.name in self.seconds or not state.is_file():
+                continue
+            try:
+                written = state.stat().st_mtime
+                shutil.copytree(folder, self.dest / folder.name)
+            except FileNotFoundError:  # pruned while we looked: the next one will do
+                continue
+            self.seconds[folder.name] = written - self.began
+
+
+def slot_curve(
+    a: argparse.Namespace, parent: Path, copier: CheckpointCopier, memories: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Sequential sleeps through the real phases; returns one record per sleep with the model path."""
-    records = []
-    parent, prior = base, []
-    for c, mem in enumerate(mem_files):
+    """Held-out recall of each copied checkpoint: the parent generation plus the new slot as it was at that step."""
+    from reverie.api.steps import ConsolidationSpec
+    from reverie.workloads.ml.expansion import add_slot, slot_parameters
+    from reverie.workloads.store import checkpoint as ckpt
+    from reverie.workloads.store.modelio import load_generation
+
+    spec = ConsolidationSpec.model_validate(a.consolidation)
+    curve = []
+    for name, seconds in sorted(copier.seconds.items()):
+        gen = load_generation(parent)
+        model, slot = add_slot(
+            gen.model, rank=spec.expert_rank, target_modules=spec.target_modules, keep_active=list(gen.slots)
+        )
+        c = ckpt.load_checkpoint(copier.dest / name)
+        ckpt.restore_slot(c, slot_parameters(model, slot), slot=slot, uri=str(copier.dest / name))
+        model.eval()
+        curve.append({"step": c.step, "seconds": seconds, "recall": recall(model, gen.tokenizer, memories)})
+    shutil.rmtree(copier.dest, ignore_errors=True)
+    return curve
+
+
+def reverie_arm(
+    a: argparse.Namespace,
+    *,
+    seed: int,
+    base: Path,
+    memories: list[list[dict[str, Any]]],
+    mem_files: list[Path],
+    out: Path,
+    dream: bool,
+    finish: Any,
+) -> list[dict[str, Any]]:
+    """Sequential sleeps through the real steps, each scored and saved as it ends; a rerun continues the sequence.
+
+    Without dreaming and with ``--curve-every K``, the consolidation checkpoints every K steps and each
+    checkpoint's held-out recall is measured afterwards (``curve``: step, seconds into the sleep, recall).
+    """
+    from reverie.workloads.steps.selfstudy import read_items
+    from reverie.workloads.store.modelio import load_generation
+
+    records = saved(out, len(mem_files))
+    parent = Path(records[-1]["model"]) if records else base
+    prior = [str(out / f"sleep-{c}" / "consolidation" / "memories.jsonl") for c in range(len(records))]
+    curve = bool(a.curve_every) and not dream
+    for c in range(len(records), len(mem_files)):
         work = out / f"sleep-{c}"
-        work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)  # an interrupted sleep starts over: its wall time is one whole run
+        work.mkdir(parents=True)
         cfg = {
             "step": "consolidation",
             "cycle": f"c{c}",
@@ -158,12 +237,23 @@ def reverie_arm(
             "outputUri": str(work / "consolidation"),
             "baseGeneration": f"g{c}",
             "baseUri": str(parent),
-            "memory": {"sources": [{"uri": str(mem)}]},
+            "memory": {"sources": [{"uri": str(mem_files[c])}]},
             "priorMemoryUris": prior,
-            "consolidation": {"steps": a.steps, "seed": seed, "checkpointEvery": 100_000, **a.consolidation},
+            "consolidation": {
+                "steps": a.steps,
+                "seed": seed,
+                "checkpointEvery": a.curve_every if curve else 100_000,
+                **a.consolidation,
+            },
             "evaluation": {"questionsPerMemory": 12},
         }
+        copier = CheckpointCopier(work / "consolidation" / "checkpoints", work / "curve", time.time())
+        if curve:
+            copier.start()
         result, wall, rss = run_attempt("consolidation", cfg, work)
+        if curve:
+            copier.done.set()
+            copier.join()
         rec = {
             "sleep": c,
             "wall_seconds": wall,
@@ -186,7 +276,12 @@ def reverie_arm(
             rec["dream_phase"] = dres["metrics"]
             model = Path(dres["outputUri"])
         rec["model"] = str(model)
-        records.append(rec)
+        study = read_items(work / "consolidation" / "selfstudy")
+        rec["selfstudy_items"] = sum(not i.replay for i in study)
+        if curve:
+            rec["curve"] = slot_curve(a, parent, copier, memories[c])
+        g = load_generation(model)
+        records.append(finish(out, rec, g.model, g.tokenizer, [t for i in study for t in (i.prompt, i.answer)]))
         parent = model
         prior = [*prior, str(work / "consolidation" / "memories.jsonl")]
     return records
@@ -210,6 +305,29 @@ def lora(model: Any, a: argparse.Namespace) -> Any:
     )
 
 
+class Curve:
+    """Held-out recall every ``every`` steps of an in-process arm; the time spent measuring is not training time."""
+
+    def __init__(self, every: int, steps: int, tok: Any, memories: list[dict[str, Any]]) -> None:
+        self.every, self.steps, self.tok, self.memories = every, steps, tok, memories
+        self.points: list[dict[str, Any]] = []
+        self.t0, self.paused = time.perf_counter(), 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.paused
+
+    def after_step(self, model: Any, step: int) -> None:
+        if not self.every or step % self.every or step >= self.steps:
+            return
+        t = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            r = recall(model, self.tok, self.memories)
+        model.train()
+        self.points.append({"step": step, "seconds": t - self.t0 - self.paused, "recall": r})
+        self.paused += time.perf_counter() - t
+
+
 def sft_arm(
     a: argparse.Namespace,
     *,
@@ -217,10 +335,13 @@ def sft_arm(
     base: Path,
     sleeps: list[list[dict[str, Any]]],
     out: Path,
-    scorer: Scorer,
     kind: str,
+    finish: Any,
 ) -> list[dict[str, Any]]:
-    """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it."""
+    """Naive SFT (raw memory text) or TRL SDFT, one fresh LoRA per sleep merged into the model after it.
+
+    The merged model of the last finished sleep is kept (``sleep-N/model``), so a rerun continues from it.
+    """
     from reverie.api.steps import ConsolidationSpec
     from reverie.workloads.data.questions import fixed_prompts
     from reverie.workloads.ml.lm import sft_loss
@@ -228,13 +349,14 @@ def sft_arm(
     from reverie.workloads.store.modelio import load_generation
 
     spec = ConsolidationSpec.model_validate(a.consolidation)
-    gen = load_generation(base)
+    records = saved(out, len(sleeps))
+    gen = load_generation(out / f"sleep-{len(records) - 1}" / "model" if records else base)
     model, tok = gen.model, gen.tokenizer
-    records = []
-    for c, mems in enumerate(sleeps):
+    for c in range(len(records), len(sleeps)):
+        mems = sleeps[c]
         torch.manual_seed(seed)
         model = lora(model, a)
-        t0 = time.perf_counter()
+        curve = Curve(a.curve_every, a.steps, tok, mems)
         if kind == "sft":
             texts = [m["text"] for m in mems]
             opt = torch.optim.AdamW(
@@ -248,9 +370,18 @@ def sft_arm(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                curve.after_step(model, step + 1)
         else:
             from datasets import Dataset
+            from transformers import TrainerCallback
             from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+            class Measure(TrainerCallback):  # type: ignore[misc]
+                def __init__(self, curve: Curve) -> None:
+                    self.curve = curve
+
+                def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+                    self.curve.after_step(model, state.global_step)
 
             rows = [
                 {"prompt": [{"role": "user", "content": p}], "privileged_context": m["text"]}
@@ -278,32 +409,60 @@ def sft_arm(
                 warmup_steps=0,
                 dataloader_num_workers=0,
             )
-            trainer = SDFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+            trainer = SDFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tok,
+                callbacks=[Measure(curve)],
+            )
             trainer.train()
             model = trainer.model
-        wall = time.perf_counter() - t0
+        wall = curve.seconds()
         model.eval()
         model = model.merge_and_unload()
-        records.append(
-            {
-                "sleep": c,
-                "wall_seconds": wall,
-                "s_per_step": wall / a.steps,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "trained_on": trained,
-                **scorer.score(model, tok, upto=c),
-            }
-        )
+        rec = {
+            "sleep": c,
+            "wall_seconds": wall,
+            "s_per_step": wall / a.steps,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        keep = out / f"sleep-{c}" / "model"
+        model.save_pretrained(keep)
+        tok.save_pretrained(keep)
+        shutil.rmtree(out / f"sleep-{c - 1}" / "model", ignore_errors=True)  # only the latest is needed to go on
+        if a.curve_every:
+            rec["curve"] = curve.points
+        records.append(finish(out, rec, model, tok, trained))
     return records
 
 
 # ----------------------------------------------------------------------------- driver
 
 
+def saved(arm_dir: Path, cycles: int) -> list[dict[str, Any]]:
+    """The records of an arm's sleeps finished by earlier runs, in order (``sleep-N.json``)."""
+    out = []
+    for c in range(cycles):
+        f = arm_dir / f"sleep-{c}.json"
+        if not f.exists():
+            break
+        out.append(json.loads(f.read_text()))
+    return out
+
+
+def write_whole(path: Path, obj: Any) -> None:
+    """Write JSON so a kill leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
+    """Every arm of one seed; what an earlier run of the same ``--out`` finished is read back, not redone."""
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory
-    from reverie.workloads.steps.selfstudy import read_items
     from reverie.workloads.store.modelio import load_generation
 
     out = a.out / f"seed-{seed}"
@@ -312,38 +471,83 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
     held = HeldOut.of([parse_memory(r, where="bench") for s in sleeps for r in s], questions_per_memory=12)
     gen = load_generation(base)
     scorer = Scorer(gen.model, gen.tokenizer, sleeps)
-    res: dict[str, Any] = {"seed": seed, "general_qa_items": len(scorer.general), "arms": {}}
-    if "base" in a.arms:
-        res["arms"]["base"] = [{"sleep": c, **scorer.score(gen.model, gen.tokenizer, upto=c)} for c in range(a.cycles)]
-    if "incontext" in a.arms:
-        res["arms"]["incontext"] = [
-            {"sleep": c, "recall": recall(gen.model, gen.tokenizer, s, in_context=True)} for c, s in enumerate(sleeps)
-        ]
-    del gen
-    for arm in ("reverie", "sleep"):
-        if arm not in a.arms:
+
+    def finish(arm_dir: Path, rec: dict[str, Any], model: Any, tok: Any, trained: list[str]) -> dict[str, Any]:
+        rec.update(scorer.score(model, tok, upto=rec["sleep"]))
+        rec["leaks"] = len(held.leaks(trained))
+        if "curve" in rec:  # its last point: the whole training (no dreaming: no curve) and the model it wrote
+            rec["curve"].append({"step": a.steps, "seconds": rec["wall_seconds"], "recall": rec["recall"]})
+        write_whole(arm_dir / f"sleep-{rec['sleep']}.json", rec)
+        print(json.dumps({"seed": seed, "arm": arm_dir.name, **{k: v for k, v in rec.items() if "phase" not in k}}))
+        write_results(a)
+        return rec
+
+    for arm in ORDER:
+        if arm not in a.arms or len(saved(out / arm, a.cycles)) == a.cycles:
             continue
-        records = reverie_arm(a, seed=seed, base=base, mem_files=mem_files, out=out / arm, dream=arm == "sleep")
-        for rec in records:
-            g = load_generation(rec["model"])
-            rec.update(scorer.score(g.model, g.tokenizer, upto=rec["sleep"]))
-            study = read_items(Path(rec["model"]).parent.parent / "consolidation" / "selfstudy")
-            texts = [t for i in study for t in (i.prompt, i.answer)]
-            rec["leaks"] = len(held.leaks(texts))
-            rec["selfstudy_items"] = sum(not i.replay for i in study)
-            print(
-                json.dumps({"arm": arm, **{k: v for k, v in rec.items() if k not in ("phase", "dream_phase")}}),
-                flush=True,
+        if arm in ("base", "incontext"):
+            for c in range(len(saved(out / arm, a.cycles)), a.cycles):
+                rec: dict[str, Any] = {"sleep": c}
+                if arm == "base":
+                    rec.update(scorer.score(gen.model, gen.tokenizer, upto=c))
+                else:
+                    rec["recall"] = recall(gen.model, gen.tokenizer, sleeps[c], in_context=True)
+                write_whole(out / arm / f"sleep-{c}.json", rec)
+            write_results(a)
+        elif arm in ("reverie", "sleep"):
+            reverie_arm(
+                a,
+                seed=seed,
+                base=base,
+                memories=sleeps,
+                mem_files=mem_files,
+                out=out / arm,
+                dream=arm == "sleep",
+                finish=finish,
             )
-        res["arms"][arm] = records
-    for arm in ("sft", "sdft"):
-        if arm in a.arms:
-            records = sft_arm(a, seed=seed, base=base, sleeps=sleeps, out=out / arm, scorer=scorer, kind=arm)
-            for rec in records:
-                rec["leaks"] = len(held.leaks(rec.pop("trained_on")))
-                print(json.dumps({"arm": arm, **rec}), flush=True)
-            res["arms"][arm] = records
-    return res
+        else:
+            sft_arm(a, seed=seed, base=base, sleeps=sleeps, out=out / arm, kind=arm, finish=finish)
+    return collect_seed(a, seed)
+
+
+ORDER = ("base", "incontext", "reverie", "sft", "sdft", "sleep")
+
+
+def collect_seed(a: argparse.Namespace, seed: int) -> dict[str, Any]:
+    out = a.out / f"seed-{seed}"
+    arms = {arm: saved(out / arm, a.cycles) for arm in ORDER if arm in a.arms}
+    return {"seed": seed, "arms": {k: v for k, v in arms.items() if v}}
+
+
+def write_results(a: argparse.Namespace) -> None:
+    """``results.json``: every record finished so far, with whether the whole run is done."""
+    runs = [collect_seed(a, int(s)) for s in a.seeds.split(",")]
+    done = sum(len(r) for run in runs for r in run["arms"].values())
+    write_whole(
+        a.out / "results.json",
+        {
+            **a.settings,
+            "command": a.command,
+            "records": done,
+            "complete": done == len(runs) * len(a.arms) * a.cycles,
+            "runs": runs,
+        },
+    )
+
+
+def same_settings(a: argparse.Namespace) -> None:
+    """A rerun continues only the run it was started as: the settings must match the ``--out`` folder's."""
+    f = a.out / "settings.json"
+    if f.exists():
+        was = json.loads(f.read_text())
+        if was != a.settings:
+            changed = sorted(k for k in {*was, *a.settings} if was.get(k) != a.settings.get(k))
+            raise SystemExit(
+                f"--out {a.out} holds a run with other settings ({', '.join(changed)}: {was}); "
+                "rerun with the same flags to continue it, or pass a new --out"
+            )
+    else:
+        write_whole(f, a.settings)
 
 
 def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
@@ -442,6 +646,12 @@ def main() -> None:
     )
     p.add_argument("--consolidation", type=json.loads, default={}, help="ConsolidationSpec overrides (JSON, camelCase)")
     p.add_argument("--out", type=Path, default=Path("/tmp/reverie-science"))
+    p.add_argument(
+        "--curve-every",
+        type=int,
+        default=30,
+        help="measure held-out recall every K training steps of the reverie, sft and sdft arms (0: off)",
+    )
     p.add_argument("--step-cost", action="store_true")
     p.add_argument("--cost-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -463,20 +673,24 @@ def main() -> None:
         print(json.dumps(res), flush=True)
         (a.out / "step-cost.json").write_text(json.dumps(res, indent=1))
         return
-    t0 = time.perf_counter()
-    runs = [one_seed(a, int(s), base) for s in a.seeds.split(",")]
-    res = {
-        "command": command,
+    a.settings = {
         "steps": a.steps,
         "consolidation": a.consolidation,
         "people": a.people,
         "cycles": a.cycles,
+        "seeds": a.seeds,
         "threads": a.threads,
-        "wall_seconds": time.perf_counter() - t0,
-        "runs": runs,
+        "curve_every": a.curve_every,
     }
-    (a.out / "results.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps({"event": "done", "out": str(a.out / "results.json"), "wall_seconds": res["wall_seconds"]}))
+    a.command = command
+    same_settings(a)
+    t0 = time.perf_counter()
+    for s in a.seeds.split(","):
+        one_seed(a, int(s), base)
+    write_results(a)
+    print(
+        json.dumps({"event": "done", "out": str(a.out / "results.json"), "this_run_seconds": time.perf_counter() - t0})
+    )
 
 
 if __name__ == "__main__":
