@@ -92,6 +92,8 @@ def time_to_quality(results: dict[str, Any]) -> list[dict[str, Any]]:
                 best = max(p["recall"] for p in s["curve"])
                 t_sft = min(p["seconds"] for p in s["curve"] if p["recall"] >= best)
                 reached = [p["seconds"] for p in r["curve"] if p["recall"] >= best and best > 0]
+                final = r["curve"][-1]["recall"]
+                sft_reached = [p["seconds"] for p in s["curve"] if p["recall"] >= final]
                 out.append(
                     {
                         "seed": run["seed"],
@@ -101,6 +103,8 @@ def time_to_quality(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "sft_seconds": t_sft,
                         "seconds": min(reached) if reached else None,
                         "speedup": t_sft / min(reached) if reached and min(reached) > 0 else None,
+                        "final": final,
+                        "sft_to_final": min(sft_reached) if sft_reached else None,
                         "curve": " → ".join(f"{p['recall']:.2f}@{p['seconds']:.0f}s" for p in r["curve"]),
                         "sft_curve": " → ".join(f"{p['recall']:.2f}@{p['seconds']:.0f}s" for p in s["curve"]),
                     }
@@ -111,13 +115,14 @@ def time_to_quality(results: dict[str, Any]) -> list[dict[str, Any]]:
 def ttq_table(ttq: list[dict[str, Any]]) -> str:
     lines = [
         "| seed | arm | sleep | SFT's best recall | SFT reached it at s | arm reached it at s | SFT time / arm time "
-        "| arm's curve (recall@s) | SFT's curve |",
-        "|" + "---|" * 9,
+        "| arm's final recall | SFT reached that at s | arm's curve (recall@s) | SFT's curve |",
+        "|" + "---|" * 11,
     ]
     for r in ttq:
         lines.append(
             f"| {r['seed']} | {r['arm']} | {r['sleep']} | {fmt(r['sft_best'])} | {fmt(r['sft_seconds'], '.0f')} "
             f"| {fmt(r['seconds'], '.0f') if r['seconds'] is not None else 'never'} | {fmt(r['speedup'], '.2f')} "
+            f"| {fmt(r['final'])} | {fmt(r['sft_to_final'], '.0f') if r['sft_to_final'] is not None else 'never'} "
             f"| {r['curve']} | {r['sft_curve']} |"
         )
     return "\n".join(lines)
