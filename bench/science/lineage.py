@@ -36,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Scorer, cpu_setup, recall, run_attempt, sleep_memories, write_jsonl  # noqa: E402
+from run import Scorer, cpu_setup, recall, run_attempt, sleep_memories, write_jsonl, write_whole  # noqa: E402
 
 
 def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | None:
@@ -186,9 +186,7 @@ def main() -> None:
                 **scorer.score(g.model, g.tokenizer, upto=c),
             }
             del g
-            tmp = rec_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec, indent=1))
-            tmp.replace(rec_path)
+            write_whole(rec_path, rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "model"}), flush=True)
         records.append(rec)
         parent = Path(rec["model"])
