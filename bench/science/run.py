@@ -247,11 +247,13 @@ def reverie_arm(
             },
             "evaluation": {"questionsPerMemory": 12},
         }
-        copier = CheckpointCopier(work / "consolidation" / "checkpoints", work / "curve", time.time())
-        if curve:
+        copier = (
+            CheckpointCopier(work / "consolidation" / "checkpoints", work / "curve", time.time()) if curve else None
+        )
+        if copier:
             copier.start()
         result, wall, rss = run_attempt("consolidation", cfg, work)
-        if curve:
+        if copier:
             copier.done.set()
             copier.join()
         rec = {
@@ -278,7 +280,7 @@ def reverie_arm(
         rec["model"] = str(model)
         study = read_items(work / "consolidation" / "selfstudy")
         rec["selfstudy_items"] = sum(not i.replay for i in study)
-        if curve:
+        if copier:
             rec["curve"] = slot_curve(a, parent, copier, memories[c])
         g = load_generation(model)
         records.append(finish(out, rec, g.model, g.tokenizer, [t for i in study for t in (i.prompt, i.answer)]))
@@ -459,7 +461,7 @@ def write_whole(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
+def one_seed(a: argparse.Namespace, seed: int, base: Path) -> None:
     """Every arm of one seed; what an earlier run of the same ``--out`` finished is read back, not redone."""
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory
@@ -507,7 +509,6 @@ def one_seed(a: argparse.Namespace, seed: int, base: Path) -> dict[str, Any]:
             )
         else:
             sft_arm(a, seed=seed, base=base, sleeps=sleeps, out=out / arm, kind=arm, finish=finish)
-    return collect_seed(a, seed)
 
 
 ORDER = ("base", "incontext", "reverie", "sft", "sdft", "sleep")
