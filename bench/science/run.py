@@ -24,8 +24,9 @@ Resumable: each seed × arm × sleep is scored and written (``--out/seed-S/ARM/s
 as it ends, and ``--out/results.json`` is rewritten with everything finished so far
 (``complete`` says whether the run is done).  Rerun the same command to go on: finished
 sleeps are read back, an interrupted one starts over (so its wall time is one whole run),
-and the sequence continues from the last saved generation.  ``report.py`` makes the
-table and the plot.
+and the sequence continues from the last saved generation.  On a new machine,
+``--restore RESULTS.json`` (say the committed ``results-full.json``) writes its finished arms
+back into ``--out``, so only the rest runs.  ``report.py`` makes the table and the plot.
 """
 
 from __future__ import annotations
@@ -551,6 +552,33 @@ def same_settings(a: argparse.Namespace) -> None:
         write_whole(f, a.settings)
 
 
+def restore(a: argparse.Namespace, results: Path) -> None:
+    """Seed ``--out`` with the records of an earlier run's ``results.json`` (say, the committed one on a new machine).
+
+    An arm whose sleeps all finished, and the base and in-context arms (which need no model), are written back
+    as ``sleep-N.json``; a partly finished model arm is not, since the generation it would continue from is
+    not in the file: it reruns from its first sleep.
+    """
+    was = json.loads(results.read_text())
+    differ = sorted(k for k in a.settings if k != "seeds" and was.get(k) != a.settings[k])
+    if differ:
+        raise SystemExit(f"--restore {results} was run with other settings ({', '.join(differ)}); pass the same flags")
+    for run in was["runs"]:
+        if str(run["seed"]) not in a.seeds.split(","):
+            continue
+        for arm, records in run["arms"].items():
+            whole = arm in ("base", "incontext") or len(records) == a.cycles
+            for rec in records if whole else []:
+                f = a.out / f"seed-{run['seed']}" / arm / f"sleep-{rec['sleep']}.json"
+                if not f.exists():
+                    write_whole(f, rec)
+            print(
+                json.dumps(
+                    {"event": "restored" if whole else "rerun", "seed": run["seed"], "arm": arm, "sleeps": len(records)}
+                )
+            )
+
+
 def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     """One consolidation step (teacher cached) vs one plain SFT step on the same sequences, side by side."""
     from reverie.api.steps import ConsolidationSpec
@@ -653,6 +681,12 @@ def main() -> None:
         default=30,
         help="measure held-out recall every K training steps of the reverie, sft and sdft arms (0: off)",
     )
+    p.add_argument(
+        "--restore",
+        type=Path,
+        default=None,
+        help="an earlier run's results.json: its finished arms are not run again (the run continues after them)",
+    )
     p.add_argument("--step-cost", action="store_true")
     p.add_argument("--cost-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -685,6 +719,8 @@ def main() -> None:
     }
     a.command = command
     same_settings(a)
+    if a.restore:
+        restore(a, a.restore)
     t0 = time.perf_counter()
     for s in a.seeds.split(","):
         one_seed(a, int(s), base)
