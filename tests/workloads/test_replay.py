@@ -190,25 +190,30 @@ def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_pr
     assert loaded.answer_ids == [[3, 4]]
 
 
+@pytest.mark.parametrize("anchor", [False, True])
 def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keeps_the_champions(
-    attempt_config, tmp_path: Path, tiny_base: TinyBase
+    attempt_config, tmp_path: Path, tiny_base: TinyBase, anchor: bool
 ) -> None:
+    """General replay prompts are the champion's, or with ``replay.anchorGeneral`` the root's, like new memories."""
     from reverie.workloads.data.memory import read_memory_uri
     from reverie.workloads.steps.knowledge_seeding import teacher_prompt_of
     from reverie.workloads.steps.selfstudy import load_study, teacher_targets
 
     sleep(attempt_config, tmp_path, 1)
-    sleep(attempt_config, tmp_path, 2, teacher="base")  # sleep 1's slot is folded in for this sleep
+    sleep(attempt_config, tmp_path, 2, teacher="base", replay={"anchorGeneral": anchor})  # sleep 1's slot folded in
     loaded = load_study(tmp_path / "store/l/c2/consolidation/selfstudy")
     assert loaded is not None
     items, stored = loaded
     memories = {m.id: m for m in read_memory_uri(str(tmp_path / "store/memories/session-1.jsonl"))}
-    rows = {True: [n for n, i in enumerate(items) if i.replay], False: [n for n, i in enumerate(items) if not i.replay]}
-    assert rows[True] and rows[False]
+    groups = {
+        "memory": [n for n, i in enumerate(items) if not i.replay],
+        "general": [n for n, i in enumerate(items) if i.replay and i.kind == "general"],
+    }
+    assert groups["memory"] and groups["general"]
 
-    def targets(model_uri: str, replayed: bool):
+    def targets(model_uri: str, group: str):
         gen = load_generation(model_uri)
-        chosen = [items[n] for n in rows[replayed]]
+        chosen = [items[n] for n in groups[group]]
         return teacher_targets(
             gen.model,
             gen.tokenizer,
@@ -219,14 +224,17 @@ def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keep
             max_tokens=stored.topk_ids.shape[1],
         )
 
-    champion = str(tmp_path / "store/l/c1/consolidation/model")
-    for replayed, reader in ((False, str(tiny_base.folder)), (True, champion)):
-        want = targets(reader, replayed)
-        got = stored.topk_logprobs[rows[replayed], : want.topk_logprobs.shape[1]]
+    root, champion = str(tiny_base.folder), str(tmp_path / "store/l/c1/consolidation/model")
+    for group, reader, other in (
+        ("memory", root, champion),
+        ("general", root if anchor else champion, champion if anchor else root),
+    ):
+        want = targets(reader, group)
+        got = stored.topk_logprobs[groups[group], : want.topk_logprobs.shape[1]]
         finite = want.topk_logprobs.isfinite()
-        assert (got[finite] - want.topk_logprobs[finite]).abs().max() < 1e-4, f"replay rows={replayed}"
-    # The two readers differ, so the check above can tell them apart.
-    other = targets(champion, False)
-    finite = other.topk_logprobs.isfinite()
-    got = stored.topk_logprobs[rows[False], : other.topk_logprobs.shape[1]]
-    assert (got[finite] - other.topk_logprobs[finite]).abs().max() > 1e-3
+        assert (got[finite] - want.topk_logprobs[finite]).abs().max() < 1e-4, f"{group} rows"
+        # The two readers differ, so the check above can tell them apart.
+        wrong = targets(other, group)
+        finite = wrong.topk_logprobs.isfinite()
+        got = stored.topk_logprobs[groups[group], : wrong.topk_logprobs.shape[1]]
+        assert (got[finite] - wrong.topk_logprobs[finite]).abs().max() > 1e-3, f"{group} rows"

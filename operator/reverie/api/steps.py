@@ -125,6 +125,13 @@ class ReplaySpec(ApiModel):
         "stored item per memory) are drawn more often; uniform: every stored item alike; all: every stored "
         "item, ignoring the budget (the cost grows with the lineage's age).",
     )
+    anchor_general: bool = Field(
+        default=False,
+        description="Answer the general replay prompts with the memory teacher's weights (with teacher: base, "
+        "the lineage's root) instead of the champion's: each new slot is pulled back to the root's general "
+        "answers, so drift on general requests does not compound sleep over sleep. false: the champion answers "
+        "them (each sleep keeps the model as it was before that sleep).",
+    )
 
 
 class ConsolidationSpec(ApiModel):
@@ -197,7 +204,8 @@ class ConsolidationSpec(ApiModel):
         description="Who reads each new memory as the teacher. base: the lineage's root weights with no slot, "
         "whose reading does not decay as the lineage ages (bench/science/RESULTS.md: more new recall and "
         "retention over four sleeps). champion: the model before this sleep, every earlier slot on (the "
-        "paper's smaller self). Replayed and general prompts keep the champion's targets either way.",
+        "paper's smaller self). Replayed prompts keep the champion's targets either way; general prompts too "
+        "unless replay.anchorGeneral.",
     )
     replay_ratio: float = Field(
         default=0.5,

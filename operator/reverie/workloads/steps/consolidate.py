@@ -38,6 +38,9 @@ Two stages:
 In both stages a share ρ of every batch *replays* long-term knowledge: general
 requests and earlier sleeps' self-study prompts, with the model before this
 sleep (no memory) as the teacher, so the new slot keeps what the model knew.
+``replay.anchorGeneral`` gives the general requests to the memory teacher's
+weights instead (with ``teacher: base``, the lineage's root), so general drift
+does not carry over from sleep to sleep.
 
 The memories' ``qa`` pairs are evaluation probes: nothing here reads them
 (:mod:`reverie.workloads.data.heldout` drops any prompt that contains one).
@@ -308,6 +311,7 @@ class Consolidation(Workload):
             teacher=before_sleep,
             memory_teacher=[] if base_teacher else before_sleep,
             reading=self.folded.unfolded if (self.folded and base_teacher) else contextlib.nullcontext,
+            anchor_general=spec.replay.anchor_general,
         )
 
     def open_study(self) -> StudySet:
@@ -390,7 +394,7 @@ class Consolidation(Workload):
         )
         if self.agreement < spec.on_policy_threshold:
             return
-        mem_cues, rep_cues = study_cues(items, tok, {m.id: m for m in self.inputs.memories})
+        mem_cues, rep_cues = study_cues(items, tok, {m.id: m for m in self.inputs.memories}, reads=self.roles.reads)
         # Student samples are each rank's own (its share of the cues); teacher answers cover the whole batch.
         ks = KnowledgeSeeding(
             self.model,

@@ -68,6 +68,7 @@ class Cue:
     student_prompt: str
     teacher_prompt: str
     replay: bool = False
+    read: bool = True  # answered by the memory teacher's weights (Roles.reads), else by the teacher's
 
 
 def teacher_prompt_of(item: StudyItem, tokenizer: Any, memories: dict[str, Memory], *, in_context: bool = True) -> str:
@@ -82,13 +83,15 @@ def study_cues(
     memories: dict[str, Memory],
     *,
     in_context: bool = True,
+    reads: Callable[[StudyItem], bool] = lambda i: not i.replay,
 ) -> tuple[list[Cue], list[Cue]]:
-    """The self-study items as on-policy cues: (memory cues, replay cues)."""
+    """The self-study items as on-policy cues: (memory cues, replay cues); ``reads``: :meth:`Roles.reads`."""
     cues = [
         Cue(
             question_prompt(tokenizer, i.prompt),
             teacher_prompt_of(i, tokenizer, memories, in_context=in_context),
             replay=i.replay,
+            read=reads(i),
         )
         for i in items
     ]
@@ -132,6 +135,20 @@ class Roles:
     memory_teacher: list[str]  # teacher on memory cues (+ the fast-weight adapter in the stand-in)
     # The weights the memory teacher reads with (the exact base, when earlier slots are folded in).
     reading: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    # Whether the general replay prompts go to the memory teacher's weights too (ReplaySpec.anchor_general).
+    anchor_general: bool = False
+
+    def reads(self, item: StudyItem) -> bool:
+        """Whether the memory teacher's weights answer this row (memory rows; anchored general prompts).
+
+        Every other row (earlier sleeps' prompts, and general ones unless anchored) is the teacher's:
+        the model before this sleep.
+        """
+        return not item.replay or (self.anchor_general and item.kind == "general")
+
+    def of(self, read: bool) -> tuple[list[str], contextlib.AbstractContextManager[Any]]:
+        """The adapters and the weights (a context) that answer a row: the memory teacher's, or the teacher's."""
+        return (self.memory_teacher, self.reading()) if read else (self.teacher, contextlib.nullcontext())
 
 
 @dataclass
@@ -209,12 +226,12 @@ class KnowledgeSeeding:
         greedy = self.knobs.teacher_temperature <= 0
         todo = [c for c in dict.fromkeys(cues) if not (greedy and c in self._answer_cache)]
         fresh: dict[Cue, list[int]] = {}
-        for rehearsed in (False, True):
-            group = [c for c in todo if c.replay == rehearsed]
+        for read in (True, False):
+            group = [c for c in todo if c.read == read]
             if not group:
                 continue
-            adapters = self.roles.teacher if rehearsed else self.roles.memory_teacher
-            with contextlib.nullcontext() if rehearsed else self.roles.reading():
+            adapters, weights = self.roles.of(read)
+            with weights:
                 out = self.teacher_backend.generate(
                     [c.teacher_prompt for c in group],
                     max_new_tokens=self.s.max_new_tokens,
@@ -254,14 +271,13 @@ class KnowledgeSeeding:
         t_prompts = [encode(self.tok, c.teacher_prompt) for c in cues]
         with torch.no_grad():
             t_logits = []
-            # Replay cues are answered by the teacher without memory; memory cues by the memory teacher.
-            for rehearsed in (False, True):
-                idx = [i for i, c in enumerate(cues) if c.replay == rehearsed]
+            # Memory cues (and anchored general ones) are answered by the memory teacher, the rest by the teacher.
+            for read in (True, False):
+                idx = [i for i, c in enumerate(cues) if c.read == read]
                 if not idx:
                     continue
-                adapters = self.roles.teacher if rehearsed else self.roles.memory_teacher
-                reading = contextlib.nullcontext() if rehearsed else self.roles.reading()
-                with reading, active_adapters(self.model, adapters):
+                adapters, weights = self.roles.of(read)
+                with weights, active_adapters(self.model, adapters):
                     lg, _, _ = completion_logits(
                         self.model, self.tok, [t_prompts[i] for i in idx], [ys[i] for i in idx]
                     )

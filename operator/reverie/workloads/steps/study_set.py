@@ -26,6 +26,7 @@ from reverie.workloads.ml.sampling import SamplingBackend
 from reverie.workloads.steps import replay
 from reverie.workloads.steps.knowledge_seeding import Roles, teacher_prompt_of
 from reverie.workloads.steps.selfstudy import (
+    GENERAL_REPLAY_PROMPTS,
     STUDY_DIR,
     TARGETS_FILE,
     StudyItem,
@@ -94,13 +95,21 @@ def build_study(
             keep=held_out.allows,
             asked=asked,
         )
+    # Earlier memories' prompts are the teacher's; the general prompts too, unless anchored (Roles.reads).
     rep_items = replay_items(
         backend,
         tokenizer,
         adapters=roles.teacher,
         max_new_tokens=spec.max_new_tokens,
         prior=[i for i in prior if held_out.allows(i.prompt)],
+        general=() if roles.anchor_general else GENERAL_REPLAY_PROMPTS,
     )
+    if roles.anchor_general:
+        adapters, weights = roles.of(True)
+        with weights:
+            rep_items += replay_items(
+                backend, tokenizer, adapters=adapters, max_new_tokens=spec.max_new_tokens, prior=[]
+            )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
 
@@ -112,7 +121,7 @@ def build_study(
             rows,
             forwards=forwards or contextlib.nullcontext,
             teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in rows],
-            adapters_of=lambda i: roles.teacher if i.replay else roles.memory_teacher,
+            adapters_of=lambda i: roles.of(roles.reads(i))[0],
             k=spec.top_k,
             max_tokens=spec.max_new_tokens,
         )
@@ -120,7 +129,7 @@ def build_study(
     if roles.reading is contextlib.nullcontext:
         return items, targets_of(items)
     # The memory teacher reads with other weights: its rows in one pass inside them, then the rest.
-    mine, rest = [i for i in items if not i.replay], [i for i in items if i.replay]
+    mine, rest = [i for i in items if roles.reads(i)], [i for i in items if not roles.reads(i)]
     with roles.reading():
         targets = targets_of(mine)
     return [*mine, *rest], replay.concat(targets, targets_of(rest)) if rest else targets
