@@ -130,7 +130,7 @@ class ReplaySpec(ApiModel):
         description="Answer the general replay prompts with the memory teacher's weights (with teacher: base, "
         "the lineage's root) instead of the champion's: each new slot is pulled back to the root's general "
         "answers, so drift on general requests does not compound sleep over sleep. false: the champion answers "
-        "them (each sleep keeps the model as it was before that sleep).",
+        "them (each sleep keeps the model as it was before that sleep). With teacher: champion the two are one.",
     )
 
 
