@@ -36,7 +36,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Scorer, cpu_setup, recall, run_attempt, sleep_memories, write_jsonl, write_whole  # noqa: E402
+from run import (  # noqa: E402
+    Scorer,
+    cpu_setup,
+    recall,
+    run_attempt,
+    sleep_memories,
+    stop_on_sigterm,
+    write_jsonl,
+    write_whole,
+)
 
 
 def phase_result(work: Path, step: str = "consolidation") -> dict[str, Any] | None:
@@ -123,6 +132,7 @@ def main() -> None:
     spec = ConsolidationSpec.model_validate({**a.consolidation, "replay": a.replay})
     if a.steps is None:
         a.steps = spec.steps
+    stop_on_sigterm()
     base = cpu_setup(a.threads)
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory

@@ -37,6 +37,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -141,7 +142,12 @@ def run_attempt(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or `kill` of this bench (see stop_on_sigterm): the step must not run on alone
+            proc.kill()
+            proc.wait()
+            raise
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{step} failed, see {work / (step + '.log')}")
@@ -650,6 +656,15 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     }
 
 
+def stop_on_sigterm() -> None:
+    """``kill`` of the bench ends it like Ctrl-C, so a running step's child process is stopped too."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cpu_setup(threads: int) -> Path:
     """Offline, ``threads`` CPU threads, quiet transformers; returns the SmolLM2 base folder (no download)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -700,6 +715,7 @@ def main() -> None:
         from reverie.api.steps import ConsolidationSpec
 
         a.steps = ConsolidationSpec.model_validate(a.consolidation).steps
+    stop_on_sigterm()
     base = cpu_setup(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["bench/science/run.py", *sys.argv[1:]])
