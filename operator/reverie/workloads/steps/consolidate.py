@@ -38,9 +38,9 @@ Two stages:
 In both stages a share ρ of every batch *replays* long-term knowledge: general
 requests and earlier sleeps' self-study prompts, with the model before this
 sleep (no memory) as the teacher, so the new slot keeps what the model knew.
-``replay.anchorGeneral`` gives the general requests to the memory teacher's
-weights instead (with ``teacher: base``, the lineage's root), so general drift
-does not carry over from sleep to sleep.
+By default (``replay.anchorGeneral``) the general requests go to the memory
+teacher's weights instead (with ``teacher: base``, the lineage's root), so drift
+on general text does not carry over from sleep to sleep.
 
 The memories' ``qa`` pairs are evaluation probes: nothing here reads them
 (:mod:`reverie.workloads.data.heldout` drops any prompt that contains one).
