@@ -121,7 +121,7 @@ def build_study(
             rows,
             forwards=forwards or contextlib.nullcontext,
             teacher_prompts=[teacher_prompt_of(i, tokenizer, by_id, in_context=in_context) for i in rows],
-            adapters_of=lambda i: roles.of(roles.reads(i))[0],
+            adapters_of=lambda i: roles.memory_teacher if roles.reads(i) else roles.teacher,
             k=spec.top_k,
             max_tokens=spec.max_new_tokens,
         )
