@@ -42,7 +42,6 @@ from run import (  # noqa: E402
     recall,
     run_attempt,
     sleep_memories,
-    stop_on_sigterm,
     write_jsonl,
     write_whole,
 )
@@ -132,7 +131,6 @@ def main() -> None:
     spec = ConsolidationSpec.model_validate({**a.consolidation, "replay": a.replay})
     if a.steps is None:
         a.steps = spec.steps
-    stop_on_sigterm()
     base = cpu_setup(a.threads)
     from reverie.workloads.data.heldout import HeldOut
     from reverie.workloads.data.memory import parse_memory

@@ -129,6 +129,10 @@ class Scorer:
 # ----------------------------------------------------------------------------- arms
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_attempt(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str, Any], float, float]:
     """``reverie run-step`` in a child process; returns (result, wall seconds, peak RSS MB)."""
     path = work / f"{step}.json"
@@ -142,12 +146,16 @@ def run_attempt(step: str, config: dict[str, Any], work: Path) -> tuple[dict[str
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        # `kill` of the bench ends the wait like Ctrl-C does, and either way the step must not run on alone.
+        before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:  # Ctrl-C or `kill` of this bench (see stop_on_sigterm): the step must not run on alone
+        except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, before)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{step} failed, see {work / (step + '.log')}")
@@ -543,13 +551,18 @@ def write_results(a: argparse.Namespace) -> None:
     )
 
 
+def differing(was: dict[str, Any], now: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings two runs do not share (``ignore``: those that may differ)."""
+    return sorted(k for k in {*was, *now} - set(ignore) if was.get(k) != now.get(k))
+
+
 def same_settings(a: argparse.Namespace) -> None:
     """A rerun continues only the run it was started as: the settings must match the ``--out`` folder's."""
     f = a.out / "settings.json"
     if f.exists():
         was = json.loads(f.read_text())
-        if was != a.settings:
-            changed = sorted(k for k in {*was, *a.settings} if was.get(k) != a.settings.get(k))
+        changed = differing(was, a.settings)
+        if changed:
             raise SystemExit(
                 f"--out {a.out} holds a run with other settings ({', '.join(changed)}: {was}); "
                 "rerun with the same flags to continue it, or pass a new --out"
@@ -566,7 +579,7 @@ def restore(a: argparse.Namespace, results: Path) -> None:
     not in the file: it reruns from its first sleep.
     """
     was = json.loads(results.read_text())
-    differ = sorted(k for k in a.settings if k != "seeds" and was.get(k) != a.settings[k])
+    differ = differing({k: was.get(k) for k in a.settings}, a.settings, ignore=("seeds",))
     if differ:
         raise SystemExit(f"--restore {results} was run with other settings ({', '.join(differ)}); pass the same flags")
     for run in was["runs"]:
@@ -656,15 +669,6 @@ def step_cost(a: argparse.Namespace, base: Path) -> dict[str, Any]:
     }
 
 
-def stop_on_sigterm() -> None:
-    """``kill`` of the bench ends it like Ctrl-C, so a running step's child process is stopped too."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def cpu_setup(threads: int) -> Path:
     """Offline, ``threads`` CPU threads, quiet transformers; returns the SmolLM2 base folder (no download)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -715,7 +719,6 @@ def main() -> None:
         from reverie.api.steps import ConsolidationSpec
 
         a.steps = ConsolidationSpec.model_validate(a.consolidation).steps
-    stop_on_sigterm()
     base = cpu_setup(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["bench/science/run.py", *sys.argv[1:]])
