@@ -153,6 +153,9 @@ def run_step(step: str, config_path: str) -> int:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Every rank leaves together: a rank that tears its group down while rank 0 still
+            # commits the model can abort in gloo ("terminate called without an active exception").
+            dist.barrier()
             dist.destroy_process_group()
     return EXIT_OK if result.status == "Succeeded" else EXIT_FAILED
 
