@@ -194,7 +194,7 @@ def test_first_reconcile_creates_consolidation_attempt_1_from_base_model() -> No
     assert any(isinstance(a, EmitEvent) and a.reason == "Consolidating" for a in p.actions)
 
 
-def test_phases_replay_what_the_base_generation_and_its_ancestors_consolidated() -> None:
+def test_phases_replay_what_the_base_model_knows_and_what_its_descendants_consolidated() -> None:
     gens = [
         Generation(name="gen-0", uri="file:///base", state=GenerationState.RETIRED),
         Generation(
@@ -219,8 +219,11 @@ def test_phases_replay_what_the_base_generation_and_its_ancestors_consolidated()
             state=GenerationState.REJECTED,
         ),
     ]
-    p = plan(make_cycle(), observed=[], lineage=make_lineage(generations=gens, champion="gen-2"), now=T0)
+    lineage = make_lineage(generations=gens, champion="gen-2")
+    lineage.spec.base_model.known_memories = ["pretraining/facts.jsonl"]
+    p = plan(make_cycle(), observed=[], lineage=lineage, now=T0)
     assert one(p, CreateJob).config.prior_memory_uris == [
+        "pretraining/facts.jsonl",
         f"{STORE}/lin/c-old/consolidation/memories.jsonl",
         f"{STORE}/lin/c-prev/consolidation/memories.jsonl",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def test_state_round_trips(tmp_path: Path) -> None:
     again = load_state(tmp_path)
     assert again is not None and again.wire() == state.wire()
     assert load_state(tmp_path / "fresh") is None
+
+
+def test_a_state_written_before_knownmemories_keeps_what_the_base_was_pretrained_on(tmp_path: Path) -> None:
+    """Older state files kept the tiny model's pretraining memories beside the lineage; they move into
+    spec.baseModel.knownMemories, so the next sleep still replays them and retention still scores them."""
+    wire = LocalState(lineage=_lineage()).wire()
+    wire["knownMemoryUris"] = ["/s/lin/memories/old.jsonl"]
+    write_atomic(tmp_path / "state.json", json.dumps(wire))
+    state = load_state(tmp_path)
+    assert state is not None
+    assert state.lineage.spec.base_model.known_memories == ["/s/lin/memories/old.jsonl"]
 
 
 def test_an_atomic_write_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,12 +35,13 @@ def get(node: NodeCluster, namespace: str, kind: str, name: str) -> dict[str, An
     return dict(json.loads(node.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
 
 
-def lineage_manifest(store: dict[str, Any], base_uri: str) -> dict[str, Any]:
-    """examples/smoke's lineage on the cluster: its base model and store given, a ConfigMap as the serving target."""
+def lineage_manifest(store: dict[str, Any], base_uri: str, known_memories: str) -> dict[str, Any]:
+    """examples/smoke's lineage on the cluster: the tiny world's base model and what it was pretrained on
+    (replayed and scored by retention, as `reverie sleep` does) in the store, a ConfigMap as the serving target."""
     lineage = yaml.safe_load((SMOKE / "lineage.yaml").read_text())
     assert lineage["metadata"]["name"] == LINEAGE
     lineage["spec"].update(
-        baseModel={"uri": base_uri},
+        baseModel={"uri": base_uri, "knownMemories": [known_memories]},
         store=store,
         servingTarget={"kind": "ConfigMap", "name": "serving", "key": "model", "export": {"image": TRAINER}},
     )

@@ -93,7 +93,7 @@ def test_a_sleep_cycle_on_real_pods_with_the_store_on_minio_and_two_processes(
     )
     store = {"uri": f"{bucket}/store", "secretName": "store-credentials", "endpoint": node_s3.endpoint}
     assert node_s3.endpoint.startswith(f"http://{NODE_IP}:")
-    apply(node, node_namespace, serving_config_map(), lineage_manifest(store, world.base_uri))
+    apply(node, node_namespace, serving_config_map(), lineage_manifest(store, world.base_uri, world.old_memories))
     # Consolidation as torchrun with two processes in one pod (gloo on CPU).
     apply(node, node_namespace, cycle_manifest("night-1", world.sessions[0], runtime={"procsPerNode": 2}))
     lineage = assert_sleep_ran_on_pods(node, node_namespace, "night-1")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from reverie.api.base import ApiModel, Condition, Images, Quantity, Resources, cel
 from reverie.api.sleepcycle import (
@@ -38,6 +38,16 @@ class BaseModelSpec(ApiModel):
         ),
     )
     format: Literal["hf"] = Field(default="hf", description="Artifact format; only hf (Hugging Face folder) today.")
+    known_memories: list[Annotated[str, StringConstraints(min_length=1, max_length=2048)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Memories the base model already holds (JSONL files or folders in the memory format: store paths, "
+            "file:// or s3://). Every sleep replays them beside what earlier sleeps consolidated, and the "
+            "retention suite scores them, so a sleep that erases them is caught by the gate. "
+            "'builtin:tiny' fills this with what the tiny model was pretrained on."
+        ),
+    )
 
 
 STAGING_CACHE_ONE_VOLUME = "stagingCache names two volumes; set hostPath or pvcName, not both"

@@ -496,6 +496,16 @@ def ancestry(status: ModelLineageStatus, generation: str | None) -> list[Generat
     return chain[::-1]
 
 
+def held_memory_uris(lineage: ModelLineage, generation: str | None) -> list[str]:
+    """What ``generation`` is expected to know: its base model's ``knownMemories``, then each
+    recorded ancestor sleep's consolidated memories, oldest first (replayed by a sleep, scored by retention)."""
+    store, name = lineage.spec.store.uri, lineage.metadata.name
+    consolidated = [
+        consolidated_memories_uri(store, name, g.cycle) for g in ancestry(lineage.status, generation) if g.cycle
+    ]
+    return [*lineage.spec.base_model.known_memories, *consolidated]
+
+
 @dataclass(frozen=True)
 class Inbox:
     """Where a lineage's new memories arrive, and how many one sleep takes."""

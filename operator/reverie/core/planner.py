@@ -72,14 +72,13 @@ from reverie.core.contract import (
     AttemptConfig,
     ResultError,
     checkpoint_root,
-    consolidated_memories_uri,
     parse_result,
     slept_ledger_uri,
     step_output_uri,
     taken_memories_uri,
 )
 from reverie.core.gate import decide
-from reverie.core.lineage import ancestry, inbox_of, may_claim, slept_memory_uris
+from reverie.core.lineage import held_memory_uris, inbox_of, may_claim, slept_memory_uris
 from reverie.core.observed import JobState, ObservedJob
 
 __all__ = [
@@ -680,11 +679,7 @@ class _Planner:
             resume_from=resume_from,
             memory=self.memory(),
             # What the base generation already knows: replayed, and scored by retention.
-            prior_memory_uris=[
-                consolidated_memories_uri(lin.spec.store.uri, lin.metadata.name, g.cycle)
-                for g in ancestry(lin.status, self.status.base_generation)
-                if g.cycle
-            ],
+            prior_memory_uris=held_memory_uris(lin, self.status.base_generation),
             champion_generation=champion,
             champion_uri=champion_uri,
             consolidation=spec.consolidation,

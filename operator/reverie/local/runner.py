@@ -136,6 +136,9 @@ def _resolve_lineage(project: Project, world: TinyWorld | None) -> ModelLineage:
     lineage.spec.store.uri = project.store_uri
     if world is not None:
         lineage.spec.base_model.uri = world.base_uri
+        if world.old_memories not in lineage.spec.base_model.known_memories:
+            # What the tiny model was pretrained on: replayed by each sleep and scored by retention.
+            lineage.spec.base_model.known_memories.append(world.old_memories)
     return lineage
 
 
@@ -201,7 +204,7 @@ def prepare(project: Project, *, again: bool, observer: Observer) -> LocalState:
         lineage = _resolve_lineage(project, world)
         lineage.metadata.namespace = project.cycle.metadata.namespace
         lineage.status = rules.ensure_base(lineage.status, lineage.spec.base_model, now=_now())
-        state = LocalState(lineage=lineage, known_memory_uris=[world.old_memories] if world is not None else [])
+        state = LocalState(lineage=lineage)
     current = state.current
     name = project.cycle.metadata.name
     if current is not None and Phase(current.status.phase) not in TERMINAL_PHASES:
@@ -250,13 +253,7 @@ def _apply(
     now = _now()
     name = cycle.metadata.name
     if isinstance(action, planner.CreateJob):
-        config = action.config
-        extra = [u for u in state.known_memory_uris if u not in config.prior_memory_uris]
-        if extra:
-            # The planner lists what earlier cycles consolidated; local mode also knows
-            # what the built-in base model was pretrained on (LocalState.known_memory_uris).
-            config = config.model_copy(update={"prior_memory_uris": [*extra, *config.prior_memory_uris]})
-        executor.launch(action.job_name, config)
+        executor.launch(action.job_name, action.config)
     elif isinstance(action, planner.DeleteJob):
         executor.delete(action.job_name)
     elif isinstance(action, planner.EmitEvent):

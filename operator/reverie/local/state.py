@@ -64,11 +64,6 @@ class LocalState(ApiModel):
         default_factory=list, description="Cycles run here, oldest first; the last is current."
     )
     jobs: dict[str, LocalJob] = Field(default_factory=dict, description="Phase processes by Job name.")
-    known_memory_uris: list[str] = Field(
-        default_factory=list,
-        description="Memories the built-in base model was pretrained on; added to the planner's prior_memory_uris "
-        "(what earlier cycles consolidated), so they are replayed and scored by retention too.",
-    )
 
     @property
     def current(self) -> SleepCycle | None:
@@ -102,6 +97,10 @@ def load_state(state_dir: Path) -> LocalState | None:
         raise ValueError(
             f"{path}: state format {raw.get('version')} is not {STATE_VERSION}; delete {state_dir} to start over"
         )
+    if known := raw.pop("knownMemoryUris", None):
+        # Written before the lineage carried them (spec.baseModel.knownMemories).
+        base = raw["lineage"]["spec"]["baseModel"]
+        base["knownMemories"] = list(dict.fromkeys([*base.get("knownMemories", []), *known]))
     return LocalState.model_validate(raw)
 
 

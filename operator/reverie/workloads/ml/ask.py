@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reverie.api.lineage import ModelLineage
-from reverie.core.contract import consolidated_memories_uri
-from reverie.core.lineage import ancestry
+from reverie.core.lineage import ancestry, held_memory_uris
 from reverie.workloads.data.memory import Memory, MemorySetError, load_memory_uris, question_prompt
 from reverie.workloads.ml.sampling import HFBackend, SamplingBackend
 from reverie.workloads.store.modelio import load_generation
@@ -95,15 +94,14 @@ class AskTargets:
 
 
 def ask_targets(lineage: ModelLineage) -> AskTargets:
-    """The champion, its root generation and the consolidated memories of every sleep on the way."""
+    """The champion, its root generation and the memories it holds (the base's known ones, then every sleep's)."""
     status = lineage.status
     if status.champion is None or status.champion_uri is None:
         raise AskError(f"lineage {lineage.metadata.name} has no champion yet; run a sleep first")
     chain = ancestry(status, status.champion)
     root = chain[0] if chain and chain[0].parent is None else None
     base = (root.name, root.uri) if root is not None else ("base", lineage.spec.base_model.uri)
-    store, name = lineage.spec.store.uri, lineage.metadata.name
-    memories = [consolidated_memories_uri(store, name, g.cycle) for g in chain if g.cycle]
+    memories = held_memory_uris(lineage, status.champion)
     return AskTargets(champion=(status.champion, status.champion_uri), base=base, memory_uris=memories)
 
 
