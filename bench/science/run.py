@@ -530,22 +530,25 @@ ORDER = ("base", "incontext", "reverie", "sft", "sdft", "sleep")
 
 
 def collect_seed(a: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Every arm's finished sleeps in ``--out`` (also those an earlier command with other ``--arms`` ran)."""
     out = a.out / f"seed-{seed}"
-    arms = {arm: saved(out / arm, a.cycles) for arm in ORDER if arm in a.arms}
+    arms = {arm: saved(out / arm, a.cycles) for arm in ORDER}
     return {"seed": seed, "arms": {k: v for k, v in arms.items() if v}}
 
 
 def write_results(a: argparse.Namespace) -> None:
-    """``results.json``: every record finished so far, with whether the whole run is done."""
+    """``results.json``: every record finished so far, with whether the benchmark is done (every arm of
+    the mode, whichever ``--arms`` this command ran)."""
     runs = [collect_seed(a, int(s)) for s in a.seeds.split(",")]
     done = sum(len(r) for run in runs for r in run["arms"].values())
+    wanted = sum(len(run["arms"].get(arm, [])) for run in runs for arm in a.mode_arms)
     write_whole(
         a.out / "results.json",
         {
             **a.settings,
             "command": a.command,
             "records": done,
-            "complete": done == len(runs) * len(a.arms) * a.cycles,
+            "complete": wanted == len(runs) * len(a.mode_arms) * a.cycles,
             "runs": runs,
         },
     )
@@ -712,9 +715,8 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.seeds, a.cycles = "0", 1
-    a.arms = set(
-        (a.arms or ("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep")).split(",")
-    )
+    a.mode_arms = set(("base,incontext,sft,reverie" if a.quick else "base,incontext,sft,sdft,reverie,sleep").split(","))
+    a.arms = set(a.arms.split(",")) if a.arms else a.mode_arms
     if a.steps is None:
         from reverie.api.steps import ConsolidationSpec
 
