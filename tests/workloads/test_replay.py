@@ -148,7 +148,25 @@ def test_a_changed_earlier_study_is_named_not_replayed_silently(attempt_config, 
     assert "c1/consolidation/selfstudy changed" in result["message"]
 
 
-@pytest.mark.parametrize(("field", "value"), [("items", -1), ("choose", "oldest")])
+@pytest.mark.parametrize("n", [0, 3])
+def test_a_sleep_replays_as_many_general_requests_as_asked_none_an_evaluation_question(
+    attempt_config, tmp_path: Path, n: int
+) -> None:
+    from reverie.workloads.data.eval_sets import general_qa
+    from reverie.workloads.steps.selfstudy import GENERAL_REPLAY_PROMPTS, load_study
+
+    assert len(set(GENERAL_REPLAY_PROMPTS)) == ReplaySpec.model_fields["general_prompts"].metadata[-1].le
+    asked = {q.question.lower() for q in general_qa()}
+    assert not asked & {p.lower() for p in GENERAL_REPLAY_PROMPTS}, "retention is never scored on a replayed prompt"
+
+    sleep(attempt_config, tmp_path, 1, replay={"generalPrompts": n})
+    loaded = load_study(tmp_path / "store/l/c1/consolidation/selfstudy")
+    assert loaded is not None
+    general = [i.prompt for i in loaded[0] if i.replay and i.kind == "general"]
+    assert set(general) <= set(GENERAL_REPLAY_PROMPTS[:n]) and (len(general) > 0) == (n > 0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("items", -1), ("choose", "oldest"), ("generalPrompts", 61)])
 def test_a_bad_replay_spec_names_the_field(field: str, value: object) -> None:
     from pydantic import ValidationError
 

@@ -125,6 +125,15 @@ class ReplaySpec(ApiModel):
         "stored item per memory) are drawn more often; uniform: every stored item alike; all: every stored "
         "item, ignoring the budget (the cost grows with the lineage's age).",
     )
+    general_prompts: int = Field(
+        default=60,
+        ge=0,
+        le=60,
+        description="Built-in general requests replayed per sleep (the first N of 60: short questions and "
+        "instructions, none from the general-QA evaluation), beside the earlier sleeps' items; they hold "
+        "the model's everyday answers in place (bench/science/RESULTS.md: general QA 100 % after three "
+        "sleeps with 60, 88 % with 20; 0: none).",
+    )
     anchor_general: bool = Field(
         default=True,
         description="Answer the general replay prompts with the memory teacher's weights (with teacher: base, "

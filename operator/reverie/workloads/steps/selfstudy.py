@@ -57,8 +57,9 @@ STUDY_DIR = "selfstudy"  # beside a sleep's consolidated memories
 ITEMS_FILE = "items.jsonl"
 TARGETS_FILE = "teacher-topk.safetensors"
 
-# Replay of long-term knowledge: general requests answered by the model before
-# this sleep, without any memory.  Disjoint from the evaluation's general-QA set
+# Replay of long-term knowledge: general requests answered without any memory (by
+# the root with replay.anchorGeneral, else by the model before this sleep); a sleep
+# replays the first ReplaySpec.general_prompts of them.  Disjoint from the evaluation's general-QA set
 # (reverie.workloads.data.eval_sets) so that retention is never scored on a trained prompt.
 GENERAL_REPLAY_PROMPTS = (
     "Write one sentence about the sea.",
@@ -81,6 +82,47 @@ GENERAL_REPLAY_PROMPTS = (
     "Name two seasons of the year.",
     "What does a baker make?",
     "What is the largest country in South America?",
+    # Beyond the first 20 (ReplaySpec.general_prompts chooses how many are replayed).
+    "How many hours are in a day?",
+    "What is a group of wolves called?",
+    "Which animal gives us wool?",
+    "What do fish use to breathe?",
+    "How many minutes are in an hour?",
+    "What tool do people use to cut paper?",
+    "Which continent is Egypt in?",
+    "What do caterpillars turn into?",
+    "Who painted the Mona Lisa?",
+    "What is the main ingredient of guacamole?",
+    "How many sides does a triangle have?",
+    "What do we call a person who writes books?",
+    "Which bird is a symbol of peace?",
+    "What is the hardest natural material?",
+    "Which sense do we use our ears for?",
+    "What shape is a ball?",
+    "What do you call a baby dog?",
+    "Which organ pumps blood through the body?",
+    "What do plants grow from?",
+    "Which meal is eaten in the morning?",
+    "Write one sentence about the mountains.",
+    "Give me a tip for learning a new language.",
+    "Describe a rainy morning in one sentence.",
+    "Explain what a map is for.",
+    "Write a short thank-you note to a teacher.",
+    "Name three colors of the rainbow.",
+    "What is a farmer's job?",
+    "Explain why we need to drink water.",
+    "Describe a forest in one sentence.",
+    "Give me one idea for a weekend activity.",
+    "What is a calendar used for?",
+    "Name two animals that live in the ocean.",
+    "Write a sentence that uses the word 'bright'.",
+    "What is the difference between a city and a village?",
+    "Explain what a recipe is.",
+    "Name a sport played with a ball.",
+    "Write one sentence about the night sky.",
+    "What does a firefighter do?",
+    "Give me a tip for staying healthy.",
+    "Describe a train station in one sentence.",
 )
 
 _NUMBER = re.compile(r"\d+")
@@ -413,7 +455,7 @@ def replay_items(
     adapters: Sequence[str],
     prior: Sequence[StudyItem],
     max_new_tokens: int,
-    general: Sequence[str] = GENERAL_REPLAY_PROMPTS,
+    general: Sequence[str],
 ) -> list[StudyItem]:
     """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
 

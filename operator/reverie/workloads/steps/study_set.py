@@ -96,19 +96,20 @@ def build_study(
             asked=asked,
         )
     # Earlier memories' prompts are the teacher's; the general prompts too, unless anchored (Roles.reads).
+    general = GENERAL_REPLAY_PROMPTS[: spec.replay.general_prompts]
     rep_items = replay_items(
         backend,
         tokenizer,
         adapters=roles.teacher,
         max_new_tokens=spec.max_new_tokens,
         prior=[i for i in prior if held_out.allows(i.prompt)],
-        general=() if roles.anchor_general else GENERAL_REPLAY_PROMPTS,
+        general=() if roles.anchor_general else general,
     )
-    if roles.anchor_general:
+    if roles.anchor_general and general:
         adapters, weights = roles.of(True)
         with weights:
             rep_items += replay_items(
-                backend, tokenizer, adapters=adapters, max_new_tokens=spec.max_new_tokens, prior=[]
+                backend, tokenizer, adapters=adapters, max_new_tokens=spec.max_new_tokens, prior=[], general=general
             )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
