@@ -459,8 +459,9 @@ def replay_items(
 ) -> list[StudyItem]:
     """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
 
-    Answers come from the model before this sleep without any memory (its earlier
-    slots active): replay pulls the new slot towards what the model already does.
+    Answers come from ``adapters`` without any memory (the model before this sleep, its
+    earlier slots active; for anchored general requests the root): replay pulls the new
+    slot towards what those weights already do.
     """
     prompts = [("prior", i.prompt, i.memory_id) for i in prior] + [("general", g, "general") for g in general]
     if not prompts:
