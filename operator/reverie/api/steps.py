@@ -126,13 +126,14 @@ class ReplaySpec(ApiModel):
         "item, ignoring the budget (the cost grows with the lineage's age).",
     )
     general_prompts: int = Field(
-        default=60,
+        default=20,
         ge=0,
         le=60,
         description="Built-in general requests replayed per sleep (the first N of 60: short questions and "
         "instructions, none from the general-QA evaluation), beside the earlier sleeps' items; they hold "
-        "the model's everyday answers in place (bench/science/RESULTS.md: general QA 100 % after three "
-        "sleeps with 60, 88 % with 20; 0: none).",
+        "the model's everyday answers in place (0: none). bench/science/RESULTS.md: 60 kept general QA at "
+        "100 % over three sleeps of six people (88 % with 20) but not on 20 people a sleep, where "
+        "perplexity rose more, so the default stays 20.",
     )
     anchor_general: bool = Field(
         default=True,
