@@ -273,8 +273,8 @@ def test_vllm_backend_is_import_guarded_on_cpu(store: Path, tiny_base: tiny.Tiny
         dream.run(_config(store, tiny_base.folder, "vllm", backend="vllm"))
 
 
-def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, tiny_base: tiny.TinyBase) -> None:
-    """On a generation of two sleeps the earlier slot is folded for the phase; the saved one is bit for bit the input."""
+def _two_sleeps(store: Path, tiny_base: tiny.TinyBase) -> tuple[Path, list[str]]:
+    """A generation of two sleeps (two random slots) on the tiny base, written once per module."""
     from reverie.workloads.ml.expansion import add_slot, slot_parameters
     from reverie.workloads.store.modelio import save_generation
 
@@ -287,8 +287,56 @@ def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, 
             for p in slot_parameters(model, name).values():
                 p.add_(0.05 * torch.randn_like(p))
         names.append(name)
-    model.base_model.set_adapter(names)
-    two = save_generation(model, gen.tokenizer, store / "two-sleeps", slots=names)
+    if not (store / "two-sleeps").exists():
+        model.base_model.set_adapter(names)
+        save_generation(model, gen.tokenizer, store / "two-sleeps", slots=names)
+    return store / "two-sleeps", names
+
+
+def test_the_m_step_holds_the_general_replay_to_the_root(store: Path, tiny_base: tiny.TinyBase) -> None:
+    """General rows trained by KL to the root drift from it less than the same rows trained by SFT.
+
+    On a generation of two sleeps (the earlier slot folded), the root is the exact base.
+    """
+    from reverie.workloads.ml.ask import greedy_answers
+    from reverie.workloads.steps.dreamer import chat_pair, m_step, root_kl
+    from reverie.workloads.steps.selfstudy import GENERAL_REPLAY_PROMPTS
+
+    two, _ = _two_sleeps(store, tiny_base)
+    base = load_generation(str(tiny_base.folder))
+    prompts = list(GENERAL_REPLAY_PROMPTS[:4])
+
+    def drift(held: bool) -> float:
+        dreamer, _ = dream.open_dreamer(str(two), spec=SPEC, target_modules=TARGETS)
+        tok = dreamer.tokenizer
+        with dreamer.root():
+            said = greedy_answers(dreamer.backend, tok, prompts, adapters=None, max_new_tokens=8)
+            pair = [(prompts[0], said[0])]
+            assert mean_logprob(dreamer.model, tok, pair) == pytest.approx(
+                mean_logprob(base.model, base.tokenizer, pair), abs=1e-5
+            )
+        general = [chat_pair(tok, p, a) for p, a in zip(prompts, said, strict=True)]
+        taught = [chat_pair(tok, f"Who lives in {t}?", f"Zorblat lives in {t}.") for t in TOWNS]
+        m_step(
+            dreamer.model,
+            tok,
+            dreamer.slot,
+            examples=taught if held else taught + general,
+            anchors=general if held else (),
+            root=dreamer.root,
+            spec=SPEC,
+            seed=0,
+        )
+        with torch.no_grad():
+            return float(root_kl(dreamer.model, tok, general, root=dreamer.root))
+
+    held, sft = drift(True), drift(False)
+    assert held < sft, (held, sft)
+
+
+def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, tiny_base: tiny.TinyBase) -> None:
+    """On a generation of two sleeps the earlier slot is folded for the phase; the saved one is bit for bit the input."""
+    two, names = _two_sleeps(store, tiny_base)
     dreamer, _ = dream.open_dreamer(str(two), spec=SPEC, target_modules=TARGETS)
     assert dreamer.folded is not None and dreamer.folded.names == names[:1]
     assert dreamer.candidate == [names[1], dreamer.slot] and dreamer.teacher == []

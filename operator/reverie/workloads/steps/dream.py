@@ -34,7 +34,10 @@ share ρ/(1−ρ) of earlier sleeps' memories, ρ = ``consolidation.replayRatio`
 5. **Learn (ReST-EM).**  E-step = 1–4; M-step = SFT of the dreaming slot on every
    rewarded dream so far, on the generator pairs of this round's rewarded
    phrasings (the writer prompt → the question: the next round dreams better),
-   and on the guard's general answers at share ρ (self-agreement replay).  With
+   with the general replay prompts (``consolidation.replay.generalPrompts``) at
+   share ρ held to the root by forward KL over the whole vocabulary on the
+   root's answers (SFT on general answers cost perplexity +98 % in one M-step
+   on SmolLM2-135M; the KL gave −5 %, bench/science/LOG.md).  With
    ``grpo.enabled`` TRL's ``GRPOTrainer`` trains the writer on the same reward
    instead (vLLM generation on GPU).
 
@@ -192,12 +195,15 @@ def open_dreamer(
 
 def m_step_examples(
     dreamer: Dreamer, state: DreamState, contexts: Sequence[QuizContext], *, r: int, rho: float
-) -> list[tuple[str, str]]:
-    """Every rewarded dream so far, this round's rewarded writer pairs, and the guard's general answers at share ρ.
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What the M-step learns and what it keeps: (SFT rows, general rows held to the root at share ρ).
 
+    SFT rows: every rewarded dream so far and this round's rewarded writer pairs.
     The generator learns only from this round's successes (ReST-EM's E/M
     alternation); the fold keeps every success so far, so a later round does
-    not forget what an earlier one taught.
+    not forget what an earlier one taught.  General rows: the general replay
+    prompts with the root's answers (``state.anchors``), cycled to a share ρ of
+    the whole, trained by forward KL to the root (:func:`~reverie.workloads.steps.dreamer.m_step`).
     """
     tok = dreamer.tokenizer
     by_id = {c.id: c for c in contexts}
@@ -210,10 +216,11 @@ def m_step_examples(
         for d in state.dreams
         if d.reward and d.round == r and d.kind == PHRASING and d.context_id in by_id
     ]
-    if rows and state.guard and rho > 0:
+    anchors: list[tuple[str, str]] = []
+    if rows and state.anchors and rho > 0:
         n = math.ceil(len(rows) * rho / (1 - rho))
-        rows += [chat_pair(tok, *state.guard[i % len(state.guard)]) for i in range(n)]
-    return rows
+        anchors = [chat_pair(tok, *state.anchors[i % len(state.anchors)]) for i in range(n)]
+    return rows, anchors
 
 
 def dream_rounds(
@@ -274,11 +281,14 @@ def dream_rounds(
         if spec.grpo.enabled:
             loss = grpo_step(dreamer, contexts, state, round_=r)
         else:
+            examples, anchors = m_step_examples(dreamer, state, contexts, r=r, rho=rho)
             loss = m_step(
                 dreamer.model,
                 dreamer.tokenizer,
                 dreamer.slot,
-                examples=m_step_examples(dreamer, state, contexts, r=r, rho=rho),
+                examples=examples,
+                anchors=anchors,
+                root=dreamer.root,
                 spec=spec,
                 seed=unit_seed(spec.seed, r, 0, 9),
             )
@@ -475,7 +485,17 @@ class Dreaming(Workload):
             adapters=dreamer.candidate,
             max_new_tokens=dreamer.answer_tokens,
         )
-        return DreamState(quiz=quiz, guard=[(p, a) for p, a in zip(general, own, strict=True) if a])
+        # The general replay the M-step holds to the root: the prompts consolidation replays, the root's answers.
+        replayed = list(GENERAL_REPLAY_PROMPTS[: self.config.consolidation.replay.general_prompts])
+        with dreamer.root():
+            roots = greedy_answers(
+                dreamer.backend, dreamer.tokenizer, replayed, adapters=None, max_new_tokens=dreamer.answer_tokens
+            )
+        return DreamState(
+            quiz=quiz,
+            guard=[(p, a) for p, a in zip(general, own, strict=True) if a],
+            anchors=[(p, a) for p, a in zip(replayed, roots, strict=True) if a],
+        )
 
     def work(self) -> None:
         quiz_started = time.monotonic()
