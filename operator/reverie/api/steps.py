@@ -283,6 +283,11 @@ class SamplingBackendKind(StrEnum):
     VLLM = "vllm"
 
 
+class DreamProbeKind(StrEnum):
+    UPDATE = "update"
+    GRADIENT = "gradient"
+
+
 class GrpoSpec(ApiModel):
     """GRPO variant of dream training, for verifiable domains (TRL, vLLM on GPU)."""
 
@@ -365,6 +370,14 @@ class DreamingSpec(ApiModel):
         description="Rank of a probe: the isolated, throw-away LoRA update that tests one dream.",
     )
     probe_steps: int = Field(default=5, ge=1, le=1000, description="SFT steps of a probe on its one dream.")
+    probe: DreamProbeKind = Field(
+        default=DreamProbeKind.GRADIENT,
+        description="How a kept dream's reward is measured. update: the isolated LoRA update itself (probeSteps "
+        "steps on the dream alone, then τ and the guard measured again). gradient: that update's first-order "
+        "change, probeSteps·η·⟨∇τ, sign ∇L_dream⟩ (Adam's step) on the dreaming slot, from the gradient the "
+        "importance already takes; on SmolLM2-135M it tracked the update's τ gain at r = 0.96 and agreed on 80 of "
+        "82 rewards, at a fraction of the time (bench/science/RESULTS.md).",
+    )
     slot_rank: int = Field(
         default=8,
         ge=1,
