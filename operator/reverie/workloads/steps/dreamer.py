@@ -345,7 +345,7 @@ def m_step(
     *,
     examples: Sequence[tuple[str, str]],
     anchors: Sequence[tuple[str, str]] = (),
-    root: Callable[[], Any] = contextlib.nullcontext,
+    root: Callable[[], Any],
     spec: DreamingSpec,
     seed: int,
 ) -> float:
@@ -353,7 +353,9 @@ def m_step(
 
     ``examples`` (prompt, target) train by SFT; ``anchors`` — general prompts with
     the root's answers — by forward KL to the root's whole distribution (:func:`root_kl`),
-    each term weighted by its share of the batch.  Every row is seen ``m_step_epochs``
+    each term weighted by its share of the batch; ``root`` is the context in which the
+    model computes the root (required: without one the anchors would be held to the
+    model itself, no hold at all).  Every row is seen ``m_step_epochs``
     times, in batches of 8, at ``inner_learning_rate``.  SFT on general answers
     instead cost SmolLM2-135M perplexity +98 % in one M-step (bench/science/LOG.md).
     """
