@@ -59,7 +59,6 @@ def main() -> None:
     base = bench.cpu_setup(a.threads)
 
     from reverie.api.steps import ConsolidationSpec, DreamingSpec
-    from reverie.workloads.data.questions import answer_matches
     from reverie.workloads.ml.ask import greedy_answers
     from reverie.workloads.ml.expansion import add_slot
     from reverie.workloads.ml.lm import target_logprobs
@@ -121,10 +120,6 @@ def main() -> None:
             rec["guard_change"] = sum(target_logprobs(model, tok, root_rows)) / len(root_rows) - before
         rec["m_step_seconds"] = time.time() - started
         rec.update(scorer.score(model, tok, upto=c))
-        said = bench.answers(model, tok, [q for q, _ in scorer.general])  # once: the misses' own answers
-        rec["general_missed"] = [
-            (q, x, o) for (q, x), o in zip(scorer.general, said, strict=True) if not answer_matches(o, x)
-        ]
         print(json.dumps(rec), flush=True)
         results.append(rec)
         if kind != "none":

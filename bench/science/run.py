@@ -121,7 +121,12 @@ class Scorer:
     def score(self, model: Any, tok: Any, *, upto: int) -> dict[str, Any]:
         out: dict[str, Any] = {"recall": recall(model, tok, self.sleeps[upto])}
         out["earlier_recall"] = [recall(model, tok, self.sleeps[c]) for c in range(upto)]
-        out["general_qa"] = sum(general_qa_correct(model, tok, self.general)) / max(1, len(self.general))
+        from reverie.workloads.data.questions import answer_matches
+
+        said = answers(model, tok, [q for q, _ in self.general])
+        ok = [answer_matches(o, a) for o, (_, a) in zip(said, self.general, strict=True)]
+        out["general_qa"] = sum(ok) / max(1, len(self.general))
+        out["general_missed"] = [(q, a, o) for (q, a), o, y in zip(self.general, said, ok, strict=True) if not y]
         out["perplexity"] = perplexity(model, tok, self.texts)
         return out
 

@@ -282,6 +282,7 @@ def test_dreaming_phase_runs_end_to_end_through_the_job_contract(store: Path, ti
     assert result.metrics["contexts"] == 6  # 3 memories + ρ/(1−ρ)·3 = 3 rehearsed
     assert result.metrics["weak_facts"] >= 1 and result.metrics["dreams_rewarded"] >= 1
     assert {"self_quiz_reward_before", "self_quiz_reward_after", "rewarded_rate_round_0"} <= set(result.metrics)
+    assert 0 < result.metrics["quiz_seconds"] + result.metrics["m_step_seconds"] < result.metrics["wall_seconds"]
     gen = load_generation(result.output_uri or "")
     assert gen.slots[-1] == result.slot and gen.ledger["slots"][-1]["phase"] == "dreaming"
     dreams = [json.loads(line) for line in (store / "lin/c1/dreaming/dreams.jsonl").read_text().splitlines()]
@@ -303,7 +304,7 @@ def test_dreaming_resumes_after_an_interruption_with_the_uninterrupted_result(
     assert resumed.status == "Succeeded"
     read = [(store / d / "dreams.jsonl").read_text() for d in ("whole", "split")]
     assert read[0] == read[1]  # the same kept dreams, the same rewards
-    strip = {"wall_seconds", "quiz_seconds"}
+    strip = {"wall_seconds", "quiz_seconds", "m_step_seconds"}
     assert {k: v for k, v in resumed.metrics.items() if k not in strip} == pytest.approx(
         {k: v for k, v in whole.metrics.items() if k not in strip}
     )

@@ -277,6 +277,7 @@ def dream_rounds(
                 return state
         this_round = [d for d in state.dreams if d.round == r]
         rewarded = [d for d in this_round if d.reward]
+        m_started = time.monotonic()
         if spec.grpo.enabled:
             loss = grpo_step(dreamer, contexts, state, round_=r)
         else:
@@ -301,6 +302,7 @@ def dream_rounds(
                 "selfQuizReward": state.round_mean(r),
                 "weakFacts": float(sum(v for k, v in state.weak.items() if k.startswith(f"{r}/"))),
                 "mStepLoss": loss,
+                "mStepSeconds": time.monotonic() - m_started,
             }
         )
         state.round += 1
@@ -550,6 +552,7 @@ class Dreaming(Workload):
             "self_quiz_reward_before": state.round_mean(0),
             "self_quiz_reward_after": sum(after) / len(after) if after else math.nan,
             "quiz_seconds": self.quiz_seconds,
+            "m_step_seconds": sum(s.get("mStepSeconds", math.nan) for s in state.round_stats),
             "wall_seconds": time.monotonic() - self.started,
         }
         for s in state.round_stats:
