@@ -21,7 +21,10 @@ people, general QA, perplexity on held-out general text).  Variants:
 * ``root-kl`` — dreams (SFT) + the same general rows as a full-vocabulary forward
   KL to the root's distribution on the root's answer;
 * ``+e1`` — the same with one epoch instead of ``m_step_epochs``; ``+noreverse`` (any
-  ``+no<kind>``) — without the dreams of that kind.
+  ``+no<kind>``) — without the dreams of that kind; ``+facts`` — the root's answers to
+  ``FACT_QUESTIONS`` (short real-world questions, none in the evaluation's general-QA
+  set) join the general rows: the misses under dreaming are short factual questions
+  answered with invented or rambling text, which instruction-like prompts may not hold.
 
 It also prints the guard change the phase could check after the M-step (mean
 log-likelihood of the root's general answers), to see whether it predicts the
@@ -45,6 +48,29 @@ sys.path.insert(0, str(HERE))
 
 import run as bench  # noqa: E402  (bench/science/run.py: the same scoring)
 
+FACT_QUESTIONS = (
+    "Who painted the Mona Lisa?",
+    "Who was the first person to walk on the Moon?",
+    "Who discovered penicillin?",
+    "Who invented the telephone?",
+    "Who wrote Pride and Prejudice?",
+    "Who developed the theory of relativity?",
+    "Who was the first President of the United States?",
+    "What is the tallest mountain in the world?",
+    "What is the longest river in Africa?",
+    "How many hours are in a day?",
+    "How many minutes are in an hour?",
+    "What is the smallest prime number?",
+    "Which animal is the largest mammal?",
+    "What do caterpillars turn into?",
+    "Which planet is closest to the Sun?",
+    "What is the hardest natural substance?",
+    "How many sides does a triangle have?",
+    "What is the currency of Japan?",
+    "Which ocean lies between Europe and North America?",
+    "What organ pumps blood through the body?",
+)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +85,7 @@ def main() -> None:
     base = bench.cpu_setup(a.threads)
 
     from reverie.api.steps import ConsolidationSpec, DreamingSpec
+    from reverie.workloads.data.eval_sets import general_qa
     from reverie.workloads.ml.ask import greedy_answers
     from reverie.workloads.ml.expansion import add_slot
     from reverie.workloads.ml.lm import target_logprobs
@@ -85,6 +112,11 @@ def main() -> None:
     with model.disable_adapter():
         root_a = greedy_answers(backend, tok, root_q, max_new_tokens=64)
     root_rows = [chat_pair(tok, q, x) for q, x in zip(root_q, root_a, strict=True) if x]
+    evaluated = {g.question for g in general_qa()}
+    assert not evaluated & set(FACT_QUESTIONS), "a fact question is an evaluation question"
+    with model.disable_adapter():
+        fact_a = greedy_answers(backend, tok, list(FACT_QUESTIONS), max_new_tokens=64)
+    fact_rows = [chat_pair(tok, q, x) for q, x in zip(FACT_QUESTIONS, fact_a, strict=True) if x]
     results = []
     for name in a.variants.split(","):
         started = time.time()
@@ -105,7 +137,8 @@ def main() -> None:
             elif kind == "dreams":
                 general = []
             else:
-                general = [root_rows[i % len(root_rows)] for i in range(n_g)]
+                pool = root_rows + (fact_rows if "facts" in opts else [])
+                general = [pool[i % len(pool)] for i in range(n_g)]
             before = sum(target_logprobs(model, tok, root_rows)) / len(root_rows)
             rec["loss"] = m_step(
                 model,

@@ -318,8 +318,8 @@ class DreamingSpec(ApiModel):
     enabled: bool = Field(
         default=False,
         description="Run the dreaming phase (false: go straight to evaluation). Off by default: on SmolLM2-135M, "
-        "a first sleep of 20 people, it raised held-out recall from 0.37 to 0.65 of a 0.73 bound with perplexity "
-        "at the base's, but general QA fell to 76 % and the sleep took 25 min instead of 8 "
+        "a first sleep of 20 people, it raised held-out recall from 0.37 to 0.61 of a 0.73 bound with perplexity "
+        "at the base's, but general QA fell to 82 % and the sleep took 19 min instead of 8 on 2 CPU cores "
         "(bench/science/RESULTS.md).",
     )
     dreams_per_context: int = Field(
