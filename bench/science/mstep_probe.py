@@ -114,9 +114,11 @@ def main() -> None:
     root_rows = [chat_pair(tok, q, x) for q, x in zip(root_q, root_a, strict=True) if x]
     evaluated = {g.question for g in general_qa()}
     assert not evaluated & set(FACT_QUESTIONS), "a fact question is an evaluation question"
-    with model.disable_adapter():
-        fact_a = greedy_answers(backend, tok, list(FACT_QUESTIONS), max_new_tokens=64)
-    fact_rows = [chat_pair(tok, q, x) for q, x in zip(FACT_QUESTIONS, fact_a, strict=True) if x]
+    fact_rows: list[tuple[str, str]] = []
+    if "+facts" in a.variants:  # the root answers them only when a variant holds them
+        with model.disable_adapter():
+            fact_a = greedy_answers(backend, tok, list(FACT_QUESTIONS), max_new_tokens=64)
+        fact_rows = [chat_pair(tok, q, x) for q, x in zip(FACT_QUESTIONS, fact_a, strict=True) if x]
     results = []
     for name in a.variants.split(","):
         started = time.time()

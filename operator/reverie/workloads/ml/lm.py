@@ -121,15 +121,20 @@ def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> to
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
-@torch.no_grad()
-def target_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """log p(target | prompt), summed over the target's tokens, of each pair."""
+def target_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair (summed NLL of the target's tokens, their count), with gradient where the caller enables it."""
     ids, mask, labels = lm_batch(tokenizer, pairs)
     logits, target = next_token_logits(model, ids, mask), labels[:, 1:]
     nll = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
     ).view_as(target)
-    return [float(x) for x in -nll.sum(-1)]
+    return nll.sum(-1), (target != -100).sum(-1)
+
+
+@torch.no_grad()
+def target_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """log p(target | prompt), summed over the target's tokens, of each pair."""
+    return [float(x) for x in -target_nll(model, tokenizer, pairs)[0]]
 
 
 @torch.no_grad()

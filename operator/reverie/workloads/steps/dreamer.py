@@ -34,7 +34,7 @@ from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but, slot_parameters
-from reverie.workloads.ml.lm import completion_nll, encode, lm_batch, next_token_logits, sft_loss
+from reverie.workloads.ml.lm import completion_nll, encode, lm_batch, next_token_logits, sft_loss, target_nll
 from reverie.workloads.ml.sampling import active_adapters, make_backend
 from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.steps import selfquiz
@@ -208,13 +208,8 @@ def loss_gradient(
     model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], params: Sequence[torch.nn.Parameter]
 ) -> list[torch.Tensor]:
     """∇_φ of the mean over ``pairs`` of each pair's token-mean NLL (τ's weighting), zero where φ gets none."""
-    ids, mask, labels = lm_batch(tokenizer, pairs)
-    logits, target = next_token_logits(model, ids, mask), labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
-    ).view_as(target)
-    counted = (target != -100).sum(-1).clamp(min=1)
-    loss = (nll.sum(-1) / counted).mean()
+    nll, counted = target_nll(model, tokenizer, pairs)
+    loss = (nll / counted.clamp(min=1)).mean()
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
 
@@ -604,6 +599,7 @@ class Dreamer:
             for d in select([x for x in dreams if x.fact == fact], k=self.spec.top_k, b=self.spec.random_extra, rng=rng)
         ]
         rows = self.guard_for(ctx, contexts, guard)
+        grads = {id(d): grads[id(d)] for d in kept} if self.spec.probe == DreamProbeKind.GRADIENT else {}
         self.reward(
             ctx,
             kept,
