@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -384,6 +386,60 @@ def test_the_m_step_holds_the_general_replay_to_the_root(store: Path, tiny_base:
 
     held, sft = drift(True), drift(False)
     assert held < sft, (held, sft)
+
+
+def test_the_m_steps_root_kl_is_the_kl_of_each_pair_alone_and_the_root_runs_once(
+    store: Path, tiny_base: tiny.TinyBase
+) -> None:
+    """The root's targets are computed once per M-step (one unfold), and the KL the M-step trains is the definition.
+
+    On a generation of two sleeps (the earlier slot folded), with the dreaming slot
+    moved off zero: KL(p_root ‖ p) written out per pair, unpadded, equals
+    ``root_kl`` on the padded batch; an M-step of three epochs enters the root once.
+    """
+    from reverie.workloads.ml.lm import encode
+    from reverie.workloads.steps.dreamer import chat_pair, m_step, root_kl
+    from reverie.workloads.steps.selfstudy import GENERAL_REPLAY_PROMPTS
+
+    two, _ = _two_sleeps(store, tiny_base)
+    dreamer, _ = dream.open_dreamer(str(two), spec=SPEC, target_modules=TARGETS)
+    tok, model = dreamer.tokenizer, dreamer.model
+    with torch.no_grad():
+        for p in dreamer.slot_params():
+            p.add_(0.05 * torch.randn_like(p))
+    general = [
+        chat_pair(tok, q, a) for q, a in zip(GENERAL_REPLAY_PROMPTS[:3], ["Yes.", "Blue sky", "No"], strict=True)
+    ]
+
+    @torch.no_grad()
+    def logp(prompt: str, answer: str) -> torch.Tensor:
+        p, a = encode(tok, prompt), encode(tok, answer)
+        out = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1 : -1].float()
+        return torch.log_softmax(out, -1)
+
+    per_token = []
+    for q, a in general:
+        with dreamer.root():
+            ref = logp(q, a)
+        per_token.append((ref.exp() * (ref - logp(q, a))).sum(-1))
+    want = float(torch.cat(per_token).mean())
+    with torch.no_grad():
+        got = float(root_kl(model, tok, general, root=dreamer.root))
+    assert want > 1e-4 and got == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+    entered = 0
+
+    @contextlib.contextmanager
+    def counted_root() -> Iterator[None]:
+        nonlocal entered
+        entered += 1
+        with dreamer.root():
+            yield
+
+    taught = [chat_pair(tok, f"Who lives in {t}?", f"Zorblat lives in {t}.") for t in TOWNS]
+    anchors = [general[i % len(general)] for i in range(8)]
+    m_step(model, tok, dreamer.slot, examples=taught, anchors=anchors, root=counted_root, spec=SPEC, seed=0)
+    assert SPEC.m_step_epochs * -(-(len(taught) + len(anchors)) // 8) > 1 and entered == 1
 
 
 def test_dreaming_folds_the_earlier_slots_and_saves_them_unchanged(store: Path, tiny_base: tiny.TinyBase) -> None:

@@ -6,14 +6,16 @@ Two batch layouts, both with position ids counting real tokens only:
   right-padded after them, the LM head applied to the completion positions
   alone (``logits_to_keep``: on a 49k vocabulary the head over the prompt would
   cost more than the model), so completion position t lines up with a cached
-  teacher target t.  Consolidation's distillation and self-study use it.
+  teacher target t.  Consolidation's distillation and self-study, dreaming's
+  M-step and every (prompt, target) likelihood (:func:`target_nll`,
+  :func:`completion_nll`) use it; :func:`pair_tokens` turns text pairs into it.
 * :func:`lm_batch` (text in): whole sequences left-padded, as at generation
-  time.  :func:`sft_loss` and :func:`target_logprobs` use it: dreaming's SFT,
-  importance and task measure, and the tiny test models' pretraining.
+  time.  :func:`sft_loss` uses it: dreaming's isolated probe update, the naive
+  SFT baseline and the tiny test models' pretraining.
 
 The losses on top are the same few lines for every workload: the token-mean
 NLL (:func:`answer_cross_entropy`, :func:`sft_loss`) and the per-sequence
-log-likelihood (:func:`sequence_logprobs`, :func:`target_logprobs`).
+log-likelihood (:func:`sequence_logprobs`, :func:`target_nll`).
 """
 
 from __future__ import annotations
@@ -121,14 +123,34 @@ def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> to
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
+def pair_tokens(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, target ids) of text pairs for :func:`completion_logits`.
+
+    With an empty prompt the target's first token has nothing to be predicted
+    from, so it becomes the prompt (context, not label), as in :func:`lm_batch`.
+    """
+    prompts, targets = [], []
+    for prompt, target in pairs:
+        p, t = (encode(tokenizer, prompt) if prompt else []), encode(tokenizer, target)
+        if not p:
+            p, t = t[:1], t[1:]
+        prompts.append(p)
+        targets.append(t)
+    return prompts, targets
+
+
+def token_nll(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (summed NLL of the completion after its prompt, its token count), with gradient where enabled."""
+    logits, mask, targets = completion_logits(model, tokenizer, prompts, completions)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") * mask
+    return nll.sum(1), mask.sum(1)
+
+
 def target_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (summed NLL of the target's tokens, their count), with gradient where the caller enables it."""
-    ids, mask, labels = lm_batch(tokenizer, pairs)
-    logits, target = next_token_logits(model, ids, mask), labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
-    ).view_as(target)
-    return nll.sum(-1), (target != -100).sum(-1)
+    return token_nll(model, tokenizer, *pair_tokens(tokenizer, pairs))
 
 
 @torch.no_grad()
@@ -163,6 +185,5 @@ def completion_nll(
     model: Any, tokenizer: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]]
 ) -> list[tuple[float, int]]:
     """Summed NLL (nats) of each completion after its prompt, and its token count (one batch)."""
-    logits, mask, targets = completion_logits(model, tokenizer, prompts, completions)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") * mask
-    return [(float(n), int(m)) for n, m in zip(nll.sum(1).tolist(), mask.sum(1).tolist(), strict=True)]
+    nll, counted = token_nll(model, tokenizer, prompts, completions)
+    return [(float(n), int(m)) for n, m in zip(nll.tolist(), counted.tolist(), strict=True)]

@@ -34,7 +34,15 @@ from reverie.workloads.data.heldout import HeldOut
 from reverie.workloads.data.memory import Memory, question_prompt
 from reverie.workloads.ml.ask import greedy_answers
 from reverie.workloads.ml.expansion import FoldedSlots, add_slot, freeze_all_but, slot_parameters
-from reverie.workloads.ml.lm import completion_nll, encode, lm_batch, next_token_logits, sft_loss, target_nll
+from reverie.workloads.ml.lm import (
+    answer_cross_entropy,
+    completion_logits,
+    completion_nll,
+    encode,
+    pair_tokens,
+    sft_loss,
+    target_nll,
+)
 from reverie.workloads.ml.sampling import active_adapters, make_backend
 from reverie.workloads.ml.trainer import TorchTrainer
 from reverie.workloads.steps import selfquiz
@@ -318,19 +326,62 @@ class FirstOrderProbe:
         return change(self.tau), change(self.guard) if self.guard is not None else 0.0
 
 
-def root_kl(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, root: Callable[[], Any]) -> torch.Tensor:
-    """Token-mean forward KL(p_root ‖ p_model) over the whole vocabulary, on the pairs' answer tokens.
+@dataclass
+class RootTargets:
+    """The root's next-token distribution on each distinct pair's answer tokens, computed once, without gradient.
 
-    ``root`` is a context in which the model computes the root (the exact base,
-    every slot off): its distribution is the reference, computed without gradient.
+    An M-step sees each general row ``m_step_epochs`` times and cycles a few
+    distinct prompts to its share ρ: one root pass per distinct row (and, with
+    earlier slots folded, one unfold) replaces one per batch.  Kept as
+    probabilities with their entropy, so the KL on a batch is one soft-target
+    cross entropy: KL(p_root ‖ p) = H(p_root, p) − H(p_root).
     """
-    ids, mask, labels = lm_batch(tokenizer, pairs)
-    with torch.no_grad(), root():
-        ref = F.log_softmax(next_token_logits(model, ids, mask), -1)
-    cur = F.log_softmax(next_token_logits(model, ids, mask), -1)
-    on = (labels[:, 1:] != -100).to(cur.dtype)
-    per_token = (ref.exp() * (ref - cur)).sum(-1)
-    return (per_token * on).sum() / on.sum().clamp(min=1.0)
+
+    tokens: dict[tuple[str, str], tuple[list[int], list[int]]]
+    probs: dict[tuple[str, str], torch.Tensor]  # pair → (answer tokens × vocabulary)
+    entropy: dict[tuple[str, str], torch.Tensor]  # pair → (answer tokens,)
+
+    @classmethod
+    @torch.no_grad()
+    def compute(
+        cls, model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, root: Callable[[], Any]
+    ) -> RootTargets:
+        """``root`` is a context in which the model computes the root (the exact base, every slot off)."""
+        distinct = list(dict.fromkeys(pairs))
+        tokens = dict(zip(distinct, zip(*pair_tokens(tokenizer, distinct), strict=True), strict=True))
+        probs: dict[tuple[str, str], torch.Tensor] = {}
+        entropy: dict[tuple[str, str], torch.Tensor] = {}
+        if not distinct:
+            return cls(tokens, probs, entropy)
+        was_training = model.training
+        model.eval()
+        with root():
+            for i in range(0, len(distinct), M_STEP_BATCH):
+                chunk = distinct[i : i + M_STEP_BATCH]
+                logits, _, _ = completion_logits(
+                    model, tokenizer, [tokens[x][0] for x in chunk], [tokens[x][1] for x in chunk]
+                )
+                logp = F.log_softmax(logits.float(), -1)
+                for row, x in enumerate(chunk):
+                    n = len(tokens[x][1])
+                    probs[x] = logp[row, :n].exp()
+                    entropy[x] = -(probs[x] * logp[row, :n]).sum(-1)
+        model.train(was_training)
+        return cls(tokens, probs, entropy)
+
+    def kl(self, logits: torch.Tensor, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Token-mean KL(p_root ‖ p) over the pairs' answer tokens; ``logits`` are the pairs' completion logits."""
+        rows = [logits[i, : len(self.tokens[x][1])] for i, x in enumerate(pairs)]
+        cross = F.cross_entropy(torch.cat(rows).float(), torch.cat([self.probs[x] for x in pairs]), reduction="none")
+        return (cross - torch.cat([self.entropy[x] for x in pairs])).mean()
+
+
+def root_kl(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, root: Callable[[], Any]) -> torch.Tensor:
+    """Token-mean forward KL(p_root ‖ p_model) over the whole vocabulary, on the pairs' answer tokens."""
+    targets = RootTargets.compute(model, tokenizer, pairs, root=root)
+    prompts, answers = zip(*(targets.tokens[x] for x in pairs), strict=True)
+    logits, _, _ = completion_logits(model, tokenizer, prompts, answers)
+    return targets.kl(logits, pairs)
 
 
 def m_step(
@@ -347,16 +398,20 @@ def m_step(
     """ReST-EM M-step on the dreaming slot; returns the last loss.
 
     ``examples`` (prompt, target) train by SFT; ``anchors`` — general prompts with
-    the root's answers — by forward KL to the root's whole distribution (:func:`root_kl`),
-    each term weighted by its share of the batch; ``root`` is the context in which the
+    the root's answers — by forward KL to the root's whole distribution
+    (:class:`RootTargets`, computed once before the first step), each term
+    weighted by its share of the batch; ``root`` is the context in which the
     model computes the root (required: without one the anchors would be held to the
     model itself, no hold at all).  Every row is seen ``m_step_epochs``
-    times, in batches of 8, at ``inner_learning_rate``.  SFT on general answers
-    instead cost SmolLM2-135M perplexity +98 % in one M-step (bench/science/LOG.md).
+    times, in batches of 8 (one forward, the LM head on answer tokens only), at
+    ``inner_learning_rate``.  SFT on general answers instead cost SmolLM2-135M
+    perplexity +98 % in one M-step (bench/science/LOG.md).
     """
     if not examples:
         return math.nan
     rows = [(False, x) for x in examples] + [(True, x) for x in anchors]
+    targets = RootTargets.compute(model, tokenizer, anchors, root=root)
+    taught_tokens = dict(zip(examples, zip(*pair_tokens(tokenizer, examples), strict=True), strict=True))
     trainer = TorchTrainer(freeze_all_but(model, slot), lr=spec.inner_learning_rate, max_grad_norm=1.0)
     rng = random.Random(seed)
     steps = spec.m_step_epochs * math.ceil(len(rows) / M_STEP_BATCH)
@@ -370,15 +425,15 @@ def m_step(
             order += fresh
         batch = [rows[i] for i in order[:M_STEP_BATCH]]
         del order[:M_STEP_BATCH]
-        taught = [x for anchored, x in batch if not anchored]
-        kept = [x for anchored, x in batch if anchored]
+        tokens = [targets.tokens[x] if anchored else taught_tokens[x] for anchored, x in batch]
+        logits, mask, ids = completion_logits(model, tokenizer, [p for p, _ in tokens], [t for _, t in tokens])
+        taught = [i for i, (anchored, _) in enumerate(batch) if not anchored]
+        kept = [i for i, (anchored, _) in enumerate(batch) if anchored]
         loss = torch.zeros(())
-        # The root's pass first: with earlier slots folded it swaps base weights in place, which
-        # must not happen between another forward and the backward through it.
         if kept:
-            loss = loss + root_kl(model, tokenizer, kept, root=root) * (len(kept) / len(batch))
+            loss = loss + targets.kl(logits[kept], [batch[i][1] for i in kept]) * (len(kept) / len(batch))
         if taught:
-            loss = loss + sft_loss(model, tokenizer, taught) * (len(taught) / len(batch))
+            loss = loss + answer_cross_entropy(logits[taught], ids[taught], mask[taught]) * (len(taught) / len(batch))
         trainer.backward_and_step(loss)
     model.eval()
     return float(loss.detach())
