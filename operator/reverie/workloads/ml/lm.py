@@ -144,8 +144,7 @@ def token_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (summed NLL of the completion after its prompt, its token count), with gradient where enabled."""
     logits, mask, targets = completion_logits(model, tokenizer, prompts, completions)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") * mask
-    return nll.sum(1), mask.sum(1)
+    return -sequence_logprobs(logits, targets, mask), mask.sum(1)
 
 
 def target_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
