@@ -212,14 +212,13 @@ def test_a_stored_item_that_holds_an_evaluation_question_is_never_replayed_or_pr
 def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keeps_the_champions(
     attempt_config, tmp_path: Path, tiny_base: TinyBase, anchor: bool
 ) -> None:
-    """General replay prompts and neighbours are the champion's, or with ``replay.anchorGeneral`` the root's."""
+    """General replay prompts are the champion's, or with ``replay.anchorGeneral`` the root's, like new memories."""
     from reverie.workloads.data.memory import read_memory_uri
     from reverie.workloads.steps.knowledge_seeding import teacher_prompt_of
     from reverie.workloads.steps.selfstudy import load_study, teacher_targets
 
     sleep(attempt_config, tmp_path, 1)
-    # Sleep 1's slot is folded in.
-    sleep(attempt_config, tmp_path, 2, teacher="base", replay={"anchorGeneral": anchor, "neighbors": 2})
+    sleep(attempt_config, tmp_path, 2, teacher="base", replay={"anchorGeneral": anchor})  # sleep 1's slot folded in
     loaded = load_study(tmp_path / "store/l/c2/consolidation/selfstudy")
     assert loaded is not None
     items, stored = loaded
@@ -227,9 +226,8 @@ def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keep
     groups = {
         "memory": [n for n, i in enumerate(items) if not i.replay],
         "general": [n for n, i in enumerate(items) if i.replay and i.kind == "general"],
-        "neighbor": [n for n, i in enumerate(items) if i.replay and i.kind == "neighbor"],
     }
-    assert groups["memory"] and groups["general"] and groups["neighbor"]
+    assert groups["memory"] and groups["general"]
 
     def targets(model_uri: str, group: str):
         gen = load_generation(model_uri)
@@ -248,7 +246,6 @@ def test_a_base_teacher_reads_new_memories_with_the_root_weights_and_replay_keep
     for group, reader, other in (
         ("memory", root, champion),
         ("general", root if anchor else champion, champion if anchor else root),
-        ("neighbor", root if anchor else champion, champion if anchor else root),
     ):
         want = targets(reader, group)
         got = stored.topk_logprobs[groups[group], : want.topk_logprobs.shape[1]]

@@ -135,14 +135,6 @@ class ReplaySpec(ApiModel):
         "100 % over three sleeps of six people (88 % with 20) but not on 20 people a sleep, where "
         "perplexity rose more, so the default stays 20.",
     )
-    neighbors: int = Field(
-        default=0,
-        ge=0,
-        le=64,
-        description="Neighbours replayed per memory: its own study prompts with a stranger's name in place of its "
-        "subject, answered like the general requests and with no memory in view, so the new slot learns each "
-        "fact on its subject's name and leaves the same question about anyone else as it was (0: none).",
-    )
     anchor_general: bool = Field(
         default=True,
         description="Answer the general replay prompts with the memory teacher's weights (with teacher: base, "

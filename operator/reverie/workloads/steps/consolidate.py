@@ -105,7 +105,7 @@ from reverie.workloads.steps.knowledge_seeding import (
     study_cues,
     total_steps,
 )
-from reverie.workloads.steps.selfstudy import NEIGHBOR_KIND, STUDY_DIR, StudyItem, fact_coverage
+from reverie.workloads.steps.selfstudy import STUDY_DIR, StudyItem, fact_coverage
 from reverie.workloads.steps.skeleton import StepInputs, Workload, Written, run_workload, work_dir, write_generation
 from reverie.workloads.steps.study_set import StudyContext, StudySet, open_study
 from reverie.workloads.store import checkpoint as ckpt
@@ -491,7 +491,6 @@ class Consolidation(Workload):
             "selfstudy_items": float(study.memory_items),
             "replay_items": float(len(study.items) - study.memory_items),
             "replay_earlier_items": float(len(study.choice.items)),
-            "replay_neighbor_items": float(sum(i.kind == NEIGHBOR_KIND for i in study.items)),
             "replay_bytes": float(study.replay_bytes),
             "replay_probe_seconds": study.probe_seconds,
             "teacher_items": float(study.teacher_items),

@@ -43,7 +43,7 @@ from reverie.workloads.ml.losses import (
 )
 from reverie.workloads.ml.sampling import SamplingBackend, active_adapters
 from reverie.workloads.ml.trainer import Trainer
-from reverie.workloads.steps.selfstudy import ANCHORED_KINDS, StudyItem, TeacherTargets
+from reverie.workloads.steps.selfstudy import StudyItem, TeacherTargets
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,12 @@ class Roles:
     anchor_general: bool = False
 
     def reads(self, item: StudyItem) -> bool:
-        """Whether the memory teacher's weights answer this row (memory rows; anchored general prompts and neighbours).
+        """Whether the memory teacher's weights answer this row (memory rows; anchored general prompts).
 
         Every other row (earlier sleeps' prompts, and general ones unless anchored) is the teacher's:
         the model before this sleep.
         """
-        return not item.replay or (self.anchor_general and item.kind in ANCHORED_KINDS)
+        return not item.replay or (self.anchor_general and item.kind == "general")
 
     def of(self, read: bool) -> tuple[list[str], contextlib.AbstractContextManager[Any]]:
         """The adapters and the weights (a context) that answer a row: the memory teacher's, or the teacher's."""

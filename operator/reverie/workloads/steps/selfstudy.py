@@ -61,11 +61,6 @@ TARGETS_FILE = "teacher-topk.safetensors"
 # the root with replay.anchorGeneral, else by the model before this sleep); a sleep
 # replays the first ReplaySpec.general_prompts of them.  Disjoint from the evaluation's general-QA set
 # (reverie.workloads.data.eval_sets) so that retention is never scored on a trained prompt.
-# Replay rows the memory teacher's weights answer when ``replay.anchorGeneral`` (Roles.reads).
-GENERAL_KIND = "general"
-NEIGHBOR_KIND = "neighbor"  # a memory's prompt about a stranger (reverie.workloads.steps.neighbors)
-ANCHORED_KINDS = frozenset({GENERAL_KIND, NEIGHBOR_KIND})
-
 GENERAL_REPLAY_PROMPTS = (
     "Write one sentence about the sea.",
     "Name three fruits.",
@@ -461,20 +456,14 @@ def replay_items(
     prior: Sequence[StudyItem],
     max_new_tokens: int,
     general: Sequence[str],
-    neighbors: Sequence[tuple[str, str]] = (),
 ) -> list[StudyItem]:
-    """Long-term knowledge to rehearse: earlier sleeps' study prompts, general requests, neighbours.
+    """Long-term knowledge to rehearse: earlier sleeps' study prompts and general requests.
 
     Answers come from ``adapters`` without any memory (the model before this sleep, its
-    earlier slots active; for anchored general requests and neighbours the root): replay
-    pulls the new slot towards what those weights already do.  ``neighbors`` are
-    (memory id, prompt) pairs (:mod:`reverie.workloads.steps.neighbors`).
+    earlier slots active; for anchored general requests the root): replay pulls the new
+    slot towards what those weights already do.
     """
-    prompts = [
-        *(("prior", i.prompt, i.memory_id) for i in prior),
-        *((GENERAL_KIND, g, GENERAL_KIND) for g in general),
-        *((NEIGHBOR_KIND, p, mid) for mid, p in neighbors),
-    ]
+    prompts = [("prior", i.prompt, i.memory_id) for i in prior] + [("general", g, "general") for g in general]
     if not prompts:
         return []
     out = backend.generate(

@@ -25,7 +25,6 @@ from reverie.workloads.ml.distributed import World
 from reverie.workloads.ml.sampling import SamplingBackend
 from reverie.workloads.steps import replay
 from reverie.workloads.steps.knowledge_seeding import Roles, teacher_prompt_of
-from reverie.workloads.steps.neighbors import neighbor_prompts
 from reverie.workloads.steps.selfstudy import (
     GENERAL_REPLAY_PROMPTS,
     STUDY_DIR,
@@ -96,10 +95,8 @@ def build_study(
             keep=held_out.allows,
             asked=asked,
         )
-    # Earlier memories' prompts are the teacher's; the general prompts and neighbours too, unless
-    # anchored (Roles.reads).
+    # Earlier memories' prompts are the teacher's; the general prompts too, unless anchored (Roles.reads).
     general = GENERAL_REPLAY_PROMPTS[: spec.replay.general_prompts]
-    near = neighbor_prompts(mem_items, memories, per_memory=spec.replay.neighbors, seed=spec.seed)
     rep_items = replay_items(
         backend,
         tokenizer,
@@ -107,19 +104,12 @@ def build_study(
         max_new_tokens=spec.max_new_tokens,
         prior=[i for i in prior if held_out.allows(i.prompt)],
         general=() if roles.anchor_general else general,
-        neighbors=() if roles.anchor_general else near,
     )
-    if roles.anchor_general and (general or near):
+    if roles.anchor_general and general:
         adapters, weights = roles.of(True)
         with weights:
             rep_items += replay_items(
-                backend,
-                tokenizer,
-                adapters=adapters,
-                max_new_tokens=spec.max_new_tokens,
-                prior=[],
-                general=general,
-                neighbors=near,
+                backend, tokenizer, adapters=adapters, max_new_tokens=spec.max_new_tokens, prior=[], general=general
             )
     items = [i for i in [*mem_items, *rep_items] if held_out.allows(i.prompt) and held_out.allows(i.answer)]
     by_id = {m.id: m for m in memories}
