@@ -155,7 +155,9 @@ def main() -> None:
     ok_base = run.general_qa_correct(gen.model, gen.tokenizer, items)
     known = [x for x, y in zip(items, ok_base, strict=True) if y]
     out: dict[str, Any] = {"command": " ".join(sys.argv), "questions": len(items), "base_correct": len(known)}
-    out["base_builtin_correct"] = sum(ok_base[:30])
+    builtin_questions = {q for q, _ in items if q not in {m for m, _ in MORE}}
+    out["base_builtin_correct"] = sum(y for (q, _), y in zip(items, ok_base, strict=True) if q in builtin_questions)
+    in_builtin = [q in builtin_questions for q, _ in known]
     rows = []
     for spec in a.arms:
         name, folder = spec.split("=", 1)
@@ -165,7 +167,7 @@ def main() -> None:
                 continue
             g = load_generation(rec["model"])
             ok = run.general_qa_correct(g.model, g.tokenizer, known)
-            builtin = [y for (q, _), y in zip(known, ok, strict=True) if q in {x for x, _ in items[:30]}]
+            builtin = [y for y, b in zip(ok, in_builtin, strict=True) if b]
             row = {
                 "name": name,
                 "sleep": rec["sleep"],
