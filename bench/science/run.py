@@ -18,7 +18,8 @@ on every arm's training texts).  Arms:
 
 Sleeps are sequential: sleep n starts from sleep n−1's model and replays what it
 learned.  Per sleep: recall of this sleep's facts, of every earlier sleep's
-facts, general-QA retention (questions the base answers correctly), perplexity
+facts, general-QA retention (questions the base answers correctly: ``general_qa`` on the
+built-in 30, ``general_qa_wide`` on those plus ``general_wide.py``'s 100 more), perplexity
 on held-out general text, wall time, seconds per step, peak RSS of the phase.
 Resumable: each seed × arm × sleep is scored and written (``--out/seed-S/ARM/sleep-N.json``)
 as it ends, and ``--out/results.json`` is rewritten with everything finished so far
@@ -115,6 +116,11 @@ class Scorer:
         everything = [(g.question, g.answer) for g in general_qa()]
         ok = general_qa_correct(base_model, tok, everything)
         self.general = [x for x, y in zip(everything, ok, strict=True) if y]
+        from general_wide import wide_set  # the built-in 30 + 100 more, none a replay prompt (checked there)
+
+        more = wide_set()[len(everything) :]
+        wide_ok = general_qa_correct(base_model, tok, more)
+        self.wide = self.general + [x for x, y in zip(more, wide_ok, strict=True) if y]
         self.texts = general_text()
         self.sleeps = sleeps
 
@@ -123,10 +129,12 @@ class Scorer:
         out["earlier_recall"] = [recall(model, tok, self.sleeps[c]) for c in range(upto)]
         from reverie.workloads.data.questions import answer_matches
 
-        said = answers(model, tok, [q for q, _ in self.general])
-        ok = [answer_matches(o, a) for o, (_, a) in zip(said, self.general, strict=True)]
-        out["general_qa"] = sum(ok) / max(1, len(self.general))
-        out["general_missed"] = [(q, a, o) for (q, a), o, y in zip(self.general, said, ok, strict=True) if not y]
+        said = answers(model, tok, [q for q, _ in self.wide])
+        ok = [answer_matches(o, a) for o, (_, a) in zip(said, self.wide, strict=True)]
+        n = len(self.general)  # the built-in questions come first in the wide set
+        out["general_qa"] = sum(ok[:n]) / max(1, n)
+        out["general_qa_wide"] = sum(ok) / max(1, len(self.wide))
+        out["general_missed"] = [(q, a, o) for (q, a), o, y in zip(self.wide, said, ok, strict=True) if not y]
         out["perplexity"] = perplexity(model, tok, self.texts)
         return out
 
