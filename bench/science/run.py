@@ -111,16 +111,15 @@ class Scorer:
     """The fixed evaluation sets of one bench run; ``score(model)`` measures one model."""
 
     def __init__(self, base_model: Any, tok: Any, sleeps: list[list[dict[str, Any]]]) -> None:
+        from general_wide import wide_set  # the built-in 30 first, then 100 more, none a replay prompt (checked there)
+
         from reverie.workloads.data.eval_sets import general_qa, general_text
 
-        everything = [(g.question, g.answer) for g in general_qa()]
-        ok = general_qa_correct(base_model, tok, everything)
-        self.general = [x for x, y in zip(everything, ok, strict=True) if y]
-        from general_wide import wide_set  # the built-in 30 + 100 more, none a replay prompt (checked there)
-
-        more = wide_set()[len(everything) :]
-        wide_ok = general_qa_correct(base_model, tok, more)
-        self.wide = self.general + [x for x, y in zip(more, wide_ok, strict=True) if y]
+        items = wide_set()
+        known = [x for x, y in zip(items, general_qa_correct(base_model, tok, items), strict=True) if y]
+        builtin = {g.question for g in general_qa()}
+        self.general = [x for x in known if x[0] in builtin]
+        self.wide = known  # the built-in questions first, as score() slices them
         self.texts = general_text()
         self.sleeps = sleeps
 
